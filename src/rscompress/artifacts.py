@@ -1,0 +1,168 @@
+"""Run directories: the only way steps pass models and results to each other.
+
+A run dir holds ``config.json`` (everything needed to rebuild the model and its inputs),
+``model.safetensors`` (weights only), ``metrics.json``, ``split.json``, ``history.jsonl``
+and ``checkpoint/``. Loading never unpickles.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from rscompress import __version__
+from rscompress.errors import UserError
+from rscompress.io_utils import append_jsonl, write_atomic, write_json_atomic
+
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+METRICS = "metrics.json"
+SPLIT = "split.json"
+HISTORY = "history.jsonl"
+CHECKPOINT = "checkpoint"
+
+
+class RunConfig(BaseModel):
+    """What ``config.json`` holds. Enough to rebuild the model without the code that made it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    num_classes: int
+    class_names: list[str]
+    img_size: int
+    mean: list[float]
+    std: list[float]
+    model_kwargs: dict[str, Any] = {}
+    method: str = "train"
+    method_params: dict[str, Any] = {}
+    parent: str | None = None
+    data: dict[str, Any] = {}
+    train: dict[str, Any] = {}
+    versions: dict[str, str] = {}
+
+
+def library_versions() -> dict[str, str]:
+    import torch
+    import torch_pruning
+    import torchvision
+
+    return {
+        "rscompress": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "torch_pruning": torch_pruning.__version__,
+        "python": platform.python_version(),
+    }
+
+
+class RunDir:
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+
+    # -- paths -------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def weights_path(self) -> Path:
+        return self.path / WEIGHTS
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / METRICS
+
+    @property
+    def split_path(self) -> Path:
+        return self.path / SPLIT
+
+    @property
+    def history_path(self) -> Path:
+        return self.path / HISTORY
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / CHECKPOINT
+
+    def is_complete(self) -> bool:
+        """A finished run: weights and final metrics are written last, so both exist."""
+        return self.weights_path.is_file() and self.metrics_path.is_file()
+
+    # -- writing -----------------------------------------------------------------------
+    def save_config(self, config: RunConfig) -> None:
+        write_json_atomic(self.config_path, config.model_dump(mode="json"))
+
+    def save_weights(self, model: nn.Module) -> None:
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        write_atomic(self.weights_path, lambda tmp: save_file(state, str(tmp)))
+
+    def save_metrics(self, metrics: dict[str, Any]) -> None:
+        write_json_atomic(self.metrics_path, metrics)
+
+    def append_history(self, row: dict[str, Any]) -> None:
+        append_jsonl(self.history_path, row)
+
+    # -- reading -----------------------------------------------------------------------
+    def require(self) -> RunDir:
+        """Fail with one clear line unless this looks like a finished run dir."""
+        if not self.path.is_dir():
+            raise UserError(f"run dir {self.path} does not exist")
+        for name in (CONFIG, WEIGHTS):
+            if not (self.path / name).is_file():
+                raise UserError(f"run dir {self.path} is incomplete: {name} is missing")
+        return self
+
+    def load_config(self) -> RunConfig:
+        try:
+            return RunConfig.model_validate_json(self.config_path.read_text())
+        except FileNotFoundError:
+            raise UserError(f"{self.config_path} is missing") from None
+        except (ValidationError, ValueError) as err:
+            first = str(err).splitlines()[0]
+            raise UserError(f"{self.config_path} is not a valid rscompress config: {first}") from None
+
+    def load_metrics(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.metrics_path.read_text())
+        except FileNotFoundError:
+            raise UserError(f"{self.metrics_path} is missing: the run did not finish") from None
+        except json.JSONDecodeError as err:
+            raise UserError(f"{self.metrics_path} is not valid JSON: {err}") from None
+
+    def load_state_dict(self) -> dict[str, Any]:
+        return read_safetensors(self.weights_path)
+
+    def load_model(self) -> tuple[nn.Module, RunConfig]:
+        """Rebuild the model from config.json and fill it from model.safetensors (strict)."""
+        from rscompress.models import create_model
+
+        self.require()
+        config = self.load_config()
+        model = create_model(config.model, config.num_classes, **config.model_kwargs)
+        state = self.load_state_dict()
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise UserError(
+                f"{self.weights_path} does not match the model in {self.config_path}: "
+                f"{len(missing)} missing keys (e.g. {missing[:3]}), "
+                f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+            )
+        model.eval()
+        return model, config
+
+
+def read_safetensors(path: Path) -> dict[str, Any]:
+    """Read a safetensors file; anything else (a pickle, say) is refused unread."""
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing") from None
+    except Exception as err:  # safetensors raises its own error types for malformed headers
+        raise UserError(f"{path} is not a valid safetensors file ({type(err).__name__})") from None

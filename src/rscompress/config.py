@@ -1,0 +1,71 @@
+"""Pydantic models for every option: the one source of truth for the CLI and YAML recipes.
+
+The CLI builds these models from its flags, a recipe builds them from YAML; both get the same
+validation and the same error messages.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors: a typo in a recipe must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(StrictModel):
+    path: Path
+    img_size: int = Field(128, gt=0, le=4096)
+    train_fraction: float = Field(0.7, gt=0, lt=1)
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    test_fraction: float = Field(0.2, ge=0, lt=1)
+    # A user-given test folder (same class-folder layout); then the fractions above split only
+    # `path` into train/val and test_fraction must be 0.
+    test_path: Path | None = None
+    split_seed: int = 0
+    augment: bool = True
+    skip_bad: bool = False
+    cache_dir: Path | None = None  # default: ~/.cache/rscompress (or $RSCOMPRESS_CACHE)
+
+    @model_validator(mode="after")
+    def _fractions(self) -> DataConfig:
+        total = self.train_fraction + self.val_fraction + self.test_fraction
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(
+                f"train/val/test fractions must sum to 1, got "
+                f"{self.train_fraction} + {self.val_fraction} + {self.test_fraction} = {total:g}"
+            )
+        if self.test_path is not None and self.test_fraction != 0:
+            raise ValueError("with test_path set, test_fraction must be 0")
+        return self
+
+
+class OptimConfig(StrictModel):
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    milestones: tuple[int, ...] = ()  # epochs where a step schedule multiplies lr by gamma
+    gamma: float = Field(0.1, gt=0, le=1)
+    warmup_epochs: int = Field(0, ge=0)
+
+
+class TrainConfig(StrictModel):
+    model: str
+    epochs: int = Field(30, gt=0)
+    batch_size: int = Field(64, gt=0)
+    seed: int = 0
+    optim: OptimConfig = OptimConfig()
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    channels_last: bool = False
+    bf16: bool = False
+    small_input: bool = False
+    weights: Path | None = None
+    allow_partial: bool = False
+    threads: int | None = Field(None, gt=0)

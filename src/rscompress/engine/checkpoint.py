@@ -1,0 +1,128 @@
+"""Resumable training state, written atomically and read without unpickling.
+
+Layout under ``RUN/checkpoint/``::
+
+    epoch-0007/model.safetensors   weights after epoch 7
+    epoch-0007/optim.safetensors   optimizer tensors (momentum buffers, Adam moments, steps)
+    epoch-0007/state.json          epoch, optimizer param groups, best-so-far bookkeeping
+    best.safetensors               weights of the best epoch on the validation split
+    latest.json                    {"epoch_dir": "epoch-0007"}: the commit point
+
+Every file is written to a temp name, fsynced and renamed; ``latest.json`` is replaced last,
+so a kill at any moment leaves the previous complete checkpoint in force.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from rscompress.artifacts import read_safetensors
+from rscompress.errors import UserError
+from rscompress.io_utils import write_atomic, write_json_atomic
+
+LATEST = "latest.json"
+BEST = "best.safetensors"
+
+
+@dataclass
+class TrainingState:
+    """What the loop needs to continue after ``epoch`` (0-based, finished)."""
+
+    epoch: int
+    best_epoch: int
+    best_score: tuple[float, float]  # (val top-1, -val loss): higher is better
+    extra: dict[str, Any]
+
+
+def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, per_param in state["state"].items():
+        for key, value in per_param.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{idx}.{key}"] = value.detach().contiguous().cpu()
+            else:
+                scalars.setdefault(str(idx), {})[key] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    for idx, values in meta["scalars"].items():
+        state.setdefault(int(idx), {}).update(values)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+
+
+def save_checkpoint(
+    directory: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: TrainingState,
+    is_best: bool,
+) -> None:
+    epoch_dir = directory / f"epoch-{state.epoch:04d}"
+    epoch_dir.mkdir(parents=True, exist_ok=True)
+    weights = _weights(model)
+    optim_tensors, optim_meta = _flatten_optimizer(optimizer)
+    write_atomic(epoch_dir / "model.safetensors", lambda t: save_file(weights, str(t)))
+    write_atomic(epoch_dir / "optim.safetensors", lambda t: save_file(optim_tensors, str(t)))
+    write_json_atomic(
+        epoch_dir / "state.json",
+        {
+            "epoch": state.epoch,
+            "best_epoch": state.best_epoch,
+            "best_score": list(state.best_score),
+            "extra": state.extra,
+            "optimizer": optim_meta,
+        },
+    )
+    if is_best:
+        write_atomic(directory / BEST, lambda t: save_file(weights, str(t)))
+    write_json_atomic(directory / LATEST, {"epoch_dir": epoch_dir.name})
+    # Older epoch dirs are garbage once latest.json points past them.
+    for old in directory.glob("epoch-*"):
+        if old.is_dir() and old.name != epoch_dir.name:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(
+    directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer
+) -> TrainingState | None:
+    """Restore model and optimizer in place; None when there is nothing to resume."""
+    latest = directory / LATEST
+    if not latest.is_file():
+        return None
+    try:
+        epoch_dir = directory / json.loads(latest.read_text())["epoch_dir"]
+        meta = json.loads((epoch_dir / "state.json").read_text())
+    except (OSError, ValueError, KeyError) as err:
+        raise UserError(f"checkpoint in {directory} is unreadable: {err}") from None
+    model.load_state_dict(read_safetensors(epoch_dir / "model.safetensors"))
+    optim_state = _unflatten_optimizer(read_safetensors(epoch_dir / "optim.safetensors"), meta["optimizer"])
+    optimizer.load_state_dict(optim_state)
+    return TrainingState(
+        epoch=meta["epoch"],
+        best_epoch=meta["best_epoch"],
+        best_score=tuple(meta["best_score"]),
+        extra=meta["extra"],
+    )
+
+
+def load_best_weights(directory: Path) -> dict[str, torch.Tensor]:
+    return read_safetensors(directory / BEST)

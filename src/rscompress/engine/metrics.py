@@ -1,0 +1,63 @@
+"""Classification metrics with torchmetrics: OA (top-1), Cohen's kappa, per-class accuracy,
+confusion matrix, mean loss."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy, MulticlassCohenKappa, MulticlassConfusionMatrix
+
+
+@dataclass
+class EvalResult:
+    top1: float
+    kappa: float
+    loss: float
+    n_images: int
+    per_class_accuracy: list[float]
+    confusion: list[list[int]]
+
+    def summary(self) -> dict[str, float | int]:
+        return {"top1": self.top1, "kappa": self.kappa, "loss": self.loss, "n_images": self.n_images}
+
+    def to_dict(self) -> dict:
+        return {**self.summary(), "per_class_accuracy": self.per_class_accuracy, "confusion": self.confusion}
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    num_classes: int,
+    channels_last: bool = False,
+) -> EvalResult:
+    was_training = model.training
+    model.eval()
+    top1 = MulticlassAccuracy(num_classes, average="micro")
+    per_class = MulticlassAccuracy(num_classes, average="none")
+    kappa = MulticlassCohenKappa(num_classes)
+    confusion = MulticlassConfusionMatrix(num_classes)
+    loss_sum, n = 0.0, 0
+    for x, y in batches:
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        logits = model(x).float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        n += y.numel()
+        for metric in (top1, per_class, kappa, confusion):
+            metric.update(logits, y)
+    model.train(was_training)
+    if n == 0:
+        raise ValueError("evaluate() got no images")
+    return EvalResult(
+        top1=top1.compute().item(),
+        kappa=kappa.compute().item(),
+        loss=loss_sum / n,
+        n_images=n,
+        per_class_accuracy=[float(v) for v in per_class.compute().tolist()],
+        confusion=confusion.compute().tolist(),
+    )

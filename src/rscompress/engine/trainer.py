@@ -1,0 +1,213 @@
+"""The fit loop: train on the train split, pick the best epoch on val, checkpoint every epoch.
+
+Everything that varies between methods (plain CE, AML + CE, distillation, sparsity
+penalties) comes in through ``loss_fn``; the loop itself stays the same, so every method
+gets the same schedule, checkpoints, resume and metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import nn
+
+from rscompress.artifacts import RunDir
+from rscompress.config import TrainConfig
+from rscompress.engine.checkpoint import TrainingState, load_best_weights, load_checkpoint, save_checkpoint
+from rscompress.engine.distributed import DistInfo, all_mean, all_true, barrier
+from rscompress.engine.metrics import EvalResult, evaluate
+from rscompress.engine.schedule import build_optimizer, lr_factor, set_lr
+from rscompress.errors import UserError
+from rscompress.io_utils import write_atomic
+
+
+class Batches(Protocol):
+    """What the loop needs of a training loader (``rscompress.data.loader.BatchLoader``)."""
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+    def __len__(self) -> int: ...
+    def set_epoch(self, epoch: int) -> None: ...
+
+
+# (model, inputs, targets, epoch) -> (loss, logits). Methods add their terms here.
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN/Inf; the last good checkpoint is left as it was."""
+
+
+def cross_entropy_loss(label_smoothing: float = 0.0) -> LossFn:
+    def loss_fn(model, x, y, epoch):
+        logits = model(x)
+        return F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing), logits
+
+    return loss_fn
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_val: EvalResult
+    epochs_run: int
+    train_seconds: float
+    images_per_second: float  # mean over epochs after the first (the first may fill caches)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Global RNG seed for one epoch (dropout etc.): a function of (seed, epoch) only."""
+    return seed * 1_000_003 + epoch
+
+
+def _read_history(path: Path, upto_epoch: int) -> list[dict[str, Any]]:
+    """History rows of finished (checkpointed) epochs; later rows died with the killed run."""
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r["epoch"] <= upto_epoch]
+
+
+def fit(
+    model: nn.Module,
+    train_batches: Batches,
+    val_batches: Iterable,
+    cfg: TrainConfig,
+    run: RunDir,
+    num_classes: int,
+    *,
+    loss_fn: LossFn | None = None,
+    resume: bool = False,
+    quiet: bool = False,
+    dist: DistInfo = DistInfo(),
+    extra_params: Iterable[nn.Parameter] = (),
+) -> FitResult:
+    loss_fn = loss_fn or cross_entropy_loss(cfg.label_smoothing)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer([*model.parameters(), *extra_params], cfg.optim)
+    console = Console(stderr=True, quiet=quiet or not dist.is_main)
+
+    state = load_checkpoint(run.checkpoint_dir, model, optimizer) if resume else None
+    if resume and state is None and dist.is_main:
+        console.log(f"no checkpoint in {run.checkpoint_dir}: starting from epoch 1")
+    start_epoch = state.epoch + 1 if state else 0
+    best_epoch = state.best_epoch if state else -1
+    best_score = state.best_score if state else (-1.0, float("-inf"))
+    history = _read_history(run.history_path, start_epoch - 1) if dist.is_main else []
+    if dist.is_main:
+        # Rows past the checkpoint belong to an epoch that will be run again.
+        write_atomic(run.history_path, lambda t: t.write_text("".join(json.dumps(r) + "\n" for r in history)))
+
+    train_model: nn.Module = model
+    if dist.enabled:
+        train_model = nn.parallel.DistributedDataParallel(model)
+
+    steps_per_epoch = len(train_batches)
+    throughput: list[float] = []
+    t_start = time.perf_counter()
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]} img/s"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=quiet or not dist.is_main,
+    )
+    with progress:
+        task = progress.add_task("train", total=(cfg.epochs - start_epoch) * steps_per_epoch, rate="-")
+        for epoch in range(start_epoch, cfg.epochs):
+            torch.manual_seed(epoch_seed(cfg.seed, epoch))
+            train_batches.set_epoch(epoch)
+            train_model.train()
+            loss_sum, correct, seen = 0.0, 0, 0
+            t0 = time.perf_counter()
+            for step, (x, y) in enumerate(train_batches):
+                lr = cfg.optim.lr * lr_factor(epoch + step / steps_per_epoch, cfg.epochs, cfg.optim)
+                set_lr(optimizer, lr)
+                if cfg.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                    loss, logits = loss_fn(train_model, x, y, epoch)
+                if not all_true(bool(torch.isfinite(loss)), dist):
+                    last = f"after epoch {epoch}" if epoch > 0 else "none yet"
+                    raise TrainingDiverged(
+                        f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} "
+                        f"(lr {lr:.3g}); last good checkpoint: {last} in {run.checkpoint_dir}. "
+                        "Lower --lr or add warm-up, then --resume."
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += loss.item() * y.numel()
+                correct += (logits.argmax(1) == y).sum().item()
+                seen += y.numel()
+                elapsed = time.perf_counter() - t0
+                progress.update(
+                    task,
+                    advance=1,
+                    description=f"epoch {epoch + 1}/{cfg.epochs}",
+                    rate=f"{seen * dist.world_size / max(elapsed, 1e-9):.0f}",
+                )
+            epoch_seconds = time.perf_counter() - t0
+            rate = seen * dist.world_size / epoch_seconds
+            if epoch > start_epoch or start_epoch > 0:
+                throughput.append(rate)
+            train_loss = all_mean(loss_sum / max(seen, 1), dist)
+            train_acc = all_mean(correct / max(seen, 1), dist)
+
+            if dist.is_main:
+                val = evaluate(model, val_batches, num_classes, cfg.channels_last)
+                score = (val.top1, -val.loss)
+                is_best = score > best_score
+                if is_best:
+                    best_epoch, best_score = epoch, score
+                row = {
+                    "epoch": epoch,
+                    "lr": lr,
+                    "train_loss": train_loss,
+                    "train_top1": train_acc,
+                    "val_loss": val.loss,
+                    "val_top1": val.top1,
+                    "val_kappa": val.kappa,
+                    "images_per_second": rate,
+                    "seconds": epoch_seconds,
+                }
+                history.append(row)
+                run.append_history(row)
+                save_checkpoint(
+                    run.checkpoint_dir,
+                    model,
+                    optimizer,
+                    TrainingState(epoch, best_epoch, best_score, extra={}),
+                    is_best=is_best,
+                )
+                console.log(
+                    f"epoch {epoch + 1}/{cfg.epochs}  loss {train_loss:.4f}  train {train_acc:.3f}  "
+                    f"val {val.top1:.3f} (kappa {val.kappa:.3f})  {rate:.0f} img/s"
+                    + ("  *best" if is_best else "")
+                )
+            barrier(dist)
+
+    # Every rank ends with the weights of the epoch that was best on val.
+    model.load_state_dict(load_best_weights(run.checkpoint_dir))
+    best_val = evaluate(model, val_batches, num_classes, cfg.channels_last) if dist.is_main else None
+    return FitResult(
+        best_epoch=best_epoch,
+        best_val=best_val,
+        epochs_run=cfg.epochs - start_epoch,
+        train_seconds=time.perf_counter() - t_start,
+        images_per_second=sum(throughput) / len(throughput) if throughput else float("nan"),
+        history=history,
+    )

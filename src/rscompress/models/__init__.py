@@ -1,0 +1,28 @@
+"""Model zoo. Importing this package registers every architecture."""
+
+from rscompress.models import mobilenet, resnet, vgg  # noqa: F401  (registers builders)
+from rscompress.models.complexity import count_macs_params
+from rscompress.models.registry import create_model, list_models, register_model
+from rscompress.models.se import (
+    SEBatchNorm2d,
+    SqueezeExcite,
+    add_se_blocks,
+    average_se_attention,
+    fold_se_into_bn,
+)
+from rscompress.models.weights import LoadReport, load_weights, save_weights
+
+__all__ = [
+    "LoadReport",
+    "SEBatchNorm2d",
+    "SqueezeExcite",
+    "add_se_blocks",
+    "average_se_attention",
+    "count_macs_params",
+    "create_model",
+    "fold_se_into_bn",
+    "list_models",
+    "load_weights",
+    "register_model",
+    "save_weights",
+]
