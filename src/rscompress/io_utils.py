@@ -35,9 +35,12 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
-    text = json.dumps(obj, indent=2, sort_keys=False) + "\n"
-    write_atomic(path, lambda tmp: tmp.write_text(text))
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 def append_jsonl(path: Path, row: dict[str, Any]) -> None:
