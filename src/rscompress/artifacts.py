@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from rscompress import __version__
 from rscompress.errors import UserError
-from rscompress.io_utils import append_jsonl, write_atomic, write_json_atomic
+from rscompress.io_utils import append_jsonl, write_json_atomic
+from rscompress.models.weights import read_state_dict, save_weights
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -100,8 +100,7 @@ class RunDir:
         write_json_atomic(self.config_path, config.model_dump(mode="json"))
 
     def save_weights(self, model: nn.Module) -> None:
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        write_atomic(self.weights_path, lambda tmp: save_file(state, str(tmp)))
+        save_weights(model, self.weights_path)
 
     def save_metrics(self, metrics: dict[str, Any]) -> None:
         write_json_atomic(self.metrics_path, metrics)
@@ -137,7 +136,7 @@ class RunDir:
             raise UserError(f"{self.metrics_path} is not valid JSON: {err}") from None
 
     def load_state_dict(self) -> dict[str, Any]:
-        return read_safetensors(self.weights_path)
+        return read_state_dict(self.weights_path)
 
     def load_model(self) -> tuple[nn.Module, RunConfig]:
         """Rebuild the model from config.json and fill it from model.safetensors (strict)."""
@@ -157,12 +156,3 @@ class RunDir:
         model.eval()
         return model, config
 
-
-def read_safetensors(path: Path) -> dict[str, Any]:
-    """Read a safetensors file; anything else (a pickle, say) is refused unread."""
-    try:
-        return load_file(str(path))
-    except FileNotFoundError:
-        raise UserError(f"{path} is missing") from None
-    except Exception as err:  # safetensors raises its own error types for malformed headers
-        raise UserError(f"{path} is not a valid safetensors file ({type(err).__name__})") from None

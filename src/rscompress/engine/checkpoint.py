@@ -24,9 +24,9 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from rscompress.artifacts import read_safetensors
 from rscompress.errors import UserError
 from rscompress.io_utils import write_atomic, write_json_atomic
+from rscompress.models.weights import read_state_dict
 
 LATEST = "latest.json"
 BEST = "best.safetensors"
@@ -113,8 +113,8 @@ def load_checkpoint(
         meta = json.loads((epoch_dir / "state.json").read_text())
     except (OSError, ValueError, KeyError) as err:
         raise UserError(f"checkpoint in {directory} is unreadable: {err}") from None
-    model.load_state_dict(read_safetensors(epoch_dir / "model.safetensors"))
-    optim_state = _unflatten_optimizer(read_safetensors(epoch_dir / "optim.safetensors"), meta["optimizer"])
+    model.load_state_dict(read_state_dict(epoch_dir / "model.safetensors"))
+    optim_state = _unflatten_optimizer(read_state_dict(epoch_dir / "optim.safetensors"), meta["optimizer"])
     optimizer.load_state_dict(optim_state)
     return TrainingState(
         epoch=meta["epoch"],
@@ -125,4 +125,4 @@ def load_checkpoint(
 
 
 def load_best_weights(directory: Path) -> dict[str, torch.Tensor]:
-    return read_safetensors(directory / BEST)
+    return read_state_dict(directory / BEST)

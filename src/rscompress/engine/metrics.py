@@ -9,7 +9,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics.classification import MulticlassAccuracy, MulticlassCohenKappa, MulticlassConfusionMatrix
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassCohenKappa,
+    MulticlassConfusionMatrix,
+)
 
 
 @dataclass
@@ -37,10 +41,12 @@ def evaluate(
 ) -> EvalResult:
     was_training = model.training
     model.eval()
-    top1 = MulticlassAccuracy(num_classes, average="micro")
-    per_class = MulticlassAccuracy(num_classes, average="none")
-    kappa = MulticlassCohenKappa(num_classes)
-    confusion = MulticlassConfusionMatrix(num_classes)
+    # Evaluation runs on one rank only: no cross-process sync, or the other ranks would hang.
+    local = {"sync_on_compute": False}
+    top1 = MulticlassAccuracy(num_classes, average="micro", **local)
+    per_class = MulticlassAccuracy(num_classes, average="none", **local)
+    kappa = MulticlassCohenKappa(num_classes, **local)
+    confusion = MulticlassConfusionMatrix(num_classes, **local)
     loss_sum, n = 0.0, 0
     for x, y in batches:
         if channels_last:

@@ -17,12 +17,23 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from torch import nn
 
 from rscompress.artifacts import RunDir
 from rscompress.config import TrainConfig
-from rscompress.engine.checkpoint import TrainingState, load_best_weights, load_checkpoint, save_checkpoint
+from rscompress.engine.checkpoint import (
+    TrainingState,
+    load_best_weights,
+    load_checkpoint,
+    save_checkpoint,
+)
 from rscompress.engine.distributed import DistInfo, all_mean, all_true, barrier
 from rscompress.engine.metrics import EvalResult, evaluate
 from rscompress.engine.schedule import build_optimizer, lr_factor, set_lr
@@ -123,7 +134,7 @@ def fit(
         TimeRemainingColumn(),
         console=console,
         transient=True,
-        disable=quiet or not dist.is_main,
+        disable=quiet or not dist.is_main or not console.is_terminal,
     )
     with progress:
         task = progress.add_task("train", total=(cfg.epochs - start_epoch) * steps_per_epoch, rate="-")

@@ -26,3 +26,4 @@ __all__ = [
     "register_model",
     "save_weights",
 ]
+from rscompress.models import ghostnet  # noqa: F401  (registers)
