@@ -1,0 +1,129 @@
+"""Channel importance criteria, looked up by name (METHODS.md: §1 CAP and "Baselines").
+
+Each criterion is a Torch-Pruning ``Importance``: a callable that takes one dependency group
+(every layer whose channels must be removed together) and returns one score per channel of
+the group's root layer; higher means keep. Criteria know nothing about pruning ratios or
+budgets, so any of them can drive ``prune`` or ``prune_to_budget``.
+
+Normalisation: the magnitude/gradient baselines keep Torch-Pruning's default (each group's
+scores divided by their mean), since an L1 norm over a 3×3×512 kernel and one over a 1×1×64
+kernel live on different scales and a global ranking must compare them. The two BN criteria
+(``bn``, ``remotetrimmer``) are NOT normalised: network slimming and CAP rank raw |γ| across
+the whole network, and dividing each group by its mean would flatten exactly the
+between-layer differences they rely on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+import torch_pruning as tp
+from torch import Tensor, nn
+from torch_pruning.pruner import function
+
+from rscompress.errors import UserError
+
+Importance = tp.importance.Importance
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+class ChannelAttentionImportance(Importance):
+    """RemoteTrimmer's CAP score: |γ'| averaged over the BatchNorms of the group.
+
+    Run it on a model whose SE attention was folded into its BNs (γ' = γ·s̄, see
+    ``methods.remotetrimmer.prepare_remotetrimmer``); on a plain model it is network
+    slimming's |γ| averaged per group. A channel's score averages only the BNs that actually
+    carry that channel (in a residual stream: every block's last BN and the downsample BN).
+
+    Groups without any BN return ``None``, so they are not pruned, exactly like Torch-Pruning's
+    BNScaleImportance (the ``bn`` baseline): CAP's signal lives in γ·s̄, and a stand-in score
+    on another scale (a weight norm) would be meaningless inside a global |γ| ranking. In the
+    registered models the only such groups are VGG's hidden classifier Linear layers, which
+    then shrink only at their inputs (as the last conv stage loses channels).
+    """
+
+    @torch.no_grad()
+    def __call__(self, group: tp.dependency.Group) -> Tensor | None:
+        n_channels = len(group[0].idxs)  # the root layer's channels: the group's full index set
+        total = torch.zeros(n_channels, dtype=torch.float64)
+        count = torch.zeros(n_channels, dtype=torch.float64)
+        for item in group:
+            layer, idxs, root_idxs = item.dep.target.module, item.idxs, item.root_idxs
+            if item.dep.handler != function.prune_batchnorm_out_channels or not layer.affine:
+                continue
+            if any(r is None for r in root_idxs):  # Torch-Pruning's marker for "no root channel"
+                continue
+            where = torch.tensor(root_idxs, dtype=torch.long)
+            gamma = layer.weight.detach()[idxs].abs().to("cpu", torch.float64)
+            total.scatter_add_(0, where, gamma)
+            count.scatter_add_(0, where, torch.ones_like(gamma))
+        covered = count > 0
+        if not covered.any():
+            return None
+        scores = total / count.clamp(min=1)
+        # A channel no BN of the group carries (none in the registered models) gets the group's
+        # mean: neutral, neither protected nor sacrificed.
+        scores[~covered] = scores[covered].mean()
+        return scores.float()
+
+
+_FACTORIES: dict[str, Callable[[], Importance]] = {
+    "l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
+    "l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
+    "bn": lambda: tp.importance.BNScaleImportance(normalizer=None),
+    "taylor": lambda: tp.importance.GroupTaylorImportance(),
+    "fpgm": lambda: tp.importance.FPGMImportance(),
+    "lamp": lambda: tp.importance.LAMPImportance(),
+    "random": lambda: tp.importance.RandomImportance(),
+    "remotetrimmer": ChannelAttentionImportance,
+}
+
+IMPORTANCES: tuple[str, ...] = tuple(_FACTORIES)
+
+
+def make_importance(name: str) -> Importance:
+    """A fresh importance criterion by name (one of ``IMPORTANCES``)."""
+    try:
+        factory = _FACTORIES[name]
+    except KeyError:
+        raise UserError(
+            f"unknown importance criterion {name!r}; known: {', '.join(IMPORTANCES)}"
+        ) from None
+    return factory()
+
+
+def needs_gradients(importance: Importance) -> bool:
+    """True for criteria that read ``param.grad`` (Taylor): call accumulate_gradients first."""
+    return isinstance(importance, tp.importance.GroupTaylorImportance)
+
+
+def accumulate_gradients(
+    model: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor] | list[Tensor]],
+    loss_fn: LossFn = nn.functional.cross_entropy,
+) -> int:
+    """Sum the gradients of ``loss_fn(model(images), labels)`` over ``batches``; returns #images.
+
+    Old gradients are cleared first, so the result depends only on these batches. The model
+    runs in eval mode (flags restored afterwards): calibration must not move the BN running
+    statistics or drop units, it only measures. Taylor scores are |w·∂L/∂w| normalised per
+    group, so summing (rather than averaging) over batches changes no ranking.
+    """
+    param = next(model.parameters())
+    training = {m: m.training for m in model.modules()}
+    model.zero_grad(set_to_none=True)
+    n_images = 0
+    try:
+        model.eval()
+        with torch.enable_grad():
+            for images, labels in batches:
+                images = images.to(param.device, param.dtype)
+                loss_fn(model(images), labels.to(param.device)).backward()
+                n_images += images.shape[0]
+    finally:
+        for m, flag in training.items():
+            m.training = flag
+    if n_images == 0:
+        raise UserError("no calibration images: the gradient-based criterion needs >= 1 batch")
+    return n_images

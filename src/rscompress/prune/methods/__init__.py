@@ -1,0 +1,1 @@
+"""Pruning methods built on the shared pieces (one module per method)."""

@@ -1,0 +1,64 @@
+"""RemoteTrimmer (METHODS.md §1): channel attention pruning (CAP).
+
+The method in three calls:
+
+1. ``prepare_remotetrimmer(se_model, train_batches)``: average every SE block's sigmoid
+   attention over the training images (s̄, one value per channel) and fold it into the BN it
+   belongs to (γ' = γ·s̄, β' = β·s̄). The result is a plain model without SE blocks that
+   computes what the SE model computes with its attention fixed to s̄.
+2. Prune it with the ``remotetrimmer`` importance (importance.ChannelAttentionImportance:
+   |γ'| averaged over the BNs of each dependency group), e.g.
+   ``prune(model, "remotetrimmer", example, ratio=PAPER_RATIO)`` as in the paper, or
+   ``prune_to_budget(model, "remotetrimmer", img_size, target_macs=0.1)``.
+3. Fine-tune with AML + CE (losses.py, engine/).
+
+The folded model has the module names and classes of the plain architecture: a run dir
+records it as ``folded_model_name("se_resnet18") == "resnet18"``, and rebuild.py rebuilds
+it from that registry name.
+
+Folding amplifies the differences between channels: a channel the SE keeps turning down
+(small s̄) looks less important than its raw |γ| says, which is the point of CAP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from torch import Tensor, nn
+
+from rscompress.errors import UserError
+from rscompress.models.se import average_se_attention, fold_se_into_bn, se_batchnorms
+
+# The paper's uniform per-layer ratio (≈ 90 % of ResNet-18's MACs and params removed).
+PAPER_RATIO = 0.7
+
+
+def folded_model_name(se_model_name: str) -> str:
+    """Registry name of the SE-free architecture a folded ``se_*`` model has (``se_`` dropped)."""
+    if not se_model_name.startswith("se_"):
+        raise UserError(
+            "remotetrimmer needs an SE parent model (se_resnet18, se_vgg16_bn, ...), "
+            f"got {se_model_name!r}"
+        )
+    return se_model_name.removeprefix("se_")
+
+
+def prepare_remotetrimmer(
+    se_model: nn.Module, attention_batches: Iterable[Tensor | tuple[Tensor, ...] | list[Tensor]]
+) -> nn.Module:
+    """Fold the SE attention averaged over ``attention_batches`` into the BNs, in place.
+
+    ``se_model`` is a trained ``se_*`` registry model; ``attention_batches`` yields image
+    batches (or DataLoader (images, labels) tuples) of the training split. Returns the same
+    model object, now without SE blocks, ready for the ``remotetrimmer`` importance.
+    """
+    if not se_batchnorms(se_model):
+        raise UserError(
+            "remotetrimmer needs a parent model trained with SE blocks (an se_* model, e.g. "
+            f"se_resnet18); this {type(se_model).__name__} has none"
+        )
+    try:
+        attention = average_se_attention(se_model, attention_batches)
+    except ValueError as e:  # no images: the user's data, not our bug
+        raise UserError(f"cannot average SE attention: {e}") from e
+    return fold_se_into_bn(se_model, attention)

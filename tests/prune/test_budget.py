@@ -1,0 +1,86 @@
+"""Budget search: hit a MACs/params target within ±1 %, measured on the pruned model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from rscompress.errors import UserError
+from rscompress.models import count_macs_params, create_model
+from rscompress.prune import prune_to_budget
+from rscompress.prune.budget import TOLERANCE
+
+IMG = 32
+
+
+@pytest.fixture(scope="module")
+def parent() -> nn.Module:
+    torch.manual_seed(0)
+    return create_model("resnet18", 10)
+
+
+@pytest.mark.parametrize("global_pruning", [False, True], ids=["uniform", "global"])
+@pytest.mark.parametrize("target", [0.3, 0.1, 0.05])
+def test_hits_target_macs(parent: nn.Module, target: float, global_pruning: bool) -> None:
+    before = {k: v.clone() for k, v in parent.state_dict().items()}
+    pruned, report = prune_to_budget(parent, "l1", IMG, target_macs=target, global_pruning=global_pruning)
+    macs, params = count_macs_params(pruned, IMG)
+    parent_macs, _ = count_macs_params(parent, IMG)
+    assert abs(macs / parent_macs / target - 1) <= TOLERANCE
+    assert (report.macs, report.params, report.parent_macs) == (macs, params, parent_macs)
+    assert report.macs_kept == pytest.approx(macs / parent_macs)
+    assert report.target_metric == "macs" and report.target == target
+    assert 1 <= report.iterations <= 40
+    assert pruned(torch.randn(2, 3, IMG, IMG)).shape == (2, 10)
+    # the parent is left as it was
+    assert all(torch.equal(before[k], v) for k, v in parent.state_dict().items())
+
+
+def test_hits_target_params(parent: nn.Module) -> None:
+    _, report = prune_to_budget(parent, "l2", IMG, target_params=0.2, global_pruning=True)
+    assert abs(report.params_kept / 0.2 - 1) <= TOLERANCE
+    assert report.target_metric == "params"
+    json.dumps(report.to_dict())  # goes into metrics.json as is
+
+
+def test_ratio_prunes_once(parent: nn.Module) -> None:
+    _, report = prune_to_budget(parent, "random", IMG, ratio=0.5)
+    assert report.iterations == 1 and report.ratio == 0.5
+    assert report.target_metric is None and report.target is None
+    assert 0.2 < report.macs_kept < 0.35
+
+
+def test_taylor_scores_once_from_calibration(parent: nn.Module) -> None:
+    gen = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(4, 3, IMG, IMG, generator=gen), torch.randint(0, 10, (4,), generator=gen))]
+    _, report = prune_to_budget(parent, "taylor", IMG, target_macs=0.3, calibration=batches)
+    assert abs(report.macs_kept / 0.3 - 1) <= TOLERANCE
+    assert all(p.grad is None for p in parent.parameters())  # calibration ran on a copy
+    with pytest.raises(UserError, match="gradients"):
+        prune_to_budget(parent, "taylor", IMG, target_macs=0.3)
+
+
+def test_unreachable_target_names_the_closest_fraction(parent: nn.Module) -> None:
+    # With widths rounded to 64, the 64-wide layers cannot shrink at all.
+    with pytest.raises(UserError, match=r"target_macs=0.05 .*closest achievable fraction .* is 0\.\d+"):
+        prune_to_budget(parent, "l1", IMG, target_macs=0.05, round_to=64)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"target_macs": 0},
+        {"target_macs": 1.5},
+        {"target_params": -0.1},
+        {"target_macs": 0.5, "target_params": 0.5},
+        {"target_macs": 0.5, "ratio": 0.5},
+        {},
+        {"ratio": 0.99},
+    ],
+)
+def test_bad_targets_are_user_errors(parent: nn.Module, kwargs: dict) -> None:
+    with pytest.raises(UserError):
+        prune_to_budget(parent, "l1", IMG, **kwargs)

@@ -1,0 +1,115 @@
+"""RemoteTrimmer: fold averaged SE attention into BN, then prune by |γ·s̄| (CAP)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from rscompress.errors import UserError
+from rscompress.models import SEBatchNorm2d, create_model
+from rscompress.prune import apply_architecture, architecture_spec, prune
+from rscompress.prune.methods.remotetrimmer import (
+    folded_model_name,
+    prepare_remotetrimmer,
+)
+
+IMG = 16
+NUM_CLASSES = 3
+
+
+def se_resnet18() -> nn.Module:
+    torch.manual_seed(0)
+    return create_model("se_resnet18", NUM_CLASSES, small_input=True).eval()
+
+
+def batches(n: int = 2) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(0)
+    images = [torch.randn(4, 3, IMG, IMG, generator=gen) for _ in range(n)]
+    return [(x, torch.zeros(4, dtype=torch.long)) for x in images]
+
+
+def fix_attention(se_bn: SEBatchNorm2d, s: torch.Tensor) -> None:
+    """Make the SE output exactly ``s`` whatever its input: zero weights, bias = logit(s)."""
+    with torch.no_grad():
+        se_bn.se.fc2.weight.zero_()
+        se_bn.se.fc2.bias.copy_(torch.logit(s))
+
+
+def test_folded_model_equals_se_model_with_averaged_attention() -> None:
+    se_model = se_resnet18()
+    reference = copy.deepcopy(se_model)
+    attention: dict[str, torch.Tensor] = {}
+    folded = prepare_remotetrimmer(se_model, batches())
+    assert not any(isinstance(m, SEBatchNorm2d) for m in folded.modules())
+    # Reference: the SE model whose every SE outputs its averaged attention s̄ = γ'/γ.
+    for name, m in reference.named_modules():
+        if isinstance(m, SEBatchNorm2d):
+            attention[name] = folded.get_submodule(name).weight.detach() / m.weight.detach()
+            fix_attention(m, attention[name])
+    x = torch.randn(2, 3, IMG, IMG)
+    with torch.no_grad():
+        assert torch.allclose(folded(x), reference(x), atol=1e-5, rtol=0)
+    assert all(((s > 0) & (s < 1)).all() for s in attention.values())
+
+
+def test_prepare_then_prune_removes_channels_and_runs() -> None:
+    model = prepare_remotetrimmer(se_resnet18(), batches())
+    before = sum(p.numel() for p in model.parameters())
+    prune(model, "remotetrimmer", torch.zeros(1, 3, IMG, IMG), ratio=0.7)
+    assert sum(p.numel() for p in model.parameters()) < 0.2 * before
+    assert model.layer1[0].conv1.out_channels == round(64 * 0.3)
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, IMG, IMG)).shape == (2, NUM_CLASSES)
+
+
+def test_pruned_folded_model_rebuilds_as_the_plain_architecture() -> None:
+    model = prepare_remotetrimmer(se_resnet18(), batches(1))
+    prune(model, "remotetrimmer", torch.zeros(1, 3, IMG, IMG), ratio=0.5)
+    rebuilt = create_model(folded_model_name("se_resnet18"), NUM_CLASSES, small_input=True)
+    apply_architecture(rebuilt, architecture_spec(model))
+    rebuilt.load_state_dict(model.state_dict(), strict=True)
+    x = torch.randn(2, 3, IMG, IMG)
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(x), model.eval()(x))
+    with pytest.raises(UserError, match="'resnet18'"):
+        folded_model_name("resnet18")
+
+
+def test_cap_prunes_the_smallest_gamma_times_attention_not_the_smallest_gamma() -> None:
+    model = se_resnet18()
+    bn = model.layer1[0].bn1  # its group: layer1.0.conv1 out → bn1 → layer1.0.conv2 in; one BN
+    gamma = torch.linspace(1.0, 2.0, 64)  # |γ| alone would drop channels 0..31
+    s = 0.5 * gamma[0] / gamma * torch.linspace(1.0, 0.1, 64)  # γ·s̄ falls: drop 32..63
+    with torch.no_grad():
+        bn.weight.copy_(gamma)
+    fix_attention(bn, s)
+    folded = prepare_remotetrimmer(model, batches(1))
+    expected = (gamma * s)[:32]
+    assert torch.allclose(folded.layer1[0].bn1.weight.detach(), gamma * s, atol=1e-6)
+    prune(folded, "remotetrimmer", torch.zeros(1, 3, IMG, IMG), ratio=0.5)
+    kept = folded.layer1[0].bn1.weight.detach()
+    assert kept.shape == (32,)
+    assert torch.allclose(kept, expected, atol=1e-6)  # the channels with the largest γ·s̄
+
+
+def test_bn_baseline_on_the_same_model_keeps_the_largest_gamma_instead() -> None:
+    model = se_resnet18()
+    bn = model.layer1[0].bn1
+    gamma = torch.linspace(1.0, 2.0, 64)
+    with torch.no_grad():
+        bn.weight.copy_(gamma)
+    prune(model, "bn", torch.zeros(1, 3, IMG, IMG), ratio=0.5)
+    assert torch.allclose(model.layer1[0].bn1.weight.detach(), gamma[32:])
+
+
+def test_a_model_without_se_blocks_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="se_resnet18"):
+        prepare_remotetrimmer(create_model("resnet18", NUM_CLASSES), batches())
+
+
+def test_no_images_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="attention"):
+        prepare_remotetrimmer(se_resnet18(), [])
