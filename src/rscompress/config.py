@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class StrictModel(BaseModel):
@@ -69,3 +69,12 @@ class TrainConfig(StrictModel):
     weights: Path | None = None
     allow_partial: bool = False
     threads: int | None = Field(None, gt=0)
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        from rscompress.models import list_models
+
+        if name not in list_models():
+            raise ValueError(f"unknown model {name!r}; `rscompress models` lists the known ones")
+        return name

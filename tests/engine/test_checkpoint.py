@@ -4,7 +4,12 @@ import pytest
 import torch
 from torch import nn
 
-from rscompress.engine.checkpoint import TrainingState, load_best_weights, load_checkpoint, save_checkpoint
+from rscompress.engine.checkpoint import (
+    TrainingState,
+    load_best_weights,
+    load_checkpoint,
+    save_checkpoint,
+)
 from rscompress.errors import UserError
 
 

@@ -1,0 +1,62 @@
+"""Unpruned baselines (issue: foundation): resnet18 and se_resnet18 trained from scratch.
+
+    python -m benchmarks.baselines [--epochs N]
+
+Resumable: each cell is a run dir under benchmarks/work/; a finished cell is skipped, an
+interrupted one continues with --resume. Records go to benchmarks/results/baselines.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmarks.records import append_record, has_record, train_record
+from rscompress.artifacts import RunDir
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "baselines.jsonl"
+WORK = ROOT / "benchmarks" / "work" / "baselines"
+DATASETS = {
+    "ucmerced": ROOT / "sample" / "ucmerced128",
+    "rsscn7": ROOT.parent / "shared" / "data" / "rsscn7",
+}
+CELLS = [  # (dataset, img_size)
+    ("ucmerced", 64),
+    ("rsscn7", 64),
+    ("ucmerced", 128),
+]
+MODELS = ("resnet18", "se_resnet18")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    for dataset, img_size in CELLS:
+        for model in MODELS:
+            key = {"dataset": dataset, "model": model, "img_size": img_size, "epochs": args.epochs, "seed": args.seed}
+            if has_record(RESULTS, key):
+                continue
+            out = WORK / f"{dataset}-{model}-{img_size}px-e{args.epochs}-s{args.seed}"
+            cmd = [
+                "rscompress", "train", "--data", str(DATASETS[dataset]), "--model", model,
+                "--img-size", str(img_size), "--epochs", str(args.epochs), "--seed", str(args.seed),
+                "--batch-size", "64", "--lr", "0.1", "--warmup-epochs", "2", "--label-smoothing", "0.1",
+                "--out", str(out), "--quiet",
+            ]
+            run = RunDir(out)
+            if not run.is_complete():
+                resume = ["--resume"] if (run.checkpoint_dir / "latest.json").is_file() else []
+                print("running:", shlex.join(cmd + resume), flush=True)
+                subprocess.run([sys.executable, "-m", "rscompress", *cmd[1:], *resume], check=True)
+            append_record(RESULTS, train_record(run, dataset, shlex.join(cmd).replace(str(ROOT) + "/", "")))
+            print(f"done: {dataset} {model} {img_size}px", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,235 @@
+"""The verbs of the CLI as functions: ``train``, ``evaluate``, ``inspect_data``, ``demo``.
+
+Each reads and writes run dirs only, so any step can be re-run or resumed on its own.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import Progress
+
+from rscompress.artifacts import RunConfig, RunDir, library_versions
+from rscompress.config import DataConfig, TrainConfig
+from rscompress.data.loader import BatchLoader
+from rscompress.data.prepare import PreparedData, inspect_folder, prepare_data
+from rscompress.engine.distributed import DistInfo, barrier, init_distributed
+from rscompress.engine.metrics import evaluate as evaluate_model
+from rscompress.engine.trainer import fit
+from rscompress.errors import UserError
+from rscompress.models import create_model
+from rscompress.models.complexity import count_macs_params
+from rscompress.models.weights import load_weights
+
+EVAL_BATCH = 128
+
+
+def _check_out_dir(run: RunDir, resume: bool) -> None:
+    """Never overwrite a finished run or silently restart one that can be resumed."""
+    if run.is_complete():
+        raise UserError(f"{run.path} already holds a finished run; choose another --out")
+    if not resume and (run.checkpoint_dir / "latest.json").is_file():
+        raise UserError(f"{run.path} holds an unfinished run; pass --resume to continue it or choose another --out")
+
+
+def eval_batches(data: PreparedData, indices, batch_size: int = EVAL_BATCH) -> BatchLoader:
+    return BatchLoader(
+        data.images, data.labels, indices, batch_size=batch_size, shuffle=False, augment=False,
+        mean=data.mean, std=data.std, seed=0,
+    )
+
+
+def train(
+    data_cfg: DataConfig,
+    train_cfg: TrainConfig,
+    out: Path,
+    *,
+    resume: bool = False,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Train ``train_cfg.model`` on ``data_cfg`` into run dir ``out``; returns metrics.json."""
+    dist = init_distributed()
+    if train_cfg.threads:
+        torch.set_num_threads(train_cfg.threads)
+    run = RunDir(out)
+    _check_out_dir(run, resume)
+    data = _prepare_shared(data_cfg, run, quiet, dist)
+    model_kwargs = {"small_input": train_cfg.small_input}
+    config = RunConfig(
+        model=train_cfg.model,
+        num_classes=len(data.class_names),
+        class_names=list(data.class_names),
+        img_size=data_cfg.img_size,
+        mean=list(data.mean),
+        std=list(data.std),
+        model_kwargs=model_kwargs,
+        data=data_cfg.model_dump(mode="json"),
+        train=train_cfg.model_dump(mode="json"),
+        versions=library_versions(),
+    )
+    torch.manual_seed(train_cfg.seed)
+    model = create_model(train_cfg.model, len(data.class_names), **model_kwargs)
+    weights_report = None
+    if train_cfg.weights is not None:
+        weights_report = load_weights(model, train_cfg.weights, allow_partial=train_cfg.allow_partial)
+    if dist.is_main:
+        run.path.mkdir(parents=True, exist_ok=True)
+        run.save_config(config)
+    train_batches = BatchLoader(
+        data.images, data.labels, data.train_indices, batch_size=train_cfg.batch_size,
+        shuffle=True, augment=data_cfg.augment, mean=data.mean, std=data.std, seed=train_cfg.seed,
+        rank=dist.rank, world_size=dist.world_size, drop_last=True,
+    )
+    result = fit(
+        model, train_batches, eval_batches(data, data.val_indices), train_cfg, run,
+        len(data.class_names), resume=resume, quiet=quiet, dist=dist,
+    )
+    if not dist.is_main:
+        barrier(dist)  # rank 0 is writing the final files
+        return {}
+    # The test split is touched once, here, with the weights chosen on val.
+    test = evaluate_model(model, eval_batches(data, data.test_indices), len(data.class_names))
+    macs, params = count_macs_params(model, data_cfg.img_size)
+    metrics = {
+        **test.summary(),
+        "split": "test",
+        "macs": macs,
+        "params": params,
+        "num_classes": len(data.class_names),
+        "model": train_cfg.model,
+        "img_size": data_cfg.img_size,
+        "best_epoch": result.best_epoch,
+        "epochs": train_cfg.epochs,
+        "seed": train_cfg.seed,
+        "val": result.best_val.summary(),
+        "test": test.to_dict(),
+        "timings": {
+            "train_seconds_this_process": result.train_seconds,
+            "train_images_per_second": result.images_per_second,
+            "world_size": dist.world_size,
+        },
+        "bad_files": [{"path": p, "reason": r} for p, r in data.bad_files],
+        "data_warnings": list(data.warnings),
+    }
+    if weights_report is not None:
+        metrics["init_weights"] = {"path": str(train_cfg.weights), **weights_report.to_dict()}
+    run.save_weights(model)
+    run.save_metrics(metrics)  # written last: its presence marks the run complete
+    barrier(dist)
+    return metrics
+
+
+def _prepare_shared(data_cfg: DataConfig, run: RunDir, quiet: bool, dist: DistInfo) -> PreparedData:
+    """Rank 0 decodes and writes split.json first; the other ranks then reuse both."""
+    data = None
+    if dist.is_main:
+        with decode_progress(quiet) as progress:
+            data = prepare_data(data_cfg, run.split_path if run.split_path.is_file() else None, progress)
+        _warn(data.warnings, quiet)
+        run.path.mkdir(parents=True, exist_ok=True)
+        if not run.split_path.is_file():
+            data.split.to_json(run.split_path)
+    barrier(dist)
+    if data is None:
+        data = prepare_data(data_cfg, run.split_path)
+    return data
+
+
+@contextmanager
+def decode_progress(quiet: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """A ``progress(done, total)`` callback drawing a rich bar while images are decoded."""
+    console = Console(stderr=True)
+    if quiet or not console.is_terminal:
+        yield None
+        return
+    with Progress(*Progress.get_default_columns(), console=console, transient=True) as bar:
+        task = bar.add_task("decoding images", total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+def _warn(warnings: Iterable[str], quiet: bool) -> None:
+    if not quiet:
+        for warning in warnings:
+            Console(stderr=True).print(f"[yellow]warning:[/] {warning}")
+
+
+def evaluate(run_path: Path, data_path: Path | None = None, split: str = "test", quiet: bool = False) -> dict[str, Any]:
+    """Metrics of a finished run on its own split, or on every image of another folder."""
+    if split not in ("train", "val", "test"):
+        raise UserError(f"--split must be train, val or test, got {split!r}")
+    run = RunDir(run_path).require()
+    model, config = run.load_model()
+    data_cfg = DataConfig.model_validate(config.data)
+    t0 = time.perf_counter()
+    if data_path is None:
+        with decode_progress(quiet) as progress:
+            data = prepare_data(data_cfg, run.split_path, progress)
+        indices = {"train": data.train_indices, "val": data.val_indices, "test": data.test_indices}[split]
+        split_name = split
+    else:
+        with decode_progress(quiet) as progress:
+            data = prepare_data(
+                data_cfg.model_copy(update={"path": data_path, "test_path": None}),
+                None, progress, class_names=config.class_names, whole_folder=True,
+            )
+        indices = data.all_indices
+        split_name = "all"
+    data = data.with_normalisation(config.mean, config.std)
+    result = evaluate_model(model, eval_batches(data, indices), config.num_classes)
+    macs, params = count_macs_params(model, config.img_size)
+    return {
+        **result.summary(),
+        "macs": macs,
+        "params": params,
+        "num_classes": config.num_classes,
+        "split": split_name,
+        "data": str(data_path or data_cfg.path),
+        "run": str(run.path),
+        "model": config.model,
+        "per_class_accuracy": dict(zip(config.class_names, result.per_class_accuracy)),
+        "confusion": result.confusion,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def inspect_data(path: Path) -> dict[str, Any]:
+    return inspect_folder(path).to_dict()
+
+
+def bundled_sample() -> Path:
+    """The downscaled UC Merced copy shipped in the repo (``sample/ucmerced128``)."""
+    path = Path(__file__).resolve().parents[2] / "sample" / "ucmerced128"
+    if not path.is_dir():
+        raise UserError(f"bundled sample not found at {path}: run from a source checkout (pip install -e .)")
+    return path
+
+
+def demo(out: Path, quiet: bool = False) -> dict[str, Any]:
+    """Train a ResNet-18 on the bundled UC Merced sample at 64 px and evaluate it, offline.
+
+    Re-running resumes: a finished step is reused, an interrupted one continues.
+    """
+    from rscompress.config import OptimConfig
+
+    base = RunDir(out / "base")
+    if not base.is_complete():
+        train(
+            DataConfig(path=bundled_sample(), img_size=64),
+            TrainConfig(
+                model="resnet18", epochs=DEMO_EPOCHS, batch_size=64,
+                optim=OptimConfig(lr=0.1, warmup_epochs=1), label_smoothing=0.1,
+            ),
+            base.path,
+            resume=(base.checkpoint_dir / "latest.json").is_file(),
+            quiet=quiet,
+        )
+    return evaluate(base.path, quiet=quiet)
+
+
+DEMO_EPOCHS = 15

@@ -1,0 +1,258 @@
+"""Command-line interface: parses flags into the pydantic configs and calls ``api``.
+
+Bad input ends with one line on stderr and exit code 2; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+
+from rscompress.errors import UserError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Compress CNNs for remote-sensing imagery: train, prune, distill, evaluate, export.",
+)
+data_app = typer.Typer(no_args_is_help=True, help="Look at a dataset folder before training on it.")
+app.add_typer(data_app, name="data")
+
+_debug = False
+
+
+@app.callback()
+def _root(debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False):
+    global _debug
+    _debug = debug
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+
+
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Option(help="Class-folder dataset root (one folder per class).")],
+    model: Annotated[str, typer.Option(help="Model name (see `rscompress models`).")],
+    out: Annotated[Path, typer.Option(help="Run dir to write.")],
+    img_size: Annotated[int, typer.Option(help="Square input size in pixels.")] = 128,
+    epochs: Annotated[int, typer.Option()] = 30,
+    batch_size: Annotated[int, typer.Option()] = 64,
+    seed: Annotated[int, typer.Option(help="Seeds model init, shuffling and augmentation.")] = 0,
+    optimizer: Annotated[str, typer.Option(help="sgd or adamw.")] = "sgd",
+    lr: Annotated[float, typer.Option()] = 0.05,
+    momentum: Annotated[float, typer.Option()] = 0.9,
+    weight_decay: Annotated[float, typer.Option()] = 5e-4,
+    schedule: Annotated[str, typer.Option(help="cosine, step or constant.")] = "cosine",
+    milestones: Annotated[str, typer.Option(help="Step schedule epochs, e.g. '80,120'.")] = "",
+    gamma: Annotated[float, typer.Option(help="Step schedule factor.")] = 0.1,
+    warmup_epochs: Annotated[int, typer.Option()] = 0,
+    label_smoothing: Annotated[float, typer.Option()] = 0.0,
+    channels_last: Annotated[bool, typer.Option(help="Use channels_last memory format.")] = False,
+    bf16: Annotated[bool, typer.Option(help="bfloat16 autocast on CPU.")] = False,
+    small_input: Annotated[bool, typer.Option(help="Stem for 32-64 px inputs (less downsampling).")] = False,
+    weights: Annotated[Path | None, typer.Option(help="Initial weights (.safetensors), strict keys.")] = None,
+    allow_partial: Annotated[bool, typer.Option(help="Load matching keys of --weights only.")] = False,
+    augment: Annotated[bool, typer.Option(help="Flips and 90° rotations.")] = True,
+    skip_bad: Annotated[bool, typer.Option(help="Skip unreadable images instead of failing.")] = False,
+    train_fraction: Annotated[float, typer.Option()] = 0.7,
+    val_fraction: Annotated[float, typer.Option()] = 0.1,
+    test_fraction: Annotated[float, typer.Option()] = 0.2,
+    test_data: Annotated[Path | None, typer.Option(help="Separate test folder (then test-fraction 0).")] = None,
+    split_seed: Annotated[int, typer.Option()] = 0,
+    cache_dir: Annotated[Path | None, typer.Option(help="Decoded-image cache (default ~/.cache/rscompress).")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch intra-op threads.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the run dir's last checkpoint.")] = False,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+):
+    """Train a model from scratch (or from --weights) and evaluate it on the test split."""
+    from rscompress import api
+    from rscompress.config import DataConfig, OptimConfig, TrainConfig
+
+    data_cfg = _validated(
+        DataConfig,
+        path=data,
+        img_size=img_size,
+        train_fraction=train_fraction,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        test_path=test_data,
+        split_seed=split_seed,
+        augment=augment,
+        skip_bad=skip_bad,
+        cache_dir=cache_dir,
+    )
+    optim_cfg = _validated(
+        OptimConfig,
+        optimizer=optimizer,
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        schedule=schedule,
+        milestones=_int_list(milestones, "--milestones"),
+        gamma=gamma,
+        warmup_epochs=warmup_epochs,
+    )
+    train_cfg = _validated(
+        TrainConfig,
+        model=model,
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        optim=optim_cfg,
+        label_smoothing=label_smoothing,
+        channels_last=channels_last,
+        bf16=bf16,
+        small_input=small_input,
+        weights=weights,
+        allow_partial=allow_partial,
+        threads=threads,
+    )
+    metrics = api.train(data_cfg, train_cfg, out, resume=resume, quiet=quiet or as_json)
+    if as_json:
+        _print_json(metrics)
+    elif metrics:
+        _print_summary(out, metrics)
+
+
+@app.command()
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="Run dir.")],
+    data: Annotated[Path | None, typer.Option(help="Evaluate on every image of this folder instead.")] = None,
+    split: Annotated[str, typer.Option(help="Split of the run's own data: test, val or train.")] = "test",
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+):
+    """Evaluate a run dir on its test split (or on another folder with --data)."""
+    from rscompress import api
+
+    result = api.evaluate(run, data_path=data, split=split, quiet=quiet or as_json)
+    if as_json:
+        _print_json(result)
+    else:
+        _print_summary(run, result)
+
+
+@data_app.command("inspect")
+def data_inspect(
+    path: Annotated[Path, typer.Argument(help="Class-folder dataset root.")],
+    as_json: JsonOpt = False,
+):
+    """Class counts, image sizes, unreadable files and exact duplicates of a dataset folder."""
+    from rscompress import api
+
+    report = api.inspect_data(path)
+    if as_json:
+        _print_json(report)
+    else:
+        _print_inspect(report)
+
+
+@app.command()
+def models(filter_text: Annotated[str, typer.Option("--filter", help="Substring to match.")] = ""):
+    """Names in the model registry, one a line."""
+    from rscompress.models import list_models
+
+    for name in list_models(filter_text):
+        typer.echo(name)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for the demo's run dirs.")] = Path("demo-out"),
+    quiet: QuietOpt = False,
+):
+    """Offline end-to-end demo on the bundled UC Merced sample."""
+    from rscompress import api
+
+    api.demo(out, quiet=quiet)
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def _int_list(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UserError(f"{flag}: expected comma-separated integers, got {text!r}") from None
+
+
+def _validated(model_cls, **values):
+    """Build a config model; a validation error becomes one line naming the option."""
+    try:
+        return model_cls(**values)
+    except ValidationError as err:
+        raise UserError(describe_validation_error(err)) from None
+
+
+def describe_validation_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    flag = f"--{where.replace('_', '-')}" if where else "options"
+    got = f" (got {first['input']!r})" if where and not isinstance(first.get("input"), dict) else ""
+    msg = first["msg"].removeprefix("Value error, ")
+    return f"{flag}: {msg}{got}"
+
+
+def _print_summary(run: Path, metrics: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=str(run))
+    for key in ("top1", "kappa", "macs", "params", "n_images", "split"):
+        if key in metrics:
+            value = metrics[key]
+            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else str(value))
+    Console().print(table)
+
+
+def _print_inspect(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    name = report.get("recognised") or "unknown layout"
+    console.print(f"[bold]{report['root']}[/]: {report['num_images']} images, {report['num_classes']} classes ({name})")
+    table = Table("class", "images")
+    for cls, count in report["class_counts"].items():
+        table.add_row(cls, str(count))
+    console.print(table)
+    sizes = ", ".join(f"{s} ×{n}" for s, n in report["image_sizes"].items())
+    console.print(f"image sizes: {sizes}")
+    for group in report["duplicates"]:
+        console.print(f"[yellow]identical pixels:[/] {', '.join(group)}")
+    for bad in report["bad_files"]:
+        console.print(f"[red]bad file:[/] {bad['path']}: {bad['reason']}")
+    for warning in report["warnings"]:
+        console.print(f"[yellow]warning:[/] {warning}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    # Standalone mode: typer reports its own parse errors (exit 2) and ends with SystemExit.
+    try:
+        app(args=argv, prog_name="rscompress")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except UserError as err:
+        if _debug:
+            raise
+        sys.stderr.write(f"error: {err}\n")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
