@@ -16,12 +16,12 @@ from rich.console import Console
 from rich.progress import Progress
 
 from rscompress.artifacts import RunConfig, RunDir, library_versions
-from rscompress.config import DataConfig, TrainConfig
+from rscompress.config import DataConfig, FitConfig, PruneConfig, TrainConfig
 from rscompress.data.loader import BatchLoader
 from rscompress.data.prepare import PreparedData, inspect_folder, prepare_data
 from rscompress.engine.distributed import DistInfo, barrier, init_distributed
 from rscompress.engine.metrics import evaluate as evaluate_model
-from rscompress.engine.trainer import fit
+from rscompress.engine.trainer import LossFn, fit
 from rscompress.errors import UserError
 from rscompress.models import create_model
 from rscompress.models.complexity import count_macs_params
@@ -81,14 +81,39 @@ def train(
     if dist.is_main:
         run.path.mkdir(parents=True, exist_ok=True)
         run.save_config(config)
+    extra = {"model": train_cfg.model}
+    if weights_report is not None:
+        extra["init_weights"] = {
+            "path": str(train_cfg.weights),
+            "missing": list(weights_report.missing),
+            "unexpected": list(weights_report.unexpected),
+            "mismatched": list(weights_report.mismatched),
+        }
+    return _fit_and_finish(model, data, data_cfg, train_cfg, run, extra, resume=resume, quiet=quiet, dist=dist)
+
+
+def _fit_and_finish(
+    model: torch.nn.Module,
+    data: PreparedData,
+    data_cfg: DataConfig,
+    fit_cfg: FitConfig,
+    run: RunDir,
+    extra_metrics: dict[str, Any],
+    *,
+    resume: bool,
+    quiet: bool,
+    dist: DistInfo = DistInfo(),
+    loss_fn: LossFn | None = None,
+) -> dict[str, Any]:
+    """Fit on train (best epoch on val), then test once and write weights + metrics.json."""
     train_batches = BatchLoader(
-        data.images, data.labels, data.train_indices, batch_size=train_cfg.batch_size,
-        shuffle=True, augment=data_cfg.augment, mean=data.mean, std=data.std, seed=train_cfg.seed,
+        data.images, data.labels, data.train_indices, batch_size=fit_cfg.batch_size,
+        shuffle=True, augment=data_cfg.augment, mean=data.mean, std=data.std, seed=fit_cfg.seed,
         rank=dist.rank, world_size=dist.world_size, drop_last=True,
     )
     result = fit(
-        model, train_batches, eval_batches(data, data.val_indices), train_cfg, run,
-        len(data.class_names), resume=resume, quiet=quiet, dist=dist,
+        model, train_batches, eval_batches(data, data.val_indices), fit_cfg, run,
+        len(data.class_names), loss_fn=loss_fn, resume=resume, quiet=quiet, dist=dist,
     )
     if not dist.is_main:
         barrier(dist)  # rank 0 is writing the final files
@@ -102,11 +127,11 @@ def train(
         "macs": macs,
         "params": params,
         "num_classes": len(data.class_names),
-        "model": train_cfg.model,
         "img_size": data_cfg.img_size,
         "best_epoch": result.best_epoch,
-        "epochs": train_cfg.epochs,
-        "seed": train_cfg.seed,
+        "epochs": fit_cfg.epochs,
+        "seed": fit_cfg.seed,
+        **extra_metrics,
         "val": result.best_val.summary(),
         "test": test.to_dict(),
         "timings": {
@@ -117,8 +142,6 @@ def train(
         "bad_files": [{"path": p, "reason": r} for p, r in data.bad_files],
         "data_warnings": list(data.warnings),
     }
-    if weights_report is not None:
-        metrics["init_weights"] = {"path": str(train_cfg.weights), **weights_report.to_dict()}
     run.save_weights(model)
     run.save_metrics(metrics)  # written last: its presence marks the run complete
     barrier(dist)
@@ -196,6 +219,92 @@ def evaluate(run_path: Path, data_path: Path | None = None, split: str = "test",
         "confusion": result.confusion,
         "seconds": time.perf_counter() - t0,
     }
+
+
+def prune(parent_path: Path, cfg: PruneConfig, out: Path, *, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
+    """Prune a finished run to a budget, fine-tune it with the shared recipe, test it once.
+
+    SE parents (``se_*``) are folded first for every method: the SE attention averaged over
+    the training images goes into the BNs (RemoteTrimmer's step 3), so every method prunes
+    and ships the same SE-free architecture and budgets are comparable.
+    """
+    from rscompress.losses import aml_ce_loss
+    from rscompress.prune import architecture_spec, prune_to_budget
+    from rscompress.prune.methods.remotetrimmer import (
+        folded_model_name,
+        prepare_remotetrimmer,
+    )
+
+    if cfg.finetune.threads:
+        torch.set_num_threads(cfg.finetune.threads)
+    parent = RunDir(parent_path).require()
+    run = RunDir(out)
+    _check_out_dir(run, resume)
+    model, parent_cfg = parent.load_model()
+    parent_metrics = parent.load_metrics()
+    data_cfg = DataConfig.model_validate(parent_cfg.data)
+    with decode_progress(quiet) as progress:
+        data = prepare_data(data_cfg, parent.split_path, progress)
+    # Attention, gradients and BN statistics are taken from plain (unaugmented) train images.
+    calibration = eval_batches(data, data.train_indices, batch_size=64)
+
+    model_name = parent_cfg.model
+    is_se = model_name.startswith("se_")
+    if cfg.method == "remotetrimmer" and not is_se:
+        raise UserError(f"--method remotetrimmer needs an SE parent (se_resnet18, ...); {parent.path} is {model_name}")
+    if is_se:
+        model = prepare_remotetrimmer(model, calibration)
+        model_name = folded_model_name(model_name)
+    torch.manual_seed(cfg.finetune.seed)  # the random criterion
+    calib = [batch for _, batch in zip(range(cfg.calibration_batches), calibration)]
+    pruned, budget = prune_to_budget(
+        model, cfg.method, parent_cfg.img_size, target_macs=cfg.target_macs, target_params=cfg.target_params,
+        ratio=cfg.ratio, global_pruning=cfg.global_pruning, round_to=cfg.round_to, calibration=calib,
+    )
+    spec = architecture_spec(pruned)
+    run.path.mkdir(parents=True, exist_ok=True)
+    config = parent_cfg.model_copy(update={
+        "model": model_name,
+        "architecture": spec,
+        "method": cfg.method,
+        "method_params": {**cfg.model_dump(mode="json", exclude={"finetune"}), "se_folded": is_se},
+        "parent": str(parent.path),
+        "train": cfg.finetune.model_dump(mode="json"),
+        "versions": library_versions(),
+    })
+    if resume and run.config_path.is_file() and run.load_config().architecture != spec:
+        raise UserError(f"{run.path} was pruned with other settings; choose another --out")
+    run.save_config(config)
+    if not run.split_path.is_file():
+        data.split.to_json(run.split_path)
+    before = evaluate_model(pruned, eval_batches(data, data.val_indices), len(data.class_names))
+
+    loss_fn = None
+    if cfg.loss == "aml+ce":
+        def loss_fn(m, x, y, epoch):
+            logits = m(x)
+            return aml_ce_loss(logits.float(), y, cfg.r1, cfg.r2), logits
+
+    extra = {
+        "model": model_name,
+        "method": cfg.method,
+        "parent": str(parent.path),
+        "parent_top1": parent_metrics["top1"],
+        "parent_kappa": parent_metrics["kappa"],
+        "parent_macs": budget.parent_macs,
+        "parent_params": budget.parent_params,
+        "macs_kept": budget.macs_kept,
+        "params_kept": budget.params_kept,
+        "target_macs": cfg.target_macs,
+        "target_params": cfg.target_params,
+        "ratio": cfg.ratio,
+        "global_pruning": cfg.global_pruning,
+        "loss": cfg.loss,
+        "finetune_epochs": cfg.finetune.epochs,
+        "val_top1_before_finetune": before.top1,
+        "budget": budget.to_dict(),
+    }
+    return _fit_and_finish(pruned, data, data_cfg, cfg.finetune, run, extra, resume=resume, quiet=quiet, loss_fn=loss_fn)
 
 
 def inspect_data(path: Path) -> dict[str, Any]:

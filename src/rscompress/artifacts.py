@@ -40,6 +40,9 @@ class RunConfig(BaseModel):
     mean: list[float]
     std: list[float]
     model_kwargs: dict[str, Any] = {}
+    # Pruned models: per-layer shapes (prune.rebuild.architecture_spec) applied to a fresh
+    # ``model`` before the weights are loaded. None for unpruned models.
+    architecture: dict[str, Any] | None = None
     method: str = "train"
     method_params: dict[str, Any] = {}
     parent: str | None = None
@@ -145,6 +148,10 @@ class RunDir:
         self.require()
         config = self.load_config()
         model = create_model(config.model, config.num_classes, **config.model_kwargs)
+        if config.architecture is not None:
+            from rscompress.prune.rebuild import apply_architecture
+
+            apply_architecture(model, config.architecture)
         state = self.load_state_dict()
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:

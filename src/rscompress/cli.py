@@ -128,6 +128,60 @@ def train(
 
 
 @app.command()
+def prune(
+    run: Annotated[Path, typer.Argument(help="Finished run dir to prune (the parent).")],
+    method: Annotated[str, typer.Option(help="Criterion: l1, l2, bn, taylor, fpgm, lamp, random, remotetrimmer.")],
+    out: Annotated[Path, typer.Option(help="Run dir to write.")],
+    target_macs: Annotated[float | None, typer.Option(help="Fraction of the parent's MACs to keep (0 < F <= 1).")] = None,
+    target_params: Annotated[float | None, typer.Option(help="Fraction of the parent's params to keep.")] = None,
+    ratio: Annotated[float | None, typer.Option(help="Channel ratio to remove per layer (paper-style).")] = None,
+    global_pruning: Annotated[bool, typer.Option("--global", help="Rank channels across layers.")] = False,
+    round_to: Annotated[int | None, typer.Option(help="Keep channel counts multiples of N.")] = None,
+    loss: Annotated[str, typer.Option(help="Fine-tuning loss: ce or aml+ce.")] = "ce",
+    r1: Annotated[float, typer.Option(help="AML weight (with --loss aml+ce).")] = 1.0,
+    r2: Annotated[float, typer.Option(help="CE weight (with --loss aml+ce).")] = 1.0,
+    finetune_epochs: Annotated[int, typer.Option()] = 20,
+    batch_size: Annotated[int, typer.Option()] = 64,
+    optimizer: Annotated[str, typer.Option(help="sgd or adamw.")] = "sgd",
+    lr: Annotated[float, typer.Option()] = 0.01,
+    momentum: Annotated[float, typer.Option()] = 0.9,
+    weight_decay: Annotated[float, typer.Option()] = 5e-4,
+    schedule: Annotated[str, typer.Option(help="cosine, step or constant.")] = "cosine",
+    milestones: Annotated[str, typer.Option(help="Step schedule epochs, e.g. '20,30'.")] = "",
+    gamma: Annotated[float, typer.Option()] = 0.1,
+    warmup_epochs: Annotated[int, typer.Option()] = 0,
+    label_smoothing: Annotated[float, typer.Option()] = 0.0,
+    seed: Annotated[int, typer.Option()] = 0,
+    threads: Annotated[int | None, typer.Option()] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted fine-tuning.")] = False,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+):
+    """Remove channels to a MACs/params budget, fine-tune, and test once."""
+    from rscompress import api
+    from rscompress.config import FitConfig, OptimConfig, PruneConfig
+
+    optim_cfg = _validated(
+        OptimConfig, optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay,
+        schedule=schedule, milestones=_int_list(milestones, "--milestones"), gamma=gamma,
+        warmup_epochs=warmup_epochs,
+    )
+    fit_cfg = _validated(
+        FitConfig, epochs=finetune_epochs, batch_size=batch_size, seed=seed, optim=optim_cfg,
+        label_smoothing=label_smoothing, threads=threads,
+    )
+    cfg = _validated(
+        PruneConfig, method=method, target_macs=target_macs, target_params=target_params, ratio=ratio,
+        global_pruning=global_pruning, round_to=round_to, loss=loss, r1=r1, r2=r2, finetune=fit_cfg,
+    )
+    metrics = api.prune(run, cfg, out, resume=resume, quiet=quiet or as_json)
+    if as_json:
+        _print_json(metrics)
+    else:
+        _print_summary(out, metrics)
+
+
+@app.command()
 def evaluate(
     run: Annotated[Path, typer.Argument(help="Run dir.")],
     data: Annotated[Path | None, typer.Option(help="Evaluate on every image of this folder instead.")] = None,
@@ -211,8 +265,8 @@ def _print_summary(run: Path, metrics: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=str(run))
-    for key in ("top1", "kappa", "macs", "params", "n_images", "split"):
+    table = Table("metric", "value", title=str(run))
+    for key in ("top1", "kappa", "macs", "params", "macs_kept", "params_kept", "parent_top1", "n_images", "split"):
         if key in metrics:
             value = metrics[key]
             table.add_row(key, f"{value:.4f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else str(value))

@@ -56,8 +56,9 @@ class OptimConfig(StrictModel):
     warmup_epochs: int = Field(0, ge=0)
 
 
-class TrainConfig(StrictModel):
-    model: str
+class FitConfig(StrictModel):
+    """How a model is trained: what the fit loop needs, for training and fine-tuning alike."""
+
     epochs: int = Field(30, gt=0)
     batch_size: int = Field(64, gt=0)
     seed: int = 0
@@ -65,10 +66,16 @@ class TrainConfig(StrictModel):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     channels_last: bool = False
     bf16: bool = False
+    threads: int | None = Field(None, gt=0)
+
+
+class TrainConfig(FitConfig):
+    """``rscompress train``: a registry model trained from scratch (or from local weights)."""
+
+    model: str
     small_input: bool = False
     weights: Path | None = None
     allow_partial: bool = False
-    threads: int | None = Field(None, gt=0)
 
     @field_validator("model")
     @classmethod
@@ -78,3 +85,41 @@ class TrainConfig(StrictModel):
         if name not in list_models():
             raise ValueError(f"unknown model {name!r}; `rscompress models` lists the known ones")
         return name
+
+
+class PruneConfig(StrictModel):
+    """``rscompress prune``: which channels go (criterion, budget) and how the result is fine-tuned.
+
+    Every method gets the same fine-tuning recipe (``finetune``) so comparisons are fair.
+    """
+
+    method: str
+    target_macs: float | None = Field(None, gt=0, le=1)
+    target_params: float | None = Field(None, gt=0, le=1)
+    ratio: float | None = Field(None, ge=0, lt=1)
+    global_pruning: bool = False
+    round_to: int | None = Field(None, gt=0)
+    loss: Literal["ce", "aml+ce"] = "ce"
+    r1: float = Field(1.0, ge=0)  # AML weight
+    r2: float = Field(1.0, ge=0)  # CE weight
+    calibration_batches: int = Field(4, gt=0)  # batches for taylor gradients / SE attention: all
+    finetune: FitConfig
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, name: str) -> str:
+        from rscompress.prune import IMPORTANCES
+
+        if name not in IMPORTANCES:
+            raise ValueError(f"unknown method {name!r}; known: {', '.join(IMPORTANCES)}")
+        return name
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> PruneConfig:
+        given = [n for n in ("target_macs", "target_params", "ratio") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of --target-macs, --target-params, --ratio"
+                + (f" (got {', '.join(given)})" if given else "")
+            )
+        return self

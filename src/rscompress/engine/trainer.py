@@ -27,7 +27,7 @@ from rich.progress import (
 from torch import nn
 
 from rscompress.artifacts import RunDir
-from rscompress.config import TrainConfig
+from rscompress.config import FitConfig
 from rscompress.engine.checkpoint import (
     TrainingState,
     load_best_weights,
@@ -92,7 +92,7 @@ def fit(
     model: nn.Module,
     train_batches: Batches,
     val_batches: Iterable,
-    cfg: TrainConfig,
+    cfg: FitConfig,
     run: RunDir,
     num_classes: int,
     *,

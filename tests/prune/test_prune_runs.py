@@ -1,0 +1,91 @@
+"""``rscompress prune`` end to end on tiny data: budgets, SE folding, AML fine-tuning, run dirs."""
+
+import json
+
+import pytest
+import torch
+
+from rscompress import api
+from rscompress.artifacts import RunDir
+from rscompress.cli import main
+from rscompress.config import DataConfig, FitConfig, PruneConfig, TrainConfig
+from rscompress.errors import UserError
+from tests.fakes import make_fake_dataset
+
+
+@pytest.fixture(scope="module")
+def parents(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prune-runs")
+    data = make_fake_dataset(root, name="rsscn7", per_class=8, size=24)
+    out = {}
+    for name in ("se_resnet18", "resnet18"):
+        out[name] = root / name
+        api.train(DataConfig(path=data, img_size=24), TrainConfig(model=name, epochs=1, batch_size=8), out[name], quiet=True)
+    return out
+
+
+def _cfg(method, **kw):
+    return PruneConfig(method=method, finetune=FitConfig(epochs=1, batch_size=8), **kw)
+
+
+def test_remotetrimmer_hits_target_folds_se_and_reloads(parents, tmp_path):
+    out = tmp_path / "rt"
+    metrics = api.prune(parents["se_resnet18"], _cfg("remotetrimmer", target_macs=0.3, loss="aml+ce"), out, quiet=True)
+    assert abs(metrics["macs_kept"] / 0.3 - 1) <= 0.01
+    assert metrics["macs"] < metrics["parent_macs"] and metrics["params"] < metrics["parent_params"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"] == "resnet18" and config["method"] == "remotetrimmer"
+    assert config["method_params"]["se_folded"] is True and config["architecture"]
+    assert (out / "split.json").read_bytes() == (parents["se_resnet18"] / "split.json").read_bytes()
+    # A fresh load (config.json + safetensors, no pickle) gives the test metrics again.
+    result = api.evaluate(out, quiet=True)
+    assert result["top1"] == pytest.approx(metrics["top1"])
+    assert result["macs"] == metrics["macs"]
+    model, _ = RunDir(out).load_model()
+    assert not any("se" in name.split(".")[-1] for name, _ in model.named_modules())
+
+
+@pytest.mark.parametrize("method,global_pruning", [("l1", True), ("taylor", False), ("bn", False)])
+def test_baselines_hit_target(parents, tmp_path, method, global_pruning):
+    metrics = api.prune(parents["resnet18"], _cfg(method, target_macs=0.1, global_pruning=global_pruning), tmp_path / "p", quiet=True)
+    assert abs(metrics["macs_kept"] / 0.1 - 1) <= 0.01
+
+
+def test_target_params_and_ratio(parents, tmp_path):
+    m = api.prune(parents["resnet18"], _cfg("l2", target_params=0.2), tmp_path / "a", quiet=True)
+    assert abs(m["params_kept"] / 0.2 - 1) <= 0.01
+    m = api.prune(parents["resnet18"], _cfg("l1", ratio=0.5), tmp_path / "b", quiet=True)
+    assert m["budget"]["ratio"] == 0.5
+
+
+def test_remotetrimmer_needs_se_parent(parents, tmp_path):
+    with pytest.raises(UserError, match="SE parent"):
+        api.prune(parents["resnet18"], _cfg("remotetrimmer", target_macs=0.3), tmp_path / "x", quiet=True)
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--method", "l1"], "exactly one of"),
+        (["--method", "l1", "--target-macs", "0.3", "--ratio", "0.5"], "exactly one of"),
+        (["--method", "l1", "--target-macs", "1.5"], "--target-macs"),
+        (["--method", "l1", "--target-macs", "0"], "--target-macs"),
+        (["--method", "l9", "--target-macs", "0.3"], "l9"),
+        (["--method", "l1", "--target-macs", "0.3", "--loss", "focal"], "--loss"),
+    ],
+)
+def test_cli_rejects_bad_budgets(parents, tmp_path, capsys, args, needle):
+    code = main(["prune", str(parents["resnet18"]), "--out", str(tmp_path / "o"), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_pruned_model_is_really_smaller(parents, tmp_path):
+    out = tmp_path / "small"
+    api.prune(parents["resnet18"], _cfg("l1", target_macs=0.3), out, quiet=True)
+    parent, _ = RunDir(parents["resnet18"]).load_model()
+    pruned, _ = RunDir(out).load_model()
+    assert pruned.conv1.out_channels < parent.conv1.out_channels
+    assert pruned(torch.zeros(2, 3, 24, 24)).shape == (2, 7)
