@@ -99,7 +99,7 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, da
 
     def fit_with_poison(*args, **kwargs):
         calls["n"] += 1
-        return real_fit(*args, loss_fn=poisoned_loss, **kwargs)
+        return real_fit(*args, **{**kwargs, "loss_fn": poisoned_loss})
 
     monkeypatch.setattr(api, "fit", fit_with_poison)
     run = tmp_path / "nan"
