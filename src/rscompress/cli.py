@@ -231,7 +231,8 @@ def demo(
     """Offline end-to-end demo on the bundled UC Merced sample."""
     from rscompress import api
 
-    api.demo(out, quiet=quiet)
+    result = api.demo(out, quiet=quiet)
+    _print_summary(out / "base", result)
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -278,15 +279,16 @@ def _print_inspect(report: dict) -> None:
     from rich.table import Table
 
     console = Console()
-    name = report.get("recognised") or "unknown layout"
-    console.print(f"[bold]{report['root']}[/]: {report['num_images']} images, {report['num_classes']} classes ({name})")
+    known = report["dataset"]["name"] if report.get("dataset") else "not a known dataset"
+    console.print(f"[bold]{report['root']}[/]: {report['num_images']} images, {report['num_classes']} classes ({known})")
     table = Table("class", "images")
     for cls, count in report["class_counts"].items():
         table.add_row(cls, str(count))
     console.print(table)
-    sizes = ", ".join(f"{s} ×{n}" for s, n in report["image_sizes"].items())
-    console.print(f"image sizes: {sizes}")
-    for group in report["duplicates"]:
+    sizes = ", ".join(f"{s['width']}x{s['height']} ×{s['count']}" for s in report["image_sizes"])
+    more = report["num_image_sizes"] - len(report["image_sizes"])
+    console.print(f"image sizes: {sizes}" + (f" (+{more} more sizes)" if more > 0 else ""))
+    for group in report["duplicate_groups"]:
         console.print(f"[yellow]identical pixels:[/] {', '.join(group)}")
     for bad in report["bad_files"]:
         console.print(f"[red]bad file:[/] {bad['path']}: {bad['reason']}")
