@@ -269,7 +269,7 @@ def prune(parent_path: Path, cfg: PruneConfig, out: Path, *, resume: bool = Fals
         "architecture": spec,
         "method": cfg.method,
         "method_params": {**cfg.model_dump(mode="json", exclude={"finetune"}), "se_folded": is_se},
-        "parent": str(parent.path),
+        "parent": str(parent.path.resolve()),
         "train": cfg.finetune.model_dump(mode="json"),
         "versions": library_versions(),
     })
@@ -289,7 +289,7 @@ def prune(parent_path: Path, cfg: PruneConfig, out: Path, *, resume: bool = Fals
     extra = {
         "model": model_name,
         "method": cfg.method,
-        "parent": str(parent.path),
+        "parent": str(parent.path.resolve()),
         "parent_top1": parent_metrics["top1"],
         "parent_kappa": parent_metrics["kappa"],
         "parent_macs": budget.parent_macs,

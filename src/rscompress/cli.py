@@ -199,6 +199,60 @@ def evaluate(
         _print_summary(run, result)
 
 
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="Finished run dir.")],
+    format: Annotated[str, typer.Option("--format", help="Export format (onnx).")] = "onnx",
+    out: Annotated[Path | None, typer.Option(help="Output file (default RUN/model.onnx).")] = None,
+    parity_data: Annotated[Path | None, typer.Option(help="Folder for the parity images when the run's data is elsewhere.")] = None,
+    parity_images: Annotated[int, typer.Option(help="Real images the parity check runs on.")] = 64,
+    as_json: JsonOpt = False,
+):
+    """Export to ONNX (dynamic batch) and check parity with onnxruntime on real images."""
+    from rscompress.deploy.onnx import export_run
+
+    if format != "onnx":
+        raise UserError(f"--format: only 'onnx' is supported, got {format!r}")
+    if parity_images <= 0:
+        raise UserError(f"--parity-images must be > 0, got {parity_images}")
+    report = export_run(run, out, n_images=parity_images, parity_data=parity_data).to_dict()
+    if as_json:
+        _print_json(report)
+    else:
+        typer.echo(
+            f"wrote {report['path']} ({report['size_bytes'] / 1e6:.1f} MB); parity on {report['n_images']} "
+            f"images: max abs diff {report['max_abs_diff']:.2e}, top-1 agreement {report['top1_agree']:.0%}"
+        )
+
+
+@app.command()
+def bench(
+    runs: Annotated[list[Path], typer.Argument(help="Run dirs; a run's parent among them is its reference.")],
+    batch_size: Annotated[list[int], typer.Option(help="Batch sizes (repeatable).")] = [1, 32],  # noqa: B006
+    threads: Annotated[list[int], typer.Option(help="Thread counts (repeatable).")] = [1, 2],  # noqa: B006
+    engine: Annotated[list[str], typer.Option(help="torch and/or onnxruntime (repeatable).")] = ["torch", "onnxruntime"],  # noqa: B006
+    warmup: Annotated[int, typer.Option()] = 10,
+    repeats: Annotated[int, typer.Option(help="Timed runs per model and setting (>= 50 for reports).")] = 50,
+    as_json: JsonOpt = False,
+):
+    """CPU latency (median, p90) and peak RSS, models interleaved in one process."""
+    from rscompress.artifacts import RunDir
+    from rscompress.deploy.latency import bench_table, measure
+
+    results = measure([RunDir(r).require() for r in runs], batch_size, threads, engine, warmup, repeats)
+    rows = bench_table(results)
+    if as_json:
+        _print_json({"results": rows})
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*rows[0].keys())
+    for row in rows:
+        table.add_row(*(str(v) for v in row.values()))
+    Console().print(table)
+
+
 @data_app.command("inspect")
 def data_inspect(
     path: Annotated[Path, typer.Argument(help="Class-folder dataset root.")],

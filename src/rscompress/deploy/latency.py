@@ -54,6 +54,7 @@ class LatencyResult:
     macs: int  # per image (count_macs_params)
     params: int
     reference: str  # the model this one's speedup is relative to (itself for a reference)
+    reference_is_parent: bool  # the reference is this run's parent (else: the first model given)
     ref_median_ms: float  # the reference's median at this same setting
     ref_macs: int
     peak_rss_mb: float | None = None  # fresh process running this setting; None: not measured
@@ -92,10 +93,11 @@ def _as_model(spec: RunSpec) -> _Model:
     return _Model(str(run.path), model, config.img_size, run, parent)
 
 
-def _references(models: Sequence[_Model]) -> list[int]:
-    """Index of each model's reference: its parent run if given here, else the first model."""
+def _references(models: Sequence[_Model]) -> list[tuple[int, bool]]:
+    """(index, is parent) of each model's reference: its parent run if given here, else the first."""
     index_of = {m.run.path.resolve(): i for i, m in enumerate(models) if m.run is not None}
-    return [index_of.get(m.parent, 0) if m.parent is not None else 0 for m in models]
+    parents = [index_of.get(m.parent) if m.parent is not None else None for m in models]
+    return [(0, False) if p is None else (p, True) for p in parents]
 
 
 def time_interleaved(
@@ -107,7 +109,7 @@ def time_interleaved(
             call()
     times: list[list[float]] = [[] for _ in calls]
     for _ in range(repeats):
-        for call, own in zip(calls, times):
+        for call, own in zip(calls, times, strict=True):
             start = clock()
             call()
             own.append((clock() - start) * 1e3)
@@ -144,7 +146,7 @@ def _onnx_calls(sessions: Sequence[Any], models: Sequence[_Model], batch_size: i
     def call(session: Any, x: np.ndarray) -> Callable[[], object]:
         return lambda: session.run([OUTPUT_NAME], {INPUT_NAME: x})
 
-    return [call(s, _inputs(m.img_size, batch_size).numpy()) for s, m in zip(sessions, models)]
+    return [call(s, _inputs(m.img_size, batch_size).numpy()) for s, m in zip(sessions, models, strict=True)]
 
 
 def _onnx_file(m: _Model, folder: Path, index: int) -> Path:
@@ -174,7 +176,9 @@ def _rss_probe(m: _Model, engine: str, onnx_path: Path | None, batch_size: int, 
     return float(json.loads(done.stdout.strip().splitlines()[-1])["peak_rss_mb"])
 
 
-def _check_settings(engines: Iterable[str], batch_sizes: Iterable[int], threads: Iterable[int], warmup: int, repeats: int) -> None:
+def _check_settings(
+    engines: Iterable[str], batch_sizes: Iterable[int], threads: Iterable[int], warmup: int, repeats: int
+) -> None:
     unknown = [e for e in engines if e not in ENGINES]
     if unknown:
         raise UserError(f"unknown engine {unknown[0]!r}; known: {', '.join(ENGINES)}")
@@ -204,6 +208,9 @@ def measure(
     runs eager under ``inference_mode`` with ``torch.set_num_threads(threads)`` (restored
     afterwards); ONNX Runtime with ``threads`` intra-op threads, one inter-op thread, all graph
     optimisations. Results are ordered by setting, then by model as given.
+
+    ``peak_rss``: probe each model's peak memory per setting in a fresh process (rss.py; a
+    torch probe needs a run dir, so in-memory models get none). ``clock``: for tests.
     """
     _check_settings(engines, batch_sizes, threads, warmup, repeats)
     if not runs:
@@ -219,7 +226,8 @@ def measure(
     refs = _references(models)
 
     with tempfile.TemporaryDirectory(prefix="rscompress-bench-") as tmp:
-        onnx_paths = [_onnx_file(m, Path(tmp), i) if "onnxruntime" in engines else None for i, m in enumerate(models)]
+        wants_onnx = "onnxruntime" in engines
+        onnx_paths = [_onnx_file(m, Path(tmp), i) if wants_onnx else None for i, m in enumerate(models)]
         timings = [
             (engine, t, batch_size, times)
             for engine in engines
@@ -230,13 +238,14 @@ def measure(
         results = []
         for engine, t, batch_size, times in timings:
             medians = [statistics.median(own) for own in times]
-            for i, (m, own) in enumerate(zip(models, times)):
-                ref = refs[i]
+            for i, (m, own) in enumerate(zip(models, times, strict=True)):
+                ref, ref_is_parent = refs[i]
                 results.append(LatencyResult(
                     name=m.name, engine=engine, batch_size=batch_size, threads=t,
                     median_ms=medians[i], p90_ms=p90(own), warmup=warmup, repeats=repeats,
                     img_size=m.img_size, macs=counts[i][0], params=counts[i][1],
-                    reference=models[ref].name, ref_median_ms=medians[ref], ref_macs=counts[ref][0],
+                    reference=models[ref].name, reference_is_parent=ref_is_parent,
+                    ref_median_ms=medians[ref], ref_macs=counts[ref][0],
                     peak_rss_mb=_rss_probe(m, engine, onnx_paths[i], batch_size, t) if peak_rss else None,
                     run=str(m.run.path) if m.run is not None else None,
                 ))
@@ -289,12 +298,12 @@ def record_fields(results: Iterable[LatencyResult], name: str) -> dict[str, floa
     """``latency_ms_bs1`` (and ``parent_latency_ms_bs1``) of ``name`` for a benchmark record.
 
     DESIGN.md: ONNX Runtime, 1 thread, batch 1, measured in the same process as the parent's.
-    The parent's figure is there only when the reference of ``name`` is another model.
+    The parent's figure is there only when the parent run was measured with it.
     """
     for r in results:
         if r.name == name and r.engine == "onnxruntime" and r.batch_size == 1 and r.threads == 1:
             fields = {"latency_ms_bs1": r.median_ms}
-            if r.reference != r.name:
+            if r.reference_is_parent:
                 fields["parent_latency_ms_bs1"] = r.ref_median_ms
             return fields
     raise ValueError(f"no onnxruntime / 1 thread / batch 1 result for {name!r}")

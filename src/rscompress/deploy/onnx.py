@@ -121,6 +121,7 @@ def export_onnx(
             # The TorchScript exporter is deprecated in favour of dynamo, which needs
             # onnxscript (not a dependency); it is still the one that works here.
             warnings.filterwarnings("ignore", "You are using the legacy TorchScript", DeprecationWarning)
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx\.")
             torch.onnx.export(
                 model,
                 (example,),

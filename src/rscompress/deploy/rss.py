@@ -15,12 +15,23 @@ import argparse
 import json
 import resource
 import sys
+from pathlib import Path
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident set size in MiB (Linux reports KiB, macOS bytes)."""
+    """This process's peak resident set size in MiB.
+
+    On Linux from ``VmHWM``, not ``getrusage``: ``ru_maxrss`` survives fork and exec, so a
+    probe started by a big process (a benchmark holding torch and several models) would
+    report its parent's peak instead of its own.
+    """
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**10  # kB
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, else KiB
 
 
 def _run_onnxruntime(onnx_path: str, batch_size: int, img_size: int, threads: int) -> float:
@@ -38,7 +49,9 @@ def _run_onnxruntime(onnx_path: str, batch_size: int, img_size: int, threads: in
 def _run_torch(run_path: str, batch_size: int, threads: int) -> float:
     import torch
 
-    from rscompress.artifacts import RunDir  # imports the model zoo too: part of the floor
+    from rscompress.artifacts import (
+        RunDir,  # imports the model zoo too: part of the floor
+    )
 
     torch.set_num_threads(threads)
     floor = peak_rss_mb()
