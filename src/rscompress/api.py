@@ -16,7 +16,13 @@ from rich.console import Console
 from rich.progress import Progress
 
 from rscompress.artifacts import RunConfig, RunDir, library_versions
-from rscompress.config import DataConfig, FitConfig, PruneConfig, TrainConfig
+from rscompress.config import (
+    DataConfig,
+    DistillConfig,
+    FitConfig,
+    PruneConfig,
+    TrainConfig,
+)
 from rscompress.data.loader import BatchLoader
 from rscompress.data.prepare import PreparedData, inspect_folder, prepare_data
 from rscompress.engine.distributed import DistInfo, barrier, init_distributed
@@ -306,6 +312,85 @@ def prune(parent_path: Path, cfg: PruneConfig, out: Path, *, resume: bool = Fals
         "budget": budget.to_dict(),
     }
     return _fit_and_finish(pruned, data, data_cfg, cfg.finetune, run, extra, resume=resume, quiet=quiet, loss_fn=loss_fn)
+
+
+def distill(teacher_path: Path, student: str, cfg: DistillConfig, out: Path, *, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
+    """Train ``student`` (a registry name, or a run dir such as a pruned model) on the teacher's
+    data and split, guided by the frozen teacher's logits."""
+    from rscompress.distill.losses import dkd_loss, kd_loss, warmup_factor
+
+    if cfg.fit.threads:
+        torch.set_num_threads(cfg.fit.threads)
+    teacher_run = RunDir(teacher_path).require()
+    run = RunDir(out)
+    _check_out_dir(run, resume)
+    teacher, teacher_cfg = teacher_run.load_model()
+    teacher_metrics = teacher_run.load_metrics()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    student_model, student_cfg = _student(student, teacher_cfg, cfg)
+    data_cfg = DataConfig.model_validate(teacher_cfg.data)
+    with decode_progress(quiet) as progress:
+        data = prepare_data(data_cfg, teacher_run.split_path, progress)
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.save_config(student_cfg.model_copy(update={
+        "method": f"distill-{cfg.loss}",
+        "method_params": cfg.model_dump(mode="json", exclude={"fit"}),
+        "parent": str(teacher_run.path.resolve()),
+        "train": cfg.fit.model_dump(mode="json"),
+        "versions": library_versions(),
+    }))
+    if not run.split_path.is_file():
+        data.split.to_json(run.split_path)
+
+    def loss_fn(model, x, y, epoch):
+        logits = model(x)
+        ce = torch.nn.functional.cross_entropy(logits.float(), y, label_smoothing=cfg.fit.label_smoothing)
+        if cfg.loss == "ce":
+            return ce, logits
+        with torch.no_grad():
+            teacher.eval()  # frozen: BN statistics and dropout of the teacher never change
+            t_logits = teacher(x).float()
+        ramp = warmup_factor(epoch, cfg.kd_warmup_epochs)
+        if cfg.loss == "kd":
+            return ce + ramp * cfg.kd_weight * kd_loss(logits.float(), t_logits, cfg.temperature), logits
+        return ce + ramp * dkd_loss(logits.float(), t_logits, y, cfg.alpha, cfg.beta, cfg.temperature).total, logits
+
+    teacher_macs, teacher_params = count_macs_params(teacher, teacher_cfg.img_size)
+    extra = {
+        "model": student_cfg.model,
+        "method": f"distill-{cfg.loss}",
+        "student": student,
+        "teacher": str(teacher_run.path.resolve()),
+        "teacher_model": teacher_cfg.model,
+        "teacher_top1": teacher_metrics["top1"],
+        "teacher_kappa": teacher_metrics["kappa"],
+        "teacher_macs": teacher_macs,
+        "teacher_params": teacher_params,
+    }
+    return _fit_and_finish(student_model, data, data_cfg, cfg.fit, run, extra, resume=resume, quiet=quiet, loss_fn=loss_fn)
+
+
+def _student(student: str, teacher_cfg: RunConfig, cfg: DistillConfig) -> tuple[torch.nn.Module, RunConfig]:
+    """The student model and its run config: a run dir (weights kept) or a fresh registry model."""
+    if Path(student).is_dir():
+        model, config = RunDir(student).require().load_model()
+        if config.class_names != teacher_cfg.class_names or config.img_size != teacher_cfg.img_size:
+            raise UserError(
+                f"student run {student} was made for other data than the teacher "
+                f"(classes or img_size differ: {config.img_size} vs {teacher_cfg.img_size} px)"
+            )
+        model.train()
+        return model, config
+    from rscompress.models import list_models
+
+    if student not in list_models():
+        raise UserError(f"--student {student!r} is neither a run dir nor a known model (`rscompress models`)")
+    torch.manual_seed(cfg.fit.seed)
+    kwargs = {"small_input": cfg.small_input}
+    model = create_model(student, teacher_cfg.num_classes, **kwargs)
+    config = teacher_cfg.model_copy(update={"model": student, "model_kwargs": kwargs, "architecture": None})
+    return model, config
 
 
 def inspect_data(path: Path) -> dict[str, Any]:

@@ -79,7 +79,7 @@ def train(
 ):
     """Train a model from scratch (or from --weights) and evaluate it on the test split."""
     from rscompress import api
-    from rscompress.config import DataConfig, OptimConfig, TrainConfig
+    from rscompress.config import DataConfig, TrainConfig
 
     data_cfg = _validated(
         DataConfig,
@@ -94,17 +94,7 @@ def train(
         skip_bad=skip_bad,
         cache_dir=cache_dir,
     )
-    optim_cfg = _validated(
-        OptimConfig,
-        optimizer=optimizer,
-        lr=lr,
-        momentum=momentum,
-        weight_decay=weight_decay,
-        schedule=schedule,
-        milestones=_int_list(milestones, "--milestones"),
-        gamma=gamma,
-        warmup_epochs=warmup_epochs,
-    )
+    optim_cfg = _optim(optimizer, lr, momentum, weight_decay, schedule, milestones, gamma, warmup_epochs)
     train_cfg = _validated(
         TrainConfig,
         model=model,
@@ -159,13 +149,9 @@ def prune(
 ):
     """Remove channels to a MACs/params budget, fine-tune, and test once."""
     from rscompress import api
-    from rscompress.config import FitConfig, OptimConfig, PruneConfig
+    from rscompress.config import FitConfig, PruneConfig
 
-    optim_cfg = _validated(
-        OptimConfig, optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay,
-        schedule=schedule, milestones=_int_list(milestones, "--milestones"), gamma=gamma,
-        warmup_epochs=warmup_epochs,
-    )
+    optim_cfg = _optim(optimizer, lr, momentum, weight_decay, schedule, milestones, gamma, warmup_epochs)
     fit_cfg = _validated(
         FitConfig, epochs=finetune_epochs, batch_size=batch_size, seed=seed, optim=optim_cfg,
         label_smoothing=label_smoothing, threads=threads,
@@ -175,6 +161,55 @@ def prune(
         global_pruning=global_pruning, round_to=round_to, loss=loss, r1=r1, r2=r2, finetune=fit_cfg,
     )
     metrics = api.prune(run, cfg, out, resume=resume, quiet=quiet or as_json)
+    if as_json:
+        _print_json(metrics)
+    else:
+        _print_summary(out, metrics)
+
+
+@app.command()
+def distill(
+    teacher: Annotated[Path, typer.Option(help="Finished teacher run dir (frozen).")],
+    student: Annotated[str, typer.Option(help="Student: a model name or a run dir (e.g. a pruned run).")],
+    out: Annotated[Path, typer.Option(help="Run dir to write.")],
+    loss: Annotated[str, typer.Option(help="ce (no teacher), kd or dkd.")] = "dkd",
+    temperature: Annotated[float, typer.Option()] = 4.0,
+    alpha: Annotated[float, typer.Option(help="DKD weight of TCKD.")] = 1.0,
+    beta: Annotated[float, typer.Option(help="DKD weight of NCKD.")] = 8.0,
+    kd_weight: Annotated[float, typer.Option(help="KD weight (with --loss kd).")] = 1.0,
+    kd_warmup_epochs: Annotated[int, typer.Option(help="Linear warm-up of the KD terms.")] = 20,
+    small_input: Annotated[bool, typer.Option(help="Stem for 32-64 px (registry students).")] = False,
+    epochs: Annotated[int, typer.Option()] = 30,
+    batch_size: Annotated[int, typer.Option()] = 64,
+    optimizer: Annotated[str, typer.Option(help="sgd or adamw.")] = "sgd",
+    lr: Annotated[float, typer.Option()] = 0.05,
+    momentum: Annotated[float, typer.Option()] = 0.9,
+    weight_decay: Annotated[float, typer.Option()] = 5e-4,
+    schedule: Annotated[str, typer.Option(help="cosine, step or constant.")] = "cosine",
+    milestones: Annotated[str, typer.Option(help="Step schedule epochs.")] = "",
+    gamma: Annotated[float, typer.Option()] = 0.1,
+    warmup_epochs: Annotated[int, typer.Option(help="Learning-rate warm-up.")] = 0,
+    label_smoothing: Annotated[float, typer.Option()] = 0.0,
+    seed: Annotated[int, typer.Option()] = 0,
+    threads: Annotated[int | None, typer.Option()] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run.")] = False,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+):
+    """Train a student on the teacher's data and split with CE, KD or DKD."""
+    from rscompress import api
+    from rscompress.config import DistillConfig, FitConfig
+
+    optim_cfg = _optim(optimizer, lr, momentum, weight_decay, schedule, milestones, gamma, warmup_epochs)
+    fit_cfg = _validated(
+        FitConfig, epochs=epochs, batch_size=batch_size, seed=seed, optim=optim_cfg,
+        label_smoothing=label_smoothing, threads=threads,
+    )
+    cfg = _validated(
+        DistillConfig, loss=loss, temperature=temperature, alpha=alpha, beta=beta, kd_weight=kd_weight,
+        kd_warmup_epochs=kd_warmup_epochs, small_input=small_input, fit=fit_cfg,
+    )
+    metrics = api.distill(teacher, student, cfg, out, resume=resume, quiet=quiet or as_json)
     if as_json:
         _print_json(metrics)
     else:
@@ -292,6 +327,16 @@ def demo(
 # -- helpers ---------------------------------------------------------------------------
 
 
+def _optim(optimizer, lr, momentum, weight_decay, schedule, milestones, gamma, warmup_epochs):
+    from rscompress.config import OptimConfig
+
+    return _validated(
+        OptimConfig, optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay,
+        schedule=schedule, milestones=_int_list(milestones, "--milestones"), gamma=gamma,
+        warmup_epochs=warmup_epochs,
+    )
+
+
 def _int_list(text: str, flag: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.split(",") if v.strip())
@@ -321,7 +366,8 @@ def _print_summary(run: Path, metrics: dict) -> None:
     from rich.table import Table
 
     table = Table("metric", "value", title=str(run))
-    for key in ("top1", "kappa", "macs", "params", "macs_kept", "params_kept", "parent_top1", "n_images", "split"):
+    for key in ("top1", "kappa", "macs", "params", "macs_kept", "params_kept", "parent_top1", "teacher_top1",
+                "teacher_params", "n_images", "split"):
         if key in metrics:
             value = metrics[key]
             table.add_row(key, f"{value:.4f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else str(value))

@@ -123,3 +123,20 @@ class PruneConfig(StrictModel):
                 + (f" (got {', '.join(given)})" if given else "")
             )
         return self
+
+
+class DistillConfig(StrictModel):
+    """``rscompress distill``: a frozen teacher run guides a student (registry name or run dir).
+
+    ce: the student alone (the baseline); kd: CE + kd_weight·KD (Hinton, ·T²);
+    dkd: CE + α·TCKD·T² + β·NCKD·T² (Zhao et al. 2022). KD terms warm up linearly.
+    """
+
+    loss: Literal["ce", "kd", "dkd"] = "dkd"
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(1.0, ge=0)
+    beta: float = Field(8.0, ge=0)
+    kd_weight: float = Field(1.0, ge=0)
+    kd_warmup_epochs: int = Field(20, ge=0)
+    small_input: bool = False  # for a registry student
+    fit: FitConfig

@@ -1,0 +1,64 @@
+"""``rscompress distill`` end to end on tiny data: registry and run-dir students, frozen teacher."""
+
+import json
+
+import pytest
+import torch
+
+from rscompress import api
+from rscompress.artifacts import RunDir
+from rscompress.cli import main
+from rscompress.config import (
+    DataConfig,
+    DistillConfig,
+    FitConfig,
+    PruneConfig,
+    TrainConfig,
+)
+from rscompress.errors import UserError
+from tests.fakes import make_fake_dataset
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distill")
+    data = make_fake_dataset(root, name="rsscn7", per_class=8, size=24)
+    run = root / "teacher"
+    api.train(DataConfig(path=data, img_size=24), TrainConfig(model="resnet18", epochs=1, batch_size=8), run, quiet=True)
+    return run
+
+
+def _cfg(loss, **kw):
+    return DistillConfig(loss=loss, kd_warmup_epochs=1, fit=FitConfig(epochs=1, batch_size=8), **kw)
+
+
+@pytest.mark.parametrize("loss", ["ce", "kd", "dkd"])
+def test_registry_student_with_each_loss(teacher, tmp_path, loss):
+    before = {k: v.clone() for k, v in RunDir(teacher).load_state_dict().items()}
+    metrics = api.distill(teacher, "g_ghost_regnetx_tiny", _cfg(loss, small_input=True), tmp_path / "s", quiet=True)
+    assert metrics["method"] == f"distill-{loss}"
+    assert metrics["teacher_params"] > metrics["params"]
+    teacher_metrics = RunDir(teacher).load_metrics()
+    assert metrics["teacher_top1"] == teacher_metrics["top1"]
+    after = RunDir(teacher).load_state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the teacher run is untouched
+    config = json.loads((tmp_path / "s" / "config.json").read_text())
+    assert config["model"] == "g_ghost_regnetx_tiny" and config["method"] == f"distill-{loss}"
+    assert (tmp_path / "s" / "split.json").read_bytes() == (teacher / "split.json").read_bytes()
+    assert api.evaluate(tmp_path / "s", quiet=True)["top1"] == pytest.approx(metrics["top1"])
+
+
+def test_pruned_run_as_student_keeps_its_architecture(teacher, tmp_path):
+    pruned = tmp_path / "pruned"
+    api.prune(teacher, PruneConfig(method="l1", target_macs=0.3, finetune=FitConfig(epochs=1, batch_size=8)), pruned, quiet=True)
+    metrics = api.distill(teacher, str(pruned), _cfg("dkd"), tmp_path / "pd", quiet=True)
+    assert metrics["macs"] == RunDir(pruned).load_metrics()["macs"]
+    model, _ = RunDir(tmp_path / "pd").load_model()
+    assert model(torch.zeros(1, 3, 24, 24)).shape == (1, 7)
+
+
+def test_bad_student_and_loss(teacher, tmp_path, capsys):
+    with pytest.raises(UserError, match="neither a run dir nor a known model"):
+        api.distill(teacher, "ghostnet9000", _cfg("dkd"), tmp_path / "x", quiet=True)
+    code = main(["distill", "--teacher", str(teacher), "--student", "resnet18", "--loss", "fitnet", "--out", str(tmp_path / "y")])
+    assert code == 2 and "--loss" in capsys.readouterr().err
