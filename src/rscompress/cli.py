@@ -216,6 +216,36 @@ def distill(
         _print_summary(out, metrics)
 
 
+@app.command("run")
+def run_recipe(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML (see recipes/).")],
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+):
+    """Run a whole pipeline from one YAML recipe; finished steps are skipped, so a re-run resumes."""
+    from rscompress.recipe import run_recipe as run_all
+
+    results = run_all(recipe, quiet=quiet or as_json)
+    if as_json:
+        _print_json(results)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("step", "top1", "kappa", "MMACs", "params (M)", "note", title=str(recipe))
+    for name, r in results.items():
+        metrics = "top1" in r
+        table.add_row(
+            name,
+            f"{r['top1']:.4f}" if metrics else "",
+            f"{r['kappa']:.4f}" if metrics else "",
+            f"{r['macs'] / 1e6:.1f}" if metrics else "",
+            f"{r['params'] / 1e6:.2f}" if metrics else "",
+            r.get("skipped", "") or (f"onnx diff {r['max_abs_diff']:.1e}" if "max_abs_diff" in r else ""),
+        )
+    Console().print(table)
+
+
 @app.command()
 def evaluate(
     run: Annotated[Path, typer.Argument(help="Run dir.")],

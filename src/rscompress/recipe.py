@@ -1,0 +1,153 @@
+"""Recipes: a whole pipeline (train → prune/distill → export → bench) in one YAML file.
+
+Every step writes ``OUT/<step name>/`` and is validated by the same pydantic models as the
+CLI. A step whose run dir is complete is skipped and an interrupted one resumes, so running
+a recipe again continues where it stopped. Paths are relative to the working directory; a
+step refers to an earlier step's run dir by its name.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from rscompress.config import (
+    DataConfig,
+    DistillConfig,
+    PruneConfig,
+    StrictModel,
+    TrainConfig,
+)
+from rscompress.errors import UserError
+from rscompress.io_utils import write_json_atomic
+
+
+class TrainStep(TrainConfig):
+    data: DataConfig
+
+
+class PruneStep(PruneConfig):
+    parent: str  # an earlier step's name or a run dir
+
+
+class DistillStep(DistillConfig):
+    teacher: str
+    student: str  # a model name, an earlier step's name or a run dir
+
+
+class ExportStep(StrictModel):
+    run: str
+    parity_images: int = Field(64, gt=0)
+
+
+class BenchStep(StrictModel):
+    runs: list[str]
+    batch_sizes: list[int] = [1, 32]
+    threads: list[int] = [1, 2]
+    engines: list[str] = ["torch", "onnxruntime"]
+    warmup: int = Field(10, ge=0)
+    repeats: int = Field(50, gt=0)
+
+
+STEP_KINDS = ("train", "prune", "distill", "export", "bench")
+
+
+class Step(StrictModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    train: TrainStep | None = None
+    prune: PruneStep | None = None
+    distill: DistillStep | None = None
+    export: ExportStep | None = None
+    bench: BenchStep | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Step:
+        kinds = [k for k in STEP_KINDS if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError(f"step {self.name!r} needs exactly one of {', '.join(STEP_KINDS)}, got {kinds or 'none'}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in STEP_KINDS if getattr(self, k) is not None)
+
+
+class Recipe(StrictModel):
+    out: Path
+    steps: list[Step] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Recipe:
+        names = [s.name for s in self.steps]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"step names must be unique, repeated: {', '.join(dupes)}")
+        return self
+
+
+def load_recipe(path: Path) -> Recipe:
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"recipe {path} does not exist") from None
+    except yaml.YAMLError as err:
+        raise UserError(f"recipe {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise UserError(f"recipe {path}: {where}: {first['msg'].removeprefix('Value error, ')}") from None
+
+
+def run_recipe(path: Path, quiet: bool = False) -> dict[str, Any]:
+    """Run every step in order; returns {step name: its metrics / report}."""
+    from rscompress import api
+    from rscompress.artifacts import RunDir
+    from rscompress.deploy.latency import bench_table, measure
+    from rscompress.deploy.onnx import export_run
+
+    recipe = load_recipe(path)
+    done: dict[str, Path] = {}
+
+    def ref(name: str) -> Path:
+        return done.get(name, Path(name))
+
+    results: dict[str, Any] = {}
+    for step in recipe.steps:
+        out = recipe.out / step.name
+        run = RunDir(out)
+        resume = (run.checkpoint_dir / "latest.json").is_file()
+        if step.kind in ("train", "prune", "distill") and run.is_complete():
+            results[step.name] = {"skipped": "complete", **run.load_metrics()}
+        elif step.train is not None:
+            cfg = step.train
+            results[step.name] = api.train(cfg.data, TrainConfig(**cfg.model_dump(exclude={"data"})), out, resume=resume, quiet=quiet)
+        elif step.prune is not None:
+            cfg = PruneConfig(**step.prune.model_dump(exclude={"parent"}))
+            results[step.name] = api.prune(ref(step.prune.parent), cfg, out, resume=resume, quiet=quiet)
+        elif step.distill is not None:
+            cfg = DistillConfig(**step.distill.model_dump(exclude={"teacher", "student"}))
+            student = str(ref(step.distill.student)) if step.distill.student in done else step.distill.student
+            results[step.name] = api.distill(ref(step.distill.teacher), student, cfg, out, resume=resume, quiet=quiet)
+        elif step.export is not None:
+            target = ref(step.export.run)
+            onnx_path = target / "model.onnx"
+            results[step.name] = (
+                {"skipped": "complete", "path": str(onnx_path)} if onnx_path.is_file()
+                else export_run(target, n_images=step.export.parity_images).to_dict()
+            )
+        elif (out / "bench.json").is_file():
+            results[step.name] = {"skipped": "complete", "rows": json.loads((out / "bench.json").read_text())}
+        else:
+            b = step.bench
+            rows = bench_table(measure([RunDir(ref(r)).require() for r in b.runs], b.batch_sizes, b.threads, b.engines, b.warmup, b.repeats))
+            out.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(out / "bench.json", rows)
+            results[step.name] = {"rows": rows}
+        done[step.name] = out
+    return results

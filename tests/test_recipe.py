@@ -1,0 +1,72 @@
+"""``rscompress run RECIPE.yaml``: validation, the whole pipeline, skip-on-rerun."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rscompress.cli import main
+from rscompress.errors import UserError
+from rscompress.recipe import load_recipe, run_recipe
+from tests.fakes import make_fake_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _recipe(tmp_path, data):
+    recipe = {
+        "out": str(tmp_path / "runs"),
+        "steps": [
+            {"name": "base", "train": {"data": {"path": str(data), "img_size": 16}, "model": "se_resnet18", "epochs": 1, "batch_size": 8}},
+            {"name": "rt", "prune": {"parent": "base", "method": "remotetrimmer", "target_macs": 0.3, "loss": "aml+ce",
+                                     "finetune": {"epochs": 1, "batch_size": 8}}},
+            {"name": "student", "distill": {"teacher": "base", "student": "rt", "loss": "dkd", "fit": {"epochs": 1, "batch_size": 8}}},
+            {"name": "onnx", "export": {"run": "student", "parity_images": 8}},
+            {"name": "speed", "bench": {"runs": ["rt", "student"], "batch_sizes": [1], "threads": [1],
+                                        "engines": ["onnxruntime"], "warmup": 1, "repeats": 3}},
+        ],
+    }
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_pipeline_runs_then_skips_finished_steps(tmp_path):
+    data = make_fake_dataset(tmp_path, name="rsscn7", per_class=6, size=20)
+    path = _recipe(tmp_path, data)
+    first = run_recipe(path, quiet=True)
+    assert set(first) == {"base", "rt", "student", "onnx", "speed"}
+    assert abs(first["rt"]["macs_kept"] / 0.3 - 1) <= 0.01
+    assert (tmp_path / "runs" / "student" / "model.onnx").is_file()
+    again = run_recipe(path, quiet=True)
+    assert all(r.get("skipped") == "complete" for r in again.values())
+    assert again["rt"]["top1"] == first["rt"]["top1"]
+
+
+@pytest.mark.parametrize(
+    "steps,needle",
+    [
+        ([{"name": "a"}], "exactly one of"),
+        ([{"name": "a", "train": {"model": "resnet18"}}], "data"),
+        ([{"name": "a", "train": {"data": {"path": "x", "img_size": 0}, "model": "resnet18"}}], "img_size"),
+        ([{"name": "a", "prune": {"parent": "b", "method": "l1", "finetune": {}}}], "exactly one of"),
+        ([{"name": "a", "export": {"run": "b", "typo": 1}}], "typo"),
+    ],
+)
+def test_bad_recipes_name_the_key(tmp_path, steps, needle):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"out": "x", "steps": steps}))
+    with pytest.raises(UserError, match=needle):
+        load_recipe(path)
+
+
+def test_cli_bad_yaml_is_one_line(tmp_path, capsys):
+    path = tmp_path / "broken.yaml"
+    path.write_text("out: [unclosed\n")
+    assert main(["run", str(path)]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("recipe", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipes_validate(recipe):
+    load_recipe(recipe)
