@@ -318,6 +318,20 @@ def bench(
     Console().print(table)
 
 
+@app.command()
+def report(
+    runs: Annotated[list[Path], typer.Argument(help="Finished run dirs to compare.")],
+    out: Annotated[Path, typer.Option(help="HTML file to write (a .md twin goes beside it).")] = Path("report.html"),
+    latency: Annotated[bool, typer.Option(help="Measure ONNX Runtime bs1 latency of every run.")] = True,
+    repeats: Annotated[int, typer.Option(help="Timed runs per model for latency.")] = 50,
+):
+    """One self-contained HTML report (tables, Pareto plots, per-class accuracy, confusion matrix)."""
+    from rscompress.report.report import build_report
+
+    path = build_report(runs, out, latency=latency, repeats=repeats)
+    typer.echo(f"wrote {path} and {path.with_suffix('.md')}")
+
+
 @data_app.command("inspect")
 def data_inspect(
     path: Annotated[Path, typer.Argument(help="Class-folder dataset root.")],
