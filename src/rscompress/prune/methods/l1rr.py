@@ -1,0 +1,360 @@
+"""L1RR (METHODS.md §3, Ran et al. 2024) for classification: sparse training, then pruning.
+
+The method in two calls:
+
+1. ``sparse_train(parent, train_batches, val_batches, cfg)``: fine-tune the trained dense
+   parent with cross-entropy + ``attention_weight``·attention transfer to a frozen copy of
+   the parent + λ·Σ w_c|γ_c| over the BN scales of every prunable channel, where
+   * w_c = 1/(|γ_c| + eps), re-estimated every epoch (Candès reweighting, ``reweight``),
+   * times a per-layer factor from that layer's γ distribution (``self_adaptive``,
+     l1rr_losses.layer_multipliers),
+   * and λ moves between epochs with the measured sparsity and validation loss
+     (``dynamic``, ``next_strength``).
+2. ``prune_to_budget(model, "bn", img_size, target_macs=F, global_pruning=True)``: one
+   global |γ| ranking sets every layer's ratio from the γ distribution the sparse training
+   left, each layer keeps at least 1 − MAX_PRUNING_RATIO of its channels, and the ratio is
+   bisected on measured MACs. Then fine-tune.
+
+Residual reconstruction. In a residual stream (ResNet's stem conv, every block's last
+conv/BN, the downsample conv/BN, and the first conv of every following block) one channel
+index is one channel of the sum: the paper removes such a channel by recombining the output
+channels of all producers and the input channels of all consumers at once. Torch-Pruning's
+dependency group of the stream is exactly that set of layers, and ``bn`` scores a stream
+channel by the mean |γ| over all its BNs, so pruning a group removes the channel everywhere
+and every residual add keeps matching widths. Sparse training needs no special case for it:
+each BN of the stream is penalised as any other, and a stream channel goes once all of them
+are small.
+
+``SparsityConfig(reweight=False, dynamic=False, self_adaptive=False, attention_weight=0)``
+is network slimming (Liu et al. 2017): plain L1 on γ at constant λ, through the same code.
+The penalty is applied as a proximal (soft-thresholding) step after each SGD step, not as a
+subgradient: same objective, but γ reaches exact zeros (l1rr_losses.soft_threshold says why).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch_pruning.pruner import function
+
+from rscompress.engine.metrics import evaluate
+from rscompress.engine.trainer import epoch_seed
+from rscompress.errors import UserError
+from rscompress.prune.graph import ROOT_TYPES, build_graph
+from rscompress.prune.methods.l1rr_losses import (
+    attention_loss,
+    candes_weights,
+    layer_multipliers,
+    reweighted_l1,
+    soft_threshold,
+    sparsity,
+)
+from rscompress.prune.plan import MAX_PRUNING_RATIO
+from rscompress.prune.pruner import find_classifier, protected_layers
+
+# (epoch, sparsity after it, λ in effect during it, val loss after it)
+Progress = Callable[[int, float, float, float], None]
+
+
+@dataclass(frozen=True)
+class SparsityConfig:
+    """Sparse-training settings. Defaults are for fine-tuning a trained parent for ~30 epochs.
+
+    * ``lr`` 0.01, constant: a tenth of the from-scratch rate, as usual for fine-tuning a
+      trained net. Constant, so that val loss moves because of λ and not a schedule (the
+      controller reads it); the fine-tune after pruning has its own schedule.
+    * ``strength`` 1e-4 (λ, per channel, see reweighted_l1): network slimming's value. With
+      reweighting the push on a channel is λ/(|γ| + eps), up to 100λ near zero: at lr 0.01
+      that clears a channel with |γ| = 0.1 in ~600 SGD steps (30 epochs of UC Merced's train
+      split at batch 64), where plain L1 would move it by 0.006; ``dynamic`` raises λ if needed.
+    * ``eps`` 1e-2: both the Candès constant and the "is zero" threshold of the sparsity.
+    * ``target_sparsity`` 0.5: share of prunable BN channels to drive below eps; set it near
+      the channel share the budget removes (≈ 1 − √F to keep a fraction F of the MACs).
+    * ``loss_tolerance`` 0.1: λ backs off once val loss exceeds the dense model's by 10 %.
+    * ``raise_factor`` 1.5 / ``backoff_factor`` 0.5: cautious growth, fast retreat, so one
+      bad epoch costs one halving; λ stays in [strength / strength_range, strength · strength_range].
+    * ``attention_weight`` 1.0: each layer's term is in [0, 4]; weight 1 with maps summed over
+      positions is the low end of Zagoruyko & Komodakis' β=1000 on position-averaged maps.
+    * ``attention_layers``: ResNet's last three stages; for vgg16_bn use the ReLUs that end
+      stages 3–5, ("features.22", "features.32", "features.42").
+    * ``momentum``/``weight_decay`` 0.9/5e-4: the project's training defaults (config.py),
+      on all parameters, so sparse training differs from training only by its extra terms.
+    """
+
+    epochs: int = 30
+    lr: float = 0.01
+    strength: float = 1e-4
+    reweight: bool = True
+    dynamic: bool = True
+    self_adaptive: bool = True
+    attention_weight: float = 1.0
+    attention_layers: tuple[str, ...] = ("layer2", "layer3", "layer4")
+    target_sparsity: float = 0.5
+    eps: float = 1e-2
+    loss_tolerance: float = 0.1
+    raise_factor: float = 1.5
+    backoff_factor: float = 0.5
+    strength_range: float = 100.0
+    max_ratio: float = MAX_PRUNING_RATIO  # self-adaptive: the pruning cap per layer
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("epochs", self.epochs >= 1),
+            ("lr", self.lr > 0),
+            ("strength", self.strength >= 0),
+            ("attention_weight", self.attention_weight >= 0),
+            ("target_sparsity", 0 < self.target_sparsity < 1),
+            ("eps", self.eps > 0),
+            ("loss_tolerance", self.loss_tolerance >= 0),
+            ("raise_factor", self.raise_factor >= 1),
+            ("backoff_factor", 0 < self.backoff_factor <= 1),
+            ("strength_range", self.strength_range >= 1),
+            ("max_ratio", 0 < self.max_ratio < 1),
+            ("momentum", 0 <= self.momentum < 1),
+            ("weight_decay", self.weight_decay >= 0),
+        ]
+        for name, ok in checks:
+            if not ok:
+                raise UserError(f"invalid sparse-training setting {name}={getattr(self, name)!r}")
+        if self.attention_weight > 0 and not self.attention_layers:
+            raise UserError("attention_weight > 0 needs at least one attention layer")
+
+
+@dataclass(frozen=True)
+class SparsityReport:
+    """What sparse training did; ``to_dict`` goes into metrics.json as is."""
+
+    epochs: int
+    prunable_bns: int  # BNs penalised (those of prunable groups)
+    channels: int  # their channels in all
+    ref_val_loss: float  # the dense parent's, the controller's reference
+    ref_val_top1: float
+    final_val_loss: float
+    final_val_top1: float
+    final_sparsity: float  # share of those channels with |γ| < eps
+    final_strength: float  # λ the controller would use next
+    seconds: float
+    config: dict
+    history: list[dict]  # one row per epoch
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def next_strength(
+    strength: float, sparsity: float, val_loss: float, ref_val_loss: float, cfg: SparsityConfig
+) -> float:
+    """λ for the next epoch (``cfg.dynamic``; otherwise unchanged).
+
+    Back off (×backoff_factor) when val loss is above the dense model's by more than
+    ``loss_tolerance`` (relative): accuracy is going, give the task loss room. Otherwise raise
+    (×raise_factor) while the sparsity is below target; at target, hold. Always within
+    [cfg.strength / strength_range, cfg.strength · strength_range].
+    """
+    if not cfg.dynamic:
+        return strength
+    if val_loss > ref_val_loss * (1 + cfg.loss_tolerance):
+        new = strength * cfg.backoff_factor
+    elif sparsity < cfg.target_sparsity:
+        new = strength * cfg.raise_factor
+    else:
+        new = strength
+    return min(max(new, cfg.strength / cfg.strength_range), cfg.strength * cfg.strength_range)
+
+
+def penalty_weights(gammas: Sequence[Tensor], cfg: SparsityConfig) -> list[Tensor]:
+    """Per-channel weights of the penalty for this epoch: Candès × self-adaptive factor (or 1)."""
+    if cfg.reweight:
+        weights = candes_weights(gammas, cfg.eps)
+    else:
+        weights = [torch.ones_like(g, requires_grad=False) for g in gammas]
+    if cfg.self_adaptive:
+        factors = layer_multipliers(gammas, cfg.eps, cfg.max_ratio)
+        weights = [w * m for w, m in zip(weights, factors, strict=True)]
+    return weights
+
+
+def prunable_batchnorms(model: nn.Module, example_inputs: Tensor) -> list[nn.modules.batchnorm._BatchNorm]:
+    """Affine BNs whose channels some prunable dependency group removes, in module order.
+
+    The same groups ``prune``/``prune_to_budget`` score: protected roots (the classifier, SE
+    squeeze layers) are excluded, so a BN whose channels can never be pruned is not pushed
+    to zero for nothing.
+    """
+    graph = build_graph(model, example_inputs)
+    found: set[nn.Module] = set()
+    for group in graph.get_all_groups(
+        ignored_layers=protected_layers(model, example_inputs), root_module_types=ROOT_TYPES
+    ):
+        for item in group:
+            layer = item.dep.target.module
+            if item.dep.handler == function.prune_batchnorm_out_channels and layer.affine:
+                found.add(layer)
+    return [m for m in model.modules() if m in found]
+
+
+@contextmanager
+def feature_taps(model: nn.Module, names: Sequence[str]) -> Iterator[list[Tensor | None]]:
+    """Forward hooks that keep the last output of each named module; removed on exit."""
+    outputs: list[Tensor | None] = [None] * len(names)
+    handles = []
+    try:
+        for i, name in enumerate(names):
+            try:
+                module = model.get_submodule(name)
+            except AttributeError:
+                children = ", ".join(n for n, _ in model.named_children())
+                raise UserError(
+                    f"attention layer {name!r} is not a module of {type(model).__name__} "
+                    f"(its top-level modules: {children})"
+                ) from None
+
+            def keep(_module: nn.Module, _inputs: object, output: Tensor, i: int = i) -> None:
+                outputs[i] = output
+
+            handles.append(module.register_forward_hook(keep))
+        yield outputs
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def attention_transfer(model: nn.Module, layers: Sequence[str]) -> Iterator[Callable[[Tensor], Tensor]]:
+    """Yields ``loss_of(x)``: the attention loss between ``model``'s last forward pass (on
+    ``x``) and a frozen copy of ``model`` as it is now (eval mode, no grad) on the same ``x``.
+    Hooks on both models are removed on exit."""
+    teacher = copy.deepcopy(model).eval().requires_grad_(False)
+    with feature_taps(model, layers) as student_maps, feature_taps(teacher, layers) as teacher_maps:
+
+        def loss_of(x: Tensor) -> Tensor:
+            with torch.no_grad():
+                teacher(x)
+            return attention_loss(student_maps, teacher_maps)
+
+        yield loss_of
+
+
+def _first_images(batches: Iterable[tuple[Tensor, Tensor]]) -> Tensor:
+    for x, _ in batches:
+        return x[:1]
+    raise UserError("sparse training got no validation images")
+
+
+def sparse_train(
+    model: nn.Module,
+    train_batches: Iterable[tuple[Tensor, Tensor]],
+    val_batches: Iterable[tuple[Tensor, Tensor]],
+    cfg: SparsityConfig = SparsityConfig(),
+    progress: Progress | None = None,
+) -> tuple[nn.Module, SparsityReport]:
+    """Sparse-train ``model`` in place (see the module docstring); returns it and a report.
+
+    ``train_batches`` is iterated once per epoch (``set_epoch(epoch)`` is called first when it
+    has one); ``val_batches`` once per epoch and once before, for the dense reference. The
+    model of the last epoch is returned (sparsity, not val accuracy, is what this phase is
+    for), in the train/eval mode it came in.
+    """
+    start = time.perf_counter()
+    param = next(model.parameters())
+    example = _first_images(val_batches).to(param.device, param.dtype)
+    num_classes = find_classifier(model, example).out_features
+    bns = prunable_batchnorms(model, example)
+    if not bns:
+        raise UserError(f"{type(model).__name__} has no prunable BatchNorm layers to sparsify")
+    gammas = [bn.weight for bn in bns]
+    was_training = model.training
+
+    ref = evaluate(model, val_batches, num_classes)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+    strength = cfg.strength
+    history: list[dict] = []
+    val = ref
+    with ExitStack() as stack:
+        attention = (
+            stack.enter_context(attention_transfer(model, cfg.attention_layers))
+            if cfg.attention_weight > 0
+            else None
+        )
+        for epoch in range(cfg.epochs):
+            t0 = time.perf_counter()
+            torch.manual_seed(epoch_seed(cfg.seed, epoch))
+            if hasattr(train_batches, "set_epoch"):
+                train_batches.set_epoch(epoch)
+            weights = penalty_weights(gammas, cfg)
+            # Proximal step of λ·Σ w|γ| after each SGD step. Divided by (1 − momentum): SGD's
+            # momentum moves the smooth part by lr/(1 − μ) per step at steady state, so with
+            # this threshold the fixed points are those of CE (+ attention) + λ·Σ w|γ|, as if
+            # the penalty were a loss term, and λ means what it means in network slimming.
+            shrink = cfg.lr * strength / (1 - cfg.momentum)
+            model.train()
+            sums = {"ce": 0.0, "attention": 0.0, "penalty": 0.0}
+            steps = 0
+            for x, y in train_batches:
+                x, y = x.to(param.device, param.dtype), y.to(param.device)
+                ce = F.cross_entropy(model(x).float(), y)
+                loss = ce
+                if attention is not None:
+                    at = attention(x)
+                    loss = loss + cfg.attention_weight * at
+                    sums["attention"] += at.item()
+                if not torch.isfinite(loss):
+                    raise UserError(
+                        f"sparse training diverged (loss {loss.item()}) at epoch {epoch + 1}; "
+                        f"lower lr ({cfg.lr}) or strength (now {strength:.3g})"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                with torch.no_grad():
+                    for gamma, w in zip(gammas, weights, strict=True):
+                        gamma.copy_(soft_threshold(gamma, shrink * w))
+                    sums["penalty"] += reweighted_l1(gammas, weights).item()
+                sums["ce"] += ce.item()
+                steps += 1
+            if steps == 0:
+                raise UserError("sparse training got no training batches")
+            val = evaluate(model, val_batches, num_classes)
+            sparse = sparsity(gammas, cfg.eps)
+            history.append({
+                "epoch": epoch,
+                "strength": strength,
+                "sparsity": sparse,
+                "val_loss": val.loss,
+                "val_top1": val.top1,
+                "train_ce": sums["ce"] / steps,
+                "attention_loss": sums["attention"] / steps,
+                "penalty": sums["penalty"] / steps,
+                "seconds": time.perf_counter() - t0,
+            })
+            if progress is not None:
+                progress(epoch, sparse, strength, val.loss)
+            strength = next_strength(strength, sparse, val.loss, ref.loss, cfg)
+    model.train(was_training)
+    report = SparsityReport(
+        epochs=cfg.epochs,
+        prunable_bns=len(bns),
+        channels=sum(g.numel() for g in gammas),
+        ref_val_loss=ref.loss,
+        ref_val_top1=ref.top1,
+        final_val_loss=val.loss,
+        final_val_top1=val.top1,
+        final_sparsity=history[-1]["sparsity"],
+        final_strength=strength,
+        seconds=time.perf_counter() - start,
+        config=asdict(cfg),
+        history=history,
+    )
+    return model, report

@@ -1,0 +1,109 @@
+"""L1RR's training terms as pure functions (METHODS.md §3): the reweighted L1 penalty on BN γ,
+its weights, its proximal step, the sparsity it is measured by, and Zagoruyko & Komodakis
+attention transfer.
+
+Nothing here touches a model: every function maps tensors to tensors (or numbers), so each
+rule can be tested on hand-made values and ``l1rr.sparse_train`` only wires them together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def reweighted_l1(gammas: Sequence[Tensor], weights: Sequence[Tensor]) -> Tensor:
+    """Σ_layers Σ_c w_c·|γ_c|: the sparsity penalty, differentiable in ``gammas``.
+
+    A sum over channels, not a mean, as in network slimming: the strength λ that multiplies
+    it is then a per-channel push (∂/∂γ_c = λ·w_c·sign γ_c) whatever the width of the net.
+    With all weights 1 it is network slimming's plain L1. Training minimises it through its
+    proximal step (soft_threshold); this value is what the report logs.
+    """
+    if len(gammas) != len(weights):
+        raise ValueError(f"{len(gammas)} gamma tensors but {len(weights)} weight tensors")
+    if not gammas:
+        raise ValueError("no gammas to penalise")
+    return torch.stack([(w * g.abs()).sum() for g, w in zip(gammas, weights, strict=True)]).sum()
+
+
+def soft_threshold(gamma: Tensor, threshold: Tensor | float) -> Tensor:
+    """Proximal step of t·|γ|: sign(γ)·max(|γ| − t, 0), elementwise (``threshold`` >= 0).
+
+    Why not the subgradient t·sign(γ) in the loss: near zero the reweighted push is up to
+    1/eps times λ, so subgradient steps jump across zero by more than eps and γ oscillates
+    around it instead of settling; sparsity (|γ| < eps) then stays low whatever λ, and a
+    controller that raises λ while sparsity lags makes it worse. The proximal step lands on
+    exactly 0 and stays there while the task gradient is weaker than the push.
+    """
+    return gamma.sign() * (gamma.abs() - threshold).clamp(min=0)
+
+
+def candes_weights(gammas: Sequence[Tensor], eps: float) -> list[Tensor]:
+    """Candès–Wakin–Boyd reweighting: w_c = 1 / (|γ_c| + eps), detached.
+
+    Re-estimated once per epoch from the current γ: small channels get a large push and reach
+    zero fast, large ones are barely touched, so the penalty approximates counting non-zero
+    channels (what pruning removes) rather than shrinking every channel alike. ``eps`` bounds
+    the weight at 1/eps for a channel already at zero.
+    """
+    if eps <= 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    return [1.0 / (g.detach().abs() + eps) for g in gammas]
+
+
+def sparsity(gammas: Sequence[Tensor], eps: float) -> float:
+    """Share of channels with |γ| < eps over all the given BNs (0 when there are none)."""
+    total = sum(g.numel() for g in gammas)
+    if total == 0:
+        return 0.0
+    return sum(int((g.detach().abs() < eps).sum()) for g in gammas) / total
+
+
+def layer_multipliers(gammas: Sequence[Tensor], eps: float, max_ratio: float) -> list[float]:
+    """Self-adaptive per-layer factor: m_l = max(0, 1 − z_l / max_ratio), z_l = layer's sparsity.
+
+    A layer whose γ are already concentrated near zero gets less push: pruning never removes
+    more than ``max_ratio`` of a layer (plan.MAX_PRUNING_RATIO), so zeroing more of its
+    channels gains nothing and only destroys the few it must keep. At z_l >= max_ratio the
+    layer is left to the task loss; if its zeros regrow, z_l drops and the push comes back.
+    Layers with nothing near zero keep the full push (m_l = 1), so at the start of sparse
+    training the penalty is exactly the reweighted L1.
+
+    (Normalising by each layer's median |γ| was the alternative; the Candès weights already
+    make the push scale-aware per channel, while nothing else stops a layer from collapsing.)
+    """
+    if not 0 < max_ratio <= 1:
+        raise ValueError(f"max_ratio must be in (0, 1], got {max_ratio}")
+    return [max(0.0, 1.0 - sparsity([g], eps) / max_ratio) for g in gammas]
+
+
+def attention_map(features: Tensor) -> Tensor:
+    """Spatial attention of an (N, C, H, W) feature map: mean_c F², flattened, L2-normalised.
+
+    Returns (N, H·W). Independent of the channel count, so a sparse (or pruned) student is
+    compared with its dense teacher channel for channel-free.
+    """
+    if features.dim() != 4:
+        raise ValueError(f"attention_map needs (N, C, H, W) features, got shape {tuple(features.shape)}")
+    return F.normalize(features.float().pow(2).mean(dim=1).flatten(1), dim=1)
+
+
+def attention_loss(student_feats: Sequence[Tensor], teacher_feats: Sequence[Tensor]) -> Tensor:
+    """Σ_layers mean_batch ‖a(F_student) − a(F_teacher)‖₂², each term in [0, 4].
+
+    Teacher features are detached: the dense parent is a fixed reference.
+    """
+    if len(student_feats) != len(teacher_feats) or not student_feats:
+        raise ValueError(
+            f"need the same non-zero number of student and teacher maps, got "
+            f"{len(student_feats)} and {len(teacher_feats)}"
+        )
+    terms = [
+        (attention_map(s) - attention_map(t.detach())).pow(2).sum(dim=1).mean()
+        for s, t in zip(student_feats, teacher_feats, strict=True)
+    ]
+    return torch.stack(terms).sum()

@@ -1,0 +1,226 @@
+"""L1RR: reweighted L1 sparse training, dynamic strength, attention transfer, pruning after."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from rscompress.errors import UserError
+from rscompress.models import create_model
+from rscompress.prune import prune_to_budget
+from rscompress.prune.methods.l1rr import (
+    SparsityConfig,
+    attention_transfer,
+    next_strength,
+    penalty_weights,
+    prunable_batchnorms,
+    sparse_train,
+)
+from rscompress.prune.methods.l1rr_losses import (
+    attention_loss,
+    attention_map,
+    candes_weights,
+    layer_multipliers,
+    reweighted_l1,
+    soft_threshold,
+    sparsity,
+)
+
+IMG = 16
+NUM_CLASSES = 3
+SLIMMING = {"reweight": False, "dynamic": False, "self_adaptive": False, "attention_weight": 0.0}
+Batches = list[tuple[Tensor, Tensor]]
+
+
+def tiny_cnn() -> nn.Sequential:
+    """Two conv+BN layers; γ spread over (0.05, 1) like a trained net's, not all 1."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, NUM_CLASSES),
+    )  # fmt: skip
+    with torch.no_grad():
+        for bn in (model[1], model[4]):
+            bn.weight.uniform_(0.05, 1.0)
+    return model
+
+
+def data(n_batches: int = 2, batch: int = 8) -> tuple[Batches, Batches]:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n_batches * batch, 3, IMG, IMG, generator=gen)
+    y = torch.randint(0, NUM_CLASSES, (n_batches * batch,), generator=gen)
+    train = [(x[i : i + batch], y[i : i + batch]) for i in range(0, len(x), batch)]
+    return train, [(x, y)]
+
+
+def sparsity_curve(cfg: SparsityConfig) -> list[float]:
+    curve: list[float] = []
+    train, val = data()
+    sparse_train(tiny_cnn(), train, val, cfg, progress=lambda e, s, lam, v: curve.append(s))
+    return curve
+
+
+# ---- pure functions -------------------------------------------------------------------
+
+
+def test_penalty_weights_and_proximal_step() -> None:
+    gammas = [torch.tensor([0.0, -0.5, 2.0], requires_grad=True)]
+    weights = candes_weights(gammas, eps=0.5)
+    assert torch.allclose(weights[0], torch.tensor([2.0, 1.0, 0.4]))
+    assert not weights[0].requires_grad
+    penalty = reweighted_l1(gammas, weights)
+    assert penalty.item() == pytest.approx(0 + 0.5 + 0.8)
+    penalty.backward()  # differentiable in γ: the subgradient w·sign γ
+    assert torch.allclose(gammas[0].grad, torch.tensor([0.0, -1.0, 0.4]))
+    shrunk = soft_threshold(torch.tensor([0.3, -0.3, 0.05, -2.0]), torch.tensor([0.1, 0.5, 0.1, 1.0]))
+    assert torch.allclose(shrunk, torch.tensor([0.2, 0.0, 0.0, -1.0]))
+
+
+def test_sparsity_and_self_adaptive_multipliers() -> None:
+    dense = torch.ones(10)
+    half = torch.tensor([0.0] * 5 + [1.0] * 5)
+    collapsed = torch.tensor([0.001] * 9 + [1.0])
+    assert sparsity([dense, half], eps=0.01) == pytest.approx(5 / 20)
+    m = layer_multipliers([dense, half, collapsed], eps=0.01, max_ratio=0.9)
+    # untouched layers get the full push, a layer at the pruning cap none
+    assert m == pytest.approx([1.0, 1 - 0.5 / 0.9, 0.0])
+
+
+def test_attention_map_is_channel_free_and_unit_norm() -> None:
+    feats = torch.randn(2, 5, 4, 4)
+    a = attention_map(feats)
+    assert a.shape == (2, 16)
+    assert torch.allclose(a.norm(dim=1), torch.ones(2))
+    # duplicating every channel changes the channel count but not the map
+    assert torch.allclose(attention_map(torch.cat([feats, feats], dim=1)), a)
+
+
+def test_attention_loss_is_zero_between_identical_models_and_positive_otherwise() -> None:
+    layers = ("layer2", "layer3", "layer4")
+    x = torch.randn(2, 3, IMG, IMG)
+    model = create_model("resnet18", NUM_CLASSES, small_input=True).eval()
+    with attention_transfer(model, layers) as loss_of:
+        model(x)
+        assert loss_of(x).item() == pytest.approx(0.0, abs=1e-6)
+        with torch.no_grad():
+            model.layer2[0].bn1.weight.mul_(torch.linspace(0, 2, 128))
+        model(x)
+        loss = loss_of(x)
+        assert loss.item() > 1e-4
+        assert loss.requires_grad  # it trains the student
+    assert not any(m._forward_hooks for m in model.modules())  # hooks removed
+    a, b = torch.randn(2, 8, 4, 4), torch.randn(2, 8, 4, 4)
+    assert attention_loss([a], [a]).item() == 0.0
+    assert attention_loss([a, a], [b, b]).item() == pytest.approx(2 * attention_loss([a], [b]).item())
+
+
+def test_next_strength_raises_holds_and_backs_off() -> None:
+    cfg = SparsityConfig(strength=1e-4, target_sparsity=0.5, loss_tolerance=0.1)
+    # val loss within 10 % of the dense model's: raise while below target, hold at target
+    assert next_strength(1e-4, 0.2, val_loss=1.05, ref_val_loss=1.0, cfg=cfg) == pytest.approx(1.5e-4)
+    assert next_strength(1e-4, 0.5, val_loss=1.05, ref_val_loss=1.0, cfg=cfg) == pytest.approx(1e-4)
+    # beyond tolerance: back off, whatever the sparsity
+    assert next_strength(1e-4, 0.2, val_loss=1.2, ref_val_loss=1.0, cfg=cfg) == pytest.approx(0.5e-4)
+    # within [strength / range, strength · range]
+    assert next_strength(1e-2, 0.0, 1.0, 1.0, cfg) == pytest.approx(1e-2)
+    assert next_strength(1e-6, 0.9, 9.0, 1.0, cfg) == pytest.approx(1e-6)
+    fixed = SparsityConfig(strength=1e-4, dynamic=False)
+    assert next_strength(3e-4, 0.0, 9.0, 1.0, fixed) == 3e-4
+
+
+# ---- sparse training ------------------------------------------------------------------
+
+
+def test_reweighting_reaches_sparsity_in_fewer_epochs_than_plain_l1() -> None:
+    def epochs_to(target: float, curve: list[float]) -> int:
+        return next((i + 1 for i, s in enumerate(curve) if s >= target), len(curve) + 1)
+
+    common = dict(SLIMMING, epochs=30, lr=0.1, strength=1e-2)
+    reweighted = epochs_to(0.3, sparsity_curve(SparsityConfig(**{**common, "reweight": True})))
+    plain = epochs_to(0.3, sparsity_curve(SparsityConfig(**common)))
+    assert reweighted < 10  # 4 when written
+    assert plain >= 2 * reweighted  # 21 when written
+
+
+def test_network_slimming_config_is_plain_l1_at_constant_strength() -> None:
+    cfg = SparsityConfig(epochs=3, lr=0.05, strength=1e-2, **SLIMMING)
+    train, val = data()
+    model, report = sparse_train(tiny_cnn(), train, val, cfg)
+    assert all(torch.equal(w, torch.ones(16)) for w in penalty_weights([torch.rand(16)] * 2, cfg))
+    assert [row["strength"] for row in report.history] == [1e-2] * 3
+    assert all(row["attention_loss"] == 0.0 for row in report.history)
+    assert not any(m._forward_hooks for m in model.modules())
+
+    # Reference: network slimming written out, SGD on CE then the L1 proximal step on every γ.
+    reference = tiny_cnn()
+    opt = torch.optim.SGD(reference.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    threshold = 0.05 * 1e-2 / (1 - 0.9)
+    for _ in range(3):
+        for x, y in train:
+            opt.zero_grad()
+            nn.functional.cross_entropy(reference(x), y).backward()
+            opt.step()
+            with torch.no_grad():
+                for bn in (reference[1], reference[4]):
+                    bn.weight.copy_(bn.weight.sign() * (bn.weight.abs() - threshold).clamp(min=0))
+    for (name, p), q in zip(model.state_dict().items(), reference.state_dict().values(), strict=True):
+        assert torch.allclose(p.float(), q.float(), atol=1e-6), name
+
+
+def test_only_prunable_batchnorms_are_penalised() -> None:
+    model = nn.Sequential(*tiny_cnn(), nn.BatchNorm1d(NUM_CLASSES))  # BN over the logits
+    bns = prunable_batchnorms(model, torch.zeros(1, 3, IMG, IMG))
+    assert bns == [model[1], model[4]]
+    resnet = create_model("resnet18", NUM_CLASSES, small_input=True)
+    assert len(prunable_batchnorms(resnet, torch.zeros(1, 3, IMG, IMG))) == 20  # all of them
+
+
+def test_config_errors_name_the_bad_value() -> None:
+    with pytest.raises(UserError, match="target_sparsity=1.5"):
+        SparsityConfig(target_sparsity=1.5)
+    train, val = data(n_batches=1)
+    with pytest.raises(UserError, match="'layer9'"):
+        sparse_train(tiny_cnn(), train, val, SparsityConfig(epochs=1, attention_layers=("layer9",)))
+
+
+def test_sparse_resnet_prunes_residual_streams_consistently_and_reports() -> None:
+    torch.manual_seed(0)
+    parent = create_model("resnet18", NUM_CLASSES, small_input=True)
+    with torch.no_grad():  # a trained net's spread of γ rather than all ones
+        for bn in parent.modules():
+            if isinstance(bn, nn.BatchNorm2d):
+                bn.weight.uniform_(0.05, 1.0)
+    train, val = data(n_batches=2, batch=4)
+    cfg = SparsityConfig(epochs=3, lr=0.05, strength=1e-3, target_sparsity=0.3)
+    seen: list[tuple] = []
+    model, report = sparse_train(copy.deepcopy(parent), train, val, cfg, progress=lambda *a: seen.append(a))
+
+    # report: one row per epoch, what progress saw, λ moved by next_strength
+    assert report.epochs == 3 and len(report.history) == 3
+    assert (report.prunable_bns, report.channels) == (20, 4800)
+    assert [(r["epoch"], r["sparsity"], r["strength"], r["val_loss"]) for r in report.history] == seen
+    assert report.final_sparsity == report.history[-1]["sparsity"] > 0
+    for row, nxt in zip(report.history, [*report.history[1:], None]):
+        lam = next_strength(row["strength"], row["sparsity"], row["val_loss"], report.ref_val_loss, cfg)
+        assert lam == pytest.approx(nxt["strength"] if nxt else report.final_strength)
+    assert all(row["attention_loss"] > 0 for row in report.history)
+    as_json = json.loads(json.dumps(report.to_dict()))
+    assert as_json["config"]["attention_layers"] == list(cfg.attention_layers)
+    assert not any(m._forward_hooks for m in model.modules())
+
+    # residual reconstruction: the layer1 stream loses the same channels everywhere
+    pruned, budget = prune_to_budget(model, "bn", IMG, target_macs=0.3, global_pruning=True)
+    assert abs(budget.macs_kept / 0.3 - 1) <= 0.01
+    width = pruned.bn1.num_features
+    stream = [pruned.conv1.out_channels, pruned.layer2[0].conv1.in_channels]
+    stream.append(pruned.layer2[0].downsample[0].in_channels)
+    for block in pruned.layer1:
+        stream += [block.conv1.in_channels, block.conv2.out_channels, block.bn2.num_features]
+    assert set(stream) == {width} and width < 64
+    with torch.no_grad():
+        assert pruned.eval()(torch.randn(2, 3, IMG, IMG)).shape == (2, NUM_CLASSES)
