@@ -5,6 +5,7 @@ Each reads and writes run dirs only, so any step can be re-run or resumed on its
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -29,9 +30,10 @@ from rscompress.engine.distributed import DistInfo, barrier, init_distributed
 from rscompress.engine.metrics import evaluate as evaluate_model
 from rscompress.engine.trainer import LossFn, fit
 from rscompress.errors import UserError
+from rscompress.io_utils import write_json_atomic
 from rscompress.models import create_model
 from rscompress.models.complexity import count_macs_params
-from rscompress.models.weights import load_weights
+from rscompress.models.weights import load_weights, save_weights
 
 EVAL_BATCH = 128
 DEMO_EPOCHS = 10  # keeps `make demo` well under 10 minutes on 2 cores
@@ -113,11 +115,7 @@ def _fit_and_finish(
     loss_fn: LossFn | None = None,
 ) -> dict[str, Any]:
     """Fit on train (best epoch on val), then test once and write weights + metrics.json."""
-    train_batches = BatchLoader(
-        data.images, data.labels, data.train_indices, batch_size=fit_cfg.batch_size,
-        shuffle=True, augment=data_cfg.augment, mean=data.mean, std=data.std, seed=fit_cfg.seed,
-        rank=dist.rank, world_size=dist.world_size, drop_last=True,
-    )
+    train_batches = _train_batches(data, data_cfg, fit_cfg, dist)
     result = fit(
         model, train_batches, eval_batches(data, data.val_indices), fit_cfg, run,
         len(data.class_names), loss_fn=loss_fn, resume=resume, quiet=quiet, dist=dist,
@@ -155,6 +153,14 @@ def _fit_and_finish(
     return metrics
 
 
+def _train_batches(data: PreparedData, data_cfg: DataConfig, fit_cfg: FitConfig, dist: DistInfo = DistInfo()) -> BatchLoader:
+    return BatchLoader(
+        data.images, data.labels, data.train_indices, batch_size=fit_cfg.batch_size,
+        shuffle=True, augment=data_cfg.augment, mean=data.mean, std=data.std, seed=fit_cfg.seed,
+        rank=dist.rank, world_size=dist.world_size, drop_last=True,
+    )
+
+
 def _prepare_shared(data_cfg: DataConfig, run: RunDir, quiet: bool, dist: DistInfo) -> PreparedData:
     """Rank 0 decodes and writes split.json first; the other ranks then reuse both."""
     data = None
@@ -183,10 +189,10 @@ def decode_progress(quiet: bool) -> Iterator[Callable[[int, int], None] | None]:
         yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
-def _warn(warnings: Iterable[str], quiet: bool) -> None:
+def _warn(lines: Iterable[str], quiet: bool, style: str = "warning") -> None:
     if not quiet:
-        for warning in warnings:
-            Console(stderr=True).print(f"[yellow]warning:[/] {warning}")
+        for line in lines:
+            Console(stderr=True).print(f"[yellow]warning:[/] {line}" if style == "warning" else f"[{style}]{line}[/]")
 
 
 def evaluate(run_path: Path, data_path: Path | None = None, split: str = "test", quiet: bool = False) -> dict[str, Any]:
@@ -234,13 +240,16 @@ def prune(parent_path: Path, cfg: PruneConfig, out: Path, *, resume: bool = Fals
     SE parents (``se_*``) are folded first for every method: the SE attention averaged over
     the training images goes into the BNs (RemoteTrimmer's step 3), so every method prunes
     and ships the same SE-free architecture and budgets are comparable.
+    The pruned, not yet fine-tuned model is saved as ``pruned.safetensors`` with ``prune.json``
+    (what the method did): a resumed run starts from there and never prunes twice.
     """
     from rscompress.losses import aml_ce_loss
-    from rscompress.prune import architecture_spec, prune_to_budget
+    from rscompress.prune import architecture_spec
     from rscompress.prune.methods.remotetrimmer import (
         folded_model_name,
         prepare_remotetrimmer,
     )
+    from rscompress.prune.select import select_and_prune
 
     if cfg.finetune.threads:
         torch.set_num_threads(cfg.finetune.threads)
@@ -252,39 +261,46 @@ def prune(parent_path: Path, cfg: PruneConfig, out: Path, *, resume: bool = Fals
     data_cfg = DataConfig.model_validate(parent_cfg.data)
     with decode_progress(quiet) as progress:
         data = prepare_data(data_cfg, parent.split_path, progress)
-    # Attention, gradients and BN statistics are taken from plain (unaugmented) train images.
-    calibration = eval_batches(data, data.train_indices, batch_size=64)
+    pruned_path, record_path = run.path / "pruned.safetensors", run.path / "prune.json"
 
-    model_name = parent_cfg.model
-    is_se = model_name.startswith("se_")
-    if cfg.method == "remotetrimmer" and not is_se:
-        raise UserError(f"--method remotetrimmer needs an SE parent (se_resnet18, ...); {parent.path} is {model_name}")
-    if is_se:
-        model = prepare_remotetrimmer(model, calibration)
-        model_name = folded_model_name(model_name)
-    torch.manual_seed(cfg.finetune.seed)  # the random criterion
-    calib = [batch for _, batch in zip(range(cfg.calibration_batches), calibration)]
-    pruned, budget = prune_to_budget(
-        model, cfg.method, parent_cfg.img_size, target_macs=cfg.target_macs, target_params=cfg.target_params,
-        ratio=cfg.ratio, global_pruning=cfg.global_pruning, round_to=cfg.round_to, calibration=calib,
-    )
-    spec = architecture_spec(pruned)
-    run.path.mkdir(parents=True, exist_ok=True)
-    config = parent_cfg.model_copy(update={
-        "model": model_name,
-        "architecture": spec,
-        "method": cfg.method,
-        "method_params": {**cfg.model_dump(mode="json", exclude={"finetune"}), "se_folded": is_se},
-        "parent": str(parent.path.resolve()),
-        "train": cfg.finetune.model_dump(mode="json"),
-        "versions": library_versions(),
-    })
-    if resume and run.config_path.is_file() and run.load_config().architecture != spec:
-        raise UserError(f"{run.path} was pruned with other settings; choose another --out")
-    run.save_config(config)
-    if not run.split_path.is_file():
-        data.split.to_json(run.split_path)
-    before = evaluate_model(pruned, eval_batches(data, data.val_indices), len(data.class_names))
+    if resume and pruned_path.is_file() and record_path.is_file():
+        pruned, _ = run.load_model(weights=pruned_path)
+        pruned.train()
+        record = json.loads(record_path.read_text())
+    else:
+        model_name = parent_cfg.model
+        is_se = model_name.startswith("se_")
+        if cfg.method == "remotetrimmer" and not is_se:
+            raise UserError(f"--method remotetrimmer needs an SE parent (se_resnet18, ...); {parent.path} is {model_name}")
+        # SE attention, gradients and BN statistics come from plain (unaugmented) train images.
+        calibration = eval_batches(data, data.train_indices, batch_size=64)
+        if is_se:
+            model = prepare_remotetrimmer(model, calibration)
+            model_name = folded_model_name(model_name)
+        torch.manual_seed(cfg.finetune.seed)  # the random criterion, sparse training
+        pruned, details = select_and_prune(
+            model, model_name, parent_cfg.img_size, cfg,
+            train_batches=_train_batches(data, data_cfg, cfg.finetune),
+            val_batches=eval_batches(data, data.val_indices),
+            calibration=[b for _, b in zip(range(cfg.calibration_batches), calibration)],
+            log=lambda line: _warn([line], quiet, style="dim"),
+        )
+        run.path.mkdir(parents=True, exist_ok=True)
+        run.save_config(parent_cfg.model_copy(update={
+            "model": model_name,
+            "architecture": architecture_spec(pruned),
+            "method": cfg.method,
+            "method_params": {**cfg.model_dump(mode="json", exclude={"finetune"}), "se_folded": is_se},
+            "parent": str(parent.path.resolve()),
+            "train": cfg.finetune.model_dump(mode="json"),
+            "versions": library_versions(),
+        }))
+        if not run.split_path.is_file():
+            data.split.to_json(run.split_path)
+        before = evaluate_model(pruned, eval_batches(data, data.val_indices), len(data.class_names))
+        record = {"val_top1_before_finetune": before.top1, **details}
+        save_weights(pruned, pruned_path)
+        write_json_atomic(record_path, record)  # last: its presence marks pruning done
 
     loss_fn = None
     if cfg.loss == "aml+ce":
@@ -292,24 +308,24 @@ def prune(parent_path: Path, cfg: PruneConfig, out: Path, *, resume: bool = Fals
             logits = m(x)
             return aml_ce_loss(logits.float(), y, cfg.r1, cfg.r2), logits
 
+    budget = record["budget"]
     extra = {
-        "model": model_name,
+        "model": run.load_config().model,
         "method": cfg.method,
         "parent": str(parent.path.resolve()),
         "parent_top1": parent_metrics["top1"],
         "parent_kappa": parent_metrics["kappa"],
-        "parent_macs": budget.parent_macs,
-        "parent_params": budget.parent_params,
-        "macs_kept": budget.macs_kept,
-        "params_kept": budget.params_kept,
+        "parent_macs": budget["parent_macs"],
+        "parent_params": budget["parent_params"],
+        "macs_kept": budget["macs_kept"],
+        "params_kept": budget["params_kept"],
         "target_macs": cfg.target_macs,
         "target_params": cfg.target_params,
         "ratio": cfg.ratio,
         "global_pruning": cfg.global_pruning,
         "loss": cfg.loss,
         "finetune_epochs": cfg.finetune.epochs,
-        "val_top1_before_finetune": before.top1,
-        "budget": budget.to_dict(),
+        **record,
     }
     return _fit_and_finish(pruned, data, data_cfg, cfg.finetune, run, extra, resume=resume, quiet=quiet, loss_fn=loss_fn)
 

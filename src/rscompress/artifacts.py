@@ -141,22 +141,25 @@ class RunDir:
     def load_state_dict(self) -> dict[str, Any]:
         return read_state_dict(self.weights_path)
 
-    def load_model(self) -> tuple[nn.Module, RunConfig]:
-        """Rebuild the model from config.json and fill it from model.safetensors (strict)."""
+    def load_model(self, weights: Path | None = None) -> tuple[nn.Module, RunConfig]:
+        """Rebuild the model from config.json and fill it (strictly) from model.safetensors,
+        or from ``weights`` (another safetensors file of the same run)."""
         from rscompress.models import create_model
 
-        self.require()
+        if weights is None:
+            self.require()
         config = self.load_config()
         model = create_model(config.model, config.num_classes, **config.model_kwargs)
         if config.architecture is not None:
             from rscompress.prune.rebuild import apply_architecture
 
             apply_architecture(model, config.architecture)
-        state = self.load_state_dict()
+        weights = weights or self.weights_path
+        state = read_state_dict(weights)
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise UserError(
-                f"{self.weights_path} does not match the model in {self.config_path}: "
+                f"{weights} does not match the model in {self.config_path}: "
                 f"{len(missing)} missing keys (e.g. {missing[:3]}), "
                 f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})"
             )

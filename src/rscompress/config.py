@@ -102,16 +102,22 @@ class PruneConfig(StrictModel):
     loss: Literal["ce", "aml+ce"] = "ce"
     r1: float = Field(1.0, ge=0)  # AML weight
     r2: float = Field(1.0, ge=0)  # CE weight
-    calibration_batches: int = Field(4, gt=0)  # batches for taylor gradients / SE attention: all
+    calibration_batches: int = Field(4, gt=0)  # train batches whose gradients feed taylor
+    # l1rr / slim (network slimming): sparse training on BN γ before pruning by |γ| globally.
+    sparse_epochs: int = Field(30, gt=0)
+    sparse_strength: float = Field(1e-4, ge=0)
+    attention_weight: float = Field(1.0, ge=0)  # l1rr's feature attention loss
+    # nas: bi-level search of channel gates before pruning by gate score globally.
+    search_epochs: int = Field(20, gt=0)
     finetune: FitConfig
 
     @field_validator("method")
     @classmethod
     def _known_method(cls, name: str) -> str:
-        from rscompress.prune import IMPORTANCES
+        from rscompress.prune.select import METHODS
 
-        if name not in IMPORTANCES:
-            raise ValueError(f"unknown method {name!r}; known: {', '.join(IMPORTANCES)}")
+        if name not in METHODS:
+            raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
         return name
 
     @model_validator(mode="after")

@@ -89,3 +89,31 @@ def test_pruned_model_is_really_smaller(parents, tmp_path):
     pruned, _ = RunDir(out).load_model()
     assert pruned.conv1.out_channels < parent.conv1.out_channels
     assert pruned(torch.zeros(2, 3, 24, 24)).shape == (2, 7)
+
+
+@pytest.mark.parametrize("method", ["slim", "l1rr"])
+def test_sparse_methods_train_then_prune_globally(parents, tmp_path, method):
+    cfg = _cfg(method, target_macs=0.35, sparse_epochs=2)
+    metrics = api.prune(parents["resnet18"], cfg, tmp_path / method, quiet=True)
+    assert abs(metrics["macs_kept"] / 0.35 - 1) <= 0.01
+    sparse = metrics["sparse_training"]
+    assert sparse["epochs"] == 2 and len(sparse["history"]) == 2
+    assert (sparse["config"]["reweight"], sparse["config"]["attention_weight"] > 0) == (
+        (True, True) if method == "l1rr" else (False, False))
+
+
+def test_interrupted_finetune_resumes_without_pruning_again(parents, tmp_path, monkeypatch):
+    out = tmp_path / "r"
+    cfg = PruneConfig(method="l1", target_macs=0.3, finetune=FitConfig(epochs=2, batch_size=8))
+    full = api.prune(parents["resnet18"], cfg, out, quiet=True)
+    # As if killed after epoch 1 of fine-tuning: no final files yet.
+    (out / "metrics.json").unlink()
+    (out / "model.safetensors").unlink()
+    from rscompress.prune import select
+
+    def must_not_run(*a, **k):
+        raise AssertionError("pruned again on resume")
+
+    monkeypatch.setattr(select, "select_and_prune", must_not_run)
+    resumed = api.prune(parents["resnet18"], cfg, out, resume=True, quiet=True)
+    assert resumed["macs"] == full["macs"] and resumed["top1"] == full["top1"]

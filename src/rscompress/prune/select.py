@@ -1,0 +1,90 @@
+"""Which channels go: every ``--method`` of ``rscompress prune`` behind one function.
+
+One-shot criteria (l1, l2, bn, taylor, fpgm, lamp, random, remotetrimmer) score the trained
+model and prune it to the budget. ``slim`` (network slimming) and ``l1rr`` first train the
+model sparse on BN γ and then prune by |γ| ranked globally, so per-layer ratios come from the
+γ distribution. ``nas`` (when present) searches channel gates first.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from rscompress.config import PruneConfig
+from rscompress.prune.budget import prune_to_budget
+from rscompress.prune.importance import IMPORTANCES
+
+SPARSE_METHODS = ("slim", "l1rr")
+METHODS = (*IMPORTANCES, *SPARSE_METHODS)
+
+# Stages whose attention maps L1RR keeps close to the dense model's (METHODS.md §3).
+_ATTENTION_LAYERS = {
+    "resnet": ("layer2", "layer3", "layer4"),
+    "vgg": ("features.22", "features.32", "features.42"),  # ReLUs ending VGG-16-BN stages 3-5
+}
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+def attention_layers(model_name: str) -> tuple[str, ...]:
+    for prefix, layers in _ATTENTION_LAYERS.items():
+        if model_name.startswith(prefix):
+            return layers
+    return ()
+
+
+def select_and_prune(
+    model: nn.Module,
+    model_name: str,
+    img_size: int,
+    cfg: PruneConfig,
+    *,
+    train_batches,
+    val_batches: Batches,
+    calibration: list[tuple[torch.Tensor, torch.Tensor]],
+    log: Callable[[str], None] = lambda _: None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Pruned copy of ``model`` within the budget, and what the method did (for metrics.json)."""
+    budget = {"target_macs": cfg.target_macs, "target_params": cfg.target_params, "ratio": cfg.ratio,
+              "round_to": cfg.round_to}
+    details: dict[str, Any] = {}
+    if cfg.method in SPARSE_METHODS:
+        model, details["sparse_training"] = _sparse_train(model, model_name, cfg, train_batches, val_batches, log)
+        importance, global_pruning = "bn", True
+    else:
+        importance, global_pruning = cfg.method, cfg.global_pruning
+    pruned, report = prune_to_budget(
+        model, importance, img_size, global_pruning=global_pruning, calibration=calibration, **budget
+    )
+    return pruned, {"budget": report.to_dict(), **details}
+
+
+def _sparse_train(model, model_name, cfg: PruneConfig, train_batches, val_batches, log):
+    from rscompress.prune.methods.l1rr import SparsityConfig, sparse_train
+
+    l1rr = cfg.method == "l1rr"
+    layers = attention_layers(model_name) if l1rr else ()
+    # Drive about the share of channels the budget removes below eps (MACs ~ kept channels²).
+    target_sparsity = 1 - math.sqrt(cfg.target_macs) if cfg.target_macs else 0.5
+    sparse_cfg = SparsityConfig(
+        epochs=cfg.sparse_epochs,
+        strength=cfg.sparse_strength,
+        reweight=l1rr,
+        dynamic=l1rr,
+        self_adaptive=l1rr,
+        attention_weight=cfg.attention_weight if layers else 0.0,
+        attention_layers=layers,
+        target_sparsity=min(max(target_sparsity, 0.05), 0.9),
+        seed=cfg.finetune.seed,
+    )
+
+    def progress(epoch, sparsity, strength, val_loss):
+        log(f"sparse epoch {epoch + 1}/{cfg.sparse_epochs}: sparsity {sparsity:.3f}  λ {strength:.2e}  val loss {val_loss:.4f}")
+
+    model, report = sparse_train(model, train_batches, val_batches, cfg=sparse_cfg, progress=progress)
+    return model, report.to_dict()
