@@ -47,6 +47,19 @@ def _check_out_dir(run: RunDir, resume: bool) -> None:
         raise UserError(f"{run.path} holds an unfinished run; pass --resume to continue it or choose another --out")
 
 
+def _open_source(
+    source: Path, out: Path, resume: bool, threads: int | None
+) -> tuple[RunDir, RunDir, torch.nn.Module, RunConfig, dict[str, Any]]:
+    """The finished run a step starts from (model, config, metrics) and the run dir it writes."""
+    if threads:
+        torch.set_num_threads(threads)
+    src = RunDir(source).require()
+    run = RunDir(out)
+    _check_out_dir(run, resume)
+    model, config = src.load_model()
+    return src, run, model, config, src.load_metrics()
+
+
 def eval_batches(data: PreparedData, indices, batch_size: int = EVAL_BATCH) -> BatchLoader:
     return BatchLoader(
         data.images, data.labels, indices, batch_size=batch_size, shuffle=False, augment=False,
@@ -251,13 +264,7 @@ def prune(parent_path: Path, cfg: PruneConfig, out: Path, *, resume: bool = Fals
     )
     from rscompress.prune.select import select_and_prune
 
-    if cfg.finetune.threads:
-        torch.set_num_threads(cfg.finetune.threads)
-    parent = RunDir(parent_path).require()
-    run = RunDir(out)
-    _check_out_dir(run, resume)
-    model, parent_cfg = parent.load_model()
-    parent_metrics = parent.load_metrics()
+    parent, run, model, parent_cfg, parent_metrics = _open_source(parent_path, out, resume, cfg.finetune.threads)
     data_cfg = DataConfig.model_validate(parent_cfg.data)
     with decode_progress(quiet) as progress:
         data = prepare_data(data_cfg, parent.split_path, progress)
@@ -335,13 +342,7 @@ def distill(teacher_path: Path, student: str, cfg: DistillConfig, out: Path, *, 
     data and split, guided by the frozen teacher's logits."""
     from rscompress.distill.losses import dkd_loss, kd_loss, warmup_factor
 
-    if cfg.fit.threads:
-        torch.set_num_threads(cfg.fit.threads)
-    teacher_run = RunDir(teacher_path).require()
-    run = RunDir(out)
-    _check_out_dir(run, resume)
-    teacher, teacher_cfg = teacher_run.load_model()
-    teacher_metrics = teacher_run.load_metrics()
+    teacher_run, run, teacher, teacher_cfg, teacher_metrics = _open_source(teacher_path, out, resume, cfg.fit.threads)
     for p in teacher.parameters():
         p.requires_grad_(False)
     student_model, student_cfg = _student(student, teacher_cfg, cfg)

@@ -149,13 +149,10 @@ def prune(
 ):
     """Remove channels to a MACs/params budget, fine-tune, and test once."""
     from rscompress import api
-    from rscompress.config import FitConfig, PruneConfig
+    from rscompress.config import PruneConfig
 
-    optim_cfg = _optim(optimizer, lr, momentum, weight_decay, schedule, milestones, gamma, warmup_epochs)
-    fit_cfg = _validated(
-        FitConfig, epochs=finetune_epochs, batch_size=batch_size, seed=seed, optim=optim_cfg,
-        label_smoothing=label_smoothing, threads=threads,
-    )
+    fit_cfg = _fit(finetune_epochs, batch_size, seed, label_smoothing, threads,
+                   _optim(optimizer, lr, momentum, weight_decay, schedule, milestones, gamma, warmup_epochs))
     cfg = _validated(
         PruneConfig, method=method, target_macs=target_macs, target_params=target_params, ratio=ratio,
         global_pruning=global_pruning, round_to=round_to, loss=loss, r1=r1, r2=r2, finetune=fit_cfg,
@@ -198,13 +195,10 @@ def distill(
 ):
     """Train a student on the teacher's data and split with CE, KD or DKD."""
     from rscompress import api
-    from rscompress.config import DistillConfig, FitConfig
+    from rscompress.config import DistillConfig
 
-    optim_cfg = _optim(optimizer, lr, momentum, weight_decay, schedule, milestones, gamma, warmup_epochs)
-    fit_cfg = _validated(
-        FitConfig, epochs=epochs, batch_size=batch_size, seed=seed, optim=optim_cfg,
-        label_smoothing=label_smoothing, threads=threads,
-    )
+    fit_cfg = _fit(epochs, batch_size, seed, label_smoothing, threads,
+                   _optim(optimizer, lr, momentum, weight_decay, schedule, milestones, gamma, warmup_epochs))
     cfg = _validated(
         DistillConfig, loss=loss, temperature=temperature, alpha=alpha, beta=beta, kd_weight=kd_weight,
         kd_warmup_epochs=kd_warmup_epochs, small_input=small_input, fit=fit_cfg,
@@ -378,6 +372,15 @@ def _optim(optimizer, lr, momentum, weight_decay, schedule, milestones, gamma, w
         OptimConfig, optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay,
         schedule=schedule, milestones=_int_list(milestones, "--milestones"), gamma=gamma,
         warmup_epochs=warmup_epochs,
+    )
+
+
+def _fit(epochs, batch_size, seed, label_smoothing, threads, optim):
+    from rscompress.config import FitConfig
+
+    return _validated(
+        FitConfig, epochs=epochs, batch_size=batch_size, seed=seed, optim=optim,
+        label_smoothing=label_smoothing, threads=threads,
     )
 
 
