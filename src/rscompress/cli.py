@@ -120,7 +120,7 @@ def train(
 @app.command()
 def prune(
     run: Annotated[Path, typer.Argument(help="Finished run dir to prune (the parent).")],
-    method: Annotated[str, typer.Option(help="Criterion: l1, l2, bn, taylor, fpgm, lamp, random, remotetrimmer.")],
+    method: Annotated[str, typer.Option(help="l1, l2, bn, taylor, fpgm, lamp, random, remotetrimmer, slim, l1rr, nas.")],
     out: Annotated[Path, typer.Option(help="Run dir to write.")],
     target_macs: Annotated[float | None, typer.Option(help="Fraction of the parent's MACs to keep (0 < F <= 1).")] = None,
     target_params: Annotated[float | None, typer.Option(help="Fraction of the parent's params to keep.")] = None,
@@ -130,6 +130,10 @@ def prune(
     loss: Annotated[str, typer.Option(help="Fine-tuning loss: ce or aml+ce.")] = "ce",
     r1: Annotated[float, typer.Option(help="AML weight (with --loss aml+ce).")] = 1.0,
     r2: Annotated[float, typer.Option(help="CE weight (with --loss aml+ce).")] = 1.0,
+    sparse_epochs: Annotated[int, typer.Option(help="Sparse-training epochs (slim, l1rr).")] = 30,
+    sparse_strength: Annotated[float, typer.Option(help="Initial L1 strength on BN gamma (slim, l1rr).")] = 1e-4,
+    attention_weight: Annotated[float, typer.Option(help="Feature attention loss weight (l1rr).")] = 1.0,
+    search_epochs: Annotated[int, typer.Option(help="Gate search epochs (nas).")] = 20,
     finetune_epochs: Annotated[int, typer.Option()] = 20,
     batch_size: Annotated[int, typer.Option()] = 64,
     optimizer: Annotated[str, typer.Option(help="sgd or adamw.")] = "sgd",
@@ -155,7 +159,9 @@ def prune(
                    _optim(optimizer, lr, momentum, weight_decay, schedule, milestones, gamma, warmup_epochs))
     cfg = _validated(
         PruneConfig, method=method, target_macs=target_macs, target_params=target_params, ratio=ratio,
-        global_pruning=global_pruning, round_to=round_to, loss=loss, r1=r1, r2=r2, finetune=fit_cfg,
+        global_pruning=global_pruning, round_to=round_to, loss=loss, r1=r1, r2=r2, sparse_epochs=sparse_epochs,
+        sparse_strength=sparse_strength, attention_weight=attention_weight, search_epochs=search_epochs,
+        finetune=fit_cfg,
     )
     metrics = api.prune(run, cfg, out, resume=resume, quiet=quiet or as_json)
     if as_json:

@@ -117,3 +117,11 @@ def test_interrupted_finetune_resumes_without_pruning_again(parents, tmp_path, m
     monkeypatch.setattr(select, "select_and_prune", must_not_run)
     resumed = api.prune(parents["resnet18"], cfg, out, resume=True, quiet=True)
     assert resumed["macs"] == full["macs"] and resumed["top1"] == full["top1"]
+
+
+def test_nas_searches_then_hits_target(parents, tmp_path):
+    metrics = api.prune(parents["resnet18"], _cfg("nas", target_macs=0.35, search_epochs=2), tmp_path / "nas", quiet=True)
+    assert abs(metrics["macs_kept"] / 0.35 - 1) <= 0.01
+    assert len(metrics["nas_search"]["expected_ratio"]) == 2
+    with pytest.raises(UserError, match="--target-macs"):
+        api.prune(parents["resnet18"], _cfg("nas", ratio=0.5), tmp_path / "nas2", quiet=True)

@@ -67,7 +67,7 @@ def build_graph(model: nn.Module, example_inputs: Tensor) -> tp.DependencyGraph:
             m.training = flag
 
 
-def _channel_groups(graph: tp.DependencyGraph, group: tp.dependency.Group) -> int:
+def channel_groups(graph: tp.DependencyGraph, group: tp.dependency.Group) -> int:
     """How many equal parts the group's channels must keep (largest conv ``groups`` in it).
 
     Same rule as Torch-Pruning's BasePruner: a depthwise conv is channel-wise already (its
@@ -116,7 +116,7 @@ def score_groups(
         imp = importance(group)
         if imp is None:
             continue
-        parts = _channel_groups(graph, group)
+        parts = channel_groups(graph, group)
         # Average over the channel groups, as Torch-Pruning does: position p is kept or
         # removed in every part at once, so it is worth the mean of its copies.
         scores = imp.detach().float().cpu().view(parts, -1).mean(dim=0)

@@ -3,7 +3,8 @@
 One-shot criteria (l1, l2, bn, taylor, fpgm, lamp, random, remotetrimmer) score the trained
 model and prune it to the budget. ``slim`` (network slimming) and ``l1rr`` first train the
 model sparse on BN γ and then prune by |γ| ranked globally, so per-layer ratios come from the
-γ distribution. ``nas`` (when present) searches channel gates first.
+γ distribution. ``nas`` searches trainable channel gates (weights on train, gates on val,
+cost-awareness loss towards the MACs target) and prunes by gate score globally.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from rscompress.prune.budget import prune_to_budget
 from rscompress.prune.importance import IMPORTANCES
 
 SPARSE_METHODS = ("slim", "l1rr")
-METHODS = (*IMPORTANCES, *SPARSE_METHODS)
+METHODS = (*IMPORTANCES, *SPARSE_METHODS, "nas")
 
 # Stages whose attention maps L1RR keeps close to the dense model's (METHODS.md §3).
 _ATTENTION_LAYERS = {
@@ -53,6 +54,8 @@ def select_and_prune(
     budget = {"target_macs": cfg.target_macs, "target_params": cfg.target_params, "ratio": cfg.ratio,
               "round_to": cfg.round_to}
     details: dict[str, Any] = {}
+    if cfg.method == "nas":
+        return _nas(model, img_size, cfg, train_batches, val_batches, log)
     if cfg.method in SPARSE_METHODS:
         model, details["sparse_training"] = _sparse_train(model, model_name, cfg, train_batches, val_batches, log)
         importance, global_pruning = "bn", True
@@ -88,3 +91,21 @@ def _sparse_train(model, model_name, cfg: PruneConfig, train_batches, val_batche
 
     model, report = sparse_train(model, train_batches, val_batches, cfg=sparse_cfg, progress=progress)
     return model, report.to_dict()
+
+
+def _nas(model, img_size: int, cfg: PruneConfig, train_batches, val_batches, log):
+    from rscompress.errors import UserError
+    from rscompress.prune.methods.nas import nas_search
+
+    if cfg.target_macs is None:
+        raise UserError("--method nas searches towards a MACs budget: give --target-macs")
+
+    def progress(epoch, expected, target, ce):
+        log(f"search epoch {epoch + 1}/{cfg.search_epochs}: expected MACs {expected:.3f} (target {target:.3f})  val CE {ce:.4f}")
+
+    pruned, report = nas_search(
+        model, train_batches, val_batches, img_size=img_size, target_macs=cfg.target_macs,
+        search_epochs=cfg.search_epochs, progress=progress, seed=cfg.finetune.seed,
+    )
+    details = report.to_dict()
+    return pruned, {"budget": details.pop("budget"), "nas_search": details}

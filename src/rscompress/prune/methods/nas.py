@@ -1,0 +1,285 @@
+"""NAS-based channel pruning (Wei et al., IEEE GRSL 2022; METHODS.md §2).
+
+Every prunable channel gets a trainable score α; its gate sigmoid(α/τ) multiplies the
+channel after its BatchNorm (nas_gates.py: one α vector per Torch-Pruning dependency group,
+so residual streams share gates). The search is first-order DARTS, alternating
+
+* a weight step on a train batch: cross-entropy, SGD with momentum on the model's weights
+  (α fixed), model in train mode;
+* a score step on a val batch: CE + λ·|E[MACs]/F_full − r*|, Adam on α (weights fixed),
+  model in eval mode, so the validation images never move the BN running statistics
+  (they are the selection split, DESIGN.md) and dropout does not blur the signal.
+
+E[MACs] is differentiable in the gates (nas_cost.py). λ rises linearly from 0 over the
+first ``warmup_epochs`` epochs, so cross-entropy alone ranks the channels before the cost
+term starts pushing gates down.
+
+After the search the gates come off (hooks removed: the model is a plain model again) and
+the channels are ranked globally by α. ``prune_to_budget`` with an importance that returns
+the α's then finds the global threshold whose pruned model keeps ``target_macs`` of the
+parent's MACs within ±1 %, counted with ``count_macs_params`` on the real pruned model. The
+weights pruned are the ones trained during the search. Fine-tuning is the caller's step.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Protocol
+
+import torch
+import torch_pruning as tp
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from rscompress.errors import UserError
+from rscompress.prune.budget import prune_to_budget
+from rscompress.prune.methods.nas_cost import ExpectedMacs
+from rscompress.prune.methods.nas_gates import ChannelGates, gate_layout
+
+WEIGHT_MOMENTUM = 0.9
+Progress = Callable[[int, float, float, float], None]  # (epoch, expected ratio, target, val CE)
+
+
+class TrainBatches(Protocol):
+    """A re-iterable of (images, labels) batches whose order depends on the epoch."""
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]: ...
+    def set_epoch(self, epoch: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class NASReport:
+    """What the search and the derivation did; ``to_dict`` goes into metrics.json as is."""
+
+    target_macs: float
+    initial_expected_ratio: float  # E[MACs]/F_full with the gates at their start (≈ 0.9)
+    expected_ratio: list[float]  # after each epoch
+    final_expected_ratio: float
+    train_ce: list[float]  # mean cross-entropy of the weight steps, per epoch
+    val_ce: list[float]  # mean cross-entropy of the score steps, per epoch
+    gated_groups: int
+    gated_channels: int  # α's searched (positions; a grouped conv's parts share one)
+    macs_kept: float  # real, of the derived model (count_macs_params)
+    params_kept: float
+    search_seconds: float
+    budget: dict  # budget.BudgetReport.to_dict() of the derivation
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class AlphaImportance(tp.importance.Importance):
+    """Scores a group of the searched model by its α (one per position, see nas_gates).
+
+    Groups without α (no BatchNorm, never gated) return ``None`` and are not pruned. A
+    group whose root is not a layer of the searched model means a different model is
+    being scored, a bug, so it raises.
+    """
+
+    def __init__(self, model: nn.Module, alphas: dict[str, Tensor]) -> None:
+        self._names = {m: n for n, m in model.named_modules()}
+        self._alphas = alphas
+
+    @torch.no_grad()
+    def __call__(self, group: tp.dependency.Group) -> Tensor | None:
+        root = group[0].dep.target.module
+        if root not in self._names:
+            raise RuntimeError(f"{type(root).__name__} is not a layer of the searched model")
+        alpha = self._alphas.get(self._names[root])
+        if alpha is None:
+            return None
+        # channel c is position c mod n (graph.GroupScore); score_groups averages the copies back
+        return alpha[torch.arange(len(group[0].idxs)) % alpha.numel()]
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check(
+    target_macs: float, integers: dict[str, tuple[int, int]], positive: dict[str, float], lam: float
+) -> None:
+    """UserError naming the first bad setting. ``integers``: name → (value, least allowed)."""
+    if not (_is_number(target_macs) and 0 < target_macs <= 1):
+        raise UserError(
+            f"target_macs must be a fraction of the parent's MACs to keep, 0 < F <= 1; got {target_macs!r}"
+        )
+    for name, (value, least) in integers.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise UserError(f"{name} must be an integer >= {least}, got {value!r}")
+    for name, value in positive.items():
+        if not (_is_number(value) and value > 0):
+            raise UserError(f"{name} must be a finite number > 0, got {value!r}")
+    if not (_is_number(lam) and lam >= 0):
+        raise UserError(f"lam must be a finite number >= 0, got {lam!r}")
+
+
+def _cycle(batches: Iterable[tuple[Tensor, Tensor]]) -> Iterator[tuple[Tensor, Tensor]]:
+    """The val batches over and over (the search takes one per train batch)."""
+    while True:
+        empty = True
+        for batch in batches:
+            empty = False
+            yield batch
+        if empty:
+            raise UserError("the NAS search needs validation batches for its score steps; got none")
+
+
+def lambda_at(epoch: int, lam: float, warmup_epochs: int) -> float:
+    """λ for ``epoch``: 0 at epoch 0, rising linearly to ``lam`` at ``warmup_epochs``."""
+    return lam if warmup_epochs == 0 else lam * min(1.0, epoch / warmup_epochs)
+
+
+def _search(
+    model: nn.Module,
+    gates: ChannelGates,
+    cost: ExpectedMacs,
+    train_batches: TrainBatches,
+    val_batches: Iterable[tuple[Tensor, Tensor]],
+    *,
+    target: float,
+    epochs: int,
+    weight_lr: float,
+    arch_lr: float,
+    lam: float,
+    warmup_epochs: int,
+    progress: Progress | None,
+) -> tuple[list[float], list[float], list[float]]:
+    """The bi-level loop on a gated model; returns (expected ratio, train CE, val CE) per epoch."""
+    device = gates.alpha.device
+    weights = [p for p in model.parameters() if p.requires_grad]
+    weight_opt = torch.optim.SGD(weights, lr=weight_lr, momentum=WEIGHT_MOMENTUM)
+    arch_opt = torch.optim.Adam([gates.alpha], lr=arch_lr)
+    val_stream = _cycle(val_batches)
+    ratios, train_ce, val_ce = [], [], []
+    for epoch in range(epochs):
+        train_batches.set_epoch(epoch)
+        lam_now = lambda_at(epoch, lam, warmup_epochs)
+        sums, steps = [0.0, 0.0], 0
+        for x, y in train_batches:
+            model.train()
+            loss = F.cross_entropy(model(x.to(device)), y.to(device))
+            weight_opt.zero_grad(set_to_none=True)
+            loss.backward(inputs=weights)  # α gets no gradient: it is frozen in this step
+            weight_opt.step()
+
+            vx, vy = next(val_stream)
+            model.eval()
+            ce = F.cross_entropy(model(vx.to(device)), vy.to(device))
+            arch_loss = ce + lam_now * (cost.ratio(gates.flat()) - target).abs()
+            arch_opt.zero_grad(set_to_none=True)
+            arch_loss.backward(inputs=[gates.alpha])  # weights get no gradient
+            arch_opt.step()
+            sums[0] += loss.item()
+            sums[1] += ce.item()
+            steps += 1
+        if steps == 0:
+            raise UserError("the NAS search needs training batches for its weight steps; got none")
+        if not all(math.isfinite(s) for s in sums):
+            raise UserError(
+                f"the NAS search diverged in epoch {epoch} (non-finite loss); "
+                f"try a smaller weight_lr (now {weight_lr}) or arch_lr (now {arch_lr})"
+            )
+        with torch.no_grad():
+            ratios.append(float(cost.ratio(gates.flat())))
+        train_ce.append(sums[0] / steps)
+        val_ce.append(sums[1] / steps)
+        if progress is not None:
+            progress(epoch, ratios[-1], target, val_ce[-1])
+    return ratios, train_ce, val_ce
+
+
+def nas_search(
+    model: nn.Module,
+    train_batches: TrainBatches,
+    val_batches: Iterable[tuple[Tensor, Tensor]],
+    *,
+    img_size: int = 64,
+    target_macs: float = 0.35,
+    search_epochs: int = 20,
+    weight_lr: float = 0.01,
+    arch_lr: float = 0.05,
+    tau: float = 1.0,
+    lam: float = 2.0,
+    warmup_epochs: int = 2,
+    progress: Progress | None = None,
+    seed: int = 0,
+) -> tuple[nn.Module, NASReport]:
+    """Search channel scores on a copy of ``model``, then prune it to ``target_macs``.
+
+    ``model``: the trained parent (SE folded, if any); it is not changed. ``train_batches``
+    feed the weight steps (``set_epoch`` is called each epoch), ``val_batches`` the score
+    steps, one val batch per train batch, cycled. Returns the pruned model (a plain model:
+    no gates, no hooks; its train/eval flags are the parent's) and the report.
+
+    Defaults: ``weight_lr`` 0.01 with momentum 0.9 is a fine-tuning rate for a trained
+    parent, not a training-from-scratch one. ``arch_lr`` 0.05 with Adam moves each α by at
+    most about 0.05 per step, so with ``tau`` 1 (α starts at 3τ, nas_gates.INIT_LOGIT) a
+    gate needs ≥ 60 steps to cross 0.5: a few epochs of a small RS train split, slow enough
+    for CE to keep re-ranking the channels on the way. ``lam`` 2: the cost term is λ times
+    a fraction in [0, 1], on the scale of a trained parent's CE, so neither term swamps
+    the other; measured on a trained toy ResNet-18 (32 px, 8 steps an epoch, target 0.10)
+    the expected ratio fell 0.92 → 0.34 in 12 epochs, so a real split (tens of steps an
+    epoch, 20 epochs) reaches hard targets. ``warmup_epochs`` 2: λ = 0 in the first epoch,
+    λ/2 in the second, so CE alone ranks the channels before the cost pushes.
+    ``progress(epoch, expected ratio, target, mean val CE)`` is called after each epoch.
+    ``seed`` seeds the search's own randomness (dropout); the caller's CPU RNG state is
+    restored afterwards.
+    """
+    _check(
+        target_macs,
+        {"img_size": (img_size, 1), "search_epochs": (search_epochs, 1), "warmup_epochs": (warmup_epochs, 0)},
+        {"weight_lr": weight_lr, "arch_lr": arch_lr, "tau": tau},
+        lam,
+    )
+    start = time.perf_counter()
+    searched = copy.deepcopy(model)
+    flags = [m.training for m in model.modules()]
+    param = next(searched.parameters())
+    example = torch.zeros(1, 3, img_size, img_size, device=param.device, dtype=param.dtype)
+    layout = gate_layout(searched, example)
+    if not layout.sizes:
+        raise UserError(f"{type(model).__name__} has no prunable channel group with a BatchNorm to gate")
+    gates = ChannelGates(layout, tau).to(param.device)
+    cost = ExpectedMacs(searched, layout, example)
+    with torch.no_grad():
+        initial = float(cost.ratio(gates.flat()))
+    gates.attach(searched)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            ratios, train_ce, val_ce = _search(
+                searched, gates, cost, train_batches, val_batches,
+                target=float(target_macs), epochs=search_epochs, weight_lr=weight_lr,
+                arch_lr=arch_lr, lam=lam, warmup_epochs=warmup_epochs, progress=progress,
+            )
+    finally:
+        gates.remove()
+    for m, flag in zip(searched.modules(), flags, strict=True):
+        m.training = flag
+    searched.zero_grad(set_to_none=True)
+    search_seconds = time.perf_counter() - start
+
+    importance = AlphaImportance(searched, gates.group_alphas())
+    pruned, budget = prune_to_budget(
+        searched, importance, img_size, target_macs=float(target_macs), global_pruning=True
+    )
+    report = NASReport(
+        target_macs=float(target_macs),
+        initial_expected_ratio=initial,
+        expected_ratio=ratios,
+        final_expected_ratio=ratios[-1],
+        train_ce=train_ce,
+        val_ce=val_ce,
+        gated_groups=len(layout.sizes),
+        gated_channels=layout.n_gates,
+        macs_kept=budget.macs_kept,
+        params_kept=budget.params_kept,
+        search_seconds=search_seconds,
+        budget=budget.to_dict(),
+    )
+    return pruned, report

@@ -1,0 +1,199 @@
+"""Channel gates for the NAS search (METHODS.md §2): one score α per prunable channel.
+
+Where the gates sit
+-------------------
+Torch-Pruning's dependency groups (graph.build_graph) say which channels must be removed
+together: a residual stream (every block's last BN, the downsample BN, the add) is ONE
+group, a concat's inputs map onto slices of the layers after it. So a group has one α
+vector, and every BatchNorm of the group multiplies its output by the SAME gate
+g = sigmoid(α/τ) (channel c of a BN reads the gate of the root position it carries). With
+one gate on every summand of a residual add, relu(g·a + g·b) = g·relu(a + b): the stream
+stays one set of channels, exactly what pruning the group later removes.
+
+In a plain chain (conv → BN → depthwise conv → BN, as in MobileNetV2) both BNs belong to
+the same group, so a channel is gated twice (g² on that path). That only sharpens the
+gate; the ranking by α, which is all the derivation reads, is unchanged.
+
+Groups with no BatchNorm get no gates (nothing to multiply after a BN; a gate only the
+cost term sees would sink to zero). They count as fixed channels in E[MACs] and are not
+pruned, as with the BN criteria (importance.py): in the registered models that is only
+VGG's hidden classifier layers. The classifier's outputs are never gated (the groups are
+the ones ``score_model`` prunes: protected layers excluded).
+
+Grouped (not depthwise) convolutions are pruned by *position* (graph.GroupScore): position
+p of a group with ``ch_groups`` parts stands for channels p, p + n, p + 2n, … . So α has
+one entry per position and those channels share it.
+
+Layout
+------
+All groups' gates live in one flat vector, with one extra entry fixed at 1 at the end:
+``flat = [g_group0, g_group1, …, 1]``. Each BN (and, for the cost model, each conv/linear
+input and output) holds a LongTensor with, per channel, its index into ``flat``; channels
+in no gated group point at the trailing 1. A gate is then one gather, and BNs of one group
+share α entries by construction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch_pruning as tp
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from rscompress.prune.graph import ROOT_TYPES, build_graph, channel_groups
+from rscompress.prune.pruner import protected_layers
+
+_NORM = nn.modules.batchnorm._BatchNorm
+_CONV = nn.modules.conv._ConvNd
+
+# α/τ at the start: g = sigmoid(3) ≈ 0.95. Close enough to 1 that the trained parent's
+# function barely changes (a BN output scaled by 0.95), far enough from saturation that the
+# gate still has a usable gradient (g(1−g) ≈ 0.045; at α/τ = 5 it would be 0.0066).
+INIT_LOGIT = 3.0
+
+
+@dataclass(frozen=True)
+class GateLayout:
+    """Which channels of which layers read which gate (see the module docstring).
+
+    ``roots``/``sizes``: root layer name and number of positions of each gated group, in
+    graph order; ``flat`` has ``sum(sizes) + 1`` entries, the last the constant 1.
+    ``norms``: BN name → per-channel index into ``flat``. ``inputs``/``outputs``: conv or
+    linear name → per-channel index of its input/output channels (layers or sides that
+    no gated group touches are absent: all their channels are fixed).
+    """
+
+    roots: tuple[str, ...]
+    sizes: tuple[int, ...]
+    norms: dict[str, Tensor]
+    inputs: dict[str, Tensor]
+    outputs: dict[str, Tensor]
+
+    @property
+    def n_gates(self) -> int:
+        return sum(self.sizes)
+
+    def offsets(self) -> list[int]:
+        """Start of each group's slice of ``flat``."""
+        starts, total = [], 0
+        for size in self.sizes:
+            starts.append(total)
+            total += size
+        return starts
+
+
+def _has_norm(group: tp.dependency.Group) -> bool:
+    return any(isinstance(item.dep.target.module, _NORM) for item in group)
+
+
+def _sides(graph: tp.DependencyGraph, layer: nn.Module, handler: Callable) -> tuple[str, ...]:
+    """Which channel tables a group member fills: a BN's "norm", a conv/linear's "in"/"out".
+
+    A depthwise conv's pruning function removes its input and output channels at once
+    (Torch-Pruning registers it as both), so it fills both sides.
+    """
+    if isinstance(layer, _NORM):
+        return ("norm",)
+    if not isinstance(layer, (_CONV, nn.Linear)):
+        return ()  # adds, concats, reshapes: no channels of their own
+    return tuple(
+        side
+        for side, member in (("in", graph.is_in_channel_pruning_fn), ("out", graph.is_out_channel_pruning_fn))
+        if member(handler)
+    )
+
+
+def _width(layer: nn.Module, side: str) -> int:
+    if isinstance(layer, _NORM):
+        return layer.num_features
+    if isinstance(layer, nn.Linear):
+        return layer.in_features if side == "in" else layer.out_features
+    return layer.in_channels if side == "in" else layer.out_channels
+
+
+def gate_layout(model: nn.Module, example_inputs: Tensor) -> GateLayout:
+    """The gate layout of ``model``: the groups ``prune_to_budget`` will prune, gated.
+
+    Groups come from the same call as ``pruner.score_model`` (same graph, same protected
+    layers, same root types), so the derivation step scores exactly these groups.
+    """
+    graph = build_graph(model, example_inputs)
+    names = {m: n for n, m in model.named_modules()}
+    protected = protected_layers(model, example_inputs)
+    roots: list[str] = []
+    sizes: list[int] = []
+    tables: dict[str, dict[str, Tensor]] = {"norm": {}, "in": {}, "out": {}}
+    for group in graph.get_all_groups(ignored_layers=protected, root_module_types=ROOT_TYPES):
+        if not _has_norm(group):
+            continue
+        positions = len(group[0].idxs) // channel_groups(graph, group)
+        offset = sum(sizes)
+        for item in group:
+            if not item.root_idxs or any(r is None for r in item.root_idxs):
+                continue  # Torch-Pruning's marker for a member with no root channel
+            layer = item.dep.target.module
+            for side in _sides(graph, layer, item.dep.handler):
+                # -1 until the end: "fixed channel", replaced by the trailing 1's index
+                where = tables[side].setdefault(names[layer], torch.full((_width(layer, side),), -1))
+                src = [offset + r % positions for r in item.root_idxs]
+                where[torch.tensor(item.idxs, dtype=torch.long)] = torch.tensor(src, dtype=torch.long)
+        roots.append(names[group[0].dep.target.module])
+        sizes.append(positions)
+    for table in tables.values():
+        for where in table.values():
+            where[where < 0] = sum(sizes)
+    return GateLayout(tuple(roots), tuple(sizes), tables["norm"], tables["in"], tables["out"])
+
+
+class ChannelGates(nn.Module):
+    """The α's of a ``GateLayout`` and the forward hooks that gate a model's BatchNorms.
+
+    Lives outside the model: ``attach`` adds one forward hook per gated BN, ``remove``
+    takes them all off again, after which the model is exactly what it was (no modules,
+    no hooks, no parameters added).
+    """
+
+    def __init__(self, layout: GateLayout, tau: float) -> None:
+        super().__init__()
+        self.layout = layout
+        self.tau = tau
+        self.alpha = nn.Parameter(torch.full((layout.n_gates,), INIT_LOGIT * tau))
+        self._handles: list[RemovableHandle] = []
+
+    def flat(self) -> Tensor:
+        """``[sigmoid(α/τ) of every position…, 1]``: the vector the layout indexes into."""
+        return torch.cat([torch.sigmoid(self.alpha / self.tau), self.alpha.new_ones(1)])
+
+    def group_alphas(self) -> dict[str, Tensor]:
+        """Root layer name → that group's α (one per position), detached, on the CPU."""
+        alpha = self.alpha.detach().cpu()
+        layout = self.layout
+        return {
+            root: alpha[start : start + size].clone()
+            for root, start, size in zip(layout.roots, layout.offsets(), layout.sizes, strict=True)
+        }
+
+    def attach(self, model: nn.Module) -> None:
+        """Gate every BN of the layout in ``model`` (a model with the layout's module names)."""
+        if self._handles:
+            raise RuntimeError("gates are attached already; remove() them first")
+        for name, module in model.named_modules():
+            if name in self.layout.norms:
+                index = self.layout.norms[name].to(self.alpha.device)  # once, not per forward
+                self._handles.append(module.register_forward_hook(self._hook(index)))
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _hook(self, index: Tensor) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor], Tensor]:
+        def gate(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
+            g = self.flat()[index]  # BNs of one group gather the same entries: same gates
+            return output * g.view(1, -1, *([1] * (output.dim() - 2)))
+
+        return gate
+
