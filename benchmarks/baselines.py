@@ -1,6 +1,6 @@
 """Unpruned baselines (issue: foundation): resnet18 and se_resnet18 trained from scratch.
 
-    python -m benchmarks.baselines [--seed S]
+    python -m benchmarks.baselines [--seed S] [--img-size PX] [--threads N]
 
 Resumable: each cell is a run dir under benchmarks/work/; a finished cell is skipped, an
 interrupted one continues with --resume. Records go to benchmarks/results/baselines.jsonl.
@@ -37,8 +37,11 @@ MODELS = ("resnet18", "se_resnet18")
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--img-size", type=int, help="Run only the cells of this input size.")
+    parser.add_argument("--threads", type=int, help="torch threads per training run.")
     args = parser.parse_args()
-    for dataset, img_size, epochs in CELLS:
+    cells = [c for c in CELLS if args.img_size in (None, c[1])]
+    for dataset, img_size, epochs in cells:
         for model in MODELS:
             key = {"dataset": dataset, "model": model, "img_size": img_size, "epochs": epochs, "seed": args.seed}
             if has_record(RESULTS, key):
@@ -54,7 +57,8 @@ def main() -> None:
             if not run.is_complete():
                 resume = ["--resume"] if (run.checkpoint_dir / "latest.json").is_file() else []
                 print("running:", shlex.join(cmd + resume), flush=True)
-                subprocess.run([sys.executable, "-m", "rscompress", *cmd[1:], *resume], check=True)
+                threads = ["--threads", str(args.threads)] if args.threads else []
+                subprocess.run([sys.executable, "-m", "rscompress", *cmd[1:], *resume, *threads], check=True)
             append_record(RESULTS, train_record(run, dataset, shlex.join(cmd).replace(str(ROOT) + "/", "")))
             print(f"done: {dataset} {model} {img_size}px", flush=True)
 
