@@ -51,14 +51,13 @@ def main() -> None:
                 "rscompress", "train", "--data", str(DATASETS[dataset]), "--model", model,
                 "--img-size", str(img_size), "--epochs", str(epochs), "--seed", str(args.seed),
                 "--batch-size", "64", "--lr", "0.1", "--warmup-epochs", "2", "--label-smoothing", "0.1",
-                "--out", str(out), "--quiet",
+                "--out", str(out), "--quiet", *(["--threads", str(args.threads)] if args.threads else []),
             ]
             run = RunDir(out)
             if not run.is_complete():
                 resume = ["--resume"] if (run.checkpoint_dir / "latest.json").is_file() else []
                 print("running:", shlex.join(cmd + resume), flush=True)
-                threads = ["--threads", str(args.threads)] if args.threads else []
-                subprocess.run([sys.executable, "-m", "rscompress", *cmd[1:], *resume, *threads], check=True)
+                subprocess.run([sys.executable, "-m", "rscompress", *cmd[1:], *resume], check=True)
             append_record(RESULTS, train_record(run, dataset, shlex.join(cmd).replace(str(ROOT) + "/", "")))
             print(f"done: {dataset} {model} {img_size}px", flush=True)
 
