@@ -229,21 +229,7 @@ def run_recipe(
     if as_json:
         _print_json(results)
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table("step", "top1", "kappa", "MMACs", "params (M)", "note", title=str(recipe))
-    for name, r in results.items():
-        metrics = "top1" in r
-        table.add_row(
-            name,
-            f"{r['top1']:.4f}" if metrics else "",
-            f"{r['kappa']:.4f}" if metrics else "",
-            f"{r['macs'] / 1e6:.1f}" if metrics else "",
-            f"{r['params'] / 1e6:.2f}" if metrics else "",
-            r.get("skipped", "") or (f"onnx diff {r['max_abs_diff']:.1e}" if "max_abs_diff" in r else ""),
-        )
-    Console().print(table)
+    _print_steps(str(recipe), results)
 
 
 @app.command()
@@ -364,8 +350,9 @@ def demo(
     """Offline end-to-end demo on the bundled UC Merced sample."""
     from rscompress import api
 
-    result = api.demo(out, quiet=quiet)
-    _print_summary(out / "base", result)
+    results, report_path = api.demo(out, quiet=quiet)
+    _print_steps("demo", results)
+    typer.echo(f"report: {report_path.resolve()}")
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -424,6 +411,24 @@ def _print_summary(run: Path, metrics: dict) -> None:
         if key in metrics:
             value = metrics[key]
             table.add_row(key, f"{value:.4f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else str(value))
+    Console().print(table)
+
+
+def _print_steps(title: str, results: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("step", "top1", "kappa", "MMACs", "params (M)", "note", title=title)
+    for name, r in results.items():
+        metrics = "top1" in r
+        table.add_row(
+            name,
+            f"{r['top1']:.4f}" if metrics else "",
+            f"{r['kappa']:.4f}" if metrics else "",
+            f"{r['macs'] / 1e6:.1f}" if metrics else "",
+            f"{r['params'] / 1e6:.2f}" if metrics else "",
+            r.get("skipped", "") or (f"onnx diff {r['max_abs_diff']:.1e}" if "max_abs_diff" in r else ""),
+        )
     Console().print(table)
 
 

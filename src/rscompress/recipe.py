@@ -105,13 +105,16 @@ def load_recipe(path: Path) -> Recipe:
 
 
 def run_recipe(path: Path, quiet: bool = False) -> dict[str, Any]:
-    """Run every step in order; returns {step name: its metrics / report}."""
+    """Run every step of the recipe file in order; returns {step name: its metrics / report}."""
+    return run_steps(load_recipe(path), quiet)
+
+
+def run_steps(recipe: Recipe, quiet: bool = False) -> dict[str, Any]:
     from rscompress import api
     from rscompress.artifacts import RunDir
     from rscompress.deploy.latency import bench_table, measure
     from rscompress.deploy.onnx import export_run
 
-    recipe = load_recipe(path)
     done: dict[str, Path] = {}
 
     def ref(name: str) -> Path:

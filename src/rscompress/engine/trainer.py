@@ -124,6 +124,8 @@ def fit(
         train_model = nn.parallel.DistributedDataParallel(model)
 
     steps_per_epoch = len(train_batches)
+    if steps_per_epoch == 0:
+        raise UserError("the training split yields no batch: lower --batch-size or add images")
     throughput: list[float] = []
     t_start = time.perf_counter()
     progress = Progress(

@@ -1,0 +1,30 @@
+"""``rscompress demo``: the whole flow, here on tiny fake data with 1-epoch steps."""
+
+from pathlib import Path
+
+from rscompress import api
+from rscompress.cli import main
+from tests.fakes import make_fake_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bundled_sample_is_the_full_ucmerced_copy():
+    sample = api.bundled_sample()
+    assert sample == ROOT / "sample" / "ucmerced128"
+    assert len(list(sample.glob("*/*.jpg"))) == 2100
+
+
+def test_demo_runs_every_step_and_writes_the_report(tmp_path, monkeypatch, capsys):
+    data = make_fake_dataset(tmp_path, name="ucmerced", per_class=4, size=20)
+    monkeypatch.setattr(api, "bundled_sample", lambda: data)
+    monkeypatch.setattr(api, "DEMO_EPOCHS", 1)
+    monkeypatch.setattr(api, "DEMO_FINETUNE_EPOCHS", 1)
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    for step in ("base", "rt15", "ggnet-dkd", "rt15-onnx", "ggnet-onnx"):
+        assert step in printed
+    assert f"report: {(out / 'report.html').resolve()}" in printed
+    assert (out / "rt15" / "model.onnx").is_file() and (out / "ggnet-dkd" / "model.onnx").is_file()
+    assert (out / "report.html").stat().st_size > 10_000
