@@ -7,7 +7,6 @@ uninterrupted run would have seen.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Iterator, Sequence
 
@@ -20,12 +19,7 @@ from rscompress.data.transforms import (
     normalize_batch,
     sample_dihedral,
 )
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    # Hashing (instead of seed + epoch) keeps (seed=0, epoch=1) and (seed=1, epoch=0) apart.
-    digest = hashlib.sha256(f"rscompress-loader:{seed}:{epoch}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> 1  # manual_seed wants a non-negative int64
+from rscompress.seeding import derived_seed
 
 
 class BatchLoader:
@@ -96,7 +90,7 @@ class BatchLoader:
     def _epoch_plan(self) -> tuple[np.ndarray, DihedralParams | None]:
         """This rank's rows of ``images`` for the epoch, in order, and their augmentation."""
         n = self._indices.size
-        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        generator = torch.Generator().manual_seed(derived_seed("loader", self.seed, self.epoch))
         order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
         params = sample_dihedral(n, generator) if self.augment else None
         padded = torch.arange(self.samples_per_rank * self.world_size) % n

@@ -57,10 +57,3 @@ def all_true(flag: bool, info: DistInfo) -> bool:
     dist.all_reduce(t)
     return t.item() == 0
 
-
-def broadcast_object(obj, info: DistInfo):
-    if not info.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]

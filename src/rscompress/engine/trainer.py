@@ -39,6 +39,7 @@ from rscompress.engine.metrics import EvalResult, evaluate
 from rscompress.engine.schedule import build_optimizer, lr_factor, set_lr
 from rscompress.errors import UserError
 from rscompress.io_utils import write_atomic
+from rscompress.seeding import derived_seed
 
 
 class Batches(Protocol):
@@ -75,11 +76,6 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """Global RNG seed for one epoch (dropout etc.): a function of (seed, epoch) only."""
-    return seed * 1_000_003 + epoch
-
-
 def _read_history(path: Path, upto_epoch: int) -> list[dict[str, Any]]:
     """History rows of finished (checkpointed) epochs; later rows died with the killed run."""
     if not path.is_file():
@@ -100,12 +96,11 @@ def fit(
     resume: bool = False,
     quiet: bool = False,
     dist: DistInfo = DistInfo(),
-    extra_params: Iterable[nn.Parameter] = (),
 ) -> FitResult:
     loss_fn = loss_fn or cross_entropy_loss(cfg.label_smoothing)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer([*model.parameters(), *extra_params], cfg.optim)
+    optimizer = build_optimizer(model.parameters(), cfg.optim)
     console = Console(stderr=True, quiet=quiet or not dist.is_main)
 
     state = load_checkpoint(run.checkpoint_dir, model, optimizer) if resume else None
@@ -141,7 +136,7 @@ def fit(
     with progress:
         task = progress.add_task("train", total=(cfg.epochs - start_epoch) * steps_per_epoch, rate="-")
         for epoch in range(start_epoch, cfg.epochs):
-            torch.manual_seed(epoch_seed(cfg.seed, epoch))
+            torch.manual_seed(derived_seed("train", cfg.seed, epoch))  # dropout etc.
             train_batches.set_epoch(epoch)
             train_model.train()
             loss_sum, correct, seen = 0.0, 0, 0

@@ -45,7 +45,6 @@ from torch import Tensor, nn
 from torch_pruning.pruner import function
 
 from rscompress.engine.metrics import evaluate
-from rscompress.engine.trainer import epoch_seed
 from rscompress.errors import UserError
 from rscompress.prune.graph import ROOT_TYPES, build_graph
 from rscompress.prune.methods.l1rr_losses import (
@@ -58,6 +57,7 @@ from rscompress.prune.methods.l1rr_losses import (
 )
 from rscompress.prune.plan import MAX_PRUNING_RATIO
 from rscompress.prune.pruner import find_classifier, protected_layers
+from rscompress.seeding import derived_seed
 
 # (epoch, sparsity after it, λ in effect during it, val loss after it)
 Progress = Callable[[int, float, float, float], None]
@@ -290,7 +290,7 @@ def sparse_train(
         )
         for epoch in range(cfg.epochs):
             t0 = time.perf_counter()
-            torch.manual_seed(epoch_seed(cfg.seed, epoch))
+            torch.manual_seed(derived_seed("sparse", cfg.seed, epoch))
             if hasattr(train_batches, "set_epoch"):
                 train_batches.set_epoch(epoch)
             weights = penalty_weights(gammas, cfg)
