@@ -1,0 +1,125 @@
+"""The side-by-side harness: datasets × parents × methods × budgets × seeds, resumable.
+
+    python -m benchmarks suite benchmarks/suite.yaml     # run what is missing, append records
+    python -m benchmarks tables benchmarks/results/pruning.jsonl   # markdown table + plots
+
+Every parent and every pruned model is a run dir under ``work``; a finished one is reused, an
+interrupted one resumes. A record (DESIGN.md format) is appended once per finished cell, with
+ONNX Runtime bs1 latency of the pruned model and its parent measured interleaved in one process.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field
+
+from benchmarks.records import DEVICE, append_record, git_commit, has_record
+from rscompress import api
+from rscompress.artifacts import RunDir
+from rscompress.config import (
+    DataConfig,
+    FitConfig,
+    PruneConfig,
+    StrictModel,
+    TrainConfig,
+)
+
+
+class Parent(StrictModel):
+    dataset: str
+    model: str
+    epochs: int = Field(gt=0)
+    seeds: list[int]
+
+
+class Cell(StrictModel):
+    dataset: str
+    model: str  # the parent's model
+    method: str
+    global_pruning: bool = False
+    loss: str = "ce"
+    budgets: list[float]  # target MACs fractions
+    label: str | None = None  # record's method name; default method[-global][-loss]
+
+
+class Suite(StrictModel):
+    results: Path
+    work: Path
+    datasets: dict[str, DataConfig]
+    train: FitConfig  # recipe of every parent (epochs come from each parent entry)
+    finetune: FitConfig  # the same fine-tuning recipe for every method
+    parents: list[Parent]
+    cells: list[Cell]
+    latency_repeats: int = 50
+
+
+def load_suite(path: Path) -> Suite:
+    return Suite.model_validate(yaml.safe_load(Path(path).read_text()))
+
+
+def label(cell: Cell) -> str:
+    if cell.label:
+        return cell.label
+    return cell.method + ("-global" if cell.global_pruning else "") + ("" if cell.loss == "ce" else f"-{cell.loss}")
+
+
+def _parent_run(suite: Suite, parent: Parent, seed: int) -> Path:
+    out = suite.work / f"{parent.dataset}-{parent.model}-e{parent.epochs}-s{seed}"
+    run = RunDir(out)
+    if not run.is_complete():
+        train_cfg = TrainConfig(**{**suite.train.model_dump(), "epochs": parent.epochs, "seed": seed, "model": parent.model})
+        api.train(suite.datasets[parent.dataset], train_cfg, out,
+                  resume=(run.checkpoint_dir / "latest.json").is_file(), quiet=True)
+    return out
+
+
+def _record(suite: Suite, cell: Cell, parent_dir: Path, child_dir: Path, budget: float, seed: int) -> dict[str, Any]:
+    from rscompress.deploy.latency import measure, record_fields
+
+    m = RunDir(child_dir).load_metrics()
+    results = measure([RunDir(parent_dir), RunDir(child_dir)], batch_sizes=(1,), threads=(1,),
+                      engines=("onnxruntime",), repeats=suite.latency_repeats, peak_rss=False)
+    return {
+        "dataset": cell.dataset, "model": cell.model, "method": label(cell), "criterion": cell.method,
+        "global_pruning": cell.global_pruning, "loss": cell.loss,
+        "target_macs": budget, "macs_kept": m["macs_kept"], "params_kept": m["params_kept"],
+        "macs": m["macs"], "params": m["params"], "parent_top1": m["parent_top1"],
+        "top1": m["top1"], "kappa": m["kappa"], "img_size": m["img_size"],
+        "epochs": RunDir(parent_dir).load_metrics()["epochs"], "finetune_epochs": m["finetune_epochs"],
+        "seed": seed, "split": "test", **record_fields(results, str(child_dir)), "device": DEVICE,
+        "commit": git_commit(),
+        "command": shlex.join(["rscompress", "prune", str(parent_dir), "--method", cell.method,
+                               "--target-macs", str(budget), *(["--global"] if cell.global_pruning else []),
+                               "--loss", cell.loss, "--finetune-epochs", str(suite.finetune.epochs),
+                               "--out", str(child_dir)]),
+    }
+
+
+def run_suite(path: Path) -> int:
+    """Run every missing cell; returns how many records were appended."""
+    suite = load_suite(path)
+    appended = 0
+    for parent in suite.parents:
+        for seed in parent.seeds:
+            parent_dir = None
+            for cell in (c for c in suite.cells if (c.dataset, c.model) == (parent.dataset, parent.model)):
+                for budget in cell.budgets:
+                    key = {"dataset": cell.dataset, "model": cell.model, "method": label(cell),
+                           "target_macs": budget, "seed": seed, "finetune_epochs": suite.finetune.epochs}
+                    if has_record(suite.results, key):
+                        continue
+                    parent_dir = parent_dir or _parent_run(suite, parent, seed)
+                    child = parent_dir / f"{label(cell)}-{budget:g}"
+                    run = RunDir(child)
+                    if not run.is_complete():
+                        cfg = PruneConfig(method=cell.method, target_macs=budget, global_pruning=cell.global_pruning,
+                                          loss=cell.loss, finetune=suite.finetune.model_copy(update={"seed": seed}))
+                        api.prune(parent_dir, cfg, child, resume=(child / "prune.json").is_file(), quiet=True)
+                    append_record(suite.results, _record(suite, cell, parent_dir, child, budget, seed))
+                    appended += 1
+                    print(f"done: {cell.dataset} {cell.model} s{seed} {label(cell)} {budget:g}", flush=True)
+    return appended

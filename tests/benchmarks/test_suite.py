@@ -1,0 +1,43 @@
+"""The benchmark harness on a tiny suite: records in DESIGN.md format, skip on re-run, tables."""
+
+from pathlib import Path
+
+import yaml
+
+from benchmarks.records import read_records
+from benchmarks.suite import load_suite, run_suite
+from benchmarks.tables import write_tables
+from tests.fakes import make_fake_dataset
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_tiny_suite_records_then_skips_and_tabulates(tmp_path):
+    data = make_fake_dataset(tmp_path, name="rsscn7", per_class=6, size=20)
+    suite = {
+        "results": str(tmp_path / "results" / "pruning.jsonl"),
+        "work": str(tmp_path / "work"),
+        "datasets": {"fake": {"path": str(data), "img_size": 16}},
+        "train": {"batch_size": 8},
+        "finetune": {"epochs": 1, "batch_size": 8},
+        "parents": [{"dataset": "fake", "model": "se_resnet18", "epochs": 1, "seeds": [0, 1]}],
+        "cells": [{"dataset": "fake", "model": "se_resnet18", "method": "remotetrimmer", "loss": "aml+ce", "budgets": [0.3]},
+                  {"dataset": "fake", "model": "se_resnet18", "method": "l1", "global_pruning": True, "budgets": [0.3]}],
+        "latency_repeats": 3,
+    }
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    assert run_suite(path) == 4
+    records = read_records(tmp_path / "results" / "pruning.jsonl")
+    for key in ("dataset", "model", "method", "target_macs", "macs_kept", "params_kept", "macs", "params",
+                "parent_top1", "top1", "kappa", "img_size", "epochs", "finetune_epochs", "seed", "split",
+                "latency_ms_bs1", "parent_latency_ms_bs1", "device", "commit", "command"):
+        assert all(key in r for r in records), key
+    assert {r["method"] for r in records} == {"remotetrimmer-aml+ce", "l1-global"}
+    assert run_suite(path) == 0  # finished cells are skipped
+    table, plots = write_tables(tmp_path / "results" / "pruning.jsonl")
+    assert "± " in table.read_text() and all(p.is_file() for p in plots)
+
+
+def test_shipped_suite_validates():
+    load_suite(ROOT / "benchmarks" / "suite.yaml")
