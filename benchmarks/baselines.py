@@ -58,7 +58,9 @@ def main() -> None:
                 resume = ["--resume"] if (run.checkpoint_dir / "latest.json").is_file() else []
                 print("running:", shlex.join(cmd + resume), flush=True)
                 subprocess.run([sys.executable, "-m", "rscompress", *cmd[1:], *resume], check=True)
-            append_record(RESULTS, train_record(run, dataset, shlex.join(cmd).replace(str(ROOT) + "/", "")))
+            # Paths as a user types them from the repo root.
+            command = shlex.join(cmd).replace(str(ROOT) + "/", "").replace(str(ROOT.parent) + "/", "../")
+            append_record(RESULTS, train_record(run, dataset, command))
             print(f"done: {dataset} {model} {img_size}px", flush=True)
 
 
