@@ -1,4 +1,5 @@
-"""The verbs of the CLI as functions: ``train``, ``evaluate``, ``inspect_data``, ``demo``.
+"""The verbs of the CLI as functions: ``train``, ``prune``, ``distill``, ``evaluate``,
+``inspect_data``, ``demo``.
 
 Each reads and writes run dirs only, so any step can be re-run or resumed on its own.
 """
@@ -83,6 +84,11 @@ def train(
         torch.set_num_threads(train_cfg.threads)
     run = RunDir(out)
     _check_out_dir(run, resume)
+    # Absolute data paths in config.json: later steps may run from another directory.
+    data_cfg = data_cfg.model_copy(update={
+        "path": data_cfg.path.resolve(),
+        "test_path": data_cfg.test_path.resolve() if data_cfg.test_path else None,
+    })
     data = _prepare_shared(data_cfg, run, quiet, dist)
     model_kwargs = {"small_input": train_cfg.small_input}
     config = RunConfig(
