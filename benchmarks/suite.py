@@ -78,11 +78,10 @@ def _parent_run(suite: Suite, parent: Parent, seed: int) -> Path:
 
 
 def _record(suite: Suite, cell: Cell, parent_dir: Path, child_dir: Path, budget: float, seed: int) -> dict[str, Any]:
-    from rscompress.deploy.latency import measure, record_fields
+    from rscompress.deploy.latency import measure_bs1, record_fields
 
     m = RunDir(child_dir).load_metrics()
-    results = measure([RunDir(parent_dir), RunDir(child_dir)], batch_sizes=(1,), threads=(1,),
-                      engines=("onnxruntime",), repeats=suite.latency_repeats, peak_rss=False)
+    results = measure_bs1([RunDir(parent_dir), RunDir(child_dir)], suite.latency_repeats)
     return {
         "dataset": cell.dataset, "model": cell.model, "method": label(cell), "criterion": cell.method,
         "global_pruning": cell.global_pruning, "loss": cell.loss,

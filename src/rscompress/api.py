@@ -212,10 +212,20 @@ def decode_progress(quiet: bool) -> Iterator[Callable[[int, int], None] | None]:
         yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
-def _warn(lines: Iterable[str], quiet: bool, style: str = "warning") -> None:
+def _progress_printer(quiet: bool) -> Callable[[str], None]:
+    """Where a method's per-epoch lines (sparse training, NAS search) go: stderr, dimmed."""
+
+    def log(line: str) -> None:
+        if not quiet:
+            Console(stderr=True).print(f"[dim]{line}[/]")
+
+    return log
+
+
+def _warn(warnings: Iterable[str], quiet: bool) -> None:
     if not quiet:
-        for line in lines:
-            Console(stderr=True).print(f"[yellow]warning:[/] {line}" if style == "warning" else f"[{style}]{line}[/]")
+        for warning in warnings:
+            Console(stderr=True).print(f"[yellow]warning:[/] {warning}")
 
 
 def evaluate(run_path: Path, data_path: Path | None = None, split: str = "test", quiet: bool = False) -> dict[str, Any]:
@@ -300,7 +310,7 @@ def prune(parent_path: Path, cfg: PruneConfig, out: Path, *, resume: bool = Fals
             train_batches=_train_batches(data, data_cfg, cfg.finetune),
             val_batches=eval_batches(data, data.val_indices),
             calibration=[b for _, b in zip(range(cfg.calibration_batches), calibration)],
-            log=lambda line: _warn([line], quiet, style="dim"),
+            log=_progress_printer(quiet),
         )
         run.path.mkdir(parents=True, exist_ok=True)
         run.save_config(parent_cfg.model_copy(update={

@@ -273,6 +273,12 @@ def _time_engine(
             yield batch_size, time_interleaved(_onnx_calls(sessions, models, batch_size), warmup, repeats, clock)
 
 
+def measure_bs1(runs: Sequence[RunSpec], repeats: int = 50) -> list[LatencyResult]:
+    """The latency of benchmark records and reports (DESIGN.md): ONNX Runtime, batch 1,
+    1 thread, all runs interleaved in this process."""
+    return measure(runs, batch_sizes=(1,), threads=(1,), engines=("onnxruntime",), repeats=repeats, peak_rss=False)
+
+
 def bench_table(results: Iterable[LatencyResult]) -> list[dict[str, Any]]:
     """One row per model × setting, rounded for people (``to_dict`` keeps full precision)."""
     return [

@@ -75,10 +75,9 @@ def summarise(run_path: Path) -> RunSummary:
 
 def add_latency(summaries: list[RunSummary], repeats: int = 50) -> None:
     """ONNX Runtime, 1 thread, batch 1, all runs interleaved in this process (DESIGN.md)."""
-    from rscompress.deploy.latency import measure
+    from rscompress.deploy.latency import measure_bs1
 
-    results = measure([RunDir(s.path) for s in summaries], batch_sizes=(1,), threads=(1,),
-                      engines=("onnxruntime",), repeats=repeats, peak_rss=False)
+    results = measure_bs1([RunDir(s.path) for s in summaries], repeats)
     for summary, result in zip(summaries, results, strict=True):
         summary.latency_ms = result.median_ms
 
