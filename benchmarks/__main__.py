@@ -1,18 +1,32 @@
-"""``python -m benchmarks suite SUITE.yaml`` | ``python -m benchmarks tables RESULTS.jsonl``."""
+"""``python -m benchmarks suite SUITE.yaml [--seeds 0 --budgets 0.1 ...]`` | ``python -m benchmarks tables RESULTS.jsonl``."""
 
 import argparse
 from pathlib import Path
 
+import torch
+
 from benchmarks.suite import load_suite, run_suite
 from benchmarks.tables import write_tables
+from rscompress.errors import UserError
 
 parser = argparse.ArgumentParser(prog="python -m benchmarks")
 sub = parser.add_subparsers(dest="verb", required=True)
-sub.add_parser("suite", help="run the missing cells of a suite, then write its tables").add_argument("suite", type=Path)
+suite_args = sub.add_parser("suite", help="run the missing cells of a suite, then write its tables")
+suite_args.add_argument("suite", type=Path)
+suite_args.add_argument("--datasets", nargs="+", help="only the parents/cells of these datasets")
+suite_args.add_argument("--seeds", nargs="+", type=int, help="only these seeds")
+suite_args.add_argument("--budgets", nargs="+", type=float, help="only these MACs targets")
+suite_args.add_argument("--threads", type=int, help="torch threads (1 when two suites share 2 cores)")
 sub.add_parser("tables", help="markdown table + plots from a results file").add_argument("results", type=Path)
 args = parser.parse_args()
 if args.verb == "suite":
-    print(f"{run_suite(args.suite)} new records")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        appended = run_suite(args.suite, datasets=args.datasets, seeds=args.seeds, budgets=args.budgets)
+    except UserError as exc:
+        parser.error(str(exc))
+    print(f"{appended} new records")
     results = load_suite(args.suite).results
 else:
     results = args.results

@@ -20,6 +20,7 @@ from pydantic import Field
 from benchmarks.records import DEVICE, append_record, git_commit, has_record
 from rscompress import api
 from rscompress.artifacts import RunDir
+from rscompress.errors import UserError
 from rscompress.config import (
     DataConfig,
     FitConfig,
@@ -98,15 +99,28 @@ def _record(suite: Suite, cell: Cell, parent_dir: Path, child_dir: Path, budget:
     }
 
 
-def run_suite(path: Path) -> int:
-    """Run every missing cell; returns how many records were appended."""
+def run_suite(path: Path, *, datasets: list[str] | None = None, seeds: list[int] | None = None,
+              budgets: list[float] | None = None) -> int:
+    """Run every missing cell; returns how many records were appended.
+
+    ``datasets``/``seeds``/``budgets`` restrict the run to a slice of the grid (the headline
+    cells first on a small machine); the records are the same ones the full run writes, so a
+    later full run only adds what is missing.
+    """
     suite = load_suite(path)
+    for name, wanted, known in (
+        ("dataset", datasets, {p.dataset for p in suite.parents}),
+        ("seed", seeds, {s for p in suite.parents for s in p.seeds}),
+        ("budget", budgets, {b for c in suite.cells for b in c.budgets}),
+    ):
+        if unknown := sorted(set(wanted or ()) - known):
+            raise UserError(f"{name} {unknown} is not in {path} (it has {sorted(known)})")
     appended = 0
-    for parent in suite.parents:
-        for seed in parent.seeds:
+    for parent in (p for p in suite.parents if datasets is None or p.dataset in datasets):
+        for seed in (s for s in parent.seeds if seeds is None or s in seeds):
             parent_dir = None
             for cell in (c for c in suite.cells if (c.dataset, c.model) == (parent.dataset, parent.model)):
-                for budget in cell.budgets:
+                for budget in (b for b in cell.budgets if budgets is None or b in budgets):
                     key = {"dataset": cell.dataset, "model": cell.model, "method": label(cell),
                            "target_macs": budget, "seed": seed, "finetune_epochs": suite.finetune.epochs}
                     if has_record(suite.results, key):

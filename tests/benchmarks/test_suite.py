@@ -5,8 +5,11 @@ from pathlib import Path
 import yaml
 
 from benchmarks.records import read_records
+import pytest
+
 from benchmarks.suite import load_suite, run_suite
 from benchmarks.tables import write_tables
+from rscompress.errors import UserError
 from tests.fakes import make_fake_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,7 +30,9 @@ def test_tiny_suite_records_then_skips_and_tabulates(tmp_path):
     }
     path = tmp_path / "suite.yaml"
     path.write_text(yaml.safe_dump(suite))
-    assert run_suite(path) == 4
+    assert run_suite(path, seeds=[1], budgets=[0.3]) == 2  # a slice first ...
+    assert {r["seed"] for r in read_records(tmp_path / "results" / "pruning.jsonl")} == {1}
+    assert run_suite(path) == 2  # ... and the full run adds only what is missing
     records = read_records(tmp_path / "results" / "pruning.jsonl")
     for key in ("dataset", "model", "method", "target_macs", "macs_kept", "params_kept", "macs", "params",
                 "parent_top1", "top1", "kappa", "img_size", "epochs", "finetune_epochs", "seed", "split",
@@ -37,6 +42,11 @@ def test_tiny_suite_records_then_skips_and_tabulates(tmp_path):
     assert run_suite(path) == 0  # finished cells are skipped
     table, plots = write_tables(tmp_path / "results" / "pruning.jsonl")
     assert "± " in table.read_text() and all(p.is_file() for p in plots)
+
+
+def test_slice_outside_the_suite_names_the_bad_value(tmp_path):
+    with pytest.raises(UserError, match=r"budget \[0.2\] is not in"):
+        run_suite(ROOT / "benchmarks" / "suite.yaml", budgets=[0.2])
 
 
 def test_shipped_suite_validates():
