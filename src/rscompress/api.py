@@ -276,6 +276,7 @@ def prune(parent_path: Path, cfg: PruneConfig, out: Path, *, resume: bool = Fals
     The pruned, not yet fine-tuned model is saved as ``pruned.safetensors`` with ``prune.json``
     (what the method did): a resumed run starts from there and never prunes twice.
     """
+    from rscompress.distill.objective import freeze, teacher_loss_fn
     from rscompress.losses import aml_ce_loss
     from rscompress.prune import architecture_spec
     from rscompress.prune.methods.remotetrimmer import (
@@ -334,6 +335,9 @@ def prune(parent_path: Path, cfg: PruneConfig, out: Path, *, resume: bool = Fals
         def loss_fn(m, x, y, epoch):
             logits = m(x)
             return aml_ce_loss(logits.float(), y, cfg.r1, cfg.r2), logits
+    elif cfg.loss in ("kd", "dkd"):
+        # The unpruned parent as it was trained (SE blocks and all) is the teacher.
+        loss_fn = teacher_loss_fn(freeze(parent.load_model()[0]), cfg.loss, cfg.kd, cfg.finetune.label_smoothing)
 
     budget = record["budget"]
     extra = {
@@ -351,6 +355,7 @@ def prune(parent_path: Path, cfg: PruneConfig, out: Path, *, resume: bool = Fals
         "ratio": cfg.ratio,
         "global_pruning": cfg.global_pruning,
         "loss": cfg.loss,
+        **({"kd": cfg.kd.model_dump()} if cfg.loss in ("kd", "dkd") else {}),
         "finetune_epochs": cfg.finetune.epochs,
         **record,
     }
@@ -360,11 +365,10 @@ def prune(parent_path: Path, cfg: PruneConfig, out: Path, *, resume: bool = Fals
 def distill(teacher_path: Path, student: str, cfg: DistillConfig, out: Path, *, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
     """Train ``student`` (a registry name, or a run dir such as a pruned model) on the teacher's
     data and split, guided by the frozen teacher's logits."""
-    from rscompress.distill.losses import dkd_loss, kd_loss, warmup_factor
+    from rscompress.distill.objective import freeze, teacher_loss_fn
 
     teacher_run, run, teacher, teacher_cfg, teacher_metrics = _open_source(teacher_path, out, resume, cfg.fit.threads)
-    for p in teacher.parameters():
-        p.requires_grad_(False)
+    teacher = freeze(teacher)
     student_model, student_cfg = _student(student, teacher_cfg, cfg)
     data_cfg = DataConfig.model_validate(teacher_cfg.data)
     with decode_progress(quiet) as progress:
@@ -380,18 +384,7 @@ def distill(teacher_path: Path, student: str, cfg: DistillConfig, out: Path, *, 
     if not run.split_path.is_file():
         data.split.to_json(run.split_path)
 
-    def loss_fn(model, x, y, epoch):
-        logits = model(x)
-        ce = torch.nn.functional.cross_entropy(logits.float(), y, label_smoothing=cfg.fit.label_smoothing)
-        if cfg.loss == "ce":
-            return ce, logits
-        with torch.no_grad():
-            teacher.eval()  # frozen: BN statistics and dropout of the teacher never change
-            t_logits = teacher(x).float()
-        ramp = warmup_factor(epoch, cfg.kd_warmup_epochs)
-        if cfg.loss == "kd":
-            return ce + ramp * cfg.kd_weight * kd_loss(logits.float(), t_logits, cfg.temperature), logits
-        return ce + ramp * dkd_loss(logits.float(), t_logits, y, cfg.alpha, cfg.beta, cfg.temperature).total, logits
+    loss_fn = teacher_loss_fn(teacher, cfg.loss, cfg, cfg.fit.label_smoothing)
 
     teacher_macs, teacher_params = count_macs_params(teacher, teacher_cfg.img_size)
     extra = {

@@ -127,9 +127,14 @@ def prune(
     ratio: Annotated[float | None, typer.Option(help="Channel ratio to remove per layer (paper-style).")] = None,
     global_pruning: Annotated[bool, typer.Option("--global", help="Rank channels across layers.")] = False,
     round_to: Annotated[int | None, typer.Option(help="Keep channel counts multiples of N.")] = None,
-    loss: Annotated[str, typer.Option(help="Fine-tuning loss: ce or aml+ce.")] = "ce",
+    loss: Annotated[str, typer.Option(help="Fine-tuning loss: ce, aml+ce, or kd / dkd from the unpruned parent.")] = "ce",
     r1: Annotated[float, typer.Option(help="AML weight (with --loss aml+ce).")] = 1.0,
     r2: Annotated[float, typer.Option(help="CE weight (with --loss aml+ce).")] = 1.0,
+    temperature: Annotated[float, typer.Option(help="KD/DKD temperature (with --loss kd|dkd).")] = 4.0,
+    alpha: Annotated[float, typer.Option(help="DKD weight of TCKD.")] = 1.0,
+    beta: Annotated[float, typer.Option(help="DKD weight of NCKD.")] = 8.0,
+    kd_weight: Annotated[float, typer.Option(help="KD weight (with --loss kd).")] = 1.0,
+    kd_warmup_epochs: Annotated[int, typer.Option(help="Linear warm-up of the KD terms.")] = 0,
     sparse_epochs: Annotated[int, typer.Option(help="Sparse-training epochs (slim, l1rr).")] = 30,
     sparse_strength: Annotated[float, typer.Option(help="Initial L1 strength on BN gamma (slim, l1rr).")] = 1e-4,
     attention_weight: Annotated[float, typer.Option(help="Feature attention loss weight (l1rr).")] = 1.0,
@@ -153,7 +158,7 @@ def prune(
 ):
     """Remove channels to a MACs/params budget, fine-tune, and test once."""
     from rscompress import api
-    from rscompress.config import PruneConfig
+    from rscompress.config import KDSettings, PruneConfig
 
     fit_cfg = _fit(finetune_epochs, batch_size, seed, label_smoothing, threads,
                    _optim(optimizer, lr, momentum, weight_decay, schedule, milestones, gamma, warmup_epochs))
@@ -161,6 +166,8 @@ def prune(
         PruneConfig, method=method, target_macs=target_macs, target_params=target_params, ratio=ratio,
         global_pruning=global_pruning, round_to=round_to, loss=loss, r1=r1, r2=r2, sparse_epochs=sparse_epochs,
         sparse_strength=sparse_strength, attention_weight=attention_weight, search_epochs=search_epochs,
+        kd=_validated(KDSettings, temperature=temperature, alpha=alpha, beta=beta, kd_weight=kd_weight,
+                      kd_warmup_epochs=kd_warmup_epochs),
         finetune=fit_cfg,
     )
     metrics = api.prune(run, cfg, out, resume=resume, quiet=quiet or as_json)

@@ -87,6 +87,21 @@ class TrainConfig(FitConfig):
         return name
 
 
+class KDSettings(StrictModel):
+    """The teacher terms of KD and DKD, shared by ``distill`` and by ``prune --loss kd|dkd``.
+
+    kd: CE + kd_weight·KD (Hinton, ·T²); dkd: CE + α·TCKD·T² + β·NCKD·T² (Zhao et al. 2022).
+    The teacher terms ramp up linearly over ``kd_warmup_epochs`` (a random-init student's
+    early gradients would otherwise be dominated by them).
+    """
+
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(1.0, ge=0)
+    beta: float = Field(8.0, ge=0)
+    kd_weight: float = Field(1.0, ge=0)
+    kd_warmup_epochs: int = Field(20, ge=0)
+
+
 class PruneConfig(StrictModel):
     """``rscompress prune``: which channels go (criterion, budget) and how the result is fine-tuned.
 
@@ -99,9 +114,12 @@ class PruneConfig(StrictModel):
     ratio: float | None = Field(None, ge=0, lt=1)
     global_pruning: bool = False
     round_to: int | None = Field(None, gt=0)
-    loss: Literal["ce", "aml+ce"] = "ce"
+    # kd / dkd: fine-tune by distilling from the unpruned parent (prune-then-distill).
+    loss: Literal["ce", "aml+ce", "kd", "dkd"] = "ce"
     r1: float = Field(1.0, ge=0)  # AML weight
     r2: float = Field(1.0, ge=0)  # CE weight
+    # No warm-up by default: the pruned student starts from the parent's weights, not at random.
+    kd: KDSettings = KDSettings(kd_warmup_epochs=0)
     calibration_batches: int = Field(4, gt=0)  # train batches whose gradients feed taylor
     # l1rr / slim (network slimming): sparse training on BN γ before pruning by |γ| globally.
     sparse_epochs: int = Field(30, gt=0)
@@ -131,18 +149,12 @@ class PruneConfig(StrictModel):
         return self
 
 
-class DistillConfig(StrictModel):
+class DistillConfig(KDSettings):
     """``rscompress distill``: a frozen teacher run guides a student (registry name or run dir).
 
-    ce: the student alone (the baseline); kd: CE + kd_weight·KD (Hinton, ·T²);
-    dkd: CE + α·TCKD·T² + β·NCKD·T² (Zhao et al. 2022). KD terms warm up linearly.
+    ce: the student alone (the baseline); kd / dkd: see ``KDSettings``.
     """
 
     loss: Literal["ce", "kd", "dkd"] = "dkd"
-    temperature: float = Field(4.0, gt=0)
-    alpha: float = Field(1.0, ge=0)
-    beta: float = Field(8.0, ge=0)
-    kd_weight: float = Field(1.0, ge=0)
-    kd_warmup_epochs: int = Field(20, ge=0)
     small_input: bool = False  # for a registry student
     fit: FitConfig

@@ -62,3 +62,17 @@ def test_bad_student_and_loss(teacher, tmp_path, capsys):
         api.distill(teacher, "ghostnet9000", _cfg("dkd"), tmp_path / "x", quiet=True)
     code = main(["distill", "--teacher", str(teacher), "--student", "resnet18", "--loss", "fitnet", "--out", str(tmp_path / "y")])
     assert code == 2 and "--loss" in capsys.readouterr().err
+
+
+def test_prune_then_distill_from_the_parent(teacher, tmp_path, capsys):
+    before = {k: v.clone() for k, v in RunDir(teacher).load_state_dict().items()}
+    out = tmp_path / "pdkd"
+    assert main(["prune", str(teacher), "--method", "l1", "--target-macs", "0.3", "--loss", "dkd",
+                 "--temperature", "2", "--finetune-epochs", "1", "--batch-size", "8", "--out", str(out), "--quiet"]) == 0
+    metrics = RunDir(out).load_metrics()
+    assert metrics["loss"] == "dkd" and metrics["kd"]["temperature"] == 2.0
+    after = RunDir(teacher).load_state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert main(["prune", str(teacher), "--method", "l1", "--target-macs", "0.3", "--loss", "dkd",
+                 "--temperature", "0", "--out", str(tmp_path / "bad")]) == 2
+    assert "--temperature" in capsys.readouterr().err
