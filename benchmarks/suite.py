@@ -3,19 +3,20 @@
     python -m benchmarks suite benchmarks/suite.yaml     # run what is missing, append records
     python -m benchmarks tables benchmarks/results/pruning.jsonl   # markdown table + plots
 
-Every parent and every pruned model is a run dir under ``work``; a finished one is reused, an
-interrupted one resumes. A record (DESIGN.md format) is appended once per finished cell, with
-ONNX Runtime bs1 latency of the pruned model and its parent measured interleaved in one process.
+Every parent, pruned model and distilled student is a run dir under ``work``; a finished one is
+reused, an interrupted one resumes. A record (DESIGN.md format) is appended once per finished
+cell, with ONNX Runtime bs1 latency of the model and of its parent (for a student: its teacher)
+measured interleaved in one process.
 """
 
 from __future__ import annotations
 
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from benchmarks.records import DEVICE, append_record, git_commit, has_record
 from rscompress import api
@@ -23,7 +24,9 @@ from rscompress.artifacts import RunDir
 from rscompress.errors import UserError
 from rscompress.config import (
     DataConfig,
+    DistillConfig,
     FitConfig,
+    KDSettings,
     PruneConfig,
     StrictModel,
     TrainConfig,
@@ -47,15 +50,34 @@ class Cell(StrictModel):
     label: str | None = None  # record's method name; default method[-global][-loss]
 
 
+class DistillCell(StrictModel):
+    dataset: str
+    model: str  # the teacher: a parent's model
+    student: str  # a registry model, trained from scratch
+    loss: Literal["ce", "kd", "dkd"]  # ce: the student alone
+    small_input: bool = True
+
+
 class Suite(StrictModel):
     results: Path
     work: Path
     datasets: dict[str, DataConfig]
     train: FitConfig  # recipe of every parent (epochs come from each parent entry)
-    finetune: FitConfig  # the same fine-tuning recipe for every method
+    finetune: FitConfig | None = None  # the same fine-tuning recipe for every pruning method
     parents: list[Parent]
-    cells: list[Cell]
+    cells: list[Cell] = []
+    distill: FitConfig | None = None  # the same recipe for every student, whatever its loss
+    kd: KDSettings = KDSettings()
+    distill_cells: list[DistillCell] = []
     latency_repeats: int = 50
+
+    @model_validator(mode="after")
+    def _recipes_given(self) -> Suite:
+        if self.cells and self.finetune is None:
+            raise ValueError("pruning cells need a `finetune` recipe")
+        if self.distill_cells and self.distill is None:
+            raise ValueError("distill_cells need a `distill` recipe")
+        return self
 
 
 def load_suite(path: Path) -> Suite:
@@ -78,11 +100,15 @@ def _parent_run(suite: Suite, parent: Parent, seed: int) -> Path:
     return out
 
 
-def _record(suite: Suite, cell: Cell, parent_dir: Path, child_dir: Path, budget: float, seed: int) -> dict[str, Any]:
+def _latency(suite: Suite, parent_dir: Path, child_dir: Path) -> dict[str, float]:
     from rscompress.deploy.latency import measure_bs1, record_fields
 
-    m = RunDir(child_dir).load_metrics()
     results = measure_bs1([RunDir(parent_dir), RunDir(child_dir)], suite.latency_repeats)
+    return record_fields(results, str(child_dir))
+
+
+def _record(suite: Suite, cell: Cell, parent_dir: Path, child_dir: Path, budget: float, seed: int) -> dict[str, Any]:
+    m = RunDir(child_dir).load_metrics()
     return {
         "dataset": cell.dataset, "model": cell.model, "method": label(cell), "criterion": cell.method,
         "global_pruning": cell.global_pruning, "loss": cell.loss,
@@ -90,12 +116,33 @@ def _record(suite: Suite, cell: Cell, parent_dir: Path, child_dir: Path, budget:
         "macs": m["macs"], "params": m["params"], "parent_top1": m["parent_top1"],
         "top1": m["top1"], "kappa": m["kappa"], "img_size": m["img_size"],
         "epochs": RunDir(parent_dir).load_metrics()["epochs"], "finetune_epochs": m["finetune_epochs"],
-        "seed": seed, "split": "test", **record_fields(results, str(child_dir)), "device": DEVICE,
+        "seed": seed, "split": "test", **_latency(suite, parent_dir, child_dir), "device": DEVICE,
         "commit": git_commit(),
         "command": shlex.join(["rscompress", "prune", str(parent_dir), "--method", cell.method,
                                "--target-macs", str(budget), *(["--global"] if cell.global_pruning else []),
                                "--loss", cell.loss, "--finetune-epochs", str(suite.finetune.epochs),
                                "--out", str(child_dir)]),
+    }
+
+
+def distill_label(cell: DistillCell) -> str:
+    return f"{cell.student}-{cell.loss}"
+
+
+def _distill_record(suite: Suite, cell: DistillCell, teacher_dir: Path, student_dir: Path, seed: int) -> dict[str, Any]:
+    m = RunDir(student_dir).load_metrics()
+    return {
+        "dataset": cell.dataset, "model": cell.student, "method": distill_label(cell), "loss": cell.loss,
+        "teacher_model": cell.model, "parent_top1": m["teacher_top1"], "top1": m["top1"], "kappa": m["kappa"],
+        "macs": m["macs"], "params": m["params"], "teacher_macs": m["teacher_macs"],
+        "teacher_params": m["teacher_params"], "macs_kept": m["macs"] / m["teacher_macs"],
+        "params_kept": m["params"] / m["teacher_params"], "img_size": m["img_size"],
+        "epochs": m["epochs"], "teacher_epochs": RunDir(teacher_dir).load_metrics()["epochs"],
+        "seed": seed, "split": "test", **_latency(suite, teacher_dir, student_dir), "device": DEVICE,
+        "commit": git_commit(),
+        "command": shlex.join(["rscompress", "distill", "--teacher", str(teacher_dir), "--student", cell.student,
+                               "--loss", cell.loss, *(["--small-input"] if cell.small_input else []),
+                               "--epochs", str(m["epochs"]), "--seed", str(seed), "--out", str(student_dir)]),
     }
 
 
@@ -135,4 +182,21 @@ def run_suite(path: Path, *, datasets: list[str] | None = None, seeds: list[int]
                     append_record(suite.results, _record(suite, cell, parent_dir, child, budget, seed))
                     appended += 1
                     print(f"done: {cell.dataset} {cell.model} s{seed} {label(cell)} {budget:g}", flush=True)
+            if budgets is not None:
+                continue  # a budget slice is about pruning cells only
+            for dcell in (c for c in suite.distill_cells if (c.dataset, c.model) == (parent.dataset, parent.model)):
+                key = {"dataset": dcell.dataset, "method": distill_label(dcell), "teacher_model": dcell.model,
+                       "seed": seed, "epochs": suite.distill.epochs}
+                if has_record(suite.results, key):
+                    continue
+                parent_dir = parent_dir or _parent_run(suite, parent, seed)
+                student = parent_dir / f"distill-{distill_label(dcell)}"
+                if not RunDir(student).is_complete():
+                    cfg = DistillConfig(**suite.kd.model_dump(), loss=dcell.loss, small_input=dcell.small_input,
+                                        fit=suite.distill.model_copy(update={"seed": seed}))
+                    api.distill(parent_dir, dcell.student, cfg, student,
+                                resume=(RunDir(student).checkpoint_dir / "latest.json").is_file(), quiet=True)
+                append_record(suite.results, _distill_record(suite, dcell, parent_dir, student, seed))
+                appended += 1
+                print(f"done: {dcell.dataset} {dcell.model} s{seed} {distill_label(dcell)}", flush=True)
     return appended

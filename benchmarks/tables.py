@@ -31,6 +31,7 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         rows.append({
             "dataset": dataset, "model": model, "method": method, "target_macs": target,
             "macs_kept": statistics.fmean(r.get("macs_kept", 1.0) for r in rs),
+            "params": statistics.fmean(r["params"] for r in rs),
             "top1": top1, "top1_std": top1_sd, "parent_top1": parent, "seeds": len(rs),
             "speedup": statistics.fmean(r["parent_latency_ms_bs1"] / r["latency_ms_bs1"] for r in rs)
             if all("parent_latency_ms_bs1" in r for r in rs) else None,
@@ -39,12 +40,13 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| dataset | model | method | MACs target | MACs kept | top-1 (%) | parent top-1 (%) | bs1 speedup | seeds |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| dataset | model | method | MACs target | MACs kept | params (M) | top-1 (%) | parent top-1 (%) | bs1 speedup | seeds |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         speed = f"{r['speedup']:.2f}×" if r["speedup"] else ""
         lines.append(
             f"| {r['dataset']} | {r['model']} | {r['method']} | {r['target_macs'] or ''} | {100 * r['macs_kept']:.1f} % "
+            f"| {r['params'] / 1e6:.2f} "
             f"| {100 * r['top1']:.2f} ± {100 * r['top1_std']:.2f} | {100 * r['parent_top1']:.2f} | {speed} | {r['seeds']} |")
     return "\n".join(lines) + "\n"
 

@@ -26,14 +26,19 @@ def test_tiny_suite_records_then_skips_and_tabulates(tmp_path):
         "parents": [{"dataset": "fake", "model": "se_resnet18", "epochs": 1, "seeds": [0, 1]}],
         "cells": [{"dataset": "fake", "model": "se_resnet18", "method": "remotetrimmer", "loss": "aml+ce", "budgets": [0.3]},
                   {"dataset": "fake", "model": "se_resnet18", "method": "l1", "global_pruning": True, "budgets": [0.3]}],
+        "distill": {"epochs": 1, "batch_size": 8},
+        "distill_cells": [{"dataset": "fake", "model": "se_resnet18", "student": "g_ghost_regnetx_tiny", "loss": "dkd"}],
         "latency_repeats": 3,
     }
     path = tmp_path / "suite.yaml"
     path.write_text(yaml.safe_dump(suite))
-    assert run_suite(path, seeds=[1], budgets=[0.3]) == 2  # a slice first ...
+    assert run_suite(path, seeds=[1], budgets=[0.3]) == 2  # a slice (pruning cells only) first ...
     assert {r["seed"] for r in read_records(tmp_path / "results" / "pruning.jsonl")} == {1}
-    assert run_suite(path) == 2  # ... and the full run adds only what is missing
+    assert run_suite(path) == 4  # ... and the full run adds only what is missing
     records = read_records(tmp_path / "results" / "pruning.jsonl")
+    students = [r for r in records if r["method"] == "g_ghost_regnetx_tiny-dkd"]
+    assert len(students) == 2 and all(r["params_kept"] < 0.1 and "parent_latency_ms_bs1" in r for r in students)
+    records = [r for r in records if r not in students]
     for key in ("dataset", "model", "method", "target_macs", "macs_kept", "params_kept", "macs", "params",
                 "parent_top1", "top1", "kappa", "img_size", "epochs", "finetune_epochs", "seed", "split",
                 "latency_ms_bs1", "parent_latency_ms_bs1", "device", "commit", "command"):
@@ -49,5 +54,9 @@ def test_slice_outside_the_suite_names_the_bad_value(tmp_path):
         run_suite(ROOT / "benchmarks" / "suite.yaml", budgets=[0.2])
 
 
-def test_shipped_suite_validates():
-    load_suite(ROOT / "benchmarks" / "suite.yaml")
+def test_shipped_suites_validate_and_share_parents_and_finetuning():
+    pruning = load_suite(ROOT / "benchmarks" / "suite.yaml")
+    distill = load_suite(ROOT / "benchmarks" / "distill.yaml")
+    # Same work dir and recipes: the runs both need are trained once and mean the same thing.
+    for field in ("work", "datasets", "train", "finetune"):
+        assert getattr(pruning, field) == getattr(distill, field), field
