@@ -7,6 +7,7 @@ Each reads and writes run dirs only, so any step can be re-run or resumed on its
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -42,11 +43,15 @@ DEMO_EPOCHS = 8
 DEMO_FINETUNE_EPOCHS = 6
 
 
+# Files whose presence means a step was interrupted part way and can be resumed.
+_PROGRESS_MARKERS = ("checkpoint/latest.json", "prune.json", "prune-phase/latest.json")
+
+
 def _check_out_dir(run: RunDir, resume: bool) -> None:
-    """Never overwrite a finished run or silently restart one that can be resumed."""
+    """Never overwrite a finished run or silently restart (or silently continue) one that can be resumed."""
     if run.is_complete():
         raise UserError(f"{run.path} already holds a finished run; choose another --out")
-    if not resume and (run.checkpoint_dir / "latest.json").is_file():
+    if not resume and any((run.path / marker).is_file() for marker in _PROGRESS_MARKERS):
         raise UserError(f"{run.path} holds an unfinished run; pass --resume to continue it or choose another --out")
 
 
@@ -274,7 +279,9 @@ def prune(parent_path: Path, cfg: PruneConfig, out: Path, *, resume: bool = Fals
     the training images goes into the BNs (RemoteTrimmer's step 3), so every method prunes
     and ships the same SE-free architecture and budgets are comparable.
     The pruned, not yet fine-tuned model is saved as ``pruned.safetensors`` with ``prune.json``
-    (what the method did): a resumed run starts from there and never prunes twice.
+    (what the method did): a resumed run starts from there and never prunes twice. Sparse
+    training and the NAS search commit their state to ``prune-phase/`` every epoch, so a run
+    killed in them resumes there too.
     """
     from rscompress.distill.objective import freeze, teacher_loss_fn
     from rscompress.losses import aml_ce_loss
@@ -290,6 +297,7 @@ def prune(parent_path: Path, cfg: PruneConfig, out: Path, *, resume: bool = Fals
     with decode_progress(quiet) as progress:
         data = prepare_data(data_cfg, parent.split_path, progress)
     pruned_path, record_path = run.path / "pruned.safetensors", run.path / "prune.json"
+    phase_dir = run.path / "prune-phase"  # sparse training / NAS search state, per epoch
 
     if resume and pruned_path.is_file() and record_path.is_file():
         pruned, _ = run.load_model(weights=pruned_path)
@@ -312,6 +320,7 @@ def prune(parent_path: Path, cfg: PruneConfig, out: Path, *, resume: bool = Fals
             val_batches=eval_batches(data, data.val_indices),
             calibration=[b for _, b in zip(range(cfg.calibration_batches), calibration)],
             log=_progress_printer(quiet),
+            phase_dir=phase_dir,
         )
         run.path.mkdir(parents=True, exist_ok=True)
         run.save_config(parent_cfg.model_copy(update={
@@ -329,6 +338,7 @@ def prune(parent_path: Path, cfg: PruneConfig, out: Path, *, resume: bool = Fals
         record = {"val_top1_before_finetune": before.top1, **details}
         save_weights(pruned, pruned_path)
         write_json_atomic(record_path, record)  # last: its presence marks pruning done
+        shutil.rmtree(phase_dir, ignore_errors=True)  # its work is in pruned.safetensors now
 
     loss_fn = None
     if cfg.loss == "aml+ce":

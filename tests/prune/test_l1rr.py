@@ -224,3 +224,30 @@ def test_sparse_resnet_prunes_residual_streams_consistently_and_reports() -> Non
     assert set(stream) == {width} and width < 64
     with torch.no_grad():
         assert pruned.eval()(torch.randn(2, 3, IMG, IMG)).shape == (2, NUM_CLASSES)
+
+
+def test_interrupted_sparse_training_resumes_to_the_same_end(tmp_path) -> None:
+    torch.manual_seed(0)
+    parent = create_model("resnet18", NUM_CLASSES, small_input=True)
+    train, val = data(n_batches=2, batch=4)
+    cfg = SparsityConfig(epochs=3, lr=0.05, strength=1e-3, target_sparsity=0.3)  # L1RR: attention, dynamic λ
+    whole, whole_report = sparse_train(copy.deepcopy(parent), train, val, cfg)
+
+    def stop_in_epoch_two(epoch, *_):
+        if epoch == 1:
+            raise KeyboardInterrupt  # a kill after epoch 1's work, before its state is committed
+
+    with pytest.raises(KeyboardInterrupt):
+        sparse_train(copy.deepcopy(parent), train, val, cfg, progress=stop_in_epoch_two, checkpoint_dir=tmp_path)
+    epochs_run: list[int] = []
+    resumed, report = sparse_train(copy.deepcopy(parent), train, val, cfg,
+                                   progress=lambda e, *_: epochs_run.append(e), checkpoint_dir=tmp_path)
+    assert epochs_run == [1, 2]
+    for (name, p), q in zip(resumed.state_dict().items(), whole.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert drop(report.history) == drop(whole_report.history)
+    assert report.final_strength == whole_report.final_strength
+
+    with pytest.raises(UserError, match="other settings"):
+        sparse_train(copy.deepcopy(parent), train, val, SparsityConfig(epochs=4), checkpoint_dir=tmp_path)

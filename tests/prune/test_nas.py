@@ -255,3 +255,25 @@ def test_bad_settings_are_user_errors(kwargs: dict) -> None:
 def test_no_validation_batches_is_a_user_error() -> None:
     with pytest.raises(UserError, match="validation batches"):
         nas_search(parent("resnet18"), Batches(8, 0), [], img_size=IMG, search_epochs=1)
+
+
+def test_interrupted_search_resumes_to_the_same_end(tmp_path) -> None:
+    settings = {"img_size": IMG, "target_macs": 0.5, "search_epochs": 3, "arch_lr": 0.5, "lam": 10.0, "warmup_epochs": 1}
+    whole, whole_report, _, _ = run_search(parent("resnet18"), **settings)
+
+    def stop_in_epoch_two(epoch, *_):
+        if epoch == 1:
+            raise KeyboardInterrupt  # a kill after epoch 1's work, before its state is committed
+
+    with pytest.raises(KeyboardInterrupt):
+        nas_search(parent("resnet18"), Batches(32, seed=0), Batches(16, seed=1), progress=stop_in_epoch_two,
+                   checkpoint_dir=tmp_path, **settings)
+    epochs_run: list[int] = []
+    resumed, report = nas_search(parent("resnet18"), Batches(32, seed=0), Batches(16, seed=1),
+                                 progress=lambda e, *_: epochs_run.append(e), checkpoint_dir=tmp_path, **settings)
+    assert epochs_run == [1, 2]
+    assert report.expected_ratio == whole_report.expected_ratio and report.val_ce == whole_report.val_ce
+    assert all(torch.equal(v, whole.state_dict()[k]) for k, v in resumed.state_dict().items())
+    with pytest.raises(UserError, match="other settings"):
+        nas_search(parent("resnet18"), Batches(32, seed=0), Batches(16, seed=1), checkpoint_dir=tmp_path,
+                   **{**settings, "lam": 1.0})

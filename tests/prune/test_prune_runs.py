@@ -119,6 +119,30 @@ def test_interrupted_finetune_resumes_without_pruning_again(parents, tmp_path, m
     assert resumed["macs"] == full["macs"] and resumed["top1"] == full["top1"]
 
 
+def test_run_killed_in_sparse_training_resumes_there(parents, tmp_path, monkeypatch):
+    cfg = _cfg("l1rr", target_macs=0.35, sparse_epochs=2)
+    full = api.prune(parents["resnet18"], cfg, tmp_path / "full", quiet=True)
+    out = tmp_path / "killed"
+
+    def killed_in_epoch_two(_quiet):
+        def log(message):
+            if message.startswith("sparse epoch 2/"):
+                raise KeyboardInterrupt
+        return log
+
+    with monkeypatch.context() as m:
+        m.setattr(api, "_progress_printer", killed_in_epoch_two)
+        with pytest.raises(KeyboardInterrupt):
+            api.prune(parents["resnet18"], cfg, out, quiet=True)
+    assert (out / "prune-phase" / "latest.json").is_file() and not (out / "prune.json").exists()
+    with pytest.raises(UserError, match="--resume"):
+        api.prune(parents["resnet18"], cfg, out, quiet=True)
+    resumed = api.prune(parents["resnet18"], cfg, out, resume=True, quiet=True)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(resumed["sparse_training"]["history"]) == strip(full["sparse_training"]["history"])
+    assert resumed["macs"] == full["macs"] and not (out / "prune-phase").exists()
+
+
 def test_nas_searches_then_hits_target(parents, tmp_path):
     metrics = api.prune(parents["resnet18"], _cfg("nas", target_macs=0.35, search_epochs=2), tmp_path / "nas", quiet=True)
     assert abs(metrics["macs_kept"] / 0.35 - 1) <= 0.01

@@ -10,6 +10,10 @@ Layout under ``RUN/checkpoint/``::
 
 Every file is written to a temp name, fsynced and renamed; ``latest.json`` is replaced last,
 so a kill at any moment leaves the previous complete checkpoint in force.
+
+The phases a method runs before pruning (sparse training, NAS search) keep their own state
+the same way with ``save_phase``/``load_phase``: named tensors, named optimizers and a JSON
+dict per finished epoch.
 """
 
 from __future__ import annotations
@@ -65,6 +69,25 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
+def _commit(directory: Path, epoch_dir: Path) -> None:
+    write_json_atomic(directory / LATEST, {"epoch_dir": epoch_dir.name})
+    # Older epoch dirs are garbage once latest.json points past them.
+    for old in directory.glob("epoch-*"):
+        if old.is_dir() and old.name != epoch_dir.name:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _latest(directory: Path) -> tuple[Path, dict] | None:
+    latest = directory / LATEST
+    if not latest.is_file():
+        return None
+    try:
+        epoch_dir = directory / json.loads(latest.read_text())["epoch_dir"]
+        return epoch_dir, json.loads((epoch_dir / "state.json").read_text())
+    except (OSError, ValueError, KeyError) as err:
+        raise UserError(f"checkpoint in {directory} is unreadable: {err}") from None
+
+
 def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
 
@@ -94,25 +117,17 @@ def save_checkpoint(
     )
     if is_best:
         write_atomic(directory / BEST, lambda t: save_file(weights, str(t)))
-    write_json_atomic(directory / LATEST, {"epoch_dir": epoch_dir.name})
-    # Older epoch dirs are garbage once latest.json points past them.
-    for old in directory.glob("epoch-*"):
-        if old.is_dir() and old.name != epoch_dir.name:
-            shutil.rmtree(old, ignore_errors=True)
+    _commit(directory, epoch_dir)
 
 
 def load_checkpoint(
     directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer
 ) -> TrainingState | None:
     """Restore model and optimizer in place; None when there is nothing to resume."""
-    latest = directory / LATEST
-    if not latest.is_file():
+    found = _latest(directory)
+    if found is None:
         return None
-    try:
-        epoch_dir = directory / json.loads(latest.read_text())["epoch_dir"]
-        meta = json.loads((epoch_dir / "state.json").read_text())
-    except (OSError, ValueError, KeyError) as err:
-        raise UserError(f"checkpoint in {directory} is unreadable: {err}") from None
+    epoch_dir, meta = found
     model.load_state_dict(read_state_dict(epoch_dir / "model.safetensors"))
     optim_state = _unflatten_optimizer(read_state_dict(epoch_dir / "optim.safetensors"), meta["optimizer"])
     optimizer.load_state_dict(optim_state)
@@ -126,3 +141,38 @@ def load_checkpoint(
 
 def load_best_weights(directory: Path) -> dict[str, torch.Tensor]:
     return read_state_dict(directory / BEST)
+
+
+def save_phase(
+    directory: Path,
+    epoch: int,
+    tensors: dict[str, torch.Tensor],
+    optimizers: dict[str, torch.optim.Optimizer],
+    extra: dict[str, Any],
+) -> None:
+    """Commit the state of a phase after its (0-based) ``epoch``; see the module docstring."""
+    epoch_dir = directory / f"epoch-{epoch:04d}"
+    epoch_dir.mkdir(parents=True, exist_ok=True)
+    flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    write_atomic(epoch_dir / "tensors.safetensors", lambda t: save_file(flat, str(t)))
+    optim_meta = {}
+    for name, optimizer in optimizers.items():
+        optim_tensors, optim_meta[name] = _flatten_optimizer(optimizer)
+        write_atomic(epoch_dir / f"optim-{name}.safetensors", lambda t, o=optim_tensors: save_file(o, str(t)))
+    write_json_atomic(epoch_dir / "state.json", {"epoch": epoch, "extra": extra, "optimizers": optim_meta})
+    _commit(directory, epoch_dir)
+
+
+def load_phase(
+    directory: Path, optimizers: dict[str, torch.optim.Optimizer]
+) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]] | None:
+    """(last finished epoch, tensors, extra) of a phase, its optimizers restored in place;
+    None when there is nothing to resume."""
+    found = _latest(directory)
+    if found is None:
+        return None
+    epoch_dir, meta = found
+    for name, optimizer in optimizers.items():
+        tensors = read_state_dict(epoch_dir / f"optim-{name}.safetensors")
+        optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["optimizers"][name]))
+    return meta["epoch"], read_state_dict(epoch_dir / "tensors.safetensors"), meta["extra"]

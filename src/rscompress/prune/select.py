@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -49,15 +50,22 @@ def select_and_prune(
     val_batches: Batches,
     calibration: list[tuple[torch.Tensor, torch.Tensor]],
     log: Callable[[str], None] = lambda _: None,
+    phase_dir: Path | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Pruned copy of ``model`` within the budget, and what the method did (for metrics.json)."""
+    """Pruned copy of ``model`` within the budget, and what the method did (for metrics.json).
+
+    ``phase_dir``: where sparse training / the NAS search commit their state every epoch, so
+    a killed run continues there instead of starting the phase over.
+    """
     budget = {"target_macs": cfg.target_macs, "target_params": cfg.target_params, "ratio": cfg.ratio,
               "round_to": cfg.round_to}
     details: dict[str, Any] = {}
     if cfg.method == "nas":
-        return _nas(model, img_size, cfg, train_batches, val_batches, log)
+        return _nas(model, img_size, cfg, train_batches, val_batches, log, phase_dir)
     if cfg.method in SPARSE_METHODS:
-        model, details["sparse_training"] = _sparse_train(model, model_name, cfg, train_batches, val_batches, log)
+        model, details["sparse_training"] = _sparse_train(
+            model, model_name, cfg, train_batches, val_batches, log, phase_dir
+        )
         importance, global_pruning = "bn", True
     else:
         importance, global_pruning = cfg.method, cfg.global_pruning
@@ -67,7 +75,7 @@ def select_and_prune(
     return pruned, {"budget": report.to_dict(), **details}
 
 
-def _sparse_train(model, model_name, cfg: PruneConfig, train_batches, val_batches, log):
+def _sparse_train(model, model_name, cfg: PruneConfig, train_batches, val_batches, log, phase_dir):
     from rscompress.prune.methods.l1rr import SparsityConfig, sparse_train
 
     l1rr = cfg.method == "l1rr"
@@ -89,11 +97,13 @@ def _sparse_train(model, model_name, cfg: PruneConfig, train_batches, val_batche
     def progress(epoch, sparsity, strength, val_loss):
         log(f"sparse epoch {epoch + 1}/{cfg.sparse_epochs}: sparsity {sparsity:.3f}  λ {strength:.2e}  val loss {val_loss:.4f}")
 
-    model, report = sparse_train(model, train_batches, val_batches, cfg=sparse_cfg, progress=progress)
+    model, report = sparse_train(
+        model, train_batches, val_batches, cfg=sparse_cfg, progress=progress, checkpoint_dir=phase_dir
+    )
     return model, report.to_dict()
 
 
-def _nas(model, img_size: int, cfg: PruneConfig, train_batches, val_batches, log):
+def _nas(model, img_size: int, cfg: PruneConfig, train_batches, val_batches, log, phase_dir):
     from rscompress.errors import UserError
     from rscompress.prune.methods.nas import nas_search
 
@@ -105,7 +115,7 @@ def _nas(model, img_size: int, cfg: PruneConfig, train_batches, val_batches, log
 
     pruned, report = nas_search(
         model, train_batches, val_batches, img_size=img_size, target_macs=cfg.target_macs,
-        search_epochs=cfg.search_epochs, progress=progress, seed=cfg.finetune.seed,
+        search_epochs=cfg.search_epochs, progress=progress, seed=cfg.finetune.seed, checkpoint_dir=phase_dir,
     )
     details = report.to_dict()
     return pruned, {"budget": details.pop("budget"), "nas_search": details}

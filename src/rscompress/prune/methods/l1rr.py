@@ -34,16 +34,19 @@ subgradient: same objective, but γ reaches exact zeros (l1rr_losses.soft_thresh
 from __future__ import annotations
 
 import copy
+import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_pruning.pruner import function
 
+from rscompress.engine.checkpoint import load_phase, save_phase
 from rscompress.engine.metrics import evaluate
 from rscompress.errors import UserError
 from rscompress.prune.graph import ROOT_TYPES, build_graph
@@ -257,6 +260,7 @@ def sparse_train(
     val_batches: Iterable[tuple[Tensor, Tensor]],
     cfg: SparsityConfig = SparsityConfig(),
     progress: Progress | None = None,
+    checkpoint_dir: Path | None = None,
 ) -> tuple[nn.Module, SparsityReport]:
     """Sparse-train ``model`` in place (see the module docstring); returns it and a report.
 
@@ -264,6 +268,9 @@ def sparse_train(
     has one); ``val_batches`` once per epoch and once before, for the dense reference. The
     model of the last epoch is returned (sparsity, not val accuracy, is what this phase is
     for), in the train/eval mode it came in.
+
+    ``checkpoint_dir``: the state is committed there after every epoch, and a call given the
+    same dense ``model`` and ``cfg`` continues from it, ending where an uninterrupted run ends.
     """
     start = time.perf_counter()
     param = next(model.parameters())
@@ -281,14 +288,26 @@ def sparse_train(
     )
     strength = cfg.strength
     history: list[dict] = []
-    val = ref
+    val_loss, val_top1 = ref.loss, ref.top1
     with ExitStack() as stack:
+        # Entered before a resume loads its weights: the attention reference is the dense model.
         attention = (
             stack.enter_context(attention_transfer(model, cfg.attention_layers))
             if cfg.attention_weight > 0
             else None
         )
-        for epoch in range(cfg.epochs):
+        start_epoch = 0
+        settings = json.loads(json.dumps(asdict(cfg)))  # as it reads back from state.json
+        resumed = load_phase(checkpoint_dir, {"sgd": optimizer}) if checkpoint_dir else None
+        if resumed is not None:
+            last, tensors, extra = resumed
+            if extra["config"] != settings:
+                raise UserError(f"{checkpoint_dir} holds sparse training with other settings; "
+                                f"resume with the same options or remove it")
+            model.load_state_dict(tensors)
+            strength, history, start_epoch = extra["strength"], extra["history"], last + 1
+            val_loss, val_top1 = history[-1]["val_loss"], history[-1]["val_top1"]
+        for epoch in range(start_epoch, cfg.epochs):
             t0 = time.perf_counter()
             torch.manual_seed(derived_seed("sparse", cfg.seed, epoch))
             if hasattr(train_batches, "set_epoch"):
@@ -327,6 +346,7 @@ def sparse_train(
             if steps == 0:
                 raise UserError("sparse training got no training batches")
             val = evaluate(model, val_batches, num_classes)
+            val_loss, val_top1 = val.loss, val.top1
             sparse = sparsity(gammas, cfg.eps)
             history.append({
                 "epoch": epoch,
@@ -342,6 +362,9 @@ def sparse_train(
             if progress is not None:
                 progress(epoch, sparse, strength, val.loss)
             strength = next_strength(strength, sparse, val.loss, ref.loss, cfg)
+            if checkpoint_dir:
+                save_phase(checkpoint_dir, epoch, model.state_dict(), {"sgd": optimizer},
+                           {"config": settings, "strength": strength, "history": history})
     model.train(was_training)
     report = SparsityReport(
         epochs=cfg.epochs,
@@ -349,8 +372,8 @@ def sparse_train(
         channels=sum(g.numel() for g in gammas),
         ref_val_loss=ref.loss,
         ref_val_top1=ref.top1,
-        final_val_loss=val.loss,
-        final_val_top1=val.top1,
+        final_val_loss=val_loss,
+        final_val_top1=val_top1,
         final_sparsity=history[-1]["sparsity"],
         final_strength=strength,
         seconds=time.perf_counter() - start,

@@ -28,6 +28,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -35,10 +36,12 @@ import torch_pruning as tp
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from rscompress.engine.checkpoint import load_phase, save_phase
 from rscompress.errors import UserError
 from rscompress.prune.budget import prune_to_budget
 from rscompress.prune.methods.nas_cost import ExpectedMacs
 from rscompress.prune.methods.nas_gates import ChannelGates, gate_layout
+from rscompress.seeding import derived_seed
 
 WEIGHT_MOMENTUM = 0.9
 Progress = Callable[[int, float, float, float], None]  # (epoch, expected ratio, target, val CE)
@@ -148,16 +151,37 @@ def _search(
     lam: float,
     warmup_epochs: int,
     progress: Progress | None,
+    seed: int,
+    checkpoint_dir: Path | None,
+    settings: dict,
 ) -> tuple[list[float], list[float], list[float]]:
-    """The bi-level loop on a gated model; returns (expected ratio, train CE, val CE) per epoch."""
+    """The bi-level loop on a gated model; returns (expected ratio, train CE, val CE) per epoch.
+
+    Each epoch is seeded on its own and restarts the val stream, so one resumed from
+    ``checkpoint_dir`` (committed after every epoch) runs exactly as it would have.
+    """
     device = gates.alpha.device
     weights = [p for p in model.parameters() if p.requires_grad]
     weight_opt = torch.optim.SGD(weights, lr=weight_lr, momentum=WEIGHT_MOMENTUM)
     arch_opt = torch.optim.Adam([gates.alpha], lr=arch_lr)
-    val_stream = _cycle(val_batches)
+    optimizers = {"weights": weight_opt, "arch": arch_opt}
     ratios, train_ce, val_ce = [], [], []
-    for epoch in range(epochs):
+    start_epoch = 0
+    resumed = load_phase(checkpoint_dir, optimizers) if checkpoint_dir else None
+    if resumed is not None:
+        last, tensors, extra = resumed
+        if extra["settings"] != settings:
+            raise UserError(f"{checkpoint_dir} holds a NAS search with other settings; "
+                            f"resume with the same options or remove it")
+        with torch.no_grad():
+            gates.alpha.copy_(tensors.pop("gates.alpha"))
+        model.load_state_dict(tensors)
+        ratios, train_ce, val_ce = extra["expected_ratio"], extra["train_ce"], extra["val_ce"]
+        start_epoch = last + 1
+    for epoch in range(start_epoch, epochs):
+        torch.manual_seed(derived_seed("nas", seed, epoch))
         train_batches.set_epoch(epoch)
+        val_stream = _cycle(val_batches)
         lam_now = lambda_at(epoch, lam, warmup_epochs)
         sums, steps = [0.0, 0.0], 0
         for x, y in train_batches:
@@ -190,6 +214,9 @@ def _search(
         val_ce.append(sums[1] / steps)
         if progress is not None:
             progress(epoch, ratios[-1], target, val_ce[-1])
+        if checkpoint_dir:
+            save_phase(checkpoint_dir, epoch, {**model.state_dict(), "gates.alpha": gates.alpha}, optimizers,
+                       {"settings": settings, "expected_ratio": ratios, "train_ce": train_ce, "val_ce": val_ce})
     return ratios, train_ce, val_ce
 
 
@@ -208,6 +235,7 @@ def nas_search(
     warmup_epochs: int = 2,
     progress: Progress | None = None,
     seed: int = 0,
+    checkpoint_dir: Path | None = None,
 ) -> tuple[nn.Module, NASReport]:
     """Search channel scores on a copy of ``model``, then prune it to ``target_macs``.
 
@@ -228,7 +256,8 @@ def nas_search(
     λ/2 in the second, so CE alone ranks the channels before the cost pushes.
     ``progress(epoch, expected ratio, target, mean val CE)`` is called after each epoch.
     ``seed`` seeds the search's own randomness (dropout); the caller's CPU RNG state is
-    restored afterwards.
+    restored afterwards. ``checkpoint_dir``: the search state is committed there after every
+    epoch, and a call with the same parent and settings continues from it.
     """
     _check(
         target_macs,
@@ -250,12 +279,15 @@ def nas_search(
         initial = float(cost.ratio(gates.flat()))
     gates.attach(searched)
     try:
+        settings = {"target_macs": float(target_macs), "img_size": img_size, "search_epochs": search_epochs,
+                    "weight_lr": weight_lr, "arch_lr": arch_lr, "tau": tau, "lam": lam,
+                    "warmup_epochs": warmup_epochs, "seed": seed}
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
             ratios, train_ce, val_ce = _search(
                 searched, gates, cost, train_batches, val_batches,
                 target=float(target_macs), epochs=search_epochs, weight_lr=weight_lr,
                 arch_lr=arch_lr, lam=lam, warmup_epochs=warmup_epochs, progress=progress,
+                seed=seed, checkpoint_dir=checkpoint_dir, settings=settings,
             )
     finally:
         gates.remove()
