@@ -125,15 +125,13 @@ def _record(suite: Suite, cell: Cell, parent_dir: Path, child_dir: Path, budget:
     }
 
 
-def distill_label(cell: DistillCell) -> str:
-    return f"{cell.student}-{cell.loss}"
-
-
 def _distill_record(suite: Suite, cell: DistillCell, teacher_dir: Path, student_dir: Path, seed: int) -> dict[str, Any]:
     m = RunDir(student_dir).load_metrics()
     return {
-        "dataset": cell.dataset, "model": cell.student, "method": distill_label(cell), "loss": cell.loss,
-        "teacher_model": cell.model, "parent_top1": m["teacher_top1"], "top1": m["top1"], "kappa": m["kappa"],
+        # DESIGN.md: method distill-<loss>, model the student, teacher_* for the teacher (the
+        # run's parent: parent_latency_ms_bs1 is the teacher's).
+        "dataset": cell.dataset, "model": cell.student, "method": f"distill-{cell.loss}", "loss": cell.loss,
+        "teacher_model": cell.model, "teacher_top1": m["teacher_top1"], "top1": m["top1"], "kappa": m["kappa"],
         "macs": m["macs"], "params": m["params"], "teacher_macs": m["teacher_macs"],
         "teacher_params": m["teacher_params"], "macs_kept": m["macs"] / m["teacher_macs"],
         "params_kept": m["params"] / m["teacher_params"], "img_size": m["img_size"],
@@ -185,12 +183,12 @@ def run_suite(path: Path, *, datasets: list[str] | None = None, seeds: list[int]
             if budgets is not None:
                 continue  # a budget slice is about pruning cells only
             for dcell in (c for c in suite.distill_cells if (c.dataset, c.model) == (parent.dataset, parent.model)):
-                key = {"dataset": dcell.dataset, "method": distill_label(dcell), "teacher_model": dcell.model,
-                       "seed": seed, "epochs": suite.distill.epochs}
+                key = {"dataset": dcell.dataset, "model": dcell.student, "method": f"distill-{dcell.loss}",
+                       "teacher_model": dcell.model, "seed": seed, "epochs": suite.distill.epochs}
                 if has_record(suite.results, key):
                     continue
                 parent_dir = parent_dir or _parent_run(suite, parent, seed)
-                student = parent_dir / f"distill-{distill_label(dcell)}"
+                student = parent_dir / f"distill-{dcell.loss}-{dcell.student}"
                 if not RunDir(student).is_complete():
                     cfg = DistillConfig(**suite.kd.model_dump(), loss=dcell.loss, small_input=dcell.small_input,
                                         fit=suite.distill.model_copy(update={"seed": seed}))
@@ -198,5 +196,5 @@ def run_suite(path: Path, *, datasets: list[str] | None = None, seeds: list[int]
                                 resume=(RunDir(student).checkpoint_dir / "latest.json").is_file(), quiet=True)
                 append_record(suite.results, _distill_record(suite, dcell, parent_dir, student, seed))
                 appended += 1
-                print(f"done: {dcell.dataset} {dcell.model} s{seed} {distill_label(dcell)}", flush=True)
+                print(f"done: {dcell.dataset} {dcell.model} s{seed} distill-{dcell.loss} {dcell.student}", flush=True)
     return appended

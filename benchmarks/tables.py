@@ -27,7 +27,8 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for (dataset, model, method, target), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], -(kv[0][3] or 1), kv[0][2])):
         top1, top1_sd = _mean_std([r["top1"] for r in rs])
-        parent, _ = _mean_std([r.get("parent_top1", r["top1"]) for r in rs])
+        # A student's reference is its teacher; an unpruned parent is its own.
+        parent, _ = _mean_std([r.get("parent_top1", r.get("teacher_top1", r["top1"])) for r in rs])
         rows.append({
             "dataset": dataset, "model": model, "method": method, "target_macs": target,
             "macs_kept": statistics.fmean(r.get("macs_kept", 1.0) for r in rs),
@@ -40,7 +41,7 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| dataset | model | method | MACs target | MACs kept | params (M) | top-1 (%) | parent top-1 (%) | bs1 speedup | seeds |",
+    lines = ["| dataset | model | method | MACs target | MACs kept | params (M) | top-1 (%) | parent / teacher top-1 (%) | bs1 speedup | seeds |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         speed = f"{r['speedup']:.2f}×" if r["speedup"] else ""

@@ -36,8 +36,9 @@ def test_tiny_suite_records_then_skips_and_tabulates(tmp_path):
     assert {r["seed"] for r in read_records(tmp_path / "results" / "pruning.jsonl")} == {1}
     assert run_suite(path) == 4  # ... and the full run adds only what is missing
     records = read_records(tmp_path / "results" / "pruning.jsonl")
-    students = [r for r in records if r["method"] == "g_ghost_regnetx_tiny-dkd"]
-    assert len(students) == 2 and all(r["params_kept"] < 0.1 and "parent_latency_ms_bs1" in r for r in students)
+    students = [r for r in records if r["method"] == "distill-dkd"]
+    assert len(students) == 2 and all(r["model"] == "g_ghost_regnetx_tiny" and r["params_kept"] < 0.1
+                                      and "teacher_top1" in r and "teacher_params" in r for r in students)
     records = [r for r in records if r not in students]
     for key in ("dataset", "model", "method", "target_macs", "macs_kept", "params_kept", "macs", "params",
                 "parent_top1", "top1", "kappa", "img_size", "epochs", "finetune_epochs", "seed", "split",
