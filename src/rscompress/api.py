@@ -141,7 +141,7 @@ def _fit_and_finish(
     loss_fn: LossFn | None = None,
 ) -> dict[str, Any]:
     """Fit on train (best epoch on val), then test once and write weights + metrics.json."""
-    train_batches = _train_batches(data, data_cfg, fit_cfg, dist)
+    train_batches = train_loader(data, data_cfg, fit_cfg, dist)
     result = fit(
         model, train_batches, eval_batches(data, data.val_indices), fit_cfg, run,
         len(data.class_names), loss_fn=loss_fn, resume=resume, quiet=quiet, dist=dist,
@@ -179,7 +179,8 @@ def _fit_and_finish(
     return metrics
 
 
-def _train_batches(data: PreparedData, data_cfg: DataConfig, fit_cfg: FitConfig, dist: DistInfo = DistInfo()) -> BatchLoader:
+def train_loader(data: PreparedData, data_cfg: DataConfig, fit_cfg: FitConfig, dist: DistInfo = DistInfo()) -> BatchLoader:
+    """The shuffled, augmented train batches every training step uses (benchmarks reuse it)."""
     return BatchLoader(
         data.images, data.labels, data.train_indices, batch_size=fit_cfg.batch_size,
         shuffle=True, augment=data_cfg.augment, mean=data.mean, std=data.std, seed=fit_cfg.seed,
@@ -316,7 +317,7 @@ def prune(parent_path: Path, cfg: PruneConfig, out: Path, *, resume: bool = Fals
         torch.manual_seed(cfg.finetune.seed)  # the random criterion, sparse training
         pruned, details = select_and_prune(
             model, model_name, parent_cfg.img_size, cfg,
-            train_batches=_train_batches(data, data_cfg, cfg.finetune),
+            train_batches=train_loader(data, data_cfg, cfg.finetune),
             val_batches=eval_batches(data, data.val_indices),
             calibration=[b for _, b in zip(range(cfg.calibration_batches), calibration)],
             log=_progress_printer(quiet),
@@ -340,14 +341,15 @@ def prune(parent_path: Path, cfg: PruneConfig, out: Path, *, resume: bool = Fals
         write_json_atomic(record_path, record)  # last: its presence marks pruning done
         shutil.rmtree(phase_dir, ignore_errors=True)  # its work is in pruned.safetensors now
 
-    loss_fn = None
+    loss_fn = teacher = None
     if cfg.loss == "aml+ce":
         def loss_fn(m, x, y, epoch):
             logits = m(x)
             return aml_ce_loss(logits.float(), y, cfg.r1, cfg.r2), logits
     elif cfg.loss in ("kd", "dkd"):
         # The unpruned parent as it was trained (SE blocks and all) is the teacher.
-        loss_fn = teacher_loss_fn(freeze(parent.load_model()[0]), cfg.loss, cfg.kd, cfg.finetune.label_smoothing)
+        teacher = freeze(parent.load_model()[0], cfg.kd)
+        loss_fn = teacher_loss_fn(teacher, cfg.loss, cfg.kd, cfg.finetune.label_smoothing)
 
     budget = record["budget"]
     extra = {
@@ -365,7 +367,7 @@ def prune(parent_path: Path, cfg: PruneConfig, out: Path, *, resume: bool = Fals
         "ratio": cfg.ratio,
         "global_pruning": cfg.global_pruning,
         "loss": cfg.loss,
-        **({"kd": cfg.kd.model_dump()} if cfg.loss in ("kd", "dkd") else {}),
+        **({"kd": cfg.kd.model_dump(), **_cache_counts(teacher)} if cfg.loss in ("kd", "dkd") else {}),
         "finetune_epochs": cfg.finetune.epochs,
         **record,
     }
@@ -378,7 +380,8 @@ def distill(teacher_path: Path, student: str, cfg: DistillConfig, out: Path, *, 
     from rscompress.distill.objective import freeze, teacher_loss_fn
 
     teacher_run, run, teacher, teacher_cfg, teacher_metrics = _open_source(teacher_path, out, resume, cfg.fit.threads)
-    teacher = freeze(teacher)
+    teacher_macs, teacher_params = count_macs_params(teacher, teacher_cfg.img_size)
+    teacher = freeze(teacher, cfg)
     student_model, student_cfg = _student(student, teacher_cfg, cfg)
     data_cfg = DataConfig.model_validate(teacher_cfg.data)
     with decode_progress(quiet) as progress:
@@ -396,7 +399,6 @@ def distill(teacher_path: Path, student: str, cfg: DistillConfig, out: Path, *, 
 
     loss_fn = teacher_loss_fn(teacher, cfg.loss, cfg, cfg.fit.label_smoothing)
 
-    teacher_macs, teacher_params = count_macs_params(teacher, teacher_cfg.img_size)
     extra = {
         "model": student_cfg.model,
         "method": f"distill-{cfg.loss}",
@@ -407,8 +409,16 @@ def distill(teacher_path: Path, student: str, cfg: DistillConfig, out: Path, *, 
         "teacher_kappa": teacher_metrics["kappa"],
         "teacher_macs": teacher_macs,
         "teacher_params": teacher_params,
+        **_cache_counts(teacher),
     }
     return _fit_and_finish(student_model, data, data_cfg, cfg.fit, run, extra, resume=resume, quiet=quiet, loss_fn=loss_fn)
+
+
+def _cache_counts(teacher: torch.nn.Module) -> dict[str, Any]:
+    """Teacher-cache hits/misses of this process for metrics.json (filled in while training)."""
+    from rscompress.distill.teacher_cache import CachedTeacher
+
+    return {"teacher_cache_this_process": teacher.counts} if isinstance(teacher, CachedTeacher) else {}
 
 
 def _student(student: str, teacher_cfg: RunConfig, cfg: DistillConfig) -> tuple[torch.nn.Module, RunConfig]:

@@ -135,6 +135,7 @@ def prune(
     beta: Annotated[float, typer.Option(help="DKD weight of NCKD.")] = 8.0,
     kd_weight: Annotated[float, typer.Option(help="KD weight (with --loss kd).")] = 1.0,
     kd_warmup_epochs: Annotated[int, typer.Option(help="Linear warm-up of the KD terms.")] = 0,
+    cache_teacher_logits: Annotated[bool, typer.Option(help="Run the teacher once per distinct input (--loss kd|dkd).")] = False,
     sparse_epochs: Annotated[int, typer.Option(help="Sparse-training epochs (slim, l1rr).")] = 30,
     sparse_strength: Annotated[float, typer.Option(help="Initial L1 strength on BN gamma (slim, l1rr).")] = 1e-4,
     attention_weight: Annotated[float, typer.Option(help="Feature attention loss weight (l1rr).")] = 1.0,
@@ -167,7 +168,7 @@ def prune(
         global_pruning=global_pruning, round_to=round_to, loss=loss, r1=r1, r2=r2, sparse_epochs=sparse_epochs,
         sparse_strength=sparse_strength, attention_weight=attention_weight, search_epochs=search_epochs,
         kd=_validated(KDSettings, temperature=temperature, alpha=alpha, beta=beta, kd_weight=kd_weight,
-                      kd_warmup_epochs=kd_warmup_epochs),
+                      kd_warmup_epochs=kd_warmup_epochs, cache_teacher_logits=cache_teacher_logits),
         finetune=fit_cfg,
     )
     metrics = api.prune(run, cfg, out, resume=resume, quiet=quiet or as_json)
@@ -188,6 +189,7 @@ def distill(
     beta: Annotated[float, typer.Option(help="DKD weight of NCKD.")] = 8.0,
     kd_weight: Annotated[float, typer.Option(help="KD weight (with --loss kd).")] = 1.0,
     kd_warmup_epochs: Annotated[int, typer.Option(help="Linear warm-up of the KD terms.")] = 20,
+    cache_teacher_logits: Annotated[bool, typer.Option(help="Run the teacher once per distinct input (image view).")] = False,
     small_input: Annotated[bool, typer.Option(help="Stem for 32-64 px (registry students).")] = False,
     epochs: Annotated[int, typer.Option()] = 30,
     batch_size: Annotated[int, typer.Option()] = 64,
@@ -214,7 +216,8 @@ def distill(
                    _optim(optimizer, lr, momentum, weight_decay, schedule, milestones, gamma, warmup_epochs))
     cfg = _validated(
         DistillConfig, loss=loss, temperature=temperature, alpha=alpha, beta=beta, kd_weight=kd_weight,
-        kd_warmup_epochs=kd_warmup_epochs, small_input=small_input, fit=fit_cfg,
+        kd_warmup_epochs=kd_warmup_epochs, cache_teacher_logits=cache_teacher_logits, small_input=small_input,
+        fit=fit_cfg,
     )
     metrics = api.distill(teacher, student, cfg, out, resume=resume, quiet=quiet or as_json)
     if as_json:

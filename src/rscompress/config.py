@@ -100,6 +100,9 @@ class KDSettings(StrictModel):
     beta: float = Field(8.0, ge=0)
     kd_weight: float = Field(1.0, ge=0)
     kd_warmup_epochs: int = Field(20, ge=0)
+    # Remember the teacher's logits per distinct input (distill/teacher_cache.py): the teacher
+    # then runs once per image view instead of once per epoch.
+    cache_teacher_logits: bool = False
 
 
 class PruneConfig(StrictModel):

@@ -76,3 +76,16 @@ def test_prune_then_distill_from_the_parent(teacher, tmp_path, capsys):
     assert main(["prune", str(teacher), "--method", "l1", "--target-macs", "0.3", "--loss", "dkd",
                  "--temperature", "0", "--out", str(tmp_path / "bad")]) == 2
     assert "--temperature" in capsys.readouterr().err
+
+
+def test_cached_teacher_logits_are_reused_from_the_second_epoch(tmp_path):
+    data = make_fake_dataset(tmp_path, name="rsscn7", per_class=4, size=16)
+    teacher_run = tmp_path / "t"
+    data_cfg = DataConfig(path=data, img_size=16, augment=False)
+    api.train(data_cfg, TrainConfig(model="resnet18", epochs=1, batch_size=8), teacher_run, quiet=True)
+    # One batch holds the whole train split, so both epochs see every train image.
+    cfg = DistillConfig(loss="dkd", cache_teacher_logits=True, fit=FitConfig(epochs=2, batch_size=64))
+    metrics = api.distill(teacher_run, "g_ghost_regnetx_tiny", cfg, tmp_path / "s", quiet=True)
+    n_train = len(json.loads((teacher_run / "split.json").read_text())["train"])
+    # Without augmentation epoch 2 sees exactly epoch 1's inputs: all hits.
+    assert metrics["teacher_cache_this_process"] == {"hits": n_train, "misses": n_train}

@@ -29,7 +29,7 @@ def test_ce_is_plain_cross_entropy_and_needs_no_teacher():
 def test_teacher_terms_are_added_with_their_warmup(loss_name, epoch):
     student, teacher, x, y = _models()
     kd = KDSettings(temperature=2.0, alpha=0.5, beta=3.0, kd_weight=0.7, kd_warmup_epochs=2)
-    teacher = freeze(teacher)
+    teacher = freeze(teacher, KDSettings())
     loss, logits = teacher_loss_fn(teacher, loss_name, kd, 0.0)(student, x, y, epoch)
     t = teacher(x)
     term = (0.7 * kd_loss(logits, t, 2.0) if loss_name == "kd" else dkd_loss(logits, t, y, 0.5, 3.0, 2.0).total)
@@ -40,7 +40,7 @@ def test_teacher_terms_are_added_with_their_warmup(loss_name, epoch):
 
 def test_teacher_stays_frozen_even_if_switched_to_train_mode():
     student, teacher, x, y = _models()
-    teacher = freeze(teacher)
+    teacher = freeze(teacher, KDSettings())
     stats = teacher[2].running_mean.clone()
     loss_fn = teacher_loss_fn(teacher, "dkd", KDSettings(kd_warmup_epochs=0), 0.0)
     teacher.train()  # what a trainer calling model.train() on a parent module would do

@@ -10,15 +10,17 @@ from torch import Tensor, nn
 
 from rscompress.config import KDSettings
 from rscompress.distill.losses import dkd_loss, kd_loss, warmup_factor
+from rscompress.distill.teacher_cache import CachedTeacher
 
 LossFn = Callable[[nn.Module, Tensor, Tensor, int], tuple[Tensor, Tensor]]
 
 
-def freeze(teacher: nn.Module) -> nn.Module:
-    """Eval mode and no gradients: the teacher's weights and BN statistics never change."""
+def freeze(teacher: nn.Module, kd: KDSettings) -> nn.Module:
+    """Eval mode and no gradients: the teacher's weights and BN statistics never change.
+    Wrapped in a logit cache when ``kd.cache_teacher_logits``."""
     for p in teacher.parameters():
         p.requires_grad_(False)
-    return teacher.eval()
+    return (CachedTeacher(teacher) if kd.cache_teacher_logits else teacher).eval()
 
 
 def teacher_loss_fn(teacher: nn.Module | None, loss: str, kd: KDSettings, label_smoothing: float) -> LossFn:
