@@ -21,7 +21,6 @@ from pydantic import Field, model_validator
 from benchmarks.records import DEVICE, append_record, git_commit, has_record
 from rscompress import api
 from rscompress.artifacts import RunDir
-from rscompress.errors import UserError
 from rscompress.config import (
     DataConfig,
     DistillConfig,
@@ -31,6 +30,7 @@ from rscompress.config import (
     StrictModel,
     TrainConfig,
 )
+from rscompress.errors import UserError
 
 
 class Parent(StrictModel):

@@ -2,11 +2,10 @@
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from benchmarks.records import read_records
-import pytest
-
 from benchmarks.suite import load_suite, run_suite
 from benchmarks.tables import write_tables
 from rscompress.errors import UserError
