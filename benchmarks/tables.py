@@ -36,6 +36,8 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "top1": top1, "top1_std": top1_sd, "parent_top1": parent, "seeds": len(rs),
             "speedup": statistics.fmean(r["parent_latency_ms_bs1"] / r["latency_ms_bs1"] for r in rs)
             if all("parent_latency_ms_bs1" in r for r in rs) else None,
+            "latency_ms": statistics.fmean(r["latency_ms_bs1"] for r in rs)
+            if all("latency_ms_bs1" in r for r in rs) else None,
         })
     return rows
 
@@ -52,25 +54,34 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _plot(rows: list[dict[str, Any]], dataset: str, x_key: str, x_label: str, path: Path) -> Path:
+    """Top-1 against ``x_key`` for one dataset, one line per method (mean ± std over seeds)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for method in sorted({r["method"] for r in rows if r["dataset"] == dataset}):
+        pts = sorted((r for r in rows if (r["dataset"], r["method"]) == (dataset, method) and r[x_key] is not None),
+                     key=lambda r: r[x_key])
+        if pts:
+            ax.errorbar([p[x_key] for p in pts], [100 * p["top1"] for p in pts],
+                        yerr=[100 * p["top1_std"] for p in pts], marker="o", capsize=3, label=method)
+    ax.set_xscale("log")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title(f"{dataset}: top-1 vs {x_label.split(' (')[0]}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
 def plot(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
-    """Top-1 vs MACs kept per dataset, one line per method (mean ± std over seeds)."""
+    """Per dataset: top-1 vs MACs kept, and top-1 vs bs1 latency (ONNX Runtime, 1 thread)."""
+    rows = [{**r, "macs_kept_pct": 100 * r["macs_kept"]} for r in rows]
     paths = []
     for dataset in sorted({r["dataset"] for r in rows}):
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        for method in sorted({r["method"] for r in rows if r["dataset"] == dataset}):
-            pts = sorted((r for r in rows if (r["dataset"], r["method"]) == (dataset, method)), key=lambda r: r["macs_kept"])
-            ax.errorbar([100 * p["macs_kept"] for p in pts], [100 * p["top1"] for p in pts],
-                        yerr=[100 * p["top1_std"] for p in pts], marker="o", capsize=3, label=method)
-        ax.set_xscale("log")
-        ax.set_xlabel("MACs kept (%)")
-        ax.set_ylabel("test top-1 (%)")
-        ax.set_title(f"{dataset}: top-1 vs MACs kept")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        path = out_dir / f"{dataset}_top1_vs_macs.png"
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_plot(rows, dataset, "macs_kept_pct", "MACs kept (%)", out_dir / f"{dataset}_top1_vs_macs.png"))
+        paths.append(_plot(rows, dataset, "latency_ms", "latency (ms, bs1, ORT 1 thread)",
+                           out_dir / f"{dataset}_top1_vs_latency.png"))
     return paths
 
 
