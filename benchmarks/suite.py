@@ -47,6 +47,7 @@ class Cell(StrictModel):
     global_pruning: bool = False
     loss: str = "ce"
     budgets: list[float]  # target MACs fractions
+    options: dict[str, Any] = {}  # more PruneConfig fields, e.g. an ablation's attention_weight: 0
     label: str | None = None  # record's method name; default method[-global][-loss]
 
 
@@ -111,7 +112,7 @@ def _record(suite: Suite, cell: Cell, parent_dir: Path, child_dir: Path, budget:
     m = RunDir(child_dir).load_metrics()
     return {
         "dataset": cell.dataset, "model": cell.model, "method": label(cell), "criterion": cell.method,
-        "global_pruning": cell.global_pruning, "loss": cell.loss,
+        "global_pruning": cell.global_pruning, "loss": cell.loss, **({"options": cell.options} if cell.options else {}),
         "target_macs": budget, "macs_kept": m["macs_kept"], "params_kept": m["params_kept"],
         "macs": m["macs"], "params": m["params"], "parent_top1": m["parent_top1"],
         "top1": m["top1"], "kappa": m["kappa"], "img_size": m["img_size"],
@@ -121,6 +122,7 @@ def _record(suite: Suite, cell: Cell, parent_dir: Path, child_dir: Path, budget:
         "command": shlex.join(["rscompress", "prune", str(parent_dir), "--method", cell.method,
                                "--target-macs", str(budget), *(["--global"] if cell.global_pruning else []),
                                "--loss", cell.loss, "--finetune-epochs", str(suite.finetune.epochs),
+                               *(a for k, v in cell.options.items() for a in (f"--{k.replace('_', '-')}", str(v))),
                                "--out", str(child_dir)]),
     }
 
@@ -175,8 +177,10 @@ def run_suite(path: Path, *, datasets: list[str] | None = None, seeds: list[int]
                     run = RunDir(child)
                     if not run.is_complete():
                         cfg = PruneConfig(method=cell.method, target_macs=budget, global_pruning=cell.global_pruning,
-                                          loss=cell.loss, finetune=suite.finetune.model_copy(update={"seed": seed}))
-                        api.prune(parent_dir, cfg, child, resume=(child / "prune.json").is_file(), quiet=True)
+                                          loss=cell.loss, finetune=suite.finetune.model_copy(update={"seed": seed}),
+                                          **cell.options)
+                        # Killed anywhere (sparse phase, after pruning, fine-tuning): continue.
+                        api.prune(parent_dir, cfg, child, resume=child.is_dir(), quiet=True)
                     append_record(suite.results, _record(suite, cell, parent_dir, child, budget, seed))
                     appended += 1
                     print(f"done: {cell.dataset} {cell.model} s{seed} {label(cell)} {budget:g}", flush=True)
