@@ -18,8 +18,12 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/rscompress demo --out demo-out
 
+# Two workers: the tests run one torch thread each, the machines have 2 cores.
+# pytest's exit 5 (no tests collected) is a broken suite, not a pass: say so and fail.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	@$(BIN)/python -m pytest -q -n 2; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is missing or a filter hides every test" >&2; exit 1; fi; \
+	exit $$rc
 
 clean:
 	rm -rf $(VENV) demo-out
