@@ -55,14 +55,14 @@ def plain_torch_pruning(model: nn.Module, target: float) -> nn.Module:
     parent_macs = count_macs_params(model, IMG_SIZE)[0]
 
     def pruned_at(ratio: float) -> nn.Module:
-        copy = parent_model()
-        copy.load_state_dict(model.state_dict())
+        pruned = parent_model()
+        pruned.load_state_dict(model.state_dict())
         pruner = tp.pruner.MagnitudePruner(
-            copy, example, importance=tp.importance.MagnitudeImportance(p=1),
-            pruning_ratio=ratio, ignored_layers=[copy.fc],
+            pruned, example, importance=tp.importance.MagnitudeImportance(p=1),
+            pruning_ratio=ratio, ignored_layers=[pruned.fc],
         )
         pruner.step()
-        return copy.eval()
+        return pruned.eval()
 
     lo, hi = 0.0, 0.99
     best = (float("inf"), model)
