@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import ScalarFormatter  # noqa: E402
 
 from benchmarks.records import read_records  # noqa: E402
 
@@ -42,6 +43,12 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def _top1(row: dict[str, Any]) -> str:
+    """Mean ± std over seeds; one seed has no spread to show."""
+    mean = f"{100 * row['top1']:.2f}"
+    return f"{mean} ± {100 * row['top1_std']:.2f}" if row["seeds"] > 1 else mean
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["| dataset | model | method | MACs target | MACs kept | params (M) | top-1 (%) | parent / teacher top-1 (%) | bs1 speedup | seeds |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -50,13 +57,14 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['dataset']} | {r['model']} | {r['method']} | {r['target_macs'] or ''} | {100 * r['macs_kept']:.1f} % "
             f"| {r['params'] / 1e6:.2f} "
-            f"| {100 * r['top1']:.2f} ± {100 * r['top1_std']:.2f} | {100 * r['parent_top1']:.2f} | {speed} | {r['seeds']} |")
+            f"| {_top1(r)} | {100 * r['parent_top1']:.2f} | {speed} | {r['seeds']} |")
     return "\n".join(lines) + "\n"
 
 
 def _plot(rows: list[dict[str, Any]], dataset: str, x_key: str, x_label: str, path: Path) -> Path:
     """Top-1 against ``x_key`` for one dataset, one line per method (mean ± std over seeds)."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)  # a dozen methods: ten colours would repeat
     for method in sorted({r["method"] for r in rows if r["dataset"] == dataset}):
         pts = sorted((r for r in rows if (r["dataset"], r["method"]) == (dataset, method) and r[x_key] is not None),
                      key=lambda r: r[x_key])
@@ -64,6 +72,8 @@ def _plot(rows: list[dict[str, Any]], dataset: str, x_key: str, x_label: str, pa
             ax.errorbar([p[x_key] for p in pts], [100 * p["top1"] for p in pts],
                         yerr=[100 * p["top1_std"] for p in pts], marker="o", capsize=3, label=method)
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(ScalarFormatter())
     ax.set_xlabel(x_label)
     ax.set_ylabel("test top-1 (%)")
     ax.set_title(f"{dataset}: top-1 vs {x_label.split(' (')[0]}")
@@ -74,14 +84,15 @@ def _plot(rows: list[dict[str, Any]], dataset: str, x_key: str, x_label: str, pa
     return path
 
 
-def plot(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
-    """Per dataset: top-1 vs MACs kept, and top-1 vs bs1 latency (ONNX Runtime, 1 thread)."""
+def plot(rows: list[dict[str, Any]], out_dir: Path, prefix: str) -> list[Path]:
+    """Per dataset: top-1 vs MACs kept, and top-1 vs bs1 latency (ONNX Runtime, 1 thread),
+    as ``<prefix>_<dataset>_top1_vs_{macs,latency}.png``."""
     rows = [{**r, "macs_kept_pct": 100 * r["macs_kept"]} for r in rows]
     paths = []
     for dataset in sorted({r["dataset"] for r in rows}):
-        paths.append(_plot(rows, dataset, "macs_kept_pct", "MACs kept (%)", out_dir / f"{dataset}_top1_vs_macs.png"))
-        paths.append(_plot(rows, dataset, "latency_ms", "latency (ms, bs1, ORT 1 thread)",
-                           out_dir / f"{dataset}_top1_vs_latency.png"))
+        stem = out_dir / f"{prefix}_{dataset}_top1_vs"
+        paths.append(_plot(rows, dataset, "macs_kept_pct", "MACs kept (%)", Path(f"{stem}_macs.png")))
+        paths.append(_plot(rows, dataset, "latency_ms", "latency (ms, bs1, ORT 1 thread)", Path(f"{stem}_latency.png")))
     return paths
 
 
@@ -89,4 +100,4 @@ def write_tables(results: Path) -> tuple[Path, list[Path]]:
     rows = summarise(read_records(results))
     table = results.with_suffix(".md")
     table.write_text(markdown(rows))
-    return table, plot(rows, results.parent)
+    return table, plot(rows, results.parent, results.stem)
