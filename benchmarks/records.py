@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +20,32 @@ def git_commit() -> str:
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
+    """Every record of a results file. A line cut short by a kill mid-append is skipped with a
+    warning: its cell has no record, so the next run of the harness does it again."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            warnings.warn(f"{path}:{number} is not a whole record (a run killed while writing it?); skipped",
+                          stacklevel=2)
+    return records
 
 
 def append_record(path: Path, record: dict[str, Any]) -> None:
+    """One line, one write; after a line cut short by a kill, start on a fresh line."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    cut_short = False
+    if path.is_file() and path.stat().st_size > 0:
+        with open(path, "rb") as fh:
+            fh.seek(-1, os.SEEK_END)
+            cut_short = fh.read(1) != b"\n"
     with open(path, "a") as fh:
-        fh.write(json.dumps(record) + "\n")
+        fh.write(("\n" if cut_short else "") + json.dumps(record) + "\n")
 
 
 def has_record(path: Path, key: dict[str, Any]) -> bool:

@@ -1,0 +1,22 @@
+"""Results files survive a kill in the middle of an append."""
+
+import json
+
+import pytest
+
+from benchmarks.records import append_record, has_record, read_records
+
+
+def test_a_line_cut_short_is_skipped_and_the_next_record_starts_a_fresh_line(tmp_path):
+    path = tmp_path / "results.jsonl"
+    append_record(path, {"method": "l1", "seed": 0})
+    with open(path, "a") as fh:
+        fh.write('{"method": "bn", "se')  # killed mid-write
+    append_record(path, {"method": "bn", "seed": 1})
+    with pytest.warns(UserWarning, match=r"results.jsonl:2 is not a whole record"):
+        records = read_records(path)
+    assert records == [{"method": "l1", "seed": 0}, {"method": "bn", "seed": 1}]
+    with pytest.warns(UserWarning):
+        assert not has_record(path, {"method": "bn", "seed": 0})  # that cell will run again
+    lines = path.read_text().splitlines()
+    assert len(lines) == 3 and json.loads(lines[-1]) == {"method": "bn", "seed": 1}  # no blank lines
