@@ -6,6 +6,7 @@ Each reads and writes run dirs only, so any step can be re-run or resumed on its
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import time
@@ -278,7 +279,9 @@ def prune(parent_path: Path, cfg: PruneConfig, out: Path, *, resume: bool = Fals
 
     SE parents (``se_*``) are folded first for every method: the SE attention averaged over
     the training images goes into the BNs (RemoteTrimmer's step 3), so every method prunes
-    and ships the same SE-free architecture and budgets are comparable.
+    and ships the same SE-free architecture and budgets are comparable. Criteria that rank
+    by weights alone (l1, l2, bn, fpgm, lamp) score the weights the SE model learned, not the
+    folded γ·s̄: that amplification is what RemoteTrimmer adds, so a baseline must not get it.
     The pruned, not yet fine-tuned model is saved as ``pruned.safetensors`` with ``prune.json``
     (what the method did): a resumed run starts from there and never prunes twice. Sparse
     training and the NAS search commit their state to ``prune-phase/`` every epoch, so a run
@@ -286,6 +289,7 @@ def prune(parent_path: Path, cfg: PruneConfig, out: Path, *, resume: bool = Fals
     """
     from rscompress.distill.objective import freeze, teacher_loss_fn
     from rscompress.losses import aml_ce_loss
+    from rscompress.models.se import strip_se_blocks
     from rscompress.prune import architecture_spec
     from rscompress.prune.methods.remotetrimmer import (
         folded_model_name,
@@ -311,7 +315,9 @@ def prune(parent_path: Path, cfg: PruneConfig, out: Path, *, resume: bool = Fals
             raise UserError(f"--method remotetrimmer needs an SE parent (se_resnet18, ...); {parent.path} is {model_name}")
         # SE attention, gradients and BN statistics come from plain (unaugmented) train images.
         calibration = eval_batches(data, data.train_indices, batch_size=64)
+        weights_as_trained = None
         if is_se:
+            weights_as_trained = strip_se_blocks(copy.deepcopy(model))
             model = prepare_remotetrimmer(model, calibration)
             model_name = folded_model_name(model_name)
         torch.manual_seed(cfg.finetune.seed)  # the random criterion, sparse training
@@ -322,6 +328,7 @@ def prune(parent_path: Path, cfg: PruneConfig, out: Path, *, resume: bool = Fals
             calibration=[b for _, b in zip(range(cfg.calibration_batches), calibration)],
             log=_progress_printer(quiet),
             phase_dir=phase_dir,
+            weights_as_trained=weights_as_trained,
         )
         run.path.mkdir(parents=True, exist_ok=True)
         run.save_config(parent_cfg.model_copy(update={

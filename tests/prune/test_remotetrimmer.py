@@ -8,9 +8,13 @@ import pytest
 import torch
 from torch import nn
 
+from rscompress.config import FitConfig, PruneConfig
 from rscompress.errors import UserError
 from rscompress.models import SEBatchNorm2d, create_model
+from rscompress.models.se import strip_se_blocks
 from rscompress.prune import apply_architecture, architecture_spec, prune
+from rscompress.prune.budget import prune_to_budget
+from rscompress.prune.select import select_and_prune
 from rscompress.prune.methods.remotetrimmer import (
     folded_model_name,
     prepare_remotetrimmer,
@@ -103,6 +107,39 @@ def test_bn_baseline_on_the_same_model_keeps_the_largest_gamma_instead() -> None
         bn.weight.copy_(gamma)
     prune(model, "bn", torch.zeros(1, 3, IMG, IMG), ratio=0.5)
     assert torch.allclose(model.layer1[0].bn1.weight.detach(), gamma[32:])
+
+
+def test_weight_criteria_on_an_se_parent_read_the_weights_as_trained_not_the_folded_ones() -> None:
+    # Same γ and attention as the CAP test: folded, bn would rank γ·s̄ and agree with CAP;
+    # scored on the stripped SE model it ranks γ as trained and keeps channels 32..63.
+    model = se_resnet18()
+    bn = model.layer1[0].bn1
+    gamma = torch.linspace(1.0, 2.0, 64)
+    s = 0.5 * gamma[0] / gamma * torch.linspace(1.0, 0.1, 64)
+    with torch.no_grad():
+        bn.weight.copy_(gamma)
+    fix_attention(bn, s)
+    as_trained = strip_se_blocks(copy.deepcopy(model))
+    assert not any(isinstance(m, SEBatchNorm2d) for m in as_trained.modules())
+    assert torch.equal(as_trained.layer1[0].bn1.weight.detach(), gamma)
+    folded = prepare_remotetrimmer(model, batches(1))
+    cfg = PruneConfig(method="bn", ratio=0.5, finetune=FitConfig())
+    kept = {}
+    for name, scorer in (("folded", None), ("as trained", as_trained)):
+        pruned, details = select_and_prune(
+            folded, "resnet18", IMG, cfg, train_batches=[], val_batches=[], calibration=[],
+            weights_as_trained=scorer,
+        )
+        assert details["scored"] == ("model" if scorer is None else "weights as trained")
+        kept[name] = pruned.layer1[0].bn1.weight.detach()
+    assert torch.allclose(kept["folded"], (gamma * s)[:32], atol=1e-6)  # = CAP's choice
+    assert torch.allclose(kept["as trained"], (gamma * s)[32:], atol=1e-6)  # largest raw γ
+
+
+def test_a_scorer_of_another_architecture_is_refused() -> None:
+    folded = prepare_remotetrimmer(se_resnet18(), batches(1))
+    with pytest.raises(ValueError, match="scorer must have model's architecture: fc.bias is \(3,\) vs \(5,\)"):
+        prune_to_budget(folded, "bn", IMG, ratio=0.5, scorer=create_model("resnet18", 5, small_input=True))
 
 
 def test_a_model_without_se_blocks_is_a_user_error() -> None:

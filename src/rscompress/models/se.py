@@ -196,3 +196,15 @@ def fold_se_into_bn(model: nn.Module, attention: dict[str, Tensor]) -> nn.Module
         bn.train(se_bn.training)
         _set_submodule(model, name, bn)
     return model
+
+
+def strip_se_blocks(model: nn.Module) -> nn.Module:
+    """Replace each SEBatchNorm2d by its plain BatchNorm2d with γ, β as trained, in place.
+
+    The SE-free architecture of fold_se_into_bn without the attention (s̄ = 1): it does not
+    compute what the SE model computes, but it holds the weights the SE model learned, which
+    is what a weight-ranking criterion (network slimming's |γ|, filter norms) must read on an
+    SE parent. Folded weights would already carry RemoteTrimmer's attention amplification.
+    """
+    ones = {name: torch.ones(bn.num_features) for name, bn in se_batchnorms(model).items()}
+    return fold_se_into_bn(model, ones)

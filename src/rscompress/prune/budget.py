@@ -108,16 +108,24 @@ def _target(
 
 
 def _scores(
-    model: nn.Module,
+    scorer: nn.Module,
     importance: Importance,
     example: Tensor,
     calibration: Iterable[tuple[Tensor, Tensor]] | None,
 ) -> list[GroupScore]:
-    scorer = model
     if needs_gradients(importance) and calibration is not None:
-        scorer = copy.deepcopy(model)  # the parent's own .grad stays as the caller left it
+        scorer = copy.deepcopy(scorer)  # the parent's own .grad stays as the caller left it
         accumulate_gradients(scorer, calibration)
     return score_model(build_graph(scorer, example), importance, example)
+
+
+def _architecture_mismatch(model: nn.Module, other: nn.Module) -> str | None:
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    other_shapes = {k: tuple(v.shape) for k, v in other.state_dict().items()}
+    if shapes == other_shapes:
+        return None
+    differ = sorted(k for k in shapes.keys() | other_shapes.keys() if shapes.get(k) != other_shapes.get(k))
+    return f"{differ[0]} is {shapes.get(differ[0])} vs {other_shapes.get(differ[0])} ({len(differ)} tensors differ)"
 
 
 def _x(r: float) -> float:
@@ -241,6 +249,7 @@ def prune_to_budget(
     round_to: int | None = None,
     calibration: Iterable[tuple[Tensor, Tensor]] | None = None,
     max_pruning_ratio: float = MAX_PRUNING_RATIO,
+    scorer: nn.Module | None = None,
 ) -> tuple[nn.Module, BudgetReport]:
     """A pruned copy of ``model`` that keeps ``target_macs`` (or ``target_params``) of its count.
 
@@ -249,7 +258,9 @@ def prune_to_budget(
     changed. ``calibration``: (images, labels) batches whose summed cross-entropy gradients
     feed gradient criteria (taylor); without it such a criterion reads the gradients already
     on ``model``. Raises UserError when no ratio lands within ±1 % of the target (e.g. a
-    coarse ``round_to``), naming the closest share that can be reached.
+    coarse ``round_to``), naming the closest share that can be reached. ``scorer``: a model
+    of the same architecture whose weights the criterion reads instead of ``model``'s (an SE
+    parent's weights as trained, see select.py); the channels it ranks low go from ``model``.
     """
     start = time.perf_counter()
     metric, target = _target(target_macs, target_params, ratio)
@@ -258,7 +269,11 @@ def prune_to_budget(
     param = next(model.parameters())
     example = torch.zeros(1, 3, img_size, img_size, device=param.device, dtype=param.dtype)
     parent_macs, parent_params = count_macs_params(model, img_size)
-    scores = _scores(model, imp, example, calibration)
+    if scorer is None:
+        scorer = model
+    elif (mismatch := _architecture_mismatch(model, scorer)) is not None:
+        raise ValueError(f"scorer must have model's architecture: {mismatch}")
+    scores = _scores(scorer, imp, example, calibration)
 
     def keep_at(r: float, fixed: dict[str, int]) -> dict[str, int]:
         return keep_counts(

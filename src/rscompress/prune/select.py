@@ -22,6 +22,10 @@ from rscompress.prune.budget import prune_to_budget
 from rscompress.prune.importance import IMPORTANCES
 
 SPARSE_METHODS = ("slim", "l1rr")
+# Criteria that rank channels by the weights alone: on an SE parent they read the weights as
+# trained (weights_as_trained), not the folded γ·s̄, which would turn bn into CAP. Taylor reads
+# gradients of the function the pruned model computes (the folded one); random reads nothing.
+WEIGHT_CRITERIA = ("l1", "l2", "bn", "fpgm", "lamp")
 METHODS = (*IMPORTANCES, *SPARSE_METHODS, "nas")
 
 # Stages whose attention maps L1RR keeps close to the dense model's (METHODS.md §3).
@@ -51,8 +55,12 @@ def select_and_prune(
     calibration: list[tuple[torch.Tensor, torch.Tensor]],
     log: Callable[[str], None] = lambda _: None,
     phase_dir: Path | None = None,
+    weights_as_trained: nn.Module | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Pruned copy of ``model`` within the budget, and what the method did (for metrics.json).
+
+    ``weights_as_trained``: for a folded SE parent, the same architecture with the weights the
+    SE model learned (models.se.strip_se_blocks); the WEIGHT_CRITERIA score it.
 
     ``phase_dir``: where sparse training / the NAS search commit their state every epoch, so
     a killed run continues there instead of starting the phase over.
@@ -69,8 +77,11 @@ def select_and_prune(
         importance, global_pruning = "bn", True
     else:
         importance, global_pruning = cfg.method, cfg.global_pruning
+        if importance in WEIGHT_CRITERIA:
+            details["scored"] = "weights as trained" if weights_as_trained is not None else "model"
     pruned, report = prune_to_budget(
-        model, importance, img_size, global_pruning=global_pruning, calibration=calibration, **budget
+        model, importance, img_size, global_pruning=global_pruning, calibration=calibration,
+        scorer=weights_as_trained if importance in WEIGHT_CRITERIA else None, **budget
     )
     return pruned, {"budget": report.to_dict(), **details}
 
