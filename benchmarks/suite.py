@@ -91,6 +91,10 @@ def label(cell: Cell) -> str:
     return cell.method + ("-global" if cell.global_pruning else "") + ("" if cell.loss == "ce" else f"-{cell.loss}")
 
 
+def _distill_label(cell: DistillCell) -> str:
+    return f"distill-{cell.loss}"
+
+
 def _parent_run(suite: Suite, parent: Parent, seed: int) -> Path:
     out = suite.work / f"{parent.dataset}-{parent.model}-e{parent.epochs}-s{seed}"
     run = RunDir(out)
@@ -132,7 +136,7 @@ def _distill_record(suite: Suite, cell: DistillCell, teacher_dir: Path, student_
     return {
         # DESIGN.md: method distill-<loss>, model the student, teacher_* for the teacher (the
         # run's parent: parent_latency_ms_bs1 is the teacher's).
-        "dataset": cell.dataset, "model": cell.student, "method": f"distill-{cell.loss}", "loss": cell.loss,
+        "dataset": cell.dataset, "model": cell.student, "method": _distill_label(cell), "loss": cell.loss,
         "teacher_model": cell.model, "teacher_top1": m["teacher_top1"], "top1": m["top1"], "kappa": m["kappa"],
         "macs": m["macs"], "params": m["params"], "teacher_macs": m["teacher_macs"],
         "teacher_params": m["teacher_params"], "macs_kept": m["macs"] / m["teacher_macs"],
@@ -147,26 +151,33 @@ def _distill_record(suite: Suite, cell: DistillCell, teacher_dir: Path, student_
 
 
 def run_suite(path: Path, *, datasets: list[str] | None = None, seeds: list[int] | None = None,
-              budgets: list[float] | None = None) -> int:
+              budgets: list[float] | None = None, models: list[str] | None = None,
+              methods: list[str] | None = None) -> int:
     """Run every missing cell; returns how many records were appended.
 
-    ``datasets``/``seeds``/``budgets`` restrict the run to a slice of the grid (the headline
-    cells first on a small machine); the records are the same ones the full run writes, so a
-    later full run only adds what is missing.
+    ``datasets``/``seeds``/``budgets``/``models`` (parent or teacher)/``methods`` (record
+    labels, e.g. ``bn-global`` or ``distill-dkd``) restrict the run to a slice of the grid (the
+    headline cells first on a small machine); the records are the same ones the full run
+    writes, so a later full run only adds what is missing.
     """
     suite = load_suite(path)
     for name, wanted, known in (
         ("dataset", datasets, {p.dataset for p in suite.parents}),
         ("seed", seeds, {s for p in suite.parents for s in p.seeds}),
         ("budget", budgets, {b for c in suite.cells for b in c.budgets}),
+        ("model", models, {p.model for p in suite.parents}),
+        ("method", methods, {label(c) for c in suite.cells} | {_distill_label(c) for c in suite.distill_cells}),
     ):
         if unknown := sorted(set(wanted or ()) - known):
             raise UserError(f"{name} {unknown} is not in {path} (it has {sorted(known)})")
     appended = 0
-    for parent in (p for p in suite.parents if datasets is None or p.dataset in datasets):
+    parents = [p for p in suite.parents
+               if (datasets is None or p.dataset in datasets) and (models is None or p.model in models)]
+    for parent in parents:
         for seed in (s for s in parent.seeds if seeds is None or s in seeds):
             parent_dir = None
-            for cell in (c for c in suite.cells if (c.dataset, c.model) == (parent.dataset, parent.model)):
+            for cell in (c for c in suite.cells if (c.dataset, c.model) == (parent.dataset, parent.model)
+                         and (methods is None or label(c) in methods)):
                 for budget in (b for b in cell.budgets if budgets is None or b in budgets):
                     key = {"dataset": cell.dataset, "model": cell.model, "method": label(cell),
                            "target_macs": budget, "seed": seed, "finetune_epochs": suite.finetune.epochs}
@@ -186,8 +197,9 @@ def run_suite(path: Path, *, datasets: list[str] | None = None, seeds: list[int]
                     print(f"done: {cell.dataset} {cell.model} s{seed} {label(cell)} {budget:g}", flush=True)
             if budgets is not None:
                 continue  # a budget slice is about pruning cells only
-            for dcell in (c for c in suite.distill_cells if (c.dataset, c.model) == (parent.dataset, parent.model)):
-                key = {"dataset": dcell.dataset, "model": dcell.student, "method": f"distill-{dcell.loss}",
+            for dcell in (c for c in suite.distill_cells if (c.dataset, c.model) == (parent.dataset, parent.model)
+                          and (methods is None or _distill_label(c) in methods)):
+                key = {"dataset": dcell.dataset, "model": dcell.student, "method": _distill_label(dcell),
                        "teacher_model": dcell.model, "seed": seed, "epochs": suite.distill.epochs}
                 if has_record(suite.results, key):
                     continue

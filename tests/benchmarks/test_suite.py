@@ -32,9 +32,11 @@ def test_tiny_suite_records_then_skips_and_tabulates(tmp_path):
     }
     path = tmp_path / "suite.yaml"
     path.write_text(yaml.safe_dump(suite))
-    assert run_suite(path, seeds=[1], budgets=[0.3]) == 2  # a slice (pruning cells only) first ...
-    assert {r["seed"] for r in read_records(tmp_path / "results" / "pruning.jsonl")} == {1}
-    assert run_suite(path) == 4  # ... and the full run adds only what is missing
+    assert run_suite(path, seeds=[1], methods=["l1-global", "distill-dkd"]) == 2  # a slice first ...
+    assert {(r["seed"], r["method"]) for r in read_records(tmp_path / "results" / "pruning.jsonl")} == {
+        (1, "l1-global"), (1, "distill-dkd")}
+    assert run_suite(path, seeds=[1], budgets=[0.3], models=["se_resnet18"]) == 1  # budgets: pruning cells only
+    assert run_suite(path) == 3  # ... and the full run adds only what is missing
     records = read_records(tmp_path / "results" / "pruning.jsonl")
     students = [r for r in records if r["method"] == "distill-dkd"]
     assert len(students) == 2 and all(r["model"] == "g_ghost_regnetx_tiny" and r["params_kept"] < 0.1
@@ -51,9 +53,14 @@ def test_tiny_suite_records_then_skips_and_tabulates(tmp_path):
     assert "± " in table.read_text() and all(p.is_file() for p in plots)
 
 
-def test_slice_outside_the_suite_names_the_bad_value(tmp_path):
-    with pytest.raises(UserError, match=r"budget \[0.2\] is not in"):
-        run_suite(ROOT / "benchmarks" / "suite.yaml", budgets=[0.2])
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"budgets": [0.2]}, r"budget \[0.2\] is not in"),
+    ({"methods": ["bn-globl"]}, r"method \['bn-globl'\] is not in .*'bn-global'"),
+    ({"models": ["resnet50"]}, r"model \['resnet50'\] is not in"),
+])
+def test_slice_outside_the_suite_names_the_bad_value(kwargs, message):
+    with pytest.raises(UserError, match=message):
+        run_suite(ROOT / "benchmarks" / "suite.yaml", **kwargs)
 
 
 def test_shipped_suites_validate_and_share_parents_and_finetuning():
