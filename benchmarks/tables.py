@@ -61,6 +61,27 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def by_method(rows: list[dict[str, Any]]) -> str:
+    """Per parent model: one line per method, one column per (dataset, MACs target), top-1 %
+    as mean ± std (n seeds), and the parents' mean top-1 last: the headline comparison."""
+    out = []
+    for model in sorted({r["model"] for r in rows if r["target_macs"] is not None}):
+        mine = [r for r in rows if r["model"] == model and r["target_macs"] is not None]
+        columns = sorted({(r["dataset"], r["target_macs"]) for r in mine}, key=lambda c: (c[0], -c[1]))
+        cell = {(r["method"], r["dataset"], r["target_macs"]): r for r in mine}
+        out += [f"### {model}", "",
+                "| method | " + " | ".join(f"{d} {100 * t:g} %" for d, t in columns) + " |",
+                "|---" * (len(columns) + 1) + "|"]
+        for method in sorted({r["method"] for r in mine}):
+            found = [cell.get((method, d, t)) for d, t in columns]
+            out.append(f"| {method} | " + " | ".join(f"{_top1(r)} (n={r['seeds']})" if r else "" for r in found) + " |")
+        # The parents of the best-covered cell of each column (all its seeds).
+        parents = [max((r for r in mine if (r["dataset"], r["target_macs"]) == c), key=lambda r: r["seeds"])
+                   for c in columns]
+        out += ["| parent | " + " | ".join(f"{100 * r['parent_top1']:.2f}" for r in parents) + " |", ""]
+    return "\n".join(out)
+
+
 def _plot(rows: list[dict[str, Any]], dataset: str, x_key: str, x_label: str, path: Path) -> Path:
     """Top-1 against ``x_key`` for one dataset, one line per method (mean ± std over seeds)."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -99,5 +120,5 @@ def plot(rows: list[dict[str, Any]], out_dir: Path, prefix: str) -> list[Path]:
 def write_tables(results: Path) -> tuple[Path, list[Path]]:
     rows = summarise(read_records(results))
     table = results.with_suffix(".md")
-    table.write_text(markdown(rows))
+    table.write_text(markdown(rows) + "\n## Top-1 (%) by method\n\n" + by_method(rows))
     return table, plot(rows, results.parent, results.stem)

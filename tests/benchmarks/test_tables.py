@@ -1,0 +1,19 @@
+"""Summary tables from records: mean ± std over seeds, the by-method pivot."""
+
+from benchmarks.tables import by_method, summarise
+
+
+def record(method, target, seed, top1, parent=0.8, dataset="ucm"):
+    return {"dataset": dataset, "model": "se_resnet18", "method": method, "target_macs": target,
+            "seed": seed, "top1": top1, "parent_top1": parent, "params": 1e6, "macs_kept": target}
+
+
+def test_by_method_pivots_methods_against_dataset_and_budget():
+    records = [record("rt", 0.1, 0, 0.70, 0.80), record("rt", 0.1, 1, 0.80, 0.90), record("l1", 0.1, 0, 0.60),
+               record("l1", 0.05, 0, 0.50), record("l1", 0.1, 0, 0.40, dataset="rsscn7")]
+    lines = by_method(summarise(records)).splitlines()
+    assert lines[0] == "### se_resnet18"
+    assert lines[2] == "| method | rsscn7 10 % | ucm 10 % | ucm 5 % |"
+    assert lines[4] == "| l1 | 40.00 (n=1) | 60.00 (n=1) | 50.00 (n=1) |"
+    assert lines[5] == "| rt |  | 75.00 ± 7.07 (n=2) |  |"
+    assert lines[6] == "| parent | 80.00 | 85.00 | 80.00 |"  # ucm 10 %: rt's two parents
