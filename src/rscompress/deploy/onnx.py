@@ -28,6 +28,7 @@ from rscompress.artifacts import RunConfig, RunDir
 from rscompress.config import DataConfig
 from rscompress.data.loader import BatchLoader
 from rscompress.data.prepare import prepare_data
+from rscompress.deploy.exportable import exportable_copy
 from rscompress.deploy.runtime import INPUT_NAME, OUTPUT_NAME, cpu_session
 from rscompress.errors import UserError
 from rscompress.io_utils import fsync_dir, write_atomic
@@ -123,7 +124,7 @@ def export_onnx(
             warnings.filterwarnings("ignore", "You are using the legacy TorchScript", DeprecationWarning)
             warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx\.")
             torch.onnx.export(
-                model,
+                exportable_copy(model, example),
                 (example,),
                 str(tmp),
                 input_names=[INPUT_NAME],
