@@ -1,7 +1,8 @@
 """ONNX parity of every registry architecture, each one pruned by the engine, and every
 trained benchmark run (issue 7).
 
-    python -m benchmarks.parity [--img-size 64] [--images 32]   # → benchmarks/results/parity.json
+    python -m benchmarks.parity [--img-size 64] [--images 32] [--train resnet50 ...]
+    # → benchmarks/results/parity.{json,md}
 
 Registry models get random weights (training 19 models is not the point) with every
 BatchNorm's running statistics from train-mode passes over real bundled UC Merced images, so
@@ -9,7 +10,9 @@ an exporter that dropped or mis-folded a BN would show. Float32 error grows with
 magnitude, which random weights leave arbitrary (10³ and more), so the classifier is scaled to
 make the largest |logit| 10, the size trained models here produce (the trained runs' own scale
 is recorded next to theirs). Trained runs (``benchmarks/work/**/model.safetensors``) are
-exported as the CLI does, on their own test images. Parity: ``check_parity`` (ONNX Runtime one
+exported as the CLI does, on their own test images; ``--train MODEL ...`` first trains those
+registry models a few epochs on the bundled sample (a run dir in the work dir, resumable), so
+they are measured with trained weights too. Parity: ``check_parity`` (ONNX Runtime one
 image at a time and as one batch vs PyTorch): max |logit difference| and top-1 agreement.
 """
 
@@ -24,7 +27,9 @@ import torch
 from torch import nn
 
 from benchmarks.records import DEVICE, git_commit
+from rscompress import api
 from rscompress.artifacts import RunDir
+from rscompress.config import DataConfig, TrainConfig
 from rscompress.data.datasets import decode_image, scan_folder
 from rscompress.data.transforms import normalize_batch
 from rscompress.deploy.onnx import (
@@ -112,8 +117,16 @@ def main() -> None:
     args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     args.add_argument("--img-size", type=int, default=64)
     args.add_argument("--images", type=int, default=32)
+    args.add_argument("--train", nargs="*", default=[], help="registry models to train briefly, then measure")
+    args.add_argument("--train-epochs", type=int, default=3)
     args.add_argument("--tmp", type=Path, default=ROOT / "benchmarks" / "work" / "parity")
     a = args.parse_args()
+    for name in a.train:  # their run dirs land in the work dir, where the glob below finds them
+        out = a.tmp / f"trained-{name}-e{a.train_epochs}"
+        if not RunDir(out).is_complete():
+            api.train(DataConfig(path=SAMPLE, img_size=a.img_size),
+                      TrainConfig(model=name, epochs=a.train_epochs), out,
+                      resume=(RunDir(out).checkpoint_dir / "latest.json").is_file(), quiet=True)
     a.tmp.mkdir(parents=True, exist_ok=True)
     images = real_images(a.images, a.img_size)
     rows = []
