@@ -1,6 +1,6 @@
 """Summary tables from records: mean ± std over seeds, the by-method pivot."""
 
-from benchmarks.tables import by_method, summarise
+from benchmarks.tables import by_method, markdown, summarise
 
 
 def record(method, target, seed, top1, parent=0.8, dataset="ucm"):
@@ -17,3 +17,19 @@ def test_by_method_pivots_methods_against_dataset_and_budget():
     assert lines[4] == "| l1 | 40.00 (n=1) | 60.00 (n=1) | 50.00 (n=1) |"
     assert lines[5] == "| rt |  | 75.00 ± 7.07 (n=2) |  |"
     assert lines[6] == "| parent | 80.00 | 85.00 | 80.00 |"  # ucm 10 %: rt's two parents
+
+
+def test_latency_is_summarised_as_a_ratio_to_the_interleaved_parent():
+    # Two seeds timed under different machine load: absolute ms differ 2x, the ratios agree.
+    records = [{**record("rt", 0.1, 0, 0.7), "latency_ms_bs1": 2.0, "parent_latency_ms_bs1": 10.0},
+               {**record("rt", 0.1, 1, 0.7), "latency_ms_bs1": 4.0, "parent_latency_ms_bs1": 20.0}]
+    (row,) = summarise(records)
+    assert row["speedup"] == 5.0 and row["latency_kept"] == 0.2
+    # speedup 5x at a 10x MACs ratio: half of the MAC saving became time.
+    assert markdown([row]).splitlines()[2].endswith("| 5.00× | 0.50 | 2 |")
+
+
+def test_records_without_a_parent_timing_get_no_latency_figures():
+    (row,) = summarise([{**record("rt", 0.1, 0, 0.7), "latency_ms_bs1": 2.0}])
+    assert row["speedup"] is None and row["latency_kept"] is None
+    assert markdown([row]).splitlines()[2].endswith("|  |  | 1 |")
