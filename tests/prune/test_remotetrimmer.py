@@ -138,7 +138,7 @@ def test_weight_criteria_on_an_se_parent_read_the_weights_as_trained_not_the_fol
 
 def test_a_scorer_of_another_architecture_is_refused() -> None:
     folded = prepare_remotetrimmer(se_resnet18(), batches(1))
-    with pytest.raises(ValueError, match="scorer must have model's architecture: fc.bias is \(3,\) vs \(5,\)"):
+    with pytest.raises(ValueError, match=r"scorer must have model's architecture: fc.bias is \(3,\) vs \(5,\)"):
         prune_to_budget(folded, "bn", IMG, ratio=0.5, scorer=create_model("resnet18", 5, small_input=True))
 
 
