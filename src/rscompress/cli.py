@@ -37,6 +37,20 @@ def _print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj) + "\n")
 
 
+def _print_table(table: Any) -> None:
+    """Print a rich table whole: piped or redirected, at its natural width (rich would squeeze it
+    into 80 columns and cut every cell to "…"); on a narrow terminal, cells wrap instead."""
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal:
+        natural = console.measure(table, options=console.options.update_width(100_000)).maximum
+        console = Console(width=max(natural, 80))
+    for column in table.columns:
+        column.overflow = "fold"
+    console.print(table)
+
+
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 
@@ -305,13 +319,12 @@ def bench(
     if as_json:
         _print_json({"results": rows})
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(*rows[0].keys())
     for row in rows:
         table.add_row(*(str(v) for v in row.values()))
-    Console().print(table)
+    _print_table(table)
 
 
 @app.command()
@@ -412,7 +425,6 @@ def describe_validation_error(err: ValidationError) -> str:
 
 
 def _print_summary(run: Path, metrics: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table("metric", "value", title=str(run))
@@ -421,11 +433,10 @@ def _print_summary(run: Path, metrics: dict) -> None:
         if key in metrics:
             value = metrics[key]
             table.add_row(key, f"{value:.4f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else str(value))
-    Console().print(table)
+    _print_table(table)
 
 
 def _print_steps(title: str, results: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table("step", "top1", "kappa", "MMACs", "params (M)", "note", title=title)
@@ -439,7 +450,7 @@ def _print_steps(title: str, results: dict) -> None:
             f"{r['params'] / 1e6:.2f}" if metrics else "",
             r.get("skipped", "") or (f"onnx diff {r['max_abs_diff']:.1e}" if "max_abs_diff" in r else ""),
         )
-    Console().print(table)
+    _print_table(table)
 
 
 def _print_inspect(report: dict) -> None:
@@ -452,7 +463,7 @@ def _print_inspect(report: dict) -> None:
     table = Table("class", "images")
     for cls, count in report["class_counts"].items():
         table.add_row(cls, str(count))
-    console.print(table)
+    _print_table(table)
     sizes = ", ".join(f"{s['width']}x{s['height']} ×{s['count']}" for s in report["image_sizes"])
     more = report["num_image_sizes"] - len(report["image_sizes"])
     console.print(f"image sizes: {sizes}" + (f" (+{more} more sizes)" if more > 0 else ""))

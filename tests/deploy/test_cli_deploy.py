@@ -31,6 +31,12 @@ def test_export_then_bench_parent_and_pruned(tmp_path, capsys):
     assert pruned_row["macs_ratio"] > 3  # the parent is the reference: about 1 / 0.3
     assert all(r["median_ms"] > 0 for r in by_model.values())
 
+    # The table, piped (as here): every cell whole, however wide, not squeezed into 80 columns.
+    assert main(args[:-1]) == 0
+    out = capsys.readouterr().out
+    assert str(small) in out and str(base) in out and "…" not in out
+    assert "macs_ratio" in out and "speedup" in out
+
 
 def test_export_rejects_unknown_format(tmp_path, capsys):
     assert main(["export", str(tmp_path), "--format", "tflite"]) == 2
