@@ -12,6 +12,25 @@ from typing import Any
 from rscompress.artifacts import RunDir
 
 DEVICE = "cpu-2core"
+_SIMD = ("avx512f", "avx2", "avx", "neon", "asimd")  # widest first
+
+
+def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU model and its widest vector extension, e.g. ``AMD EPYC (avx512f)``.
+
+    Sessions land on different 2-core machines, and latency and float results differ between
+    them (one had no AVX2 and timed the same SE-ResNet-18 3-9x slower), so a record says which.
+    """
+    import platform
+
+    if not cpuinfo.is_file():
+        return platform.processor() or platform.machine()
+    fields = dict(line.split(":", 1) for line in cpuinfo.read_text().splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    model = fields.get("model name") or fields.get("Hardware") or platform.machine()
+    flags = set((fields.get("flags") or fields.get("Features") or "").split())
+    widest = next((f for f in _SIMD if f in flags), None)
+    return f"{model} ({widest})" if widest else model
 
 
 def git_commit() -> str:
@@ -72,6 +91,7 @@ def train_record(run: RunDir, dataset: str, command: str) -> dict[str, Any]:
         "n_test": m["n_images"],
         "train_images_per_second": m["timings"]["train_images_per_second"],
         "device": DEVICE,
+        "cpu": cpu_name(),
         "commit": git_commit(),
         "command": command,
     }

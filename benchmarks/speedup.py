@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 from collections import defaultdict
 from pathlib import Path
@@ -28,7 +27,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from benchmarks.records import DEVICE, git_commit
+from benchmarks.records import DEVICE, cpu_name, git_commit
 from rscompress.deploy.latency import measure
 from rscompress.deploy.onnx import export_onnx
 from rscompress.deploy.runtime import INPUT_NAME
@@ -129,7 +128,7 @@ def main() -> None:
         })
     out: dict[str, Any] = {
         "setting": f"resnet18 {IMG_SIZE} px, ONNX Runtime, batch 1, 1 thread, {args.repeats} interleaved repeats",
-        "device": DEVICE, "cpu": platform.processor() or platform.machine(), "commit": git_commit(),
+        "device": DEVICE, "cpu": cpu_name(), "commit": git_commit(),
         "command": "python -m benchmarks.speedup" + (" --profile" if args.profile else "")
         + ("" if args.repeats == 300 else f" --repeats {args.repeats}"),
         "rows": rows,

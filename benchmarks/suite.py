@@ -18,7 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, model_validator
 
-from benchmarks.records import DEVICE, append_record, git_commit, has_record
+from benchmarks.records import DEVICE, append_record, cpu_name, git_commit, has_record
 from rscompress import api
 from rscompress.artifacts import RunDir
 from rscompress.config import (
@@ -121,7 +121,7 @@ def _record(suite: Suite, cell: Cell, parent_dir: Path, child_dir: Path, budget:
         "macs": m["macs"], "params": m["params"], "parent_top1": m["parent_top1"],
         "top1": m["top1"], "kappa": m["kappa"], "img_size": m["img_size"],
         "epochs": RunDir(parent_dir).load_metrics()["epochs"], "finetune_epochs": m["finetune_epochs"],
-        "seed": seed, "split": "test", **_latency(suite, parent_dir, child_dir), "device": DEVICE,
+        "seed": seed, "split": "test", **_latency(suite, parent_dir, child_dir), "device": DEVICE, "cpu": cpu_name(),
         "commit": git_commit(),
         "command": shlex.join(["rscompress", "prune", str(parent_dir), "--method", cell.method,
                                "--target-macs", str(budget), *(["--global"] if cell.global_pruning else []),
@@ -142,7 +142,7 @@ def _distill_record(suite: Suite, cell: DistillCell, teacher_dir: Path, student_
         "teacher_params": m["teacher_params"], "macs_kept": m["macs"] / m["teacher_macs"],
         "params_kept": m["params"] / m["teacher_params"], "img_size": m["img_size"],
         "epochs": m["epochs"], "teacher_epochs": RunDir(teacher_dir).load_metrics()["epochs"],
-        "seed": seed, "split": "test", **_latency(suite, teacher_dir, student_dir), "device": DEVICE,
+        "seed": seed, "split": "test", **_latency(suite, teacher_dir, student_dir), "device": DEVICE, "cpu": cpu_name(),
         "commit": git_commit(),
         "command": shlex.join(["rscompress", "distill", "--teacher", str(teacher_dir), "--student", cell.student,
                                "--loss", cell.loss, *(["--small-input"] if cell.small_input else []),

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from benchmarks.records import append_record, has_record, read_records
+from benchmarks.records import append_record, cpu_name, has_record, read_records
 
 
 def test_a_line_cut_short_is_skipped_and_the_next_record_starts_a_fresh_line(tmp_path):
@@ -20,3 +20,13 @@ def test_a_line_cut_short_is_skipped_and_the_next_record_starts_a_fresh_line(tmp
         assert not has_record(path, {"method": "bn", "seed": 0})  # that cell will run again
     lines = path.read_text().splitlines()
     assert len(lines) == 3 and json.loads(lines[-1]) == {"method": "bn", "seed": 1}  # no blank lines
+
+
+def test_cpu_name_is_the_model_and_its_widest_vector_extension(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2 avx512f\n\n"
+                    "processor\t: 1\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2 avx512f\n")
+    assert cpu_name(info) == "AMD EPYC (avx512f)"
+    info.write_text("model name\t: Old Xeon\nflags\t\t: fpu sse2 avx\n")
+    assert cpu_name(info) == "Old Xeon (avx)"
+    assert cpu_name(tmp_path / "missing")  # elsewhere: what the platform module says
