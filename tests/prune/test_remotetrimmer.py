@@ -150,3 +150,28 @@ def test_a_model_without_se_blocks_is_a_user_error() -> None:
 def test_no_images_is_a_user_error() -> None:
     with pytest.raises(UserError, match="attention"):
         prepare_remotetrimmer(se_resnet18(), [])
+
+
+def test_sparse_methods_on_an_se_parent_rank_the_gammas_sparse_training_left(monkeypatch) -> None:
+    # Sparse training is what sets slim's / L1RR's ranking: the weights as trained must not.
+    # As trained, layer1[0].bn1 ranks channels 32..63 highest; sparse training drove exactly
+    # those to zero, so they are the first to go.
+    from rscompress.prune import select
+
+    model = se_resnet18()
+    with torch.no_grad():
+        model.layer1[0].bn1.weight.copy_(torch.linspace(1.0, 2.0, 64))
+    as_trained = strip_se_blocks(copy.deepcopy(model))
+    folded = prepare_remotetrimmer(model, batches(1))
+    sparse = copy.deepcopy(folded)
+    with torch.no_grad():
+        sparse.layer1[0].bn1.weight[32:] = 0.0
+    monkeypatch.setattr(select, "_sparse_train", lambda *args: (sparse, {"epochs": 0}))
+    for method in ("slim", "l1rr"):
+        cfg = PruneConfig(method=method, ratio=0.3, finetune=FitConfig())
+        pruned, _ = select_and_prune(
+            folded, "resnet18", IMG, cfg, train_batches=[], val_batches=[], calibration=[],
+            weights_as_trained=as_trained,
+        )
+        kept = pruned.layer1[0].bn1.weight.detach()
+        assert len(kept) <= 32 and bool((kept != 0).all()), method

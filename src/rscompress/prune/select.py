@@ -70,7 +70,10 @@ def select_and_prune(
     details: dict[str, Any] = {}
     if cfg.method == "nas":
         return _nas(model, img_size, cfg, train_batches, val_batches, log, phase_dir)
+    scorer = None  # the model itself
     if cfg.method in SPARSE_METHODS:
+        # Ranked by the γ sparse training left, never by the weights before it: that
+        # distribution is what sets each layer's ratio.
         model, details["sparse_training"] = _sparse_train(
             model, model_name, cfg, train_batches, val_batches, log, phase_dir
         )
@@ -78,10 +81,11 @@ def select_and_prune(
     else:
         importance, global_pruning = cfg.method, cfg.global_pruning
         if importance in WEIGHT_CRITERIA:
+            scorer = weights_as_trained
             details["scored"] = "weights as trained" if weights_as_trained is not None else "model"
     pruned, report = prune_to_budget(
         model, importance, img_size, global_pruning=global_pruning, calibration=calibration,
-        scorer=weights_as_trained if importance in WEIGHT_CRITERIA else None, **budget
+        scorer=scorer, **budget
     )
     return pruned, {"budget": report.to_dict(), **details}
 
