@@ -99,7 +99,7 @@ def _plot(rows: list[dict[str, Any]], dataset: str, x_key: str, x_label: str, pa
             ax.errorbar([p[x_key] for p in pts], [100 * p["top1"] for p in pts],
                         yerr=[100 * p["top1_std"] for p in pts], marker="o", capsize=3, label=method)
     ax.set_xscale("log")
-    # Label 1-2-5 steps only: labelling every minor tick of a log axis overprints near decades.
+    # Label 1-2-3-5 steps only: labelling every minor tick of a log axis overprints near decades.
     ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
     ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.xaxis.set_minor_formatter(NullFormatter())
