@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import warnings
 from pathlib import Path
@@ -21,12 +22,10 @@ def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     Sessions land on different 2-core machines, and latency and float results differ between
     them (one had no AVX2 and timed the same SE-ResNet-18 3-9x slower), so a record says which.
     """
-    import platform
-
     if not cpuinfo.is_file():
         return platform.processor() or platform.machine()
-    fields = dict(line.split(":", 1) for line in cpuinfo.read_text().splitlines() if ":" in line)
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    pairs = (line.split(":", 1) for line in cpuinfo.read_text().splitlines() if ":" in line)
+    fields = {key.strip(): value.strip() for key, value in pairs}
     model = fields.get("model name") or fields.get("Hardware") or platform.machine()
     flags = set((fields.get("flags") or fields.get("Features") or "").split())
     widest = next((f for f in _SIMD if f in flags), None)
