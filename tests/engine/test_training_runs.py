@@ -112,6 +112,29 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, da
     assert issubclass(TrainingDiverged, UserError)  # the CLI shows it as one line, exit 2
 
 
+def test_weights_gone_nan_under_a_finite_loss_stop_before_they_are_checkpointed(tmp_path, dataset, monkeypatch):
+    monkeypatch.setenv("RSCOMPRESS_CACHE", str(tmp_path / "cache"))
+    from rscompress.engine import trainer
+
+    real_fit = trainer.fit
+
+    def poison_bn_statistics(model, x, y, epoch):
+        # Train-mode BN uses batch statistics, so the training loss stays finite; the running
+        # statistics that evaluation uses do not.
+        if epoch == 1:
+            with torch.no_grad():
+                next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)).running_var.fill_(float("nan"))
+        logits = model(x)
+        return torch.nn.functional.cross_entropy(logits, y), logits
+
+    monkeypatch.setattr(api, "fit", lambda *a, **kw: real_fit(*a, **{**kw, "loss_fn": poison_bn_statistics}))
+    run = tmp_path / "nan-weights"
+    with pytest.raises(TrainingDiverged, match=r"validation loss became nan after epoch 2.*after epoch 1"):
+        api.train(DataConfig(path=dataset, img_size=16), TrainConfig(model="resnet18", epochs=3, batch_size=8), run, quiet=True)
+    assert json.loads((run / "checkpoint" / "latest.json").read_text()) == {"epoch_dir": "epoch-0000"}
+    assert not RunDir(run).is_complete()
+
+
 def test_run_dir_contract_and_evaluate(tmp_path, dataset, monkeypatch):
     monkeypatch.setenv("RSCOMPRESS_CACHE", str(tmp_path / "cache"))
     run = tmp_path / "run"

@@ -8,6 +8,7 @@ gets the same schedule, checkpoints, resume and metrics.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -175,8 +176,16 @@ def fit(
             train_loss = all_mean(loss_sum / max(seen, 1), dist)
             train_acc = all_mean(correct / max(seen, 1), dist)
 
+            val = evaluate(model, val_batches, num_classes, cfg.channels_last) if dist.is_main else None
+            # Finite training losses do not make finite weights (a last step can overflow them,
+            # BN statistics can go NaN): such an epoch must not become a checkpoint or "best".
+            if not all_true(val is None or math.isfinite(val.loss), dist):
+                raise TrainingDiverged(
+                    f"validation loss became {val.loss if val else 'non-finite'} after epoch {epoch + 1} "
+                    f"(lr {lr:.3g}); last good checkpoint: {f'after epoch {epoch}' if epoch > 0 else 'none yet'} "
+                    f"in {run.checkpoint_dir}. Lower --lr or add warm-up, then --resume."
+                )
             if dist.is_main:
-                val = evaluate(model, val_batches, num_classes, cfg.channels_last)
                 score = (val.top1, -val.loss)
                 is_best = score > best_score
                 if is_best:
