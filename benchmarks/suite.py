@@ -38,6 +38,16 @@ class Parent(StrictModel):
     model: str
     epochs: int = Field(gt=0)
     seeds: list[int]
+    # Mixed precision for the parent, its pruned models' fine-tuning and its students: bf16
+    # autocast and channels_last halve a vgg16_bn training step on an AVX512-BF16 CPU
+    # (benchmarks/results/train_step.json). NAS search and L1RR sparse training stay fp32.
+    bf16: bool = False
+    channels_last: bool = False
+    # The parent's peak lr where the shared recipe's does not suit its model.
+    lr: float | None = Field(None, gt=0)
+
+    def precision(self) -> dict[str, bool]:
+        return {"bf16": self.bf16, "channels_last": self.channels_last}
 
 
 class Cell(StrictModel):
@@ -96,10 +106,15 @@ def _distill_label(cell: DistillCell) -> str:
 
 
 def _parent_run(suite: Suite, parent: Parent, seed: int) -> Path:
-    out = suite.work / f"{parent.dataset}-{parent.model}-e{parent.epochs}-s{seed}"
+    # bf16 in the name: an fp32 and a bf16 parent of the same seed are different runs.
+    out = suite.work / f"{parent.dataset}-{parent.model}-e{parent.epochs}-s{seed}{'-bf16' if parent.bf16 else ''}"
     run = RunDir(out)
     if not run.is_complete():
-        train_cfg = TrainConfig(**{**suite.train.model_dump(), "epochs": parent.epochs, "seed": seed, "model": parent.model})
+        recipe = suite.train.model_dump()
+        if parent.lr is not None:
+            recipe["optim"]["lr"] = parent.lr
+        train_cfg = TrainConfig(**{**recipe, "epochs": parent.epochs, "seed": seed, "model": parent.model,
+                                   **parent.precision()})
         api.train(suite.datasets[parent.dataset], train_cfg, out,
                   resume=(run.checkpoint_dir / "latest.json").is_file(), quiet=True)
     return out
@@ -112,7 +127,8 @@ def _latency(suite: Suite, parent_dir: Path, child_dir: Path) -> dict[str, float
     return record_fields(results, str(child_dir))
 
 
-def _record(suite: Suite, cell: Cell, parent_dir: Path, child_dir: Path, budget: float, seed: int) -> dict[str, Any]:
+def _record(suite: Suite, cell: Cell, parent: Parent, parent_dir: Path, child_dir: Path, budget: float,
+            seed: int) -> dict[str, Any]:
     m = RunDir(child_dir).load_metrics()
     return {
         "dataset": cell.dataset, "model": cell.model, "method": label(cell), "criterion": cell.method,
@@ -121,7 +137,8 @@ def _record(suite: Suite, cell: Cell, parent_dir: Path, child_dir: Path, budget:
         "macs": m["macs"], "params": m["params"], "parent_top1": m["parent_top1"],
         "top1": m["top1"], "kappa": m["kappa"], "img_size": m["img_size"],
         "epochs": RunDir(parent_dir).load_metrics()["epochs"], "finetune_epochs": m["finetune_epochs"],
-        "seed": seed, "split": "test", **_latency(suite, parent_dir, child_dir), "device": DEVICE, "cpu": cpu_name(),
+        "seed": seed, "split": "test", **parent.precision(), **_latency(suite, parent_dir, child_dir),
+        "device": DEVICE, "cpu": cpu_name(),
         "commit": git_commit(),
         "command": shlex.join(["rscompress", "prune", str(parent_dir), "--method", cell.method,
                                "--target-macs", str(budget), *(["--global"] if cell.global_pruning else []),
@@ -131,7 +148,8 @@ def _record(suite: Suite, cell: Cell, parent_dir: Path, child_dir: Path, budget:
     }
 
 
-def _distill_record(suite: Suite, cell: DistillCell, teacher_dir: Path, student_dir: Path, seed: int) -> dict[str, Any]:
+def _distill_record(suite: Suite, cell: DistillCell, teacher: Parent, teacher_dir: Path, student_dir: Path,
+                    seed: int) -> dict[str, Any]:
     m = RunDir(student_dir).load_metrics()
     return {
         # DESIGN.md: method distill-<loss>, model the student, teacher_* for the teacher (the
@@ -142,7 +160,8 @@ def _distill_record(suite: Suite, cell: DistillCell, teacher_dir: Path, student_
         "teacher_params": m["teacher_params"], "macs_kept": m["macs"] / m["teacher_macs"],
         "params_kept": m["params"] / m["teacher_params"], "img_size": m["img_size"],
         "epochs": m["epochs"], "teacher_epochs": RunDir(teacher_dir).load_metrics()["epochs"],
-        "seed": seed, "split": "test", **_latency(suite, teacher_dir, student_dir), "device": DEVICE, "cpu": cpu_name(),
+        "seed": seed, "split": "test", **teacher.precision(), **_latency(suite, teacher_dir, student_dir),
+        "device": DEVICE, "cpu": cpu_name(),
         "commit": git_commit(),
         "command": shlex.join(["rscompress", "distill", "--teacher", str(teacher_dir), "--student", cell.student,
                                "--loss", cell.loss, *(["--small-input"] if cell.small_input else []),
@@ -187,12 +206,12 @@ def run_suite(path: Path, *, datasets: list[str] | None = None, seeds: list[int]
                     child = parent_dir / f"{label(cell)}-{budget:g}"
                     run = RunDir(child)
                     if not run.is_complete():
+                        finetune = suite.finetune.model_copy(update={"seed": seed, **parent.precision()})
                         cfg = PruneConfig(method=cell.method, target_macs=budget, global_pruning=cell.global_pruning,
-                                          loss=cell.loss, finetune=suite.finetune.model_copy(update={"seed": seed}),
-                                          **cell.options)
+                                          loss=cell.loss, finetune=finetune, **cell.options)
                         # Killed anywhere (sparse phase, after pruning, fine-tuning): continue.
                         api.prune(parent_dir, cfg, child, resume=child.is_dir(), quiet=True)
-                    append_record(suite.results, _record(suite, cell, parent_dir, child, budget, seed))
+                    append_record(suite.results, _record(suite, cell, parent, parent_dir, child, budget, seed))
                     appended += 1
                     print(f"done: {cell.dataset} {cell.model} s{seed} {label(cell)} {budget:g}", flush=True)
             if budgets is not None:
@@ -207,10 +226,10 @@ def run_suite(path: Path, *, datasets: list[str] | None = None, seeds: list[int]
                 student = parent_dir / f"distill-{dcell.loss}-{dcell.student}"
                 if not RunDir(student).is_complete():
                     cfg = DistillConfig(**suite.kd.model_dump(), loss=dcell.loss, small_input=dcell.small_input,
-                                        fit=suite.distill.model_copy(update={"seed": seed}))
+                                        fit=suite.distill.model_copy(update={"seed": seed, **parent.precision()}))
                     api.distill(parent_dir, dcell.student, cfg, student,
                                 resume=(RunDir(student).checkpoint_dir / "latest.json").is_file(), quiet=True)
-                append_record(suite.results, _distill_record(suite, dcell, parent_dir, student, seed))
+                append_record(suite.results, _distill_record(suite, dcell, parent, parent_dir, student, seed))
                 appended += 1
                 print(f"done: {dcell.dataset} {dcell.model} s{seed} distill-{dcell.loss} {dcell.student}", flush=True)
     return appended

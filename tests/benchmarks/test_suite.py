@@ -1,5 +1,6 @@
 """The benchmark harness on a tiny suite: records in DESIGN.md format, skip on re-run, tables."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,39 @@ def test_shipped_suites_validate_and_share_parents_and_finetuning():
     # Same work dir and recipes: the runs both need are trained once and mean the same thing.
     for field in ("work", "datasets", "train", "finetune"):
         assert getattr(pruning, field) == getattr(distill, field), field
+
+
+def _bf16_flags(config: dict) -> list[bool]:
+    """Every ``bf16`` value anywhere in a run dir's config.json."""
+    found = []
+    for key, value in config.items():
+        if key == "bf16":
+            found.append(value)
+        elif isinstance(value, dict):
+            found += _bf16_flags(value)
+    return found
+
+
+def test_a_bf16_parent_trains_fine_tunes_and_teaches_in_bf16_in_its_own_run_dirs(tmp_path):
+    data = make_fake_dataset(tmp_path, name="rsscn7", per_class=4, size=16)
+    suite = {
+        "results": str(tmp_path / "results.jsonl"),
+        "work": str(tmp_path / "work"),
+        "datasets": {"fake": {"path": str(data), "img_size": 16}},
+        "train": {"batch_size": 8},
+        "finetune": {"epochs": 1, "batch_size": 8},
+        "parents": [{"dataset": "fake", "model": "resnet18", "epochs": 1, "seeds": [0],
+                     "bf16": True, "channels_last": True}],
+        "cells": [{"dataset": "fake", "model": "resnet18", "method": "l1", "budgets": [0.5]}],
+        "distill": {"epochs": 1, "batch_size": 8},
+        "distill_cells": [{"dataset": "fake", "model": "resnet18", "student": "g_ghost_regnetx_tiny", "loss": "kd"}],
+        "latency_repeats": 2,
+    }
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    assert run_suite(path) == 2
+    parent = tmp_path / "work" / "fake-resnet18-e1-s0-bf16"
+    for run in (parent, parent / "l1-0.5", parent / "distill-kd-g_ghost_regnetx_tiny"):
+        flags = _bf16_flags(json.loads((run / "config.json").read_text()))
+        assert flags and all(flags), run
+    assert all(r["bf16"] and r["channels_last"] for r in read_records(tmp_path / "results.jsonl"))
