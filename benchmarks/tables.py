@@ -30,12 +30,16 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         top1, top1_sd = _mean_std([r["top1"] for r in rs])
         timed = all("parent_latency_ms_bs1" in r for r in rs)
         # A student's reference is its teacher; an unpruned parent is its own.
-        parent, _ = _mean_std([r.get("parent_top1", r.get("teacher_top1", r["top1"])) for r in rs])
+        refs = [r.get("parent_top1", r.get("teacher_top1", r["top1"])) for r in rs]
+        parent, _ = _mean_std(refs)
+        # Each seed against its own parent: fair where a cell's parents were re-trained.
+        delta, delta_sd = _mean_std([r["top1"] - ref for r, ref in zip(rs, refs, strict=True)])
         rows.append({
             "dataset": dataset, "model": model, "method": method, "target_macs": target,
             "macs_kept": statistics.fmean(r.get("macs_kept", 1.0) for r in rs),
             "params": statistics.fmean(r["params"] for r in rs),
-            "top1": top1, "top1_std": top1_sd, "parent_top1": parent, "seeds": len(rs),
+            "top1": top1, "top1_std": top1_sd, "parent_top1": parent, "delta": delta, "delta_std": delta_sd,
+            "seeds": len(rs),
             # Latency only as a ratio to the parent timed interleaved with it: absolute
             # milliseconds follow the machine's load (a parent's bs1 median ranged 7.6-22 ms
             # across the records of one day), the ratio of a pair timed A, B, A, B does not.
@@ -47,29 +51,30 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def _top1(row: dict[str, Any]) -> str:
-    """Mean ± std over seeds; one seed has no spread to show."""
-    mean = f"{100 * row['top1']:.2f}"
-    return f"{mean} ± {100 * row['top1_std']:.2f}" if row["seeds"] > 1 else mean
+def _top1(row: dict[str, Any], key: str = "top1") -> str:
+    """Mean ± std over seeds in points; one seed has no spread to show."""
+    mean = f"{100 * row[key]:{'+' if key == 'delta' else ''}.2f}"
+    return f"{mean} ± {100 * row[key + '_std']:.2f}" if row["seeds"] > 1 else mean
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["| dataset | model | method | MACs target | MACs kept | params (M) | top-1 (%) | parent / teacher top-1 (%) "
-             "| bs1 speedup | speedup ÷ MACs ratio | seeds |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| top-1 − own parent (points) | bs1 speedup | speedup ÷ MACs ratio | seeds |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         # speedup ÷ (parent MACs / MACs): how much of the MAC saving turns into time (1 = all).
         speed, share = (f"{r['speedup']:.2f}×", f"{r['speedup'] * r['macs_kept']:.2f}") if r["speedup"] else ("", "")
         lines.append(
             f"| {r['dataset']} | {r['model']} | {r['method']} | {r['target_macs'] or ''} | {100 * r['macs_kept']:.1f} % "
             f"| {r['params'] / 1e6:.2f} "
-            f"| {_top1(r)} | {100 * r['parent_top1']:.2f} | {speed} | {share} | {r['seeds']} |")
+            f"| {_top1(r)} | {100 * r['parent_top1']:.2f} | {_top1(r, 'delta')} | {speed} | {share} | {r['seeds']} |")
     return "\n".join(lines) + "\n"
 
 
-def by_method(rows: list[dict[str, Any]]) -> str:
+def by_method(rows: list[dict[str, Any]], key: str = "top1") -> str:
     """Per parent model: one line per method, one column per (dataset, MACs target), top-1 %
-    as mean ± std (n seeds), and the parents' mean top-1 last: the headline comparison."""
+    (``key="delta"``: top-1 minus each seed's own parent, points) as mean ± std (n seeds), and
+    the parents' mean top-1 last: the headline comparison."""
     out = []
     for model in sorted({r["model"] for r in rows if r["target_macs"] is not None}):
         mine = [r for r in rows if r["model"] == model and r["target_macs"] is not None]
@@ -80,7 +85,7 @@ def by_method(rows: list[dict[str, Any]]) -> str:
                 "|---" * (len(columns) + 1) + "|"]
         for method in sorted({r["method"] for r in mine}):
             found = [cell.get((method, d, t)) for d, t in columns]
-            out.append(f"| {method} | " + " | ".join(f"{_top1(r)} (n={r['seeds']})" if r else "" for r in found) + " |")
+            out.append(f"| {method} | " + " | ".join(f"{_top1(r, key)} (n={r['seeds']})" if r else "" for r in found) + " |")
         # The parents of the best-covered cell of each column (all its seeds).
         parents = [max((r for r in mine if (r["dataset"], r["target_macs"]) == c), key=lambda r: r["seeds"])
                    for c in columns]
@@ -131,5 +136,6 @@ def plot(rows: list[dict[str, Any]], out_dir: Path, prefix: str) -> list[Path]:
 def write_tables(results: Path) -> tuple[Path, list[Path]]:
     rows = summarise(read_records(results))
     table = results.with_suffix(".md")
-    table.write_text(markdown(rows) + "\n## Top-1 (%) by method\n\n" + by_method(rows))
+    table.write_text(markdown(rows) + "\n## Top-1 (%) by method\n\n" + by_method(rows)
+                     + "\n## Top-1 minus each seed's own parent (points) by method\n\n" + by_method(rows, "delta"))
     return table, plot(rows, results.parent, results.stem)

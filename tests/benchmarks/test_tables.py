@@ -17,6 +17,10 @@ def test_by_method_pivots_methods_against_dataset_and_budget():
     assert lines[4] == "| l1 | 40.00 (n=1) | 60.00 (n=1) | 50.00 (n=1) |"
     assert lines[5] == "| rt |  | 75.00 ± 7.07 (n=2) |  |"
     assert lines[6] == "| parent | 80.00 | 85.00 | 80.00 |"  # ucm 10 %: rt's two parents
+    # Each seed against its own parent: rt's seeds are 10 and 10 points below theirs.
+    deltas = by_method(summarise(records), "delta").splitlines()
+    assert deltas[4] == "| l1 | -40.00 (n=1) | -20.00 (n=1) | -30.00 (n=1) |"
+    assert deltas[5] == "| rt |  | -10.00 ± 0.00 (n=2) |  |"
 
 
 def test_latency_is_summarised_as_a_ratio_to_the_interleaved_parent():
