@@ -16,7 +16,7 @@ from rscompress.prune import apply_architecture, architecture_spec
 from rscompress.prune.budget import TOLERANCE
 from rscompress.prune.graph import apply_plan, build_graph
 from rscompress.prune.methods.nas import AlphaImportance, lambda_at, nas_search
-from rscompress.prune.methods.nas_cost import ExpectedMacs
+from rscompress.prune.methods.nas_cost import ExpectedMacs, cost_awareness_loss
 from rscompress.prune.methods.nas_gates import ChannelGates, gate_layout
 from rscompress.prune.plan import plan_pruning
 from rscompress.prune.pruner import score_model
@@ -277,3 +277,21 @@ def test_interrupted_search_resumes_to_the_same_end(tmp_path) -> None:
     with pytest.raises(UserError, match="other settings"):
         nas_search(parent("resnet18"), Batches(32, seed=0), Batches(16, seed=1), checkpoint_dir=tmp_path,
                    **{**settings, "lam": 1.0})
+
+
+def test_cost_awareness_loss_is_the_miss_relative_to_the_target() -> None:
+    ratio = torch.tensor(0.3, requires_grad=True)
+    assert cost_awareness_loss(torch.tensor(0.1), 0.1) == 0
+    for target in (0.2, 0.1, 0.05):
+        (grad,) = torch.autograd.grad(cost_awareness_loss(ratio, target), ratio)
+        # Above the target the push is 1/r*: a harder target is pushed harder, not the same.
+        assert grad == pytest.approx(1 / target)
+    assert cost_awareness_loss(torch.tensor(0.05), 0.1) == pytest.approx(0.5)
+
+
+def test_harder_targets_get_a_different_search_that_ends_nearer_them() -> None:
+    # Moderate settings, so the toy search does not reach the targets and the trajectories
+    # show the push: with the absolute miss both would have been identical.
+    ends = {target: run_search(parent("resnet18"), target_macs=target, lam=2.0, arch_lr=0.1)[1].expected_ratio
+            for target in (0.2, 0.05)}
+    assert ends[0.05][-1] < ends[0.2][-1]
