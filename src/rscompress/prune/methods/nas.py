@@ -11,9 +11,9 @@ so residual streams share gates). The search is first-order DARTS, alternating
   (they are the selection split, DESIGN.md) and dropout does not blur the signal.
 
 E[MACs] is differentiable in the gates (nas_cost.py). The cost term is METHODS.md's
-|E[MACs]/F_full − r*| divided by r* (``cost_awareness_loss``: why there). λ rises linearly from 0 over the
-first ``warmup_epochs`` epochs, so cross-entropy alone ranks the channels before the cost
-term starts pushing gates down.
+|E[MACs]/F_full − r*| divided by r* (``cost_awareness_loss``: why there). λ rises linearly
+from 0 over the first ``warmup_epochs`` epochs, so cross-entropy alone ranks the channels
+before the cost term starts pushing gates down.
 
 After the search the gates come off (hooks removed: the model is a plain model again) and
 the channels are ranked globally by α. ``prune_to_budget`` with an importance that returns
@@ -253,8 +253,9 @@ def nas_search(
     miss relative to the target, which is about 1 at a 35 % target's start (on the scale of
     a trained parent's CE) and grows with harder targets, which need the harder push: with
     the absolute miss a UC Merced se_resnet18 search (23 steps an epoch, 20 epochs) stalled
-    at an expected ratio of 0.23 for both a 0.10 and a 0.05 target. ``warmup_epochs`` 2: λ = 0 in the first epoch,
-    λ/2 in the second, so CE alone ranks the channels before the cost pushes.
+    at an expected ratio of 0.23 for both a 0.10 and a 0.05 target. ``warmup_epochs`` 2:
+    λ = 0 in the first epoch, λ/2 in the second, so CE alone ranks the channels before the
+    cost pushes.
     ``progress(epoch, expected ratio, target, mean val CE)`` is called after each epoch.
     ``seed`` seeds the search's own randomness (dropout); the caller's CPU RNG state is
     restored afterwards. ``checkpoint_dir``: the search state is committed there after every

@@ -124,8 +124,9 @@ def cost_awareness_loss(ratio: Tensor, target: float) -> Tensor:
 
     The absolute form |ratio − r*| has a gradient that does not depend on r* while the ratio
     is above it, so searches towards 10 % and 5 % ran identically and both stalled near a
-    ratio of 0.23 in 20 epochs on UC Merced (benchmarks/results/pruning.jsonl, nas_search in
-    the run dirs), leaving the threshold a one-shot cut from 23 % to the target. Relative to
-    r*, a hard target pushes as hard per share of its budget as an easy one.
+    ratio of 0.23 in 20 epochs on UC Merced (benchmarks/results/superseded/
+    pruning-nas-absolute-cost.jsonl), leaving the threshold a one-shot cut from 23 % to the
+    target. Relative to r*, a hard target pushes as hard per share of its budget as an easy
+    one.
     """
     return (ratio / target - 1).abs()
