@@ -59,6 +59,15 @@ class TrainingDiverged(UserError):
     """The loss became NaN/Inf; the last good checkpoint is left as it was."""
 
 
+def _diverged(what: str, epoch: int, lr: float, run: RunDir) -> TrainingDiverged:
+    """The error for ``what`` went non-finite in 0-based ``epoch``: where to resume, what to try."""
+    last = f"after epoch {epoch}" if epoch > 0 else "none yet"
+    return TrainingDiverged(
+        f"{what} (lr {lr:.3g}); last good checkpoint: {last} in {run.checkpoint_dir}. "
+        "Lower --lr or add warm-up, then --resume."
+    )
+
+
 def cross_entropy_loss(label_smoothing: float = 0.0) -> LossFn:
     def loss_fn(model, x, y, epoch):
         logits = model(x)
@@ -150,12 +159,7 @@ def fit(
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
                     loss, logits = loss_fn(train_model, x, y, epoch)
                 if not all_true(bool(torch.isfinite(loss)), dist):
-                    last = f"after epoch {epoch}" if epoch > 0 else "none yet"
-                    raise TrainingDiverged(
-                        f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} "
-                        f"(lr {lr:.3g}); last good checkpoint: {last} in {run.checkpoint_dir}. "
-                        "Lower --lr or add warm-up, then --resume."
-                    )
+                    raise _diverged(f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}", epoch, lr, run)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -180,11 +184,8 @@ def fit(
             # Finite training losses do not make finite weights (a last step can overflow them,
             # BN statistics can go NaN): such an epoch must not become a checkpoint or "best".
             if not all_true(val is None or math.isfinite(val.loss), dist):
-                raise TrainingDiverged(
-                    f"validation loss became {val.loss if val else 'non-finite'} after epoch {epoch + 1} "
-                    f"(lr {lr:.3g}); last good checkpoint: {f'after epoch {epoch}' if epoch > 0 else 'none yet'} "
-                    f"in {run.checkpoint_dir}. Lower --lr or add warm-up, then --resume."
-                )
+                raise _diverged(f"validation loss became {val.loss if val else 'non-finite'} after epoch {epoch + 1}",
+                                epoch, lr, run)
             if dist.is_main:
                 score = (val.top1, -val.loss)
                 is_best = score > best_score
