@@ -18,6 +18,7 @@ suite_args.add_argument("--seeds", nargs="+", type=int, help="only these seeds")
 suite_args.add_argument("--budgets", nargs="+", type=float, help="only these MACs targets")
 suite_args.add_argument("--models", nargs="+", help="only the parents (teachers) of these models")
 suite_args.add_argument("--methods", nargs="+", help="only these methods, by record label (bn-global, distill-dkd)")
+suite_args.add_argument("--students", nargs="+", help="only the distillation cells of these student models")
 suite_args.add_argument("--threads", type=int, help="torch threads (1 when two suites share 2 cores)")
 sub.add_parser("tables", help="markdown table + plots from a results file").add_argument("results", type=Path)
 args = parser.parse_args()
@@ -26,7 +27,8 @@ if args.verb == "suite":
         torch.set_num_threads(args.threads)
     try:
         appended = run_suite(args.suite, datasets=args.datasets, seeds=args.seeds, budgets=args.budgets,
-                             models=args.models, methods=args.methods)
+                             models=args.models, methods=args.methods,
+                             students=args.students)
     except UserError as exc:
         parser.error(str(exc))
     print(f"{appended} new records")

@@ -171,11 +171,11 @@ def _distill_record(suite: Suite, cell: DistillCell, teacher: Parent, teacher_di
 
 def run_suite(path: Path, *, datasets: list[str] | None = None, seeds: list[int] | None = None,
               budgets: list[float] | None = None, models: list[str] | None = None,
-              methods: list[str] | None = None) -> int:
+              methods: list[str] | None = None, students: list[str] | None = None) -> int:
     """Run every missing cell; returns how many records were appended.
 
     ``datasets``/``seeds``/``budgets``/``models`` (parent or teacher)/``methods`` (record
-    labels, e.g. ``bn-global`` or ``distill-dkd``) restrict the run to a slice of the grid (the
+    labels, e.g. ``bn-global`` or ``distill-dkd``)/``students`` (distillation cells only) restrict the run to a slice of the grid (the
     headline cells first on a small machine); the records are the same ones the full run
     writes, so a later full run only adds what is missing.
     """
@@ -186,6 +186,7 @@ def run_suite(path: Path, *, datasets: list[str] | None = None, seeds: list[int]
         ("budget", budgets, {b for c in suite.cells for b in c.budgets}),
         ("model", models, {p.model for p in suite.parents}),
         ("method", methods, {label(c) for c in suite.cells} | {_distill_label(c) for c in suite.distill_cells}),
+        ("student", students, {c.student for c in suite.distill_cells}),
     ):
         if unknown := sorted(set(wanted or ()) - known):
             raise UserError(f"{name} {unknown} is not in {path} (it has {sorted(known)})")
@@ -195,8 +196,9 @@ def run_suite(path: Path, *, datasets: list[str] | None = None, seeds: list[int]
     for parent in parents:
         for seed in (s for s in parent.seeds if seeds is None or s in seeds):
             parent_dir = None
+            # A student slice is about distillation cells only.
             for cell in (c for c in suite.cells if (c.dataset, c.model) == (parent.dataset, parent.model)
-                         and (methods is None or label(c) in methods)):
+                         and (methods is None or label(c) in methods) and students is None):
                 for budget in (b for b in cell.budgets if budgets is None or b in budgets):
                     key = {"dataset": cell.dataset, "model": cell.model, "method": label(cell),
                            "target_macs": budget, "seed": seed, "finetune_epochs": suite.finetune.epochs}
@@ -217,7 +219,8 @@ def run_suite(path: Path, *, datasets: list[str] | None = None, seeds: list[int]
             if budgets is not None:
                 continue  # a budget slice is about pruning cells only
             for dcell in (c for c in suite.distill_cells if (c.dataset, c.model) == (parent.dataset, parent.model)
-                          and (methods is None or _distill_label(c) in methods)):
+                          and (methods is None or _distill_label(c) in methods)
+                          and (students is None or c.student in students)):
                 key = {"dataset": dcell.dataset, "model": dcell.student, "method": _distill_label(dcell),
                        "teacher_model": dcell.model, "seed": seed, "epochs": suite.distill.epochs}
                 if has_record(suite.results, key):

@@ -37,7 +37,10 @@ def test_tiny_suite_records_then_skips_and_tabulates(tmp_path):
     assert {(r["seed"], r["method"]) for r in read_records(tmp_path / "results" / "pruning.jsonl")} == {
         (1, "l1-global"), (1, "distill-dkd")}
     assert run_suite(path, seeds=[1], budgets=[0.3], models=["se_resnet18"]) == 1  # budgets: pruning cells only
-    assert run_suite(path) == 3  # ... and the full run adds only what is missing
+    assert run_suite(path, seeds=[0], students=["g_ghost_regnetx_tiny"]) == 1  # students: distillation only
+    assert {(r["seed"], r["method"]) for r in read_records(tmp_path / "results" / "pruning.jsonl")
+            if r["seed"] == 0} == {(0, "distill-dkd")}
+    assert run_suite(path) == 2  # ... and the full run adds only what is missing
     records = read_records(tmp_path / "results" / "pruning.jsonl")
     students = [r for r in records if r["method"] == "distill-dkd"]
     assert len(students) == 2 and all(r["model"] == "g_ghost_regnetx_tiny" and r["params_kept"] < 0.1
@@ -58,6 +61,7 @@ def test_tiny_suite_records_then_skips_and_tabulates(tmp_path):
     ({"budgets": [0.2]}, r"budget \[0.2\] is not in"),
     ({"methods": ["bn-globl"]}, r"method \['bn-globl'\] is not in .*'bn-global'"),
     ({"models": ["resnet50"]}, r"model \['resnet50'\] is not in"),
+    ({"students": ["ghostnet"]}, r"student \['ghostnet'\] is not in"),
 ])
 def test_slice_outside_the_suite_names_the_bad_value(kwargs, message):
     with pytest.raises(UserError, match=message):
