@@ -38,9 +38,9 @@ class Parent(StrictModel):
     model: str
     epochs: int = Field(gt=0)
     seeds: list[int]
-    # Mixed precision for the parent, its pruned models' fine-tuning and its students: bf16
-    # autocast and channels_last halve a vgg16_bn training step on an AVX512-BF16 CPU
-    # (benchmarks/results/train_step.json). NAS search and L1RR sparse training stay fp32.
+    # Mixed precision for the parent, its pruned models (NAS search, sparse training and
+    # fine-tuning) and its students: bf16 autocast and channels_last halve a vgg16_bn training
+    # step on an AVX512-BF16 CPU (benchmarks/results/train_step.json).
     bf16: bool = False
     channels_last: bool = False
     # The parent's peak lr where the shared recipe's does not suit its model.

@@ -167,6 +167,8 @@ def prune(
     label_smoothing: Annotated[float, typer.Option()] = 0.0,
     seed: Annotated[int, typer.Option()] = 0,
     threads: Annotated[int | None, typer.Option()] = None,
+    channels_last: Annotated[bool, typer.Option(help="channels_last memory in fine-tuning, NAS search and sparse training.")] = False,
+    bf16: Annotated[bool, typer.Option(help="bfloat16 autocast on CPU in fine-tuning, NAS search and sparse training.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted fine-tuning.")] = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
@@ -176,7 +178,8 @@ def prune(
     from rscompress.config import KDSettings, PruneConfig
 
     fit_cfg = _fit(finetune_epochs, batch_size, seed, label_smoothing, threads,
-                   _optim(optimizer, lr, momentum, weight_decay, schedule, milestones, gamma, warmup_epochs))
+                   _optim(optimizer, lr, momentum, weight_decay, schedule, milestones, gamma, warmup_epochs),
+                   channels_last=channels_last, bf16=bf16)
     cfg = _validated(
         PruneConfig, method=method, target_macs=target_macs, target_params=target_params, ratio=ratio,
         global_pruning=global_pruning, round_to=round_to, loss=loss, r1=r1, r2=r2, sparse_epochs=sparse_epochs,
@@ -218,6 +221,8 @@ def distill(
     label_smoothing: Annotated[float, typer.Option()] = 0.0,
     seed: Annotated[int, typer.Option()] = 0,
     threads: Annotated[int | None, typer.Option()] = None,
+    channels_last: Annotated[bool, typer.Option(help="Use channels_last memory format.")] = False,
+    bf16: Annotated[bool, typer.Option(help="bfloat16 autocast on CPU (student and teacher forward).")] = False,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run.")] = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
@@ -227,7 +232,8 @@ def distill(
     from rscompress.config import DistillConfig
 
     fit_cfg = _fit(epochs, batch_size, seed, label_smoothing, threads,
-                   _optim(optimizer, lr, momentum, weight_decay, schedule, milestones, gamma, warmup_epochs))
+                   _optim(optimizer, lr, momentum, weight_decay, schedule, milestones, gamma, warmup_epochs),
+                   channels_last=channels_last, bf16=bf16)
     cfg = _validated(
         DistillConfig, loss=loss, temperature=temperature, alpha=alpha, beta=beta, kd_weight=kd_weight,
         kd_warmup_epochs=kd_warmup_epochs, cache_teacher_logits=cache_teacher_logits, small_input=small_input,
@@ -391,12 +397,12 @@ def _optim(optimizer, lr, momentum, weight_decay, schedule, milestones, gamma, w
     )
 
 
-def _fit(epochs, batch_size, seed, label_smoothing, threads, optim):
+def _fit(epochs, batch_size, seed, label_smoothing, threads, optim, *, channels_last, bf16):
     from rscompress.config import FitConfig
 
     return _validated(
         FitConfig, epochs=epochs, batch_size=batch_size, seed=seed, optim=optim,
-        label_smoothing=label_smoothing, threads=threads,
+        label_smoothing=label_smoothing, threads=threads, channels_last=channels_last, bf16=bf16,
     )
 
 

@@ -64,6 +64,14 @@ def test_bad_student_and_loss(teacher, tmp_path, capsys):
     assert code == 2 and "--loss" in capsys.readouterr().err
 
 
+def test_cli_distill_in_bf16_channels_last(teacher, tmp_path):
+    out = tmp_path / "bf16"
+    assert main(["distill", "--teacher", str(teacher), "--student", "g_ghost_regnetx_tiny", "--small-input",
+                 "--epochs", "1", "--batch-size", "8", "--bf16", "--channels-last", "--out", str(out), "--quiet"]) == 0
+    train = json.loads((out / "config.json").read_text())["train"]
+    assert (train["bf16"], train["channels_last"]) == (True, True)
+
+
 def test_prune_then_distill_from_the_parent(teacher, tmp_path, capsys):
     before = {k: v.clone() for k, v in RunDir(teacher).load_state_dict().items()}
     out = tmp_path / "pdkd"

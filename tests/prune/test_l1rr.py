@@ -251,3 +251,25 @@ def test_interrupted_sparse_training_resumes_to_the_same_end(tmp_path) -> None:
 
     with pytest.raises(UserError, match="other settings"):
         sparse_train(copy.deepcopy(parent), train, val, SparsityConfig(epochs=4), checkpoint_dir=tmp_path)
+
+
+def test_bf16_channels_last_sparse_training_runs_in_them_and_returns_float32_default_layout() -> None:
+    torch.manual_seed(0)
+    parent = create_model("resnet18", NUM_CLASSES, small_input=True)
+    train, val = data(n_batches=2, batch=4)
+    seen: list[tuple[torch.dtype, bool]] = []
+
+    def record(module: nn.Module, _inputs: object, out: Tensor) -> None:
+        if module.training:  # the student's steps; the frozen reference copy runs in eval mode
+            seen.append((out.dtype, out.is_contiguous(memory_format=torch.channels_last)))
+
+    parent.layer1.register_forward_hook(record)
+    cfg = SparsityConfig(epochs=2, lr=0.05, strength=1e-3, target_sparsity=0.3, bf16=True, channels_last=True)
+    model, report = sparse_train(parent, train, val, cfg)
+    # the student's training forwards (2 epochs × 2 batches); validation runs in eval mode, float32
+    assert seen == [(torch.bfloat16, True)] * 4
+    assert report.history[-1]["attention_loss"] > 0 and report.final_sparsity >= 0
+    assert all(p.dtype == torch.float32 and p.is_contiguous() for p in model.parameters())
+    fp32 = sparse_train(copy.deepcopy(parent), train, val, SparsityConfig(epochs=2, lr=0.05, strength=1e-3,
+                                                                          target_sparsity=0.3))[1]
+    assert fp32.history[-1]["train_ce"] != report.history[-1]["train_ce"]

@@ -229,6 +229,23 @@ def test_same_seed_same_result() -> None:
     assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
 
 
+def test_bf16_channels_last_search_runs_in_them_and_returns_a_float32_default_layout_model() -> None:
+    model = parent("resnet18")
+    seen: list[tuple[torch.dtype, bool]] = []
+    # deepcopy carries the hook into the searched copy: it sees the search's forward passes.
+    model.conv1.register_forward_hook(
+        lambda _m, inputs, out: seen.append((out.dtype, inputs[0].is_contiguous(memory_format=torch.channels_last))))
+    pruned, report, _, _ = run_search(model, search_epochs=2, target_macs=0.5, bf16=True, channels_last=True)
+    # every weight and score step of 2 epochs × 4 train batches; the rest (graph tracing, MACs
+    # counts) are outside the search's training
+    assert seen.count((torch.bfloat16, True)) == 2 * 4 * 2
+    macs, _ = count_macs_params(pruned, IMG)
+    assert abs(macs / count_macs_params(model, IMG)[0] / 0.5 - 1) <= TOLERANCE
+    assert all(p.dtype == torch.float32 and p.is_contiguous() for p in pruned.parameters())
+    fp32 = run_search(parent("resnet18"), search_epochs=2, target_macs=0.5)[1]
+    assert report.expected_ratio != fp32.expected_ratio
+
+
 def test_lambda_warms_up_linearly_from_zero() -> None:
     assert [lambda_at(e, 2.0, 2) for e in range(4)] == [0.0, 1.0, 2.0, 2.0]
     assert lambda_at(0, 2.0, 0) == 2.0
@@ -277,6 +294,9 @@ def test_interrupted_search_resumes_to_the_same_end(tmp_path) -> None:
     with pytest.raises(UserError, match="other settings"):
         nas_search(parent("resnet18"), Batches(32, seed=0), Batches(16, seed=1), checkpoint_dir=tmp_path,
                    **{**settings, "lam": 1.0})
+    with pytest.raises(UserError, match="other settings"):  # nor in another precision
+        nas_search(parent("resnet18"), Batches(32, seed=0), Batches(16, seed=1), checkpoint_dir=tmp_path,
+                   **{**settings, "bf16": True})
 
 
 def test_cost_awareness_loss_is_the_miss_relative_to_the_target() -> None:

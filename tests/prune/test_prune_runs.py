@@ -102,6 +102,17 @@ def test_sparse_methods_train_then_prune_globally(parents, tmp_path, method):
         (True, True) if method == "l1rr" else (False, False))
 
 
+def test_cli_bf16_channels_last_reach_sparse_training_and_finetuning(parents, tmp_path):
+    out = tmp_path / "l1rr-bf16"
+    assert main(["prune", str(parents["resnet18"]), "--method", "l1rr", "--target-macs", "0.35", "--sparse-epochs", "1",
+                 "--finetune-epochs", "1", "--batch-size", "8", "--bf16", "--channels-last", "--out", str(out),
+                 "--quiet"]) == 0
+    train = json.loads((out / "config.json").read_text())["train"]
+    assert (train["bf16"], train["channels_last"]) == (True, True)
+    sparse = json.loads((out / "metrics.json").read_text())["sparse_training"]["config"]
+    assert (sparse["bf16"], sparse["channels_last"]) == (True, True)
+
+
 def test_interrupted_finetune_resumes_without_pruning_again(parents, tmp_path, monkeypatch):
     out = tmp_path / "r"
     cfg = PruneConfig(method="l1", target_macs=0.3, finetune=FitConfig(epochs=2, batch_size=8))

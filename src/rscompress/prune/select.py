@@ -107,6 +107,8 @@ def _sparse_train(model, model_name, cfg: PruneConfig, train_batches, val_batche
         attention_layers=layers,
         target_sparsity=min(max(target_sparsity, 0.05), 0.9),
         seed=cfg.finetune.seed,
+        bf16=cfg.finetune.bf16,
+        channels_last=cfg.finetune.channels_last,
     )
 
     def progress(epoch, sparsity, strength, val_loss):
@@ -131,6 +133,7 @@ def _nas(model, img_size: int, cfg: PruneConfig, train_batches, val_batches, log
     pruned, report = nas_search(
         model, train_batches, val_batches, img_size=img_size, target_macs=cfg.target_macs,
         search_epochs=cfg.search_epochs, progress=progress, seed=cfg.finetune.seed, checkpoint_dir=phase_dir,
+        bf16=cfg.finetune.bf16, channels_last=cfg.finetune.channels_last,
     )
     details = report.to_dict()
     return pruned, {"budget": details.pop("budget"), "nas_search": details}

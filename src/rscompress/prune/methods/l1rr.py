@@ -89,6 +89,9 @@ class SparsityConfig:
       stages 3–5, ("features.22", "features.32", "features.42").
     * ``momentum``/``weight_decay`` 0.9/5e-4: the project's training defaults (config.py),
       on all parameters, so sparse training differs from training only by its extra terms.
+    * ``bf16``/``channels_last``: the training forward passes (model and frozen reference) in
+      bfloat16 autocast / channels_last memory, as the fine-tuning recipe's FitConfig says;
+      γ, the penalty, the losses and validation stay float32.
     """
 
     epochs: int = 30
@@ -109,6 +112,8 @@ class SparsityConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     seed: int = 0
+    bf16: bool = False
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         checks = [
@@ -283,6 +288,8 @@ def sparse_train(
     was_training = model.training
 
     ref = evaluate(model, val_batches, num_classes)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model.to(memory_format=memory_format)  # before the reference copy: both run alike
     optimizer = torch.optim.SGD(
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
@@ -322,11 +329,14 @@ def sparse_train(
             sums = {"ce": 0.0, "attention": 0.0, "penalty": 0.0}
             steps = 0
             for x, y in train_batches:
-                x, y = x.to(param.device, param.dtype), y.to(param.device)
-                ce = F.cross_entropy(model(x).float(), y)
+                x = x.to(param.device, param.dtype, memory_format=memory_format)
+                y = y.to(param.device)
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                    logits = model(x)
+                    at = attention(x) if attention is not None else None
+                ce = F.cross_entropy(logits.float(), y)
                 loss = ce
-                if attention is not None:
-                    at = attention(x)
+                if at is not None:
                     loss = loss + cfg.attention_weight * at
                     sums["attention"] += at.item()
                 if not torch.isfinite(loss):
@@ -366,6 +376,7 @@ def sparse_train(
                 save_phase(checkpoint_dir, epoch, model.state_dict(), {"sgd": optimizer},
                            {"config": settings, "strength": strength, "history": history})
     model.train(was_training)
+    model.to(memory_format=torch.contiguous_format)  # pruned next, in the default layout
     report = SparsityReport(
         epochs=cfg.epochs,
         prunable_bns=len(bns),

@@ -29,6 +29,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -155,13 +156,18 @@ def _search(
     seed: int,
     checkpoint_dir: Path | None,
     settings: dict,
+    bf16: bool,
+    channels_last: bool,
 ) -> tuple[list[float], list[float], list[float]]:
     """The bi-level loop on a gated model; returns (expected ratio, train CE, val CE) per epoch.
 
     Each epoch is seeded on its own and restarts the val stream, so one resumed from
-    ``checkpoint_dir`` (committed after every epoch) runs exactly as it would have.
+    ``checkpoint_dir`` (committed after every epoch) runs exactly as it would have. ``bf16``
+    autocasts the two forward passes only: the expected-MACs cost stays float32.
     """
     device = gates.alpha.device
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    autocast = partial(torch.autocast, "cpu", dtype=torch.bfloat16, enabled=bf16)
     weights = [p for p in model.parameters() if p.requires_grad]
     weight_opt = torch.optim.SGD(weights, lr=weight_lr, momentum=WEIGHT_MOMENTUM)
     arch_opt = torch.optim.Adam([gates.alpha], lr=arch_lr)
@@ -187,14 +193,18 @@ def _search(
         sums, steps = [0.0, 0.0], 0
         for x, y in train_batches:
             model.train()
-            loss = F.cross_entropy(model(x.to(device)), y.to(device))
+            with autocast():
+                logits = model(x.to(device, memory_format=memory_format))
+            loss = F.cross_entropy(logits.float(), y.to(device))
             weight_opt.zero_grad(set_to_none=True)
             loss.backward(inputs=weights)  # α gets no gradient: it is frozen in this step
             weight_opt.step()
 
             vx, vy = next(val_stream)
             model.eval()
-            ce = F.cross_entropy(model(vx.to(device)), vy.to(device))
+            with autocast():
+                logits = model(vx.to(device, memory_format=memory_format))
+            ce = F.cross_entropy(logits.float(), vy.to(device))
             arch_loss = ce + lam_now * cost_awareness_loss(cost.ratio(gates.flat()), target)
             arch_opt.zero_grad(set_to_none=True)
             arch_loss.backward(inputs=[gates.alpha])  # weights get no gradient
@@ -237,6 +247,8 @@ def nas_search(
     progress: Progress | None = None,
     seed: int = 0,
     checkpoint_dir: Path | None = None,
+    bf16: bool = False,
+    channels_last: bool = False,
 ) -> tuple[nn.Module, NASReport]:
     """Search channel scores on a copy of ``model``, then prune it to ``target_macs``.
 
@@ -259,7 +271,10 @@ def nas_search(
     ``progress(epoch, expected ratio, target, mean val CE)`` is called after each epoch.
     ``seed`` seeds the search's own randomness (dropout); the caller's CPU RNG state is
     restored afterwards. ``checkpoint_dir``: the search state is committed there after every
-    epoch, and a call with the same parent and settings continues from it.
+    epoch, and a call with the same parent and settings continues from it. ``bf16`` and
+    ``channels_last``: the search's forward passes in bfloat16 autocast / channels_last memory
+    (about 2x faster for vgg16_bn on an AVX512-BF16 CPU, benchmarks/results/train_step.json);
+    the pruned model comes back float32 in the default memory format either way.
     """
     _check(
         target_macs,
@@ -280,19 +295,24 @@ def nas_search(
     with torch.no_grad():
         initial = float(cost.ratio(gates.flat()))
     gates.attach(searched)
+    if channels_last:
+        searched.to(memory_format=torch.channels_last)
     try:
         settings = {"target_macs": float(target_macs), "img_size": img_size, "search_epochs": search_epochs,
                     "weight_lr": weight_lr, "arch_lr": arch_lr, "tau": tau, "lam": lam,
-                    "warmup_epochs": warmup_epochs, "seed": seed, "cost": "relative"}
+                    "warmup_epochs": warmup_epochs, "seed": seed, "cost": "relative", "bf16": bf16,
+                    "channels_last": channels_last}
         with torch.random.fork_rng(devices=[]):
             ratios, train_ce, val_ce = _search(
                 searched, gates, cost, train_batches, val_batches,
                 target=float(target_macs), epochs=search_epochs, weight_lr=weight_lr,
                 arch_lr=arch_lr, lam=lam, warmup_epochs=warmup_epochs, progress=progress,
-                seed=seed, checkpoint_dir=checkpoint_dir, settings=settings,
+                seed=seed, checkpoint_dir=checkpoint_dir, settings=settings, bf16=bf16,
+                channels_last=channels_last,
             )
     finally:
         gates.remove()
+        searched.to(memory_format=torch.contiguous_format)  # the pruned model in the default layout
     for m, flag in zip(searched.modules(), flags, strict=True):
         m.training = flag
     searched.zero_grad(set_to_none=True)
