@@ -95,8 +95,11 @@ def train(
         "path": data_cfg.path.resolve(),
         "test_path": data_cfg.test_path.resolve() if data_cfg.test_path else None,
     })
-    data = _prepare_shared(data_cfg, run, quiet, dist)
     model_kwargs = {"small_input": train_cfg.small_input}
+    if resume:
+        run.check_resume_settings({"model": train_cfg.model, "model_kwargs": model_kwargs,
+                                   "data": data_cfg.model_dump(mode="json"), "train": train_cfg.model_dump(mode="json")})
+    data = _prepare_shared(data_cfg, run, quiet, dist)
     config = RunConfig(
         model=train_cfg.model,
         num_classes=len(data.class_names),
@@ -298,6 +301,15 @@ def prune(parent_path: Path, cfg: PruneConfig, out: Path, *, resume: bool = Fals
     from rscompress.prune.select import select_and_prune
 
     parent, run, model, parent_cfg, parent_metrics = _open_source(parent_path, out, resume, cfg.finetune.threads)
+    is_se = parent_cfg.model.startswith("se_")
+    settings = {
+        "method": cfg.method,
+        "method_params": {**cfg.model_dump(mode="json", exclude={"finetune"}), "se_folded": is_se},
+        "parent": str(parent.path.resolve()),
+        "train": cfg.finetune.model_dump(mode="json"),
+    }
+    if resume:
+        run.check_resume_settings(settings)
     data_cfg = DataConfig.model_validate(parent_cfg.data)
     with decode_progress(quiet) as progress:
         data = prepare_data(data_cfg, parent.split_path, progress)
@@ -310,7 +322,6 @@ def prune(parent_path: Path, cfg: PruneConfig, out: Path, *, resume: bool = Fals
         record = json.loads(record_path.read_text())
     else:
         model_name = parent_cfg.model
-        is_se = model_name.startswith("se_")
         if cfg.method == "remotetrimmer" and not is_se:
             raise UserError(f"--method remotetrimmer needs an SE parent (se_resnet18, ...); {parent.path} is {model_name}")
         # SE attention, gradients and BN statistics come from plain (unaugmented) train images.
@@ -334,10 +345,7 @@ def prune(parent_path: Path, cfg: PruneConfig, out: Path, *, resume: bool = Fals
         run.save_config(parent_cfg.model_copy(update={
             "model": model_name,
             "architecture": architecture_spec(pruned),
-            "method": cfg.method,
-            "method_params": {**cfg.model_dump(mode="json", exclude={"finetune"}), "se_folded": is_se},
-            "parent": str(parent.path.resolve()),
-            "train": cfg.finetune.model_dump(mode="json"),
+            **settings,
             "versions": library_versions(),
         }))
         if not run.split_path.is_file():
@@ -393,14 +401,17 @@ def distill(teacher_path: Path, student: str, cfg: DistillConfig, out: Path, *, 
     data_cfg = DataConfig.model_validate(teacher_cfg.data)
     with decode_progress(quiet) as progress:
         data = prepare_data(data_cfg, teacher_run.split_path, progress)
-    run.path.mkdir(parents=True, exist_ok=True)
-    run.save_config(student_cfg.model_copy(update={
+    settings = {
+        "model": student_cfg.model,
         "method": f"distill-{cfg.loss}",
         "method_params": cfg.model_dump(mode="json", exclude={"fit"}),
         "parent": str(teacher_run.path.resolve()),
         "train": cfg.fit.model_dump(mode="json"),
-        "versions": library_versions(),
-    }))
+    }
+    if resume:
+        run.check_resume_settings(settings)
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.save_config(student_cfg.model_copy(update={**settings, "versions": library_versions()}))
     if not run.split_path.is_file():
         data.split.to_json(run.split_path)
 

@@ -65,6 +65,23 @@ def library_versions() -> dict[str, str]:
     }
 
 
+# Settings that change how fast a run goes, not what it computes: a run may resume with others.
+_RESUMABLE_WITH_OTHER = frozenset({"train.threads", "data.cache_dir"})
+
+
+def setting_differences(stored: Any, given: Any, name: str) -> list[str]:
+    """``"name.key: X there, Y now"`` for every leaf where ``given`` differs from ``stored``
+    (both JSON values), skipping ``_RESUMABLE_WITH_OTHER``."""
+    if name in _RESUMABLE_WITH_OTHER:
+        return []
+    if isinstance(stored, dict) and isinstance(given, dict):
+        return [d for key in sorted(stored.keys() | given.keys())
+                for d in setting_differences(stored.get(key), given.get(key), f"{name}.{key}")]
+    if stored != given:
+        return [f"{name}: {json.dumps(stored)} there, {json.dumps(given)} now"]
+    return []
+
+
 class RunDir:
     def __init__(self, path: Path | str):
         self.path = Path(path)
@@ -97,6 +114,21 @@ class RunDir:
     def is_complete(self) -> bool:
         """A finished run: weights and final metrics are written last, so both exist."""
         return self.weights_path.is_file() and self.metrics_path.is_file()
+
+    def check_resume_settings(self, settings: dict[str, Any]) -> None:
+        """Refuse to continue a run its ``config.json`` says was started with other settings.
+
+        ``settings``: the config.json entries this call would write, in JSON form. Without
+        this a changed recipe (lr, epochs, loss, ...) would silently continue the old run.
+        """
+        if not self.config_path.is_file():
+            return  # killed before its config was written: nothing to continue but files it checks itself
+        stored = json.loads(self.config_path.read_text())
+        differences = [d for key, value in settings.items() for d in setting_differences(stored.get(key), value, key)]
+        if differences:
+            shown = "; ".join(differences[:3]) + (f"; and {len(differences) - 3} more" if len(differences) > 3 else "")
+            raise UserError(f"{self.path} was started with other settings ({shown}); "
+                            f"resume with the same options or choose another --out")
 
     # -- writing -----------------------------------------------------------------------
     def save_config(self, config: RunConfig) -> None:

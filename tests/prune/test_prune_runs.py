@@ -130,6 +130,18 @@ def test_interrupted_finetune_resumes_without_pruning_again(parents, tmp_path, m
     assert resumed["macs"] == full["macs"] and resumed["top1"] == full["top1"]
 
 
+def test_resume_with_another_budget_or_recipe_is_refused(parents, tmp_path):
+    out = tmp_path / "r"
+    api.prune(parents["resnet18"], _cfg("l1", target_macs=0.3), out, quiet=True)
+    (out / "metrics.json").unlink()  # as if killed in fine-tuning
+    with pytest.raises(UserError, match=r"method_params\.target_macs: 0\.3 there, 0\.2 now"):
+        api.prune(parents["resnet18"], _cfg("l1", target_macs=0.2), out, resume=True, quiet=True)
+    longer = PruneConfig(method="l1", target_macs=0.3, finetune=FitConfig(epochs=3, batch_size=8))
+    with pytest.raises(UserError, match=r"train\.epochs: 1 there, 3 now"):
+        api.prune(parents["resnet18"], longer, out, resume=True, quiet=True)
+    assert api.prune(parents["resnet18"], _cfg("l1", target_macs=0.3), out, resume=True, quiet=True)["epochs"] == 1
+
+
 def test_run_killed_in_sparse_training_resumes_there(parents, tmp_path, monkeypatch):
     cfg = _cfg("l1rr", target_macs=0.35, sparse_epochs=2)
     full = api.prune(parents["resnet18"], cfg, tmp_path / "full", quiet=True)

@@ -1,0 +1,37 @@
+"""Run dirs refuse to resume under other settings (config.json), naming what changed."""
+
+import json
+
+import pytest
+
+from rscompress import api
+from rscompress.artifacts import setting_differences
+from rscompress.config import DataConfig, OptimConfig, TrainConfig
+from rscompress.errors import UserError
+from tests.fakes import make_fake_dataset
+
+
+def test_setting_differences_name_every_changed_leaf_but_threads():
+    stored = {"epochs": 30, "optim": {"lr": 0.1, "momentum": 0.9}, "threads": 2}
+    given = {"epochs": 30, "optim": {"lr": 0.01, "momentum": 0.9, "nesterov": True}, "threads": 1}
+    assert setting_differences(stored, given, "train") == [
+        "train.optim.lr: 0.1 there, 0.01 now", "train.optim.nesterov: null there, true now"]
+    assert setting_differences(stored, stored, "train") == []
+
+
+def test_train_resume_with_another_recipe_is_refused_and_keeps_the_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("RSCOMPRESS_CACHE", str(tmp_path / "cache"))
+    data = DataConfig(path=make_fake_dataset(tmp_path, name="rsscn7", per_class=6, size=20), img_size=16)
+    cfg = TrainConfig(model="resnet18", epochs=2, batch_size=8, optim=OptimConfig(lr=0.05))
+    run = tmp_path / "run"
+    api.train(data, cfg, run, quiet=True)
+    (run / "metrics.json").unlink()  # as if killed before the end
+    (run / "model.safetensors").unlink()
+    config = (run / "config.json").read_text()
+    other = cfg.model_copy(update={"optim": OptimConfig(lr=0.01)})
+    with pytest.raises(UserError, match=r"other settings \(train\.optim\.lr: 0\.05 there, 0\.01 now\)"):
+        api.train(data, other, run, resume=True, quiet=True)
+    assert (run / "config.json").read_text() == config
+    # threads only change the speed: that resume goes on and finishes
+    metrics = api.train(data, cfg.model_copy(update={"threads": 1}), run, resume=True, quiet=True)
+    assert metrics["epochs"] == 2 and json.loads((run / "config.json").read_text())["train"]["threads"] == 1
