@@ -273,7 +273,7 @@ def nas_search(
     restored afterwards. ``checkpoint_dir``: the search state is committed there after every
     epoch, and a call with the same parent and settings continues from it. ``bf16`` and
     ``channels_last``: the search's forward passes in bfloat16 autocast / channels_last memory
-    (about 2x faster for vgg16_bn on an AVX512-BF16 CPU, benchmarks/results/train_step.json);
+    (a vgg16_bn search epoch 1.7x faster on an AVX512-BF16 CPU, benchmarks/results/phase_step.json);
     the pruned model comes back float32 in the default memory format either way.
     """
     _check(
