@@ -41,6 +41,44 @@ def test_pipeline_runs_then_skips_finished_steps(tmp_path):
     again = run_recipe(path, quiet=True)
     assert all(r.get("skipped") == "complete" for r in again.values())
     assert again["rt"]["top1"] == first["rt"]["top1"]
+    # An edited step is not silently reused: the finished run dir was made otherwise.
+    recipe = yaml.safe_load(path.read_text())
+    recipe["steps"][1]["prune"]["target_macs"] = 0.2
+    path.write_text(yaml.safe_dump(recipe))
+    with pytest.raises(UserError, match=r"runs/rt was made with other settings \(method_params\.target_macs: 0\.3"):
+        run_recipe(path, quiet=True)
+
+
+def test_recipe_killed_in_sparse_training_continues_there(tmp_path, monkeypatch):
+    from rscompress import api
+
+    data = make_fake_dataset(tmp_path, name="rsscn7", per_class=6, size=20)
+    recipe = {"out": str(tmp_path / "runs"), "steps": [
+        {"name": "base", "train": {"data": {"path": str(data), "img_size": 16}, "model": "resnet18", "epochs": 1,
+                                   "batch_size": 8}},
+        {"name": "slim", "prune": {"parent": "base", "method": "slim", "target_macs": 0.5, "sparse_epochs": 2,
+                                   "finetune": {"epochs": 1, "batch_size": 8}}},
+    ]}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+
+    def killed_in_epoch_two(_quiet):
+        def log(message):
+            if message.startswith("sparse epoch 2/"):
+                raise KeyboardInterrupt
+        return log
+
+    with monkeypatch.context() as m:
+        m.setattr(api, "_progress_printer", killed_in_epoch_two)
+        with pytest.raises(KeyboardInterrupt):
+            run_recipe(path, quiet=True)
+    assert (tmp_path / "runs" / "slim" / "prune-phase" / "latest.json").is_file()
+    epochs: list[str] = []
+    monkeypatch.setattr(api, "_progress_printer", lambda _quiet: epochs.append)
+    results = run_recipe(path, quiet=True)
+    assert results["base"]["skipped"] == "complete"
+    assert [e.split(":")[0] for e in epochs if e.startswith("sparse")] == ["sparse epoch 2/2"]
+    assert len(results["slim"]["sparse_training"]["history"]) == 2
 
 
 @pytest.mark.parametrize(

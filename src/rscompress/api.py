@@ -44,29 +44,31 @@ DEMO_EPOCHS = 8
 DEMO_FINETUNE_EPOCHS = 6
 
 
-# Files whose presence means a step was interrupted part way and can be resumed.
-_PROGRESS_MARKERS = ("checkpoint/latest.json", "prune.json", "prune-phase/latest.json")
+def _open_out_dir(run: RunDir, settings: dict[str, Any], *, resume: bool, reuse_finished: bool) -> dict[str, Any] | None:
+    """Never overwrite a finished run, or silently restart or continue one made otherwise.
 
-
-def _check_out_dir(run: RunDir, resume: bool) -> None:
-    """Never overwrite a finished run or silently restart (or silently continue) one that can be resumed."""
+    Returns None when the step is to run (fresh, or resumed under the same ``settings``), or
+    the finished run's metrics when ``reuse_finished`` and it was made with the same settings.
+    """
     if run.is_complete():
-        raise UserError(f"{run.path} already holds a finished run; choose another --out")
-    if not resume and any((run.path / marker).is_file() for marker in _PROGRESS_MARKERS):
-        raise UserError(f"{run.path} holds an unfinished run; pass --resume to continue it or choose another --out")
+        if not reuse_finished:
+            raise UserError(f"{run.path} already holds a finished run; choose another --out")
+        run.check_settings(settings)
+        return {"skipped": "complete", **run.load_metrics()}
+    if run.is_started():
+        if not resume:
+            raise UserError(f"{run.path} holds an unfinished run; pass --resume to continue it or choose another --out")
+        run.check_settings(settings)
+    return None
 
 
-def _open_source(
-    source: Path, out: Path, resume: bool, threads: int | None
-) -> tuple[RunDir, RunDir, torch.nn.Module, RunConfig, dict[str, Any]]:
-    """The finished run a step starts from (model, config, metrics) and the run dir it writes."""
+def _open_source(source: Path, threads: int | None) -> tuple[RunDir, torch.nn.Module, RunConfig, dict[str, Any]]:
+    """The finished run a step starts from: the run dir, its model, config and metrics."""
     if threads:
         torch.set_num_threads(threads)
     src = RunDir(source).require()
-    run = RunDir(out)
-    _check_out_dir(run, resume)
     model, config = src.load_model()
-    return src, run, model, config, src.load_metrics()
+    return src, model, config, src.load_metrics()
 
 
 def eval_batches(data: PreparedData, indices, batch_size: int = EVAL_BATCH) -> BatchLoader:
@@ -83,22 +85,27 @@ def train(
     *,
     resume: bool = False,
     quiet: bool = False,
+    reuse_finished: bool = False,
 ) -> dict[str, Any]:
-    """Train ``train_cfg.model`` on ``data_cfg`` into run dir ``out``; returns metrics.json."""
+    """Train ``train_cfg.model`` on ``data_cfg`` into run dir ``out``; returns metrics.json.
+
+    ``reuse_finished``: a finished ``out`` made with the same settings is returned as is
+    (recipes re-run this way), one made otherwise is an error.
+    """
     dist = init_distributed()
     if train_cfg.threads:
         torch.set_num_threads(train_cfg.threads)
     run = RunDir(out)
-    _check_out_dir(run, resume)
     # Absolute data paths in config.json: later steps may run from another directory.
     data_cfg = data_cfg.model_copy(update={
         "path": data_cfg.path.resolve(),
         "test_path": data_cfg.test_path.resolve() if data_cfg.test_path else None,
     })
     model_kwargs = {"small_input": train_cfg.small_input}
-    if resume:
-        run.check_resume_settings({"model": train_cfg.model, "model_kwargs": model_kwargs,
-                                   "data": data_cfg.model_dump(mode="json"), "train": train_cfg.model_dump(mode="json")})
+    settings = {"model": train_cfg.model, "model_kwargs": model_kwargs,
+                "data": data_cfg.model_dump(mode="json"), "train": train_cfg.model_dump(mode="json")}
+    if (finished := _open_out_dir(run, settings, resume=resume, reuse_finished=reuse_finished)) is not None:
+        return finished
     data = _prepare_shared(data_cfg, run, quiet, dist)
     config = RunConfig(
         model=train_cfg.model,
@@ -277,7 +284,10 @@ def evaluate(run_path: Path, data_path: Path | None = None, split: str = "test",
     }
 
 
-def prune(parent_path: Path, cfg: PruneConfig, out: Path, *, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
+def prune(
+    parent_path: Path, cfg: PruneConfig, out: Path, *, resume: bool = False, quiet: bool = False,
+    reuse_finished: bool = False,
+) -> dict[str, Any]:
     """Prune a finished run to a budget, fine-tune it with the shared recipe, test it once.
 
     SE parents (``se_*``) are folded first for every method: the SE attention averaged over
@@ -288,7 +298,7 @@ def prune(parent_path: Path, cfg: PruneConfig, out: Path, *, resume: bool = Fals
     The pruned, not yet fine-tuned model is saved as ``pruned.safetensors`` with ``prune.json``
     (what the method did): a resumed run starts from there and never prunes twice. Sparse
     training and the NAS search commit their state to ``prune-phase/`` every epoch, so a run
-    killed in them resumes there too.
+    killed in them resumes there too. ``reuse_finished``: as in ``train``.
     """
     from rscompress.distill.objective import freeze, teacher_loss_fn
     from rscompress.losses import aml_ce_loss
@@ -300,16 +310,16 @@ def prune(parent_path: Path, cfg: PruneConfig, out: Path, *, resume: bool = Fals
     )
     from rscompress.prune.select import select_and_prune
 
-    parent, run, model, parent_cfg, parent_metrics = _open_source(parent_path, out, resume, cfg.finetune.threads)
+    parent, model, parent_cfg, parent_metrics = _open_source(parent_path, cfg.finetune.threads)
+    run = RunDir(out)
     is_se = parent_cfg.model.startswith("se_")
     settings = {
         "method": cfg.method,
         "method_params": {**cfg.model_dump(mode="json", exclude={"finetune"}), "se_folded": is_se},
-        "parent": str(parent.path.resolve()),
         "train": cfg.finetune.model_dump(mode="json"),
     }
-    if resume:
-        run.check_resume_settings(settings)
+    if (finished := _open_out_dir(run, settings, resume=resume, reuse_finished=reuse_finished)) is not None:
+        return finished
     data_cfg = DataConfig.model_validate(parent_cfg.data)
     with decode_progress(quiet) as progress:
         data = prepare_data(data_cfg, parent.split_path, progress)
@@ -346,6 +356,7 @@ def prune(parent_path: Path, cfg: PruneConfig, out: Path, *, resume: bool = Fals
             "model": model_name,
             "architecture": architecture_spec(pruned),
             **settings,
+            "parent": str(parent.path.resolve()),
             "versions": library_versions(),
         }))
         if not run.split_path.is_file():
@@ -389,29 +400,33 @@ def prune(parent_path: Path, cfg: PruneConfig, out: Path, *, resume: bool = Fals
     return _fit_and_finish(pruned, data, data_cfg, cfg.finetune, run, extra, resume=resume, quiet=quiet, loss_fn=loss_fn)
 
 
-def distill(teacher_path: Path, student: str, cfg: DistillConfig, out: Path, *, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
+def distill(
+    teacher_path: Path, student: str, cfg: DistillConfig, out: Path, *, resume: bool = False, quiet: bool = False,
+    reuse_finished: bool = False,
+) -> dict[str, Any]:
     """Train ``student`` (a registry name, or a run dir such as a pruned model) on the teacher's
-    data and split, guided by the frozen teacher's logits."""
+    data and split, guided by the frozen teacher's logits. ``reuse_finished``: as in ``train``."""
     from rscompress.distill.objective import freeze, teacher_loss_fn
 
-    teacher_run, run, teacher, teacher_cfg, teacher_metrics = _open_source(teacher_path, out, resume, cfg.fit.threads)
-    teacher_macs, teacher_params = count_macs_params(teacher, teacher_cfg.img_size)
-    teacher = freeze(teacher, cfg)
+    teacher_run, teacher, teacher_cfg, teacher_metrics = _open_source(teacher_path, cfg.fit.threads)
+    run = RunDir(out)
     student_model, student_cfg = _student(student, teacher_cfg, cfg)
-    data_cfg = DataConfig.model_validate(teacher_cfg.data)
-    with decode_progress(quiet) as progress:
-        data = prepare_data(data_cfg, teacher_run.split_path, progress)
     settings = {
         "model": student_cfg.model,
         "method": f"distill-{cfg.loss}",
         "method_params": cfg.model_dump(mode="json", exclude={"fit"}),
-        "parent": str(teacher_run.path.resolve()),
         "train": cfg.fit.model_dump(mode="json"),
     }
-    if resume:
-        run.check_resume_settings(settings)
+    if (finished := _open_out_dir(run, settings, resume=resume, reuse_finished=reuse_finished)) is not None:
+        return finished
+    teacher_macs, teacher_params = count_macs_params(teacher, teacher_cfg.img_size)
+    teacher = freeze(teacher, cfg)
+    data_cfg = DataConfig.model_validate(teacher_cfg.data)
+    with decode_progress(quiet) as progress:
+        data = prepare_data(data_cfg, teacher_run.split_path, progress)
     run.path.mkdir(parents=True, exist_ok=True)
-    run.save_config(student_cfg.model_copy(update={**settings, "versions": library_versions()}))
+    run.save_config(student_cfg.model_copy(update={
+        **settings, "parent": str(teacher_run.path.resolve()), "versions": library_versions()}))
     if not run.split_path.is_file():
         data.split.to_json(run.split_path)
 

@@ -26,6 +26,8 @@ METRICS = "metrics.json"
 SPLIT = "split.json"
 HISTORY = "history.jsonl"
 CHECKPOINT = "checkpoint"
+# Files whose presence means a step was interrupted part way and can be resumed.
+PROGRESS_MARKERS = (f"{CHECKPOINT}/latest.json", "prune.json", "prune-phase/latest.json")
 
 
 class RunConfig(BaseModel):
@@ -115,8 +117,12 @@ class RunDir:
         """A finished run: weights and final metrics are written last, so both exist."""
         return self.weights_path.is_file() and self.metrics_path.is_file()
 
-    def check_resume_settings(self, settings: dict[str, Any]) -> None:
-        """Refuse to continue a run its ``config.json`` says was started with other settings.
+    def is_started(self) -> bool:
+        """Interrupted part way: something ``--resume`` continues from is on disk."""
+        return any((self.path / marker).is_file() for marker in PROGRESS_MARKERS)
+
+    def check_settings(self, settings: dict[str, Any]) -> None:
+        """Refuse to continue or reuse a run its ``config.json`` says was made with other settings.
 
         ``settings``: the config.json entries this call would write, in JSON form. Without
         this a changed recipe (lr, epochs, loss, ...) would silently continue the old run.
@@ -127,8 +133,8 @@ class RunDir:
         differences = [d for key, value in settings.items() for d in setting_differences(stored.get(key), value, key)]
         if differences:
             shown = "; ".join(differences[:3]) + (f"; and {len(differences) - 3} more" if len(differences) > 3 else "")
-            raise UserError(f"{self.path} was started with other settings ({shown}); "
-                            f"resume with the same options or choose another --out")
+            raise UserError(f"{self.path} was made with other settings ({shown}); "
+                            f"use the same options, or another --out to start anew")
 
     # -- writing -----------------------------------------------------------------------
     def save_config(self, config: RunConfig) -> None:

@@ -124,19 +124,19 @@ def run_steps(recipe: Recipe, quiet: bool = False) -> dict[str, Any]:
     for step in recipe.steps:
         out = recipe.out / step.name
         run = RunDir(out)
-        resume = (run.checkpoint_dir / "latest.json").is_file()
-        if step.kind in ("train", "prune", "distill") and run.is_complete():
-            results[step.name] = {"skipped": "complete", **run.load_metrics()}
-        elif step.train is not None:
+        # A finished step is reused if the recipe still says what made it (an error if not);
+        # one killed anywhere, sparse training and NAS search included, continues.
+        again = {"resume": run.is_started(), "reuse_finished": True, "quiet": quiet}
+        if step.train is not None:
             cfg = step.train
-            results[step.name] = api.train(cfg.data, TrainConfig(**cfg.model_dump(exclude={"data"})), out, resume=resume, quiet=quiet)
+            results[step.name] = api.train(cfg.data, TrainConfig(**cfg.model_dump(exclude={"data"})), out, **again)
         elif step.prune is not None:
             cfg = PruneConfig(**step.prune.model_dump(exclude={"parent"}))
-            results[step.name] = api.prune(ref(step.prune.parent), cfg, out, resume=resume, quiet=quiet)
+            results[step.name] = api.prune(ref(step.prune.parent), cfg, out, **again)
         elif step.distill is not None:
             cfg = DistillConfig(**step.distill.model_dump(exclude={"teacher", "student"}))
             student = str(ref(step.distill.student)) if step.distill.student in done else step.distill.student
-            results[step.name] = api.distill(ref(step.distill.teacher), student, cfg, out, resume=resume, quiet=quiet)
+            results[step.name] = api.distill(ref(step.distill.teacher), student, cfg, out, **again)
         elif step.export is not None:
             target = ref(step.export.run)
             onnx_path = target / "model.onnx"
