@@ -44,7 +44,9 @@ DEMO_EPOCHS = 8
 DEMO_FINETUNE_EPOCHS = 6
 
 
-def _open_out_dir(run: RunDir, settings: dict[str, Any], *, resume: bool, reuse_finished: bool) -> dict[str, Any] | None:
+def _open_out_dir(
+    run: RunDir, settings: dict[str, Any], *, resume: bool, reuse_finished: bool
+) -> dict[str, Any] | None:
     """Never overwrite a finished run, or silently restart or continue one made otherwise.
 
     Returns None when the step is to run (fresh, or resumed under the same ``settings``), or

@@ -33,6 +33,14 @@ def test_latency_is_summarised_as_a_ratio_to_the_interleaved_parent():
     assert markdown([row]).splitlines()[2].endswith("| 5.00× | 0.50 | 2 |")
 
 
+def test_params_kept_is_shown_as_a_share_and_as_times_fewer():
+    records = [{**record("distill-dkd", None, seed, 0.8), "macs_kept": 0.05, "params_kept": kept}
+               for seed, kept in ((0, 0.1), (1, 0.3))]
+    (row,) = summarise(records)
+    assert row["params_kept"] == 0.2
+    assert "| 1.00 | 20.0 % (5.0× fewer) | 80.00 ± 0.00 |" in markdown([row])
+
+
 def test_records_without_a_parent_timing_get_no_latency_figures():
     (row,) = summarise([{**record("rt", 0.1, 0, 0.7), "latency_ms_bs1": 2.0}])
     assert row["speedup"] is None and row["latency_kept"] is None
