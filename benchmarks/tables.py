@@ -91,7 +91,8 @@ def by_method(rows: list[dict[str, Any]], key: str = "top1") -> str:
         # The parents of the best-covered cell of each column (all its seeds).
         parents = [max((r for r in mine if (r["dataset"], r["target_macs"]) == c), key=lambda r: r["seeds"])
                    for c in columns]
-        out += ["| parent | " + " | ".join(f"{100 * r['parent_top1']:.2f}" for r in parents) + " |", ""]
+        label = "parent" if key == "top1" else "parent top-1 (%)"  # a delta table's reference, not a delta
+        out += [f"| {label} | " + " | ".join(f"{100 * r['parent_top1']:.2f}" for r in parents) + " |", ""]
     return "\n".join(out)
 
 

@@ -21,6 +21,7 @@ def test_by_method_pivots_methods_against_dataset_and_budget():
     deltas = by_method(summarise(records), "delta").splitlines()
     assert deltas[4] == "| l1 | -40.00 (n=1) | -20.00 (n=1) | -30.00 (n=1) |"
     assert deltas[5] == "| rt |  | -10.00 ± 0.00 (n=2) |  |"
+    assert deltas[6] == "| parent top-1 (%) | 80.00 | 85.00 | 80.00 |"
 
 
 def test_latency_is_summarised_as_a_ratio_to_the_interleaved_parent():
