@@ -76,6 +76,16 @@ def test_tampered_model_fails_parity_with_numbers(tmp_path):
     assert err.value.report.max_abs_diff == pytest.approx(0.5, abs=1e-4)
 
 
+def test_non_finite_logits_are_named_by_side(tmp_path):
+    model = make_model("g_ghost_regnetx_tiny")
+    path = export_onnx(model, 32, tmp_path / "m.onnx")
+    with torch.no_grad():
+        model.fc.bias[0] = float("nan")  # PyTorch's logits of class 0 only
+    n = images().shape[0]
+    with pytest.raises(ParityError, match=rf"non-finite logits: PyTorch {n} of \d+, ONNX Runtime 0 of"):
+        check_parity(model, path, images())
+
+
 def test_top1_disagreement_fails_even_within_atol(tmp_path, monkeypatch):
     model = make_model("g_ghost_regnetx_tiny")
     path = export_onnx(model, 32, tmp_path / "m.onnx")

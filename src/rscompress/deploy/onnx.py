@@ -183,10 +183,15 @@ def check_parity(
         atol=atol,
     )
     if not report.ok:
+        # A NaN difference says little by itself: which side made non-finite logits does.
+        bad = {"PyTorch": int((~np.isfinite(ref)).sum()),
+               "ONNX Runtime": max(int((~np.isfinite(out)).sum()) for out in outputs.values())}
+        non_finite = ("; non-finite logits: " + ", ".join(f"{k} {v} of {ref.size}" for k, v in bad.items())
+                      if any(bad.values()) else "")
         raise ParityError(
             f"ONNX parity failed for {onnx_path}: max |logit difference| {report.max_abs_diff:.3g} "
             f"(atol {atol:g}), top-1 agreement {report.top1_agree:.1%} over {n} images "
-            f"at batch sizes {', '.join(map(str, report.batch_sizes))}",
+            f"at batch sizes {', '.join(map(str, report.batch_sizes))}{non_finite}",
             report,
         )
     return report
