@@ -122,3 +122,16 @@ def write_duplicate_pair(folder: Path, stem: str = "dup", size: int = 24) -> tup
     Image.fromarray(pixels).save(first)
     Image.fromarray(pixels).save(second)
     return first, second
+
+
+def progress_printer_killed_at(prefix: str):
+    """Stand-in for ``api._progress_printer``: a kill (KeyboardInterrupt) at the first log line
+    starting with ``prefix``, i.e. after the previous epoch's state was committed."""
+
+    def printer(_quiet):
+        def log(message):
+            if message.startswith(prefix):
+                raise KeyboardInterrupt
+        return log
+
+    return printer

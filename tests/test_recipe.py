@@ -8,7 +8,7 @@ import yaml
 from rscompress.cli import main
 from rscompress.errors import UserError
 from rscompress.recipe import load_recipe, run_recipe
-from tests.fakes import make_fake_dataset
+from tests.fakes import make_fake_dataset, progress_printer_killed_at
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,14 +62,8 @@ def test_recipe_killed_in_sparse_training_continues_there(tmp_path, monkeypatch)
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe))
 
-    def killed_in_epoch_two(_quiet):
-        def log(message):
-            if message.startswith("sparse epoch 2/"):
-                raise KeyboardInterrupt
-        return log
-
     with monkeypatch.context() as m:
-        m.setattr(api, "_progress_printer", killed_in_epoch_two)
+        m.setattr(api, "_progress_printer", progress_printer_killed_at("sparse epoch 2/"))
         with pytest.raises(KeyboardInterrupt):
             run_recipe(path, quiet=True)
     assert (tmp_path / "runs" / "slim" / "prune-phase" / "latest.json").is_file()

@@ -10,7 +10,7 @@ from rscompress.artifacts import RunDir
 from rscompress.cli import main
 from rscompress.config import DataConfig, FitConfig, PruneConfig, TrainConfig
 from rscompress.errors import UserError
-from tests.fakes import make_fake_dataset
+from tests.fakes import make_fake_dataset, progress_printer_killed_at
 
 
 @pytest.fixture(scope="module")
@@ -147,14 +147,8 @@ def test_run_killed_in_sparse_training_resumes_there(parents, tmp_path, monkeypa
     full = api.prune(parents["resnet18"], cfg, tmp_path / "full", quiet=True)
     out = tmp_path / "killed"
 
-    def killed_in_epoch_two(_quiet):
-        def log(message):
-            if message.startswith("sparse epoch 2/"):
-                raise KeyboardInterrupt
-        return log
-
     with monkeypatch.context() as m:
-        m.setattr(api, "_progress_printer", killed_in_epoch_two)
+        m.setattr(api, "_progress_printer", progress_printer_killed_at("sparse epoch 2/"))
         with pytest.raises(KeyboardInterrupt):
             api.prune(parents["resnet18"], cfg, out, quiet=True)
     assert (out / "prune-phase" / "latest.json").is_file() and not (out / "prune.json").exists()
