@@ -37,6 +37,7 @@ from rscompress.engine.checkpoint import (
 )
 from rscompress.engine.distributed import DistInfo, all_mean, all_true, barrier
 from rscompress.engine.metrics import EvalResult, evaluate
+from rscompress.engine.precision import bf16_autocast
 from rscompress.engine.schedule import build_optimizer, lr_factor, set_lr
 from rscompress.errors import UserError
 from rscompress.io_utils import write_atomic
@@ -156,7 +157,7 @@ def fit(
                 set_lr(optimizer, lr)
                 if cfg.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                with bf16_autocast(model, cfg.bf16):
                     loss, logits = loss_fn(train_model, x, y, epoch)
                 if not all_true(bool(torch.isfinite(loss)), dist):
                     raise _diverged(f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}", epoch, lr, run)

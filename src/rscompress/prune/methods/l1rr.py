@@ -48,6 +48,7 @@ from torch_pruning.pruner import function
 
 from rscompress.engine.checkpoint import load_phase, save_phase
 from rscompress.engine.metrics import evaluate
+from rscompress.engine.precision import bf16_autocast
 from rscompress.errors import UserError
 from rscompress.prune.graph import ROOT_TYPES, build_graph
 from rscompress.prune.methods.l1rr_losses import (
@@ -331,7 +332,7 @@ def sparse_train(
             for x, y in train_batches:
                 x = x.to(param.device, param.dtype, memory_format=memory_format)
                 y = y.to(param.device)
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                with bf16_autocast(model, cfg.bf16):
                     logits = model(x)
                     at = attention(x) if attention is not None else None
                 ce = F.cross_entropy(logits.float(), y)

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from rscompress.engine.checkpoint import load_phase, save_phase
+from rscompress.engine.precision import bf16_autocast
 from rscompress.errors import UserError
 from rscompress.prune.budget import prune_to_budget
 from rscompress.prune.methods.nas_cost import ExpectedMacs, cost_awareness_loss
@@ -167,7 +168,7 @@ def _search(
     """
     device = gates.alpha.device
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    autocast = partial(torch.autocast, "cpu", dtype=torch.bfloat16, enabled=bf16)
+    autocast = partial(bf16_autocast, model, bf16)
     weights = [p for p in model.parameters() if p.requires_grad]
     weight_opt = torch.optim.SGD(weights, lr=weight_lr, momentum=WEIGHT_MOMENTUM)
     arch_opt = torch.optim.Adam([gates.alpha], lr=arch_lr)
