@@ -42,8 +42,8 @@ def bf16_autocast(model: nn.Module, enabled: bool) -> Iterator[None]:
     if not enabled:
         yield
         return
-    strided = [m for m in model.modules()
-               if isinstance(m, nn.Conv2d) and m.groups == 1 and max(m.stride) > 1 and "forward" not in vars(m)]
+    # Which of them fall back is bf16_conv_gradient_is_wrong's call, per input size.
+    strided = [m for m in model.modules() if isinstance(m, nn.Conv2d) and max(m.stride) > 1 and "forward" not in vars(m)]
     for conv in strided:
         conv.forward = MethodType(_float32_where_bf16_is_wrong, conv)
     try:
