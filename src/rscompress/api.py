@@ -29,6 +29,7 @@ from rscompress.config import (
 )
 from rscompress.data.loader import BatchLoader
 from rscompress.data.prepare import PreparedData, inspect_folder, prepare_data
+from rscompress.engine.device import model_device, resolve_device
 from rscompress.engine.distributed import DistInfo, barrier, init_distributed
 from rscompress.engine.metrics import evaluate as evaluate_model
 from rscompress.engine.trainer import LossFn, fit
@@ -94,7 +95,7 @@ def train(
     ``reuse_finished``: a finished ``out`` made with the same settings is returned as is
     (recipes re-run this way), one made otherwise is an error.
     """
-    dist = init_distributed()
+    dist = init_distributed(resolve_device(train_cfg.device))
     if train_cfg.threads:
         torch.set_num_threads(train_cfg.threads)
     run = RunDir(out)
@@ -164,6 +165,8 @@ def _fit_and_finish(
         return {}
     # The test split is touched once, here, with the weights chosen on val.
     test = evaluate_model(model, eval_batches(data, data.test_indices), len(data.class_names))
+    device = model_device(model)
+    model.cpu()  # between steps models live on the CPU (engine/device.py)
     macs, params = count_macs_params(model, data_cfg.img_size)
     metrics = {
         **test.summary(),
@@ -182,6 +185,7 @@ def _fit_and_finish(
             "train_seconds_this_process": result.train_seconds,
             "train_images_per_second": result.images_per_second,
             "world_size": dist.world_size,
+            "device": str(device),
         },
         "bad_files": [{"path": p, "reason": r} for p, r in data.bad_files],
         "data_warnings": list(data.warnings),
@@ -247,10 +251,13 @@ def _warn(warnings: Iterable[str], quiet: bool) -> None:
             Console(stderr=True).print(f"[yellow]warning:[/] {warning}")
 
 
-def evaluate(run_path: Path, data_path: Path | None = None, split: str = "test", quiet: bool = False) -> dict[str, Any]:
+def evaluate(
+    run_path: Path, data_path: Path | None = None, split: str = "test", device: str = "auto", quiet: bool = False
+) -> dict[str, Any]:
     """Metrics of a finished run on its own split, or on every image of another folder."""
     if split not in ("train", "val", "test"):
         raise UserError(f"--split must be train, val or test, got {split!r}")
+    on = resolve_device(device)
     run = RunDir(run_path).require()
     model, config = run.load_model()
     data_cfg = DataConfig.model_validate(config.data)
@@ -269,8 +276,8 @@ def evaluate(run_path: Path, data_path: Path | None = None, split: str = "test",
         indices = data.all_indices
         split_name = "all"
     data = data.with_normalisation(config.mean, config.std)
-    result = evaluate_model(model, eval_batches(data, indices), config.num_classes)
-    macs, params = count_macs_params(model, config.img_size)
+    result = evaluate_model(model.to(on), eval_batches(data, indices), config.num_classes)
+    macs, params = count_macs_params(model.cpu(), config.img_size)
     return {
         **result.summary(),
         "macs": macs,
@@ -283,6 +290,7 @@ def evaluate(run_path: Path, data_path: Path | None = None, split: str = "test",
         "per_class_accuracy": dict(zip(config.class_names, result.per_class_accuracy)),
         "confusion": result.confusion,
         "seconds": time.perf_counter() - t0,
+        "device": str(on),
     }
 
 
@@ -376,7 +384,7 @@ def prune(
             return aml_ce_loss(logits.float(), y, cfg.r1, cfg.r2), logits
     elif cfg.loss in ("kd", "dkd"):
         # The unpruned parent as it was trained (SE blocks and all) is the teacher.
-        teacher = freeze(parent.load_model()[0], cfg.kd)
+        teacher = freeze(parent.load_model()[0].to(resolve_device(cfg.finetune.device)), cfg.kd)
         loss_fn = teacher_loss_fn(teacher, cfg.loss, cfg.kd, cfg.finetune.label_smoothing)
 
     budget = record["budget"]
@@ -422,7 +430,7 @@ def distill(
     if (finished := _open_out_dir(run, settings, resume=resume, reuse_finished=reuse_finished)) is not None:
         return finished
     teacher_macs, teacher_params = count_macs_params(teacher, teacher_cfg.img_size)
-    teacher = freeze(teacher, cfg)
+    teacher = freeze(teacher.to(resolve_device(cfg.fit.device)), cfg)
     data_cfg = DataConfig.model_validate(teacher_cfg.data)
     with decode_progress(quiet) as progress:
         data = prepare_data(data_cfg, teacher_run.split_path, progress)

@@ -68,7 +68,7 @@ def library_versions() -> dict[str, str]:
 
 
 # Settings that change how fast a run goes, not what it computes: a run may resume with others.
-_RESUMABLE_WITH_OTHER = frozenset({"train.threads", "data.cache_dir"})
+_RESUMABLE_WITH_OTHER = frozenset({"train.threads", "train.device", "data.cache_dir"})
 
 
 def setting_differences(stored: Any, given: Any, name: str) -> list[str]:

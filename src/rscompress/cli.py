@@ -53,6 +53,8 @@ def _print_table(table: Any) -> None:
 
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+DeviceOpt = Annotated[str, typer.Option(help="Where the training/evaluation loop runs: auto (CUDA if torch sees a GPU, "
+                                             "else CPU), cpu, cuda or cuda:N.")]
 
 
 @app.command()
@@ -74,7 +76,7 @@ def train(
     warmup_epochs: Annotated[int, typer.Option()] = 0,
     label_smoothing: Annotated[float, typer.Option()] = 0.0,
     channels_last: Annotated[bool, typer.Option(help="Use channels_last memory format.")] = False,
-    bf16: Annotated[bool, typer.Option(help="bfloat16 autocast on CPU.")] = False,
+    bf16: Annotated[bool, typer.Option(help="bfloat16 autocast.")] = False,
     small_input: Annotated[bool, typer.Option(help="Stem for 32-64 px inputs (less downsampling).")] = False,
     weights: Annotated[Path | None, typer.Option(help="Initial weights (.safetensors), strict keys.")] = None,
     allow_partial: Annotated[bool, typer.Option(help="Load matching keys of --weights only.")] = False,
@@ -87,6 +89,7 @@ def train(
     split_seed: Annotated[int, typer.Option()] = 0,
     cache_dir: Annotated[Path | None, typer.Option(help="Decoded-image cache (default ~/.cache/rscompress).")] = None,
     threads: Annotated[int | None, typer.Option(help="torch intra-op threads.")] = None,
+    device: DeviceOpt = "auto",
     resume: Annotated[bool, typer.Option(help="Continue from the run dir's last checkpoint.")] = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
@@ -123,6 +126,7 @@ def train(
         weights=weights,
         allow_partial=allow_partial,
         threads=threads,
+        device=device,
     )
     metrics = api.train(data_cfg, train_cfg, out, resume=resume, quiet=quiet or as_json)
     if as_json:
@@ -168,7 +172,9 @@ def prune(
     seed: Annotated[int, typer.Option()] = 0,
     threads: Annotated[int | None, typer.Option()] = None,
     channels_last: Annotated[bool, typer.Option(help="channels_last memory in fine-tuning, NAS search and sparse training.")] = False,
-    bf16: Annotated[bool, typer.Option(help="bfloat16 autocast on CPU in fine-tuning, NAS search and sparse training.")] = False,
+    bf16: Annotated[bool, typer.Option(help="bfloat16 autocast in fine-tuning, NAS search and sparse training.")] = False,
+    device: Annotated[str, typer.Option(help="Where fine-tuning runs: auto (CUDA if torch sees a GPU, else CPU), cpu, "
+                                             "cuda or cuda:N. Scoring, NAS search and sparse training run on the CPU.")] = "auto",
     resume: Annotated[bool, typer.Option(help="Continue an interrupted fine-tuning.")] = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
@@ -179,7 +185,7 @@ def prune(
 
     fit_cfg = _fit(finetune_epochs, batch_size, seed, label_smoothing, threads,
                    _optim(optimizer, lr, momentum, weight_decay, schedule, milestones, gamma, warmup_epochs),
-                   channels_last=channels_last, bf16=bf16)
+                   channels_last=channels_last, bf16=bf16, device=device)
     cfg = _validated(
         PruneConfig, method=method, target_macs=target_macs, target_params=target_params, ratio=ratio,
         global_pruning=global_pruning, round_to=round_to, loss=loss, r1=r1, r2=r2, sparse_epochs=sparse_epochs,
@@ -222,7 +228,8 @@ def distill(
     seed: Annotated[int, typer.Option()] = 0,
     threads: Annotated[int | None, typer.Option()] = None,
     channels_last: Annotated[bool, typer.Option(help="Use channels_last memory format.")] = False,
-    bf16: Annotated[bool, typer.Option(help="bfloat16 autocast on CPU (student and teacher forward).")] = False,
+    bf16: Annotated[bool, typer.Option(help="bfloat16 autocast (student and teacher forward).")] = False,
+    device: DeviceOpt = "auto",
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run.")] = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
@@ -233,7 +240,7 @@ def distill(
 
     fit_cfg = _fit(epochs, batch_size, seed, label_smoothing, threads,
                    _optim(optimizer, lr, momentum, weight_decay, schedule, milestones, gamma, warmup_epochs),
-                   channels_last=channels_last, bf16=bf16)
+                   channels_last=channels_last, bf16=bf16, device=device)
     cfg = _validated(
         DistillConfig, loss=loss, temperature=temperature, alpha=alpha, beta=beta, kd_weight=kd_weight,
         kd_warmup_epochs=kd_warmup_epochs, cache_teacher_logits=cache_teacher_logits, small_input=small_input,
@@ -267,13 +274,14 @@ def evaluate(
     run: Annotated[Path, typer.Argument(help="Run dir.")],
     data: Annotated[Path | None, typer.Option(help="Evaluate on every image of this folder instead.")] = None,
     split: Annotated[str, typer.Option(help="Split of the run's own data: test, val or train.")] = "test",
+    device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ):
     """Evaluate a run dir on its test split (or on another folder with --data)."""
     from rscompress import api
 
-    result = api.evaluate(run, data_path=data, split=split, quiet=quiet or as_json)
+    result = api.evaluate(run, data_path=data, split=split, device=device, quiet=quiet or as_json)
     if as_json:
         _print_json(result)
     else:
@@ -397,12 +405,12 @@ def _optim(optimizer, lr, momentum, weight_decay, schedule, milestones, gamma, w
     )
 
 
-def _fit(epochs, batch_size, seed, label_smoothing, threads, optim, *, channels_last, bf16):
+def _fit(epochs, batch_size, seed, label_smoothing, threads, optim, *, channels_last, bf16, device):
     from rscompress.config import FitConfig
 
     return _validated(
         FitConfig, epochs=epochs, batch_size=batch_size, seed=seed, optim=optim,
-        label_smoothing=label_smoothing, threads=threads, channels_last=channels_last, bf16=bf16,
+        label_smoothing=label_smoothing, threads=threads, channels_last=channels_last, bf16=bf16, device=device,
     )
 
 

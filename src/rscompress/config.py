@@ -6,10 +6,13 @@ validation and the same error messages.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from rscompress.engine.device import DEVICE_PATTERN
 
 
 class StrictModel(BaseModel):
@@ -67,6 +70,15 @@ class FitConfig(StrictModel):
     channels_last: bool = False
     bf16: bool = False
     threads: int | None = Field(None, gt=0)
+    # Where the fit loop runs (engine/device.py): auto = CUDA when torch sees a GPU, else CPU.
+    device: str = "auto"
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, name: str) -> str:
+        if not re.match(DEVICE_PATTERN, name):
+            raise ValueError("must be auto, cpu, cuda or cuda:N")
+        return name
 
 
 class TrainConfig(FitConfig):

@@ -1,4 +1,4 @@
-"""torchrun support: the same code runs as one process or as N (gloo on CPU).
+"""torchrun support: the same code runs as one process or as N (gloo on CPU, NCCL on CUDA).
 
 Only rank 0 writes files and evaluates; other ranks wait at barriers.
 """
@@ -16,6 +16,7 @@ import torch.distributed as dist
 class DistInfo:
     rank: int = 0
     world_size: int = 1
+    device: torch.device = torch.device("cpu")  # where collectives put their tensors (NCCL: the GPU)
 
     @property
     def is_main(self) -> bool:
@@ -26,15 +27,17 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init_distributed() -> DistInfo:
-    """Join the process group torchrun set up through the environment, if any."""
+def init_distributed(device: torch.device = torch.device("cpu")) -> DistInfo:
+    """Join the process group torchrun set up through the environment, if any, for training
+    on ``device`` (this process's GPU or the CPU)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
-        return DistInfo()
+        return DistInfo(device=device)
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
-    return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size())
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device)
 
 
 def barrier(info: DistInfo) -> None:
@@ -45,7 +48,7 @@ def barrier(info: DistInfo) -> None:
 def all_mean(value: float, info: DistInfo) -> float:
     if not info.enabled:
         return value
-    t = torch.tensor([value], dtype=torch.float64)
+    t = torch.tensor([value], dtype=torch.float64, device=info.device)
     dist.all_reduce(t)
     return t.item() / info.world_size
 
@@ -53,7 +56,7 @@ def all_mean(value: float, info: DistInfo) -> float:
 def all_true(flag: bool, info: DistInfo) -> bool:
     if not info.enabled:
         return flag
-    t = torch.tensor([0 if flag else 1], dtype=torch.int32)
+    t = torch.tensor([0 if flag else 1], dtype=torch.int32, device=info.device)
     dist.all_reduce(t)
     return t.item() == 0
 

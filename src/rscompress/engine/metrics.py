@@ -15,6 +15,8 @@ from torchmetrics.classification import (
     MulticlassConfusionMatrix,
 )
 
+from rscompress.engine.device import model_device
+
 
 @dataclass
 class EvalResult:
@@ -39,6 +41,8 @@ def evaluate(
     num_classes: int,
     channels_last: bool = False,
 ) -> EvalResult:
+    """Metrics of ``model`` over ``batches`` (CPU tensors), computed on the model's device."""
+    device = model_device(model)
     was_training = model.training
     model.eval()
     # Evaluation runs on one rank only: no cross-process sync, or the other ranks would hang.
@@ -49,9 +53,8 @@ def evaluate(
     confusion = MulticlassConfusionMatrix(num_classes, **local)
     loss_sum, n = 0.0, 0
     for x, y in batches:
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        logits = model(x).float()
+        x = x.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+        logits = model(x).float().cpu()
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         n += y.numel()
         for metric in (top1, per_class, kappa, confusion):

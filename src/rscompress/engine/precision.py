@@ -1,4 +1,4 @@
-"""CPU bfloat16 autocast for training forwards, minus the one case PyTorch computes wrongly.
+"""bfloat16 autocast for training forwards, minus the one case PyTorch's CPU kernel gets wrong.
 
 torch 2.14's CPU bfloat16 convolution returns garbage weight gradients (values up to 1e37,
 sometimes NaN) for a strided, ungrouped conv whose input is smaller than its stride along an
@@ -6,7 +6,8 @@ axis, e.g. ResNet's ``layer4.0.conv1`` (stride 2) on the 1×1 map of a 16 px ima
 affected kernel taps only ever see zero padding, and 1 or 2 threads, either memory format,
 make no difference. PyTorch's own forward skips those taps, so training looks fine, but the
 weights are corrupt and ONNX Runtime (which multiplies them by the padding) returns NaN.
-Such a conv costs next to nothing, so ``bf16_autocast`` runs exactly those in float32.
+Such a conv costs next to nothing, so ``bf16_autocast`` runs exactly those in float32 (on
+the CPU only: the bug is in the CPU kernel).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from types import MethodType
 
 import torch
 from torch import Tensor, nn
+
+from rscompress.engine.device import model_device
 
 
 def bf16_conv_gradient_is_wrong(conv: nn.Conv2d, x: Tensor) -> bool:
@@ -33,14 +36,20 @@ def _float32_where_bf16_is_wrong(self: nn.Conv2d, x: Tensor) -> Tensor:
 
 @contextmanager
 def bf16_autocast(model: nn.Module, enabled: bool) -> Iterator[None]:
-    """``torch.autocast("cpu", bfloat16)`` around a forward pass of ``model`` when ``enabled``.
+    """``torch.autocast(<model's device type>, bfloat16)`` around a forward pass of ``model``
+    when ``enabled``.
 
-    Strided convs of ``model`` check their input size meanwhile and fall back to float32 where
-    bfloat16 is wrong (module docstring). The backward pass may run outside the context: it
-    follows whichever kernel the forward chose.
+    On the CPU, strided convs of ``model`` check their input size meanwhile and fall back to
+    float32 where bfloat16 is wrong (module docstring). The backward pass may run outside the
+    context: it follows whichever kernel the forward chose.
     """
     if not enabled:
         yield
+        return
+    device_type = model_device(model).type
+    if device_type != "cpu":
+        with torch.autocast(device_type, dtype=torch.bfloat16):
+            yield
         return
     # Which of them fall back is bf16_conv_gradient_is_wrong's call, per input size.
     strided = [m for m in model.modules() if isinstance(m, nn.Conv2d) and max(m.stride) > 1 and "forward" not in vars(m)]

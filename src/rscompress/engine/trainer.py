@@ -35,6 +35,7 @@ from rscompress.engine.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from rscompress.engine.device import resolve_device
 from rscompress.engine.distributed import DistInfo, all_mean, all_true, barrier
 from rscompress.engine.metrics import EvalResult, evaluate
 from rscompress.engine.precision import bf16_autocast
@@ -108,9 +109,14 @@ def fit(
     quiet: bool = False,
     dist: DistInfo = DistInfo(),
 ) -> FitResult:
+    """Train ``model`` (moved to ``cfg.device``, where it stays) and load its best epoch on val.
+
+    Batches come as CPU tensors; each step moves its batch to the device.
+    """
     loss_fn = loss_fn or cross_entropy_loss(cfg.label_smoothing)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    device = resolve_device(cfg.device)
+    memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
+    model.to(device, memory_format=memory_format)
     optimizer = build_optimizer(model.parameters(), cfg.optim)
     console = Console(stderr=True, quiet=quiet or not dist.is_main)
 
@@ -127,7 +133,7 @@ def fit(
 
     train_model: nn.Module = model
     if dist.enabled:
-        train_model = nn.parallel.DistributedDataParallel(model)
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
     steps_per_epoch = len(train_batches)
     if steps_per_epoch == 0:
@@ -155,8 +161,8 @@ def fit(
             for step, (x, y) in enumerate(train_batches):
                 lr = cfg.optim.lr * lr_factor(epoch + step / steps_per_epoch, cfg.epochs, cfg.optim)
                 set_lr(optimizer, lr)
-                if cfg.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
+                x = x.to(device, memory_format=memory_format, non_blocking=True)
+                y = y.to(device, non_blocking=True)
                 with bf16_autocast(model, cfg.bf16):
                     loss, logits = loss_fn(train_model, x, y, epoch)
                 if not all_true(bool(torch.isfinite(loss)), dist):
