@@ -59,6 +59,12 @@ class Cell(StrictModel):
     budgets: list[float]  # target MACs fractions
     options: dict[str, Any] = {}  # more PruneConfig fields, e.g. an ablation's attention_weight: 0
     label: str | None = None  # record's method name; default method[-global][-loss]
+    # Fine-tuning epochs where they differ from the shared recipe's: a control that gives a
+    # one-shot baseline as many weight-update epochs as a method with a training phase of its own.
+    finetune_epochs: int | None = Field(None, gt=0)
+
+    def epochs(self, suite: Suite) -> int:
+        return self.finetune_epochs or suite.finetune.epochs
 
 
 class DistillCell(StrictModel):
@@ -142,7 +148,7 @@ def _record(suite: Suite, cell: Cell, parent: Parent, parent_dir: Path, child_di
         "commit": git_commit(),
         "command": shlex.join(["rscompress", "prune", str(parent_dir), "--method", cell.method,
                                "--target-macs", str(budget), *(["--global"] if cell.global_pruning else []),
-                               "--loss", cell.loss, "--finetune-epochs", str(suite.finetune.epochs),
+                               "--loss", cell.loss, "--finetune-epochs", str(cell.epochs(suite)),
                                *(a for k, v in cell.options.items() for a in (f"--{k.replace('_', '-')}", str(v))),
                                "--out", str(child_dir)]),
     }
@@ -201,14 +207,15 @@ def run_suite(path: Path, *, datasets: list[str] | None = None, seeds: list[int]
                          and (methods is None or label(c) in methods) and students is None):
                 for budget in (b for b in cell.budgets if budgets is None or b in budgets):
                     key = {"dataset": cell.dataset, "model": cell.model, "method": label(cell),
-                           "target_macs": budget, "seed": seed, "finetune_epochs": suite.finetune.epochs}
+                           "target_macs": budget, "seed": seed, "finetune_epochs": cell.epochs(suite)}
                     if has_record(suite.results, key):
                         continue
                     parent_dir = parent_dir or _parent_run(suite, parent, seed)
                     child = parent_dir / f"{label(cell)}-{budget:g}"
                     run = RunDir(child)
                     if not run.is_complete():
-                        finetune = suite.finetune.model_copy(update={"seed": seed, **parent.precision()})
+                        finetune = suite.finetune.model_copy(
+                            update={"seed": seed, "epochs": cell.epochs(suite), **parent.precision()})
                         cfg = PruneConfig(method=cell.method, target_macs=budget, global_pruning=cell.global_pruning,
                                           loss=cell.loss, finetune=finetune, **cell.options)
                         # Killed anywhere (sparse phase, after pruning, fine-tuning): continue.

@@ -26,7 +26,7 @@ def test_tiny_suite_records_then_skips_and_tabulates(tmp_path):
         "parents": [{"dataset": "fake", "model": "se_resnet18", "epochs": 1, "seeds": [0, 1]}],
         "cells": [{"dataset": "fake", "model": "se_resnet18", "method": "remotetrimmer", "loss": "aml+ce", "budgets": [0.3]},
                   {"dataset": "fake", "model": "se_resnet18", "method": "l1", "global_pruning": True, "budgets": [0.3],
-                  "options": {"round_to": 4}}],
+                  "options": {"round_to": 4}, "finetune_epochs": 2}],
         "distill": {"epochs": 1, "batch_size": 8},
         "distill_cells": [{"dataset": "fake", "model": "se_resnet18", "student": "g_ghost_regnetx_tiny", "loss": "dkd"}],
         "latency_repeats": 3,
@@ -51,7 +51,9 @@ def test_tiny_suite_records_then_skips_and_tabulates(tmp_path):
                 "latency_ms_bs1", "parent_latency_ms_bs1", "device", "commit", "command"):
         assert all(key in r for r in records), key
     assert {r["method"] for r in records} == {"remotetrimmer-aml+ce", "l1-global"}
-    assert all("--round-to 4" in r["command"] for r in records if r["method"] == "l1-global")
+    assert all("--round-to 4" in r["command"] and "--finetune-epochs 2" in r["command"] and r["finetune_epochs"] == 2
+               for r in records if r["method"] == "l1-global")
+    assert all(r["finetune_epochs"] == 1 for r in records if r["method"] != "l1-global")
     assert run_suite(path) == 0  # finished cells are skipped
     table, plots = write_tables(tmp_path / "results" / "pruning.jsonl")
     assert "± " in table.read_text() and all(p.is_file() for p in plots)
