@@ -360,6 +360,7 @@ def prune(
             log=_progress_printer(quiet),
             phase_dir=phase_dir,
             weights_as_trained=weights_as_trained,
+            device=resolve_device(cfg.finetune.device),
         )
         run.path.mkdir(parents=True, exist_ok=True)
         run.save_config(parent_cfg.model_copy(update={

@@ -173,8 +173,8 @@ def prune(
     threads: Annotated[int | None, typer.Option()] = None,
     channels_last: Annotated[bool, typer.Option(help="channels_last memory in fine-tuning, NAS search and sparse training.")] = False,
     bf16: Annotated[bool, typer.Option(help="bfloat16 autocast in fine-tuning, NAS search and sparse training.")] = False,
-    device: Annotated[str, typer.Option(help="Where fine-tuning runs: auto (CUDA if torch sees a GPU, else CPU), cpu, "
-                                             "cuda or cuda:N. Scoring, NAS search and sparse training run on the CPU.")] = "auto",
+    device: Annotated[str, typer.Option(help="Where NAS search, sparse training and fine-tuning run: auto (CUDA if torch "
+                                             "sees a GPU, else CPU), cpu, cuda or cuda:N. Scoring and pruning run on the CPU.")] = "auto",
     resume: Annotated[bool, typer.Option(help="Continue an interrupted fine-tuning.")] = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,

@@ -9,7 +9,7 @@ import torch
 
 from rscompress import api
 from rscompress.artifacts import setting_differences
-from rscompress.config import DataConfig, DistillConfig, FitConfig, TrainConfig
+from rscompress.config import DataConfig, DistillConfig, FitConfig, PruneConfig, TrainConfig
 from rscompress.engine.device import resolve_device
 from rscompress.engine.precision import bf16_autocast
 from rscompress.errors import UserError
@@ -83,6 +83,21 @@ def test_train_distill_and_evaluate_on_each_device(tmp_path, device):
         fit=FitConfig(epochs=1, batch_size=8, device=device)), tmp_path / "student", quiet=True)
     assert student["timings"]["device"].startswith(device)
     assert student["teacher_cache_this_process"]["misses"] > 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("method", ["nas", "l1rr"])
+def test_search_and_sparse_training_run_on_each_device(tmp_path, device, method):
+    data = make_fake_dataset(tmp_path / "data", name="rsscn7", per_class=6, size=32)
+    parent = tmp_path / "parent"
+    api.train(DataConfig(path=data, img_size=32), TrainConfig(model="resnet18", epochs=1, batch_size=8), parent,
+              quiet=True)
+    phase = {"search_epochs": 1} if method == "nas" else {"sparse_epochs": 1}
+    metrics = api.prune(parent, PruneConfig(method=method, target_macs=0.5, **phase,
+                                            finetune=FitConfig(epochs=1, batch_size=8, device=device)),
+                        tmp_path / "pruned", quiet=True)
+    assert metrics["timings"]["device"].startswith(device)
+    assert abs(metrics["macs_kept"] / 0.5 - 1) <= 0.01
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -56,8 +56,12 @@ def select_and_prune(
     log: Callable[[str], None] = lambda _: None,
     phase_dir: Path | None = None,
     weights_as_trained: nn.Module | None = None,
+    device: torch.device = torch.device("cpu"),
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Pruned copy of ``model`` within the budget, and what the method did (for metrics.json).
+
+    ``model`` is on the CPU, and so is the result. ``device``: where sparse training and the NAS
+    search run; scoring and pruning are cheap and stay on the CPU.
 
     ``weights_as_trained``: for a folded SE parent, the same architecture with the weights the
     SE model learned (models.se.strip_se_blocks); the WEIGHT_CRITERIA score it.
@@ -69,14 +73,15 @@ def select_and_prune(
               "round_to": cfg.round_to}
     details: dict[str, Any] = {}
     if cfg.method == "nas":
-        return _nas(model, img_size, cfg, train_batches, val_batches, log, phase_dir)
+        return _nas(model, img_size, cfg, train_batches, val_batches, log, phase_dir, device)
     scorer = None  # the model itself
     if cfg.method in SPARSE_METHODS:
         # Ranked by the γ sparse training left, never by the weights before it: that
         # distribution is what sets each layer's ratio.
         model, details["sparse_training"] = _sparse_train(
-            model, model_name, cfg, train_batches, val_batches, log, phase_dir
+            model.to(device), model_name, cfg, train_batches, val_batches, log, phase_dir
         )
+        model.cpu()
         importance, global_pruning = "bn", True
     else:
         importance, global_pruning = cfg.method, cfg.global_pruning
@@ -120,7 +125,7 @@ def _sparse_train(model, model_name, cfg: PruneConfig, train_batches, val_batche
     return model, report.to_dict()
 
 
-def _nas(model, img_size: int, cfg: PruneConfig, train_batches, val_batches, log, phase_dir):
+def _nas(model, img_size: int, cfg: PruneConfig, train_batches, val_batches, log, phase_dir, device):
     from rscompress.errors import UserError
     from rscompress.prune.methods.nas import nas_search
 
@@ -133,7 +138,7 @@ def _nas(model, img_size: int, cfg: PruneConfig, train_batches, val_batches, log
     pruned, report = nas_search(
         model, train_batches, val_batches, img_size=img_size, target_macs=cfg.target_macs,
         search_epochs=cfg.search_epochs, progress=progress, seed=cfg.finetune.seed, checkpoint_dir=phase_dir,
-        bf16=cfg.finetune.bf16, channels_last=cfg.finetune.channels_last,
+        bf16=cfg.finetune.bf16, channels_last=cfg.finetune.channels_last, device=device,
     )
     details = report.to_dict()
     return pruned, {"budget": details.pop("budget"), "nas_search": details}

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from rscompress.engine.checkpoint import load_phase, save_phase
+from rscompress.engine.device import model_device
 from rscompress.engine.precision import bf16_autocast
 from rscompress.errors import UserError
 from rscompress.prune.budget import prune_to_budget
@@ -250,6 +251,7 @@ def nas_search(
     checkpoint_dir: Path | None = None,
     bf16: bool = False,
     channels_last: bool = False,
+    device: torch.device | None = None,
 ) -> tuple[nn.Module, NASReport]:
     """Search channel scores on a copy of ``model``, then prune it to ``target_macs``.
 
@@ -276,6 +278,8 @@ def nas_search(
     ``channels_last``: the search's forward passes in bfloat16 autocast / channels_last memory
     (a vgg16_bn search epoch 1.7x faster on an AVX512-BF16 CPU, benchmarks/results/phase_step.json);
     the pruned model comes back float32 in the default memory format either way.
+    ``device``: where the search runs (default: ``model``'s device); the gate ranking and the
+    pruning happen on ``model``'s device, where the pruned model is returned.
     """
     _check(
         target_macs,
@@ -284,7 +288,8 @@ def nas_search(
         lam,
     )
     start = time.perf_counter()
-    searched = copy.deepcopy(model)
+    home = model_device(model)
+    searched = copy.deepcopy(model).to(device or home)
     flags = [m.training for m in model.modules()]
     param = next(searched.parameters())
     example = torch.zeros(1, 3, img_size, img_size, device=param.device, dtype=param.dtype)
@@ -313,7 +318,7 @@ def nas_search(
             )
     finally:
         gates.remove()
-        searched.to(memory_format=torch.contiguous_format)  # the pruned model in the default layout
+        searched.to(home, memory_format=torch.contiguous_format)  # the pruned model in the default layout
     for m, flag in zip(searched.modules(), flags, strict=True):
         m.training = flag
     searched.zero_grad(set_to_none=True)
