@@ -128,6 +128,26 @@ def test_expected_macs_with_hard_gates_equal_the_pruned_models(name: str) -> Non
 # --- gates --------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "g_ghost_regnetx_tiny"])
+@pytest.mark.parametrize("train_mode", [False, True])
+def test_folded_gates_compute_what_the_gated_model_computed(name: str, train_mode: bool) -> None:
+    model = parent(name).train(train_mode)
+    x = torch.randn(4, 3, IMG, IMG, generator=torch.Generator().manual_seed(1))
+    gates = ChannelGates(gate_layout(model, torch.zeros(1, 3, IMG, IMG)), tau=1.0)
+    with torch.no_grad():
+        gates.alpha.normal_(generator=torch.Generator().manual_seed(0))  # gates spread over (0, 1)
+    plain = copy.deepcopy(model)
+    run = lambda m: (torch.manual_seed(2), m(x))[1]  # the same dropout mask in train mode
+    gates.attach(model)
+    with torch.no_grad():
+        gated = run(model)
+        gates.fold_into(model)
+        gates.remove()
+        # float rounding only (train mode renormalises 4-image batches: a little more of it)
+        assert torch.allclose(run(model), gated, rtol=1e-3, atol=1e-3 * gated.abs().max())
+        assert not torch.allclose(run(plain), gated, rtol=0.1, atol=0)  # dropping the gates changes it
+
+
 def test_residual_stream_bns_share_one_gate_vector() -> None:
     model = parent("resnet18")
     layout = gate_layout(model, torch.zeros(1, 3, IMG, IMG))

@@ -74,6 +74,7 @@ class NASReport:
     params_kept: float
     search_seconds: float
     budget: dict  # budget.BudgetReport.to_dict() of the derivation
+    gates_folded: bool  # the searched gate values went into the kept BNs (else dropped)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -252,6 +253,7 @@ def nas_search(
     bf16: bool = False,
     channels_last: bool = False,
     device: torch.device | None = None,
+    fold_gates: bool = True,
 ) -> tuple[nn.Module, NASReport]:
     """Search channel scores on a copy of ``model``, then prune it to ``target_macs``.
 
@@ -280,6 +282,9 @@ def nas_search(
     the pruned model comes back float32 in the default memory format either way.
     ``device``: where the search runs (default: ``model``'s device); the gate ranking and the
     pruning happen on ``model``'s device, where the pruned model is returned.
+    ``fold_gates``: the searched gate values go into the BNs they follow before the gates are
+    removed (nas_gates.ChannelGates.fold_into), so the kept channels compute what the search
+    trained; False drops them (the ablation).
     """
     _check(
         target_macs,
@@ -316,6 +321,8 @@ def nas_search(
                 seed=seed, checkpoint_dir=checkpoint_dir, settings=settings, bf16=bf16,
                 channels_last=channels_last,
             )
+        if fold_gates:
+            gates.fold_into(searched)
     finally:
         gates.remove()
         searched.to(home, memory_format=torch.contiguous_format)  # the pruned model in the default layout
@@ -341,5 +348,6 @@ def nas_search(
         params_kept=budget.params_kept,
         search_seconds=search_seconds,
         budget=budget.to_dict(),
+        gates_folded=fold_gates,
     )
     return pruned, report
