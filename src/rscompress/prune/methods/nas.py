@@ -15,8 +15,9 @@ E[MACs] is differentiable in the gates (nas_cost.py). The cost term is METHODS.m
 from 0 over the first ``warmup_epochs`` epochs, so cross-entropy alone ranks the channels
 before the cost term starts pushing gates down.
 
-After the search the gates come off (hooks removed: the model is a plain model again) and
-the channels are ranked globally by α. ``prune_to_budget`` with an importance that returns
+After the search each gate value is folded into the γ and β of the BN it follows, the gates
+come off (hooks removed: the model is a plain model again, computing what the gated one did)
+and the channels are ranked globally by α. ``prune_to_budget`` with an importance that returns
 the α's then finds the global threshold whose pruned model keeps ``target_macs`` of the
 parent's MACs within ±1 %, counted with ``count_macs_params`` on the real pruned model. The
 weights pruned are the ones trained during the search. Fine-tuning is the caller's step.
