@@ -320,6 +320,7 @@ def prune(
     )
     from rscompress.prune.select import select_and_prune
 
+    device = resolve_device(cfg.finetune.device)
     parent, model, parent_cfg, parent_metrics = _open_source(parent_path, cfg.finetune.threads)
     run = RunDir(out)
     is_se = parent_cfg.model.startswith("se_")
@@ -360,7 +361,7 @@ def prune(
             log=_progress_printer(quiet),
             phase_dir=phase_dir,
             weights_as_trained=weights_as_trained,
-            device=resolve_device(cfg.finetune.device),
+            device=device,
         )
         run.path.mkdir(parents=True, exist_ok=True)
         run.save_config(parent_cfg.model_copy(update={
@@ -385,7 +386,7 @@ def prune(
             return aml_ce_loss(logits.float(), y, cfg.r1, cfg.r2), logits
     elif cfg.loss in ("kd", "dkd"):
         # The unpruned parent as it was trained (SE blocks and all) is the teacher.
-        teacher = freeze(parent.load_model()[0].to(resolve_device(cfg.finetune.device)), cfg.kd)
+        teacher = freeze(parent.load_model()[0].to(device), cfg.kd)
         loss_fn = teacher_loss_fn(teacher, cfg.loss, cfg.kd, cfg.finetune.label_smoothing)
 
     budget = record["budget"]
@@ -419,6 +420,7 @@ def distill(
     data and split, guided by the frozen teacher's logits. ``reuse_finished``: as in ``train``."""
     from rscompress.distill.objective import freeze, teacher_loss_fn
 
+    device = resolve_device(cfg.fit.device)
     teacher_run, teacher, teacher_cfg, teacher_metrics = _open_source(teacher_path, cfg.fit.threads)
     run = RunDir(out)
     student_model, student_cfg = _student(student, teacher_cfg, cfg)
@@ -431,7 +433,7 @@ def distill(
     if (finished := _open_out_dir(run, settings, resume=resume, reuse_finished=reuse_finished)) is not None:
         return finished
     teacher_macs, teacher_params = count_macs_params(teacher, teacher_cfg.img_size)
-    teacher = freeze(teacher.to(resolve_device(cfg.fit.device)), cfg)
+    teacher = freeze(teacher.to(device), cfg)
     data_cfg = DataConfig.model_validate(teacher_cfg.data)
     with decode_progress(quiet) as progress:
         data = prepare_data(data_cfg, teacher_run.split_path, progress)

@@ -1,8 +1,8 @@
 """Where the training and evaluation loops run: ``--device auto|cpu|cuda|cuda:N``.
 
 Models live on the CPU between steps (pruning's dependency graphs, MACs counting, weight
-files and ONNX export all work there); ``fit``, ``evaluate`` and a distillation teacher move
-to the resolved device for the loop. "auto" is CUDA when torch sees a GPU, else the CPU.
+files and ONNX export all work there); ``fit``, ``evaluate``, a distillation teacher, the NAS
+search and sparse training move to the resolved device for their loops. "auto" is CUDA when torch sees a GPU, else the CPU.
 Under torchrun, "auto" and "cuda" mean this process's GPU, ``cuda:$LOCAL_RANK``.
 """
 

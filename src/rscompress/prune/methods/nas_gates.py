@@ -35,7 +35,7 @@ share α entries by construction.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -180,10 +180,8 @@ class ChannelGates(nn.Module):
         """Gate every BN of the layout in ``model`` (a model with the layout's module names)."""
         if self._handles:
             raise RuntimeError("gates are attached already; remove() them first")
-        for name, module in model.named_modules():
-            if name in self.layout.norms:
-                index = self.layout.norms[name].to(self.alpha.device)  # once, not per forward
-                self._handles.append(module.register_forward_hook(self._hook(index)))
+        for _, module, index in self._gated_norms(model):
+            self._handles.append(module.register_forward_hook(self._hook(index)))
 
     @torch.no_grad()
     def fold_into(self, model: nn.Module) -> None:
@@ -195,13 +193,19 @@ class ChannelGates(nn.Module):
         ~0.5, no residual path) fine-tuning never recovered from that (README, pruning).
         """
         flat = self.flat()
+        for name, module, index in self._gated_norms(model):
+            if module.weight is None:
+                raise ValueError(f"cannot fold gates into {name}: it has no affine γ/β")
+            g = flat[index]
+            module.weight.mul_(g)
+            module.bias.mul_(g)
+
+    def _gated_norms(self, model: nn.Module) -> Iterator[tuple[str, nn.Module, Tensor]]:
+        """Each BN of the layout in ``model``, by name, with its per-channel index into ``flat()``,
+        moved to the gates' device once (not per forward)."""
         for name, module in model.named_modules():
             if name in self.layout.norms:
-                if module.weight is None:
-                    raise ValueError(f"cannot fold gates into {name}: it has no affine γ/β")
-                g = flat[self.layout.norms[name].to(flat.device)]
-                module.weight.mul_(g)
-                module.bias.mul_(g)
+                yield name, module, self.layout.norms[name].to(self.alpha.device)
 
     def remove(self) -> None:
         for handle in self._handles:
