@@ -49,9 +49,27 @@ class Batches:
             yield self.images[rows], self.labels[rows]
 
 
+class TinyVGG(nn.Module):
+    """VGG's shape in small: conv-BN-ReLU stages, then hidden Linear layers with no BN."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        stage = lambda i, o: [nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU()]
+        self.features = nn.Sequential(
+            *stage(3, 32), nn.MaxPool2d(2), *stage(32, 64), nn.MaxPool2d(2), *stage(64, 64),
+            nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+        )
+        self.classifier = nn.Sequential(
+            nn.Linear(256, 128), nn.ReLU(), nn.Dropout(0.5), nn.Linear(128, 96), nn.ReLU(), nn.Linear(96, CLASSES)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x))
+
+
 def parent(name: str) -> nn.Module:
     torch.manual_seed(0)
-    return create_model(name, CLASSES)
+    return TinyVGG() if name == "tiny_vgg" else create_model(name, CLASSES)
 
 
 def run_search(model: nn.Module, **kwargs) -> tuple[nn.Module, object, list[tuple], Batches]:
@@ -102,10 +120,11 @@ def test_expected_macs_at_full_gates_is_the_conv_and_linear_count(name: str, gap
     assert 0 < 1 - cost.full / macs < gap
 
 
-@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "g_ghost_regnetx_tiny"])
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "g_ghost_regnetx_tiny", "tiny_vgg"])
 def test_expected_macs_with_hard_gates_equal_the_pruned_models(name: str) -> None:
     """Gates of 0/1 (removed/kept) give exactly the conv+linear MACs of the pruned model:
-    residual couplings, depthwise convs, grouped convs and concats (G-Ghost) included."""
+    residual couplings, depthwise convs, grouped convs, concats (G-Ghost) and hidden linear
+    layers without BN (VGG) included."""
     model = parent(name)
     example = torch.zeros(1, 3, IMG, IMG)
     layout = gate_layout(model, example)
@@ -128,7 +147,7 @@ def test_expected_macs_with_hard_gates_equal_the_pruned_models(name: str) -> Non
 # --- gates --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "g_ghost_regnetx_tiny"])
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "g_ghost_regnetx_tiny", "tiny_vgg"])
 @pytest.mark.parametrize("train_mode", [False, True])
 def test_folded_gates_compute_what_the_gated_model_computed(name: str, train_mode: bool) -> None:
     model = parent(name).train(train_mode)
@@ -154,23 +173,46 @@ def test_residual_stream_bns_share_one_gate_vector() -> None:
     gates = ChannelGates(layout, tau=1.0)
     with torch.no_grad():
         gates.alpha.normal_(generator=torch.Generator().manual_seed(0))
-    gate = lambda name: gates.flat()[layout.norms[name]]  # what the hook on BN ``name`` multiplies by
+    gate = lambda name: gates.flat()[layout.gated[name]]  # what the hook on BN ``name`` multiplies by
     # layer2's stream: the downsample BN and both blocks' last BNs meet at residual adds
     stream = ["layer2.0.downsample.1", "layer2.0.bn2", "layer2.1.bn2"]
-    first = layout.norms[stream[0]]
+    first = layout.gated[stream[0]]
     k = layout.roots.index("layer2.0.downsample.0")
     start = layout.offsets()[k]
     assert torch.equal(first, torch.arange(start, start + layout.sizes[k]))  # one α per channel
     in_group = lambda where: bool(((where >= start) & (where < start + layout.sizes[k])).any())
-    readers = {name for name, where in layout.norms.items() if in_group(where)}
+    readers = {name for name, where in layout.gated.items() if in_group(where)}
     assert readers == set(stream)
     for name in stream[1:]:
-        assert torch.equal(layout.norms[name], first)  # the same α entries...
+        assert torch.equal(layout.gated[name], first)  # the same α entries...
         assert torch.equal(gate(name), gate(stream[0]))  # ...so the same gates
     # a BN inside a block has its own group and gates
     assert not torch.equal(gate("layer2.0.bn1"), gate("layer2.0.bn2"))
     # the classifier's outputs are never gated
     assert "fc" not in layout.outputs and "fc" in layout.inputs
+
+
+def test_layers_without_bn_gate_the_outputs_of_the_layers_producing_them() -> None:
+    model = parent("vgg16_bn")
+    layout = gate_layout(model, torch.zeros(1, 3, IMG, IMG))
+    # the hidden classifier layers (Linear → ReLU → Dropout) carry their own gates...
+    assert {"classifier.0", "classifier.3"} <= layout.gated.keys() and {"classifier.0", "classifier.3"} <= set(layout.roots)
+    # ...which the next layer's inputs read; the logits are never gated
+    assert torch.equal(layout.gated["classifier.0"], layout.inputs["classifier.3"])
+    assert "classifier.6" not in layout.outputs and "classifier.6" not in layout.gated
+    # every BN is gated, no conv that a BN follows is
+    bns = {n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
+    assert layout.gated.keys() == bns | {"classifier.0", "classifier.3"}
+
+
+def test_search_prunes_hidden_linear_layers_without_bn() -> None:
+    model = parent("tiny_vgg")
+    pruned, report, _, _ = run_search(model)
+    assert abs(report.macs_kept / TARGET - 1) <= TOLERANCE
+    widths = lambda m: [m.classifier[i].out_features for i in (0, 3, 5)]
+    assert widths(model) == [128, 96, CLASSES]
+    hidden = widths(pruned)
+    assert hidden[0] < 128 and hidden[1] < 96 and hidden[2] == CLASSES
 
 
 def test_gates_multiply_bn_outputs_and_come_off_without_trace() -> None:
@@ -193,7 +235,7 @@ def test_gates_multiply_bn_outputs_and_come_off_without_trace() -> None:
         ungated = nn.BatchNorm2d.forward(bn, seen["in"])  # forward() itself: no hooks
     for probe in probes:
         probe.remove()
-    gate = gates.flat()[gates.layout.norms["layer1.0.bn1"]].detach()
+    gate = gates.flat()[gates.layout.gated["layer1.0.bn1"]].detach()
     assert torch.allclose(seen["out"], ungated * gate.view(1, -1, 1, 1))
     assert not torch.allclose(gated, plain)  # g = sigmoid(3) ≈ 0.95 changes the function a bit
     gates.remove()

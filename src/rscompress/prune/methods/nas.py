@@ -1,8 +1,9 @@
 """NAS-based channel pruning (Wei et al., IEEE GRSL 2022; METHODS.md §2).
 
 Every prunable channel gets a trainable score α; its gate sigmoid(α/τ) multiplies the
-channel after its BatchNorm (nas_gates.py: one α vector per Torch-Pruning dependency group,
-so residual streams share gates). The search is first-order DARTS, alternating
+channel after its BatchNorm, or after the conv/linear producing it where no BN follows
+(nas_gates.py: one α vector per Torch-Pruning dependency group, so residual streams share
+gates). The search is first-order DARTS, alternating
 
 * a weight step on a train batch: cross-entropy, SGD with momentum on the model's weights
   (α fixed), model in train mode;
@@ -15,7 +16,8 @@ E[MACs] is differentiable in the gates (nas_cost.py). The cost term is METHODS.m
 from 0 over the first ``warmup_epochs`` epochs, so cross-entropy alone ranks the channels
 before the cost term starts pushing gates down.
 
-After the search each gate value is folded into the γ and β of the BN it follows, the gates
+After the search each gate value is folded into the layer it follows (a BN's γ and β, or the
+output rows of a conv/linear with no BN after it), the gates
 come off (hooks removed: the model is a plain model again, computing what the gated one did)
 and the channels are ranked globally by α. ``prune_to_budget`` with an importance that returns
 the α's then finds the global threshold whose pruned model keeps ``target_macs`` of the
@@ -84,7 +86,7 @@ class NASReport:
 class AlphaImportance(tp.importance.Importance):
     """Scores a group of the searched model by its α (one per position, see nas_gates).
 
-    Groups without α (no BatchNorm, never gated) return ``None`` and are not pruned. A
+    Groups without α (never gated: see nas_gates) return ``None`` and are not pruned. A
     group whose root is not a layer of the searched model means a different model is
     being scored, a bug, so it raises.
     """
@@ -283,7 +285,7 @@ def nas_search(
     the pruned model comes back float32 in the default memory format either way.
     ``device``: where the search runs (default: ``model``'s device); the gate ranking and the
     pruning happen on ``model``'s device, where the pruned model is returned.
-    ``fold_gates``: the searched gate values go into the BNs they follow before the gates are
+    ``fold_gates``: the searched gate values go into the layers they follow before the gates are
     removed (nas_gates.ChannelGates.fold_into), so the kept channels compute what the search
     trained; False drops them (the ablation).
     """

@@ -10,15 +10,19 @@ g = sigmoid(α/τ) (channel c of a BN reads the gate of the root position it car
 one gate on every summand of a residual add, relu(g·a + g·b) = g·relu(a + b): the stream
 stays one set of channels, exactly what pruning the group later removes.
 
+A group with no BatchNorm (VGG's hidden classifier layers: Linear → ReLU → Dropout) gates the
+outputs of the convs/linears that produce its channels instead: relu(g·(Wx + b)) =
+g·relu(Wx + b) as well, and the gate folds into the rows of W and b. Every prunable channel
+is searched, as METHODS.md §2 asks. On vgg16_bn at 64 px those layers hold 89 % of the
+parameters and 9 % of the MACs; left ungated, their 4096 outputs all stayed (at 10 % of the
+MACs NAS kept 21 % of the params, uniform l1 10 %).
+
 In a plain chain (conv → BN → depthwise conv → BN, as in MobileNetV2) both BNs belong to
 the same group, so a channel is gated twice (g² on that path). That only sharpens the
 gate; the ranking by α, which is all the derivation reads, is unchanged.
 
-Groups with no BatchNorm get no gates (nothing to multiply after a BN; a gate only the
-cost term sees would sink to zero). They count as fixed channels in E[MACs] and are not
-pruned, as with the BN criteria (importance.py): in the registered models that is only
-VGG's hidden classifier layers. The classifier's outputs are never gated (the groups are
-the ones ``score_model`` prunes: protected layers excluded).
+The classifier's outputs are never gated (the groups are the ones ``score_model`` prunes:
+protected layers excluded).
 
 Grouped (not depthwise) convolutions are pruned by *position* (graph.GroupScore): position
 p of a group with ``ch_groups`` parts stands for channels p, p + n, p + 2n, … . So α has
@@ -27,10 +31,10 @@ one entry per position and those channels share it.
 Layout
 ------
 All groups' gates live in one flat vector, with one extra entry fixed at 1 at the end:
-``flat = [g_group0, g_group1, …, 1]``. Each BN (and, for the cost model, each conv/linear
-input and output) holds a LongTensor with, per channel, its index into ``flat``; channels
-in no gated group point at the trailing 1. A gate is then one gather, and BNs of one group
-share α entries by construction.
+``flat = [g_group0, g_group1, …, 1]``. Each gated layer (and, for the cost model, each
+conv/linear input and output) holds a LongTensor with, per channel, its index into
+``flat``; channels in no gated group point at the trailing 1. A gate is then one gather,
+and the layers of one group share α entries by construction.
 """
 
 from __future__ import annotations
@@ -61,14 +65,16 @@ class GateLayout:
 
     ``roots``/``sizes``: root layer name and number of positions of each gated group, in
     graph order; ``flat`` has ``sum(sizes) + 1`` entries, the last the constant 1.
-    ``norms``: BN name → per-channel index into ``flat``. ``inputs``/``outputs``: conv or
-    linear name → per-channel index of its input/output channels (layers or sides that
-    no gated group touches are absent: all their channels are fixed).
+    ``gated``: name of a layer whose output the gates multiply (the BNs of a group, or the
+    producing convs/linears of a group without BN) → per-channel index into ``flat``.
+    ``inputs``/``outputs``: conv or linear name → per-channel index of its input/output
+    channels (layers or sides that no gated group touches are absent: all their channels
+    are fixed).
     """
 
     roots: tuple[str, ...]
     sizes: tuple[int, ...]
-    norms: dict[str, Tensor]
+    gated: dict[str, Tensor]
     inputs: dict[str, Tensor]
     outputs: dict[str, Tensor]
 
@@ -83,10 +89,6 @@ class GateLayout:
             starts.append(total)
             total += size
         return starts
-
-
-def _has_norm(group: tp.dependency.Group) -> bool:
-    return any(isinstance(item.dep.target.module, _NORM) for item in group)
 
 
 def _sides(graph: tp.DependencyGraph, layer: nn.Module, handler: Callable) -> tuple[str, ...]:
@@ -125,33 +127,43 @@ def gate_layout(model: nn.Module, example_inputs: Tensor) -> GateLayout:
     protected = protected_layers(model, example_inputs)
     roots: list[str] = []
     sizes: list[int] = []
-    tables: dict[str, dict[str, Tensor]] = {"norm": {}, "in": {}, "out": {}}
+    tables: dict[str, dict[str, Tensor]] = {"in": {}, "out": {}, "gated": {}}
     for group in graph.get_all_groups(ignored_layers=protected, root_module_types=ROOT_TYPES):
-        if not _has_norm(group):
-            continue
+        # the BNs carry the gates; without any, the layers producing the channels do
+        members = [item.dep.target.module for item in group]
+        if any(isinstance(m, _NORM) for m in members):
+            gated_side = "norm"
+        elif not any(isinstance(m, _CONV) and m.transposed for m in members):
+            gated_side = "out"
+        else:
+            continue  # a transposed conv's W keeps its outputs in dim 1: not gated, never pruned
         positions = len(group[0].idxs) // channel_groups(graph, group)
         offset = sum(sizes)
         for item in group:
             if not item.root_idxs or any(r is None for r in item.root_idxs):
                 continue  # Torch-Pruning's marker for a member with no root channel
             layer = item.dep.target.module
+            src = torch.tensor([offset + r % positions for r in item.root_idxs], dtype=torch.long)
             for side in _sides(graph, layer, item.dep.handler):
-                # -1 until the end: "fixed channel", replaced by the trailing 1's index
-                where = tables[side].setdefault(names[layer], torch.full((_width(layer, side),), -1))
-                src = [offset + r % positions for r in item.root_idxs]
-                where[torch.tensor(item.idxs, dtype=torch.long)] = torch.tensor(src, dtype=torch.long)
+                tables_of_side = [side] if side != "norm" else []  # the cost model reads in/out
+                if side == gated_side:
+                    tables_of_side.append("gated")
+                for table in tables_of_side:
+                    # -1 until the end: "fixed channel", replaced by the trailing 1's index
+                    where = tables[table].setdefault(names[layer], torch.full((_width(layer, side),), -1))
+                    where[torch.tensor(item.idxs, dtype=torch.long)] = src
         roots.append(names[group[0].dep.target.module])
         sizes.append(positions)
     for table in tables.values():
         for where in table.values():
             where[where < 0] = sum(sizes)
-    return GateLayout(tuple(roots), tuple(sizes), tables["norm"], tables["in"], tables["out"])
+    return GateLayout(tuple(roots), tuple(sizes), tables["gated"], tables["in"], tables["out"])
 
 
 class ChannelGates(nn.Module):
-    """The α's of a ``GateLayout`` and the forward hooks that gate a model's BatchNorms.
+    """The α's of a ``GateLayout`` and the forward hooks that gate a model's channels.
 
-    Lives outside the model: ``attach`` adds one forward hook per gated BN, ``remove``
+    Lives outside the model: ``attach`` adds one forward hook per gated layer, ``remove``
     takes them all off again, after which the model is exactly what it was (no modules,
     no hooks, no parameters added).
     """
@@ -177,35 +189,38 @@ class ChannelGates(nn.Module):
         }
 
     def attach(self, model: nn.Module) -> None:
-        """Gate every BN of the layout in ``model`` (a model with the layout's module names)."""
+        """Gate every layer of the layout in ``model`` (a model with the layout's module names)."""
         if self._handles:
             raise RuntimeError("gates are attached already; remove() them first")
-        for _, module, index in self._gated_norms(model):
+        for _, module, index in self._gated_layers(model):
             self._handles.append(module.register_forward_hook(self._hook(index)))
 
     @torch.no_grad()
     def fold_into(self, model: nn.Module) -> None:
-        """Scale each gated BN's γ and β by its gates: g·(γx̂ + β) = (gγ)x̂ + gβ, so without
-        the hooks ``model`` computes what the gated model computed.
+        """Scale each gated BN's γ and β by its gates, g·(γx̂ + β) = (gγ)x̂ + gβ, and each gated
+        conv/linear's output rows of W and b, g·(Wx + b) = (gW)x + gb; so without the hooks
+        ``model`` computes what the gated model computed.
 
         Dropping the gates instead rescales every kept channel by 1/g relative to what the
         search trained the next layers on; on vgg16_bn at 10 % of the MACs (kept gates down to
         ~0.5, no residual path) fine-tuning never recovered from that (README, pruning).
         """
         flat = self.flat()
-        for name, module, index in self._gated_norms(model):
-            if module.weight is None:
+        for name, module, index in self._gated_layers(model):
+            if isinstance(module, _NORM) and module.weight is None:
                 raise ValueError(f"cannot fold gates into {name}: it has no affine γ/β")
             g = flat[index]
-            module.weight.mul_(g)
-            module.bias.mul_(g)
+            # weight: γ (C,), or output channels first (C, in, k…) for conv and linear
+            module.weight.mul_(g.view(-1, *([1] * (module.weight.dim() - 1))))
+            if module.bias is not None:
+                module.bias.mul_(g)
 
-    def _gated_norms(self, model: nn.Module) -> Iterator[tuple[str, nn.Module, Tensor]]:
-        """Each BN of the layout in ``model``, by name, with its per-channel index into ``flat()``,
-        moved to the gates' device once (not per forward)."""
+    def _gated_layers(self, model: nn.Module) -> Iterator[tuple[str, nn.Module, Tensor]]:
+        """Each gated layer of the layout in ``model``, by name, with its per-channel index into
+        ``flat()``, moved to the gates' device once (not per forward)."""
         for name, module in model.named_modules():
-            if name in self.layout.norms:
-                yield name, module, self.layout.norms[name].to(self.alpha.device)
+            if name in self.layout.gated:
+                yield name, module, self.layout.gated[name].to(self.alpha.device)
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -214,7 +229,7 @@ class ChannelGates(nn.Module):
 
     def _hook(self, index: Tensor) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor], Tensor]:
         def gate(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
-            g = self.flat()[index]  # BNs of one group gather the same entries: same gates
+            g = self.flat()[index]  # layers of one group gather the same entries: same gates
             return output * g.view(1, -1, *([1] * (output.dim() - 2)))
 
         return gate
