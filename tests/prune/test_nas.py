@@ -127,7 +127,7 @@ def test_expected_macs_with_hard_gates_equal_the_pruned_models(name: str) -> Non
     layers without BN (VGG) included."""
     model = parent(name)
     example = torch.zeros(1, 3, IMG, IMG)
-    layout = gate_layout(model, example)
+    layout = gate_layout(model, example, gate_without_bn=True)
     gates = ChannelGates(layout, tau=1.0)
     with torch.no_grad():
         gates.alpha.normal_(generator=torch.Generator().manual_seed(0))
@@ -152,7 +152,7 @@ def test_expected_macs_with_hard_gates_equal_the_pruned_models(name: str) -> Non
 def test_folded_gates_compute_what_the_gated_model_computed(name: str, train_mode: bool) -> None:
     model = parent(name).train(train_mode)
     x = torch.randn(4, 3, IMG, IMG, generator=torch.Generator().manual_seed(1))
-    gates = ChannelGates(gate_layout(model, torch.zeros(1, 3, IMG, IMG)), tau=1.0)
+    gates = ChannelGates(gate_layout(model, torch.zeros(1, 3, IMG, IMG), gate_without_bn=True), tau=1.0)
     with torch.no_grad():
         gates.alpha.normal_(generator=torch.Generator().manual_seed(0))  # gates spread over (0, 1)
     plain = copy.deepcopy(model)
@@ -192,27 +192,34 @@ def test_residual_stream_bns_share_one_gate_vector() -> None:
     assert "fc" not in layout.outputs and "fc" in layout.inputs
 
 
-def test_layers_without_bn_gate_the_outputs_of_the_layers_producing_them() -> None:
+def test_groups_without_bn_gate_the_outputs_of_the_layers_producing_them_when_asked() -> None:
     model = parent("vgg16_bn")
-    layout = gate_layout(model, torch.zeros(1, 3, IMG, IMG))
+    example = torch.zeros(1, 3, IMG, IMG)
+    bns = {n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
+    assert gate_layout(model, example).gated.keys() == bns  # by default the BNs only
+    layout = gate_layout(model, example, gate_without_bn=True)
     # the hidden classifier layers (Linear → ReLU → Dropout) carry their own gates...
     assert {"classifier.0", "classifier.3"} <= layout.gated.keys() and {"classifier.0", "classifier.3"} <= set(layout.roots)
     # ...which the next layer's inputs read; the logits are never gated
     assert torch.equal(layout.gated["classifier.0"], layout.inputs["classifier.3"])
     assert "classifier.6" not in layout.outputs and "classifier.6" not in layout.gated
     # every BN is gated, no conv that a BN follows is
-    bns = {n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
     assert layout.gated.keys() == bns | {"classifier.0", "classifier.3"}
 
 
-def test_search_prunes_hidden_linear_layers_without_bn() -> None:
+@pytest.mark.parametrize("gate_without_bn", [False, True])
+def test_hidden_linear_layers_without_bn_are_searched_and_pruned_only_when_asked(gate_without_bn: bool) -> None:
     model = parent("tiny_vgg")
-    pruned, report, _, _ = run_search(model)
+    pruned, report, _, _ = run_search(model, gate_without_bn=gate_without_bn)
     assert abs(report.macs_kept / TARGET - 1) <= TOLERANCE
+    assert report.gated_without_bn == gate_without_bn
     widths = lambda m: [m.classifier[i].out_features for i in (0, 3, 5)]
     assert widths(model) == [128, 96, CLASSES]
     hidden = widths(pruned)
-    assert hidden[0] < 128 and hidden[1] < 96 and hidden[2] == CLASSES
+    if gate_without_bn:
+        assert hidden[0] < 128 and hidden[1] < 96 and hidden[2] == CLASSES
+    else:
+        assert hidden == [128, 96, CLASSES]
 
 
 def test_gates_multiply_bn_outputs_and_come_off_without_trace() -> None:

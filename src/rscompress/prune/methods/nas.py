@@ -1,9 +1,8 @@
 """NAS-based channel pruning (Wei et al., IEEE GRSL 2022; METHODS.md §2).
 
 Every prunable channel gets a trainable score α; its gate sigmoid(α/τ) multiplies the
-channel after its BatchNorm, or after the conv/linear producing it where no BN follows
-(nas_gates.py: one α vector per Torch-Pruning dependency group, so residual streams share
-gates). The search is first-order DARTS, alternating
+channel after its BatchNorm (nas_gates.py: one α vector per Torch-Pruning dependency group,
+so residual streams share gates). The search is first-order DARTS, alternating
 
 * a weight step on a train batch: cross-entropy, SGD with momentum on the model's weights
   (α fixed), model in train mode;
@@ -77,7 +76,8 @@ class NASReport:
     params_kept: float
     search_seconds: float
     budget: dict  # budget.BudgetReport.to_dict() of the derivation
-    gates_folded: bool  # the searched gate values went into the kept BNs (else dropped)
+    gates_folded: bool  # the searched gate values went into the kept layers (else dropped)
+    gated_without_bn: bool  # groups with no BN were searched (and pruned) too
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -183,7 +183,8 @@ def _search(
     resumed = load_phase(checkpoint_dir, optimizers) if checkpoint_dir else None
     if resumed is not None:
         last, tensors, extra = resumed
-        if extra["settings"] != settings:
+        # searches saved before gate_without_bn existed gated no BN-less group
+        if {"gate_without_bn": False, **extra["settings"]} != settings:
             raise UserError(f"{checkpoint_dir} holds a NAS search with other settings; "
                             f"resume with the same options or remove it")
         with torch.no_grad():
@@ -257,6 +258,7 @@ def nas_search(
     channels_last: bool = False,
     device: torch.device | None = None,
     fold_gates: bool = True,
+    gate_without_bn: bool = False,
 ) -> tuple[nn.Module, NASReport]:
     """Search channel scores on a copy of ``model``, then prune it to ``target_macs``.
 
@@ -288,6 +290,8 @@ def nas_search(
     ``fold_gates``: the searched gate values go into the layers they follow before the gates are
     removed (nas_gates.ChannelGates.fold_into), so the kept channels compute what the search
     trained; False drops them (the ablation).
+    ``gate_without_bn``: search the groups with no BatchNorm too (VGG's hidden classifier
+    layers; nas_gates has why the default leaves them out).
     """
     _check(
         target_macs,
@@ -301,7 +305,7 @@ def nas_search(
     flags = [m.training for m in model.modules()]
     param = next(searched.parameters())
     example = torch.zeros(1, 3, img_size, img_size, device=param.device, dtype=param.dtype)
-    layout = gate_layout(searched, example)
+    layout = gate_layout(searched, example, gate_without_bn=gate_without_bn)
     if not layout.sizes:
         raise UserError(f"{type(model).__name__} has no prunable channel group with a BatchNorm to gate")
     gates = ChannelGates(layout, tau).to(param.device)
@@ -315,7 +319,7 @@ def nas_search(
         settings = {"target_macs": float(target_macs), "img_size": img_size, "search_epochs": search_epochs,
                     "weight_lr": weight_lr, "arch_lr": arch_lr, "tau": tau, "lam": lam,
                     "warmup_epochs": warmup_epochs, "seed": seed, "cost": "relative", "bf16": bf16,
-                    "channels_last": channels_last}
+                    "channels_last": channels_last, "gate_without_bn": gate_without_bn}
         with torch.random.fork_rng(devices=[]):
             ratios, train_ce, val_ce = _search(
                 searched, gates, cost, train_batches, val_batches,
@@ -352,5 +356,6 @@ def nas_search(
         search_seconds=search_seconds,
         budget=budget.to_dict(),
         gates_folded=fold_gates,
+        gated_without_bn=gate_without_bn,
     )
     return pruned, report

@@ -10,12 +10,15 @@ g = sigmoid(α/τ) (channel c of a BN reads the gate of the root position it car
 one gate on every summand of a residual add, relu(g·a + g·b) = g·relu(a + b): the stream
 stays one set of channels, exactly what pruning the group later removes.
 
-A group with no BatchNorm (VGG's hidden classifier layers: Linear → ReLU → Dropout) gates the
-outputs of the convs/linears that produce its channels instead: relu(g·(Wx + b)) =
-g·relu(Wx + b) as well, and the gate folds into the rows of W and b. Every prunable channel
-is searched, as METHODS.md §2 asks. On vgg16_bn at 64 px those layers hold 89 % of the
-parameters and 9 % of the MACs; left ungated, their 4096 outputs all stayed (at 10 % of the
-MACs NAS kept 21 % of the params, uniform l1 10 %).
+Groups with no BatchNorm (in the registered models only VGG's hidden classifier layers,
+Linear → ReLU → Dropout) are not gated by default: they count as fixed channels in E[MACs]
+and are not pruned, as with the BN criteria (importance.py). With ``gate_without_bn`` they
+are: the gates multiply the outputs of the convs/linears producing their channels,
+relu(g·(Wx + b)) = g·relu(Wx + b), and fold into those rows of W and b. On vgg16_bn at 64 px
+those layers hold 89 % of the parameters and 9 % of the MACs. Searched too, at 10 % of the
+MACs (seed 0) they shrank from 4096 to 410 and 1555 outputs: 2.3 % of the params kept instead
+of 21 %, but val top-1 88.6 % instead of 91.0 % (test 87.1 vs 90.7), so the default leaves
+them out (benchmarks/results/superseded/README.md).
 
 In a plain chain (conv → BN → depthwise conv → BN, as in MobileNetV2) both BNs belong to
 the same group, so a channel is gated twice (g² on that path). That only sharpens the
@@ -116,8 +119,9 @@ def _width(layer: nn.Module, side: str) -> int:
     return layer.in_channels if side == "in" else layer.out_channels
 
 
-def gate_layout(model: nn.Module, example_inputs: Tensor) -> GateLayout:
+def gate_layout(model: nn.Module, example_inputs: Tensor, *, gate_without_bn: bool = False) -> GateLayout:
     """The gate layout of ``model``: the groups ``prune_to_budget`` will prune, gated.
+    ``gate_without_bn``: gate the groups with no BN too (see the module docstring).
 
     Groups come from the same call as ``pruner.score_model`` (same graph, same protected
     layers, same root types), so the derivation step scores exactly these groups.
@@ -129,14 +133,14 @@ def gate_layout(model: nn.Module, example_inputs: Tensor) -> GateLayout:
     sizes: list[int] = []
     tables: dict[str, dict[str, Tensor]] = {"in": {}, "out": {}, "gated": {}}
     for group in graph.get_all_groups(ignored_layers=protected, root_module_types=ROOT_TYPES):
-        # the BNs carry the gates; without any, the layers producing the channels do
+        # the BNs carry the gates; without any, the layers producing the channels may
         members = [item.dep.target.module for item in group]
         if any(isinstance(m, _NORM) for m in members):
             gated_side = "norm"
-        elif not any(isinstance(m, _CONV) and m.transposed for m in members):
+        elif gate_without_bn and not any(isinstance(m, _CONV) and m.transposed for m in members):
             gated_side = "out"
         else:
-            continue  # a transposed conv's W keeps its outputs in dim 1: not gated, never pruned
+            continue  # ungated, never pruned (a transposed conv's W keeps its outputs in dim 1)
         positions = len(group[0].idxs) // channel_groups(graph, group)
         offset = sum(sizes)
         for item in group:
