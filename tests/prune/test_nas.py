@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -366,6 +367,29 @@ def test_interrupted_search_resumes_to_the_same_end(tmp_path) -> None:
     with pytest.raises(UserError, match="other settings"):  # nor in another precision
         nas_search(parent("resnet18"), Batches(32, seed=0), Batches(16, seed=1), checkpoint_dir=tmp_path,
                    **{**settings, "bf16": True})
+    with pytest.raises(UserError, match="other settings"):  # nor with another gate layout
+        nas_search(parent("resnet18"), Batches(32, seed=0), Batches(16, seed=1), checkpoint_dir=tmp_path,
+                   **{**settings, "gate_without_bn": True})
+
+
+def test_a_search_saved_before_gate_without_bn_existed_still_resumes(tmp_path) -> None:
+    settings = {"img_size": IMG, "target_macs": 0.5, "search_epochs": 2, "arch_lr": 0.5, "lam": 10.0, "warmup_epochs": 1}
+
+    def stop_in_epoch_two(epoch, *_):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        nas_search(parent("resnet18"), Batches(32, seed=0), Batches(16, seed=1), progress=stop_in_epoch_two,
+                   checkpoint_dir=tmp_path, **settings)
+    state = next(tmp_path.glob("epoch-*/state.json"))
+    meta = json.loads(state.read_text())
+    del meta["extra"]["settings"]["gate_without_bn"]  # what an older version wrote
+    state.write_text(json.dumps(meta))
+    epochs_run: list[int] = []
+    nas_search(parent("resnet18"), Batches(32, seed=0), Batches(16, seed=1),
+               progress=lambda e, *_: epochs_run.append(e), checkpoint_dir=tmp_path, **settings)
+    assert epochs_run == [1]
 
 
 def test_cost_awareness_loss_is_the_miss_relative_to_the_target() -> None:
