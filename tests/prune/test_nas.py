@@ -344,17 +344,25 @@ def test_no_validation_batches_is_a_user_error() -> None:
         nas_search(parent("resnet18"), Batches(8, 0), [], img_size=IMG, search_epochs=1)
 
 
-def test_interrupted_search_resumes_to_the_same_end(tmp_path) -> None:
-    settings = {"img_size": IMG, "target_macs": 0.5, "search_epochs": 3, "arch_lr": 0.5, "lam": 10.0, "warmup_epochs": 1}
-    whole, whole_report, _, _ = run_search(parent("resnet18"), **settings)
+RESUMABLE = {"img_size": IMG, "target_macs": 0.5, "arch_lr": 0.5, "lam": 10.0, "warmup_epochs": 1}
+
+
+def kill_search_in_epoch_two(checkpoint_dir, settings: dict) -> None:
+    """A resnet18 search killed after epoch 1's work, before its state is committed."""
 
     def stop_in_epoch_two(epoch, *_):
         if epoch == 1:
-            raise KeyboardInterrupt  # a kill after epoch 1's work, before its state is committed
+            raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         nas_search(parent("resnet18"), Batches(32, seed=0), Batches(16, seed=1), progress=stop_in_epoch_two,
-                   checkpoint_dir=tmp_path, **settings)
+                   checkpoint_dir=checkpoint_dir, **settings)
+
+
+def test_interrupted_search_resumes_to_the_same_end(tmp_path) -> None:
+    settings = {**RESUMABLE, "search_epochs": 3}
+    whole, whole_report, _, _ = run_search(parent("resnet18"), **settings)
+    kill_search_in_epoch_two(tmp_path, settings)
     epochs_run: list[int] = []
     resumed, report = nas_search(parent("resnet18"), Batches(32, seed=0), Batches(16, seed=1),
                                  progress=lambda e, *_: epochs_run.append(e), checkpoint_dir=tmp_path, **settings)
@@ -373,15 +381,8 @@ def test_interrupted_search_resumes_to_the_same_end(tmp_path) -> None:
 
 
 def test_a_search_saved_before_gate_without_bn_existed_still_resumes(tmp_path) -> None:
-    settings = {"img_size": IMG, "target_macs": 0.5, "search_epochs": 2, "arch_lr": 0.5, "lam": 10.0, "warmup_epochs": 1}
-
-    def stop_in_epoch_two(epoch, *_):
-        if epoch == 1:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        nas_search(parent("resnet18"), Batches(32, seed=0), Batches(16, seed=1), progress=stop_in_epoch_two,
-                   checkpoint_dir=tmp_path, **settings)
+    settings = {**RESUMABLE, "search_epochs": 2}
+    kill_search_in_epoch_two(tmp_path, settings)
     state = next(tmp_path.glob("epoch-*/state.json"))
     meta = json.loads(state.read_text())
     del meta["extra"]["settings"]["gate_without_bn"]  # what an older version wrote

@@ -2,7 +2,8 @@
 
 Models live on the CPU between steps (pruning's dependency graphs, MACs counting, weight
 files and ONNX export all work there); ``fit``, ``evaluate``, a distillation teacher, the NAS
-search and sparse training move to the resolved device for their loops. "auto" is CUDA when torch sees a GPU, else the CPU.
+search and sparse training move to the resolved device for their loops. "auto" is CUDA when
+torch sees a GPU, else the CPU.
 Under torchrun, "auto" and "cuda" mean this process's GPU, ``cuda:$LOCAL_RANK``.
 """
 

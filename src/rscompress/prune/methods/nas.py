@@ -16,9 +16,9 @@ from 0 over the first ``warmup_epochs`` epochs, so cross-entropy alone ranks the
 before the cost term starts pushing gates down.
 
 After the search each gate value is folded into the layer it follows (a BN's γ and β, or the
-output rows of a conv/linear with no BN after it), the gates
-come off (hooks removed: the model is a plain model again, computing what the gated one did)
-and the channels are ranked globally by α. ``prune_to_budget`` with an importance that returns
+output rows of a conv/linear with no BN after it), the gates come off (hooks removed: the
+model is a plain model again, computing what the gated one did) and the channels are ranked
+globally by α. ``prune_to_budget`` with an importance that returns
 the α's then finds the global threshold whose pruned model keeps ``target_macs`` of the
 parent's MACs within ±1 %, counted with ``count_macs_params`` on the real pruned model. The
 weights pruned are the ones trained during the search. Fine-tuning is the caller's step.
