@@ -158,6 +158,8 @@ def prune(
     sparse_strength: Annotated[float, typer.Option(help="Initial L1 strength on BN gamma (slim, l1rr).")] = 1e-4,
     attention_weight: Annotated[float, typer.Option(help="Feature attention loss weight (l1rr).")] = 1.0,
     search_epochs: Annotated[int, typer.Option(help="Gate search epochs (nas).")] = 20,
+    gate_without_bn: Annotated[bool, typer.Option(help="Also search channels with no BatchNorm, e.g. VGG's hidden "
+                                                       "Linear layers (nas): far fewer params, usually lower top-1.")] = False,
     finetune_epochs: Annotated[int, typer.Option()] = 20,
     batch_size: Annotated[int, typer.Option()] = 64,
     optimizer: Annotated[str, typer.Option(help="sgd or adamw.")] = "sgd",
@@ -190,6 +192,7 @@ def prune(
         PruneConfig, method=method, target_macs=target_macs, target_params=target_params, ratio=ratio,
         global_pruning=global_pruning, round_to=round_to, loss=loss, r1=r1, r2=r2, sparse_epochs=sparse_epochs,
         sparse_strength=sparse_strength, attention_weight=attention_weight, search_epochs=search_epochs,
+        gate_without_bn=gate_without_bn,
         kd=_validated(KDSettings, temperature=temperature, alpha=alpha, beta=beta, kd_weight=kd_weight,
                       kd_warmup_epochs=kd_warmup_epochs, cache_teacher_logits=cache_teacher_logits),
         finetune=fit_cfg,

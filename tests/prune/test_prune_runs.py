@@ -73,6 +73,7 @@ def test_remotetrimmer_needs_se_parent(parents, tmp_path):
         (["--method", "l1", "--target-macs", "0"], "--target-macs"),
         (["--method", "l9", "--target-macs", "0.3"], "l9"),
         (["--method", "l1", "--target-macs", "0.3", "--loss", "focal"], "--loss"),
+        (["--method", "l1", "--target-macs", "0.3", "--gate-without-bn"], "--gate-without-bn"),
     ],
 )
 def test_cli_rejects_bad_budgets(parents, tmp_path, capsys, args, needle):
@@ -166,3 +167,12 @@ def test_nas_searches_then_hits_target(parents, tmp_path):
     assert len(metrics["nas_search"]["expected_ratio"]) == 2
     with pytest.raises(UserError, match="--target-macs"):
         api.prune(parents["resnet18"], _cfg("nas", ratio=0.5), tmp_path / "nas2", quiet=True)
+    assert metrics["nas_search"]["gated_without_bn"] is False
+
+
+def test_cli_gate_without_bn_reaches_the_search(parents, tmp_path):
+    # What the option does to BN-less layers is tested in test_nas.py; here: the flag gets there.
+    out = tmp_path / "nas-fc"
+    assert main(["prune", str(parents["resnet18"]), "--method", "nas", "--target-macs", "0.5", "--search-epochs", "1",
+                 "--gate-without-bn", "--finetune-epochs", "1", "--batch-size", "8", "--out", str(out), "--quiet"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["nas_search"]["gated_without_bn"] is True

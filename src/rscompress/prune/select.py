@@ -139,6 +139,7 @@ def _nas(model, img_size: int, cfg: PruneConfig, train_batches, val_batches, log
         model, train_batches, val_batches, img_size=img_size, target_macs=cfg.target_macs,
         search_epochs=cfg.search_epochs, progress=progress, seed=cfg.finetune.seed, checkpoint_dir=phase_dir,
         bf16=cfg.finetune.bf16, channels_last=cfg.finetune.channels_last, device=device,
+        gate_without_bn=cfg.gate_without_bn,
     )
     details = report.to_dict()
     return pruned, {"budget": details.pop("budget"), "nas_search": details}
