@@ -69,6 +69,9 @@ def library_versions() -> dict[str, str]:
 
 # Settings that change how fast a run goes, not what it computes: a run may resume with others.
 _RESUMABLE_WITH_OTHER = frozenset({"train.threads", "train.device", "data.cache_dir"})
+# Settings added after run dirs were already being written, with the value every run made
+# before then had: a config.json without the key was made with that value.
+_ADDED_LATER = {"method_params.gate_without_bn": False}
 
 
 def setting_differences(stored: Any, given: Any, name: str) -> list[str]:
@@ -77,8 +80,11 @@ def setting_differences(stored: Any, given: Any, name: str) -> list[str]:
     if name in _RESUMABLE_WITH_OTHER:
         return []
     if isinstance(stored, dict) and isinstance(given, dict):
+        def stored_value(key: str) -> Any:
+            return stored[key] if key in stored else _ADDED_LATER.get(f"{name}.{key}")
+
         return [d for key in sorted(stored.keys() | given.keys())
-                for d in setting_differences(stored.get(key), given.get(key), f"{name}.{key}")]
+                for d in setting_differences(stored_value(key), given.get(key), f"{name}.{key}")]
     if stored != given:
         return [f"{name}: {json.dumps(stored)} there, {json.dumps(given)} now"]
     return []

@@ -143,6 +143,24 @@ def test_resume_with_another_budget_or_recipe_is_refused(parents, tmp_path):
     assert api.prune(parents["resnet18"], _cfg("l1", target_macs=0.3), out, resume=True, quiet=True)["epochs"] == 1
 
 
+def test_run_dir_from_before_gate_without_bn_existed_still_resumes(parents, tmp_path):
+    out, cfg = tmp_path / "r", _cfg("nas", target_macs=0.5, search_epochs=1)
+    api.prune(parents["resnet18"], cfg, out, quiet=True)
+    config = json.loads((out / "config.json").read_text())
+    del config["method_params"]["gate_without_bn"]  # what a version without the setting wrote
+
+    def killed_in_finetuning_by_that_version():
+        (out / "metrics.json").unlink(missing_ok=True)
+        (out / "config.json").write_text(json.dumps(config))
+
+    killed_in_finetuning_by_that_version()
+    assert api.prune(parents["resnet18"], cfg, out, resume=True, quiet=True)["epochs"] == 1
+    # such a run was made without it, so asking for it now is another run
+    killed_in_finetuning_by_that_version()
+    with pytest.raises(UserError, match=r"other settings \(method_params\.gate_without_bn: false there, true now\)"):
+        api.prune(parents["resnet18"], cfg.model_copy(update={"gate_without_bn": True}), out, resume=True, quiet=True)
+
+
 def test_run_killed_in_sparse_training_resumes_there(parents, tmp_path, monkeypatch):
     cfg = _cfg("l1rr", target_macs=0.35, sparse_epochs=2)
     full = api.prune(parents["resnet18"], cfg, tmp_path / "full", quiet=True)
