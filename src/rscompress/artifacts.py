@@ -69,9 +69,9 @@ def library_versions() -> dict[str, str]:
 
 # Settings that change how fast a run goes, not what it computes: a run may resume with others.
 _RESUMABLE_WITH_OTHER = frozenset({"train.threads", "train.device", "data.cache_dir"})
-# Settings added after run dirs were already being written, with the value every run made
-# before then had: a config.json without the key was made with that value.
-_ADDED_LATER = {"method_params.gate_without_bn": False}
+# Settings added after run dirs (and NAS search checkpoints) were already being written, with
+# the value every run made before then had: a saved setting without the key had that value.
+_ADDED_LATER = {"method_params.gate_without_bn": False, "nas_search.gate_without_bn": False}
 
 
 def setting_differences(stored: Any, given: Any, name: str) -> list[str]:

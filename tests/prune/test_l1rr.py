@@ -249,7 +249,7 @@ def test_interrupted_sparse_training_resumes_to_the_same_end(tmp_path) -> None:
     assert drop(report.history) == drop(whole_report.history)
     assert report.final_strength == whole_report.final_strength
 
-    with pytest.raises(UserError, match="other settings"):
+    with pytest.raises(UserError, match=r"other settings \(sparse_training\.epochs: \d+ there, 4 now"):
         sparse_train(copy.deepcopy(parent), train, val, SparsityConfig(epochs=4), checkpoint_dir=tmp_path)
 
 

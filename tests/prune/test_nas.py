@@ -369,13 +369,13 @@ def test_interrupted_search_resumes_to_the_same_end(tmp_path) -> None:
     assert epochs_run == [1, 2]
     assert report.expected_ratio == whole_report.expected_ratio and report.val_ce == whole_report.val_ce
     assert all(torch.equal(v, whole.state_dict()[k]) for k, v in resumed.state_dict().items())
-    with pytest.raises(UserError, match="other settings"):
+    with pytest.raises(UserError, match=r"other settings \(nas_search\.lam: 10\.0 there, 1\.0 now\)"):
         nas_search(parent("resnet18"), Batches(32, seed=0), Batches(16, seed=1), checkpoint_dir=tmp_path,
                    **{**settings, "lam": 1.0})
-    with pytest.raises(UserError, match="other settings"):  # nor in another precision
+    with pytest.raises(UserError, match=r"other settings \(nas_search\.bf16: false there, true now\)"):  # nor in another precision
         nas_search(parent("resnet18"), Batches(32, seed=0), Batches(16, seed=1), checkpoint_dir=tmp_path,
                    **{**settings, "bf16": True})
-    with pytest.raises(UserError, match="other settings"):  # nor with another gate layout
+    with pytest.raises(UserError, match=r"\(nas_search\.gate_without_bn: false there, true now\)"):  # nor another gate layout
         nas_search(parent("resnet18"), Batches(32, seed=0), Batches(16, seed=1), checkpoint_dir=tmp_path,
                    **{**settings, "gate_without_bn": True})
 

@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_pruning.pruner import function
 
+from rscompress.artifacts import setting_differences
 from rscompress.engine.checkpoint import load_phase, save_phase
 from rscompress.engine.metrics import evaluate
 from rscompress.engine.precision import bf16_autocast
@@ -309,9 +310,9 @@ def sparse_train(
         resumed = load_phase(checkpoint_dir, {"sgd": optimizer}) if checkpoint_dir else None
         if resumed is not None:
             last, tensors, extra = resumed
-            if extra["config"] != settings:
-                raise UserError(f"{checkpoint_dir} holds sparse training with other settings; "
-                                f"resume with the same options or remove it")
+            if differences := setting_differences(extra["config"], settings, "sparse_training"):
+                raise UserError(f"{checkpoint_dir} holds sparse training with other settings "
+                                f"({'; '.join(differences)}); resume with the same options or remove it")
             model.load_state_dict(tensors)
             strength, history, start_epoch = extra["strength"], extra["history"], last + 1
             val_loss, val_top1 = history[-1]["val_loss"], history[-1]["val_top1"]

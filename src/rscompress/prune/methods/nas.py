@@ -40,6 +40,7 @@ import torch_pruning as tp
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from rscompress.artifacts import setting_differences
 from rscompress.engine.checkpoint import load_phase, save_phase
 from rscompress.engine.device import model_device
 from rscompress.engine.precision import bf16_autocast
@@ -183,9 +184,8 @@ def _search(
     resumed = load_phase(checkpoint_dir, optimizers) if checkpoint_dir else None
     if resumed is not None:
         last, tensors, extra = resumed
-        # searches saved before gate_without_bn existed gated no BN-less group
-        if {"gate_without_bn": False, **extra["settings"]} != settings:
-            raise UserError(f"{checkpoint_dir} holds a NAS search with other settings; "
+        if differences := setting_differences(extra["settings"], settings, "nas_search"):
+            raise UserError(f"{checkpoint_dir} holds a NAS search with other settings ({'; '.join(differences)}); "
                             f"resume with the same options or remove it")
         with torch.no_grad():
             gates.alpha.copy_(tensors.pop("gates.alpha"))
