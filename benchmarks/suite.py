@@ -107,6 +107,16 @@ def label(cell: Cell) -> str:
     return cell.method + ("-global" if cell.global_pruning else "") + ("" if cell.loss == "ce" else f"-{cell.loss}")
 
 
+def option_args(options: dict[str, Any]) -> list[str]:
+    """A cell's extra PruneConfig fields as the `rscompress prune` options that set them
+    (booleans are typer flags: ``--gate-without-bn`` / ``--no-gate-without-bn``, no value)."""
+    args: list[str] = []
+    for key, value in options.items():
+        flag = key.replace("_", "-")
+        args += [f"--{flag}" if value else f"--no-{flag}"] if isinstance(value, bool) else [f"--{flag}", str(value)]
+    return args
+
+
 def _distill_label(cell: DistillCell) -> str:
     return f"distill-{cell.loss}"
 
@@ -149,7 +159,7 @@ def _record(suite: Suite, cell: Cell, parent: Parent, parent_dir: Path, child_di
         "command": shlex.join(["rscompress", "prune", str(parent_dir), "--method", cell.method,
                                "--target-macs", str(budget), *(["--global"] if cell.global_pruning else []),
                                "--loss", cell.loss, "--finetune-epochs", str(cell.epochs(suite)),
-                               *(a for k, v in cell.options.items() for a in (f"--{k.replace('_', '-')}", str(v))),
+                               *option_args(cell.options),
                                "--out", str(child_dir)]),
     }
 

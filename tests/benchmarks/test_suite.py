@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from benchmarks.records import read_records
-from benchmarks.suite import load_suite, run_suite
+from benchmarks.suite import load_suite, option_args, run_suite
 from benchmarks.tables import write_tables
 from rscompress.errors import UserError
 from tests.fakes import make_fake_dataset
@@ -112,3 +112,15 @@ def test_a_bf16_parent_trains_fine_tunes_and_teaches_in_bf16_in_its_own_run_dirs
         flags = _bf16_flags(json.loads((run / "config.json").read_text()))
         assert flags and all(flags), run
     assert all(r["bf16"] and r["channels_last"] for r in read_records(tmp_path / "results.jsonl"))
+
+
+def test_option_args_are_the_prune_options_that_set_them():
+    from typer.testing import CliRunner
+
+    from rscompress.cli import app
+
+    args = option_args({"round_to": 8, "gate_without_bn": True, "attention_weight": 0.0})
+    assert args == ["--round-to", "8", "--gate-without-bn", "--attention-weight", "0.0"]
+    assert option_args({"gate_without_bn": False}) == ["--no-gate-without-bn"]
+    help_text = CliRunner().invoke(app, ["prune", "--help"], env={"COLUMNS": "200"}).output
+    assert all(a in help_text for a in args + ["--no-gate-without-bn"] if a.startswith("--"))
