@@ -55,7 +55,8 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _top1(row: dict[str, Any], key: str = "top1") -> str:
     """Mean ± std over seeds in points; one seed has no spread to show."""
-    mean = f"{100 * row[key]:{'+' if key == 'delta' else ''}.2f}"
+    # + 0.0 turns a rounded -0.0 (a mean of float noise around zero) into 0.00, not -0.00
+    mean = f"{round(100 * row[key], 2) + 0.0:{'+' if key == 'delta' else ''}.2f}"
     return f"{mean} ± {100 * row[key + '_std']:.2f}" if row["seeds"] > 1 else mean
 
 
