@@ -62,6 +62,9 @@ class Cell(StrictModel):
     # Fine-tuning epochs where they differ from the shared recipe's: a control that gives a
     # one-shot baseline as many weight-update epochs as a method with a training phase of its own.
     finetune_epochs: int | None = Field(None, gt=0)
+    # The label of a cell (same parent and budget, same pruning settings) whose pruned model this
+    # one fine-tunes with its own loss: a loss comparison on one pruned model, searched once.
+    pruned_from: str | None = None
 
     def epochs(self, suite: Suite) -> int:
         return self.finetune_epochs or suite.finetune.epochs
@@ -87,6 +90,16 @@ class Suite(StrictModel):
     kd: KDSettings = KDSettings()
     distill_cells: list[DistillCell] = []
     latency_repeats: int = 50
+
+    @model_validator(mode="after")
+    def _pruned_from_an_earlier_cell(self) -> Suite:
+        for i, cell in enumerate(self.cells):
+            earlier = [label(c) for c in self.cells[:i] if (c.dataset, c.model) == (cell.dataset, cell.model)
+                       and set(cell.budgets) <= set(c.budgets)]
+            if cell.pruned_from is not None and cell.pruned_from not in earlier:
+                raise ValueError(f"cell {label(cell)!r}: pruned_from {cell.pruned_from!r} is not an earlier cell of "
+                                 f"{cell.dataset} {cell.model} with its budgets (those: {earlier})")
+        return self
 
     @model_validator(mode="after")
     def _recipes_given(self) -> Suite:
@@ -136,6 +149,10 @@ def _parent_run(suite: Suite, parent: Parent, seed: int) -> Path:
     return out
 
 
+def _pruned_from(cell: Cell, parent_dir: Path, budget: float) -> Path | None:
+    return parent_dir / f"{cell.pruned_from}-{budget:g}" if cell.pruned_from else None
+
+
 def _latency(suite: Suite, parent_dir: Path, child_dir: Path) -> dict[str, float]:
     from rscompress.deploy.latency import measure_bs1, record_fields
 
@@ -160,6 +177,7 @@ def _record(suite: Suite, cell: Cell, parent: Parent, parent_dir: Path, child_di
                                "--target-macs", str(budget), *(["--global"] if cell.global_pruning else []),
                                "--loss", cell.loss, "--finetune-epochs", str(cell.epochs(suite)),
                                *option_args(cell.options),
+                               *(["--pruned-from", str(source)] if (source := _pruned_from(cell, parent_dir, budget)) else []),
                                "--out", str(child_dir)]),
     }
 
@@ -229,7 +247,8 @@ def run_suite(path: Path, *, datasets: list[str] | None = None, seeds: list[int]
                         cfg = PruneConfig(method=cell.method, target_macs=budget, global_pruning=cell.global_pruning,
                                           loss=cell.loss, finetune=finetune, **cell.options)
                         # Killed anywhere (sparse phase, after pruning, fine-tuning): continue.
-                        api.prune(parent_dir, cfg, child, resume=child.is_dir(), quiet=True)
+                        api.prune(parent_dir, cfg, child, resume=child.is_dir(), quiet=True,
+                                  pruned_from=_pruned_from(cell, parent_dir, budget))
                     append_record(suite.results, _record(suite, cell, parent, parent_dir, child, budget, seed))
                     appended += 1
                     print(f"done: {cell.dataset} {cell.model} s{seed} {label(cell)} {budget:g}", flush=True)

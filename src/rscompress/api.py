@@ -19,7 +19,7 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
-from rscompress.artifacts import RunConfig, RunDir, library_versions
+from rscompress.artifacts import RunConfig, RunDir, library_versions, setting_differences
 from rscompress.config import (
     DataConfig,
     DistillConfig,
@@ -296,7 +296,7 @@ def evaluate(
 
 def prune(
     parent_path: Path, cfg: PruneConfig, out: Path, *, resume: bool = False, quiet: bool = False,
-    reuse_finished: bool = False,
+    reuse_finished: bool = False, pruned_from: Path | None = None,
 ) -> dict[str, Any]:
     """Prune a finished run to a budget, fine-tune it with the shared recipe, test it once.
 
@@ -309,6 +309,11 @@ def prune(
     (what the method did): a resumed run starts from there and never prunes twice. Sparse
     training and the NAS search commit their state to ``prune-phase/`` every epoch, so a run
     killed in them resumes there too. ``reuse_finished``: as in ``train``.
+
+    ``pruned_from``: another prune run dir of the same parent whose pruning settings are these
+    but whose fine-tuning loss may differ: its ``pruned.safetensors`` is taken as is instead of
+    pruning again, so two fine-tuning losses are compared on one pruned model (and a NAS search
+    or sparse training is not paid twice).
     """
     from rscompress.distill.objective import freeze, teacher_loss_fn
     from rscompress.losses import aml_ce_loss
@@ -337,7 +342,9 @@ def prune(
     pruned_path, record_path = run.path / "pruned.safetensors", run.path / "prune.json"
     phase_dir = run.path / "prune-phase"  # sparse training / NAS search state, per epoch
 
-    if resume and pruned_path.is_file() and record_path.is_file():
+    if pruned_from is not None and not (pruned_path.is_file() and record_path.is_file()):
+        _take_pruned(RunDir(pruned_from), parent, settings, run)
+    if pruned_path.is_file() and record_path.is_file() and (resume or pruned_from is not None):
         pruned, _ = run.load_model(weights=pruned_path)
         pruned.train()
         record = json.loads(record_path.read_text())
@@ -408,8 +415,39 @@ def prune(
         **({"kd": cfg.kd.model_dump(), **_cache_counts(teacher)} if cfg.loss in ("kd", "dkd") else {}),
         "finetune_epochs": cfg.finetune.epochs,
         **record,
+        **({"pruned_from": str(Path(pruned_from).resolve())} if pruned_from is not None else {}),
     }
     return _fit_and_finish(pruned, data, data_cfg, cfg.finetune, run, extra, resume=resume, quiet=quiet, loss_fn=loss_fn)
+
+
+# What only the fine-tuning uses: a pruned model can be shared by runs that differ in these alone.
+_FINETUNE_ONLY = frozenset({"loss", "kd", "r1", "r2"})
+
+
+def _take_pruned(source: RunDir, parent: RunDir, settings: dict[str, Any], run: RunDir) -> None:
+    """Start ``run`` from ``source``'s pruned, not yet fine-tuned model, after checking that
+    ``source`` pruned the same parent with the same settings (fine-tuning loss aside)."""
+    weights, record = source.path / "pruned.safetensors", source.path / "prune.json"
+    if not (weights.is_file() and record.is_file()):
+        raise UserError(f"--pruned-from {source.path} holds no pruned model (pruned.safetensors + prune.json)")
+    stored = json.loads(source.config_path.read_text())
+    if stored.get("parent") != str(parent.path.resolve()):
+        raise UserError(f"--pruned-from {source.path} was pruned from {stored.get('parent')}, not {parent.path}")
+
+    def pruning_only(values: dict[str, Any]) -> dict[str, Any]:
+        method_params = {k: v for k, v in (values.get("method_params") or {}).items() if k not in _FINETUNE_ONLY}
+        return {"method": values.get("method"), "method_params": method_params, "train": values.get("train")}
+
+    mine = pruning_only(settings)
+    if differences := [d for key, value in mine.items()
+                       for d in setting_differences(pruning_only(stored)[key], value, key)]:
+        raise UserError(f"--pruned-from {source.path} was pruned with other settings ({'; '.join(differences[:3])}); "
+                        "only the fine-tuning loss (--loss and its weights) may differ")
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.save_config(RunConfig.model_validate({**stored, **settings}))
+    shutil.copyfile(source.split_path, run.split_path)
+    shutil.copyfile(weights, run.path / "pruned.safetensors")
+    shutil.copyfile(record, run.path / "prune.json")  # last: its presence marks pruning done
 
 
 def distill(

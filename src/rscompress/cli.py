@@ -177,6 +177,9 @@ def prune(
     bf16: Annotated[bool, typer.Option(help="bfloat16 autocast in fine-tuning, NAS search and sparse training.")] = False,
     device: Annotated[str, typer.Option(help="Where NAS search, sparse training and fine-tuning run: auto (CUDA if torch "
                                              "sees a GPU, else CPU), cpu, cuda or cuda:N. Scoring and pruning run on the CPU.")] = "auto",
+    pruned_from: Annotated[Path | None, typer.Option(help="Take the pruned model of this prune run dir (same parent "
+                                                          "and pruning settings; --loss may differ) instead of pruning "
+                                                          "again: compare fine-tuning losses on one pruned model.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted fine-tuning.")] = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
@@ -197,7 +200,7 @@ def prune(
                       kd_warmup_epochs=kd_warmup_epochs, cache_teacher_logits=cache_teacher_logits),
         finetune=fit_cfg,
     )
-    metrics = api.prune(run, cfg, out, resume=resume, quiet=quiet or as_json)
+    metrics = api.prune(run, cfg, out, resume=resume, quiet=quiet or as_json, pruned_from=pruned_from)
     if as_json:
         _print_json(metrics)
     else:

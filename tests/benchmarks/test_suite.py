@@ -124,3 +124,28 @@ def test_option_args_are_the_prune_options_that_set_them():
     assert option_args({"gate_without_bn": False}) == ["--no-gate-without-bn"]
     help_text = CliRunner().invoke(app, ["prune", "--help"], env={"COLUMNS": "200"}).output
     assert all(a in help_text for a in args + ["--no-gate-without-bn"] if a.startswith("--"))
+
+
+def test_a_cell_pruned_from_another_fine_tunes_that_cells_pruned_model(tmp_path):
+    data = make_fake_dataset(tmp_path, name="rsscn7", per_class=6, size=20)
+    cells = [{"dataset": "fake", "model": "resnet18", "method": "nas", "loss": "kd", "budgets": [0.5],
+              "options": {"search_epochs": 1}},
+             {"dataset": "fake", "model": "resnet18", "method": "nas", "budgets": [0.5], "options": {"search_epochs": 1},
+              "pruned_from": "nas-kd"}]
+    suite = {"results": str(tmp_path / "r.jsonl"), "work": str(tmp_path / "work"),
+             "datasets": {"fake": {"path": str(data), "img_size": 16}}, "train": {"batch_size": 8},
+             "finetune": {"epochs": 1, "batch_size": 8},
+             "parents": [{"dataset": "fake", "model": "resnet18", "epochs": 1, "seeds": [0]}], "cells": cells,
+             "latency_repeats": 3}
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    assert run_suite(path) == 2
+    kd, ce = read_records(tmp_path / "r.jsonl")
+    parent = tmp_path / "work" / "fake-resnet18-e1-s0"
+    assert (parent / "nas-0.5" / "pruned.safetensors").read_bytes() == (parent / "nas-kd-0.5" / "pruned.safetensors").read_bytes()
+    assert f"--pruned-from {parent / 'nas-kd-0.5'}" in ce["command"] and "--pruned-from" not in kd["command"]
+    assert (ce["macs"], ce["params"]) == (kd["macs"], kd["params"])
+    # the source has to come first in the suite, with the budgets it lends
+    path.write_text(yaml.safe_dump({**suite, "cells": cells[::-1]}))
+    with pytest.raises(ValueError, match="pruned_from 'nas-kd' is not an earlier cell of fake resnet18"):
+        load_suite(path)

@@ -194,3 +194,42 @@ def test_cli_gate_without_bn_reaches_the_search(parents, tmp_path):
     assert main(["prune", str(parents["resnet18"]), "--method", "nas", "--target-macs", "0.5", "--search-epochs", "1",
                  "--gate-without-bn", "--finetune-epochs", "1", "--batch-size", "8", "--out", str(out), "--quiet"]) == 0
     assert json.loads((out / "metrics.json").read_text())["nas_search"]["gated_without_bn"] is True
+
+
+def test_pruned_from_fine_tunes_another_runs_pruned_model_without_pruning_again(parents, tmp_path, monkeypatch):
+    ce, dkd = tmp_path / "nas-ce", tmp_path / "nas-dkd"
+    args = ["prune", str(parents["resnet18"]), "--method", "nas", "--target-macs", "0.5", "--search-epochs", "1",
+            "--finetune-epochs", "1", "--batch-size", "8", "--quiet"]
+    assert main([*args, "--out", str(ce)]) == 0
+    from rscompress.prune import select
+
+    def must_not_run(*a, **k):
+        raise AssertionError("pruned again")
+
+    monkeypatch.setattr(select, "select_and_prune", must_not_run)
+    assert main([*args, "--loss", "dkd", "--beta", "2", "--pruned-from", str(ce), "--out", str(dkd)]) == 0
+    assert (dkd / "pruned.safetensors").read_bytes() == (ce / "pruned.safetensors").read_bytes()
+    metrics = json.loads((dkd / "metrics.json").read_text())
+    assert metrics["loss"] == "dkd" and metrics["pruned_from"] == str(ce.resolve())
+    assert metrics["nas_search"] == json.loads((ce / "metrics.json").read_text())["nas_search"]
+    assert RunDir(dkd).load_config().method_params["loss"] == "dkd"
+    assert api.evaluate(dkd, quiet=True)["top1"] == pytest.approx(metrics["top1"])  # a complete run dir of its own
+
+
+@pytest.mark.parametrize("change,needle", [
+    ({"target_macs": 0.4}, r"method_params\.target_macs: 0\.5 there, 0\.4 now"),
+    ({"search_epochs": 2}, r"method_params\.search_epochs: 1 there, 2 now"),
+    ({"finetune": FitConfig(epochs=1, batch_size=4)}, r"train\.batch_size: 8 there, 4 now"),
+])
+def test_pruned_from_a_run_pruned_otherwise_is_refused_and_writes_nothing(parents, tmp_path, change, needle):
+    source = tmp_path / "src"
+    cfg = _cfg("nas", target_macs=0.5, search_epochs=1)
+    api.prune(parents["resnet18"], cfg, source, quiet=True)
+    with pytest.raises(UserError, match=needle):
+        api.prune(parents["resnet18"], cfg.model_copy(update=change), tmp_path / "o", quiet=True, pruned_from=source)
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(UserError, match="was pruned from .*se_resnet18"):
+        api.prune(parents["se_resnet18"], cfg, tmp_path / "o", quiet=True, pruned_from=source)
+    with pytest.raises(UserError, match="holds no pruned model"):
+        api.prune(parents["resnet18"], cfg, tmp_path / "o", quiet=True, pruned_from=parents["resnet18"])
+    assert not (tmp_path / "o").exists()
