@@ -344,7 +344,7 @@ def prune(
 
     if pruned_from is not None and not (pruned_path.is_file() and record_path.is_file()):
         _take_pruned(RunDir(pruned_from), parent, settings, run)
-    if pruned_path.is_file() and record_path.is_file() and (resume or pruned_from is not None):
+    if pruned_path.is_file() and record_path.is_file():  # resumed (an unresumed started run was refused) or taken
         pruned, _ = run.load_model(weights=pruned_path)
         pruned.train()
         record = json.loads(record_path.read_text())
@@ -428,8 +428,8 @@ def _take_pruned(source: RunDir, parent: RunDir, settings: dict[str, Any], run: 
     """Start ``run`` from ``source``'s pruned, not yet fine-tuned model, after checking that
     ``source`` pruned the same parent with the same settings (fine-tuning loss aside)."""
     weights, record = source.path / "pruned.safetensors", source.path / "prune.json"
-    if not (weights.is_file() and record.is_file()):
-        raise UserError(f"--pruned-from {source.path} holds no pruned model (pruned.safetensors + prune.json)")
+    if not (weights.is_file() and record.is_file() and source.config_path.is_file()):
+        raise UserError(f"--pruned-from {source.path} holds no pruned model (config.json, pruned.safetensors, prune.json)")
     stored = json.loads(source.config_path.read_text())
     if stored.get("parent") != str(parent.path.resolve()):
         raise UserError(f"--pruned-from {source.path} was pruned from {stored.get('parent')}, not {parent.path}")
@@ -438,9 +438,9 @@ def _take_pruned(source: RunDir, parent: RunDir, settings: dict[str, Any], run: 
         method_params = {k: v for k, v in (values.get("method_params") or {}).items() if k not in _FINETUNE_ONLY}
         return {"method": values.get("method"), "method_params": method_params, "train": values.get("train")}
 
-    mine = pruning_only(settings)
-    if differences := [d for key, value in mine.items()
-                       for d in setting_differences(pruning_only(stored)[key], value, key)]:
+    theirs = pruning_only(stored)
+    if differences := [d for key, value in pruning_only(settings).items()
+                       for d in setting_differences(theirs[key], value, key)]:
         raise UserError(f"--pruned-from {source.path} was pruned with other settings ({'; '.join(differences[:3])}); "
                         "only the fine-tuning loss (--loss and its weights) may differ")
     run.path.mkdir(parents=True, exist_ok=True)
