@@ -1,5 +1,6 @@
 """``rscompress run RECIPE.yaml``: validation, the whole pipeline, skip-on-rerun."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,9 @@ def test_recipe_killed_in_sparse_training_continues_there(tmp_path, monkeypatch)
                                    "batch_size": 8}},
         {"name": "slim", "prune": {"parent": "base", "method": "slim", "target_macs": 0.5, "sparse_epochs": 2,
                                    "finetune": {"epochs": 1, "batch_size": 8}}},
+        # the same pruned model fine-tuned by KD: no second sparse training
+        {"name": "slim-kd", "prune": {"parent": "base", "method": "slim", "target_macs": 0.5, "sparse_epochs": 2,
+                                      "loss": "kd", "pruned_from": "slim", "finetune": {"epochs": 1, "batch_size": 8}}},
     ]}
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe))
@@ -73,6 +77,9 @@ def test_recipe_killed_in_sparse_training_continues_there(tmp_path, monkeypatch)
     assert results["base"]["skipped"] == "complete"
     assert [e.split(":")[0] for e in epochs if e.startswith("sparse")] == ["sparse epoch 2/2"]
     assert len(results["slim"]["sparse_training"]["history"]) == 2
+    slim_record = json.loads((tmp_path / "runs" / "slim" / "prune.json").read_text())
+    assert results["slim-kd"]["sparse_training"] == slim_record["sparse_training"]
+    assert results["slim-kd"]["loss"] == "kd" and results["slim-kd"]["pruned_from"].endswith("runs/slim")
 
 
 @pytest.mark.parametrize(
