@@ -49,7 +49,7 @@ def test_records_without_a_parent_timing_get_no_latency_figures():
 
 
 def test_a_delta_of_float_noise_around_zero_reads_zero_not_minus_zero():
-    # 0.8833 - 0.9048 and 0.9095 - 0.8881 as float32 round-trips: they cancel to about -2e-9.
+    # 0.8833 - 0.9048 and 0.9095 - 0.8881 (float32 values): their mean is -3e-8, not 0.
     records = [record("nas", 0.35, 0, 0.8833333253860474, 0.9047619104385376),
                record("nas", 0.35, 1, 0.9095237851142883, 0.8880952596664429)]
     assert "| nas | +0.00 ± 3.03 (n=2) |" in by_method(summarise(records), "delta")
