@@ -46,7 +46,7 @@ def measure(child: Path) -> dict:
     run = RunDir(child)
     config = run.load_config()
     data = prepare_data(DataConfig.model_validate(config.data), run.split_path)
-    model, _ = run.load_model(weights=child / "pruned.safetensors")
+    model, _ = run.load_model(weights=run.pruned_weights_path)
     val = api.eval_batches(data, data.val_indices)
     as_pruned = evaluate(model.eval(), val, len(data.class_names)).top1
     recalibrated = evaluate(recalibrate_bn(model, api.eval_batches(data, data.train_indices)), val,

@@ -339,12 +339,12 @@ def prune(
     data_cfg = DataConfig.model_validate(parent_cfg.data)
     with decode_progress(quiet) as progress:
         data = prepare_data(data_cfg, parent.split_path, progress)
-    pruned_path, record_path = run.path / "pruned.safetensors", run.path / "prune.json"
+    pruned_path, record_path = run.pruned_weights_path, run.prune_record_path
     phase_dir = run.path / "prune-phase"  # sparse training / NAS search state, per epoch
 
-    if pruned_from is not None and not (pruned_path.is_file() and record_path.is_file()):
+    if pruned_from is not None and not run.holds_pruned_model():
         _take_pruned(RunDir(pruned_from), parent, settings, run)
-    if pruned_path.is_file() and record_path.is_file():  # resumed (an unresumed started run was refused) or taken
+    if run.holds_pruned_model():  # resumed (an unresumed started run was refused) or taken
         pruned, _ = run.load_model(weights=pruned_path)
         pruned.train()
         record = json.loads(record_path.read_text())
@@ -427,8 +427,7 @@ _FINETUNE_ONLY = frozenset({"loss", "kd", "r1", "r2"})
 def _take_pruned(source: RunDir, parent: RunDir, settings: dict[str, Any], run: RunDir) -> None:
     """Start ``run`` from ``source``'s pruned, not yet fine-tuned model, after checking that
     ``source`` pruned the same parent with the same settings (fine-tuning loss aside)."""
-    weights, record = source.path / "pruned.safetensors", source.path / "prune.json"
-    if not (weights.is_file() and record.is_file() and source.config_path.is_file()):
+    if not (source.holds_pruned_model() and source.config_path.is_file()):
         raise UserError(f"--pruned-from {source.path} holds no pruned model (config.json, pruned.safetensors, prune.json)")
     stored = json.loads(source.config_path.read_text())
     if stored.get("parent") != str(parent.path.resolve()):
@@ -446,8 +445,8 @@ def _take_pruned(source: RunDir, parent: RunDir, settings: dict[str, Any], run: 
     run.path.mkdir(parents=True, exist_ok=True)
     run.save_config(RunConfig.model_validate({**stored, **settings}))
     shutil.copyfile(source.split_path, run.split_path)
-    shutil.copyfile(weights, run.path / "pruned.safetensors")
-    shutil.copyfile(record, run.path / "prune.json")  # last: its presence marks pruning done
+    shutil.copyfile(source.pruned_weights_path, run.pruned_weights_path)
+    shutil.copyfile(source.prune_record_path, run.prune_record_path)  # last: its presence marks pruning done
 
 
 def distill(

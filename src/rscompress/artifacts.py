@@ -26,8 +26,10 @@ METRICS = "metrics.json"
 SPLIT = "split.json"
 HISTORY = "history.jsonl"
 CHECKPOINT = "checkpoint"
+PRUNED_WEIGHTS = "pruned.safetensors"  # a prune run's model as pruned, before fine-tuning
+PRUNE_RECORD = "prune.json"  # what the pruning did; written after PRUNED_WEIGHTS
 # Files whose presence means a step was interrupted part way and can be resumed.
-PROGRESS_MARKERS = (f"{CHECKPOINT}/latest.json", "prune.json", "prune-phase/latest.json")
+PROGRESS_MARKERS = (f"{CHECKPOINT}/latest.json", PRUNE_RECORD, "prune-phase/latest.json")
 
 
 class RunConfig(BaseModel):
@@ -118,6 +120,18 @@ class RunDir:
     @property
     def checkpoint_dir(self) -> Path:
         return self.path / CHECKPOINT
+
+    @property
+    def pruned_weights_path(self) -> Path:
+        return self.path / PRUNED_WEIGHTS
+
+    @property
+    def prune_record_path(self) -> Path:
+        return self.path / PRUNE_RECORD
+
+    def holds_pruned_model(self) -> bool:
+        """A prune run past its pruning: the pruned model and what was done to it are saved."""
+        return self.pruned_weights_path.is_file() and self.prune_record_path.is_file()
 
     def is_complete(self) -> bool:
         """A finished run: weights and final metrics are written last, so both exist."""
