@@ -16,3 +16,25 @@ def _one_thread():
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("RSCOMPRESS_CACHE", str(tmp_path_factory.getbasetemp() / "rscompress-cache"))
+
+
+class Killed(Exception):
+    """Stands for a kill (``kill -9``) of a step."""
+
+
+@pytest.fixture
+def kill_at_the_end(monkeypatch):
+    """``kill_at_the_end(api.train, ...)`` runs a step and stops it where a kill after its last
+    epoch's checkpoint would: the final weights and metrics not yet written."""
+    from rscompress.artifacts import RunDir
+
+    def run(step, *args, **kwargs) -> None:
+        def kill(*_args, **_kwargs):
+            raise Killed
+
+        with monkeypatch.context() as patch:
+            patch.setattr(RunDir, "save_weights", kill)
+            with pytest.raises(Killed):
+                step(*args, **kwargs)
+
+    return run

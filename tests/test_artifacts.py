@@ -19,14 +19,12 @@ def test_setting_differences_name_every_changed_leaf_but_threads():
     assert setting_differences(stored, stored, "train") == []
 
 
-def test_train_resume_with_another_recipe_is_refused_and_keeps_the_run(tmp_path, monkeypatch):
+def test_train_resume_with_another_recipe_is_refused_and_keeps_the_run(tmp_path, monkeypatch, kill_at_the_end):
     monkeypatch.setenv("RSCOMPRESS_CACHE", str(tmp_path / "cache"))
     data = DataConfig(path=make_fake_dataset(tmp_path, name="rsscn7", per_class=6, size=20), img_size=16)
     cfg = TrainConfig(model="resnet18", epochs=2, batch_size=8, optim=OptimConfig(lr=0.05))
     run = tmp_path / "run"
-    api.train(data, cfg, run, quiet=True)
-    (run / "metrics.json").unlink()  # as if killed before the end
-    (run / "model.safetensors").unlink()
+    kill_at_the_end(api.train, data, cfg, run, quiet=True)
     config = (run / "config.json").read_text()
     other = cfg.model_copy(update={"optim": OptimConfig(lr=0.01)})
     with pytest.raises(UserError, match=r"other settings \(train\.optim\.lr: 0\.05 there, 0\.01 now\)"):

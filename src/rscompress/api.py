@@ -192,6 +192,9 @@ def _fit_and_finish(
     }
     run.save_weights(model)
     run.save_metrics(metrics)  # written last: its presence marks the run complete
+    # A finished run is never resumed and model.safetensors holds its best weights: the resume
+    # state (two more copies of the weights and the optimizer's) would only fill the disk.
+    shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
     barrier(dist)
     return metrics
 

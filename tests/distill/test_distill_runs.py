@@ -64,10 +64,9 @@ def test_bad_student_and_loss(teacher, tmp_path, capsys):
     assert code == 2 and "--loss" in capsys.readouterr().err
 
 
-def test_resume_with_another_loss_is_refused(teacher, tmp_path):
+def test_resume_with_another_loss_is_refused(teacher, tmp_path, kill_at_the_end):
     out = tmp_path / "s"
-    api.distill(teacher, "g_ghost_regnetx_tiny", _cfg("dkd", small_input=True), out, quiet=True)
-    (out / "metrics.json").unlink()  # as if killed before the end
+    kill_at_the_end(api.distill, teacher, "g_ghost_regnetx_tiny", _cfg("dkd", small_input=True), out, quiet=True)
     with pytest.raises(UserError, match=r"method: \"distill-dkd\" there, \"distill-kd\" now"):
         api.distill(teacher, "g_ghost_regnetx_tiny", _cfg("kd", small_input=True), out, resume=True, quiet=True)
 

@@ -140,7 +140,7 @@ def test_run_dir_contract_and_evaluate(tmp_path, dataset, monkeypatch):
     run = tmp_path / "run"
     metrics = api.train(DataConfig(path=dataset, img_size=16), TrainConfig(model="resnet18", epochs=2, batch_size=8), run, quiet=True)
     assert sorted(p.name for p in run.iterdir()) == [
-        "checkpoint", "config.json", "history.jsonl", "metrics.json", "model.safetensors", "split.json"]
+        "config.json", "history.jsonl", "metrics.json", "model.safetensors", "split.json"]  # resume state gone
     config = json.loads((run / "config.json").read_text())
     for key in ("model", "num_classes", "class_names", "img_size", "mean", "std", "versions", "method", "parent"):
         assert key in config

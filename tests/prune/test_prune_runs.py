@@ -131,10 +131,9 @@ def test_interrupted_finetune_resumes_without_pruning_again(parents, tmp_path, m
     assert resumed["macs"] == full["macs"] and resumed["top1"] == full["top1"]
 
 
-def test_resume_with_another_budget_or_recipe_is_refused(parents, tmp_path):
+def test_resume_with_another_budget_or_recipe_is_refused(parents, tmp_path, kill_at_the_end):
     out = tmp_path / "r"
-    api.prune(parents["resnet18"], _cfg("l1", target_macs=0.3), out, quiet=True)
-    (out / "metrics.json").unlink()  # as if killed in fine-tuning
+    kill_at_the_end(api.prune, parents["resnet18"], _cfg("l1", target_macs=0.3), out, quiet=True)
     with pytest.raises(UserError, match=r"method_params\.target_macs: 0\.3 there, 0\.2 now"):
         api.prune(parents["resnet18"], _cfg("l1", target_macs=0.2), out, resume=True, quiet=True)
     longer = PruneConfig(method="l1", target_macs=0.3, finetune=FitConfig(epochs=3, batch_size=8))
