@@ -372,6 +372,7 @@ def prune(
             phase_dir=phase_dir,
             weights_as_trained=weights_as_trained,
             device=device,
+            parent_optim=parent_cfg.train.get("optim"),
         )
         run.path.mkdir(parents=True, exist_ok=True)
         run.save_config(parent_cfg.model_copy(update={

@@ -73,7 +73,8 @@ def library_versions() -> dict[str, str]:
 _RESUMABLE_WITH_OTHER = frozenset({"train.threads", "train.device", "data.cache_dir"})
 # Settings added after run dirs (and NAS search checkpoints) were already being written, with
 # the value every run made before then had: a saved setting without the key had that value.
-_ADDED_LATER = {"method_params.gate_without_bn": False, "nas_search.gate_without_bn": False}
+_ADDED_LATER = {"method_params.gate_without_bn": False, "nas_search.gate_without_bn": False,
+                "method_params.sparse_lr": None}
 
 
 def setting_differences(stored: Any, given: Any, name: str) -> list[str]:

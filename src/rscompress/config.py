@@ -139,6 +139,8 @@ class PruneConfig(StrictModel):
     # l1rr / slim (network slimming): sparse training on BN γ before pruning by |γ| globally.
     sparse_epochs: int = Field(30, gt=0)
     sparse_strength: float = Field(1e-4, ge=0)
+    # None: a tenth of the lr the parent was trained at (select.sparse_training_lr says why).
+    sparse_lr: float | None = Field(None, gt=0)
     attention_weight: float = Field(1.0, ge=0)  # l1rr's feature attention loss
     # nas: bi-level search of channel gates before pruning by gate score globally.
     search_epochs: int = Field(20, gt=0)
@@ -160,6 +162,14 @@ class PruneConfig(StrictModel):
     def _nas_only_options(self) -> PruneConfig:
         if self.gate_without_bn and self.method != "nas":
             raise ValueError(f"--gate-without-bn is a NAS search option; --method {self.method} has no gates")
+        return self
+
+    @model_validator(mode="after")
+    def _sparse_only_options(self) -> PruneConfig:
+        from rscompress.prune.select import SPARSE_METHODS
+
+        if self.sparse_lr is not None and self.method not in SPARSE_METHODS:
+            raise ValueError(f"--sparse-lr is a sparse-training option (slim, l1rr); --method {self.method} has none")
         return self
 
     @model_validator(mode="after")

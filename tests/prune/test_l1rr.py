@@ -29,6 +29,7 @@ from rscompress.prune.methods.l1rr_losses import (
     soft_threshold,
     sparsity,
 )
+from rscompress.prune.select import sparse_training_lr
 
 IMG = 16
 NUM_CLASSES = 3
@@ -273,3 +274,11 @@ def test_bf16_channels_last_sparse_training_runs_in_them_and_returns_float32_def
     fp32 = sparse_train(copy.deepcopy(parent), train, val, SparsityConfig(epochs=2, lr=0.05, strength=1e-3,
                                                                           target_sparsity=0.3))[1]
     assert fp32.history[-1]["train_ce"] != report.history[-1]["train_ce"]
+
+
+def test_sparse_training_lr_follows_the_parents_sgd_rate():
+    assert sparse_training_lr(None, {"optimizer": "sgd", "lr": 0.01}) == pytest.approx(0.001)
+    assert sparse_training_lr(0.02, {"optimizer": "sgd", "lr": 0.01}) == 0.02  # given wins
+    # AdamW's rates are not SGD's; a run dir with no optimizer record: SparsityConfig's rate
+    assert sparse_training_lr(None, {"optimizer": "adamw", "lr": 1e-3}) == SparsityConfig().lr
+    assert sparse_training_lr(None, {}) == SparsityConfig().lr

@@ -74,6 +74,8 @@ def test_remotetrimmer_needs_se_parent(parents, tmp_path):
         (["--method", "l9", "--target-macs", "0.3"], "l9"),
         (["--method", "l1", "--target-macs", "0.3", "--loss", "focal"], "--loss"),
         (["--method", "l1", "--target-macs", "0.3", "--gate-without-bn"], "--gate-without-bn"),
+        (["--method", "nas", "--target-macs", "0.3", "--sparse-lr", "0.001"], "--sparse-lr"),
+        (["--method", "l1rr", "--target-macs", "0.3", "--sparse-lr", "0"], "--sparse-lr"),
     ],
 )
 def test_cli_rejects_bad_budgets(parents, tmp_path, capsys, args, needle):
@@ -103,6 +105,16 @@ def test_sparse_methods_train_then_prune_globally(parents, tmp_path, method):
         (True, True) if method == "l1rr" else (False, False))
 
 
+def test_sparse_training_lr_is_a_tenth_of_the_parents_unless_given(parents, tmp_path):
+    parent_lr = json.loads((parents["resnet18"] / "config.json").read_text())["train"]["optim"]["lr"]
+    derived = api.prune(parents["resnet18"], _cfg("slim", target_macs=0.5, sparse_epochs=1), tmp_path / "d", quiet=True)
+    assert derived["sparse_training"]["config"]["lr"] == pytest.approx(parent_lr / 10)
+    out = tmp_path / "given"
+    assert main(["prune", str(parents["resnet18"]), "--method", "l1rr", "--target-macs", "0.5", "--sparse-epochs", "1",
+                 "--sparse-lr", "0.002", "--finetune-epochs", "1", "--batch-size", "8", "--out", str(out), "--quiet"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["sparse_training"]["config"]["lr"] == 0.002
+
+
 def test_cli_bf16_channels_last_reach_sparse_training_and_finetuning(parents, tmp_path):
     out = tmp_path / "l1rr-bf16"
     assert main(["prune", str(parents["resnet18"]), "--method", "l1rr", "--target-macs", "0.35", "--sparse-epochs", "1",
@@ -114,13 +126,11 @@ def test_cli_bf16_channels_last_reach_sparse_training_and_finetuning(parents, tm
     assert (sparse["bf16"], sparse["channels_last"]) == (True, True)
 
 
-def test_interrupted_finetune_resumes_without_pruning_again(parents, tmp_path, monkeypatch):
-    out = tmp_path / "r"
+def test_interrupted_finetune_resumes_without_pruning_again(parents, tmp_path, monkeypatch, kill_at_the_end):
     cfg = PruneConfig(method="l1", target_macs=0.3, finetune=FitConfig(epochs=2, batch_size=8))
-    full = api.prune(parents["resnet18"], cfg, out, quiet=True)
-    # As if killed after epoch 1 of fine-tuning: no final files yet.
-    (out / "metrics.json").unlink()
-    (out / "model.safetensors").unlink()
+    full = api.prune(parents["resnet18"], cfg, tmp_path / "full", quiet=True)
+    out = tmp_path / "r"
+    kill_at_the_end(api.prune, parents["resnet18"], cfg, out, quiet=True)
     from rscompress.prune import select
 
     def must_not_run(*a, **k):

@@ -72,9 +72,10 @@ Progress = Callable[[int, float, float, float], None]
 class SparsityConfig:
     """Sparse-training settings. Defaults are for fine-tuning a trained parent for ~30 epochs.
 
-    * ``lr`` 0.01, constant: a tenth of the from-scratch rate, as usual for fine-tuning a
-      trained net. Constant, so that val loss moves because of λ and not a schedule (the
-      controller reads it); the fine-tune after pruning has its own schedule.
+    * ``lr`` 0.01, constant: a tenth of the usual from-scratch SGD rate, as usual for
+      fine-tuning a trained net (``prune`` uses a tenth of the parent's own rate,
+      select.sparse_training_lr). Constant, so that val loss moves because of λ and not a
+      schedule (the controller reads it); the fine-tune after pruning has its own schedule.
     * ``strength`` 1e-4 (λ, per channel, see reweighted_l1): network slimming's value. With
       reweighting the push on a channel is λ/(|γ| + eps), up to 100λ near zero: at lr 0.01
       that clears a channel with |γ| = 0.1 in ~600 SGD steps (30 epochs of UC Merced's train
