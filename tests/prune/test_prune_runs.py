@@ -115,6 +115,15 @@ def test_sparse_training_lr_is_a_tenth_of_the_parents_unless_given(parents, tmp_
     assert json.loads((out / "metrics.json").read_text())["sparse_training"]["config"]["lr"] == 0.002
 
 
+def test_run_dir_from_before_sparse_lr_existed_still_resumes(parents, tmp_path, kill_at_the_end):
+    out, cfg = tmp_path / "r", _cfg("slim", target_macs=0.5, sparse_epochs=1)
+    kill_at_the_end(api.prune, parents["resnet18"], cfg, out, quiet=True)
+    config = json.loads((out / "config.json").read_text())
+    del config["method_params"]["sparse_lr"]  # what a version without the setting wrote
+    (out / "config.json").write_text(json.dumps(config))
+    assert api.prune(parents["resnet18"], cfg, out, resume=True, quiet=True)["epochs"] == 1
+
+
 def test_cli_bf16_channels_last_reach_sparse_training_and_finetuning(parents, tmp_path):
     out = tmp_path / "l1rr-bf16"
     assert main(["prune", str(parents["resnet18"]), "--method", "l1rr", "--target-macs", "0.35", "--sparse-epochs", "1",
