@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.records import append_record, has_record, train_record
+from benchmarks.records import append_record, git_commit, has_record, train_record
 from rscompress.artifacts import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--img-size", type=int, help="Run only the cells of this input size.")
     parser.add_argument("--threads", type=int, help="torch threads per training run.")
     args = parser.parse_args()
+    git_commit()  # the code this process runs, for every record it appends (records.git_commit)
     cells = [c for c in CELLS if args.img_size in (None, c[1])]
     for dataset, img_size, epochs in cells:
         for model in MODELS:

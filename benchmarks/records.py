@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -32,7 +33,10 @@ def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     return f"{model} ({widest})" if widest else model
 
 
+@functools.cache
 def git_commit() -> str:
+    """The commit checked out when this process first asked. A harness asks before it runs
+    anything, so its records name the code it loaded, not one committed while it ran."""
     out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
     return out.stdout.strip()
 

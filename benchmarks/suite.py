@@ -214,6 +214,7 @@ def run_suite(path: Path, *, datasets: list[str] | None = None, seeds: list[int]
     writes, so a later full run only adds what is missing.
     """
     suite = load_suite(path)
+    git_commit()  # the code this process runs, for every record it appends (records.git_commit)
     for name, wanted, known in (
         ("dataset", datasets, {p.dataset for p in suite.parents}),
         ("seed", seeds, {s for p in suite.parents for s in p.seeds}),

@@ -1,10 +1,11 @@
-"""Results files survive a kill in the middle of an append."""
+"""Results files survive a kill in the middle of an append; records name the code that ran."""
 
 import json
+import subprocess
 
 import pytest
 
-from benchmarks.records import append_record, cpu_name, has_record, read_records
+from benchmarks.records import append_record, cpu_name, git_commit, has_record, read_records
 
 
 def test_a_line_cut_short_is_skipped_and_the_next_record_starts_a_fresh_line(tmp_path):
@@ -30,3 +31,22 @@ def test_cpu_name_is_the_model_and_its_widest_vector_extension(tmp_path):
     info.write_text("model name\t: Old Xeon\nflags\t\t: fpu sse2 avx\n")
     assert cpu_name(info) == "Old Xeon (avx)"
     assert cpu_name(tmp_path / "missing")  # elsewhere: what the platform module says
+
+
+def test_records_name_the_commit_checked_out_when_the_process_asked_first(tmp_path, monkeypatch):
+    def commit(message: str) -> str:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty",
+                        "-m", message], cwd=tmp_path, check=True)
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    started = commit("the code a long benchmark loaded")
+    monkeypatch.chdir(tmp_path)
+    git_commit.cache_clear()
+    try:
+        assert git_commit() == started
+        commit("committed while it ran")
+        assert git_commit() == started
+    finally:
+        git_commit.cache_clear()
