@@ -74,13 +74,17 @@ _RESUMABLE_WITH_OTHER = frozenset({"train.threads", "train.device", "data.cache_
 # Settings added after run dirs (and NAS search checkpoints) were already being written, with
 # the value every run made before then had: a saved setting without the key had that value.
 _ADDED_LATER = {"method_params.gate_without_bn": False, "nas_search.gate_without_bn": False,
-                "method_params.sparse_lr": None}
+                "method_params.sparse_lr": None, "method_params.sparse_rate": None}
+# Settings removed since; a saved one is not compared. sparse_strength (L1RR's starting λ)
+# gave way to sparse_rate; a sparse-training phase saved with it has its own settings check
+# (l1rr.sparse_train), which refuses to continue it under the new meaning.
+_DROPPED = frozenset({"method_params.sparse_strength"})
 
 
 def setting_differences(stored: Any, given: Any, name: str) -> list[str]:
     """``"name.key: X there, Y now"`` for every leaf where ``given`` differs from ``stored``
     (both JSON values), skipping ``_RESUMABLE_WITH_OTHER``."""
-    if name in _RESUMABLE_WITH_OTHER:
+    if name in _RESUMABLE_WITH_OTHER or name in _DROPPED:
         return []
     if isinstance(stored, dict) and isinstance(given, dict):
         def stored_value(key: str) -> Any:

@@ -155,7 +155,9 @@ def prune(
     kd_warmup_epochs: Annotated[int, typer.Option(help="Linear warm-up of the KD terms.")] = 0,
     cache_teacher_logits: Annotated[bool, typer.Option(help="Run the teacher once per distinct input (--loss kd|dkd).")] = False,
     sparse_epochs: Annotated[int, typer.Option(help="Sparse-training epochs (slim, l1rr).")] = 30,
-    sparse_strength: Annotated[float, typer.Option(help="Initial L1 strength on BN gamma (slim, l1rr).")] = 1e-4,
+    sparse_rate: Annotated[float | None, typer.Option(help="L1 push on BN gamma as the share of the parent's median "
+                                                           "|gamma| removed per epoch; l1rr starts there and adapts it, "
+                                                           "slim holds it (default 0.01).")] = None,
     sparse_lr: Annotated[float | None, typer.Option(help="Constant lr of sparse training (slim, l1rr); default: a "
                                                          "tenth of the parent's SGD lr, else 0.01.")] = None,
     attention_weight: Annotated[float, typer.Option(help="Feature attention loss weight (l1rr).")] = 1.0,
@@ -196,7 +198,7 @@ def prune(
     cfg = _validated(
         PruneConfig, method=method, target_macs=target_macs, target_params=target_params, ratio=ratio,
         global_pruning=global_pruning, round_to=round_to, loss=loss, r1=r1, r2=r2, sparse_epochs=sparse_epochs,
-        sparse_strength=sparse_strength, sparse_lr=sparse_lr, attention_weight=attention_weight, search_epochs=search_epochs,
+        sparse_rate=sparse_rate, sparse_lr=sparse_lr, attention_weight=attention_weight, search_epochs=search_epochs,
         gate_without_bn=gate_without_bn,
         kd=_validated(KDSettings, temperature=temperature, alpha=alpha, beta=beta, kd_weight=kd_weight,
                       kd_warmup_epochs=kd_warmup_epochs, cache_teacher_logits=cache_teacher_logits),

@@ -138,7 +138,8 @@ class PruneConfig(StrictModel):
     calibration_batches: int = Field(4, gt=0)  # train batches whose gradients feed taylor
     # l1rr / slim (network slimming): sparse training on BN γ before pruning by |γ| globally.
     sparse_epochs: int = Field(30, gt=0)
-    sparse_strength: float = Field(1e-4, ge=0)
+    # None: l1rr.SparsityConfig's starting rate (its docstring says what the rate is and why).
+    sparse_rate: float | None = Field(None, gt=0)
     # None: a tenth of the lr the parent was trained at (select.sparse_training_lr says why).
     sparse_lr: float | None = Field(None, gt=0)
     attention_weight: float = Field(1.0, ge=0)  # l1rr's feature attention loss
@@ -168,8 +169,10 @@ class PruneConfig(StrictModel):
     def _sparse_only_options(self) -> PruneConfig:
         from rscompress.prune.select import SPARSE_METHODS
 
-        if self.sparse_lr is not None and self.method not in SPARSE_METHODS:
-            raise ValueError(f"--sparse-lr is a sparse-training option (slim, l1rr); --method {self.method} has none")
+        for name in ("sparse_lr", "sparse_rate"):
+            if getattr(self, name) is not None and self.method not in SPARSE_METHODS:
+                option = "--" + name.replace("_", "-")
+                raise ValueError(f"{option} is a sparse-training option (slim, l1rr); --method {self.method} has none")
         return self
 
     @model_validator(mode="after")

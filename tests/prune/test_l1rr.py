@@ -1,4 +1,4 @@
-"""L1RR: reweighted L1 sparse training, dynamic strength, attention transfer, pruning after."""
+"""L1RR: reweighted L1 sparse training, dynamic rate, attention transfer, pruning after."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from rscompress.prune import prune_to_budget
 from rscompress.prune.methods.l1rr import (
     SparsityConfig,
     attention_transfer,
-    next_strength,
+    next_rate,
     penalty_weights,
     prunable_batchnorms,
     sparse_train,
@@ -28,6 +28,7 @@ from rscompress.prune.methods.l1rr_losses import (
     reweighted_l1,
     soft_threshold,
     sparsity,
+    strength_per_rate,
 )
 from rscompress.prune.select import sparse_training_lr
 
@@ -120,18 +121,30 @@ def test_attention_loss_is_zero_between_identical_models_and_positive_otherwise(
     assert attention_loss([a, a], [b, b]).item() == pytest.approx(2 * attention_loss([a], [b]).item())
 
 
-def test_next_strength_raises_holds_and_backs_off() -> None:
-    cfg = SparsityConfig(strength=1e-4, target_sparsity=0.5, loss_tolerance=0.1)
+def test_next_rate_raises_holds_and_backs_off() -> None:
+    cfg = SparsityConfig(rate=0.01, target_sparsity=0.5, loss_tolerance=0.1)
     # val loss within 10 % of the dense model's: raise while below target, hold at target
-    assert next_strength(1e-4, 0.2, val_loss=1.05, ref_val_loss=1.0, cfg=cfg) == pytest.approx(1.5e-4)
-    assert next_strength(1e-4, 0.5, val_loss=1.05, ref_val_loss=1.0, cfg=cfg) == pytest.approx(1e-4)
+    assert next_rate(0.01, 0.2, val_loss=1.05, ref_val_loss=1.0, cfg=cfg) == pytest.approx(0.015)
+    assert next_rate(0.01, 0.5, val_loss=1.05, ref_val_loss=1.0, cfg=cfg) == pytest.approx(0.01)
     # beyond tolerance: back off, whatever the sparsity
-    assert next_strength(1e-4, 0.2, val_loss=1.2, ref_val_loss=1.0, cfg=cfg) == pytest.approx(0.5e-4)
-    # within [strength / range, strength · range]
-    assert next_strength(1e-2, 0.0, 1.0, 1.0, cfg) == pytest.approx(1e-2)
-    assert next_strength(1e-6, 0.9, 9.0, 1.0, cfg) == pytest.approx(1e-6)
-    fixed = SparsityConfig(strength=1e-4, dynamic=False)
-    assert next_strength(3e-4, 0.0, 9.0, 1.0, fixed) == 3e-4
+    assert next_rate(0.01, 0.2, val_loss=1.2, ref_val_loss=1.0, cfg=cfg) == pytest.approx(0.005)
+    # within [rate / range, rate · range]
+    assert next_rate(0.1, 0.0, 1.0, 1.0, cfg) == pytest.approx(0.1)
+    assert next_rate(0.001, 0.9, 9.0, 1.0, cfg) == pytest.approx(0.001)
+    fixed = SparsityConfig(rate=0.01, dynamic=False)
+    assert next_rate(0.03, 0.0, 9.0, 1.0, fixed) == 0.03
+
+
+def test_a_rate_moves_the_median_channel_alike_whatever_lr_steps_and_gamma_scale() -> None:
+    for median, lr, steps, reweight in [(0.97, 0.001, 20, True), (0.76, 0.01, 20, True), (0.5, 0.1, 7, False)]:
+        lam = 0.02 * strength_per_rate(median, 0.01, reweight, lr, 0.9, steps)
+        w_median = 1 / (median + 0.01) if reweight else 1.0
+        # one epoch of proximal steps lr·λ·w/(1 − μ) takes 2 % of the median off a median channel
+        assert steps * lr * lam * w_median / (1 - 0.9) == pytest.approx(0.02 * median)
+    # a net whose γ are mostly zero already is measured against eps, not against ~0
+    assert strength_per_rate(0.0, 0.01, True, 0.01, 0.9, 20) == strength_per_rate(0.01, 0.01, True, 0.01, 0.9, 20)
+    with pytest.raises(ValueError, match="steps"):
+        strength_per_rate(0.5, 0.01, True, 0.01, 0.9, 0)
 
 
 # ---- sparse training ------------------------------------------------------------------
@@ -141,26 +154,33 @@ def test_reweighting_reaches_sparsity_in_fewer_epochs_than_plain_l1() -> None:
     def epochs_to(target: float, curve: list[float]) -> int:
         return next((i + 1 for i, s in enumerate(curve) if s >= target), len(curve) + 1)
 
-    common = dict(SLIMMING, epochs=30, lr=0.1, strength=1e-2)
-    reweighted = epochs_to(0.3, sparsity_curve(SparsityConfig(**{**common, "reweight": True})))
-    plain = epochs_to(0.3, sparsity_curve(SparsityConfig(**common)))
+    # The same λ (the issue's "same strength"), so each gets the rate that gives it λ = 1e-2.
+    median = torch.cat([tiny_cnn()[i].weight.detach() for i in (1, 4)]).median().item()
+    common = dict(SLIMMING, epochs=30, lr=0.1)
+    rates = {rw: 1e-2 / strength_per_rate(median, 0.01, rw, 0.1, 0.9, len(data()[0])) for rw in (True, False)}
+    reweighted = epochs_to(0.3, sparsity_curve(SparsityConfig(**{**common, "reweight": True}, rate=rates[True])))
+    plain = epochs_to(0.3, sparsity_curve(SparsityConfig(**common, rate=rates[False])))
     assert reweighted < 10  # 4 when written
     assert plain >= 2 * reweighted  # 21 when written
 
 
 def test_network_slimming_config_is_plain_l1_at_constant_strength() -> None:
-    cfg = SparsityConfig(epochs=3, lr=0.05, strength=1e-2, **SLIMMING)
+    cfg = SparsityConfig(epochs=3, lr=0.05, rate=0.05, **SLIMMING)
     train, val = data()
     model, report = sparse_train(tiny_cnn(), train, val, cfg)
     assert all(torch.equal(w, torch.ones(16)) for w in penalty_weights([torch.rand(16)] * 2, cfg))
-    assert [row["strength"] for row in report.history] == [1e-2] * 3
+    median = torch.cat([tiny_cnn()[i].weight.detach() for i in (1, 4)]).median().item()
+    assert report.median_gamma == pytest.approx(median)
+    lam = 0.05 * median * (1 - 0.9) / (0.05 * len(train))  # λ for ρ = 0.05 without reweighting
+    assert [row["rate"] for row in report.history] == [0.05] * 3
+    assert [row["strength"] for row in report.history] == pytest.approx([lam] * 3)
     assert all(row["attention_loss"] == 0.0 for row in report.history)
     assert not any(m._forward_hooks for m in model.modules())
 
     # Reference: network slimming written out, SGD on CE then the L1 proximal step on every γ.
     reference = tiny_cnn()
     opt = torch.optim.SGD(reference.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    threshold = 0.05 * 1e-2 / (1 - 0.9)
+    threshold = 0.05 * lam / (1 - 0.9)
     for _ in range(3):
         for x, y in train:
             opt.zero_grad()
@@ -197,18 +217,19 @@ def test_sparse_resnet_prunes_residual_streams_consistently_and_reports() -> Non
             if isinstance(bn, nn.BatchNorm2d):
                 bn.weight.uniform_(0.05, 1.0)
     train, val = data(n_batches=2, batch=4)
-    cfg = SparsityConfig(epochs=3, lr=0.05, strength=1e-3, target_sparsity=0.3)
+    cfg = SparsityConfig(epochs=3, lr=0.05, rate=0.004, target_sparsity=0.3)
     seen: list[tuple] = []
     model, report = sparse_train(copy.deepcopy(parent), train, val, cfg, progress=lambda *a: seen.append(a))
 
-    # report: one row per epoch, what progress saw, λ moved by next_strength
+    # report: one row per epoch, what progress saw, ρ moved by next_rate, λ = ρ · strength_per_rate
     assert report.epochs == 3 and len(report.history) == 3
     assert (report.prunable_bns, report.channels) == (20, 4800)
-    assert [(r["epoch"], r["sparsity"], r["strength"], r["val_loss"]) for r in report.history] == seen
+    assert [(r["epoch"], r["sparsity"], r["rate"], r["val_loss"]) for r in report.history] == seen
     assert report.final_sparsity == report.history[-1]["sparsity"] > 0
     for row, nxt in zip(report.history, [*report.history[1:], None]):
-        lam = next_strength(row["strength"], row["sparsity"], row["val_loss"], report.ref_val_loss, cfg)
-        assert lam == pytest.approx(nxt["strength"] if nxt else report.final_strength)
+        rate = next_rate(row["rate"], row["sparsity"], row["val_loss"], report.ref_val_loss, cfg)
+        assert rate == pytest.approx(nxt["rate"] if nxt else report.final_rate)
+        assert row["strength"] == pytest.approx(row["rate"] * report.strength_per_rate)
     assert all(row["attention_loss"] > 0 for row in report.history)
     as_json = json.loads(json.dumps(report.to_dict()))
     assert as_json["config"]["attention_layers"] == list(cfg.attention_layers)
@@ -231,7 +252,7 @@ def test_interrupted_sparse_training_resumes_to_the_same_end(tmp_path) -> None:
     torch.manual_seed(0)
     parent = create_model("resnet18", NUM_CLASSES, small_input=True)
     train, val = data(n_batches=2, batch=4)
-    cfg = SparsityConfig(epochs=3, lr=0.05, strength=1e-3, target_sparsity=0.3)  # L1RR: attention, dynamic λ
+    cfg = SparsityConfig(epochs=3, lr=0.05, rate=0.004, target_sparsity=0.3)  # L1RR: attention, dynamic ρ
     whole, whole_report = sparse_train(copy.deepcopy(parent), train, val, cfg)
 
     def stop_in_epoch_two(epoch, *_):
@@ -248,7 +269,7 @@ def test_interrupted_sparse_training_resumes_to_the_same_end(tmp_path) -> None:
         assert torch.equal(p, q), name
     drop = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
     assert drop(report.history) == drop(whole_report.history)
-    assert report.final_strength == whole_report.final_strength
+    assert report.final_rate == whole_report.final_rate
 
     with pytest.raises(UserError, match=r"other settings \(sparse_training\.epochs: \d+ there, 4 now"):
         sparse_train(copy.deepcopy(parent), train, val, SparsityConfig(epochs=4), checkpoint_dir=tmp_path)
@@ -265,13 +286,13 @@ def test_bf16_channels_last_sparse_training_runs_in_them_and_returns_float32_def
             seen.append((out.dtype, out.is_contiguous(memory_format=torch.channels_last)))
 
     parent.layer1.register_forward_hook(record)
-    cfg = SparsityConfig(epochs=2, lr=0.05, strength=1e-3, target_sparsity=0.3, bf16=True, channels_last=True)
+    cfg = SparsityConfig(epochs=2, lr=0.05, rate=0.004, target_sparsity=0.3, bf16=True, channels_last=True)
     model, report = sparse_train(parent, train, val, cfg)
     # the student's training forwards (2 epochs × 2 batches); validation runs in eval mode, float32
     assert seen == [(torch.bfloat16, True)] * 4
     assert report.history[-1]["attention_loss"] > 0 and report.final_sparsity >= 0
     assert all(p.dtype == torch.float32 and p.is_contiguous() for p in model.parameters())
-    fp32 = sparse_train(copy.deepcopy(parent), train, val, SparsityConfig(epochs=2, lr=0.05, strength=1e-3,
+    fp32 = sparse_train(copy.deepcopy(parent), train, val, SparsityConfig(epochs=2, lr=0.05, rate=0.004,
                                                                           target_sparsity=0.3))[1]
     assert fp32.history[-1]["train_ce"] != report.history[-1]["train_ce"]
 

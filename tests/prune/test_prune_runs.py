@@ -76,6 +76,8 @@ def test_remotetrimmer_needs_se_parent(parents, tmp_path):
         (["--method", "l1", "--target-macs", "0.3", "--gate-without-bn"], "--gate-without-bn"),
         (["--method", "nas", "--target-macs", "0.3", "--sparse-lr", "0.001"], "--sparse-lr"),
         (["--method", "l1rr", "--target-macs", "0.3", "--sparse-lr", "0"], "--sparse-lr"),
+        (["--method", "l1", "--target-macs", "0.3", "--sparse-rate", "0.02"], "--sparse-rate"),
+        (["--method", "slim", "--target-macs", "0.3", "--sparse-rate", "-1"], "--sparse-rate"),
     ],
 )
 def test_cli_rejects_bad_budgets(parents, tmp_path, capsys, args, needle):
@@ -115,11 +117,13 @@ def test_sparse_training_lr_is_a_tenth_of_the_parents_unless_given(parents, tmp_
     assert json.loads((out / "metrics.json").read_text())["sparse_training"]["config"]["lr"] == 0.002
 
 
-def test_run_dir_from_before_sparse_lr_existed_still_resumes(parents, tmp_path, kill_at_the_end):
+def test_run_dir_from_before_sparse_lr_and_rate_still_resumes(parents, tmp_path, kill_at_the_end):
     out, cfg = tmp_path / "r", _cfg("slim", target_macs=0.5, sparse_epochs=1)
     kill_at_the_end(api.prune, parents["resnet18"], cfg, out, quiet=True)
     config = json.loads((out / "config.json").read_text())
-    del config["method_params"]["sparse_lr"]  # what a version without the setting wrote
+    # what a version before sparse_lr and sparse_rate wrote (sparse_rate was sparse_strength)
+    del config["method_params"]["sparse_lr"], config["method_params"]["sparse_rate"]
+    config["method_params"]["sparse_strength"] = 1e-4
     (out / "config.json").write_text(json.dumps(config))
     assert api.prune(parents["resnet18"], cfg, out, resume=True, quiet=True)["epochs"] == 1
 

@@ -131,7 +131,7 @@ def _sparse_train(model, model_name, cfg: PruneConfig, lr: float, train_batches,
     sparse_cfg = SparsityConfig(
         epochs=cfg.sparse_epochs,
         lr=lr,
-        strength=cfg.sparse_strength,
+        rate=SparsityConfig.rate if cfg.sparse_rate is None else cfg.sparse_rate,
         reweight=l1rr,
         dynamic=l1rr,
         self_adaptive=l1rr,
@@ -143,8 +143,8 @@ def _sparse_train(model, model_name, cfg: PruneConfig, lr: float, train_batches,
         channels_last=cfg.finetune.channels_last,
     )
 
-    def progress(epoch, sparsity, strength, val_loss):
-        log(f"sparse epoch {epoch + 1}/{cfg.sparse_epochs}: sparsity {sparsity:.3f}  λ {strength:.2e}  val loss {val_loss:.4f}")
+    def progress(epoch, sparsity, rate, val_loss):
+        log(f"sparse epoch {epoch + 1}/{cfg.sparse_epochs}: sparsity {sparsity:.3f}  rate {rate:.3g}  val loss {val_loss:.4f}")
 
     model, report = sparse_train(
         model, train_batches, val_batches, cfg=sparse_cfg, progress=progress, checkpoint_dir=phase_dir

@@ -9,7 +9,10 @@ The method in two calls:
    * times a per-layer factor from that layer's γ distribution (``self_adaptive``,
      l1rr_losses.layer_multipliers),
    * and λ moves between epochs with the measured sparsity and validation loss
-     (``dynamic``, ``next_strength``).
+     (``dynamic``, ``next_rate``). The controller works on a rate ρ, the share of the dense
+     parent's median |γ| the penalty alone removes per epoch, and λ = ρ·strength_per_rate
+     (l1rr_losses): the same ρ then moves γ alike whatever the lr, the epoch length or the
+     scale of the parent's γ.
 2. ``prune_to_budget(model, "bn", img_size, target_macs=F, global_pruning=True)``: one
    global |γ| ranking sets every layer's ratio from the γ distribution the sparse training
    left, each layer keeps at least 1 − MAX_PRUNING_RATIO of its channels, and the ratio is
@@ -36,7 +39,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -59,12 +62,13 @@ from rscompress.prune.methods.l1rr_losses import (
     reweighted_l1,
     soft_threshold,
     sparsity,
+    strength_per_rate,
 )
 from rscompress.prune.plan import MAX_PRUNING_RATIO
 from rscompress.prune.pruner import find_classifier, protected_layers
 from rscompress.seeding import derived_seed
 
-# (epoch, sparsity after it, λ in effect during it, val loss after it)
+# (epoch, sparsity after it, rate ρ in effect during it, val loss after it)
 Progress = Callable[[int, float, float, float], None]
 
 
@@ -76,16 +80,22 @@ class SparsityConfig:
       fine-tuning a trained net (``prune`` uses a tenth of the parent's own rate,
       select.sparse_training_lr). Constant, so that val loss moves because of λ and not a
       schedule (the controller reads it); the fine-tune after pruning has its own schedule.
-    * ``strength`` 1e-4 (λ, per channel, see reweighted_l1): network slimming's value. With
-      reweighting the push on a channel is λ/(|γ| + eps), up to 100λ near zero: at lr 0.01
-      that clears a channel with |γ| = 0.1 in ~600 SGD steps (30 epochs of UC Merced's train
-      split at batch 64), where plain L1 would move it by 0.006; ``dynamic`` raises λ if needed.
+    * ``rate`` 0.01 (ρ): the share of the parent's median |γ| the penalty alone takes off a
+      median channel per epoch (l1rr_losses.strength_per_rate turns it into λ). With
+      reweighting the push grows as a channel shrinks (∝ 1/(|γ| + eps)), so at a constant ρ a
+      channel at the median reaches zero in about 1/(2ρ) epochs and one at half the median in a
+      quarter of that, unless the task loss holds it. 0.01 is where the λ controller had
+      brought se_resnet18 when its γ began to reach zero (ρ ≈ 0.025 in epoch 13, after 11
+      epochs of raising from network slimming's λ = 1e-4, i.e. ρ ≈ 0.0003): starting there
+      spends the epochs on sparsifying rather than on climbing.
+    * ``rate_range`` 10: ρ stays in [rate / 10, rate · 10]; at 0.1 a median channel is gone in
+      ~5 epochs, faster than the val check (once an epoch) can react.
     * ``eps`` 1e-2: both the Candès constant and the "is zero" threshold of the sparsity.
     * ``target_sparsity`` 0.5: share of prunable BN channels to drive below eps; set it near
       the channel share the budget removes (≈ 1 − √F to keep a fraction F of the MACs).
     * ``loss_tolerance`` 0.1: λ backs off once val loss exceeds the dense model's by 10 %.
     * ``raise_factor`` 1.5 / ``backoff_factor`` 0.5: cautious growth, fast retreat, so one
-      bad epoch costs one halving; λ stays in [strength / strength_range, strength · strength_range].
+      bad epoch costs one halving.
     * ``attention_weight`` 1.0: each layer's term is in [0, 4]; weight 1 with maps summed over
       positions is the low end of Zagoruyko & Komodakis' β=1000 on position-averaged maps.
     * ``attention_layers``: ResNet's last three stages; for vgg16_bn use the ReLUs that end
@@ -99,7 +109,7 @@ class SparsityConfig:
 
     epochs: int = 30
     lr: float = 0.01
-    strength: float = 1e-4
+    rate: float = 0.01
     reweight: bool = True
     dynamic: bool = True
     self_adaptive: bool = True
@@ -110,7 +120,7 @@ class SparsityConfig:
     loss_tolerance: float = 0.1
     raise_factor: float = 1.5
     backoff_factor: float = 0.5
-    strength_range: float = 100.0
+    rate_range: float = 10.0
     max_ratio: float = MAX_PRUNING_RATIO  # self-adaptive: the pruning cap per layer
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -122,14 +132,14 @@ class SparsityConfig:
         checks = [
             ("epochs", self.epochs >= 1),
             ("lr", self.lr > 0),
-            ("strength", self.strength >= 0),
+            ("rate", self.rate >= 0),
             ("attention_weight", self.attention_weight >= 0),
             ("target_sparsity", 0 < self.target_sparsity < 1),
             ("eps", self.eps > 0),
             ("loss_tolerance", self.loss_tolerance >= 0),
             ("raise_factor", self.raise_factor >= 1),
             ("backoff_factor", 0 < self.backoff_factor <= 1),
-            ("strength_range", self.strength_range >= 1),
+            ("rate_range", self.rate_range >= 1),
             ("max_ratio", 0 < self.max_ratio < 1),
             ("momentum", 0 <= self.momentum < 1),
             ("weight_decay", self.weight_decay >= 0),
@@ -148,12 +158,14 @@ class SparsityReport:
     epochs: int
     prunable_bns: int  # BNs penalised (those of prunable groups)
     channels: int  # their channels in all
+    median_gamma: float  # the dense parent's median |γ| over those channels, ρ's scale
+    strength_per_rate: float  # λ = ρ · this (l1rr_losses.strength_per_rate)
     ref_val_loss: float  # the dense parent's, the controller's reference
     ref_val_top1: float
     final_val_loss: float
     final_val_top1: float
     final_sparsity: float  # share of those channels with |γ| < eps
-    final_strength: float  # λ the controller would use next
+    final_rate: float  # ρ the controller would use next
     seconds: float
     config: dict
     history: list[dict]  # one row per epoch
@@ -162,25 +174,25 @@ class SparsityReport:
         return asdict(self)
 
 
-def next_strength(
-    strength: float, sparsity: float, val_loss: float, ref_val_loss: float, cfg: SparsityConfig
+def next_rate(
+    rate: float, sparsity: float, val_loss: float, ref_val_loss: float, cfg: SparsityConfig
 ) -> float:
-    """λ for the next epoch (``cfg.dynamic``; otherwise unchanged).
+    """ρ for the next epoch (``cfg.dynamic``; otherwise unchanged).
 
     Back off (×backoff_factor) when val loss is above the dense model's by more than
     ``loss_tolerance`` (relative): accuracy is going, give the task loss room. Otherwise raise
     (×raise_factor) while the sparsity is below target; at target, hold. Always within
-    [cfg.strength / strength_range, cfg.strength · strength_range].
+    [cfg.rate / rate_range, cfg.rate · rate_range].
     """
     if not cfg.dynamic:
-        return strength
+        return rate
     if val_loss > ref_val_loss * (1 + cfg.loss_tolerance):
-        new = strength * cfg.backoff_factor
+        new = rate * cfg.backoff_factor
     elif sparsity < cfg.target_sparsity:
-        new = strength * cfg.raise_factor
+        new = rate * cfg.raise_factor
     else:
-        new = strength
-    return min(max(new, cfg.strength / cfg.strength_range), cfg.strength * cfg.strength_range)
+        new = rate
+    return min(max(new, cfg.rate / cfg.rate_range), cfg.rate * cfg.rate_range)
 
 
 def penalty_weights(gammas: Sequence[Tensor], cfg: SparsityConfig) -> list[Tensor]:
@@ -264,7 +276,7 @@ def _first_images(batches: Iterable[tuple[Tensor, Tensor]]) -> Tensor:
 
 def sparse_train(
     model: nn.Module,
-    train_batches: Iterable[tuple[Tensor, Tensor]],
+    train_batches: Collection[tuple[Tensor, Tensor]],
     val_batches: Iterable[tuple[Tensor, Tensor]],
     cfg: SparsityConfig = SparsityConfig(),
     progress: Progress | None = None,
@@ -273,9 +285,10 @@ def sparse_train(
     """Sparse-train ``model`` in place (see the module docstring); returns it and a report.
 
     ``train_batches`` is iterated once per epoch (``set_epoch(epoch)`` is called first when it
-    has one); ``val_batches`` once per epoch and once before, for the dense reference. The
-    model of the last epoch is returned (sparsity, not val accuracy, is what this phase is
-    for), in the train/eval mode it came in.
+    has one); its length is the epoch's step count, which turns ρ into λ. ``val_batches`` is
+    iterated once per epoch and once before, for the dense reference. The model of the last
+    epoch is returned (sparsity, not val accuracy, is what this phase is for), in the
+    train/eval mode it came in.
 
     ``checkpoint_dir``: the state is committed there after every epoch, and a call given the
     same dense ``model`` and ``cfg`` continues from it, ending where an uninterrupted run ends.
@@ -289,6 +302,13 @@ def sparse_train(
         raise UserError(f"{type(model).__name__} has no prunable BatchNorm layers to sparsify")
     gammas = [bn.weight for bn in bns]
     was_training = model.training
+    # ρ's scale comes from the dense parent (taken before a resume loads later weights), so
+    # λ per unit ρ is fixed for the whole phase.
+    if len(train_batches) == 0:
+        raise UserError("sparse training got no training batches")
+    median_gamma = torch.cat([g.detach().abs().flatten() for g in gammas]).median().item()
+    lam_per_rate = strength_per_rate(median_gamma, cfg.eps, cfg.reweight, cfg.lr, cfg.momentum,
+                                     len(train_batches))
 
     ref = evaluate(model, val_batches, num_classes)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -296,7 +316,7 @@ def sparse_train(
     optimizer = torch.optim.SGD(
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
-    strength = cfg.strength
+    rate = cfg.rate
     history: list[dict] = []
     val_loss, val_top1 = ref.loss, ref.top1
     with ExitStack() as stack:
@@ -315,7 +335,7 @@ def sparse_train(
                 raise UserError(f"{checkpoint_dir} holds sparse training with other settings "
                                 f"({'; '.join(differences)}); resume with the same options or remove it")
             model.load_state_dict(tensors)
-            strength, history, start_epoch = extra["strength"], extra["history"], last + 1
+            rate, history, start_epoch = extra["rate"], extra["history"], last + 1
             val_loss, val_top1 = history[-1]["val_loss"], history[-1]["val_top1"]
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.perf_counter()
@@ -327,6 +347,7 @@ def sparse_train(
             # momentum moves the smooth part by lr/(1 − μ) per step at steady state, so with
             # this threshold the fixed points are those of CE (+ attention) + λ·Σ w|γ|, as if
             # the penalty were a loss term, and λ means what it means in network slimming.
+            strength = rate * lam_per_rate
             shrink = cfg.lr * strength / (1 - cfg.momentum)
             model.train()
             sums = {"ce": 0.0, "attention": 0.0, "penalty": 0.0}
@@ -345,7 +366,7 @@ def sparse_train(
                 if not torch.isfinite(loss):
                     raise UserError(
                         f"sparse training diverged (loss {loss.item()}) at epoch {epoch + 1}; "
-                        f"lower lr ({cfg.lr}) or strength (now {strength:.3g})"
+                        f"lower lr ({cfg.lr}) or rate (now {rate:.3g})"
                     )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -356,13 +377,12 @@ def sparse_train(
                     sums["penalty"] += reweighted_l1(gammas, weights).item()
                 sums["ce"] += ce.item()
                 steps += 1
-            if steps == 0:
-                raise UserError("sparse training got no training batches")
             val = evaluate(model, val_batches, num_classes)
             val_loss, val_top1 = val.loss, val.top1
             sparse = sparsity(gammas, cfg.eps)
             history.append({
                 "epoch": epoch,
+                "rate": rate,
                 "strength": strength,
                 "sparsity": sparse,
                 "val_loss": val.loss,
@@ -373,23 +393,25 @@ def sparse_train(
                 "seconds": time.perf_counter() - t0,
             })
             if progress is not None:
-                progress(epoch, sparse, strength, val.loss)
-            strength = next_strength(strength, sparse, val.loss, ref.loss, cfg)
+                progress(epoch, sparse, rate, val.loss)
+            rate = next_rate(rate, sparse, val.loss, ref.loss, cfg)
             if checkpoint_dir:
                 save_phase(checkpoint_dir, epoch, model.state_dict(), {"sgd": optimizer},
-                           {"config": settings, "strength": strength, "history": history})
+                           {"config": settings, "rate": rate, "history": history})
     model.train(was_training)
     model.to(memory_format=torch.contiguous_format)  # pruned next, in the default layout
     report = SparsityReport(
         epochs=cfg.epochs,
         prunable_bns=len(bns),
         channels=sum(g.numel() for g in gammas),
+        median_gamma=median_gamma,
+        strength_per_rate=lam_per_rate,
         ref_val_loss=ref.loss,
         ref_val_top1=ref.top1,
         final_val_loss=val_loss,
         final_val_top1=val_top1,
         final_sparsity=history[-1]["sparsity"],
-        final_strength=strength,
+        final_rate=rate,
         seconds=time.perf_counter() - start,
         config=asdict(cfg),
         history=history,
