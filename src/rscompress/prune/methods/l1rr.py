@@ -84,10 +84,10 @@ class SparsityConfig:
       median channel per epoch (l1rr_losses.strength_per_rate turns it into λ). With
       reweighting the push grows as a channel shrinks (∝ 1/(|γ| + eps)), so at a constant ρ a
       channel at the median reaches zero in about 1/(2ρ) epochs and one at half the median in a
-      quarter of that, unless the task loss holds it. 0.01 is where the λ controller had
-      brought se_resnet18 when its γ began to reach zero (ρ ≈ 0.025 in epoch 13, after 11
-      epochs of raising from network slimming's λ = 1e-4, i.e. ρ ≈ 0.0003): starting there
-      spends the epochs on sparsifying rather than on climbing.
+      quarter of that, unless the task loss holds it. The old λ controller had se_resnet18's γ
+      begin to reach zero at ρ ≈ 0.025, in epoch 13, after 11 epochs of raising from network
+      slimming's λ = 1e-4 (ρ ≈ 0.0003). Starting at 0.01 the controller gets there in ~2
+      epochs and spends the rest sparsifying rather than climbing.
     * ``rate_range`` 10: ρ stays in [rate / 10, rate · 10]; at 0.1 a median channel is gone in
       ~5 epochs, faster than the val check (once an epoch) can react.
     * ``eps`` 1e-2: both the Candès constant and the "is zero" threshold of the sparsity.
