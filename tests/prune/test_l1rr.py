@@ -17,16 +17,18 @@ from rscompress.prune.methods.l1rr import (
     attention_transfer,
     next_rate,
     penalty_weights,
-    prunable_batchnorms,
+    prunable_channel_sets,
     sparse_train,
+    gamma_stack,
 )
 from rscompress.prune.methods.l1rr_losses import (
     attention_loss,
     attention_map,
     candes_weights,
+    coupled_magnitudes,
+    group_soft_threshold,
     layer_multipliers,
     reweighted_l1,
-    soft_threshold,
     sparsity,
     strength_per_rate,
 )
@@ -71,16 +73,31 @@ def sparsity_curve(cfg: SparsityConfig) -> list[float]:
 
 
 def test_penalty_weights_and_proximal_step() -> None:
-    gammas = [torch.tensor([0.0, -0.5, 2.0], requires_grad=True)]
-    weights = candes_weights(gammas, eps=0.5)
+    gammas = torch.tensor([[0.0, -0.5, 2.0]], requires_grad=True)  # one BN: a k = 1 stack
+    weights = candes_weights(coupled_magnitudes([gammas]), eps=0.5)
     assert torch.allclose(weights[0], torch.tensor([2.0, 1.0, 0.4]))
     assert not weights[0].requires_grad
-    penalty = reweighted_l1(gammas, weights)
+    penalty = reweighted_l1([gammas], weights)
     assert penalty.item() == pytest.approx(0 + 0.5 + 0.8)
-    penalty.backward()  # differentiable in γ: the subgradient w·sign γ
-    assert torch.allclose(gammas[0].grad, torch.tensor([0.0, -1.0, 0.4]))
-    shrunk = soft_threshold(torch.tensor([0.3, -0.3, 0.05, -2.0]), torch.tensor([0.1, 0.5, 0.1, 1.0]))
-    assert torch.allclose(shrunk, torch.tensor([0.2, 0.0, 0.0, -1.0]))
+    penalty.backward()  # differentiable in γ: the subgradient w·sign γ (0 at 0)
+    assert torch.allclose(gammas.grad, torch.tensor([[0.0, -1.0, 0.4]]))
+    # k = 1: the soft threshold sign(γ)·max(|γ| − t, 0)
+    shrunk = group_soft_threshold(torch.tensor([[0.3, -0.3, 0.05, -2.0]]), torch.tensor([0.1, 0.5, 0.1, 1.0]))
+    assert torch.allclose(shrunk, torch.tensor([[0.2, 0.0, 0.0, -1.0]]))
+
+
+def test_a_coupled_channel_shrinks_along_itself_and_reaches_zero_in_every_bn_at_once() -> None:
+    # one channel in two BNs per column: (0.6, 0.8) has norm 1, (0.03, 0.04) norm 0.05
+    stacked = torch.tensor([[0.6, 0.03], [0.8, 0.04]])
+    t = 0.05 / 2**0.5  # the column's threshold t·√k is 0.05
+    shrunk = group_soft_threshold(stacked, t)
+    assert torch.allclose(shrunk[:, 0], torch.tensor([0.6, 0.8]) * 0.95)  # same direction, 5 % shorter
+    assert torch.equal(shrunk[:, 1], torch.zeros(2))  # both BNs at zero in the same step
+    # √k·‖v‖ is the plain sum of the k |γ| when they are equal: a stream channel costs what its
+    # BN channels would cost apart
+    equal = torch.tensor([[0.5], [0.5], [0.5]])
+    assert reweighted_l1([equal], [torch.ones(1)]).item() == pytest.approx(1.5)
+    assert torch.allclose(coupled_magnitudes([equal])[0], torch.tensor([0.5]))
 
 
 def test_sparsity_and_self_adaptive_multipliers() -> None:
@@ -168,7 +185,8 @@ def test_network_slimming_config_is_plain_l1_at_constant_strength() -> None:
     cfg = SparsityConfig(epochs=3, lr=0.05, rate=0.05, **SLIMMING)
     train, val = data()
     model, report = sparse_train(tiny_cnn(), train, val, cfg)
-    assert all(torch.equal(w, torch.ones(16)) for w in penalty_weights([torch.rand(16)] * 2, cfg))
+    per_bn = [[(0, torch.arange(16))], [(1, torch.arange(16))]]
+    assert all(torch.equal(w, torch.ones(16)) for w in penalty_weights([torch.rand(16)] * 2, per_bn, cfg))
     median = torch.cat([tiny_cnn()[i].weight.detach() for i in (1, 4)]).median().item()
     assert report.median_gamma == pytest.approx(median)
     lam = 0.05 * median * (1 - 0.9) / (0.05 * len(train))  # λ for ρ = 0.05 without reweighting
@@ -193,12 +211,31 @@ def test_network_slimming_config_is_plain_l1_at_constant_strength() -> None:
         assert torch.allclose(p.float(), q.float(), atol=1e-6), name
 
 
-def test_only_prunable_batchnorms_are_penalised() -> None:
+def test_only_prunable_batchnorms_are_penalised_and_residual_streams_as_one() -> None:
     model = nn.Sequential(*tiny_cnn(), nn.BatchNorm1d(NUM_CLASSES))  # BN over the logits
-    bns = prunable_batchnorms(model, torch.zeros(1, 3, IMG, IMG))
+    bns, sets = prunable_channel_sets(model, torch.zeros(1, 3, IMG, IMG), couple=True)
     assert bns == [model[1], model[4]]
+    assert [[(p, idxs.tolist()) for p, idxs in c] for c in sets] == [[(0, list(range(16)))], [(1, list(range(16)))]]
+
     resnet = create_model("resnet18", NUM_CLASSES, small_input=True)
-    assert len(prunable_batchnorms(resnet, torch.zeros(1, 3, IMG, IMG))) == 20  # all of them
+    bns, sets = prunable_channel_sets(resnet, torch.zeros(1, 3, IMG, IMG), couple=True)
+    assert len(bns) == 20  # all of them
+    name = {bn: n for n, bn in resnet.named_modules()}
+    streams = sorted(sorted(name[bns[p]] for p, _ in c) for c in sets if len(c) > 1)
+    assert streams == [
+        ["bn1", "layer1.0.bn2", "layer1.1.bn2"],
+        ["layer2.0.bn2", "layer2.0.downsample.1", "layer2.1.bn2"],
+        ["layer3.0.bn2", "layer3.0.downsample.1", "layer3.1.bn2"],
+        ["layer4.0.bn2", "layer4.0.downsample.1", "layer4.1.bn2"],
+    ]
+    # every channel of every BN in exactly one set
+    counts = [torch.zeros(bn.num_features) for bn in bns]
+    for c in sets:
+        for p, idxs in c:
+            counts[p][idxs] += 1
+    assert all(torch.equal(n, torch.ones_like(n)) for n in counts)
+    # not coupled (network slimming): one set per BN
+    assert [len(c) for c in prunable_channel_sets(resnet, torch.zeros(1, 3, IMG, IMG), couple=False)[1]] == [1] * 20
 
 
 def test_config_errors_name_the_bad_value() -> None:
@@ -217,7 +254,7 @@ def test_sparse_resnet_prunes_residual_streams_consistently_and_reports() -> Non
             if isinstance(bn, nn.BatchNorm2d):
                 bn.weight.uniform_(0.05, 1.0)
     train, val = data(n_batches=2, batch=4)
-    cfg = SparsityConfig(epochs=3, lr=0.05, rate=0.004, target_sparsity=0.3)
+    cfg = SparsityConfig(epochs=3, lr=0.05, rate=0.02, target_sparsity=0.3)
     seen: list[tuple] = []
     model, report = sparse_train(copy.deepcopy(parent), train, val, cfg, progress=lambda *a: seen.append(a))
 
@@ -231,6 +268,13 @@ def test_sparse_resnet_prunes_residual_streams_consistently_and_reports() -> Non
         assert rate == pytest.approx(nxt["rate"] if nxt else report.final_rate)
         assert row["strength"] == pytest.approx(row["rate"] * report.strength_per_rate)
     assert all(row["attention_loss"] > 0 for row in report.history)
+    # a stream channel is at zero in all of its BNs or in none
+    bns, sets = prunable_channel_sets(model, torch.zeros(1, 3, IMG, IMG), couple=True)
+    gammas = [bn.weight for bn in bns]
+    streams = [gamma_stack(gammas, c) == 0 for c in sets if len(c) > 1]
+    assert report.coupled_sets == len(streams) == 4
+    assert sum(int(z[0].sum()) for z in streams) > 0
+    assert all(torch.equal(z, z[:1].expand_as(z)) for z in streams)
     as_json = json.loads(json.dumps(report.to_dict()))
     assert as_json["config"]["attention_layers"] == list(cfg.attention_layers)
     assert not any(m._forward_hooks for m in model.modules())

@@ -2,6 +2,12 @@
 its weights, its proximal step, the sparsity it is measured by, and Zagoruyko & Komodakis
 attention transfer.
 
+The penalty is on coupled channels: a (k, n) stack holds n channels, each the same channel in
+k BNs that are pruned together (a residual stream: every block's last BN and the downsample
+BN). Each column is penalised by its norm, so a stream channel shrinks in all k BNs at once
+and reaches zero as one (l1rr.sparse_train says why). A BN channel pruned alone is a column of
+a k = 1 stack, where all of it is the plain reweighted L1 of network slimming.
+
 Nothing here touches a model: every function maps tensors to tensors (or numbers), so each
 rule can be tested on hand-made values and ``l1rr.sparse_train`` only wires them together.
 """
@@ -15,35 +21,54 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def reweighted_l1(gammas: Sequence[Tensor], weights: Sequence[Tensor]) -> Tensor:
-    """Σ_layers Σ_c w_c·|γ_c|: the sparsity penalty, differentiable in ``gammas``.
+def reweighted_l1(stacks: Sequence[Tensor], weights: Sequence[Tensor]) -> Tensor:
+    """Σ_stacks Σ_c w_c·√k·‖γ_·c‖₂: the sparsity penalty, differentiable in the stacks.
 
-    A sum over channels, not a mean, as in network slimming: the strength λ that multiplies
-    it is then a per-channel push (∂/∂γ_c = λ·w_c·sign γ_c) whatever the width of the net.
-    With all weights 1 it is network slimming's plain L1. Training minimises it through its
-    proximal step (soft_threshold); this value is what the report logs.
+    For k = 1 the term is w_c·|γ_c|. A sum over channels, not a mean, as in network slimming:
+    the strength λ that multiplies it is then a per-channel push whatever the width of the
+    net. √k·‖·‖₂ equals the sum of the k |γ| when they are equal, so a stream channel costs
+    what its k BN channels would cost apart, but its proximal step keeps them together. With
+    all weights 1 and k = 1 it is network slimming's plain L1. Training minimises it through
+    its proximal step (group_soft_threshold); this value is what the report logs.
     """
-    if len(gammas) != len(weights):
-        raise ValueError(f"{len(gammas)} gamma tensors but {len(weights)} weight tensors")
-    if not gammas:
+    if len(stacks) != len(weights):
+        raise ValueError(f"{len(stacks)} gamma stacks but {len(weights)} weight tensors")
+    if not stacks:
         raise ValueError("no gammas to penalise")
-    return torch.stack([(w * g.abs()).sum() for g, w in zip(gammas, weights, strict=True)]).sum()
+    return torch.stack([
+        (w * s.norm(dim=0)).sum() * s.shape[0] ** 0.5 for s, w in zip(stacks, weights, strict=True)
+    ]).sum()
 
 
-def soft_threshold(gamma: Tensor, threshold: Tensor | float) -> Tensor:
-    """Proximal step of t·|γ|: sign(γ)·max(|γ| − t, 0), elementwise (``threshold`` >= 0).
+def group_soft_threshold(stack: Tensor, threshold: Tensor | float) -> Tensor:
+    """Proximal step of t·√k·‖v‖₂ on every column v of a (k, n) stack: v·max(0, 1 − t√k/‖v‖).
 
-    Why not the subgradient t·sign(γ) in the loss: near zero the reweighted push is up to
-    1/eps times λ, so subgradient steps jump across zero by more than eps and γ oscillates
-    around it instead of settling; sparsity (|γ| < eps) then stays low whatever λ, and a
-    controller that raises λ while sparsity lags makes it worse. The proximal step lands on
-    exactly 0 and stays there while the task gradient is weaker than the push.
+    For k = 1 this is the soft threshold sign(γ)·max(|γ| − t, 0). A column shrinks along its
+    own direction, so its k entries reach zero in the same step.
+
+    Why a proximal step and not the subgradient t·sign(γ) in the loss: near zero the
+    reweighted push is up to 1/eps times λ, so subgradient steps jump across zero by more
+    than eps and γ oscillates around it instead of settling; sparsity (|γ| < eps) then stays
+    low whatever λ, and a controller that raises λ while sparsity lags makes it worse. The
+    proximal step lands on exactly 0 and stays there while the task gradient is weaker than
+    the push.
     """
-    return gamma.sign() * (gamma.abs() - threshold).clamp(min=0)
+    norms = stack.norm(dim=0)
+    kept = (1 - threshold * stack.shape[0] ** 0.5 / norms.clamp(min=torch.finfo(stack.dtype).tiny)).clamp(min=0)
+    return stack * kept
 
 
-def candes_weights(gammas: Sequence[Tensor], eps: float) -> list[Tensor]:
-    """Candès–Wakin–Boyd reweighting: w_c = 1 / (|γ_c| + eps), detached.
+def coupled_magnitudes(stacks: Sequence[Tensor]) -> list[Tensor]:
+    """Each coupled channel's size: the RMS of its γ over the k BNs, (k, n) → (n,), detached.
+
+    What the Candès weights and the strength's scale read: for k = 1 it is |γ|.
+    """
+    return [s.detach().pow(2).mean(dim=0).sqrt() for s in stacks]
+
+
+def candes_weights(magnitudes: Sequence[Tensor], eps: float) -> list[Tensor]:
+    """Candès–Wakin–Boyd reweighting: w_c = 1 / (|γ_c| + eps), detached (``magnitudes``: |γ|
+    per channel, or coupled_magnitudes).
 
     Re-estimated once per epoch from the current γ: small channels get a large push and reach
     zero fast, large ones are barely touched, so the penalty approximates counting non-zero
@@ -52,7 +77,7 @@ def candes_weights(gammas: Sequence[Tensor], eps: float) -> list[Tensor]:
     """
     if eps <= 0:
         raise ValueError(f"eps must be > 0, got {eps}")
-    return [1.0 / (g.detach().abs() + eps) for g in gammas]
+    return [1.0 / (m.detach().abs() + eps) for m in magnitudes]
 
 
 def strength_per_rate(median_gamma: float, eps: float, reweight: bool, lr: float, momentum: float,
