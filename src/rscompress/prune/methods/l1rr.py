@@ -93,10 +93,10 @@ class SparsityConfig:
       median channel per epoch (l1rr_losses.strength_per_rate turns it into λ). With
       reweighting the push grows as a channel shrinks (∝ 1/(|γ| + eps)), so at a constant ρ a
       channel at the median reaches zero in about 1/(2ρ) epochs and one at half the median in a
-      quarter of that, unless the task loss holds it. The old λ controller had se_resnet18's γ
-      begin to reach zero at ρ ≈ 0.025, in epoch 13, after 11 epochs of raising from network
-      slimming's λ = 1e-4 (ρ ≈ 0.0003). Starting at 0.01 the controller gets there in ~2
-      epochs and spends the rest sparsifying rather than climbing.
+      quarter of that, unless the task loss holds it. On se_resnet18 (SE-folded parent, median
+      |γ| 0.36) the old λ controller, raising from network slimming's λ = 1e-4 (ρ ≈ 0.002),
+      had γ begin to reach zero in epoch 13 at λ ≈ 8.7e-3 (ρ ≈ 0.14); from ρ = 0.01 the
+      controller reached its cap in 6 epochs and γ began to reach zero in epoch 7.
     * ``rate_range`` 10: ρ stays in [rate / 10, rate · 10]; at 0.1 a median channel is gone in
       ~5 epochs, faster than the val check (once an epoch) can react.
     * ``couple_groups``: shrink the channels of a residual stream together, one column over all
