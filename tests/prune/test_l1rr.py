@@ -140,9 +140,10 @@ def test_attention_loss_is_zero_between_identical_models_and_positive_otherwise(
 
 def test_next_rate_raises_holds_and_backs_off() -> None:
     cfg = SparsityConfig(rate=0.01, target_sparsity=0.5, loss_tolerance=0.1)
-    # val loss within 10 % of the dense model's: raise while below target, hold at target
+    # val loss within 10 % of the dense model's: raise while below target, back off at or above it
     assert next_rate(0.01, 0.2, val_loss=1.05, ref_val_loss=1.0, cfg=cfg) == pytest.approx(0.015)
-    assert next_rate(0.01, 0.5, val_loss=1.05, ref_val_loss=1.0, cfg=cfg) == pytest.approx(0.01)
+    assert next_rate(0.01, 0.5, val_loss=1.05, ref_val_loss=1.0, cfg=cfg) == pytest.approx(0.005)
+    assert next_rate(0.01, 0.7, val_loss=1.05, ref_val_loss=1.0, cfg=cfg) == pytest.approx(0.005)
     # beyond tolerance: back off, whatever the sparsity
     assert next_rate(0.01, 0.2, val_loss=1.2, ref_val_loss=1.0, cfg=cfg) == pytest.approx(0.005)
     # within [rate / range, rate · range]

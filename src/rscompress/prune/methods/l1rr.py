@@ -107,7 +107,7 @@ class SparsityConfig:
       the channel share the budget removes (≈ 1 − √F to keep a fraction F of the MACs).
     * ``loss_tolerance`` 0.1: λ backs off once val loss exceeds the dense model's by 10 %.
     * ``raise_factor`` 1.5 / ``backoff_factor`` 0.5: cautious growth, fast retreat, so one
-      bad epoch costs one halving.
+      bad epoch (or one past the target sparsity) costs one halving.
     * ``attention_weight`` 1.0: each layer's term is in [0, 4]; weight 1 with maps summed over
       positions is the low end of Zagoruyko & Komodakis' β=1000 on position-averaged maps.
     * ``attention_layers``: ResNet's last three stages; for vgg16_bn use the ReLUs that end
@@ -195,8 +195,14 @@ def next_rate(
 
     Back off (×backoff_factor) when val loss is above the dense model's by more than
     ``loss_tolerance`` (relative): accuracy is going, give the task loss room. Otherwise raise
-    (×raise_factor) while the sparsity is below target; at target, hold. Always within
-    [cfg.rate / rate_range, cfg.rate · rate_range].
+    (×raise_factor) while the sparsity is below target, and back off once it is at or above
+    it. Always within [cfg.rate / rate_range, cfg.rate · rate_range].
+
+    Why back off at target rather than hold: held, the push kept zeroing channels past the
+    target (se_resnet18 s0 at 35 %: sparsity 0.55–0.59 against 0.41). Channels at zero beyond
+    what the budget removes tie in the global ranking and are kept or removed by their place
+    in the net, not by their γ; on that run the two 512-wide layer-4 convs kept every channel
+    though 411 and 384 of them were at zero, and 48 % of the params stayed.
     """
     if not cfg.dynamic:
         return rate
@@ -205,7 +211,7 @@ def next_rate(
     elif sparsity < cfg.target_sparsity:
         new = rate * cfg.raise_factor
     else:
-        new = rate
+        new = rate * cfg.backoff_factor
     return min(max(new, cfg.rate / cfg.rate_range), cfg.rate * cfg.rate_range)
 
 
