@@ -353,10 +353,10 @@ def sparse_train(
         raise UserError(f"{type(model).__name__} has no prunable BatchNorm layers to sparsify")
     gammas = [bn.weight for bn in bns]
     was_training = model.training
-    # ρ's scale comes from the dense parent (taken before a resume loads later weights), so
-    # λ per unit ρ is fixed for the whole phase.
     if len(train_batches) == 0:
         raise UserError("sparse training got no training batches")
+    # ρ's scale comes from the dense parent (taken before a resume loads later weights), so
+    # λ per unit ρ is fixed for the whole phase.
     median_gamma = torch.cat([g.detach().abs().flatten() for g in gammas]).median().item()
     lam_per_rate = strength_per_rate(median_gamma, cfg.eps, cfg.reweight, cfg.lr, cfg.momentum,
                                      len(train_batches))
