@@ -15,11 +15,11 @@ from rscompress.prune import prune_to_budget
 from rscompress.prune.methods.l1rr import (
     SparsityConfig,
     attention_transfer,
+    gamma_stack,
     next_rate,
     penalty_weights,
     prunable_channel_sets,
     sparse_train,
-    gamma_stack,
 )
 from rscompress.prune.methods.l1rr_losses import (
     attention_loss,
@@ -138,7 +138,7 @@ def test_attention_loss_is_zero_between_identical_models_and_positive_otherwise(
     assert attention_loss([a, a], [b, b]).item() == pytest.approx(2 * attention_loss([a], [b]).item())
 
 
-def test_next_rate_raises_holds_and_backs_off() -> None:
+def test_next_rate_raises_below_target_and_backs_off_at_it_or_on_val_loss() -> None:
     cfg = SparsityConfig(rate=0.01, target_sparsity=0.5, loss_tolerance=0.1)
     # val loss within 10 % of the dense model's: raise while below target, back off at or above it
     assert next_rate(0.01, 0.2, val_loss=1.05, ref_val_loss=1.0, cfg=cfg) == pytest.approx(0.015)
