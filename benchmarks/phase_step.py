@@ -43,6 +43,9 @@ class RandomBatches:
     def set_epoch(self, epoch: int) -> None:
         pass
 
+    def __len__(self) -> int:  # sparse training reads the epoch's step count
+        return len(self.batches)
+
     def __iter__(self):
         return iter(self.batches)
 
