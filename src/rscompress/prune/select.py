@@ -107,8 +107,8 @@ def sparse_training_lr(given: float | None, parent_optim: dict[str, Any]) -> flo
     the rate the net was trained at. A fixed 0.01 is a tenth of se_resnet18's 0.1 but all of
     vgg16_bn's 0.01: there it took val top-1 from 92 % to 55 % in the first epoch, and L1RR's
     controller, reading the lost val loss as the penalty's doing, backed λ off to its floor.
-    (At a tenth the parent holds, but λ's fixed range is then too small to move vgg16_bn's
-    γ, all near 0.97, within 30 epochs: README, "L1RR does not sparsify vgg16_bn".) A parent
+    (At a tenth the parent holds; that λ then moves its γ, all near 0.97, is what the rate
+    of SparsityConfig.rate sees to, as λ follows from lr, epoch length and γ scale.) A parent
     not trained with SGD (AdamW's rates mean something else) gets SparsityConfig's 0.01, a
     tenth of the usual SGD rate.
     """
