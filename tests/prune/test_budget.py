@@ -84,3 +84,30 @@ def test_unreachable_target_names_the_closest_fraction(parent: nn.Module) -> Non
 def test_bad_targets_are_user_errors(parent: nn.Module, kwargs: dict) -> None:
     with pytest.raises(UserError):
         prune_to_budget(parent, "l1", IMG, **kwargs)
+
+
+def test_zero_gammas_tied_across_layers_go_where_they_cost_fewest_macs() -> None:
+    # Sparse training leaves γ at exactly zero in several layers; a MACs budget that needs
+    # only some of them must take the cheap ones (layer 4 at 1×1 px), not the expensive ones
+    # of layer 1 (8×8 px) that Torch-Pruning's group order puts first.
+    from rscompress.prune.graph import build_graph, has_ties_across_groups, with_tie_costs
+    from rscompress.prune.pruner import score_model
+
+    torch.manual_seed(0)
+    model = create_model("resnet18", 10).eval()
+    early, late = model.layer1[0].bn1, model.layer4[1].bn1
+    with torch.no_grad():
+        for bn in model.modules():
+            if isinstance(bn, nn.BatchNorm2d):
+                bn.weight.uniform_(0.5, 1.0)
+        early.weight[: early.num_features // 2] = 0  # 32 of 64
+        late.weight[: late.num_features // 2] = 0  # 256 of 512
+    example = torch.zeros(1, 3, IMG, IMG)
+    scores = score_model(build_graph(model, example), "bn", example)
+    assert has_ties_across_groups(scores)
+    costs = {g.root: g.cost for g in with_tie_costs(model, example, scores)}
+    assert costs["layer4.1.conv1"] < costs["layer1.0.conv1"]
+    pruned, report = prune_to_budget(model, "bn", IMG, target_macs=0.97, global_pruning=True)
+    assert abs(report.macs_kept / 0.97 - 1) <= TOLERANCE
+    assert pruned.layer1[0].bn1.num_features == early.num_features  # the expensive zeros stay ...
+    assert pruned.layer4[1].bn1.num_features < late.num_features  # ... the cheap ones go

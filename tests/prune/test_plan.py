@@ -81,3 +81,16 @@ def test_bad_ratio_is_a_user_error(ratio: float) -> None:
 def test_bad_round_to_is_a_user_error(round_to: object) -> None:
     with pytest.raises(UserError, match="round_to"):
         keep_counts([group("a", [1.0, 2.0])], 0.5, round_to=round_to)  # type: ignore[arg-type]
+
+
+def test_global_removes_equal_scores_cheapest_first() -> None:
+    # Both groups are all zeros (what sparse training leaves); "late" costs less per channel.
+    early = GroupScore("early", 1, torch.zeros(10), cost=100.0)
+    late = GroupScore("late", 1, torch.zeros(10), cost=1.0)
+    assert keep_counts([early, late], 0.4, global_pruning=True) == {"early": 10, "late": 2}
+    # A lower score still goes before a cheaper equal one: cost only breaks ties.
+    early = GroupScore("early", 1, torch.tensor([-1.0] + [0.0] * 9), cost=100.0)
+    assert keep_counts([early, late], 0.4, global_pruning=True) == {"early": 9, "late": 3}
+    # Without costs (0, not measured) ties go in network order, as before.
+    plain = [GroupScore("early", 1, torch.zeros(10)), GroupScore("late", 1, torch.zeros(10))]
+    assert keep_counts(plain, 0.4, global_pruning=True) == {"early": 2, "late": 10}

@@ -40,7 +40,13 @@ from torch import Tensor, nn
 
 from rscompress.errors import UserError
 from rscompress.models.complexity import count_macs_params
-from rscompress.prune.graph import GroupScore, apply_plan, build_graph
+from rscompress.prune.graph import (
+    GroupScore,
+    apply_plan,
+    build_graph,
+    has_ties_across_groups,
+    with_tie_costs,
+)
 from rscompress.prune.importance import (
     Importance,
     accumulate_gradients,
@@ -274,6 +280,8 @@ def prune_to_budget(
     elif (mismatch := _architecture_mismatch(model, scorer)) is not None:
         raise ValueError(f"scorer must have model's architecture: {mismatch}")
     scores = _scores(scorer, imp, example, calibration)
+    if global_pruning and has_ties_across_groups(scores):
+        scores = with_tie_costs(model, example, scores)
 
     def keep_at(r: float, fixed: dict[str, int]) -> dict[str, int]:
         return keep_counts(

@@ -108,19 +108,25 @@ def _global_remove(
 
     The count is taken over all groups (so pinning a group does not change what the ratio
     means) minus what the pinned groups already lose; candidates come from free groups only.
-    Removals are nested: a larger ratio removes a superset.
+    Removals are nested: a larger ratio removes a superset. Equal scores go cheapest first
+    (``GroupScore.cost``), so the zeros sparse training leaves are removed where they cost
+    the fewest MACs.
     """
     total = sum(g.positions for g in groups)
     n_remove = max(0, total - math.floor(total * (1 - ratio) + 0.5) - n_fixed_removed)
-    scores, owner = [], []
+    scores, costs, owner = [], [], []
     for i, (group, cands, is_free) in enumerate(zip(groups, candidates, free, strict=True)):
         if is_free:
             scores.append(group.scores[cands])
+            costs.append(torch.full((len(cands),), group.cost, dtype=torch.float64))
             owner.append(torch.full((len(cands),), i, dtype=torch.long))
     if not scores:
         return [0] * len(groups)
-    all_scores, all_owner = torch.cat(scores), torch.cat(owner)
-    lowest = torch.sort(all_scores, stable=True).indices[:n_remove]
+    all_scores, all_costs, all_owner = torch.cat(scores), torch.cat(costs), torch.cat(owner)
+    # Lowest score first; among equal scores the cheapest position (GroupScore.cost), then
+    # network order: a stable sort by cost, then a stable sort of that order by score.
+    by_cost = torch.sort(all_costs, stable=True).indices
+    lowest = by_cost[torch.sort(all_scores[by_cost], stable=True).indices][:n_remove]
     return torch.bincount(all_owner[lowest], minlength=len(groups)).tolist()
 
 

@@ -15,7 +15,14 @@ from torch import Tensor, nn
 
 from rscompress.errors import UserError
 from rscompress.models.se import SqueezeExcite
-from rscompress.prune.graph import GroupScore, apply_plan, build_graph, score_groups
+from rscompress.prune.graph import (
+    GroupScore,
+    apply_plan,
+    build_graph,
+    has_ties_across_groups,
+    score_groups,
+    with_tie_costs,
+)
 from rscompress.prune.importance import Importance, make_importance, needs_gradients
 from rscompress.prune.plan import MAX_PRUNING_RATIO, plan_pruning
 
@@ -116,6 +123,8 @@ def prune(
     """
     graph = build_graph(model, example_inputs)
     scores = score_model(graph, importance, example_inputs, ignored_layers)
+    if global_pruning and has_ties_across_groups(scores):
+        scores = with_tie_costs(model, example_inputs, scores)
     plan = plan_pruning(
         scores, ratio, global_pruning=global_pruning, round_to=round_to, max_pruning_ratio=max_pruning_ratio
     )
