@@ -86,7 +86,7 @@ def test_bad_targets_are_user_errors(parent: nn.Module, kwargs: dict) -> None:
         prune_to_budget(parent, "l1", IMG, **kwargs)
 
 
-def test_zero_gammas_tied_across_layers_go_where_they_cost_fewest_macs() -> None:
+def test_zero_gammas_tied_across_layers_go_where_they_cost_least_of_the_budget() -> None:
     # Sparse training leaves γ at exactly zero in several layers; a MACs budget that needs
     # only some of them must take the cheap ones (layer 4 at 1×1 px), not the expensive ones
     # of layer 1 (8×8 px) that Torch-Pruning's group order puts first.
@@ -111,3 +111,10 @@ def test_zero_gammas_tied_across_layers_go_where_they_cost_fewest_macs() -> None
     assert abs(report.macs_kept / 0.97 - 1) <= TOLERANCE
     assert pruned.layer1[0].bn1.num_features == early.num_features  # the expensive zeros stay ...
     assert pruned.layer4[1].bn1.num_features < late.num_features  # ... the cheap ones go
+    # A params budget weighs the other way: layer 4's channels hold the most weights.
+    costs = {g.root: g.cost for g in with_tie_costs(model, example, scores, "params")}
+    assert costs["layer4.1.conv1"] > costs["layer1.0.conv1"]
+    pruned, report = prune_to_budget(model, "bn", IMG, target_params=0.985, global_pruning=True)
+    assert abs(report.params_kept / 0.985 - 1) <= TOLERANCE
+    assert pruned.layer1[0].bn1.num_features == early.num_features // 2  # all 32 cheap zeros, ...
+    assert late.num_features // 2 < pruned.layer4[1].bn1.num_features < late.num_features  # ... a few dear ones

@@ -281,7 +281,7 @@ def prune_to_budget(
         raise ValueError(f"scorer must have model's architecture: {mismatch}")
     scores = _scores(scorer, imp, example, calibration)
     if global_pruning and has_ties_across_groups(scores):
-        scores = with_tie_costs(model, example, scores)
+        scores = with_tie_costs(model, example, scores, metric or "macs")
 
     def keep_at(r: float, fixed: dict[str, int]) -> dict[str, int]:
         return keep_counts(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import torch
 import torch_pruning as tp
@@ -36,8 +37,9 @@ class GroupScore:
     ``segments``: position sets that some member layer sees only part of (through a split
     or concat, e.g. G-Ghost's raw and cheap paths); each must keep its own floor.
 
-    ``cost``: MACs one position is worth in the unpruned model (``with_tie_costs``); among
-    equal scores, global ranking removes the cheapest first. 0 when not measured.
+    ``cost``: MACs (or params, for a params budget) one position is worth in the unpruned
+    model (``with_tie_costs``); among equal scores, global ranking removes the cheapest
+    first. 0 when not measured.
     """
 
     root: str  # qualified module name of the root layer (its output channels are pruned)
@@ -157,29 +159,32 @@ def has_ties_across_groups(groups: Sequence[GroupScore]) -> bool:
     return torch.unique(merged).numel() < merged.numel()
 
 
-def with_tie_costs(model: nn.Module, example: Tensor, groups: Sequence[GroupScore]) -> list[GroupScore]:
-    """``groups`` with ``cost`` set: the MACs ``model`` loses on ``example`` when one position goes.
+def with_tie_costs(
+    model: nn.Module, example: Tensor, groups: Sequence[GroupScore], metric: Literal["macs", "params"] = "macs"
+) -> list[GroupScore]:
+    """``groups`` with ``cost`` set: the MACs (or params) ``model`` loses when one position goes.
 
     Why: sparse training (L1RR, slimming) leaves many γ at exactly zero, and a global ranking
     removes equal scores in network order otherwise. Early channels carry the most MACs
     (largest feature maps), so a MACs budget was met before the zeros of the last stage
-    were reached, and those stayed: se_resnet18 kept a 512-wide conv with 396 zero channels
+    were reached, and those stayed: se_resnet18 kept a 512-wide conv with 372 zero channels
     and 52 % of its params at 35 % of the MACs. Removing the cheapest of equally-scored
-    channels first removes the most of them within the budget. Measured, not modelled: one
-    position is pruned from a copy of ``model`` and counted (copies only: Torch-Pruning's
-    counter leaves a model in eval mode).
+    channels, in the budget's own metric, removes the most of them within the budget.
+    Measured, not modelled: one position is pruned from a copy of ``model`` and counted on
+    ``example`` (copies only: Torch-Pruning's counter leaves a model in eval mode).
     """
     example = example.detach().cpu().float()
+    which = 0 if metric == "macs" else 1
 
-    def macs(plan: Mapping[str, Sequence[int]]) -> float:
+    def count(plan: Mapping[str, Sequence[int]]) -> float:
         trial = copy.deepcopy(model).cpu().float()
         apply_plan(build_graph(trial, example), plan)
         with torch.no_grad():
-            return float(tp.utils.count_ops_and_params(trial, example)[0])
+            return float(tp.utils.count_ops_and_params(trial, example)[which])
 
-    full = macs({})
+    full = count({})
     return [
         # A single position is never a candidate (plan.py's floor), so it needs no cost.
-        replace(g, cost=full - macs({g.root: g.channels([g.positions - 1])}) if g.positions > 1 else 0.0)
+        replace(g, cost=full - count({g.root: g.channels([g.positions - 1])}) if g.positions > 1 else 0.0)
         for g in groups
     ]

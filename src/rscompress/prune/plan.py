@@ -109,8 +109,7 @@ def _global_remove(
     The count is taken over all groups (so pinning a group does not change what the ratio
     means) minus what the pinned groups already lose; candidates come from free groups only.
     Removals are nested: a larger ratio removes a superset. Equal scores go cheapest first
-    (``GroupScore.cost``), so the zeros sparse training leaves are removed where they cost
-    the fewest MACs.
+    (``GroupScore.cost``), so the most of the zeros sparse training leaves fit the budget.
     """
     total = sum(g.positions for g in groups)
     n_remove = max(0, total - math.floor(total * (1 - ratio) + 0.5) - n_fixed_removed)
