@@ -17,7 +17,7 @@ from rscompress.prune import apply_architecture, architecture_spec
 from rscompress.prune.budget import TOLERANCE
 from rscompress.prune.graph import apply_plan, build_graph
 from rscompress.prune.methods.nas import AlphaImportance, lambda_at, nas_search
-from rscompress.prune.methods.nas_cost import ExpectedMacs, cost_awareness_loss
+from rscompress.prune.methods.nas_cost import ExpectedCost, cost_awareness_loss
 from rscompress.prune.methods.nas_gates import ChannelGates, gate_layout
 from rscompress.prune.plan import plan_pruning
 from rscompress.prune.pruner import score_model
@@ -113,12 +113,25 @@ def conv_linear_macs(model: nn.Module) -> int:
 def test_expected_macs_at_full_gates_is_the_conv_and_linear_count(name: str, gap: float) -> None:
     model = parent(name)
     example = torch.zeros(1, 3, IMG, IMG)
-    cost = ExpectedMacs(model, gate_layout(model, example), example)
+    cost = ExpectedCost(model, gate_layout(model, example), example)
     assert cost.full == pytest.approx(conv_linear_macs(model), rel=1e-9)
     # The rest of count_macs_params is BN (2 per element), ReLU and pooling: ~0.4 % of
     # ResNet-18's count, ~6 % of MobileNetV2's (thin 1×1/depthwise convs, many BN+ReLU6).
     macs, _ = count_macs_params(model, IMG)
     assert 0 < 1 - cost.full / macs < gap
+
+
+def conv_linear_weights(model: nn.Module) -> int:
+    """Weights of every conv and Linear layer (biases, BN and the like are not gated costs)."""
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "g_ghost_regnetx_tiny", "tiny_vgg"])
+def test_expected_params_at_full_gates_are_the_conv_and_linear_weights(name: str) -> None:
+    model = parent(name)
+    example = torch.zeros(1, 3, IMG, IMG)
+    cost = ExpectedCost(model, gate_layout(model, example), example, "params")
+    assert cost.full == pytest.approx(conv_linear_weights(model), rel=1e-9)
 
 
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "g_ghost_regnetx_tiny", "tiny_vgg"])
@@ -140,9 +153,11 @@ def test_expected_macs_with_hard_gates_equal_the_pruned_models(name: str) -> Non
             hard[start + channel % size] = 0
     pruned = copy.deepcopy(model)
     apply_plan(build_graph(pruned, example), plan)
-    cost = ExpectedMacs(model, layout, example)
+    cost = ExpectedCost(model, layout, example)
     assert float(cost(hard)) == pytest.approx(conv_linear_macs(pruned), rel=1e-9)
     assert 0.15 < float(cost.ratio(hard)) < 0.5
+    params = ExpectedCost(model, layout, example, "params")
+    assert float(params(hard)) == pytest.approx(conv_linear_weights(pruned), rel=1e-9)
 
 
 # --- gates --------------------------------------------------------------------------------
@@ -330,6 +345,8 @@ def test_lambda_warms_up_linearly_from_zero() -> None:
         {"target_macs": 0},
         {"target_macs": 1.5},
         {"target_macs": -0.2},
+        {"target_params": 0},
+        {"target_params": float("inf")},
         {"search_epochs": 0},
         {"img_size": 0},
         {"tau": 0.0},
@@ -340,6 +357,27 @@ def test_lambda_warms_up_linearly_from_zero() -> None:
 def test_bad_settings_are_user_errors(kwargs: dict) -> None:
     with pytest.raises(UserError, match=next(iter(kwargs))):
         nas_search(parent("resnet18"), Batches(8, 0), Batches(8, 1), **{"img_size": IMG, **kwargs})
+
+
+def test_one_budget_at_most() -> None:
+    with pytest.raises(UserError, match="target_macs or target_params, not both"):
+        nas_search(parent("resnet18"), Batches(8, 0), Batches(8, 1), img_size=IMG, target_macs=0.5, target_params=0.5)
+
+
+def test_a_params_budget_steers_params_and_is_hit() -> None:
+    model = parent("resnet18")
+    pruned, report, calls, _ = run_search(model, target_macs=None, target_params=TARGET)
+    _, params = count_macs_params(pruned, IMG)
+    assert abs(params / count_macs_params(model, IMG)[1] / TARGET - 1) <= TOLERANCE
+    assert (report.target_macs, report.target_params) == (None, TARGET)
+    assert report.budget["target_metric"] == "params"
+    # the search steered E[params]: it starts near 0.9 (the gates' start) and closes on the target
+    example = torch.zeros(1, 3, IMG, IMG)
+    layout = gate_layout(model, example)
+    with torch.no_grad():
+        start = float(ExpectedCost(model, layout, example, "params").ratio(ChannelGates(layout, 1.0).flat()))
+    assert report.initial_expected_ratio == pytest.approx(start)
+    assert abs(report.final_expected_ratio - TARGET) < 0.25 * abs(report.initial_expected_ratio - TARGET)
 
 
 def test_no_validation_batches_is_a_user_error() -> None:

@@ -205,9 +205,16 @@ def test_nas_searches_then_hits_target(parents, tmp_path):
     metrics = api.prune(parents["resnet18"], _cfg("nas", target_macs=0.35, search_epochs=2), tmp_path / "nas", quiet=True)
     assert abs(metrics["macs_kept"] / 0.35 - 1) <= 0.01
     assert len(metrics["nas_search"]["expected_ratio"]) == 2
-    with pytest.raises(UserError, match="--target-macs"):
+    with pytest.raises(UserError, match="--target-macs or --target-params, not --ratio"):
         api.prune(parents["resnet18"], _cfg("nas", ratio=0.5), tmp_path / "nas2", quiet=True)
     assert metrics["nas_search"]["gated_without_bn"] is False
+
+
+def test_nas_takes_a_params_budget(parents, tmp_path):
+    metrics = api.prune(parents["resnet18"], _cfg("nas", target_params=0.3, search_epochs=1), tmp_path / "p",
+                        quiet=True)
+    assert abs(metrics["params_kept"] / 0.3 - 1) <= 0.01
+    assert metrics["nas_search"]["target_params"] == 0.3 and metrics["nas_search"]["target_macs"] is None
 
 
 def test_cli_gate_without_bn_reaches_the_search(parents, tmp_path):

@@ -157,14 +157,16 @@ def _nas(model, img_size: int, cfg: PruneConfig, train_batches, val_batches, log
     from rscompress.errors import UserError
     from rscompress.prune.methods.nas import nas_search
 
-    if cfg.target_macs is None:
-        raise UserError("--method nas searches towards a MACs budget: give --target-macs")
+    if cfg.target_macs is None and cfg.target_params is None:
+        raise UserError("--method nas searches towards a budget: give --target-macs or --target-params, not --ratio")
+    metric = "MACs" if cfg.target_macs is not None else "params"
 
     def progress(epoch, expected, target, ce):
-        log(f"search epoch {epoch + 1}/{cfg.search_epochs}: expected MACs {expected:.3f} (target {target:.3f})  val CE {ce:.4f}")
+        log(f"search epoch {epoch + 1}/{cfg.search_epochs}: expected {metric} {expected:.3f} (target {target:.3f})  val CE {ce:.4f}")
 
     pruned, report = nas_search(
         model, train_batches, val_batches, img_size=img_size, target_macs=cfg.target_macs,
+        target_params=cfg.target_params,
         search_epochs=cfg.search_epochs, progress=progress, seed=cfg.finetune.seed, checkpoint_dir=phase_dir,
         bf16=cfg.finetune.bf16, channels_last=cfg.finetune.channels_last, device=device,
         gate_without_bn=cfg.gate_without_bn,

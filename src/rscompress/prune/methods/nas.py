@@ -10,7 +10,8 @@ so residual streams share gates). The search is first-order DARTS, alternating
   model in eval mode, so the validation images never move the BN running statistics
   (they are the selection split, DESIGN.md) and dropout does not blur the signal.
 
-E[MACs] is differentiable in the gates (nas_cost.py). The cost term is METHODS.md's
+E[MACs] is differentiable in the gates (nas_cost.py). With a params budget
+(``target_params``) E[params] takes its place everywhere, the final threshold included. The cost term is METHODS.md's
 |E[MACs]/F_full − r*| divided by r* (``cost_awareness_loss``: why there). λ rises linearly
 from 0 over the first ``warmup_epochs`` epochs, so cross-entropy alone ranks the channels
 before the cost term starts pushing gates down.
@@ -20,7 +21,8 @@ output rows of a conv/linear with no BN after it), the gates come off (hooks rem
 model is a plain model again, computing what the gated one did) and the channels are ranked
 globally by α. ``prune_to_budget`` with an importance that returns
 the α's then finds the global threshold whose pruned model keeps ``target_macs`` of the
-parent's MACs within ±1 %, counted with ``count_macs_params`` on the real pruned model. The
+parent's MACs (or ``target_params`` of its params) within ±1 %, counted with
+``count_macs_params`` on the real pruned model. The
 weights pruned are the ones trained during the search. Fine-tuning is the caller's step.
 """
 
@@ -46,11 +48,13 @@ from rscompress.engine.device import model_device
 from rscompress.engine.precision import bf16_autocast
 from rscompress.errors import UserError
 from rscompress.prune.budget import prune_to_budget
-from rscompress.prune.methods.nas_cost import ExpectedMacs, cost_awareness_loss
+from rscompress.prune.methods.nas_cost import ExpectedCost, Metric, cost_awareness_loss
 from rscompress.prune.methods.nas_gates import ChannelGates, gate_layout
 from rscompress.seeding import derived_seed
 
 WEIGHT_MOMENTUM = 0.9
+DEFAULT_TARGET_MACS = 0.35
+_NAMES = {"macs": "MACs", "params": "params"}
 Progress = Callable[[int, float, float, float], None]  # (epoch, expected ratio, target, val CE)
 
 
@@ -65,9 +69,10 @@ class TrainBatches(Protocol):
 class NASReport:
     """What the search and the derivation did; ``to_dict`` goes into metrics.json as is."""
 
-    target_macs: float
-    initial_expected_ratio: float  # E[MACs]/F_full with the gates at their start (≈ 0.9)
-    expected_ratio: list[float]  # after each epoch
+    target_macs: float | None  # the budget: one of these two is set
+    target_params: float | None
+    initial_expected_ratio: float  # E[cost]/E[cost at g = 1] with the gates at their start (≈ 0.9)
+    expected_ratio: list[float]  # after each epoch, of the budget's metric
     final_expected_ratio: float
     train_ce: list[float]  # mean cross-entropy of the weight steps, per epoch
     val_ce: list[float]  # mean cross-entropy of the score steps, per epoch
@@ -112,14 +117,23 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _check(
-    target_macs: float, integers: dict[str, tuple[int, int]], positive: dict[str, float], lam: float
-) -> None:
-    """UserError naming the first bad setting. ``integers``: name → (value, least allowed)."""
-    if not (_is_number(target_macs) and 0 < target_macs <= 1):
+def _budget(target_macs: float | None, target_params: float | None) -> tuple[Metric, float]:
+    """(metric, target) of the budget: at most one given, 35 % of the MACs when neither is."""
+    if target_macs is not None and target_params is not None:
+        raise UserError("give the NAS search one budget: target_macs or target_params, not both")
+    metric, target = ("params", target_params) if target_params is not None else ("macs", target_macs)
+    if target is None:
+        return "macs", DEFAULT_TARGET_MACS
+    if not (_is_number(target) and 0 < target <= 1):
         raise UserError(
-            f"target_macs must be a fraction of the parent's MACs to keep, 0 < F <= 1; got {target_macs!r}"
+            f"target_{metric} must be a fraction of the parent's {_NAMES[metric]} to keep, 0 < F <= 1; "
+            f"got {target!r}"
         )
+    return metric, float(target)
+
+
+def _check(integers: dict[str, tuple[int, int]], positive: dict[str, float], lam: float) -> None:
+    """UserError naming the first bad setting. ``integers``: name → (value, least allowed)."""
     for name, (value, least) in integers.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise UserError(f"{name} must be an integer >= {least}, got {value!r}")
@@ -149,7 +163,7 @@ def lambda_at(epoch: int, lam: float, warmup_epochs: int) -> float:
 def _search(
     model: nn.Module,
     gates: ChannelGates,
-    cost: ExpectedMacs,
+    cost: ExpectedCost,
     train_batches: TrainBatches,
     val_batches: Iterable[tuple[Tensor, Tensor]],
     *,
@@ -170,7 +184,7 @@ def _search(
 
     Each epoch is seeded on its own and restarts the val stream, so one resumed from
     ``checkpoint_dir`` (committed after every epoch) runs exactly as it would have. ``bf16``
-    autocasts the two forward passes only: the expected-MACs cost stays float32.
+    autocasts the two forward passes only: the expected cost stays float32.
     """
     device = gates.alpha.device
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -244,7 +258,8 @@ def nas_search(
     val_batches: Iterable[tuple[Tensor, Tensor]],
     *,
     img_size: int = 64,
-    target_macs: float = 0.35,
+    target_macs: float | None = None,
+    target_params: float | None = None,
     search_epochs: int = 20,
     weight_lr: float = 0.01,
     arch_lr: float = 0.05,
@@ -260,7 +275,12 @@ def nas_search(
     fold_gates: bool = True,
     gate_without_bn: bool = False,
 ) -> tuple[nn.Module, NASReport]:
-    """Search channel scores on a copy of ``model``, then prune it to ``target_macs``.
+    """Search channel scores on a copy of ``model``, then prune it to its budget.
+
+    The budget: ``target_macs`` or ``target_params``, the fraction of the parent's MACs or
+    params to keep (at most one; 35 % of the MACs when neither is given). A params budget
+    steers E[params] in the search and thresholds on real params (VGG's weights sit in its
+    classifier, so a MACs budget alone leaves most of them).
 
     ``model``: the trained parent (SE folded, if any); it is not changed. ``train_batches``
     feed the weight steps (``set_epoch`` is called each epoch), ``val_batches`` the score
@@ -293,8 +313,8 @@ def nas_search(
     ``gate_without_bn``: search the groups with no BatchNorm too (VGG's hidden classifier
     layers; nas_gates has why the default leaves them out).
     """
+    metric, target = _budget(target_macs, target_params)
     _check(
-        target_macs,
         {"img_size": (img_size, 1), "search_epochs": (search_epochs, 1), "warmup_epochs": (warmup_epochs, 0)},
         {"weight_lr": weight_lr, "arch_lr": arch_lr, "tau": tau},
         lam,
@@ -309,21 +329,24 @@ def nas_search(
     if not layout.sizes:
         raise UserError(f"{type(model).__name__} has no prunable channel group with a BatchNorm to gate")
     gates = ChannelGates(layout, tau).to(param.device)
-    cost = ExpectedMacs(searched, layout, example)
+    cost = ExpectedCost(searched, layout, example, metric)
     with torch.no_grad():
         initial = float(cost.ratio(gates.flat()))
     gates.attach(searched)
     if channels_last:
         searched.to(memory_format=torch.channels_last)
     try:
-        settings = {"target_macs": float(target_macs), "img_size": img_size, "search_epochs": search_epochs,
+        # A params budget adds its key, so a MACs search saved before params budgets existed
+        # still compares equal to the same search now.
+        budget_setting = {"target_macs": target} if metric == "macs" else {"target_macs": None, "target_params": target}
+        settings = {**budget_setting, "img_size": img_size, "search_epochs": search_epochs,
                     "weight_lr": weight_lr, "arch_lr": arch_lr, "tau": tau, "lam": lam,
                     "warmup_epochs": warmup_epochs, "seed": seed, "cost": "relative", "bf16": bf16,
                     "channels_last": channels_last, "gate_without_bn": gate_without_bn}
         with torch.random.fork_rng(devices=[]):
             ratios, train_ce, val_ce = _search(
                 searched, gates, cost, train_batches, val_batches,
-                target=float(target_macs), epochs=search_epochs, weight_lr=weight_lr,
+                target=target, epochs=search_epochs, weight_lr=weight_lr,
                 arch_lr=arch_lr, lam=lam, warmup_epochs=warmup_epochs, progress=progress,
                 seed=seed, checkpoint_dir=checkpoint_dir, settings=settings, bf16=bf16,
                 channels_last=channels_last,
@@ -339,11 +362,10 @@ def nas_search(
     search_seconds = time.perf_counter() - start
 
     importance = AlphaImportance(searched, gates.group_alphas())
-    pruned, budget = prune_to_budget(
-        searched, importance, img_size, target_macs=float(target_macs), global_pruning=True
-    )
+    pruned, budget = prune_to_budget(searched, importance, img_size, global_pruning=True, **{f"target_{metric}": target})
     report = NASReport(
-        target_macs=float(target_macs),
+        target_macs=target if metric == "macs" else None,
+        target_params=target if metric == "params" else None,
         initial_expected_ratio=initial,
         expected_ratio=ratios,
         final_expected_ratio=ratios[-1],

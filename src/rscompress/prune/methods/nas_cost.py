@@ -1,4 +1,4 @@
-"""Expected MACs of a gated model: differentiable in the gates (METHODS.md §2).
+"""Expected MACs (or params) of a gated model: differentiable in the gates (METHODS.md §2).
 
 A channel whose gate is g counts as g channels, so a layer's expected MACs are its MACs
 with soft channel counts:
@@ -10,17 +10,22 @@ with soft channel counts:
   formula above would make it quadratic);
 * linear: (Σ g_in) · (Σ g_out) per output position (1 for a classifier).
 
+Expected params are the same sums without the H_out · W_out factor (a conv's weights are
+k² · in · out / groups, wherever it runs), so one class serves both budgets.
+
 Channels in no gated group (image channels, logits, ungated groups) count as 1 each. Only
 convolutions and Linear layers are counted: BN, activations, pooling and adds are what
 ``count_macs_params`` adds on top (a few % of a ResNet's count, more in MobileNetV2; see
-tests/prune/test_nas.py), and they are linear in the channels anyway. The ratio
-E[MACs] / E[MACs at g = 1] is what the cost term steers; the real MACs of the derived
-model are measured afterwards with ``count_macs_params`` (nas.py).
+tests/prune/test_nas.py), and they are linear in the channels anyway (biases and BN's γ, β
+likewise for params). The ratio E[cost] / E[cost at g = 1] is what the cost term steers;
+the real count of the derived model is measured afterwards with ``count_macs_params``
+(nas.py).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -65,15 +70,22 @@ def _output_positions(model: nn.Module, layers: dict[str, nn.Module], example: T
     return positions
 
 
-class ExpectedMacs:
-    """E[MACs](flat gates) for a model and its ``GateLayout``; ``full`` is E at g = 1.
+Metric = Literal["macs", "params"]
+
+
+class ExpectedCost:
+    """E[MACs] or E[params] (``metric``) of flat gates for a model and its ``GateLayout``;
+    ``full`` is E at g = 1.
 
     One term per counted layer, evaluated for all layers at once: per layer the soft input
     and output channel counts are sums of gathered gates (index_add over the layout's
     per-channel indices), and E = Σ coef · s_in · s_out (s_in := 1 for depthwise).
     """
 
-    def __init__(self, model: nn.Module, layout: GateLayout, example: Tensor) -> None:
+    def __init__(self, model: nn.Module, layout: GateLayout, example: Tensor, metric: Metric = "macs") -> None:
+        if metric not in ("macs", "params"):
+            raise ValueError(f"metric must be 'macs' or 'params', got {metric!r}")
+        self.metric = metric
         counted = {
             name: m
             for name, m in model.named_modules()
@@ -83,15 +95,15 @@ class ExpectedMacs:
         constant = layout.n_gates  # index of the trailing 1 in the flat gate vector
         coef, depthwise, segments = [], [], {"in": ([], []), "out": ([], [])}
         for name, layer in counted.items():
-            if name not in positions:
-                continue
+            if metric == "macs" and name not in positions:
+                continue  # the forward never reaches it: no MACs (its weights are still params)
             term = len(coef)
             if isinstance(layer, nn.Linear):
                 widths, per_position = (layer.in_features, layer.out_features), 1
             else:
                 widths = (layer.in_channels, layer.out_channels)
                 per_position = math.prod(layer.kernel_size) / (1 if _is_depthwise(layer) else layer.groups)
-            coef.append(per_position * positions[name])
+            coef.append(per_position * (positions[name] if metric == "macs" else 1))
             depthwise.append(_is_depthwise(layer))
             for side, width, table in (("in", widths[0], layout.inputs), ("out", widths[1], layout.outputs)):
                 where = table.get(name, torch.full((width,), constant, dtype=torch.long))
@@ -105,7 +117,7 @@ class ExpectedMacs:
         self.full = float(self(torch.ones(constant + 1, device=device)))
 
     def __call__(self, flat: Tensor) -> Tensor:
-        """E[MACs] (float64 scalar) for the flat gate vector of ChannelGates.flat()."""
+        """E[MACs] or E[params] (float64 scalar) for the flat gate vector of ChannelGates.flat()."""
         flat = flat.double()
         soft = {
             side: flat.new_zeros(len(self._coef)).index_add(0, self._segment[side], flat[self._index[side]])
@@ -115,12 +127,12 @@ class ExpectedMacs:
         return (self._coef * s_in * soft["out"]).sum()
 
     def ratio(self, flat: Tensor) -> Tensor:
-        """E[MACs] / E[MACs at g = 1]: the expected fraction of the full model's MACs kept."""
+        """E / E at g = 1: the expected fraction of the full model's MACs (params) kept."""
         return self(flat) / self.full
 
 
 def cost_awareness_loss(ratio: Tensor, target: float) -> Tensor:
-    """|E[MACs]/F_full / r* − 1|: the miss relative to the target, not in absolute MACs.
+    """|E[MACs]/F_full / r* − 1| (or params): the miss relative to the target, not absolute.
 
     The absolute form |ratio − r*| has a gradient that does not depend on r* while the ratio
     is above it, so searches towards 10 % and 5 % ran identically and both stalled near a
