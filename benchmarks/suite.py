@@ -56,7 +56,10 @@ class Cell(StrictModel):
     method: str
     global_pruning: bool = False
     loss: str = "ce"
-    budgets: list[float]  # target MACs fractions
+    budgets: list[float]  # fractions of the parent to keep, of budget_metric
+    # params: a memory budget (NAS and the budget search take either); the record then has
+    # target_params instead of target_macs, and the run dir says so in its name.
+    budget_metric: Literal["macs", "params"] = "macs"
     options: dict[str, Any] = {}  # more PruneConfig fields, e.g. an ablation's attention_weight: 0
     label: str | None = None  # record's method name; default method[-global][-loss]
     # Fine-tuning epochs where they differ from the shared recipe's: a control that gives a
@@ -95,7 +98,7 @@ class Suite(StrictModel):
     def _pruned_from_an_earlier_cell(self) -> Suite:
         for i, cell in enumerate(self.cells):
             earlier = [label(c) for c in self.cells[:i] if (c.dataset, c.model) == (cell.dataset, cell.model)
-                       and set(cell.budgets) <= set(c.budgets)]
+                       and c.budget_metric == cell.budget_metric and set(cell.budgets) <= set(c.budgets)]
             if cell.pruned_from is not None and cell.pruned_from not in earlier:
                 raise ValueError(f"cell {label(cell)!r}: pruned_from {cell.pruned_from!r} is not an earlier cell of "
                                  f"{cell.dataset} {cell.model} with its budgets (those: {earlier})")
@@ -149,8 +152,17 @@ def _parent_run(suite: Suite, parent: Parent, seed: int) -> Path:
     return out
 
 
+def _child_name(cell_label: str, cell: Cell, budget: float) -> str:
+    return f"{cell_label}-{'params' if cell.budget_metric == 'params' else ''}{budget:g}"
+
+
+def _budget_key(cell: Cell, budget: float) -> dict[str, float]:
+    """The record's budget field: target_macs, or target_params for a params cell."""
+    return {f"target_{cell.budget_metric}": budget}
+
+
 def _pruned_from(cell: Cell, parent_dir: Path, budget: float) -> Path | None:
-    return parent_dir / f"{cell.pruned_from}-{budget:g}" if cell.pruned_from else None
+    return parent_dir / _child_name(cell.pruned_from, cell, budget) if cell.pruned_from else None
 
 
 def _latency(suite: Suite, parent_dir: Path, child_dir: Path) -> dict[str, float]:
@@ -166,7 +178,8 @@ def _record(suite: Suite, cell: Cell, parent: Parent, parent_dir: Path, child_di
     return {
         "dataset": cell.dataset, "model": cell.model, "method": label(cell), "criterion": cell.method,
         "global_pruning": cell.global_pruning, "loss": cell.loss, **({"options": cell.options} if cell.options else {}),
-        "target_macs": budget, "macs_kept": m["macs_kept"], "params_kept": m["params_kept"],
+        "target_macs": budget if cell.budget_metric == "macs" else None,
+        **({"target_params": budget} if cell.budget_metric == "params" else {}), "macs_kept": m["macs_kept"], "params_kept": m["params_kept"],
         "macs": m["macs"], "params": m["params"], "parent_top1": m["parent_top1"],
         "top1": m["top1"], "kappa": m["kappa"], "img_size": m["img_size"],
         "epochs": RunDir(parent_dir).load_metrics()["epochs"], "finetune_epochs": m["finetune_epochs"],
@@ -174,7 +187,7 @@ def _record(suite: Suite, cell: Cell, parent: Parent, parent_dir: Path, child_di
         "device": DEVICE, "cpu": cpu_name(),
         "commit": git_commit(),
         "command": shlex.join(["rscompress", "prune", str(parent_dir), "--method", cell.method,
-                               "--target-macs", str(budget), *(["--global"] if cell.global_pruning else []),
+                               f"--target-{cell.budget_metric}", str(budget), *(["--global"] if cell.global_pruning else []),
                                "--loss", cell.loss, "--finetune-epochs", str(cell.epochs(suite)),
                                *option_args(cell.options),
                                *(["--pruned-from", str(source)] if (source := _pruned_from(cell, parent_dir, budget)) else []),
@@ -236,16 +249,16 @@ def run_suite(path: Path, *, datasets: list[str] | None = None, seeds: list[int]
                          and (methods is None or label(c) in methods) and students is None):
                 for budget in (b for b in cell.budgets if budgets is None or b in budgets):
                     key = {"dataset": cell.dataset, "model": cell.model, "method": label(cell),
-                           "target_macs": budget, "seed": seed, "finetune_epochs": cell.epochs(suite)}
+                           **_budget_key(cell, budget), "seed": seed, "finetune_epochs": cell.epochs(suite)}
                     if has_record(suite.results, key):
                         continue
                     parent_dir = parent_dir or _parent_run(suite, parent, seed)
-                    child = parent_dir / f"{label(cell)}-{budget:g}"
+                    child = parent_dir / _child_name(label(cell), cell, budget)
                     run = RunDir(child)
                     if not run.is_complete():
                         finetune = suite.finetune.model_copy(
                             update={"seed": seed, "epochs": cell.epochs(suite), **parent.precision()})
-                        cfg = PruneConfig(method=cell.method, target_macs=budget, global_pruning=cell.global_pruning,
+                        cfg = PruneConfig(method=cell.method, **_budget_key(cell, budget), global_pruning=cell.global_pruning,
                                           loss=cell.loss, finetune=finetune, **cell.options)
                         # Killed anywhere (sparse phase, after pruning, fine-tuning): continue.
                         api.prune(parent_dir, cfg, child, resume=child.is_dir(), quiet=True,

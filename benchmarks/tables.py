@@ -24,9 +24,10 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (dataset, model, method, target): means and stds over seeds."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
-        groups[(r["dataset"], r["model"], r["method"], r.get("target_macs"))].append(r)
+        groups[(r["dataset"], r["model"], r["method"], r.get("target_macs"), r.get("target_params"))].append(r)
     rows = []
-    for (dataset, model, method, target), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], -(kv[0][3] or 1), kv[0][2])):
+    for (dataset, model, method, target, target_params), rs in sorted(
+            groups.items(), key=lambda kv: (kv[0][0], kv[0][1], -(kv[0][3] or kv[0][4] or 1), kv[0][2])):
         top1, top1_sd = _mean_std([r["top1"] for r in rs])
         timed = all("parent_latency_ms_bs1" in r for r in rs)
         # A student's reference is its teacher; an unpruned parent is its own.
@@ -36,6 +37,7 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         delta, delta_sd = _mean_std([r["top1"] - ref for r, ref in zip(rs, refs, strict=True)])
         rows.append({
             "dataset": dataset, "model": model, "method": method, "target_macs": target,
+            "target_params": target_params,
             "macs_kept": statistics.fmean(r.get("macs_kept", 1.0) for r in rs),
             "params": statistics.fmean(r["params"] for r in rs),
             # Of the parent's (a student's: of its teacher's), the quantity the issues' bars name.
@@ -60,15 +62,22 @@ def _top1(row: dict[str, Any], key: str = "top1") -> str:
     return f"{mean} ± {100 * row[key + '_std']:.2f}" if row["seeds"] > 1 else mean
 
 
+def _target(row: dict[str, Any]) -> str:
+    """The budget a row was pruned to: a MACs fraction, "params F", or none (a student)."""
+    if row["target_params"] is not None:
+        return f"params {row['target_params']:g}"
+    return f"{row['target_macs']:g}" if row["target_macs"] is not None else ""
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| dataset | model | method | MACs target | MACs kept | params (M) | params kept | top-1 (%) "
+    lines = ["| dataset | model | method | target | MACs kept | params (M) | params kept | top-1 (%) "
              "| parent / teacher top-1 (%) | top-1 − own parent (points) | bs1 speedup | speedup ÷ MACs ratio | seeds |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         # speedup ÷ (parent MACs / MACs): how much of the MAC saving turns into time (1 = all).
         speed, share = (f"{r['speedup']:.2f}×", f"{r['speedup'] * r['macs_kept']:.2f}") if r["speedup"] else ("", "")
         lines.append(
-            f"| {r['dataset']} | {r['model']} | {r['method']} | {r['target_macs'] or ''} | {100 * r['macs_kept']:.1f} % "
+            f"| {r['dataset']} | {r['model']} | {r['method']} | {_target(r)} | {100 * r['macs_kept']:.1f} % "
             f"| {r['params'] / 1e6:.2f} | {100 * r['params_kept']:.1f} % ({1 / r['params_kept']:.1f}× fewer) "
             f"| {_top1(r)} | {100 * r['parent_top1']:.2f} | {_top1(r, 'delta')} | {speed} | {share} | {r['seeds']} |")
     return "\n".join(lines) + "\n"

@@ -26,7 +26,9 @@ def test_tiny_suite_records_then_skips_and_tabulates(tmp_path):
         "parents": [{"dataset": "fake", "model": "se_resnet18", "epochs": 1, "seeds": [0, 1]}],
         "cells": [{"dataset": "fake", "model": "se_resnet18", "method": "remotetrimmer", "loss": "aml+ce", "budgets": [0.3]},
                   {"dataset": "fake", "model": "se_resnet18", "method": "l1", "global_pruning": True, "budgets": [0.3],
-                  "options": {"round_to": 4}, "finetune_epochs": 2}],
+                  "options": {"round_to": 4}, "finetune_epochs": 2},
+                  {"dataset": "fake", "model": "se_resnet18", "method": "l1", "budgets": [0.3],
+                   "budget_metric": "params", "label": "l1-memory"}],
         "distill": {"epochs": 1, "batch_size": 8},
         "distill_cells": [{"dataset": "fake", "model": "se_resnet18", "student": "g_ghost_regnetx_tiny", "loss": "dkd"}],
         "latency_repeats": 3,
@@ -36,11 +38,11 @@ def test_tiny_suite_records_then_skips_and_tabulates(tmp_path):
     assert run_suite(path, seeds=[1], methods=["l1-global", "distill-dkd"]) == 2  # a slice first ...
     assert {(r["seed"], r["method"]) for r in read_records(tmp_path / "results" / "pruning.jsonl")} == {
         (1, "l1-global"), (1, "distill-dkd")}
-    assert run_suite(path, seeds=[1], budgets=[0.3], models=["se_resnet18"]) == 1  # budgets: pruning cells only
+    assert run_suite(path, seeds=[1], budgets=[0.3], models=["se_resnet18"]) == 2  # budgets: pruning cells only
     assert run_suite(path, seeds=[0], students=["g_ghost_regnetx_tiny"]) == 1  # students: distillation only
     assert {(r["seed"], r["method"]) for r in read_records(tmp_path / "results" / "pruning.jsonl")
             if r["seed"] == 0} == {(0, "distill-dkd")}
-    assert run_suite(path) == 2  # ... and the full run adds only what is missing
+    assert run_suite(path) == 3  # ... and the full run adds only what is missing
     records = read_records(tmp_path / "results" / "pruning.jsonl")
     students = [r for r in records if r["method"] == "distill-dkd"]
     assert len(students) == 2 and all(r["model"] == "g_ghost_regnetx_tiny" and r["params_kept"] < 0.1
@@ -50,13 +52,17 @@ def test_tiny_suite_records_then_skips_and_tabulates(tmp_path):
                 "parent_top1", "top1", "kappa", "img_size", "epochs", "finetune_epochs", "seed", "split",
                 "latency_ms_bs1", "parent_latency_ms_bs1", "device", "commit", "command"):
         assert all(key in r for r in records), key
-    assert {r["method"] for r in records} == {"remotetrimmer-aml+ce", "l1-global"}
+    assert {r["method"] for r in records} == {"remotetrimmer-aml+ce", "l1-global", "l1-memory"}
+    memory = [r for r in records if r["method"] == "l1-memory"]
+    assert all(r["target_params"] == 0.3 and r["target_macs"] is None and abs(r["params_kept"] / 0.3 - 1) <= 0.01
+               and "--target-params 0.3" in r["command"] and r["command"].endswith("l1-memory-params0.3")
+               for r in memory) and len(memory) == 2
     assert all("--round-to 4" in r["command"] and "--finetune-epochs 2" in r["command"] and r["finetune_epochs"] == 2
                for r in records if r["method"] == "l1-global")
     assert all(r["finetune_epochs"] == 1 for r in records if r["method"] != "l1-global")
     assert run_suite(path) == 0  # finished cells are skipped
     table, plots = write_tables(tmp_path / "results" / "pruning.jsonl")
-    assert "± " in table.read_text() and all(p.is_file() for p in plots)
+    assert "± " in table.read_text() and "| params 0.3 |" in table.read_text() and all(p.is_file() for p in plots)
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
