@@ -10,9 +10,9 @@ so residual streams share gates). The search is first-order DARTS, alternating
   model in eval mode, so the validation images never move the BN running statistics
   (they are the selection split, DESIGN.md) and dropout does not blur the signal.
 
-E[MACs] is differentiable in the gates (nas_cost.py). With a params budget
-(``target_params``) E[params] takes its place everywhere, the final threshold included. The cost term is METHODS.md's
-|E[MACs]/F_full − r*| divided by r* (``cost_awareness_loss``: why there). λ rises linearly
+E[MACs] is differentiable in the gates (nas_cost.py); with a params budget
+(``target_params``) E[params] takes its place everywhere, the final threshold included. The
+cost term is METHODS.md's |E[MACs]/F_full − r*| divided by r* (``cost_awareness_loss``: why there). λ rises linearly
 from 0 over the first ``warmup_epochs`` epochs, so cross-entropy alone ranks the channels
 before the cost term starts pushing gates down.
 
@@ -22,8 +22,8 @@ model is a plain model again, computing what the gated one did) and the channels
 globally by α. ``prune_to_budget`` with an importance that returns
 the α's then finds the global threshold whose pruned model keeps ``target_macs`` of the
 parent's MACs (or ``target_params`` of its params) within ±1 %, counted with
-``count_macs_params`` on the real pruned model. The
-weights pruned are the ones trained during the search. Fine-tuning is the caller's step.
+``count_macs_params`` on the real pruned model. The weights pruned are the ones trained
+during the search. Fine-tuning is the caller's step.
 """
 
 from __future__ import annotations
