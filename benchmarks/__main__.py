@@ -15,7 +15,7 @@ suite_args = sub.add_parser("suite", help="run the missing cells of a suite, the
 suite_args.add_argument("suite", type=Path)
 suite_args.add_argument("--datasets", nargs="+", help="only the parents/cells of these datasets")
 suite_args.add_argument("--seeds", nargs="+", type=int, help="only these seeds")
-suite_args.add_argument("--budgets", nargs="+", type=float, help="only these MACs targets")
+suite_args.add_argument("--budgets", nargs="+", type=float, help="only these budgets (MACs, or params for a params cell)")
 suite_args.add_argument("--models", nargs="+", help="only the parents (teachers) of these models")
 suite_args.add_argument("--methods", nargs="+", help="only these methods, by record label (bn-global, distill-dkd)")
 suite_args.add_argument("--students", nargs="+", help="only the distillation cells of these student models")
