@@ -155,3 +155,7 @@ def test_a_cell_pruned_from_another_fine_tunes_that_cells_pruned_model(tmp_path)
     path.write_text(yaml.safe_dump({**suite, "cells": cells[::-1]}))
     with pytest.raises(ValueError, match="pruned_from 'nas-kd' is not an earlier cell of fake resnet18"):
         load_suite(path)
+    # ... and the same kind of budget: a 0.5 of the params is another model than 0.5 of the MACs
+    path.write_text(yaml.safe_dump({**suite, "cells": [cells[0], {**cells[1], "budget_metric": "params"}]}))
+    with pytest.raises(ValueError, match="pruned_from 'nas-kd' is not an earlier cell of fake resnet18"):
+        load_suite(path)
