@@ -177,3 +177,20 @@ def test_unknown_criterion_names_the_known_ones() -> None:
 def test_bad_ratio_is_a_user_error(ratio: float) -> None:
     with pytest.raises(UserError, match="ratio"):
         prune(resnet18(), "l1", EXAMPLE, ratio=ratio)
+
+
+def test_global_ratio_removes_tied_zero_channels_cheapest_first() -> None:
+    # One-shot prune() ranks like the budget search: of channels tied at γ = 0, those that
+    # cost the fewest MACs (layer 4 at 1×1 px) go before layer 1's (8×8 px), which come first
+    # in Torch-Pruning's group order.
+    torch.manual_seed(0)
+    model = create_model("resnet18", 10).eval()
+    with torch.no_grad():
+        for bn in model.modules():
+            if isinstance(bn, nn.BatchNorm2d):
+                bn.weight.uniform_(0.5, 1.0)
+        model.layer1[0].bn1.weight[:32] = 0
+        model.layer4[1].bn1.weight[:256] = 0
+    prune(model, "bn", EXAMPLE, ratio=0.02, global_pruning=True)
+    assert model.layer1[0].bn1.num_features == 64
+    assert model.layer4[1].bn1.num_features < 512
