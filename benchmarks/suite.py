@@ -178,8 +178,7 @@ def _record(suite: Suite, cell: Cell, parent: Parent, parent_dir: Path, child_di
     return {
         "dataset": cell.dataset, "model": cell.model, "method": label(cell), "criterion": cell.method,
         "global_pruning": cell.global_pruning, "loss": cell.loss, **({"options": cell.options} if cell.options else {}),
-        "target_macs": budget if cell.budget_metric == "macs" else None,
-        **({"target_params": budget} if cell.budget_metric == "params" else {}),
+        "target_macs": None, **_budget_key(cell, budget),  # a params cell: target_params instead
         "macs_kept": m["macs_kept"], "params_kept": m["params_kept"],
         "macs": m["macs"], "params": m["params"], "parent_top1": m["parent_top1"],
         "top1": m["top1"], "kappa": m["kappa"], "img_size": m["img_size"],

@@ -33,7 +33,6 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -44,7 +43,7 @@ from rscompress.prune.graph import (
     GroupScore,
     apply_plan,
     build_graph,
-    has_ties_across_groups,
+    Metric,
     with_tie_costs,
 )
 from rscompress.prune.importance import (
@@ -78,7 +77,7 @@ class BudgetReport:
     params_kept: float
     ratio: float  # channel pruning ratio that produced the model (plan.py)
     pinned_groups: int  # groups the search held at a smaller ratio to land on target
-    target_metric: Literal["macs", "params"] | None  # None when the ratio was given
+    target_metric: Metric | None  # None when the ratio was given
     target: float | None  # the requested kept fraction of target_metric
     iterations: int  # candidates pruned and counted
     seconds: float
@@ -96,7 +95,7 @@ def _check_fraction(name: str, value: float) -> None:
 
 def _target(
     target_macs: float | None, target_params: float | None, ratio: float | None
-) -> tuple[Literal["macs", "params"] | None, float | None]:
+) -> tuple[Metric | None, float | None]:
     named = (("target_macs", target_macs), ("target_params", target_params), ("ratio", ratio))
     given = {k: v for k, v in named if v is not None}
     if len(given) != 1:
@@ -280,7 +279,7 @@ def prune_to_budget(
     elif (mismatch := _architecture_mismatch(model, scorer)) is not None:
         raise ValueError(f"scorer must have model's architecture: {mismatch}")
     scores = _scores(scorer, imp, example, calibration)
-    if global_pruning and has_ties_across_groups(scores):
+    if global_pruning:
         scores = with_tie_costs(model, example, scores, metric or "macs")
 
     def keep_at(r: float, fixed: dict[str, int]) -> dict[str, int]:

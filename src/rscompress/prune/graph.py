@@ -23,6 +23,7 @@ from rscompress.prune.importance import Importance
 
 # Layers whose output channels start a group; BNs, activations, adds and concats follow them.
 ROOT_TYPES = (ops.TORCH_CONV, ops.TORCH_LINEAR)
+Metric = Literal["macs", "params"]  # what a budget counts
 
 
 @dataclass(frozen=True)
@@ -160,9 +161,12 @@ def has_ties_across_groups(groups: Sequence[GroupScore]) -> bool:
 
 
 def with_tie_costs(
-    model: nn.Module, example: Tensor, groups: Sequence[GroupScore], metric: Literal["macs", "params"] = "macs"
+    model: nn.Module, example: Tensor, groups: Sequence[GroupScore], metric: Metric = "macs"
 ) -> list[GroupScore]:
     """``groups`` with ``cost`` set: the MACs (or params) ``model`` loses when one position goes.
+
+    Only where scores tie across groups (``has_ties_across_groups``); otherwise the costs
+    could not change the ranking and ``groups`` come back as they are, nothing counted.
 
     Why: sparse training (L1RR, slimming) leaves many γ at exactly zero, and a global ranking
     removes equal scores in network order otherwise. Early channels carry the most MACs
@@ -173,6 +177,8 @@ def with_tie_costs(
     Measured, not modelled: one position is pruned from a copy of ``model`` and counted on
     ``example`` (copies only: Torch-Pruning's counter leaves a model in eval mode).
     """
+    if not has_ties_across_groups(groups):
+        return list(groups)
     example = example.detach().cpu().float()
     which = 0 if metric == "macs" else 1
 

@@ -19,7 +19,6 @@ from rscompress.prune.graph import (
     GroupScore,
     apply_plan,
     build_graph,
-    has_ties_across_groups,
     score_groups,
     with_tie_costs,
 )
@@ -123,7 +122,7 @@ def prune(
     """
     graph = build_graph(model, example_inputs)
     scores = score_model(graph, importance, example_inputs, ignored_layers)
-    if global_pruning and has_ties_across_groups(scores):
+    if global_pruning:
         scores = with_tie_costs(model, example_inputs, scores)
     plan = plan_pruning(
         scores, ratio, global_pruning=global_pruning, round_to=round_to, max_pruning_ratio=max_pruning_ratio

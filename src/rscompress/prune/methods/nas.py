@@ -12,7 +12,8 @@ so residual streams share gates). The search is first-order DARTS, alternating
 
 E[MACs] is differentiable in the gates (nas_cost.py); with a params budget
 (``target_params``) E[params] takes its place everywhere, the final threshold included. The
-cost term is METHODS.md's |E[MACs]/F_full − r*| divided by r* (``cost_awareness_loss``: why there). λ rises linearly
+cost term is METHODS.md's |E[MACs]/F_full − r*| divided by r* (``cost_awareness_loss``:
+why there). λ rises linearly
 from 0 over the first ``warmup_epochs`` epochs, so cross-entropy alone ranks the channels
 before the cost term starts pushing gates down.
 
@@ -48,7 +49,8 @@ from rscompress.engine.device import model_device
 from rscompress.engine.precision import bf16_autocast
 from rscompress.errors import UserError
 from rscompress.prune.budget import prune_to_budget
-from rscompress.prune.methods.nas_cost import ExpectedCost, Metric, cost_awareness_loss
+from rscompress.prune.graph import Metric
+from rscompress.prune.methods.nas_cost import ExpectedCost, cost_awareness_loss
 from rscompress.prune.methods.nas_gates import ChannelGates, gate_layout
 from rscompress.seeding import derived_seed
 

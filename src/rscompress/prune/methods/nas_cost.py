@@ -25,11 +25,11 @@ the real count of the derived model is measured afterwards with ``count_macs_par
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
+from rscompress.prune.graph import Metric
 from rscompress.prune.methods.nas_gates import GateLayout
 
 _CONV = nn.modules.conv._ConvNd
@@ -68,9 +68,6 @@ def _output_positions(model: nn.Module, layers: dict[str, nn.Module], example: T
         for m, flag in training.items():
             m.training = flag
     return positions
-
-
-Metric = Literal["macs", "params"]
 
 
 class ExpectedCost:
