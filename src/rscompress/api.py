@@ -314,9 +314,9 @@ def prune(
     killed in them resumes there too. ``reuse_finished``: as in ``train``.
 
     ``pruned_from``: another prune run dir of the same parent whose pruning settings are these
-    but whose fine-tuning loss may differ: its ``pruned.safetensors`` is taken as is instead of
-    pruning again, so two fine-tuning losses are compared on one pruned model (and a NAS search
-    or sparse training is not paid twice).
+    but whose fine-tuning loss or length may differ: its ``pruned.safetensors`` is taken as is
+    instead of pruning again, so two fine-tunings are compared on one pruned model (and a NAS
+    search or sparse training is not paid twice).
     """
     from rscompress.distill.objective import freeze, teacher_loss_fn
     from rscompress.losses import aml_ce_loss
@@ -426,6 +426,9 @@ def prune(
 
 # What only the fine-tuning uses: a pruned model can be shared by runs that differ in these alone.
 _FINETUNE_ONLY = frozenset({"loss", "kd", "r1", "r2"})
+# Of the fine-tuning recipe, its length: sparse training and the NAS search count their own epochs
+# (the rest of it, batches, seed and precision, feeds them too).
+_FINETUNE_ONLY_TRAIN = frozenset({"epochs"})
 
 
 def _take_pruned(source: RunDir, parent: RunDir, settings: dict[str, Any], run: RunDir) -> None:
@@ -439,13 +442,14 @@ def _take_pruned(source: RunDir, parent: RunDir, settings: dict[str, Any], run: 
 
     def pruning_only(values: dict[str, Any]) -> dict[str, Any]:
         method_params = {k: v for k, v in (values.get("method_params") or {}).items() if k not in _FINETUNE_ONLY}
-        return {"method": values.get("method"), "method_params": method_params, "train": values.get("train")}
+        train = {k: v for k, v in (values.get("train") or {}).items() if k not in _FINETUNE_ONLY_TRAIN}
+        return {"method": values.get("method"), "method_params": method_params, "train": train}
 
     theirs = pruning_only(stored)
     if differences := [d for key, value in pruning_only(settings).items()
                        for d in setting_differences(theirs[key], value, key)]:
         raise UserError(f"--pruned-from {source.path} was pruned with other settings ({'; '.join(differences[:3])}); "
-                        "only the fine-tuning loss (--loss and its weights) may differ")
+                        "only the fine-tuning loss (--loss and its weights) and --finetune-epochs may differ")
     run.path.mkdir(parents=True, exist_ok=True)
     run.save_config(RunConfig.model_validate({**stored, **settings}))
     shutil.copyfile(source.split_path, run.split_path)

@@ -182,8 +182,8 @@ def prune(
     device: Annotated[str, typer.Option(help="Where NAS search, sparse training and fine-tuning run: auto (CUDA if torch "
                                              "sees a GPU, else CPU), cpu, cuda or cuda:N. Scoring and pruning run on the CPU.")] = "auto",
     pruned_from: Annotated[Path | None, typer.Option(help="Take the pruned model of this prune run dir (same parent "
-                                                          "and pruning settings; --loss may differ) instead of pruning "
-                                                          "again: compare fine-tuning losses on one pruned model.")] = None,
+                                                          "and pruning settings; --loss and --finetune-epochs may differ) "
+                                                          "instead of pruning again: compare fine-tunings of one pruned model.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted fine-tuning.")] = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,

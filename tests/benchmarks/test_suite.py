@@ -137,7 +137,7 @@ def test_a_cell_pruned_from_another_fine_tunes_that_cells_pruned_model(tmp_path)
     cells = [{"dataset": "fake", "model": "resnet18", "method": "nas", "loss": "kd", "budgets": [0.5],
               "options": {"search_epochs": 1}},
              {"dataset": "fake", "model": "resnet18", "method": "nas", "budgets": [0.5], "options": {"search_epochs": 1},
-              "pruned_from": "nas-kd"}]
+              "finetune_epochs": 2, "pruned_from": "nas-kd"}]
     suite = {"results": str(tmp_path / "r.jsonl"), "work": str(tmp_path / "work"),
              "datasets": {"fake": {"path": str(data), "img_size": 16}}, "train": {"batch_size": 8},
              "finetune": {"epochs": 1, "batch_size": 8},
@@ -151,6 +151,7 @@ def test_a_cell_pruned_from_another_fine_tunes_that_cells_pruned_model(tmp_path)
     assert (parent / "nas-0.5" / "pruned.safetensors").read_bytes() == (parent / "nas-kd-0.5" / "pruned.safetensors").read_bytes()
     assert f"--pruned-from {parent / 'nas-kd-0.5'}" in ce["command"] and "--pruned-from" not in kd["command"]
     assert (ce["macs"], ce["params"]) == (kd["macs"], kd["params"])
+    assert (kd["finetune_epochs"], ce["finetune_epochs"]) == (1, 2)
     # the source has to come first in the suite, with the budgets it lends
     path.write_text(yaml.safe_dump({**suite, "cells": cells[::-1]}))
     with pytest.raises(ValueError, match="pruned_from 'nas-kd' is not an earlier cell of fake resnet18"):

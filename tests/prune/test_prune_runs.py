@@ -236,10 +236,13 @@ def test_pruned_from_fine_tunes_another_runs_pruned_model_without_pruning_again(
         raise AssertionError("pruned again")
 
     monkeypatch.setattr(select, "select_and_prune", must_not_run)
-    assert main([*args, "--loss", "dkd", "--beta", "2", "--pruned-from", str(ce), "--out", str(dkd)]) == 0
+    # Its own loss and fine-tuning length: neither changes what was pruned.
+    assert main([*args, "--loss", "dkd", "--beta", "2", "--finetune-epochs", "2", "--pruned-from", str(ce),
+                 "--out", str(dkd)]) == 0
     assert (dkd / "pruned.safetensors").read_bytes() == (ce / "pruned.safetensors").read_bytes()
     metrics = json.loads((dkd / "metrics.json").read_text())
     assert metrics["loss"] == "dkd" and metrics["pruned_from"] == str(ce.resolve())
+    assert metrics["finetune_epochs"] == 2 and len(RunDir(dkd).history_path.read_text().splitlines()) == 2
     assert metrics["nas_search"] == json.loads((ce / "metrics.json").read_text())["nas_search"]
     assert RunDir(dkd).load_config().method_params["loss"] == "dkd"
     assert api.evaluate(dkd, quiet=True)["top1"] == pytest.approx(metrics["top1"])  # a complete run dir of its own
