@@ -426,8 +426,8 @@ def prune(
 
 # What only the fine-tuning uses: a pruned model can be shared by runs that differ in these alone.
 _FINETUNE_ONLY = frozenset({"loss", "kd", "r1", "r2"})
-# Of the fine-tuning recipe, its length: sparse training and the NAS search count their own epochs
-# (the rest of it, batches, seed and precision, feeds them too).
+# Of the fine-tuning recipe, its length: sparse training and the NAS search count their own epochs.
+# The rest is compared whole, as its batches, seed and precision feed them too.
 _FINETUNE_ONLY_TRAIN = frozenset({"epochs"})
 
 
