@@ -41,9 +41,9 @@ from rscompress.errors import UserError
 from rscompress.models.complexity import count_macs_params
 from rscompress.prune.graph import (
     GroupScore,
+    Metric,
     apply_plan,
     build_graph,
-    Metric,
     with_tie_costs,
 )
 from rscompress.prune.importance import (

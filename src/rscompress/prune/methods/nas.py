@@ -13,9 +13,8 @@ so residual streams share gates). The search is first-order DARTS, alternating
 E[MACs] is differentiable in the gates (nas_cost.py); with a params budget
 (``target_params``) E[params] takes its place everywhere, the final threshold included. The
 cost term is METHODS.md's |E[MACs]/F_full − r*| divided by r* (``cost_awareness_loss``:
-why there). λ rises linearly
-from 0 over the first ``warmup_epochs`` epochs, so cross-entropy alone ranks the channels
-before the cost term starts pushing gates down.
+why there). λ rises linearly from 0 over the first ``warmup_epochs`` epochs, so
+cross-entropy alone ranks the channels before the cost term starts pushing gates down.
 
 After the search each gate value is folded into the layer it follows (a BN's γ and β, or the
 output rows of a conv/linear with no BN after it), the gates come off (hooks removed: the
