@@ -34,7 +34,7 @@ from rscompress.engine.distributed import DistInfo, barrier, init_distributed
 from rscompress.engine.metrics import evaluate as evaluate_model
 from rscompress.engine.trainer import LossFn, fit
 from rscompress.errors import UserError
-from rscompress.io_utils import write_json_atomic
+from rscompress.io_utils import link_or_copy, write_json_atomic
 from rscompress.models import create_model
 from rscompress.models.complexity import count_macs_params
 from rscompress.models.weights import load_weights, save_weights
@@ -299,7 +299,7 @@ def evaluate(
 
 def prune(
     parent_path: Path, cfg: PruneConfig, out: Path, *, resume: bool = False, quiet: bool = False,
-    reuse_finished: bool = False, pruned_from: Path | None = None,
+    reuse_finished: bool = False, pruned_from: Path | None = None, sparse_from: Path | None = None,
 ) -> dict[str, Any]:
     """Prune a finished run to a budget, fine-tune it with the shared recipe, test it once.
 
@@ -317,6 +317,11 @@ def prune(
     but whose fine-tuning loss or length may differ: its ``pruned.safetensors`` is taken as is
     instead of pruning again, so two fine-tunings are compared on one pruned model (and a NAS
     search or sparse training is not paid twice).
+
+    ``sparse_from`` (slim, l1rr): another prune run dir of the same parent, made with these
+    settings but for another budget, whose sparse training is the one this run would train
+    (``sparse_from_differences``): its model after sparse training (``sparse.safetensors``) is
+    pruned to this budget instead of training it again.
     """
     from rscompress.distill.objective import freeze, teacher_loss_fn
     from rscompress.losses import aml_ce_loss
@@ -326,17 +331,17 @@ def prune(
         folded_model_name,
         prepare_remotetrimmer,
     )
-    from rscompress.prune.select import select_and_prune
+    from rscompress.prune.select import SPARSE_METHODS, select_and_prune
 
+    if sparse_from is not None and (cfg.method not in SPARSE_METHODS or pruned_from is not None):
+        raise UserError(f"--sparse-from takes the sparse training of --method {' or '.join(SPARSE_METHODS)}, "
+                        f"without --pruned-from; this run is --method {cfg.method}"
+                        + (" with --pruned-from" if pruned_from is not None else ""))
     device = resolve_device(cfg.finetune.device)
     parent, model, parent_cfg, parent_metrics = _open_source(parent_path, cfg.finetune.threads)
     run = RunDir(out)
     is_se = parent_cfg.model.startswith("se_")
-    settings = {
-        "method": cfg.method,
-        "method_params": {**cfg.model_dump(mode="json", exclude={"finetune"}), "se_folded": is_se},
-        "train": cfg.finetune.model_dump(mode="json"),
-    }
+    settings = _prune_settings(cfg, is_se)
     if (finished := _open_out_dir(run, settings, resume=resume, reuse_finished=reuse_finished)) is not None:
         return finished
     data_cfg = DataConfig.model_validate(parent_cfg.data)
@@ -347,6 +352,10 @@ def prune(
 
     if pruned_from is not None and not run.holds_pruned_model():
         _take_pruned(RunDir(pruned_from), parent, settings, run)
+    if sparse_from is not None and not (run.holds_pruned_model() or run.holds_sparse_model()):
+        if differences := sparse_from_differences(sparse_from, parent.path, cfg):
+            raise UserError(f"--sparse-from {sparse_from}: {'; '.join(differences[:3])}")
+        _take_sparse(RunDir(sparse_from), run)
     if run.holds_pruned_model():  # resumed (an unresumed started run was refused) or taken
         pruned, _ = run.load_model(weights=pruned_path)
         pruned.train()
@@ -373,6 +382,7 @@ def prune(
             weights_as_trained=weights_as_trained,
             device=device,
             parent_optim=parent_cfg.train.get("optim"),
+            run=run,
         )
         run.path.mkdir(parents=True, exist_ok=True)
         run.save_config(parent_cfg.model_copy(update={
@@ -424,11 +434,34 @@ def prune(
     return _fit_and_finish(pruned, data, data_cfg, cfg.finetune, run, extra, resume=resume, quiet=quiet, loss_fn=loss_fn)
 
 
+def _prune_settings(cfg: PruneConfig, is_se: bool) -> dict[str, Any]:
+    """The config.json entries of a prune run, in JSON form."""
+    return {
+        "method": cfg.method,
+        "method_params": {**cfg.model_dump(mode="json", exclude={"finetune"}), "se_folded": is_se},
+        "train": cfg.finetune.model_dump(mode="json"),
+    }
+
+
 # What only the fine-tuning uses: a pruned model can be shared by runs that differ in these alone.
 _FINETUNE_ONLY = frozenset({"loss", "kd", "r1", "r2"})
 # Of the fine-tuning recipe, its length: sparse training and the NAS search count their own epochs.
 # The rest is compared whole, as its batches, seed and precision feed them too.
 _FINETUNE_ONLY_TRAIN = frozenset({"epochs"})
+# The budget: sparse training reads it only as its target sparsity (sparse_from_differences).
+_BUDGET = frozenset({"target_macs", "target_params", "ratio"})
+
+
+def _settings_differences(stored: dict[str, Any], settings: dict[str, Any], free: frozenset[str]) -> list[str]:
+    """Where two prune runs' settings (config.json entries) differ, leaving out the
+    ``method_params`` in ``free`` and the fine-tuning length."""
+    def compared(values: dict[str, Any]) -> dict[str, Any]:
+        method_params = {k: v for k, v in (values.get("method_params") or {}).items() if k not in free}
+        train = {k: v for k, v in (values.get("train") or {}).items() if k not in _FINETUNE_ONLY_TRAIN}
+        return {"method": values.get("method"), "method_params": method_params, "train": train}
+
+    theirs = compared(stored)
+    return [d for key, value in compared(settings).items() for d in setting_differences(theirs[key], value, key)]
 
 
 def _take_pruned(source: RunDir, parent: RunDir, settings: dict[str, Any], run: RunDir) -> None:
@@ -439,15 +472,7 @@ def _take_pruned(source: RunDir, parent: RunDir, settings: dict[str, Any], run: 
     stored = json.loads(source.config_path.read_text())
     if stored.get("parent") != str(parent.path.resolve()):
         raise UserError(f"--pruned-from {source.path} was pruned from {stored.get('parent')}, not {parent.path}")
-
-    def pruning_only(values: dict[str, Any]) -> dict[str, Any]:
-        method_params = {k: v for k, v in (values.get("method_params") or {}).items() if k not in _FINETUNE_ONLY}
-        train = {k: v for k, v in (values.get("train") or {}).items() if k not in _FINETUNE_ONLY_TRAIN}
-        return {"method": values.get("method"), "method_params": method_params, "train": train}
-
-    theirs = pruning_only(stored)
-    if differences := [d for key, value in pruning_only(settings).items()
-                       for d in setting_differences(theirs[key], value, key)]:
+    if differences := _settings_differences(stored, settings, _FINETUNE_ONLY):
         raise UserError(f"--pruned-from {source.path} was pruned with other settings ({'; '.join(differences[:3])}); "
                         "only the fine-tuning loss (--loss and its weights) and --finetune-epochs may differ")
     run.path.mkdir(parents=True, exist_ok=True)
@@ -455,6 +480,42 @@ def _take_pruned(source: RunDir, parent: RunDir, settings: dict[str, Any], run: 
     shutil.copyfile(source.split_path, run.split_path)
     shutil.copyfile(source.pruned_weights_path, run.pruned_weights_path)
     shutil.copyfile(source.prune_record_path, run.prune_record_path)  # last: its presence marks pruning done
+
+
+def sparse_from_differences(source: Path, parent: Path, cfg: PruneConfig) -> list[str]:
+    """Why ``source``'s sparse training is not the one ``prune(parent, cfg, ...)`` trains, one
+    line each; empty when it is, and that run may start from its model (``--sparse-from``).
+
+    It is when ``source`` pruned the same parent with the same settings but the budget (the
+    fine-tuning loss and length aside) and its sparsity stayed on the same side of both
+    budgets' target sparsities in every epoch (l1rr.target_difference): then training again
+    would repeat it step for step.
+    """
+    from rscompress.prune.methods.l1rr import target_difference
+    from rscompress.prune.select import sparse_target
+
+    src = RunDir(source)
+    if not (src.holds_sparse_model() and src.config_path.is_file()):
+        return [f"{source} holds no finished sparse training ({src.sparse_weights_path.name}, "
+                f"{src.sparse_record_path.name}, {src.config_path.name})"]
+    stored = json.loads(src.config_path.read_text())
+    if stored.get("parent") != str(Path(parent).resolve()):
+        return [f"{source} was pruned from {stored.get('parent')}, not {parent}"]
+    settings = _prune_settings(cfg, RunDir(parent).load_config().model.startswith("se_"))
+    if differences := _settings_differences(stored, settings, _FINETUNE_ONLY | _BUDGET):
+        return differences
+    difference = target_difference(json.loads(src.sparse_record_path.read_text()), sparse_target(cfg.target_macs))
+    return [difference] if difference else []
+
+
+def _take_sparse(source: RunDir, run: RunDir) -> None:
+    """Start ``run`` from ``source``'s model after sparse training (sparse_from_differences
+    has found it is the one ``run`` would train)."""
+    report = json.loads(source.sparse_record_path.read_text())
+    report.setdefault("taken_from", str(source.path.resolve()))  # where it was trained
+    run.path.mkdir(parents=True, exist_ok=True)
+    link_or_copy(source.sparse_weights_path, run.sparse_weights_path)
+    write_json_atomic(run.sparse_record_path, report)  # last: its presence marks the phase done
 
 
 def distill(

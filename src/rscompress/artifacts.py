@@ -28,8 +28,12 @@ HISTORY = "history.jsonl"
 CHECKPOINT = "checkpoint"
 PRUNED_WEIGHTS = "pruned.safetensors"  # a prune run's model as pruned, before fine-tuning
 PRUNE_RECORD = "prune.json"  # what the pruning did; written after PRUNED_WEIGHTS
+# slim / l1rr: the model as sparse training left it (before pruning), kept so that another
+# budget can be pruned from it (--sparse-from), and what that training did; written after it.
+SPARSE_WEIGHTS = "sparse.safetensors"
+SPARSE_RECORD = "sparse.json"
 # Files whose presence means a step was interrupted part way and can be resumed.
-PROGRESS_MARKERS = (f"{CHECKPOINT}/latest.json", PRUNE_RECORD, "prune-phase/latest.json")
+PROGRESS_MARKERS = (f"{CHECKPOINT}/latest.json", PRUNE_RECORD, SPARSE_RECORD, "prune-phase/latest.json")
 
 
 class RunConfig(BaseModel):
@@ -133,6 +137,18 @@ class RunDir:
     @property
     def prune_record_path(self) -> Path:
         return self.path / PRUNE_RECORD
+
+    @property
+    def sparse_weights_path(self) -> Path:
+        return self.path / SPARSE_WEIGHTS
+
+    @property
+    def sparse_record_path(self) -> Path:
+        return self.path / SPARSE_RECORD
+
+    def holds_sparse_model(self) -> bool:
+        """A slim / l1rr prune run past its sparse training: the model it left and its report."""
+        return self.sparse_weights_path.is_file() and self.sparse_record_path.is_file()
 
     def holds_pruned_model(self) -> bool:
         """A prune run past its pruning: the pruned model and what was done to it are saved."""

@@ -184,6 +184,10 @@ def prune(
     pruned_from: Annotated[Path | None, typer.Option(help="Take the pruned model of this prune run dir (same parent "
                                                           "and pruning settings; --loss and --finetune-epochs may differ) "
                                                           "instead of pruning again: compare fine-tunings of one pruned model.")] = None,
+    sparse_from: Annotated[Path | None, typer.Option(help="Prune the model this slim/l1rr run dir of the same parent "
+                                                          "and settings, made for another budget, left after sparse "
+                                                          "training, when training again would repeat it step for step "
+                                                          "(else refused, saying why).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted fine-tuning.")] = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
@@ -204,7 +208,8 @@ def prune(
                       kd_warmup_epochs=kd_warmup_epochs, cache_teacher_logits=cache_teacher_logits),
         finetune=fit_cfg,
     )
-    metrics = api.prune(run, cfg, out, resume=resume, quiet=quiet or as_json, pruned_from=pruned_from)
+    metrics = api.prune(run, cfg, out, resume=resume, quiet=quiet or as_json, pruned_from=pruned_from,
+                       sparse_from=sparse_from)
     if as_json:
         _print_json(metrics)
     else:

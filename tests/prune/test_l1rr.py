@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -19,7 +20,9 @@ from rscompress.prune.methods.l1rr import (
     next_rate,
     penalty_weights,
     prunable_channel_sets,
+    reuse_differences,
     sparse_train,
+    target_difference,
 )
 from rscompress.prune.methods.l1rr_losses import (
     attention_loss,
@@ -151,6 +154,32 @@ def test_next_rate_raises_below_target_and_backs_off_at_it_or_on_val_loss() -> N
     assert next_rate(0.001, 0.9, 9.0, 1.0, cfg) == pytest.approx(0.001)
     fixed = SparsityConfig(rate=0.01, dynamic=False)
     assert next_rate(0.03, 0.0, 9.0, 1.0, fixed) == 0.03
+
+
+def _report(cfg: SparsityConfig, sparsities: list[float]) -> dict:
+    """What a SparsityReport under ``cfg`` with these per-epoch sparsities reads back as."""
+    return json.loads(json.dumps({"config": asdict(cfg), "history": [{"sparsity": s} for s in sparsities]}))
+
+
+def test_a_run_towards_another_target_is_the_same_run_while_no_epoch_falls_between_the_targets() -> None:
+    ran = SparsityConfig(target_sparsity=0.4)
+    assert target_difference(_report(ran, [0.0, 0.1, 0.39]), 0.7) is None  # below both: raised alike
+    assert target_difference(_report(ran, [0.0, 0.8]), 0.7) is None  # past both: backed off alike
+    assert target_difference(_report(ran, [0.0, 0.39]), 0.2) == (
+        "sparse_training.target_sparsity: 0.4 there, 0.2 now, and its sparsity (up to 0.39) crossed one and not "
+        "the other, so the strength would have moved otherwise")
+    assert target_difference(_report(ran, [0.0, 0.5]), 0.7) is not None
+    # network slimming never reads the target
+    assert target_difference(_report(SparsityConfig(target_sparsity=0.4, **SLIMMING), [0.5]), 0.7) is None
+
+
+def test_reuse_differences_name_every_other_setting_and_let_the_target_alone_pass() -> None:
+    report = _report(SparsityConfig(target_sparsity=0.4, lr=0.01), [0.0, 0.1])
+    assert reuse_differences(report, SparsityConfig(target_sparsity=0.7, lr=0.01)) == []
+    assert reuse_differences(report, SparsityConfig(target_sparsity=0.4, lr=0.001)) == [
+        "sparse_training.lr: 0.01 there, 0.001 now"]
+    assert reuse_differences(report, SparsityConfig(target_sparsity=0.05, lr=0.01))[0].startswith(
+        "sparse_training.target_sparsity: 0.4 there, 0.05 now")
 
 
 def test_a_rate_moves_the_median_channel_alike_whatever_lr_steps_and_gamma_scale() -> None:

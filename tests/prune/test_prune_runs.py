@@ -265,3 +265,75 @@ def test_pruned_from_a_run_pruned_otherwise_is_refused_and_writes_nothing(parent
     with pytest.raises(UserError, match="holds no pruned model"):
         api.prune(parents["resnet18"], cfg, tmp_path / "o", quiet=True, pruned_from=parents["resnet18"])
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("method", ["slim", "l1rr"])
+def test_sparse_from_prunes_another_budget_from_the_sparse_training_it_would_repeat(parents, tmp_path, method,
+                                                                                     monkeypatch):
+    args = ["prune", str(parents["resnet18"]), "--method", method, "--sparse-epochs", "2", "--finetune-epochs", "1",
+            "--batch-size", "8", "--quiet"]
+    source, fresh, out = tmp_path / "half", tmp_path / "fresh", tmp_path / "taken"
+    assert main([*args, "--target-macs", "0.5", "--out", str(source)]) == 0
+    assert main([*args, "--target-macs", "0.35", "--out", str(fresh)]) == 0
+    from rscompress.prune.methods import l1rr
+
+    def must_not_run(*a, **k):
+        raise AssertionError("sparse-trained again")
+
+    monkeypatch.setattr(l1rr, "sparse_train", must_not_run)
+    assert main([*args, "--target-macs", "0.35", "--sparse-from", str(source), "--out", str(out)]) == 0
+    taken = json.loads((out / "metrics.json").read_text())
+    # the run it would have trained: the same pruned model, the same fine-tuned result
+    fresh = json.loads((fresh / "metrics.json").read_text())
+    assert (out / "pruned.safetensors").read_bytes() == (tmp_path / "fresh" / "pruned.safetensors").read_bytes()
+    assert (taken["macs"], taken["top1"]) == (fresh["macs"], fresh["top1"])
+    assert taken["sparse_training"] == {**json.loads((source / "sparse.json").read_text()),
+                                        "taken_from": str(source.resolve())}
+    assert (out / "sparse.safetensors").read_bytes() == (source / "sparse.safetensors").read_bytes()
+
+
+def test_sparse_from_a_run_trained_otherwise_is_refused_by_name_and_writes_nothing(parents, tmp_path):
+    cfg = _cfg("l1rr", target_macs=0.5, sparse_epochs=1)
+    source = tmp_path / "src"
+    api.prune(parents["resnet18"], cfg, source, quiet=True)
+    out = tmp_path / "o"
+    refusals = [
+        (cfg.model_copy(update={"sparse_epochs": 2}), parents["resnet18"], source,
+         r"method_params\.sparse_epochs: 1 there, 2 now"),
+        (cfg.model_copy(update={"method": "slim"}), parents["resnet18"], source, r"method: \"l1rr\" there, \"slim\" now"),
+        (cfg, parents["se_resnet18"], source, "was pruned from .*resnet18, not .*se_resnet18"),
+        (cfg, parents["resnet18"], parents["resnet18"], "holds no finished sparse training"),
+        (cfg.model_copy(update={"method": "nas"}), parents["resnet18"], source, "--sparse-from takes the sparse training"),
+    ]
+    for changed, parent, src, needle in refusals:
+        with pytest.raises(UserError, match=needle):
+            api.prune(parent, changed, out, quiet=True, sparse_from=src)
+        assert not out.exists()
+    # a sparsity between the two budgets' targets: λ would have moved otherwise
+    record = json.loads((source / "sparse.json").read_text())
+    record["history"][-1]["sparsity"] = 0.35  # 0.5 of the MACs aims at 0.29, 0.35 at 0.41
+    (source / "sparse.json").write_text(json.dumps(record))
+    with pytest.raises(UserError, match=r"target_sparsity: 0\.2929 there, 0\.4084 now, and its sparsity \(up to 0\.35\)"):
+        api.prune(parents["resnet18"], cfg.model_copy(update={"target_macs": 0.35}), out, quiet=True, sparse_from=source)
+    assert not out.exists()
+
+
+def test_run_killed_after_sparse_training_prunes_its_model_on_resume(parents, tmp_path, monkeypatch):
+    cfg = _cfg("slim", target_macs=0.5, sparse_epochs=1)
+    out = tmp_path / "r"
+    from rscompress.prune import select
+    from rscompress.prune.methods import l1rr
+
+    with monkeypatch.context() as m:
+        m.setattr(select, "prune_to_budget", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+        with pytest.raises(KeyboardInterrupt):
+            api.prune(parents["resnet18"], cfg, out, quiet=True)
+    assert RunDir(out).holds_sparse_model() and not (out / "prune.json").exists()
+    with pytest.raises(UserError, match="--resume"):
+        api.prune(parents["resnet18"], cfg, out, quiet=True)
+    # no config.json yet: the kept model's own record refuses other settings, by name
+    with pytest.raises(UserError, match=r"sparse\.json is sparse training with other settings \(sparse_training\.lr"):
+        api.prune(parents["resnet18"], cfg.model_copy(update={"sparse_lr": 0.5}), out, resume=True, quiet=True)
+    trained = json.loads((out / "sparse.json").read_text())
+    monkeypatch.setattr(l1rr, "sparse_train", lambda *a, **k: (_ for _ in ()).throw(AssertionError("trained again")))
+    assert api.prune(parents["resnet18"], cfg, out, resume=True, quiet=True)["sparse_training"] == trained

@@ -9,6 +9,7 @@ cost-awareness loss towards the MACs target) and prunes by gate score globally.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -17,7 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from rscompress.artifacts import RunDir
 from rscompress.config import PruneConfig
+from rscompress.errors import UserError
+from rscompress.io_utils import write_json_atomic
+from rscompress.models.weights import read_state_dict, save_weights
 from rscompress.prune.budget import prune_to_budget
 from rscompress.prune.importance import IMPORTANCES
 
@@ -58,6 +63,7 @@ def select_and_prune(
     weights_as_trained: nn.Module | None = None,
     device: torch.device = torch.device("cpu"),
     parent_optim: dict[str, Any] | None = None,
+    run: RunDir | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Pruned copy of ``model`` within the budget, and what the method did (for metrics.json).
 
@@ -72,6 +78,11 @@ def select_and_prune(
 
     ``parent_optim``: the optimizer settings the parent was trained with (its config.json's
     ``train.optim``); sparse training's default lr derives from them (``sparse_training_lr``).
+
+    ``run``: the prune run dir. Sparse training saves the model it leaves there
+    (``sparse.safetensors`` + ``sparse.json``), and starts from a model found there instead of
+    training: the run's own (killed after the phase) or another budget's (``--sparse-from``),
+    if it is the one these settings would train (l1rr.reuse_differences).
     """
     budget = {"target_macs": cfg.target_macs, "target_params": cfg.target_params, "ratio": cfg.ratio,
               "round_to": cfg.round_to}
@@ -84,7 +95,7 @@ def select_and_prune(
         # distribution is what sets each layer's ratio.
         lr = sparse_training_lr(cfg.sparse_lr, parent_optim or {})
         model, details["sparse_training"] = _sparse_train(
-            model.to(device), model_name, cfg, lr, train_batches, val_batches, log, phase_dir
+            model.to(device), model_name, cfg, lr, train_batches, val_batches, log, phase_dir, run
         )
         model.cpu()
         importance, global_pruning = "bn", True
@@ -121,13 +132,19 @@ def sparse_training_lr(given: float | None, parent_optim: dict[str, Any]) -> flo
     return SparsityConfig.lr
 
 
-def _sparse_train(model, model_name, cfg: PruneConfig, lr: float, train_batches, val_batches, log, phase_dir):
-    from rscompress.prune.methods.l1rr import SparsityConfig, sparse_train
+def sparse_target(target_macs: float | None) -> float:
+    """The share of channels sparse training drives below eps: about the share the budget
+    removes (MACs ~ kept channels²), 0.5 for a budget not in MACs."""
+    target = 1 - math.sqrt(target_macs) if target_macs else 0.5
+    return min(max(target, 0.05), 0.9)
+
+
+def _sparse_train(model, model_name, cfg: PruneConfig, lr: float, train_batches, val_batches, log, phase_dir,
+                  run: RunDir | None):
+    from rscompress.prune.methods.l1rr import SparsityConfig, reuse_differences, sparse_train
 
     l1rr = cfg.method == "l1rr"
     layers = attention_layers(model_name) if l1rr else ()
-    # Drive about the share of channels the budget removes below eps (MACs ~ kept channels²).
-    target_sparsity = 1 - math.sqrt(cfg.target_macs) if cfg.target_macs else 0.5
     sparse_cfg = SparsityConfig(
         epochs=cfg.sparse_epochs,
         lr=lr,
@@ -138,7 +155,7 @@ def _sparse_train(model, model_name, cfg: PruneConfig, lr: float, train_batches,
         self_adaptive=l1rr,
         attention_weight=cfg.attention_weight if layers else 0.0,
         attention_layers=layers,
-        target_sparsity=min(max(target_sparsity, 0.05), 0.9),
+        target_sparsity=sparse_target(cfg.target_macs),
         seed=cfg.finetune.seed,
         bf16=cfg.finetune.bf16,
         channels_last=cfg.finetune.channels_last,
@@ -147,14 +164,26 @@ def _sparse_train(model, model_name, cfg: PruneConfig, lr: float, train_batches,
     def progress(epoch, sparsity, rate, val_loss):
         log(f"sparse epoch {epoch + 1}/{cfg.sparse_epochs}: sparsity {sparsity:.3f}  rate {rate:.3g}  val loss {val_loss:.4f}")
 
+    if run is not None and run.holds_sparse_model():
+        report = json.loads(run.sparse_record_path.read_text())
+        if differences := reuse_differences(report, sparse_cfg):
+            raise UserError(f"{run.sparse_record_path} is sparse training with other settings "
+                            f"({'; '.join(differences[:3])}); remove it to train again")
+        model.load_state_dict(read_state_dict(run.sparse_weights_path))
+        log(f"sparse training: the model in {run.sparse_weights_path}"
+            + (f" (taken from {report['taken_from']})" if "taken_from" in report else ""))
+        return model, report
     model, report = sparse_train(
         model, train_batches, val_batches, cfg=sparse_cfg, progress=progress, checkpoint_dir=phase_dir
     )
+    if run is not None:
+        run.path.mkdir(parents=True, exist_ok=True)
+        save_weights(model, run.sparse_weights_path)
+        write_json_atomic(run.sparse_record_path, report.to_dict())  # last: marks the phase done
     return model, report.to_dict()
 
 
 def _nas(model, img_size: int, cfg: PruneConfig, train_batches, val_batches, log, phase_dir, device):
-    from rscompress.errors import UserError
     from rscompress.prune.methods.nas import nas_search
 
     if cfg.target_macs is None and cfg.target_params is None:
