@@ -31,6 +31,7 @@ from rscompress.config import (
     TrainConfig,
 )
 from rscompress.errors import UserError
+from rscompress.prune.select import SPARSE_METHODS
 
 
 class Parent(StrictModel):
@@ -165,6 +166,15 @@ def _pruned_from(cell: Cell, parent_dir: Path, budget: float) -> Path | None:
     return parent_dir / _child_name(cell.pruned_from, cell, budget) if cell.pruned_from else None
 
 
+def _sparse_from(cell: Cell, parent_dir: Path, budget: float, cfg: PruneConfig) -> Path | None:
+    """This cell's run at another budget whose sparse training this budget's would repeat step
+    for step (api.sparse_from_differences), to prune from instead of training again."""
+    if cell.method not in SPARSE_METHODS or cell.pruned_from:
+        return None
+    others = (parent_dir / _child_name(label(cell), cell, other) for other in cell.budgets if other != budget)
+    return next((source for source in others if not api.sparse_from_differences(source, parent_dir, cfg)), None)
+
+
 def _latency(suite: Suite, parent_dir: Path, child_dir: Path) -> dict[str, float]:
     from rscompress.deploy.latency import measure_bs1, record_fields
 
@@ -191,6 +201,8 @@ def _record(suite: Suite, cell: Cell, parent: Parent, parent_dir: Path, child_di
                                "--loss", cell.loss, "--finetune-epochs", str(cell.epochs(suite)),
                                *option_args(cell.options),
                                *(["--pruned-from", str(source)] if (source := _pruned_from(cell, parent_dir, budget)) else []),
+                               *(["--sparse-from", m["sparse_training"]["taken_from"]]
+                                 if "taken_from" in m.get("sparse_training", {}) else []),
                                "--out", str(child_dir)]),
     }
 
@@ -262,7 +274,8 @@ def run_suite(path: Path, *, datasets: list[str] | None = None, seeds: list[int]
                                           loss=cell.loss, finetune=finetune, **cell.options)
                         # Killed anywhere (sparse phase, after pruning, fine-tuning): continue.
                         api.prune(parent_dir, cfg, child, resume=child.is_dir(), quiet=True,
-                                  pruned_from=_pruned_from(cell, parent_dir, budget))
+                                  pruned_from=_pruned_from(cell, parent_dir, budget),
+                                  sparse_from=_sparse_from(cell, parent_dir, budget, cfg))
                     append_record(suite.results, _record(suite, cell, parent, parent_dir, child, budget, seed))
                     appended += 1
                     print(f"done: {cell.dataset} {cell.model} s{seed} {label(cell)} {budget:g}", flush=True)

@@ -160,3 +160,25 @@ def test_a_cell_pruned_from_another_fine_tunes_that_cells_pruned_model(tmp_path)
     path.write_text(yaml.safe_dump({**suite, "cells": [cells[0], {**cells[1], "budget_metric": "params"}]}))
     with pytest.raises(ValueError, match="pruned_from 'nas-kd' is not an earlier cell of fake resnet18"):
         load_suite(path)
+
+
+def test_a_sparse_cell_prunes_its_next_budget_from_the_sparse_training_it_would_repeat(tmp_path):
+    data = make_fake_dataset(tmp_path, name="rsscn7", per_class=6, size=20)
+    suite = {"results": str(tmp_path / "r.jsonl"), "work": str(tmp_path / "work"),
+             "datasets": {"fake": {"path": str(data), "img_size": 16}}, "train": {"batch_size": 8},
+             "finetune": {"epochs": 1, "batch_size": 8},
+             "parents": [{"dataset": "fake", "model": "resnet18", "epochs": 1, "seeds": [0]}],
+             "cells": [{"dataset": "fake", "model": "resnet18", "method": "slim", "budgets": [0.5, 0.35],
+                        "options": {"sparse_epochs": 1}},
+                       {"dataset": "fake", "model": "resnet18", "method": "slim", "label": "slim-2", "budgets": [0.5],
+                        "options": {"sparse_epochs": 2}}],
+             "latency_repeats": 3}
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    assert run_suite(path) == 3
+    half, third, other = read_records(tmp_path / "r.jsonl")
+    parent = tmp_path / "work" / "fake-resnet18-e1-s0"
+    assert f"--sparse-from {parent / 'slim-0.5'}" in third["command"] and "--sparse-from" not in half["command"]
+    assert "--sparse-from" not in other["command"]  # another cell, other settings: trained anew
+    assert (parent / "slim-0.35" / "sparse.safetensors").read_bytes() == (parent / "slim-0.5" / "sparse.safetensors").read_bytes()
+    assert abs(third["macs_kept"] / 0.35 - 1) <= 0.01
