@@ -62,6 +62,9 @@ def test_recipe_killed_in_sparse_training_continues_there(tmp_path, monkeypatch)
         # the same pruned model fine-tuned by KD: no second sparse training
         {"name": "slim-kd", "prune": {"parent": "base", "method": "slim", "target_macs": 0.5, "sparse_epochs": 2,
                                       "loss": "kd", "pruned_from": "slim", "finetune": {"epochs": 1, "batch_size": 8}}},
+        # another budget pruned from the same sparse training: no second one either
+        {"name": "slim-third", "prune": {"parent": "base", "method": "slim", "target_macs": 0.35, "sparse_epochs": 2,
+                                         "sparse_from": "slim", "finetune": {"epochs": 1, "batch_size": 8}}},
     ]}
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe))
@@ -75,11 +78,14 @@ def test_recipe_killed_in_sparse_training_continues_there(tmp_path, monkeypatch)
     monkeypatch.setattr(api, "_progress_printer", lambda _quiet: epochs.append)
     results = run_recipe(path, quiet=True)
     assert results["base"]["skipped"] == "complete"
-    assert [e.split(":")[0] for e in epochs if e.startswith("sparse")] == ["sparse epoch 2/2"]
+    assert [e.split(":")[0] for e in epochs if e.startswith("sparse epoch")] == ["sparse epoch 2/2"]
     assert len(results["slim"]["sparse_training"]["history"]) == 2
     slim_record = json.loads((tmp_path / "runs" / "slim" / "prune.json").read_text())
     assert results["slim-kd"]["sparse_training"] == slim_record["sparse_training"]
     assert results["slim-kd"]["loss"] == "kd" and results["slim-kd"]["pruned_from"].endswith("runs/slim")
+    third = results["slim-third"]
+    assert third["sparse_training"] == {**slim_record["sparse_training"], "taken_from": third["sparse_training"]["taken_from"]}
+    assert third["sparse_training"]["taken_from"].endswith("runs/slim") and abs(third["macs_kept"] / 0.35 - 1) <= 0.01
 
 
 @pytest.mark.parametrize(

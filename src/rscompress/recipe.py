@@ -33,6 +33,7 @@ class TrainStep(TrainConfig):
 class PruneStep(PruneConfig):
     parent: str  # an earlier step's name or a run dir
     pruned_from: str | None = None  # as `prune --pruned-from`: an earlier step's name or a run dir
+    sparse_from: str | None = None  # as `prune --sparse-from`: likewise
 
 
 class DistillStep(DistillConfig):
@@ -132,9 +133,11 @@ def run_steps(recipe: Recipe, quiet: bool = False) -> dict[str, Any]:
             cfg = step.train
             results[step.name] = api.train(cfg.data, TrainConfig(**cfg.model_dump(exclude={"data"})), out, **again)
         elif step.prune is not None:
-            cfg = PruneConfig(**step.prune.model_dump(exclude={"parent", "pruned_from"}))
-            source = ref(step.prune.pruned_from) if step.prune.pruned_from else None
-            results[step.name] = api.prune(ref(step.prune.parent), cfg, out, pruned_from=source, **again)
+            cfg = PruneConfig(**step.prune.model_dump(exclude={"parent", "pruned_from", "sparse_from"}))
+            pruned_from, sparse_from = (ref(name) if name else None
+                                        for name in (step.prune.pruned_from, step.prune.sparse_from))
+            results[step.name] = api.prune(ref(step.prune.parent), cfg, out, pruned_from=pruned_from,
+                                           sparse_from=sparse_from, **again)
         elif step.distill is not None:
             cfg = DistillConfig(**step.distill.model_dump(exclude={"teacher", "student"}))
             student = str(ref(step.distill.student)) if step.distill.student in done else step.distill.student
