@@ -11,6 +11,7 @@ measured interleaved in one process.
 
 from __future__ import annotations
 
+import os
 import shlex
 from pathlib import Path
 from typing import Any, Literal
@@ -201,7 +202,8 @@ def _record(suite: Suite, cell: Cell, parent: Parent, parent_dir: Path, child_di
                                "--loss", cell.loss, "--finetune-epochs", str(cell.epochs(suite)),
                                *option_args(cell.options),
                                *(["--pruned-from", str(source)] if (source := _pruned_from(cell, parent_dir, budget)) else []),
-                               *(["--sparse-from", m["sparse_training"]["taken_from"]]
+                               # relative, as the suite names its run dirs (taken_from is absolute)
+                               *(["--sparse-from", os.path.relpath(m["sparse_training"]["taken_from"])]
                                  if "taken_from" in m.get("sparse_training", {}) else []),
                                "--out", str(child_dir)]),
     }
