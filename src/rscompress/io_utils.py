@@ -31,9 +31,11 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the final file gets the usual mode
     try:
         write(tmp)
+        # mkstemp makes 0600, and some writers (safetensors) recreate the file at 0600, so the
+        # usual mode is set after writing: a run dir shared with a group stays readable.
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import stat
 from pathlib import Path
 
 import pytest
@@ -145,3 +147,14 @@ def test_shared_and_non_contiguous_tensors_save(tmp_path: Path) -> None:
     )
     assert load_weights(fresh, path).complete
     assert _same_state(model, fresh)
+
+
+def test_saved_weights_get_the_usual_file_mode(tmp_path: Path) -> None:
+    # safetensors recreates the file it writes at 0600; other users of a shared run dir
+    # must be able to read the model like the run's JSON files.
+    old = os.umask(0o022)
+    try:
+        save_weights(_small(), tmp_path / "model.safetensors")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "model.safetensors").stat().st_mode) == 0o644
