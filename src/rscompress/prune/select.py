@@ -177,7 +177,6 @@ def _sparse_train(model, model_name, cfg: PruneConfig, lr: float, train_batches,
         model, train_batches, val_batches, cfg=sparse_cfg, progress=progress, checkpoint_dir=phase_dir
     )
     if run is not None:
-        run.path.mkdir(parents=True, exist_ok=True)
         save_weights(model, run.sparse_weights_path)
         write_json_atomic(run.sparse_record_path, report.to_dict())  # last: marks the phase done
     return model, report.to_dict()
