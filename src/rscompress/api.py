@@ -21,6 +21,7 @@ from rich.progress import Progress
 
 from rscompress.artifacts import RunConfig, RunDir, library_versions, setting_differences
 from rscompress.config import (
+    FINETUNE_LR,
     DataConfig,
     DistillConfig,
     FitConfig,
@@ -203,7 +204,7 @@ def train_loader(data: PreparedData, data_cfg: DataConfig, fit_cfg: FitConfig, d
     """The shuffled, augmented train batches every training step uses (benchmarks reuse it)."""
     return BatchLoader(
         data.images, data.labels, data.train_indices, batch_size=fit_cfg.batch_size,
-        shuffle=True, augment=data_cfg.augment, mean=data.mean, std=data.std, seed=fit_cfg.seed,
+        shuffle=True, augment=data_cfg.augment, augment_draw=data_cfg.augment_draw, mean=data.mean, std=data.std, seed=fit_cfg.seed,
         rank=dist.rank, world_size=dist.world_size,
         # A ragged last batch is dropped (BN dislikes tiny batches) unless it is the only one.
         drop_last=len(data.train_indices) >= fit_cfg.batch_size * dist.world_size,
@@ -617,20 +618,20 @@ def demo(out: Path, quiet: bool = False) -> tuple[dict[str, Any], Path]:
     from rscompress.recipe import Recipe, run_steps
     from rscompress.report.report import build_report
 
-    optim = {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "cosine", "warmup_epochs": 1}
-    tune = {"epochs": DEMO_FINETUNE_EPOCHS, "batch_size": 64,
-            "optim": {**optim, "lr": 0.01, "warmup_epochs": 0}}
+    # The recommended recipe (config.py's defaults: SGD + nesterov under OneCycle, label
+    # smoothing 0.1), at the fine-tuning rate for the pruned model.
+    tune = {"epochs": DEMO_FINETUNE_EPOCHS, "optim": {"lr": FINETUNE_LR}}
     recipe = Recipe.model_validate({
         "out": out,
         "steps": [
             {"name": "base", "train": {"data": {"path": bundled_sample(), "img_size": 64}, "model": "se_resnet18",
-                                       "epochs": DEMO_EPOCHS, "batch_size": 64, "label_smoothing": 0.1, "optim": optim}},
+                                       "epochs": DEMO_EPOCHS}},
             # Channel counts in multiples of 8: the same MACs run faster (benchmarks/results/speedup.json).
             {"name": "rt15", "prune": {"parent": "base", "method": "remotetrimmer", "target_macs": 0.15,
                                        "round_to": 8, "loss": "aml+ce", "finetune": tune}},
             {"name": "ggnet-dkd", "distill": {"teacher": "base", "student": "g_ghost_regnetx_tiny", "small_input": True,
                                               "loss": "dkd", "kd_warmup_epochs": 2,
-                                              "fit": {"epochs": DEMO_EPOCHS, "batch_size": 64, "optim": optim}}},
+                                              "fit": {"epochs": DEMO_EPOCHS}}},
             {"name": "rt15-onnx", "export": {"run": "rt15"}},
             {"name": "ggnet-onnx", "export": {"run": "ggnet-dkd"}},
         ],

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
+from rscompress.config import FINETUNE_LR, DataConfig, FitConfig, OptimConfig
 from rscompress.errors import UserError
 
 app = typer.Typer(
@@ -51,6 +52,11 @@ def _print_table(table: Any) -> None:
     console.print(table)
 
 
+def _default(model_cls: Any, name: str) -> Any:
+    """An option's default, read from the config model that defines it (one definition)."""
+    return model_cls.model_fields[name].default
+
+
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 DeviceOpt = Annotated[str, typer.Option(help="Where the training/evaluation loop runs: auto (CUDA if torch sees a GPU, "
@@ -62,25 +68,30 @@ def train(
     data: Annotated[Path, typer.Option(help="Class-folder dataset root (one folder per class).")],
     model: Annotated[str, typer.Option(help="Model name (see `rscompress models`).")],
     out: Annotated[Path, typer.Option(help="Run dir to write.")],
-    img_size: Annotated[int, typer.Option(help="Square input size in pixels.")] = 128,
-    epochs: Annotated[int, typer.Option()] = 30,
-    batch_size: Annotated[int, typer.Option()] = 64,
+    img_size: Annotated[int, typer.Option(help="Square input size in pixels.")] = _default(DataConfig, "img_size"),
+    epochs: Annotated[int, typer.Option()] = _default(FitConfig, "epochs"),
+    batch_size: Annotated[int, typer.Option()] = _default(FitConfig, "batch_size"),
     seed: Annotated[int, typer.Option(help="Seeds model init, shuffling and augmentation.")] = 0,
-    optimizer: Annotated[str, typer.Option(help="sgd or adamw.")] = "sgd",
-    lr: Annotated[float, typer.Option()] = 0.05,
-    momentum: Annotated[float, typer.Option()] = 0.9,
-    weight_decay: Annotated[float, typer.Option()] = 5e-4,
-    schedule: Annotated[str, typer.Option(help="cosine, step or constant.")] = "cosine",
+    optimizer: Annotated[str, typer.Option(help="sgd or adamw.")] = _default(OptimConfig, "optimizer"),
+    lr: Annotated[float, typer.Option(help="Peak learning rate (onecycle) or base rate.")] = _default(OptimConfig, "lr"),
+    momentum: Annotated[float, typer.Option(help="SGD momentum when it is not cycled.")] = _default(OptimConfig, "momentum"),
+    nesterov: Annotated[bool, typer.Option(help="Nesterov momentum (SGD).")] = _default(OptimConfig, "nesterov"),
+    weight_decay: Annotated[float, typer.Option()] = _default(OptimConfig, "weight_decay"),
+    schedule: Annotated[str, typer.Option(help="onecycle (warm-up built in), cosine, step or constant.")] = _default(OptimConfig, "schedule"),
+    pct_start: Annotated[float, typer.Option(help="onecycle: share of the run rising to the peak lr.")] = _default(OptimConfig, "pct_start"),
+    cycle_momentum: Annotated[bool, typer.Option(help="onecycle: momentum 0.95 -> 0.85 -> 0.95 against the lr.")] = _default(OptimConfig, "cycle_momentum"),
     milestones: Annotated[str, typer.Option(help="Step schedule epochs, e.g. '80,120'.")] = "",
-    gamma: Annotated[float, typer.Option(help="Step schedule factor.")] = 0.1,
-    warmup_epochs: Annotated[int, typer.Option()] = 0,
-    label_smoothing: Annotated[float, typer.Option()] = 0.0,
+    gamma: Annotated[float, typer.Option(help="Step schedule factor.")] = _default(OptimConfig, "gamma"),
+    warmup_epochs: Annotated[int, typer.Option(help="Linear lr warm-up (cosine, step, constant).")] = _default(OptimConfig, "warmup_epochs"),
+    label_smoothing: Annotated[float, typer.Option()] = _default(FitConfig, "label_smoothing"),
     channels_last: Annotated[bool, typer.Option(help="Use channels_last memory format.")] = False,
     bf16: Annotated[bool, typer.Option(help="bfloat16 autocast.")] = False,
     small_input: Annotated[bool, typer.Option(help="Stem for 32-64 px inputs (less downsampling).")] = False,
     weights: Annotated[Path | None, typer.Option(help="Initial weights (.safetensors), strict keys.")] = None,
     allow_partial: Annotated[bool, typer.Option(help="Load matching keys of --weights only.")] = False,
-    augment: Annotated[bool, typer.Option(help="Flips and 90° rotations.")] = True,
+    augment: Annotated[bool, typer.Option(help="Flips and 90° rotations.")] = _default(DataConfig, "augment"),
+    augment_draw: Annotated[str, typer.Option(help="batch: one flip/turn draw moves the whole batch; sample: one draw "
+                                                   "per image.")] = _default(DataConfig, "augment_draw"),
     skip_bad: Annotated[bool, typer.Option(help="Skip unreadable images instead of failing.")] = False,
     train_fraction: Annotated[float, typer.Option()] = 0.7,
     val_fraction: Annotated[float, typer.Option()] = 0.1,
@@ -96,7 +107,7 @@ def train(
 ):
     """Train a model from scratch (or from --weights) and evaluate it on the test split."""
     from rscompress import api
-    from rscompress.config import DataConfig, TrainConfig
+    from rscompress.config import TrainConfig
 
     data_cfg = _validated(
         DataConfig,
@@ -108,10 +119,12 @@ def train(
         test_path=test_data,
         split_seed=split_seed,
         augment=augment,
+        augment_draw=augment_draw,
         skip_bad=skip_bad,
         cache_dir=cache_dir,
     )
-    optim_cfg = _optim(optimizer, lr, momentum, weight_decay, schedule, milestones, gamma, warmup_epochs)
+    optim_cfg = _optim(optimizer, lr, momentum, nesterov, weight_decay, schedule, pct_start, cycle_momentum, milestones, gamma,
+                      warmup_epochs)
     train_cfg = _validated(
         TrainConfig,
         model=model,
@@ -165,16 +178,19 @@ def prune(
     gate_without_bn: Annotated[bool, typer.Option(help="Also search channels with no BatchNorm, e.g. VGG's hidden "
                                                        "Linear layers (nas): far fewer params, usually lower top-1.")] = False,
     finetune_epochs: Annotated[int, typer.Option()] = 20,
-    batch_size: Annotated[int, typer.Option()] = 64,
-    optimizer: Annotated[str, typer.Option(help="sgd or adamw.")] = "sgd",
-    lr: Annotated[float, typer.Option()] = 0.01,
-    momentum: Annotated[float, typer.Option()] = 0.9,
-    weight_decay: Annotated[float, typer.Option()] = 5e-4,
-    schedule: Annotated[str, typer.Option(help="cosine, step or constant.")] = "cosine",
+    batch_size: Annotated[int, typer.Option()] = _default(FitConfig, "batch_size"),
+    optimizer: Annotated[str, typer.Option(help="sgd or adamw.")] = _default(OptimConfig, "optimizer"),
+    lr: Annotated[float, typer.Option(help="Peak learning rate (onecycle) or base rate.")] = FINETUNE_LR,
+    momentum: Annotated[float, typer.Option(help="SGD momentum when it is not cycled.")] = _default(OptimConfig, "momentum"),
+    nesterov: Annotated[bool, typer.Option(help="Nesterov momentum (SGD).")] = _default(OptimConfig, "nesterov"),
+    weight_decay: Annotated[float, typer.Option()] = _default(OptimConfig, "weight_decay"),
+    schedule: Annotated[str, typer.Option(help="onecycle (warm-up built in), cosine, step or constant.")] = _default(OptimConfig, "schedule"),
+    pct_start: Annotated[float, typer.Option(help="onecycle: share of the run rising to the peak lr.")] = _default(OptimConfig, "pct_start"),
+    cycle_momentum: Annotated[bool, typer.Option(help="onecycle: momentum 0.95 -> 0.85 -> 0.95 against the lr.")] = _default(OptimConfig, "cycle_momentum"),
     milestones: Annotated[str, typer.Option(help="Step schedule epochs, e.g. '20,30'.")] = "",
-    gamma: Annotated[float, typer.Option()] = 0.1,
-    warmup_epochs: Annotated[int, typer.Option()] = 0,
-    label_smoothing: Annotated[float, typer.Option()] = 0.0,
+    gamma: Annotated[float, typer.Option(help="Step schedule factor.")] = _default(OptimConfig, "gamma"),
+    warmup_epochs: Annotated[int, typer.Option(help="Linear lr warm-up (cosine, step, constant).")] = _default(OptimConfig, "warmup_epochs"),
+    label_smoothing: Annotated[float, typer.Option()] = _default(FitConfig, "label_smoothing"),
     seed: Annotated[int, typer.Option()] = 0,
     threads: Annotated[int | None, typer.Option()] = None,
     channels_last: Annotated[bool, typer.Option(help="channels_last memory in fine-tuning, NAS search and sparse training.")] = False,
@@ -197,7 +213,8 @@ def prune(
     from rscompress.config import KDSettings, PruneConfig
 
     fit_cfg = _fit(finetune_epochs, batch_size, seed, label_smoothing, threads,
-                   _optim(optimizer, lr, momentum, weight_decay, schedule, milestones, gamma, warmup_epochs),
+                   _optim(optimizer, lr, momentum, nesterov, weight_decay, schedule, pct_start, cycle_momentum, milestones, gamma,
+                      warmup_epochs),
                    channels_last=channels_last, bf16=bf16, device=device)
     cfg = _validated(
         PruneConfig, method=method, target_macs=target_macs, target_params=target_params, ratio=ratio,
@@ -229,17 +246,20 @@ def distill(
     kd_warmup_epochs: Annotated[int, typer.Option(help="Linear warm-up of the KD terms.")] = 20,
     cache_teacher_logits: Annotated[bool, typer.Option(help="Run the teacher once per distinct input (image view).")] = False,
     small_input: Annotated[bool, typer.Option(help="Stem for 32-64 px (registry students).")] = False,
-    epochs: Annotated[int, typer.Option()] = 30,
-    batch_size: Annotated[int, typer.Option()] = 64,
-    optimizer: Annotated[str, typer.Option(help="sgd or adamw.")] = "sgd",
-    lr: Annotated[float, typer.Option()] = 0.05,
-    momentum: Annotated[float, typer.Option()] = 0.9,
-    weight_decay: Annotated[float, typer.Option()] = 5e-4,
-    schedule: Annotated[str, typer.Option(help="cosine, step or constant.")] = "cosine",
+    epochs: Annotated[int, typer.Option()] = _default(FitConfig, "epochs"),
+    batch_size: Annotated[int, typer.Option()] = _default(FitConfig, "batch_size"),
+    optimizer: Annotated[str, typer.Option(help="sgd or adamw.")] = _default(OptimConfig, "optimizer"),
+    lr: Annotated[float, typer.Option(help="Peak learning rate (onecycle) or base rate.")] = _default(OptimConfig, "lr"),
+    momentum: Annotated[float, typer.Option(help="SGD momentum when it is not cycled.")] = _default(OptimConfig, "momentum"),
+    nesterov: Annotated[bool, typer.Option(help="Nesterov momentum (SGD).")] = _default(OptimConfig, "nesterov"),
+    weight_decay: Annotated[float, typer.Option()] = _default(OptimConfig, "weight_decay"),
+    schedule: Annotated[str, typer.Option(help="onecycle (warm-up built in), cosine, step or constant.")] = _default(OptimConfig, "schedule"),
+    pct_start: Annotated[float, typer.Option(help="onecycle: share of the run rising to the peak lr.")] = _default(OptimConfig, "pct_start"),
+    cycle_momentum: Annotated[bool, typer.Option(help="onecycle: momentum 0.95 -> 0.85 -> 0.95 against the lr.")] = _default(OptimConfig, "cycle_momentum"),
     milestones: Annotated[str, typer.Option(help="Step schedule epochs.")] = "",
-    gamma: Annotated[float, typer.Option()] = 0.1,
-    warmup_epochs: Annotated[int, typer.Option(help="Learning-rate warm-up.")] = 0,
-    label_smoothing: Annotated[float, typer.Option()] = 0.0,
+    gamma: Annotated[float, typer.Option(help="Step schedule factor.")] = _default(OptimConfig, "gamma"),
+    warmup_epochs: Annotated[int, typer.Option(help="Linear lr warm-up (cosine, step, constant).")] = _default(OptimConfig, "warmup_epochs"),
+    label_smoothing: Annotated[float, typer.Option()] = _default(FitConfig, "label_smoothing"),
     seed: Annotated[int, typer.Option()] = 0,
     threads: Annotated[int | None, typer.Option()] = None,
     channels_last: Annotated[bool, typer.Option(help="Use channels_last memory format.")] = False,
@@ -254,7 +274,8 @@ def distill(
     from rscompress.config import DistillConfig
 
     fit_cfg = _fit(epochs, batch_size, seed, label_smoothing, threads,
-                   _optim(optimizer, lr, momentum, weight_decay, schedule, milestones, gamma, warmup_epochs),
+                   _optim(optimizer, lr, momentum, nesterov, weight_decay, schedule, pct_start, cycle_momentum, milestones, gamma,
+                      warmup_epochs),
                    channels_last=channels_last, bf16=bf16, device=device)
     cfg = _validated(
         DistillConfig, loss=loss, temperature=temperature, alpha=alpha, beta=beta, kd_weight=kd_weight,
@@ -410,7 +431,8 @@ def demo(
 # -- helpers ---------------------------------------------------------------------------
 
 
-def _optim(optimizer, lr, momentum, weight_decay, schedule, milestones, gamma, warmup_epochs):
+def _optim(optimizer, lr, momentum, nesterov, weight_decay, schedule, pct_start, cycle_momentum, milestones, gamma,
+                      warmup_epochs):
     from rscompress.config import OptimConfig
 
     return _validated(
@@ -421,8 +443,6 @@ def _optim(optimizer, lr, momentum, weight_decay, schedule, milestones, gamma, w
 
 
 def _fit(epochs, batch_size, seed, label_smoothing, threads, optim, *, channels_last, bf16, device):
-    from rscompress.config import FitConfig
-
     return _validated(
         FitConfig, epochs=epochs, batch_size=batch_size, seed=seed, optim=optim,
         label_smoothing=label_smoothing, threads=threads, channels_last=channels_last, bf16=bf16, device=device,

@@ -15,6 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from rscompress.engine.device import DEVICE_PATTERN
 
 
+AugmentDraw = Literal["batch", "sample"]
+
+
 class StrictModel(BaseModel):
     """Unknown keys are errors: a typo in a recipe must not be silently ignored."""
 
@@ -32,6 +35,9 @@ class DataConfig(StrictModel):
     test_path: Path | None = None
     split_seed: int = 0
     augment: bool = True
+    # One flip/flip/quarter-turn draw moves a whole batch ("batch") or each image its own
+    # ("sample"); benchmarks/results/recipe_ablation.md has the measurement behind the default.
+    augment_draw: AugmentDraw = "batch"
     skip_bad: bool = False
     cache_dir: Path | None = None  # default: ~/.cache/rscompress (or $RSCOMPRESS_CACHE)
 
@@ -48,15 +54,37 @@ class DataConfig(StrictModel):
         return self
 
 
+# The fine-tuning rate of a pruned model: OneCycle's peak, a fifth of training's (chosen for
+# issue 31, as the plain Torch-Pruning reference fine-tunes).
+FINETUNE_LR = 0.02
+
+
 class OptimConfig(StrictModel):
+    """The optimiser and its schedule. The defaults are the recommended from-scratch recipe
+    (issue 31: SGD with nesterov momentum under OneCycle, as the plain reference loop)."""
+
     optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = Field(0.05, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
+    lr: float = Field(0.1, gt=0)  # the peak rate under onecycle
+    momentum: float = Field(0.9, ge=0, lt=1)  # unused while onecycle cycles it
+    nesterov: bool = True  # SGD only
     weight_decay: float = Field(5e-4, ge=0)
-    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    schedule: Literal["onecycle", "cosine", "step", "constant"] = "onecycle"
     milestones: tuple[int, ...] = ()  # epochs where a step schedule multiplies lr by gamma
     gamma: float = Field(0.1, gt=0, le=1)
     warmup_epochs: int = Field(0, ge=0)
+    # onecycle: the share of the run spent rising to lr, and whether momentum (AdamW's β1)
+    # falls from 0.95 to 0.85 while the rate rises and comes back after (engine/schedule.py).
+    pct_start: float = Field(0.15, gt=0, lt=1)
+    cycle_momentum: bool = True
+
+    @model_validator(mode="after")
+    def _schedule_options(self) -> OptimConfig:
+        if self.schedule == "onecycle" and self.warmup_epochs:
+            raise ValueError("onecycle warms up by itself (--pct-start); --warmup-epochs is for cosine/step/constant")
+        # torch's SGD refuses nesterov without momentum (AdamW ignores both options).
+        if self.optimizer == "sgd" and self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov needs momentum > 0 (give --no-nesterov)")
+        return self
 
 
 class FitConfig(StrictModel):
@@ -66,7 +94,7 @@ class FitConfig(StrictModel):
     batch_size: int = Field(64, gt=0)
     seed: int = 0
     optim: OptimConfig = OptimConfig()
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
     channels_last: bool = False
     bf16: bool = False
     threads: int | None = Field(None, gt=0)
@@ -158,6 +186,17 @@ class PruneConfig(StrictModel):
         if name not in METHODS:
             raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
         return name
+
+    @field_validator("finetune", mode="before")
+    @classmethod
+    def _finetune_rate(cls, value: object) -> object:
+        """A fine-tuning given as a mapping (a recipe) without a rate gets FINETUNE_LR, not the
+        from-scratch rate that OptimConfig's default is."""
+        if isinstance(value, dict):
+            optim = value.get("optim", {})
+            if isinstance(optim, dict) and "lr" not in optim:
+                return {**value, "optim": {**optim, "lr": FINETUNE_LR}}
+        return value
 
     @model_validator(mode="after")
     def _nas_only_options(self) -> PruneConfig:

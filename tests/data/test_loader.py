@@ -96,11 +96,37 @@ def test_ranks_take_disjoint_equal_shards_of_the_global_order(images):
 
 def test_augmentation_of_a_sample_does_not_depend_on_world_size(images):
     rows = np.arange(2, 22)
-    ((x_all, y_all),) = epoch(row_loader(images, rows, batch_size=20, augment=True), 5)
+    ((x_all, y_all),) = epoch(row_loader(images, rows, batch_size=20, augment=True, augment_draw="sample"), 5)
     for rank in range(2):
-        ld = row_loader(images, rows, batch_size=20, augment=True, rank=rank, world_size=2)
+        ld = row_loader(images, rows, batch_size=20, augment=True, augment_draw="sample", rank=rank, world_size=2)
         ((x, y),) = epoch(ld, 5)
         assert torch.equal(y, y_all[rank::2]) and torch.equal(x, x_all[rank::2])
+
+
+SYMMETRIES = [lambda a, k=k, f=f: np.rot90(a[:, ::-1] if f else a, k) for f in (False, True) for k in range(4)]
+
+
+def symmetries_of(batch_x, images, rows):
+    """For each image of a batch, the dihedral symmetries that map its source image onto it."""
+    pixels = torch.round((batch_x * 0.25 + 0.5) * 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return [{i for i, sym in enumerate(SYMMETRIES) if np.array_equal(sym(images[r]), p)} for r, p in zip(rows, pixels)]
+
+
+def test_batch_draw_moves_each_batch_as_one_and_varies_between_batches(images):
+    rows = np.arange(2, 22)
+    ld = row_loader(images, rows, batch_size=5, augment=True, augment_draw="batch")
+    seen = []
+    for e in range(4):
+        for x, y in epoch(ld, e):
+            common = set.intersection(*symmetries_of(x, images, y.numpy()))
+            assert len(common) == 1, "every image of a batch must share one symmetry"
+            seen.append(common.pop())
+    assert len(set(seen)) >= 4  # 16 batches, one of 8 symmetries each: not one stuck view
+    ld2 = row_loader(images, rows, batch_size=5, augment=True, augment_draw="batch")
+    assert same(epoch(ld2, 3), epoch(ld, 3))  # a resumed epoch sees the same views
+    per_sample = row_loader(images, rows, batch_size=20, augment=True, augment_draw="sample")
+    assert any(len(set.intersection(*symmetries_of(x, images, y.numpy()))) != 1 for e in range(4)
+               for x, y in epoch(per_sample, e))
 
 
 def test_channels_last_and_argument_checks(images):
@@ -110,5 +136,7 @@ def test_channels_last_and_argument_checks(images):
         loader(images, rank=2, world_size=2)
     with pytest.raises(ValueError, match="batch_size"):
         loader(images, batch_size=0)
+    with pytest.raises(ValueError, match="augment_draw"):
+        loader(images, augment_draw="pixel")
     with pytest.raises(ValueError, match="square"):
         loader(np.zeros((4, 8, 6, 3), np.uint8), indices=[0, 1])

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
+from rscompress.config import AugmentDraw, DataConfig
 from rscompress.data.transforms import (
     DihedralParams,
     apply_dihedral,
@@ -29,8 +30,9 @@ class BatchLoader:
     each rank takes every ``world_size``-th position of the epoch's permutation, padded by
     wrapping around so all ranks get the same number of batches (as ``DistributedSampler``);
     the padding repeats a few samples, so evaluate on a single rank for exact metrics.
-    Augmentation is drawn per position of the global permutation, so a sample's view does not
-    depend on ``world_size``.
+    ``augment_draw="sample"`` draws the augmentation per position of the global permutation,
+    so a sample's view does not depend on ``world_size``; ``"batch"`` draws one symmetry per
+    batch (of each rank) and moves the whole batch with it.
     """
 
     def __init__(
@@ -42,6 +44,7 @@ class BatchLoader:
         *,
         shuffle: bool,
         augment: bool,
+        augment_draw: AugmentDraw = DataConfig.model_fields["augment_draw"].default,
         mean: Sequence[float],
         std: Sequence[float],
         seed: int = 0,
@@ -56,6 +59,8 @@ class BatchLoader:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if augment and images.shape[1] != images.shape[2]:
             raise ValueError(f"augmentation needs square images, got {images.shape[1:3]}")
+        if augment_draw not in ("batch", "sample"):
+            raise ValueError(f"augment_draw must be 'batch' or 'sample', got {augment_draw!r}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, {world_size})")
         self._images = images
@@ -66,6 +71,7 @@ class BatchLoader:
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.augment = augment
+        self.augment_draw = augment_draw
         self.mean = tuple(mean)
         self.std = tuple(std)
         self.seed = seed
@@ -88,14 +94,21 @@ class BatchLoader:
         return math.ceil(self.samples_per_rank / self.batch_size)
 
     def _epoch_plan(self) -> tuple[np.ndarray, DihedralParams | None]:
-        """This rank's rows of ``images`` for the epoch, in order, and their augmentation."""
+        """This rank's rows of ``images`` for the epoch, in order, and their augmentation
+        (one entry per row, or per batch with ``augment_draw="batch"``)."""
         n = self._indices.size
         generator = torch.Generator().manual_seed(derived_seed("loader", self.seed, self.epoch))
         order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
-        params = sample_dihedral(n, generator) if self.augment else None
         padded = torch.arange(self.samples_per_rank * self.world_size) % n
         mine = padded[self.rank :: self.world_size]
-        return self._indices[order[mine].numpy()], params[mine] if params is not None else None
+        rows = self._indices[order[mine].numpy()]
+        if not self.augment:
+            return rows, None
+        if self.augment_draw == "batch":
+            # Batch b of rank r takes draw b·world_size + r: every rank's batch its own view.
+            draws = sample_dihedral(len(self) * self.world_size, generator)
+            return rows, draws[torch.arange(len(self)) * self.world_size + self.rank]
+        return rows, sample_dihedral(n, generator)[mine]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         rows, params = self._epoch_plan()
@@ -104,7 +117,8 @@ class BatchLoader:
             batch_rows = rows[batch]
             x = torch.from_numpy(np.asarray(self._images[batch_rows]))
             if params is not None:
-                x = apply_dihedral(x, params[batch])
+                draw = params[batch] if self.augment_draw == "sample" else params[torch.full((len(batch_rows),), b)]
+                x = apply_dihedral(x, draw)
             yield (
                 normalize_batch(x, self.mean, self.std, self.channels_last),
                 self._labels[torch.from_numpy(batch_rows)],

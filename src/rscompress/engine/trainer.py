@@ -39,7 +39,7 @@ from rscompress.engine.device import resolve_device
 from rscompress.engine.distributed import DistInfo, all_mean, all_true, barrier
 from rscompress.engine.metrics import EvalResult, evaluate
 from rscompress.engine.precision import bf16_autocast
-from rscompress.engine.schedule import build_optimizer, lr_factor, set_lr
+from rscompress.engine.schedule import apply_schedule, build_optimizer
 from rscompress.errors import UserError
 from rscompress.io_utils import write_atomic
 from rscompress.seeding import derived_seed
@@ -159,8 +159,7 @@ def fit(
             loss_sum, correct, seen = 0.0, 0, 0
             t0 = time.perf_counter()
             for step, (x, y) in enumerate(train_batches):
-                lr = cfg.optim.lr * lr_factor(epoch + step / steps_per_epoch, cfg.epochs, cfg.optim)
-                set_lr(optimizer, lr)
+                lr = apply_schedule(optimizer, epoch + step / steps_per_epoch, cfg.epochs, cfg.optim)
                 x = x.to(device, memory_format=memory_format, non_blocking=True)
                 y = y.to(device, non_blocking=True)
                 with bf16_autocast(model, cfg.bf16):
