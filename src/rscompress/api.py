@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -206,9 +207,15 @@ def train_loader(data: PreparedData, data_cfg: DataConfig, fit_cfg: FitConfig, d
         data.images, data.labels, data.train_indices, batch_size=fit_cfg.batch_size,
         shuffle=True, augment=data_cfg.augment, augment_draw=data_cfg.augment_draw, mean=data.mean, std=data.std, seed=fit_cfg.seed,
         rank=dist.rank, world_size=dist.world_size,
-        # A ragged last batch is dropped (BN dislikes tiny batches) unless it is the only one.
-        drop_last=len(data.train_indices) >= fit_cfg.batch_size * dist.world_size,
+        # The ragged last batch is kept, as the plain reference loop does (issue 31), unless it
+        # holds one image: BatchNorm cannot train on a single sample of a 1×1 map.
+        drop_last=_last_batch_holds_one(len(data.train_indices), fit_cfg.batch_size, dist.world_size),
     )
+
+
+def _last_batch_holds_one(n_train: int, batch_size: int, world_size: int) -> bool:
+    per_rank = math.ceil(n_train / world_size)
+    return per_rank > batch_size and per_rank % batch_size == 1
 
 
 def _prepare_shared(data_cfg: DataConfig, run: RunDir, quiet: bool, dist: DistInfo) -> PreparedData:

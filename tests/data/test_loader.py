@@ -140,3 +140,16 @@ def test_channels_last_and_argument_checks(images):
         loader(images, augment_draw="pixel")
     with pytest.raises(ValueError, match="square"):
         loader(np.zeros((4, 8, 6, 3), np.uint8), indices=[0, 1])
+
+
+@pytest.mark.parametrize(("n_train", "batch_size", "world_size", "drops"), [
+    (1470, 64, 1, False),  # UC Merced's 70 %: a last batch of 62 is trained on, as the reference does
+    (129, 64, 1, True),  # a last batch of one image would break BatchNorm
+    (1, 64, 1, False),  # the only batch is never dropped
+    (258, 64, 2, True),  # 129 per rank
+    (256, 64, 2, False),
+])
+def test_train_loader_keeps_the_ragged_last_batch_unless_it_holds_one_image(n_train, batch_size, world_size, drops):
+    from rscompress.api import _last_batch_holds_one
+
+    assert _last_batch_holds_one(n_train, batch_size, world_size) is drops
