@@ -69,3 +69,21 @@ def test_weights_strict_and_partial(capsys, tmp_path):
     assert main(["train", "--data", str(data), "--out", str(tmp_path / "b"), *TINY, "--weights", str(other), "--allow-partial"]) == 0
     metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
     assert any("fc.weight" in m for m in metrics["init_weights"]["mismatched"])
+
+
+def test_train_defaults_are_the_recommended_recipe_and_every_recipe_flag_reaches_config(tmp_path):
+    data = make_fake_dataset(tmp_path, name="rsscn7", per_class=5, size=20)
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "d"), *TINY]) == 0
+    config = json.loads((tmp_path / "d" / "config.json").read_text())
+    optim = config["train"]["optim"]
+    assert (optim["schedule"], optim["lr"], optim["nesterov"], optim["pct_start"], optim["cycle_momentum"]) == (
+        "onecycle", 0.1, True, 0.15, True)
+    assert config["train"]["label_smoothing"] == 0.1 and config["data"]["augment_draw"] == "batch"
+    flags = ["--schedule", "cosine", "--warmup-epochs", "2", "--no-nesterov", "--no-cycle-momentum", "--pct-start",
+             "0.3", "--augment-draw", "sample", "--lr", "0.05", "--label-smoothing", "0"]
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "f"), *TINY, *flags]) == 0
+    config = json.loads((tmp_path / "f" / "config.json").read_text())
+    optim = config["train"]["optim"]
+    assert (optim["schedule"], optim["warmup_epochs"], optim["nesterov"], optim["cycle_momentum"], optim["pct_start"],
+            optim["lr"]) == ("cosine", 2, False, False, 0.3, 0.05)
+    assert config["train"]["label_smoothing"] == 0 and config["data"]["augment_draw"] == "sample"

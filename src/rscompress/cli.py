@@ -123,8 +123,8 @@ def train(
         skip_bad=skip_bad,
         cache_dir=cache_dir,
     )
-    optim_cfg = _optim(optimizer, lr, momentum, nesterov, weight_decay, schedule, pct_start, cycle_momentum, milestones, gamma,
-                      warmup_epochs)
+    optim_cfg = _optim(optimizer, lr, momentum, nesterov, weight_decay, schedule, pct_start, cycle_momentum,
+                       milestones, gamma, warmup_epochs)
     train_cfg = _validated(
         TrainConfig,
         model=model,
@@ -213,8 +213,8 @@ def prune(
     from rscompress.config import KDSettings, PruneConfig
 
     fit_cfg = _fit(finetune_epochs, batch_size, seed, label_smoothing, threads,
-                   _optim(optimizer, lr, momentum, nesterov, weight_decay, schedule, pct_start, cycle_momentum, milestones, gamma,
-                      warmup_epochs),
+                   _optim(optimizer, lr, momentum, nesterov, weight_decay, schedule, pct_start, cycle_momentum,
+                          milestones, gamma, warmup_epochs),
                    channels_last=channels_last, bf16=bf16, device=device)
     cfg = _validated(
         PruneConfig, method=method, target_macs=target_macs, target_params=target_params, ratio=ratio,
@@ -249,7 +249,8 @@ def distill(
     epochs: Annotated[int, typer.Option()] = _default(FitConfig, "epochs"),
     batch_size: Annotated[int, typer.Option()] = _default(FitConfig, "batch_size"),
     optimizer: Annotated[str, typer.Option(help="sgd or adamw.")] = _default(OptimConfig, "optimizer"),
-    lr: Annotated[float, typer.Option(help="Peak learning rate (onecycle) or base rate.")] = _default(OptimConfig, "lr"),
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (onecycle) or base rate; default: the training "
+                                                  "rate for a model name, the fine-tuning rate for a run dir.")] = None,
     momentum: Annotated[float, typer.Option(help="SGD momentum when it is not cycled.")] = _default(OptimConfig, "momentum"),
     nesterov: Annotated[bool, typer.Option(help="Nesterov momentum (SGD).")] = _default(OptimConfig, "nesterov"),
     weight_decay: Annotated[float, typer.Option()] = _default(OptimConfig, "weight_decay"),
@@ -273,9 +274,11 @@ def distill(
     from rscompress import api
     from rscompress.config import DistillConfig
 
+    if lr is None:  # a run-dir student is trained already: it is fine-tuned, not trained anew
+        lr = FINETUNE_LR if Path(student).is_dir() else _default(OptimConfig, "lr")
     fit_cfg = _fit(epochs, batch_size, seed, label_smoothing, threads,
-                   _optim(optimizer, lr, momentum, nesterov, weight_decay, schedule, pct_start, cycle_momentum, milestones, gamma,
-                      warmup_epochs),
+                   _optim(optimizer, lr, momentum, nesterov, weight_decay, schedule, pct_start, cycle_momentum,
+                          milestones, gamma, warmup_epochs),
                    channels_last=channels_last, bf16=bf16, device=device)
     cfg = _validated(
         DistillConfig, loss=loss, temperature=temperature, alpha=alpha, beta=beta, kd_weight=kd_weight,
@@ -432,13 +435,11 @@ def demo(
 
 
 def _optim(optimizer, lr, momentum, nesterov, weight_decay, schedule, pct_start, cycle_momentum, milestones, gamma,
-                      warmup_epochs):
-    from rscompress.config import OptimConfig
-
+           warmup_epochs):
     return _validated(
-        OptimConfig, optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay,
-        schedule=schedule, milestones=_int_list(milestones, "--milestones"), gamma=gamma,
-        warmup_epochs=warmup_epochs,
+        OptimConfig, optimizer=optimizer, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+        schedule=schedule, pct_start=pct_start, cycle_momentum=cycle_momentum,
+        milestones=_int_list(milestones, "--milestones"), gamma=gamma, warmup_epochs=warmup_epochs,
     )
 
 

@@ -9,9 +9,11 @@ from rscompress import api
 from rscompress.artifacts import RunDir
 from rscompress.cli import main
 from rscompress.config import (
+    FINETUNE_LR,
     DataConfig,
     DistillConfig,
     FitConfig,
+    OptimConfig,
     PruneConfig,
     TrainConfig,
 )
@@ -77,6 +79,18 @@ def test_cli_distill_in_bf16_channels_last(teacher, tmp_path):
                  "--epochs", "1", "--batch-size", "8", "--bf16", "--channels-last", "--out", str(out), "--quiet"]) == 0
     train = json.loads((out / "config.json").read_text())["train"]
     assert (train["bf16"], train["channels_last"]) == (True, True)
+    assert train["optim"]["lr"] == OptimConfig().lr  # a new student is trained at the training rate
+
+
+def test_cli_distill_into_a_run_dir_fine_tunes_at_the_fine_tuning_rate(teacher, tmp_path):
+    pruned = tmp_path / "pruned"
+    assert main(["prune", str(teacher), "--method", "l1", "--target-macs", "0.3", "--finetune-epochs", "1",
+                 "--batch-size", "8", "--out", str(pruned), "--quiet"]) == 0
+    assert json.loads((pruned / "config.json").read_text())["train"]["optim"]["lr"] == FINETUNE_LR
+    out = tmp_path / "pd"
+    assert main(["distill", "--teacher", str(teacher), "--student", str(pruned), "--epochs", "1", "--batch-size", "8",
+                 "--out", str(out), "--quiet"]) == 0
+    assert json.loads((out / "config.json").read_text())["train"]["optim"]["lr"] == FINETUNE_LR
 
 
 def test_prune_then_distill_from_the_parent(teacher, tmp_path, capsys):
