@@ -76,6 +76,22 @@ def test_tampered_model_fails_parity_with_numbers(tmp_path):
     assert err.value.report.max_abs_diff == pytest.approx(0.5, abs=1e-4)
 
 
+def test_tolerance_grows_with_the_logits_scale(tmp_path):
+    """Float32 rounding is relative: logits of order 1e4 may differ by more than atol, not by
+    more than atol × their scale."""
+    model = make_model("g_ghost_regnetx_tiny")
+    with torch.no_grad():
+        model.fc.weight *= 1e4
+        model.fc.bias.fill_(2e4)
+    path = export_onnx(model, 32, tmp_path / "m.onnx")
+    report = check_parity(model, path, images())
+    assert report.logit_scale > 1e4 and report.ok
+    with torch.no_grad():
+        model.fc.bias[0] += 1e-4 * report.logit_scale * 3  # three tolerances off
+    with pytest.raises(ParityError, match="logit scale"):
+        check_parity(model, path, images())
+
+
 def test_non_finite_logits_are_named_by_side(tmp_path):
     model = make_model("g_ghost_regnetx_tiny")
     path = export_onnx(model, 32, tmp_path / "m.onnx")
@@ -113,7 +129,7 @@ def test_export_run_on_its_test_split(trained_run):
     row = report.to_dict()
     json.dumps(row)
     assert row["size_bytes"] == report.path.stat().st_size
-    assert row["max_abs_diff"] <= 1e-4 and row["top1_agree"] == 1.0 and row["opset"] == 17
+    assert row["max_abs_diff"] <= row["atol"] * row["logit_scale"] and row["top1_agree"] == 1.0 and row["opset"] == 17
     test_files = json.loads(RunDir(run_path).split_path.read_text())["test"]
     assert row["n_images"] == min(64, len(test_files))
     assert row["batch_sizes"] == [1, row["n_images"]]
@@ -136,7 +152,8 @@ def test_export_run_checks_the_logits_of_the_run_on_its_images(trained_run, tmp_
     assert abs(float(imgs.mean())) < 5  # normalised, not raw 0-255 pixels
     out = deploy_onnx.cpu_session(report.path).run(None, {"images": imgs.numpy()})[0]
     with torch.inference_mode():
-        np.testing.assert_allclose(out, model(imgs).numpy(), atol=1e-4)
+        ref = model(imgs).numpy()
+    np.testing.assert_allclose(out, ref, rtol=0, atol=report.parity.atol * max(1.0, float(np.abs(ref).max())))
 
 
 def test_missing_data_folder_is_a_user_error_unless_parity_data(trained_run, tmp_path):
