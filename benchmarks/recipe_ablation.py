@@ -2,12 +2,15 @@
 
     python -m benchmarks.recipe_ablation run --data ../shared/data/ucmerced --model resnet18 --seeds 0 1 2
     python -m benchmarks.recipe_ablation run --data ../shared/data/ucmerced --variant aug-per-sample --seeds 0
+    python -m benchmarks.recipe_ablation prune --data ../shared/data/ucmerced --method l1 --target-macs 0.1
     python -m benchmarks.recipe_ablation table
 
 ``run`` calls the CLI as a user would (``rscompress train --img-size 64 --epochs 60`` plus the
 variant's flags, nothing else) and appends one record per finished seed to
 ``results/recipe.jsonl``; a killed cell resumes from its run dir's checkpoint, a cell with a
-record is skipped. ``table`` writes ``results/recipe_ablation.md`` from those records and the
+record is skipped. ``prune`` prunes the ``default`` parents so made with the default
+fine-tuning (``rscompress prune PARENT --method M --target-macs F``, nothing else) into
+``results/recipe_prune.jsonl``. ``table`` writes ``results/recipe_ablation.md`` from those records and the
 plain loop's (``results/plain_reference.jsonl``, ``benchmarks/plain_reference.py``).
 """
 
@@ -25,6 +28,7 @@ from benchmarks.records import append_record, cpu_name, git_commit, has_record, 
 
 RESULTS = Path("benchmarks/results")
 RECORDS = RESULTS / "recipe.jsonl"
+PRUNE_RECORDS = RESULTS / "recipe_prune.jsonl"
 PLAIN_RECORDS = RESULTS / "plain_reference.jsonl"
 TABLE = RESULTS / "recipe_ablation.md"
 WORK = Path("benchmarks/work/recipe")
@@ -42,23 +46,32 @@ VARIANTS: dict[str, list[str]] = {
 IMG_SIZE, EPOCHS = 64, 60
 
 
-def run_cell(data: Path, model: str, variant: str, seed: int, threads: int) -> None:
-    dataset = data.resolve().name
-    key = {"dataset": dataset, "model": model, "variant": variant, "seed": seed, "epochs": EPOCHS, "img_size": IMG_SIZE}
-    if has_record(RECORDS, key):
-        print(f"{dataset} {model} {variant} seed {seed}: has a record")
-        return
-    out = WORK / f"{dataset}-{model}-{variant}-s{seed}"
-    command = ["rscompress", "train", "--data", str(data), "--model", model, "--img-size", str(IMG_SIZE),
-               "--epochs", str(EPOCHS), "--seed", str(seed), "--split-seed", str(seed), *VARIANTS[variant],
-               "--threads", str(threads), "--out", str(out), "--quiet", "--json"]
+def _parent_dir(dataset: str, model: str, variant: str, seed: int) -> Path:
+    return WORK / f"{dataset}-{model}-{variant}-s{seed}"
+
+
+def _rscompress(command: list[str], out: Path) -> dict:
+    """Run ``command`` (an rscompress CLI line) into ``out``, resuming a killed run; its metrics."""
     argv = [str(Path(sys.executable).with_name("rscompress")), *command[1:]]
     if (out / "checkpoint").is_dir():
         argv.append("--resume")
     done = subprocess.run(argv, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed ({done.returncode}): {done.stderr.strip()}")
-    metrics = json.loads((out / "metrics.json").read_text())
+    return json.loads((out / "metrics.json").read_text())
+
+
+def run_cell(data: Path, model: str, variant: str, seed: int, threads: int) -> None:
+    dataset = data.resolve().name
+    key = {"dataset": dataset, "model": model, "variant": variant, "seed": seed, "epochs": EPOCHS, "img_size": IMG_SIZE}
+    if has_record(RECORDS, key):
+        print(f"{dataset} {model} {variant} seed {seed}: has a record")
+        return
+    out = _parent_dir(dataset, model, variant, seed)
+    command = ["rscompress", "train", "--data", str(data), "--model", model, "--img-size", str(IMG_SIZE),
+               "--epochs", str(EPOCHS), "--seed", str(seed), "--split-seed", str(seed), *VARIANTS[variant],
+               "--threads", str(threads), "--out", str(out), "--quiet", "--json"]
+    metrics = _rscompress(command, out)
     append_record(RECORDS, {
         "source": "rscompress", **key, "split_seed": seed,
         "val_top1": metrics["val"]["top1"], "top1": metrics["top1"], "best_epoch": metrics["best_epoch"],
@@ -66,6 +79,29 @@ def run_cell(data: Path, model: str, variant: str, seed: int, threads: int) -> N
         "cpu": cpu_name(), "commit": git_commit(), "command": " ".join(command),
     })
     print(f"{dataset} {model} {variant} seed {seed}: val {metrics['val']['top1']:.4f} test {metrics['top1']:.4f}")
+
+
+def prune_cell(data: Path, model: str, method: str, target_macs: float, seed: int, threads: int) -> None:
+    dataset = data.resolve().name
+    key = {"dataset": dataset, "model": model, "method": method, "target_macs": target_macs, "seed": seed}
+    if has_record(PRUNE_RECORDS, key):
+        print(f"{dataset} {model} {method} {target_macs} seed {seed}: has a record")
+        return
+    parent = _parent_dir(dataset, model, "default", seed)
+    if not (parent / "metrics.json").is_file():
+        raise SystemExit(f"no finished parent at {parent}: run `run --model {model} --seeds {seed}` first")
+    out = WORK / f"{parent.name}-{method}-{target_macs:g}"
+    command = ["rscompress", "prune", str(parent), "--method", method, "--target-macs", str(target_macs),
+               "--threads", str(threads), "--out", str(out), "--quiet", "--json"]
+    metrics = _rscompress(command, out)
+    append_record(PRUNE_RECORDS, {
+        "source": "rscompress", **key, "macs_kept": metrics["macs_kept"], "params_kept": metrics["params_kept"],
+        "val_top1": metrics["val"]["top1"], "top1": metrics["top1"], "parent_top1": metrics["parent_top1"],
+        "finetune_epochs": metrics["epochs"], "threads": threads, "cpu": cpu_name(), "commit": git_commit(),
+        "command": " ".join(command),
+    })
+    print(f"{dataset} {model} {method} {target_macs} seed {seed}: test {metrics['top1']:.4f} "
+          f"(parent {metrics['parent_top1']:.4f})")
 
 
 def _mean_std(values: list[float]) -> str:
@@ -107,6 +143,25 @@ def write_table() -> Path:
             f"{_mean_std([by_seed[s]['val_top1'] for s in seeds])} | {delta} | "
             f"{_mean_std([by_seed[s]['top1'] for s in seeds])} |"
         )
+    pruned: dict[tuple, list[dict]] = defaultdict(list)
+    for record in read_records(PRUNE_RECORDS):
+        pruned[(record["dataset"], record["model"], record["method"], record["target_macs"])].append(record)
+    if pruned:
+        lines += [
+            "",
+            "## Pruned from the `default` parents, fine-tuned with `rscompress prune`'s defaults",
+            "",
+            "| dataset | model | method | target MACs | seeds | MACs kept | val top-1 | test top-1 | parents' test top-1 |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for (dataset, model, method, target), records in sorted(pruned.items()):
+            records.sort(key=lambda r: r["seed"])
+            lines.append(
+                f"| {dataset} | {model} | {method} | {100 * target:g} % | {','.join(str(r['seed']) for r in records)} | "
+                f"{100 * statistics.mean(r['macs_kept'] for r in records):.2f} % | "
+                f"{_mean_std([r['val_top1'] for r in records])} | {_mean_std([r['top1'] for r in records])} | "
+                f"{_mean_std([r['parent_top1'] for r in records])} |"
+            )
     TABLE.write_text("\n".join(lines) + "\n")
     return TABLE
 
@@ -120,14 +175,24 @@ def main() -> None:
     run.add_argument("--variant", choices=sorted(VARIANTS), default="default")
     run.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     run.add_argument("--threads", type=int, default=2)
+    prune = sub.add_parser("prune", help="prune the default parents with the default fine-tuning")
+    prune.add_argument("--data", type=Path, required=True, help="the parents' dataset root")
+    prune.add_argument("--model", default="resnet18")
+    prune.add_argument("--method", default="l1")
+    prune.add_argument("--target-macs", type=float, default=0.1)
+    prune.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    prune.add_argument("--threads", type=int, default=2)
     sub.add_parser("table", help=f"write {TABLE}")
     args = parser.parse_args()
-    if args.verb == "run":
+    if args.verb in ("run", "prune"):
         if not args.data.is_dir():
             parser.error(f"--data {args.data} is not a folder")
         git_commit()  # the records name the code this process started with
         for seed in args.seeds:
-            run_cell(args.data, args.model, args.variant, seed, args.threads)
+            if args.verb == "run":
+                run_cell(args.data, args.model, args.variant, seed, args.threads)
+            else:
+                prune_cell(args.data, args.model, args.method, args.target_macs, seed, args.threads)
     print(f"wrote {write_table()}")
 
 
