@@ -36,12 +36,14 @@ WORK = Path("benchmarks/work/recipe")
 # Flags on top of `rscompress train --img-size 64 --epochs 60`; "default" adds none.
 VARIANTS: dict[str, list[str]] = {
     "default": [],
-    # The suite's parent recipe before issue 31 (drop_last as then: it is not a flag).
-    "before-issue-31": ["--schedule", "cosine", "--warmup-epochs", "2", "--no-nesterov", "--augment-draw", "sample"],
+    # The suite's parent recipe before issue 31.
+    "before-issue-31": ["--schedule", "cosine", "--warmup-epochs", "2", "--no-nesterov", "--augment-draw", "sample",
+                        "--drop-last"],
     "cosine-warmup2": ["--schedule", "cosine", "--warmup-epochs", "2"],
     "no-nesterov": ["--no-nesterov"],
     "no-cycle-momentum": ["--no-cycle-momentum"],
     "aug-per-sample": ["--augment-draw", "sample"],
+    "drop-last": ["--drop-last"],
 }
 IMG_SIZE, EPOCHS = 64, 60
 

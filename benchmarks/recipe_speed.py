@@ -2,8 +2,9 @@
 
     python -m benchmarks.recipe_speed [--img-size 64] [--rounds 5] [--steps 8] [--threads 2]
 
-"before": cosine with warm-up, plain momentum, one augmentation draw per image; "after": the
-defaults (OneCycle with cycled momentum, nesterov, one draw per batch). Both run the fit loop's
+"before": the suite's parent recipe until then (cosine with warm-up, plain momentum, one
+augmentation draw per image, the ragged last batch dropped); "after": the defaults (OneCycle
+with cycled momentum, nesterov, one draw per batch, the ragged batch kept). Both run the fit loop's
 own pieces (``BatchLoader``, ``build_optimizer``, ``apply_schedule``) on the bundled sample
 with the same model; the two alternate in rounds so machine noise hits both alike. Writes
 benchmarks/results/recipe_speed.json.
@@ -28,9 +29,9 @@ from rscompress.engine.schedule import apply_schedule, build_optimizer
 from rscompress.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = {
-    "before": (OptimConfig(schedule="cosine", warmup_epochs=2, nesterov=False), "sample"),
-    "after": (OptimConfig(), "batch"),
+RECIPES = {  # optimiser, augmentation draw, drop_last
+    "before": (OptimConfig(schedule="cosine", warmup_epochs=2, nesterov=False), "sample", True),
+    "after": (OptimConfig(), "batch", False),
 }
 
 
@@ -57,11 +58,12 @@ def main() -> None:
             epoch += 1
 
     state = {}
-    for name, (optim_cfg, draw) in RECIPES.items():
+    for name, (optim_cfg, draw, drop_last) in RECIPES.items():
         torch.manual_seed(0)
         model = create_model(args.model, len(data.class_names))
         loader = BatchLoader(data.images, data.labels, data.train_indices, batch_size=args.batch_size, shuffle=True,
-                             augment=True, augment_draw=draw, mean=data.mean, std=data.std, seed=0)
+                             augment=True, augment_draw=draw, mean=data.mean, std=data.std, seed=0,
+                             drop_last=drop_last)
         state[name] = (model, build_optimizer(model.parameters(), optim_cfg), optim_cfg, feed(loader))
 
     def steps(name: str, n: int) -> float:

@@ -87,3 +87,16 @@ def test_train_defaults_are_the_recommended_recipe_and_every_recipe_flag_reaches
     assert (optim["schedule"], optim["warmup_epochs"], optim["nesterov"], optim["cycle_momentum"], optim["pct_start"],
             optim["lr"]) == ("cosine", 2, False, False, 0.3, 0.05)
     assert config["train"]["label_smoothing"] == 0 and config["data"]["augment_draw"] == "sample"
+
+
+def test_prune_fine_tuning_flags_reach_config(tmp_path):
+    data = make_fake_dataset(tmp_path, name="rsscn7", per_class=5, size=20)
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "p"), *TINY]) == 0
+    flags = ["--schedule", "cosine", "--no-nesterov", "--no-cycle-momentum", "--pct-start", "0.3", "--drop-last",
+             "--label-smoothing", "0"]
+    assert main(["prune", str(tmp_path / "p"), "--method", "l1", "--target-macs", "0.5", "--finetune-epochs", "1",
+                 "--batch-size", "8", "--quiet", "--out", str(tmp_path / "c"), *flags]) == 0
+    train = json.loads((tmp_path / "c" / "config.json").read_text())["train"]
+    assert (train["optim"]["schedule"], train["optim"]["nesterov"], train["optim"]["cycle_momentum"],
+            train["optim"]["pct_start"], train["drop_last"], train["label_smoothing"]) == ("cosine", False, False, 0.3,
+                                                                                         True, 0)

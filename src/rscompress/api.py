@@ -207,15 +207,17 @@ def train_loader(data: PreparedData, data_cfg: DataConfig, fit_cfg: FitConfig, d
         data.images, data.labels, data.train_indices, batch_size=fit_cfg.batch_size,
         shuffle=True, augment=data_cfg.augment, augment_draw=data_cfg.augment_draw, mean=data.mean, std=data.std, seed=fit_cfg.seed,
         rank=dist.rank, world_size=dist.world_size,
-        # The ragged last batch is kept, as the plain reference loop does (issue 31), unless it
-        # holds one image: BatchNorm cannot train on a single sample of a 1×1 map.
-        drop_last=_last_batch_holds_one(len(data.train_indices), fit_cfg.batch_size, dist.world_size),
+        drop_last=drops_ragged_batch(len(data.train_indices), fit_cfg.batch_size, dist.world_size, fit_cfg.drop_last),
     )
 
 
-def _last_batch_holds_one(n_train: int, batch_size: int, world_size: int) -> bool:
+def drops_ragged_batch(n_train: int, batch_size: int, world_size: int, drop_last: bool) -> bool:
+    """Whether an epoch leaves out its ragged last batch: when asked to, or when it would hold
+    one image (BatchNorm cannot train on a single sample of a 1×1 map); never the only batch."""
     per_rank = math.ceil(n_train / world_size)
-    return per_rank > batch_size and per_rank % batch_size == 1
+    if per_rank <= batch_size:
+        return False
+    return drop_last or per_rank % batch_size == 1
 
 
 def _prepare_shared(data_cfg: DataConfig, run: RunDir, quiet: bool, dist: DistInfo) -> PreparedData:
@@ -534,6 +536,7 @@ def distill(
     data and split, guided by the frozen teacher's logits. ``reuse_finished``: as in ``train``."""
     from rscompress.distill.objective import freeze, teacher_loss_fn
 
+    cfg = _fine_tuning_rate_for_a_trained_student(student, cfg)
     device = resolve_device(cfg.fit.device)
     teacher_run, teacher, teacher_cfg, teacher_metrics = _open_source(teacher_path, cfg.fit.threads)
     run = RunDir(out)
@@ -581,6 +584,15 @@ def _cache_counts(teacher: torch.nn.Module) -> dict[str, Any]:
     return {"teacher_cache_this_process": teacher.counts} if isinstance(teacher, CachedTeacher) else {}
 
 
+def _fine_tuning_rate_for_a_trained_student(student: str, cfg: DistillConfig) -> DistillConfig:
+    """A run-dir student is trained already: given no rate, it is fine-tuned at FINETUNE_LR
+    instead of trained at the from-scratch rate."""
+    if not Path(student).is_dir() or "lr" in cfg.fit.optim.model_fields_set:
+        return cfg
+    optim = cfg.fit.optim.model_copy(update={"lr": FINETUNE_LR})
+    return cfg.model_copy(update={"fit": cfg.fit.model_copy(update={"optim": optim})})
+
+
 def _student(student: str, teacher_cfg: RunConfig, cfg: DistillConfig) -> tuple[torch.nn.Module, RunConfig]:
     """The student model and its run config: a run dir (weights kept) or a fresh registry model."""
     if Path(student).is_dir():
@@ -625,9 +637,9 @@ def demo(out: Path, quiet: bool = False) -> tuple[dict[str, Any], Path]:
     from rscompress.recipe import Recipe, run_steps
     from rscompress.report.report import build_report
 
-    # The recommended recipe (config.py's defaults: SGD + nesterov under OneCycle, label
-    # smoothing 0.1), at the fine-tuning rate for the pruned model.
-    tune = {"epochs": DEMO_FINETUNE_EPOCHS, "optim": {"lr": FINETUNE_LR}}
+    # The recommended recipe: config.py's defaults (SGD + nesterov under OneCycle, label
+    # smoothing 0.1), fine-tuning at FINETUNE_LR.
+    tune = {"epochs": DEMO_FINETUNE_EPOCHS}
     recipe = Recipe.model_validate({
         "out": out,
         "steps": [

@@ -78,7 +78,11 @@ _RESUMABLE_WITH_OTHER = frozenset({"train.threads", "train.device", "data.cache_
 # Settings added after run dirs (and NAS search checkpoints) were already being written, with
 # the value every run made before then had: a saved setting without the key had that value.
 _ADDED_LATER = {"method_params.gate_without_bn": False, "nas_search.gate_without_bn": False,
-                "method_params.sparse_lr": None, "method_params.sparse_rate": None}
+                "method_params.sparse_lr": None, "method_params.sparse_rate": None,
+                # issue 31's recipe options; runs before it trained without nesterov, with one
+                # augmentation draw per image and without the ragged last batch.
+                "train.optim.nesterov": False, "train.optim.pct_start": 0.15, "train.optim.cycle_momentum": True,
+                "train.drop_last": True, "data.augment_draw": "sample"}
 # Settings removed since; a saved one is not compared. sparse_strength (L1RR's starting λ)
 # gave way to sparse_rate; a sparse-training phase saved with it has its own settings check
 # (l1rr.sparse_train), which refuses to continue it under the new meaning.

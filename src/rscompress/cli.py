@@ -84,6 +84,7 @@ def train(
     gamma: Annotated[float, typer.Option(help="Step schedule factor.")] = _default(OptimConfig, "gamma"),
     warmup_epochs: Annotated[int, typer.Option(help="Linear lr warm-up (cosine, step, constant).")] = _default(OptimConfig, "warmup_epochs"),
     label_smoothing: Annotated[float, typer.Option()] = _default(FitConfig, "label_smoothing"),
+    drop_last: Annotated[bool, typer.Option(help="Leave out each epoch's ragged last batch (kept by default).")] = _default(FitConfig, "drop_last"),
     channels_last: Annotated[bool, typer.Option(help="Use channels_last memory format.")] = False,
     bf16: Annotated[bool, typer.Option(help="bfloat16 autocast.")] = False,
     small_input: Annotated[bool, typer.Option(help="Stem for 32-64 px inputs (less downsampling).")] = False,
@@ -133,6 +134,7 @@ def train(
         seed=seed,
         optim=optim_cfg,
         label_smoothing=label_smoothing,
+        drop_last=drop_last,
         channels_last=channels_last,
         bf16=bf16,
         small_input=small_input,
@@ -191,6 +193,7 @@ def prune(
     gamma: Annotated[float, typer.Option(help="Step schedule factor.")] = _default(OptimConfig, "gamma"),
     warmup_epochs: Annotated[int, typer.Option(help="Linear lr warm-up (cosine, step, constant).")] = _default(OptimConfig, "warmup_epochs"),
     label_smoothing: Annotated[float, typer.Option()] = _default(FitConfig, "label_smoothing"),
+    drop_last: Annotated[bool, typer.Option(help="Leave out each epoch's ragged last batch (kept by default).")] = _default(FitConfig, "drop_last"),
     seed: Annotated[int, typer.Option()] = 0,
     threads: Annotated[int | None, typer.Option()] = None,
     channels_last: Annotated[bool, typer.Option(help="channels_last memory in fine-tuning, NAS search and sparse training.")] = False,
@@ -212,7 +215,7 @@ def prune(
     from rscompress import api
     from rscompress.config import KDSettings, PruneConfig
 
-    fit_cfg = _fit(finetune_epochs, batch_size, seed, label_smoothing, threads,
+    fit_cfg = _fit(finetune_epochs, batch_size, seed, label_smoothing, drop_last, threads,
                    _optim(optimizer, lr, momentum, nesterov, weight_decay, schedule, pct_start, cycle_momentum,
                           milestones, gamma, warmup_epochs),
                    channels_last=channels_last, bf16=bf16, device=device)
@@ -261,6 +264,7 @@ def distill(
     gamma: Annotated[float, typer.Option(help="Step schedule factor.")] = _default(OptimConfig, "gamma"),
     warmup_epochs: Annotated[int, typer.Option(help="Linear lr warm-up (cosine, step, constant).")] = _default(OptimConfig, "warmup_epochs"),
     label_smoothing: Annotated[float, typer.Option()] = _default(FitConfig, "label_smoothing"),
+    drop_last: Annotated[bool, typer.Option(help="Leave out each epoch's ragged last batch (kept by default).")] = _default(FitConfig, "drop_last"),
     seed: Annotated[int, typer.Option()] = 0,
     threads: Annotated[int | None, typer.Option()] = None,
     channels_last: Annotated[bool, typer.Option(help="Use channels_last memory format.")] = False,
@@ -274,9 +278,7 @@ def distill(
     from rscompress import api
     from rscompress.config import DistillConfig
 
-    if lr is None:  # a run-dir student is trained already: it is fine-tuned, not trained anew
-        lr = FINETUNE_LR if Path(student).is_dir() else _default(OptimConfig, "lr")
-    fit_cfg = _fit(epochs, batch_size, seed, label_smoothing, threads,
+    fit_cfg = _fit(epochs, batch_size, seed, label_smoothing, drop_last, threads,
                    _optim(optimizer, lr, momentum, nesterov, weight_decay, schedule, pct_start, cycle_momentum,
                           milestones, gamma, warmup_epochs),
                    channels_last=channels_last, bf16=bf16, device=device)
@@ -436,17 +438,19 @@ def demo(
 
 def _optim(optimizer, lr, momentum, nesterov, weight_decay, schedule, pct_start, cycle_momentum, milestones, gamma,
            warmup_epochs):
+    # An lr left unset (None) stays unset: the API picks it (distill: by the kind of student).
+    rate = {} if lr is None else {"lr": lr}
     return _validated(
-        OptimConfig, optimizer=optimizer, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+        OptimConfig, optimizer=optimizer, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
         schedule=schedule, pct_start=pct_start, cycle_momentum=cycle_momentum,
-        milestones=_int_list(milestones, "--milestones"), gamma=gamma, warmup_epochs=warmup_epochs,
+        milestones=_int_list(milestones, "--milestones"), gamma=gamma, warmup_epochs=warmup_epochs, **rate,
     )
 
 
-def _fit(epochs, batch_size, seed, label_smoothing, threads, optim, *, channels_last, bf16, device):
+def _fit(epochs, batch_size, seed, label_smoothing, drop_last, threads, optim, *, channels_last, bf16, device):
     return _validated(
-        FitConfig, epochs=epochs, batch_size=batch_size, seed=seed, optim=optim,
-        label_smoothing=label_smoothing, threads=threads, channels_last=channels_last, bf16=bf16, device=device,
+        FitConfig, epochs=epochs, batch_size=batch_size, seed=seed, optim=optim, label_smoothing=label_smoothing,
+        drop_last=drop_last, threads=threads, channels_last=channels_last, bf16=bf16, device=device,
     )
 
 

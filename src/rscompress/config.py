@@ -81,8 +81,10 @@ class OptimConfig(StrictModel):
     def _schedule_options(self) -> OptimConfig:
         if self.schedule == "onecycle" and self.warmup_epochs:
             raise ValueError("onecycle warms up by itself (--pct-start); --warmup-epochs is for cosine/step/constant")
-        # torch's SGD refuses nesterov without momentum (AdamW ignores both options).
-        if self.optimizer == "sgd" and self.nesterov and self.momentum == 0:
+        # torch's SGD refuses nesterov without momentum (AdamW ignores both options); cycled,
+        # the momentum is never the configured one.
+        cycled = self.schedule == "onecycle" and self.cycle_momentum
+        if self.optimizer == "sgd" and self.nesterov and self.momentum == 0 and not cycled:
             raise ValueError("nesterov needs momentum > 0 (give --no-nesterov)")
         return self
 
@@ -95,6 +97,9 @@ class FitConfig(StrictModel):
     seed: int = 0
     optim: OptimConfig = OptimConfig()
     label_smoothing: float = Field(0.1, ge=0, lt=1)
+    # Drop the ragged last batch of an epoch. Off, it is trained on as the plain reference
+    # loop does, unless it holds a single image (BatchNorm cannot train on one sample).
+    drop_last: bool = False
     channels_last: bool = False
     bf16: bool = False
     threads: int | None = Field(None, gt=0)

@@ -142,14 +142,32 @@ def test_channels_last_and_argument_checks(images):
         loader(np.zeros((4, 8, 6, 3), np.uint8), indices=[0, 1])
 
 
-@pytest.mark.parametrize(("n_train", "batch_size", "world_size", "drops"), [
-    (1470, 64, 1, False),  # UC Merced's 70 %: a last batch of 62 is trained on, as the reference does
-    (129, 64, 1, True),  # a last batch of one image would break BatchNorm
-    (1, 64, 1, False),  # the only batch is never dropped
-    (258, 64, 2, True),  # 129 per rank
-    (256, 64, 2, False),
+@pytest.mark.parametrize(("n_train", "batch_size", "world_size", "drop_last", "drops"), [
+    (1470, 64, 1, False, False),  # UC Merced's 70 %: a last batch of 62 is trained on, as the reference does
+    (1470, 64, 1, True, True),
+    (129, 64, 1, False, True),  # a last batch of one image would break BatchNorm
+    (1, 64, 1, False, False),  # the only batch is never dropped
+    (40, 64, 1, True, False),
+    (258, 64, 2, False, True),  # 129 per rank
+    (256, 64, 2, False, False),
 ])
-def test_train_loader_keeps_the_ragged_last_batch_unless_it_holds_one_image(n_train, batch_size, world_size, drops):
-    from rscompress.api import _last_batch_holds_one
+def test_the_ragged_last_batch_is_kept_unless_asked_or_it_holds_one_image(n_train, batch_size, world_size, drop_last,
+                                                                          drops):
+    from rscompress.api import drops_ragged_batch
 
-    assert _last_batch_holds_one(n_train, batch_size, world_size) is drops
+    assert drops_ragged_batch(n_train, batch_size, world_size, drop_last) is drops
+
+
+def test_batch_draw_across_ranks_moves_each_ranks_batch_as_one_and_resumes_alike(images):
+    rows = np.arange(2, 22)
+    views = []
+    for rank in range(2):
+        ld = row_loader(images, rows, batch_size=5, augment=True, augment_draw="batch", rank=rank, world_size=2)
+        batches = epoch(ld, 6)
+        assert same(batches, epoch(row_loader(images, rows, batch_size=5, augment=True, augment_draw="batch",
+                                              rank=rank, world_size=2), 6))
+        for x, y in batches:
+            common = set.intersection(*symmetries_of(x, images, y.numpy()))
+            assert len(common) == 1
+            views.append(common.pop())
+    assert len(views) == 4

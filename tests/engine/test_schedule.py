@@ -82,5 +82,8 @@ def test_contradictory_schedule_options_are_refused():
     with pytest.raises(ValidationError, match="pct-start"):
         OptimConfig(schedule="onecycle", warmup_epochs=2)
     with pytest.raises(ValidationError, match="no-nesterov"):
-        OptimConfig(momentum=0.0)
-    assert not OptimConfig(momentum=0.0, nesterov=False).nesterov
+        OptimConfig(schedule="cosine", momentum=0.0)
+    assert not OptimConfig(schedule="cosine", momentum=0.0, nesterov=False).nesterov
+    # Cycled, the configured momentum is never used: the optimiser starts at the cycle's 0.95.
+    cycled = OptimConfig(momentum=0.0)
+    assert build_optimizer(torch.nn.Linear(1, 1).parameters(), cycled).param_groups[0]["momentum"] == 0.95

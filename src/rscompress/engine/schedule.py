@@ -27,7 +27,7 @@ def _cos_between(start: float, end: float, done: float) -> float:
 
 def _onecycle_phase(progress: float, epochs: int, cfg: OptimConfig) -> tuple[bool, float]:
     """(still rising?, fraction of that phase done) at ``progress`` epochs of ``epochs``."""
-    done = progress / max(epochs, 1e-9)
+    done = progress / epochs
     if done < cfg.pct_start:
         return True, done / cfg.pct_start
     return False, (done - cfg.pct_start) / (1.0 - cfg.pct_start)
@@ -62,8 +62,9 @@ def cycled_momentum(progress: float, epochs: int, cfg: OptimConfig) -> float | N
 
 def build_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                               nesterov=cfg.nesterov)
+        momentum = cycled_momentum(0.0, 1, cfg)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum if momentum is None else momentum,
+                               weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
