@@ -46,6 +46,9 @@ VARIANTS: dict[str, list[str]] = {
     "drop-last": ["--drop-last"],
 }
 IMG_SIZE, EPOCHS = 64, 60
+# Flags on top of `rscompress prune PARENT --method M --target-macs F`: the fine-tuning's peak
+# rate against FINETUNE_LR, chosen on val.
+PRUNE_VARIANTS: dict[str, list[str]] = {"default": [], "ft-lr0.05": ["--lr", "0.05"], "ft-lr0.1": ["--lr", "0.1"]}
 
 
 def _parent_dir(dataset: str, model: str, variant: str, seed: int) -> Path:
@@ -83,18 +86,20 @@ def run_cell(data: Path, model: str, variant: str, seed: int, threads: int) -> N
     print(f"{dataset} {model} {variant} seed {seed}: val {metrics['val']['top1']:.4f} test {metrics['top1']:.4f}")
 
 
-def prune_cell(data: Path, model: str, method: str, target_macs: float, seed: int, threads: int) -> None:
+def prune_cell(data: Path, model: str, method: str, target_macs: float, variant: str, seed: int, threads: int) -> None:
     dataset = data.resolve().name
-    key = {"dataset": dataset, "model": model, "method": method, "target_macs": target_macs, "seed": seed}
+    key = {"dataset": dataset, "model": model, "method": method, "target_macs": target_macs, "variant": variant,
+           "seed": seed}
     if has_record(PRUNE_RECORDS, key):
-        print(f"{dataset} {model} {method} {target_macs} seed {seed}: has a record")
+        print(f"{dataset} {model} {method} {target_macs} {variant} seed {seed}: has a record")
         return
     parent = _parent_dir(dataset, model, "default", seed)
     if not (parent / "metrics.json").is_file():
         raise SystemExit(f"no finished parent at {parent}: run `run --model {model} --seeds {seed}` first")
-    out = WORK / f"{parent.name}-{method}-{target_macs:g}"
+    out = WORK / f"{parent.name}-{method}-{target_macs:g}" if variant == "default" else \
+        WORK / f"{parent.name}-{method}-{target_macs:g}-{variant}"
     command = ["rscompress", "prune", str(parent), "--method", method, "--target-macs", str(target_macs),
-               "--threads", str(threads), "--out", str(out), "--quiet", "--json"]
+               *PRUNE_VARIANTS[variant], "--threads", str(threads), "--out", str(out), "--quiet", "--json"]
     metrics = _rscompress(command, out)
     append_record(PRUNE_RECORDS, {
         "source": "rscompress", **key, "macs_kept": metrics["macs_kept"], "params_kept": metrics["params_kept"],
@@ -102,7 +107,8 @@ def prune_cell(data: Path, model: str, method: str, target_macs: float, seed: in
         "finetune_epochs": metrics["epochs"], "threads": threads, "cpu": cpu_name(), "commit": git_commit(),
         "command": " ".join(command),
     })
-    print(f"{dataset} {model} {method} {target_macs} seed {seed}: test {metrics['top1']:.4f} "
+    print(f"{dataset} {model} {method} {target_macs} {variant} seed {seed}: val {metrics['val']['top1']:.4f} "
+          f"test {metrics['top1']:.4f} "
           f"(parent {metrics['parent_top1']:.4f})")
 
 
@@ -147,19 +153,22 @@ def write_table() -> Path:
         )
     pruned: dict[tuple, list[dict]] = defaultdict(list)
     for record in read_records(PRUNE_RECORDS):
-        pruned[(record["dataset"], record["model"], record["method"], record["target_macs"])].append(record)
+        pruned[(record["dataset"], record["model"], record["method"], record["target_macs"],
+                 record["variant"])].append(record)
     if pruned:
         lines += [
             "",
-            "## Pruned from the `default` parents, fine-tuned with `rscompress prune`'s defaults",
+            "## Pruned from the `default` parents by `rscompress prune` (fine-tuning: `default` = its defaults, else the peak rate named)",
             "",
-            "| dataset | model | method | target MACs | seeds | MACs kept | val top-1 | test top-1 | parents' test top-1 |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| dataset | model | method | target MACs | fine-tuning | seeds | MACs kept | val top-1 | test top-1 | "
+            "parents' test top-1 |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for (dataset, model, method, target), records in sorted(pruned.items()):
+        for (dataset, model, method, target, variant), records in sorted(pruned.items()):
             records.sort(key=lambda r: r["seed"])
             lines.append(
-                f"| {dataset} | {model} | {method} | {100 * target:g} % | {','.join(str(r['seed']) for r in records)} | "
+                f"| {dataset} | {model} | {method} | {100 * target:g} % | {variant} | "
+                f"{','.join(str(r['seed']) for r in records)} | "
                 f"{100 * statistics.mean(r['macs_kept'] for r in records):.2f} % | "
                 f"{_mean_std([r['val_top1'] for r in records])} | {_mean_std([r['top1'] for r in records])} | "
                 f"{_mean_std([r['parent_top1'] for r in records])} |"
@@ -182,6 +191,7 @@ def main() -> None:
     prune.add_argument("--model", default="resnet18")
     prune.add_argument("--method", default="l1")
     prune.add_argument("--target-macs", type=float, default=0.1)
+    prune.add_argument("--variant", choices=sorted(PRUNE_VARIANTS), default="default")
     prune.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     prune.add_argument("--threads", type=int, default=2)
     sub.add_parser("table", help=f"write {TABLE}")
@@ -194,7 +204,7 @@ def main() -> None:
             if args.verb == "run":
                 run_cell(args.data, args.model, args.variant, seed, args.threads)
             else:
-                prune_cell(args.data, args.model, args.method, args.target_macs, seed, args.threads)
+                prune_cell(args.data, args.model, args.method, args.target_macs, args.variant, seed, args.threads)
     print(f"wrote {write_table()}")
 
 
