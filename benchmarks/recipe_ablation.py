@@ -158,7 +158,9 @@ def write_table() -> Path:
     if pruned:
         lines += [
             "",
-            "## Pruned from the `default` parents by `rscompress prune` (fine-tuning: `default` = its defaults, else the peak rate named)",
+            "## Pruned from the `default` parents by `rscompress prune`",
+            "",
+            "Fine-tuning: `default` = `rscompress prune`'s defaults, else the peak rate named.",
             "",
             "| dataset | model | method | target MACs | fine-tuning | seeds | MACs kept | val top-1 | test top-1 | "
             "parents' test top-1 |",

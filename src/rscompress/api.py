@@ -205,8 +205,8 @@ def train_loader(data: PreparedData, data_cfg: DataConfig, fit_cfg: FitConfig, d
     """The shuffled, augmented train batches every training step uses (benchmarks reuse it)."""
     return BatchLoader(
         data.images, data.labels, data.train_indices, batch_size=fit_cfg.batch_size,
-        shuffle=True, augment=data_cfg.augment, augment_draw=data_cfg.augment_draw, mean=data.mean, std=data.std, seed=fit_cfg.seed,
-        rank=dist.rank, world_size=dist.world_size,
+        shuffle=True, augment=data_cfg.augment, augment_draw=data_cfg.augment_draw, mean=data.mean, std=data.std,
+        seed=fit_cfg.seed, rank=dist.rank, world_size=dist.world_size,
         drop_last=drops_ragged_batch(len(data.train_indices), fit_cfg.batch_size, dist.world_size, fit_cfg.drop_last),
     )
 

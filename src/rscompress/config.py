@@ -36,7 +36,8 @@ class DataConfig(StrictModel):
     split_seed: int = 0
     augment: bool = True
     # One flip/flip/quarter-turn draw moves a whole batch ("batch") or each image its own
-    # ("sample"); benchmarks/results/recipe_ablation.md has the measurement behind the default.
+    # ("sample"). Level on val over 3 seeds (benchmarks/results/recipe_ablation.md); "batch" is
+    # the plain reference's, and one copy a batch instead of up to eight.
     augment_draw: AugmentDraw = "batch"
     skip_bad: bool = False
     cache_dir: Path | None = None  # default: ~/.cache/rscompress (or $RSCOMPRESS_CACHE)
@@ -54,8 +55,9 @@ class DataConfig(StrictModel):
         return self
 
 
-# The fine-tuning rate of a pruned model: OneCycle's peak, a fifth of training's (chosen for
-# issue 31, as the plain Torch-Pruning reference fine-tunes).
+# The fine-tuning rate of a pruned model: OneCycle's peak, a fifth of training's, as the plain
+# Torch-Pruning reference of issue 31 fine-tunes. On val, peaks 0.05 and 0.1 were within the
+# seeds' spread of it (l1 at 10 % of the MACs, 3 seeds: benchmarks/results/recipe_ablation.md).
 FINETUNE_LR = 0.02
 
 
