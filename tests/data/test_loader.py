@@ -39,7 +39,9 @@ def test_batches_shapes_and_len(images):
     assert [len(y) for _, y in batches] == [6, 6, 6, 2]
     x, y = batches[0]
     assert x.dtype == torch.float32 and x.shape == (6, 3, 8, 8) and y.dtype == torch.int64
-    assert len(loader(images, batch_size=6, drop_last=True)) == 3
+    for draw in ("batch", "sample"):
+        dropped = loader(images, batch_size=6, drop_last=True, augment_draw=draw)
+        assert len(dropped) == 3 and [len(y) for _, y in epoch(dropped, 0)] == [6, 6, 6]
 
 
 def test_plain_pass_covers_split_once_with_exact_pixels(images):

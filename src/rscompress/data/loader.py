@@ -94,8 +94,8 @@ class BatchLoader:
         return math.ceil(self.samples_per_rank / self.batch_size)
 
     def _epoch_plan(self) -> tuple[np.ndarray, DihedralParams | None]:
-        """This rank's rows of ``images`` for the epoch, in order, and their augmentation
-        (one entry per row, or per batch with ``augment_draw="batch"``)."""
+        """This rank's rows of ``images`` for the epoch, in order, and their augmentation, one
+        entry per row (with ``augment_draw="batch"``, every row of a batch has its batch's)."""
         n = self._indices.size
         generator = torch.Generator().manual_seed(derived_seed("loader", self.seed, self.epoch))
         order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
@@ -107,7 +107,9 @@ class BatchLoader:
         if self.augment_draw == "batch":
             # Batch b of rank r takes draw b·world_size + r: every rank's batch its own view.
             draws = sample_dihedral(len(self) * self.world_size, generator)
-            return rows, draws[torch.arange(len(self)) * self.world_size + self.rank]
+            rows = rows[: len(self) * self.batch_size]  # without a dropped ragged batch: never yielded
+            batch_of_row = torch.arange(len(rows)) // self.batch_size
+            return rows, draws[batch_of_row * self.world_size + self.rank]
         return rows, sample_dihedral(n, generator)[mine]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -117,8 +119,7 @@ class BatchLoader:
             batch_rows = rows[batch]
             x = torch.from_numpy(np.asarray(self._images[batch_rows]))
             if params is not None:
-                draw = params[batch] if self.augment_draw == "sample" else params[torch.full((len(batch_rows),), b)]
-                x = apply_dihedral(x, draw)
+                x = apply_dihedral(x, params[batch])
             yield (
                 normalize_batch(x, self.mean, self.std, self.channels_last),
                 self._labels[torch.from_numpy(batch_rows)],
