@@ -9,8 +9,11 @@ weight decay on every parameter) under ``OneCycleLR`` stepped every batch; label
 0.1; one flip/flip/quarter-turn draw per batch; the best epoch on val, tested once.
 
 ``--variant`` changes one thing of that recipe (``VARIANTS`` lists them) for the ablation of
-issue 31. Each finished (dataset, variant, seed) appends one record to ``--results``; a cell
-that has a record is skipped, so a killed run re-run does only what is missing.
+issue 31. ``--split-json PATTERN`` (``{seed}`` in it) takes each seed's train/val/test lists from
+a split file (``python -m benchmarks.recipe_ablation splits`` writes rscompress's) instead of the
+loop's own split, so the two are compared on the same images. Each finished (dataset, variant,
+split, seed) appends one record to ``--results``; a cell that has a record is skipped, so a
+killed run re-run does only what is missing.
 """
 
 from __future__ import annotations
@@ -68,17 +71,27 @@ VARIANTS: dict[str, Recipe] = {
 }
 
 
-def load_images(root: Path, size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Every image of a class-folder tree, resized to size×size (PIL bilinear), as N×S×S×3 uint8."""
+def load_images(root: Path, size: int) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    """Every image of a class-folder tree, resized to size×size (PIL bilinear), as N×S×S×3 uint8,
+    with labels, class names and each image's ``class/file`` path."""
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    pixels, labels = [], []
+    pixels, labels, keys = [], [], []
     for label, name in enumerate(classes):
         for path in sorted((root / name).iterdir()):
             if path.suffix.lower() in IMAGE_SUFFIXES:
                 with Image.open(path) as im:
                     pixels.append(np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)))
                 labels.append(label)
-    return np.stack(pixels), np.asarray(labels, dtype=np.int64), classes
+                keys.append(f"{name}/{path.name}")
+    return np.stack(pixels), np.asarray(labels, dtype=np.int64), classes, keys
+
+
+def split_from_file(path: Path, keys: list[str]) -> tuple[np.ndarray, ...]:
+    """Train/val/test rows named by a split file's ``{"train": [{"path": ...}, ...], ...}``."""
+    row = {key: i for i, key in enumerate(keys)}
+    data = json.loads(path.read_text())
+    return tuple(np.asarray([row[entry["path"]] for entry in data[part]], dtype=np.int64)
+                 for part in ("train", "val", "test"))
 
 
 def stratified_split(labels: np.ndarray, seed: int, fractions=(0.7, 0.1)) -> tuple[np.ndarray, ...]:
@@ -125,9 +138,10 @@ def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
     return correct / len(labels)
 
 
-def train_one(images: np.ndarray, labels: np.ndarray, num_classes: int, seed: int, recipe: Recipe) -> dict:
+def train_one(images: np.ndarray, labels: np.ndarray, num_classes: int, seed: int, recipe: Recipe,
+              split: tuple[np.ndarray, ...] | None = None) -> dict:
     torch.manual_seed(seed)
-    train_idx, val_idx, test_idx = stratified_split(labels, seed)
+    train_idx, val_idx, test_idx = split if split is not None else stratified_split(labels, seed)
     data = torch.from_numpy(images)
     targets = torch.from_numpy(labels)
     if recipe.normalize == "train":
@@ -206,6 +220,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="override the recipe's 60 epochs")
     parser.add_argument("--img-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--split-json", help="split file per seed, a pattern with {seed}; default: the loop's own split")
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results/plain_reference.jsonl"))
     args = parser.parse_args()
     if not args.data.is_dir():
@@ -215,20 +230,24 @@ def main() -> None:
     if args.epochs:
         recipe = replace(recipe, epochs=args.epochs)
     dataset = args.data.resolve().name
-    key = lambda r: (r["dataset"], r["variant"], r["seed"], r["epochs"], r["img_size"])  # noqa: E731
+    split_source = "rscompress" if args.split_json else "plain"
+    key = lambda r: (r["dataset"], r["variant"], r.get("split", "plain"), r["seed"], r["epochs"], r["img_size"])  # noqa: E731
     done = set()
     if args.results.is_file():
         done = {key(json.loads(line)) for line in args.results.read_text().splitlines() if line.strip()}
-    todo = [s for s in args.seeds if (dataset, args.variant, s, recipe.epochs, args.img_size) not in done]
+    todo = [s for s in args.seeds
+            if (dataset, args.variant, split_source, s, recipe.epochs, args.img_size) not in done]
     if not todo:
         print("every cell has a record")
         return
-    images, labels, classes = load_images(args.data, args.img_size)
+    images, labels, classes, keys = load_images(args.data, args.img_size)
     commit = git_commit()
     for seed in todo:
-        result = train_one(images, labels, len(classes), seed, recipe)
+        split = split_from_file(Path(args.split_json.format(seed=seed)), keys) if args.split_json else None
+        result = train_one(images, labels, len(classes), seed, recipe, split)
         record = {"source": "plain-reference", "dataset": dataset, "model": "resnet18", "variant": args.variant,
-                  "seed": seed, "split_seed": seed, "img_size": args.img_size, "epochs": recipe.epochs,
+                  "split": split_source, "seed": seed, "split_seed": seed, "img_size": args.img_size,
+                  "epochs": recipe.epochs,
                   **result, "recipe": asdict(recipe), "threads": args.threads, "cpu": cpu_model(),
                   "torch": torch.__version__, "commit": commit}
         args.results.parent.mkdir(parents=True, exist_ok=True)

@@ -89,6 +89,7 @@ class Suite(StrictModel):
     datasets: dict[str, DataConfig]
     train: FitConfig  # recipe of every parent (epochs come from each parent entry)
     finetune: FitConfig | None = None  # the same fine-tuning recipe for every pruning method
+    prune: dict[str, Any] = {}  # PruneConfig fields of every cell (a cell's options override them)
     parents: list[Parent]
     cells: list[Cell] = []
     distill: FitConfig | None = None  # the same recipe for every student, whatever its loss
@@ -133,6 +134,10 @@ def option_args(options: dict[str, Any]) -> list[str]:
         flag = key.replace("_", "-")
         args += [f"--{flag}" if value else f"--no-{flag}"] if isinstance(value, bool) else [f"--{flag}", str(value)]
     return args
+
+
+def _options(suite: Suite, cell: Cell) -> dict[str, Any]:
+    return {**suite.prune, **cell.options}
 
 
 def _distill_label(cell: DistillCell) -> str:
@@ -186,9 +191,10 @@ def _latency(suite: Suite, parent_dir: Path, child_dir: Path) -> dict[str, float
 def _record(suite: Suite, cell: Cell, parent: Parent, parent_dir: Path, child_dir: Path, budget: float,
             seed: int) -> dict[str, Any]:
     m = RunDir(child_dir).load_metrics()
+    options = _options(suite, cell)
     return {
         "dataset": cell.dataset, "model": cell.model, "method": label(cell), "criterion": cell.method,
-        "global_pruning": cell.global_pruning, "loss": cell.loss, **({"options": cell.options} if cell.options else {}),
+        "global_pruning": cell.global_pruning, "loss": cell.loss, **({"options": options} if options else {}),
         "target_macs": None, **_budget_key(cell, budget),  # a params cell: target_params instead
         "macs_kept": m["macs_kept"], "params_kept": m["params_kept"],
         "macs": m["macs"], "params": m["params"], "parent_top1": m["parent_top1"],
@@ -200,7 +206,7 @@ def _record(suite: Suite, cell: Cell, parent: Parent, parent_dir: Path, child_di
         "command": shlex.join(["rscompress", "prune", str(parent_dir), "--method", cell.method,
                                f"--target-{cell.budget_metric}", str(budget), *(["--global"] if cell.global_pruning else []),
                                "--loss", cell.loss, "--finetune-epochs", str(cell.epochs(suite)),
-                               *option_args(cell.options),
+                               *option_args(options),
                                *(["--pruned-from", str(source)] if (source := _pruned_from(cell, parent_dir, budget)) else []),
                                # relative, as the suite names its run dirs (taken_from is absolute)
                                *(["--sparse-from", os.path.relpath(m["sparse_training"]["taken_from"])]
@@ -273,7 +279,7 @@ def run_suite(path: Path, *, datasets: list[str] | None = None, seeds: list[int]
                         finetune = suite.finetune.model_copy(
                             update={"seed": seed, "epochs": cell.epochs(suite), **parent.precision()})
                         cfg = PruneConfig(method=cell.method, **_budget_key(cell, budget), global_pruning=cell.global_pruning,
-                                          loss=cell.loss, finetune=finetune, **cell.options)
+                                          loss=cell.loss, finetune=finetune, **_options(suite, cell))
                         # Killed anywhere (sparse phase, after pruning, fine-tuning): continue.
                         api.prune(parent_dir, cfg, child, resume=child.is_dir(), quiet=True,
                                   pruned_from=_pruned_from(cell, parent_dir, budget),

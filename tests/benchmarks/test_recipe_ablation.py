@@ -30,9 +30,22 @@ def test_plain_augmentation_moves_a_batch_as_one_or_each_image_alone():
     assert len({bytes(m.numpy()) for m in per_sample}) > 1
 
 
+def test_plain_loop_reads_rscompress_split_row_for_row(tmp_path, monkeypatch):
+    root = make_fake_dataset(tmp_path, name="rsscn7", per_class=10, size=20)
+    monkeypatch.setattr(recipe_ablation, "SPLITS", tmp_path / "splits")
+    split_file = recipe_ablation.write_split(root, seed=3)
+    _, labels, classes, keys = plain_reference.load_images(root, 16)
+    parts = plain_reference.split_from_file(split_file, keys)
+    written = json.loads(split_file.read_text())
+    for rows, name in zip(parts, ("train", "val", "test"), strict=True):
+        assert [keys[i] for i in rows] == [entry["path"] for entry in written[name]]
+        assert [classes[labels[i]] for i in rows] == [written["class_names"][e["label"]] for e in written[name]]
+    assert sorted(np.concatenate(parts).tolist()) == list(range(70))
+
+
 def test_plain_loop_trains_and_selects_on_val(tmp_path):
     root = make_fake_dataset(tmp_path, name="rsscn7", per_class=10, size=20)
-    images, labels, classes = plain_reference.load_images(root, 16)
+    images, labels, classes, _ = plain_reference.load_images(root, 16)
     assert images.shape == (70, 16, 16, 3) and images.dtype == np.uint8 and len(classes) == 7
     recipe = plain_reference.VARIANTS["reference"]
     result = plain_reference.train_one(images, labels, len(classes), seed=0, recipe=type(recipe)(epochs=2))
@@ -40,26 +53,29 @@ def test_plain_loop_trains_and_selects_on_val(tmp_path):
     assert 0 <= result["best_epoch"] < 2 and 0 <= result["top1"] <= 1
 
 
-def _record(source, variant, seed, val, test):
+def _record(source, variant, seed, val, test, **more):
     return {"source": source, "dataset": "d", "model": "m", "variant": variant, "seed": seed, "epochs": 60,
-            "img_size": 64, "val_top1": val, "top1": test}
+            "img_size": 64, "val_top1": val, "top1": test, **more}
 
 
 def test_table_gives_each_variant_its_delta_to_its_own_baseline(tmp_path, monkeypatch):
     plain, ours = tmp_path / "plain.jsonl", tmp_path / "ours.jsonl"
     plain.write_text("".join(json.dumps(r) + "\n" for r in [
         _record("plain-reference", "reference", 0, 0.80, 0.81), _record("plain-reference", "reference", 1, 0.90, 0.91),
-        _record("plain-reference", "no-nesterov", 1, 0.85, 0.86)]))
+        _record("plain-reference", "no-nesterov", 1, 0.85, 0.86),
+        _record("plain-reference", "reference", 0, 0.84, 0.80, split="rscompress", model="resnet18")]))
     ours.write_text(json.dumps(_record("rscompress", "default", 0, 0.82, 0.83)) + "\n")
     monkeypatch.setattr(recipe_ablation, "PLAIN_RECORDS", plain)
     monkeypatch.setattr(recipe_ablation, "RECORDS", ours)
     monkeypatch.setattr(recipe_ablation, "PRUNE_RECORDS", tmp_path / "none.jsonl")
     monkeypatch.setattr(recipe_ablation, "TABLE", tmp_path / "table.md")
-    rows = {line.split("|")[4].strip(): line for line in recipe_ablation.write_table().read_text().splitlines()
-            if line.startswith("| d ")}
-    assert "| 0,1 | 85.00 ± 7.07 |  | 86.00 ± 7.07 |" in rows["reference"]
-    assert "| -5.00 (1) |" in rows["no-nesterov"]  # against the reference's seed 1 only
+    table = recipe_ablation.write_table().read_text()
+    rows = {line.split("|")[5].strip(): line for line in table.splitlines() if line.startswith("| d | m |")}
+    assert "| plain | reference | 0,1 | 85.00 ± 7.07 |  | 86.00 ± 7.07 |" in rows["reference"]
+    assert "| -5.00 (1) |" in rows["no-nesterov"]  # against the reference's seed 1 only, on its split
     assert "| 0 | 82.00 |  | 83.00 |" in rows["default"]
+    # rscompress against the plain loop on rscompress's split (not on the plain loop's own)
+    assert "| d | m | 0 | 80.00 | 83.00 | -2.00 | +3.00 |" in table
 
 
 def test_cells_run_the_cli_record_once_and_prune_their_parents(tmp_path, monkeypatch):

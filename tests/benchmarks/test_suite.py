@@ -68,7 +68,7 @@ def test_tiny_suite_records_then_skips_and_tabulates(tmp_path):
 
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"budgets": [0.2]}, r"budget \[0.2\] is not in"),
-    ({"methods": ["bn-globl"]}, r"method \['bn-globl'\] is not in .*'bn-global'"),
+    ({"methods": ["remotetrimer"]}, r"method \['remotetrimer'\] is not in .*'remotetrimmer-aml\+ce'"),
     ({"models": ["resnet50"]}, r"model \['resnet50'\] is not in"),
     ({"students": ["ghostnet"]}, r"student \['ghostnet'\] is not in"),
 ])
@@ -81,7 +81,7 @@ def test_shipped_suites_validate_and_share_parents_and_finetuning():
     pruning = load_suite(ROOT / "benchmarks" / "suite.yaml")
     distill = load_suite(ROOT / "benchmarks" / "distill.yaml")
     # Same work dir and recipes: the runs both need are trained once and mean the same thing.
-    for field in ("work", "datasets", "train", "finetune"):
+    for field in ("work", "datasets", "train", "finetune", "prune"):
         assert getattr(pruning, field) == getattr(distill, field), field
 
 
