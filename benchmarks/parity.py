@@ -41,7 +41,7 @@ from rscompress.deploy.onnx import (
     parity_images,
 )
 from rscompress.models import count_macs_params, create_model, list_models
-from rscompress.prune import prune
+from rscompress.pruning import prune
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample" / "ucmerced128"

@@ -34,7 +34,7 @@ from rscompress.deploy.runtime import INPUT_NAME
 from rscompress.io_utils import write_json_atomic
 from rscompress.models import create_model
 from rscompress.models.complexity import count_macs_params
-from rscompress.prune.budget import prune_to_budget
+from rscompress.pruning.budget import prune_to_budget
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "speedup.json"

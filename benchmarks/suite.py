@@ -32,7 +32,7 @@ from rscompress.config import (
     TrainConfig,
 )
 from rscompress.errors import UserError
-from rscompress.prune.select import SPARSE_METHODS
+from rscompress.pruning.select import SPARSE_METHODS
 
 
 class Parent(StrictModel):

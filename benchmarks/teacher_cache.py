@@ -30,8 +30,8 @@ from rscompress.api import train_loader
 from rscompress.artifacts import RunDir
 from rscompress.config import DataConfig, FitConfig, KDSettings
 from rscompress.data.prepare import prepare_data
-from rscompress.distill.objective import freeze, teacher_loss_fn
-from rscompress.distill.teacher_cache import CachedTeacher
+from rscompress.distillation.objective import freeze, teacher_loss_fn
+from rscompress.distillation.teacher_cache import CachedTeacher
 from rscompress.io_utils import write_json_atomic
 from rscompress.models import count_macs_params, create_model
 

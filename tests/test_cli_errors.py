@@ -95,4 +95,8 @@ def test_real_process_prints_no_traceback_and_debug_does(tmp_path):
 def test_models_lists_registry(capsys):
     code, out, _ = run_cli(capsys, "models", "--filter", "resnet1")
     assert code == 0
-    assert out.split() == ["resnet18", "se_resnet18"]
+    # the registry's own first, then torchvision's (timm's too where it is installed)
+    names = out.split()
+    assert names[:2] == ["resnet18", "se_resnet18"]
+    assert {"torchvision/resnet18", "torchvision/resnet101"} <= set(names[2:])
+    assert all(n.startswith(("torchvision/", "timm/")) for n in names[2:])

@@ -333,15 +333,15 @@ def prune(
     (``sparse_from_differences``): its model after sparse training (``sparse.safetensors``) is
     pruned to this budget instead of training it again.
     """
-    from rscompress.distill.objective import freeze, teacher_loss_fn
+    from rscompress.distillation.objective import freeze, teacher_loss_fn
     from rscompress.losses import aml_ce_loss
     from rscompress.models.se import strip_se_blocks
-    from rscompress.prune import architecture_spec
-    from rscompress.prune.methods.remotetrimmer import (
+    from rscompress.pruning import architecture_spec
+    from rscompress.pruning.methods.remotetrimmer import (
         folded_model_name,
         prepare_remotetrimmer,
     )
-    from rscompress.prune.select import SPARSE_METHODS, select_and_prune
+    from rscompress.pruning.select import SPARSE_METHODS, select_and_prune
 
     if sparse_from is not None and (cfg.method not in SPARSE_METHODS or pruned_from is not None):
         raise UserError(f"--sparse-from takes the sparse training of --method {' or '.join(SPARSE_METHODS)}, "
@@ -501,8 +501,8 @@ def sparse_from_differences(source: Path, parent: Path, cfg: PruneConfig) -> lis
     budgets' target sparsities in every epoch (l1rr.target_difference): then training again
     would repeat it step for step.
     """
-    from rscompress.prune.methods.l1rr import target_difference
-    from rscompress.prune.select import sparse_target
+    from rscompress.pruning.methods.l1rr import target_difference
+    from rscompress.pruning.select import sparse_target
 
     src = RunDir(source)
     if not (src.holds_sparse_model() and src.config_path.is_file()):
@@ -534,7 +534,7 @@ def distill(
 ) -> dict[str, Any]:
     """Train ``student`` (a registry name, or a run dir such as a pruned model) on the teacher's
     data and split, guided by the frozen teacher's logits. ``reuse_finished``: as in ``train``."""
-    from rscompress.distill.objective import freeze, teacher_loss_fn
+    from rscompress.distillation.objective import freeze, teacher_loss_fn
 
     cfg = _fine_tuning_rate_for_a_trained_student(student, cfg)
     device = resolve_device(cfg.fit.device)
@@ -579,7 +579,7 @@ def distill(
 
 def _cache_counts(teacher: torch.nn.Module) -> dict[str, Any]:
     """Teacher-cache hits/misses of this process for metrics.json (filled in while training)."""
-    from rscompress.distill.teacher_cache import CachedTeacher
+    from rscompress.distillation.teacher_cache import CachedTeacher
 
     return {"teacher_cache_this_process": teacher.counts} if isinstance(teacher, CachedTeacher) else {}
 
@@ -604,9 +604,9 @@ def _student(student: str, teacher_cfg: RunConfig, cfg: DistillConfig) -> tuple[
             )
         model.train()
         return model, config
-    from rscompress.models import list_models
+    from rscompress.models.registry import is_known_model
 
-    if student not in list_models():
+    if not is_known_model(student):
         raise UserError(f"--student {student!r} is neither a run dir nor a known model (`rscompress models`)")
     torch.manual_seed(cfg.fit.seed)
     kwargs = {"small_input": cfg.small_input}

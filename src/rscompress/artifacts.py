@@ -234,7 +234,7 @@ class RunDir:
         config = self.load_config()
         model = create_model(config.model, config.num_classes, **config.model_kwargs)
         if config.architecture is not None:
-            from rscompress.prune.rebuild import apply_architecture
+            from rscompress.pruning.rebuild import apply_architecture
 
             apply_architecture(model, config.architecture)
         weights = weights or self.weights_path

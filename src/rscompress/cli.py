@@ -413,10 +413,11 @@ def data_inspect(
 
 @app.command()
 def models(filter_text: Annotated[str, typer.Option("--filter", help="Substring to match.")] = ""):
-    """Names in the model registry, one a line."""
+    """Names in the model registry, one a line: its own models, then torchvision/NAME and timm/NAME."""
     from rscompress.models import list_models
+    from rscompress.models.external import external_names
 
-    for name in list_models(filter_text):
+    for name in list_models(filter_text) + external_names(filter_text):
         typer.echo(name)
 
 

@@ -127,9 +127,9 @@ class TrainConfig(FitConfig):
     @field_validator("model")
     @classmethod
     def _known_model(cls, name: str) -> str:
-        from rscompress.models import list_models
+        from rscompress.models.registry import is_known_model
 
-        if name not in list_models():
+        if not is_known_model(name):
             raise ValueError(f"unknown model {name!r}; `rscompress models` lists the known ones")
         return name
 
@@ -147,7 +147,7 @@ class KDSettings(StrictModel):
     beta: float = Field(8.0, ge=0)
     kd_weight: float = Field(1.0, ge=0)
     kd_warmup_epochs: int = Field(20, ge=0)
-    # Remember the teacher's logits per distinct input (distill/teacher_cache.py): the teacher
+    # Remember the teacher's logits per distinct input (distillation/teacher_cache.py): the teacher
     # then runs once per image view instead of once per epoch.
     cache_teacher_logits: bool = False
 
@@ -188,7 +188,7 @@ class PruneConfig(StrictModel):
     @field_validator("method")
     @classmethod
     def _known_method(cls, name: str) -> str:
-        from rscompress.prune.select import METHODS
+        from rscompress.pruning.select import METHODS
 
         if name not in METHODS:
             raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
@@ -213,7 +213,7 @@ class PruneConfig(StrictModel):
 
     @model_validator(mode="after")
     def _sparse_only_options(self) -> PruneConfig:
-        from rscompress.prune.select import SPARSE_METHODS
+        from rscompress.pruning.select import SPARSE_METHODS
 
         for name in ("sparse_lr", "sparse_rate"):
             if getattr(self, name) is not None and self.method not in SPARSE_METHODS:

@@ -9,7 +9,7 @@ from torch import nn
 
 from rscompress.artifacts import RunConfig, RunDir
 from rscompress.models import create_model
-from rscompress.prune import prune
+from rscompress.pruning import prune
 
 NUM_CLASSES = 7
 

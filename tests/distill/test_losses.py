@@ -1,4 +1,4 @@
-"""Distillation losses (rscompress.distill.losses): identities, zeros, gradients, warm-up."""
+"""Distillation losses (rscompress.distillation.losses): identities, zeros, gradients, warm-up."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rscompress.distill.losses import (
+from rscompress.distillation.losses import (
     DKDTerms,
     ce_loss,
     dkd_loss,

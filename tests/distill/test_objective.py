@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from rscompress.config import KDSettings
-from rscompress.distill.losses import dkd_loss, kd_loss, warmup_factor
-from rscompress.distill.objective import freeze, teacher_loss_fn
+from rscompress.distillation.losses import dkd_loss, kd_loss, warmup_factor
+from rscompress.distillation.objective import freeze, teacher_loss_fn
 
 
 def _models():

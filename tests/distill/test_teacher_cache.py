@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from rscompress.distill.teacher_cache import CachedTeacher
+from rscompress.distillation.teacher_cache import CachedTeacher
 
 
 def _teacher_and_calls():

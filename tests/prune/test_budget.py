@@ -10,8 +10,8 @@ from torch import nn
 
 from rscompress.errors import UserError
 from rscompress.models import count_macs_params, create_model
-from rscompress.prune import prune_to_budget
-from rscompress.prune.budget import TOLERANCE
+from rscompress.pruning import prune_to_budget
+from rscompress.pruning.budget import TOLERANCE
 
 IMG = 32
 
@@ -90,8 +90,8 @@ def test_zero_gammas_tied_across_layers_go_where_they_cost_least_of_the_budget()
     # Sparse training leaves γ at exactly zero in several layers; a MACs budget that needs
     # only some of them must take the cheap ones (layer 4 at 1×1 px), not the expensive ones
     # of layer 1 (8×8 px) that Torch-Pruning's group order puts first.
-    from rscompress.prune.graph import build_graph, has_ties_across_groups, with_tie_costs
-    from rscompress.prune.pruner import score_model
+    from rscompress.pruning.graph import build_graph, has_ties_across_groups, with_tie_costs
+    from rscompress.pruning.pruner import score_model
 
     torch.manual_seed(0)
     model = create_model("resnet18", 10).eval()

@@ -12,8 +12,8 @@ from torch import Tensor, nn
 
 from rscompress.errors import UserError
 from rscompress.models import create_model
-from rscompress.prune import prune_to_budget
-from rscompress.prune.methods.l1rr import (
+from rscompress.pruning import prune_to_budget
+from rscompress.pruning.methods.l1rr import (
     SparsityConfig,
     attention_transfer,
     gamma_stack,
@@ -24,7 +24,7 @@ from rscompress.prune.methods.l1rr import (
     sparse_train,
     target_difference,
 )
-from rscompress.prune.methods.l1rr_losses import (
+from rscompress.pruning.methods.l1rr_losses import (
     attention_loss,
     attention_map,
     candes_weights,
@@ -35,7 +35,7 @@ from rscompress.prune.methods.l1rr_losses import (
     sparsity,
     strength_per_rate,
 )
-from rscompress.prune.select import sparse_training_lr
+from rscompress.pruning.select import sparse_training_lr
 
 IMG = 16
 NUM_CLASSES = 3

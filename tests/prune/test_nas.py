@@ -13,14 +13,14 @@ from torch import Tensor, nn
 
 from rscompress.errors import UserError
 from rscompress.models import count_macs_params, create_model
-from rscompress.prune import apply_architecture, architecture_spec
-from rscompress.prune.budget import TOLERANCE
-from rscompress.prune.graph import apply_plan, build_graph
-from rscompress.prune.methods.nas import AlphaImportance, lambda_at, nas_search
-from rscompress.prune.methods.nas_cost import ExpectedCost, cost_awareness_loss
-from rscompress.prune.methods.nas_gates import ChannelGates, gate_layout
-from rscompress.prune.plan import plan_pruning
-from rscompress.prune.pruner import score_model
+from rscompress.pruning import apply_architecture, architecture_spec
+from rscompress.pruning.budget import TOLERANCE
+from rscompress.pruning.graph import apply_plan, build_graph
+from rscompress.pruning.methods.nas import AlphaImportance, lambda_at, nas_search
+from rscompress.pruning.methods.nas_cost import ExpectedCost, cost_awareness_loss
+from rscompress.pruning.methods.nas_gates import ChannelGates, gate_layout
+from rscompress.pruning.plan import plan_pruning
+from rscompress.pruning.pruner import score_model
 
 IMG = 32
 CLASSES = 4

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from rscompress.errors import UserError
-from rscompress.prune.graph import GroupScore
-from rscompress.prune.plan import keep_counts, plan_pruning, removal_plan
+from rscompress.pruning.graph import GroupScore
+from rscompress.pruning.plan import keep_counts, plan_pruning, removal_plan
 
 
 def group(root: str, scores: list[float], ch_groups: int = 1) -> GroupScore:

@@ -144,7 +144,7 @@ def test_interrupted_finetune_resumes_without_pruning_again(parents, tmp_path, m
     full = api.prune(parents["resnet18"], cfg, tmp_path / "full", quiet=True)
     out = tmp_path / "r"
     kill_at_the_end(api.prune, parents["resnet18"], cfg, out, quiet=True)
-    from rscompress.prune import select
+    from rscompress.pruning import select
 
     def must_not_run(*a, **k):
         raise AssertionError("pruned again on resume")
@@ -230,7 +230,7 @@ def test_pruned_from_fine_tunes_another_runs_pruned_model_without_pruning_again(
     args = ["prune", str(parents["resnet18"]), "--method", "nas", "--target-macs", "0.5", "--search-epochs", "1",
             "--finetune-epochs", "1", "--batch-size", "8", "--quiet"]
     assert main([*args, "--out", str(ce)]) == 0
-    from rscompress.prune import select
+    from rscompress.pruning import select
 
     def must_not_run(*a, **k):
         raise AssertionError("pruned again")
@@ -275,7 +275,7 @@ def test_sparse_from_prunes_another_budget_from_the_sparse_training_it_would_rep
     source, fresh, out = tmp_path / "half", tmp_path / "fresh", tmp_path / "taken"
     assert main([*args, "--target-macs", "0.5", "--out", str(source)]) == 0
     assert main([*args, "--target-macs", "0.35", "--out", str(fresh)]) == 0
-    from rscompress.prune.methods import l1rr
+    from rscompress.pruning.methods import l1rr
 
     def must_not_run(*a, **k):
         raise AssertionError("sparse-trained again")
@@ -321,8 +321,8 @@ def test_sparse_from_a_run_trained_otherwise_is_refused_by_name_and_writes_nothi
 def test_run_killed_after_sparse_training_prunes_its_model_on_resume(parents, tmp_path, monkeypatch):
     cfg = _cfg("slim", target_macs=0.5, sparse_epochs=1)
     out = tmp_path / "r"
-    from rscompress.prune import select
-    from rscompress.prune.methods import l1rr
+    from rscompress.pruning import select
+    from rscompress.pruning.methods import l1rr
 
     with monkeypatch.context() as m:
         m.setattr(select, "prune_to_budget", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))

@@ -10,7 +10,7 @@ from torch import nn
 
 from rscompress.errors import UserError
 from rscompress.models import create_model
-from rscompress.prune import (
+from rscompress.pruning import (
     IMPORTANCES,
     accumulate_gradients,
     find_classifier,

@@ -14,7 +14,7 @@ from torch import nn
 
 from rscompress.errors import UserError
 from rscompress.models import create_model, save_weights
-from rscompress.prune import apply_architecture, architecture_spec, prune
+from rscompress.pruning import apply_architecture, architecture_spec, prune
 
 NUM_CLASSES = 4
 IMG = 32
@@ -44,7 +44,7 @@ from safetensors.torch import load_file
 
 torch.set_num_threads(1)  # tiny inputs: threads cost more than they save
 from rscompress.models import create_model
-from rscompress.prune import apply_architecture
+from rscompress.pruning import apply_architecture
 
 diffs = {}
 for case in sorted(Path(sys.argv[1]).iterdir()):

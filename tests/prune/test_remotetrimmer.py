@@ -12,10 +12,10 @@ from rscompress.config import FitConfig, PruneConfig
 from rscompress.errors import UserError
 from rscompress.models import SEBatchNorm2d, create_model
 from rscompress.models.se import strip_se_blocks
-from rscompress.prune import apply_architecture, architecture_spec, prune
-from rscompress.prune.budget import prune_to_budget
-from rscompress.prune.select import select_and_prune
-from rscompress.prune.methods.remotetrimmer import (
+from rscompress.pruning import apply_architecture, architecture_spec, prune
+from rscompress.pruning.budget import prune_to_budget
+from rscompress.pruning.select import select_and_prune
+from rscompress.pruning.methods.remotetrimmer import (
     folded_model_name,
     prepare_remotetrimmer,
 )
@@ -156,7 +156,7 @@ def test_sparse_methods_on_an_se_parent_rank_the_gammas_sparse_training_left(mon
     # Sparse training is what sets slim's / L1RR's ranking: the weights as trained must not.
     # As trained, layer1[0].bn1 ranks channels 32..63 highest; sparse training drove exactly
     # those to zero, so they are the first to go.
-    from rscompress.prune import select
+    from rscompress.pruning import select
 
     model = se_resnet18()
     with torch.no_grad():

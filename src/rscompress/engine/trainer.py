@@ -179,6 +179,8 @@ def fit(
                     description=f"epoch {epoch + 1}/{cfg.epochs}",
                     rate=f"{seen * dist.world_size / max(elapsed, 1e-9):.0f}",
                 )
+            if seen == 0:  # a loader whose length promised batches it did not yield
+                raise UserError(f"the training batches of epoch {epoch + 1} were empty (a used-up iterator?)")
             epoch_seconds = time.perf_counter() - t0
             rate = seen * dist.world_size / epoch_seconds
             if epoch > start_epoch or start_epoch > 0:

@@ -2,7 +2,7 @@
 
 from rscompress.models import mobilenet, resnet, vgg  # noqa: F401  (registers builders)
 from rscompress.models.complexity import count_macs_params
-from rscompress.models.registry import create_model, list_models, register_model
+from rscompress.models.registry import built_as, create_model, is_known_model, list_models, register_model
 from rscompress.models.se import (
     SEBatchNorm2d,
     SqueezeExcite,
@@ -18,9 +18,11 @@ __all__ = [
     "SqueezeExcite",
     "add_se_blocks",
     "average_se_attention",
+    "built_as",
     "count_macs_params",
     "create_model",
     "fold_se_into_bn",
+    "is_known_model",
     "list_models",
     "load_weights",
     "register_model",

@@ -1,7 +1,11 @@
 """Model registry: ``create_model(name, num_classes, **kw)`` like timm.
 
 Each architecture module registers its builders with ``@register_model``; builders take
-``num_classes`` plus keyword options and return a plain ``nn.Module``.
+``num_classes`` plus keyword options and return a plain ``nn.Module``. torchvision and timm
+classifiers are there too, as ``torchvision/NAME`` and ``timm/NAME`` (models/external.py).
+
+Every model made here remembers its name and options (``built_as``), pruned copies included,
+so ``rscompress.save`` can write a config.json that rebuilds it.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from collections.abc import Callable
 from torch import nn
 
 from rscompress.errors import UserError
+from rscompress.models.external import create_external, is_external
 
 ModelBuilder = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelBuilder] = {}
@@ -26,14 +31,33 @@ def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
     return decorate
 
 
+_BUILT_AS = "_rscompress_built_as"
+
+
 def list_models(filter_text: str = "") -> list[str]:
+    """The registry's own models matching ``filter_text`` (not the torchvision/timm ones)."""
     return sorted(n for n in _REGISTRY if filter_text.lower() in n.lower())
 
 
+def is_known_model(name: str) -> bool:
+    return name in _REGISTRY or is_external(name)
+
+
 def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:
-    if name not in _REGISTRY:
+    if not is_known_model(name):
         known = ", ".join(list_models())
-        raise UserError(f"unknown model {name!r}; known models: {known}")
+        raise UserError(f"unknown model {name!r}; known models: {known}, torchvision/NAME, timm/NAME")
     if num_classes < 2:
         raise UserError(f"num_classes must be >= 2, got {num_classes}")
-    return _REGISTRY[name](num_classes=num_classes, **kwargs)
+    if is_external(name):
+        model = create_external(name, num_classes, **kwargs)
+    else:
+        model = _REGISTRY[name](num_classes=num_classes, **kwargs)
+    setattr(model, _BUILT_AS, (name, dict(kwargs)))
+    return model
+
+
+def built_as(model: nn.Module) -> tuple[str, dict] | None:
+    """``(name, kwargs)`` of the create_model call that made ``model`` (or the model it was
+    pruned from), or None for a model made elsewhere."""
+    return getattr(model, _BUILT_AS, None)

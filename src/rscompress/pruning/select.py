@@ -23,8 +23,8 @@ from rscompress.config import PruneConfig
 from rscompress.errors import UserError
 from rscompress.io_utils import write_json_atomic
 from rscompress.models.weights import read_state_dict, save_weights
-from rscompress.prune.budget import prune_to_budget
-from rscompress.prune.importance import IMPORTANCES
+from rscompress.pruning.budget import prune_to_budget
+from rscompress.pruning.importance import IMPORTANCES
 
 SPARSE_METHODS = ("slim", "l1rr")
 # Criteria that rank channels by the weights alone: on an SE parent they read the weights as
@@ -123,7 +123,7 @@ def sparse_training_lr(given: float | None, parent_optim: dict[str, Any]) -> flo
     not trained with SGD (AdamW's rates mean something else) gets SparsityConfig's 0.01, a
     tenth of the usual SGD rate.
     """
-    from rscompress.prune.methods.l1rr import SparsityConfig
+    from rscompress.pruning.methods.l1rr import SparsityConfig
 
     if given is not None:
         return given
@@ -141,7 +141,7 @@ def sparse_target(target_macs: float | None) -> float:
 
 def _sparse_train(model, model_name, cfg: PruneConfig, lr: float, train_batches, val_batches, log, phase_dir,
                   run: RunDir | None):
-    from rscompress.prune.methods.l1rr import SparsityConfig, reuse_differences, sparse_train
+    from rscompress.pruning.methods.l1rr import SparsityConfig, reuse_differences, sparse_train
 
     l1rr = cfg.method == "l1rr"
     layers = attention_layers(model_name) if l1rr else ()
@@ -183,7 +183,7 @@ def _sparse_train(model, model_name, cfg: PruneConfig, lr: float, train_batches,
 
 
 def _nas(model, img_size: int, cfg: PruneConfig, train_batches, val_batches, log, phase_dir, device):
-    from rscompress.prune.methods.nas import nas_search
+    from rscompress.pruning.methods.nas import nas_search
 
     if cfg.target_macs is None and cfg.target_params is None:
         raise UserError("--method nas searches towards a budget: give --target-macs or --target-params, not --ratio")

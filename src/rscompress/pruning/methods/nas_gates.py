@@ -50,8 +50,8 @@ import torch_pruning as tp
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from rscompress.prune.graph import ROOT_TYPES, build_graph, channel_groups
-from rscompress.prune.pruner import protected_layers
+from rscompress.pruning.graph import ROOT_TYPES, build_graph, channel_groups
+from rscompress.pruning.pruner import protected_layers
 
 _NORM = nn.modules.batchnorm._BatchNorm
 _CONV = nn.modules.conv._ConvNd

@@ -5,15 +5,15 @@ keeps a target share of MACs or params; ``architecture_spec``/``apply_architectu
 rebuild a pruned model's shapes; ``methods.remotetrimmer`` is RemoteTrimmer's CAP.
 """
 
-from rscompress.prune.budget import BudgetReport, prune_to_budget
-from rscompress.prune.importance import (
+from rscompress.pruning.budget import BudgetReport, prune_to_budget
+from rscompress.pruning.importance import (
     IMPORTANCES,
     accumulate_gradients,
     make_importance,
 )
-from rscompress.prune.plan import MAX_PRUNING_RATIO
-from rscompress.prune.pruner import find_classifier, prune
-from rscompress.prune.rebuild import apply_architecture, architecture_spec
+from rscompress.pruning.plan import MAX_PRUNING_RATIO
+from rscompress.pruning.pruner import find_classifier, prune
+from rscompress.pruning.rebuild import apply_architecture, architecture_spec
 
 __all__ = [
     "IMPORTANCES",

@@ -15,15 +15,15 @@ from torch import Tensor, nn
 
 from rscompress.errors import UserError
 from rscompress.models.se import SqueezeExcite
-from rscompress.prune.graph import (
+from rscompress.pruning.graph import (
     GroupScore,
     apply_plan,
     build_graph,
     score_groups,
     with_tie_costs,
 )
-from rscompress.prune.importance import Importance, make_importance, needs_gradients
-from rscompress.prune.plan import MAX_PRUNING_RATIO, plan_pruning
+from rscompress.pruning.importance import Importance, make_importance, needs_gradients
+from rscompress.pruning.plan import MAX_PRUNING_RATIO, plan_pruning
 
 
 def find_classifier(model: nn.Module, example_inputs: Tensor) -> nn.Linear:

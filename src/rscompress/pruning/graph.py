@@ -19,7 +19,7 @@ import torch_pruning as tp
 from torch import Tensor, nn
 from torch_pruning import ops
 
-from rscompress.prune.importance import Importance
+from rscompress.pruning.importance import Importance
 
 # Layers whose output channels start a group; BNs, activations, adds and concats follow them.
 ROOT_TYPES = (ops.TORCH_CONV, ops.TORCH_LINEAR)

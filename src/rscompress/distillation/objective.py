@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rscompress.config import KDSettings
-from rscompress.distill.losses import dkd_loss, kd_loss, warmup_factor
-from rscompress.distill.teacher_cache import CachedTeacher
+from rscompress.distillation.losses import dkd_loss, kd_loss, warmup_factor
+from rscompress.distillation.teacher_cache import CachedTeacher
 
 LossFn = Callable[[nn.Module, Tensor, Tensor, int], tuple[Tensor, Tensor]]
 

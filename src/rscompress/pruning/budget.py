@@ -39,25 +39,25 @@ from torch import Tensor, nn
 
 from rscompress.errors import UserError
 from rscompress.models.complexity import count_macs_params
-from rscompress.prune.graph import (
+from rscompress.pruning.graph import (
     GroupScore,
     Metric,
     apply_plan,
     build_graph,
     with_tie_costs,
 )
-from rscompress.prune.importance import (
+from rscompress.pruning.importance import (
     Importance,
     accumulate_gradients,
     needs_gradients,
 )
-from rscompress.prune.plan import (
+from rscompress.pruning.plan import (
     MAX_PRUNING_RATIO,
     check_ratio,
     keep_counts,
     removal_plan,
 )
-from rscompress.prune.pruner import resolve_importance, score_model
+from rscompress.pruning.pruner import resolve_importance, score_model
 
 TOLERANCE = 0.01  # |achieved / target − 1| allowed
 MAX_TRIALS = 40  # candidates pruned and counted, at most

@@ -59,8 +59,8 @@ from rscompress.engine.checkpoint import load_phase, save_phase
 from rscompress.engine.metrics import evaluate
 from rscompress.engine.precision import bf16_autocast
 from rscompress.errors import UserError
-from rscompress.prune.graph import ROOT_TYPES, build_graph
-from rscompress.prune.methods.l1rr_losses import (
+from rscompress.pruning.graph import ROOT_TYPES, build_graph
+from rscompress.pruning.methods.l1rr_losses import (
     attention_loss,
     candes_weights,
     coupled_magnitudes,
@@ -70,8 +70,8 @@ from rscompress.prune.methods.l1rr_losses import (
     sparsity,
     strength_per_rate,
 )
-from rscompress.prune.plan import MAX_PRUNING_RATIO
-from rscompress.prune.pruner import find_classifier, protected_layers
+from rscompress.pruning.plan import MAX_PRUNING_RATIO
+from rscompress.pruning.pruner import find_classifier, protected_layers
 from rscompress.seeding import derived_seed
 
 # (epoch, sparsity after it, rate ρ in effect during it, val loss after it)

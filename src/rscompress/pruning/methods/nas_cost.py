@@ -29,8 +29,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from rscompress.prune.graph import Metric
-from rscompress.prune.methods.nas_gates import GateLayout
+from rscompress.pruning.graph import Metric
+from rscompress.pruning.methods.nas_gates import GateLayout
 
 _CONV = nn.modules.conv._ConvNd
 

@@ -47,10 +47,10 @@ from rscompress.engine.checkpoint import load_phase, save_phase
 from rscompress.engine.device import model_device
 from rscompress.engine.precision import bf16_autocast
 from rscompress.errors import UserError
-from rscompress.prune.budget import prune_to_budget
-from rscompress.prune.graph import Metric
-from rscompress.prune.methods.nas_cost import ExpectedCost, cost_awareness_loss
-from rscompress.prune.methods.nas_gates import ChannelGates, gate_layout
+from rscompress.pruning.budget import prune_to_budget
+from rscompress.pruning.graph import Metric
+from rscompress.pruning.methods.nas_cost import ExpectedCost, cost_awareness_loss
+from rscompress.pruning.methods.nas_gates import ChannelGates, gate_layout
 from rscompress.seeding import derived_seed
 
 WEIGHT_MOMENTUM = 0.9

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from rscompress.errors import UserError
-from rscompress.prune.graph import GroupScore
+from rscompress.pruning.graph import GroupScore
 
 MAX_PRUNING_RATIO = 0.9
 

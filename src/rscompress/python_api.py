@@ -1,0 +1,413 @@
+"""The Python API on your own ``nn.Module`` and data loaders; ``import rscompress`` exports it.
+
+    import rscompress as rsc
+    result = rsc.prune(model, train_loader, val_loader, example_input=torch.randn(1, 3, 64, 64),
+                       method="l1", target_macs=0.35, finetune_epochs=20, out="runs/r18-l1")
+    rsc.save(result.model, "runs/r18-l1-model", example_input=torch.randn(1, 3, 64, 64))
+    model = rsc.load("runs/r18-l1-model")
+
+A loader is any re-iterable of ``(images, labels)`` batches with a length, such as a
+``torch.utils.data.DataLoader``: images float N×3×S×S, already normalised as the model
+expects; labels int64 class indices. The methods, budgets, losses and fine-tuning recipe are
+the CLI's (``rscompress prune``); ``out`` is a run dir: a call killed part way continues there
+with ``resume=True``, and the finished dir loads with ``load``.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from rscompress.artifacts import RunConfig, RunDir, library_versions
+from rscompress.config import FINETUNE_LR, FitConfig, OptimConfig, PruneConfig
+from rscompress.engine.metrics import EvalResult
+from rscompress.engine.metrics import evaluate as evaluate_model
+from rscompress.engine.trainer import FitResult, LossFn, fit
+from rscompress.errors import UserError
+from rscompress.io_utils import write_json_atomic
+from rscompress.models.complexity import count_macs_params
+from rscompress.models.external import identify_external
+from rscompress.models.registry import built_as
+from rscompress.models.weights import read_state_dict, save_weights
+
+Batches = Iterable[tuple[Tensor, Tensor]]
+# Batches of the train loader whose gradients rank channels for taylor, and whose images
+# average the SE attention folded into an SE parent.
+CALIBRATION_BATCHES = 4
+
+
+class _LoaderBatches:
+    """A user's loader as the fit loop takes it: a length, and an epoch number for a sampler
+    that wants one (``DistributedSampler.set_epoch``). A plain shuffling DataLoader draws its
+    order from torch's global generator, which the loop seeds per epoch, so a resumed run sees
+    the batches the uninterrupted one would have."""
+
+    def __init__(self, loader: Batches, name: str):
+        # An iterator would be used up by the first epoch (or by calibration before it).
+        if isinstance(loader, Iterator):
+            raise UserError(f"{name} must be re-iterable with a length (a DataLoader, or a list of batches), "
+                            f"not an iterator ({type(loader).__name__})")
+        try:
+            self.steps = len(loader)  # type: ignore[arg-type]
+        except TypeError:
+            raise UserError(f"{name} must have a length (a DataLoader, or a list of batches)") from None
+        self.loader = loader
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        return iter(self.loader)
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def set_epoch(self, epoch: int) -> None:
+        sampler = getattr(self.loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+
+
+def _img_size(example_input: Tensor) -> int:
+    """The side S of a 1×3×S×S example input: budgets are counted on one such image."""
+    if not isinstance(example_input, Tensor) or example_input.ndim != 4 or example_input.shape[1] != 3 \
+            or example_input.shape[2] != example_input.shape[3]:
+        shape = tuple(example_input.shape) if isinstance(example_input, Tensor) else type(example_input).__name__
+        raise UserError(f"example_input must be a 1×3×S×S tensor (MACs are counted on one S×S image); got {shape}")
+    return int(example_input.shape[-1])
+
+
+def _num_classes(model: nn.Module, example_input: Tensor) -> int:
+    from rscompress.pruning.pruner import find_classifier
+
+    return find_classifier(model, example_input.float()).out_features
+
+
+def _model_name(model: nn.Module, num_classes: int) -> tuple[str, dict[str, Any]]:
+    """The registry name (and options) that rebuilds ``model``'s architecture in a fresh process."""
+    if (made := built_as(model)) is not None:
+        name, kwargs = made
+        if name.startswith("se_") and not _is_se(model):  # folded or stripped: the plain architecture
+            from rscompress.pruning.methods.remotetrimmer import folded_model_name
+
+            name = folded_model_name(name)
+        return name, kwargs
+    if (name := identify_external(model, num_classes)) is not None:
+        return name, {}
+    raise UserError(
+        f"cannot tell how to rebuild a {type(model).__module__}.{type(model).__name__} without pickle: "
+        "save and load take models made by rscompress.create_model (the registry, torchvision/NAME, "
+        "timm/NAME), torchvision's and timm's own builders, and models pruned from those"
+    )
+
+
+def _run_config(model: nn.Module, example_input: Tensor, *, class_names: Sequence[str] | None,
+                mean: Sequence[float] | None, std: Sequence[float] | None, **more: Any) -> RunConfig:
+    from rscompress.pruning import architecture_spec
+
+    img_size = _img_size(example_input)
+    num_classes = _num_classes(model, example_input)
+    name, kwargs = _model_name(model, num_classes)
+    names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
+    if len(names) != num_classes:
+        raise UserError(f"class_names has {len(names)} names; the model has {num_classes} outputs")
+    return RunConfig(
+        model=name, model_kwargs=kwargs, num_classes=num_classes, class_names=names, img_size=img_size,
+        # Identity normalisation unless given: the user's loader normalised the images.
+        mean=list(mean) if mean is not None else [0.0, 0.0, 0.0],
+        std=list(std) if std is not None else [1.0, 1.0, 1.0],
+        architecture=architecture_spec(model), versions=library_versions(), **more,
+    )
+
+
+def save(model: nn.Module, path: str | Path, *, example_input: Tensor, class_names: Sequence[str] | None = None,
+         mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> Path:
+    """Write ``model`` as a run dir without pickle: ``config.json`` (how to rebuild it, every
+    layer's shape) and ``model.safetensors``. ``load``, ``rscompress export`` and ``bench``
+    take the folder. ``mean``/``std`` (0–1 scale): the normalisation the CLI applies to
+    images before this model; by default none (your loader normalised them)."""
+    run = RunDir(path)
+    if run.is_complete() or run.is_started():
+        raise UserError(f"{run.path} already holds a run; choose another path")
+    config = _run_config(model, example_input, class_names=class_names, mean=mean, std=std, method="saved")
+    macs, params = count_macs_params(model, config.img_size)
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.save_config(config)
+    run.save_weights(model)
+    run.save_metrics({"macs": macs, "params": params, "num_classes": config.num_classes, "img_size": config.img_size})
+    return run.path
+
+
+def load(path: str | Path) -> nn.Module:
+    """The model of a finished run dir (``save``, ``prune``, or any CLI step), in eval mode."""
+    model, _ = RunDir(path).require().load_model()
+    return model
+
+
+def evaluate(model: nn.Module, loader: Batches, num_classes: int | None = None) -> EvalResult:
+    """Top-1, Cohen's kappa, per-class accuracy, confusion and mean CE of ``model`` on ``loader``."""
+    if num_classes is None:
+        first = next(iter(loader), None)
+        if first is None:
+            raise UserError("the loader yields no batch")
+        num_classes = _num_classes(model, first[0][:1].to(next(model.parameters()).device))
+    return evaluate_model(model, loader, num_classes)
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module  # the best epoch on val
+    val: EvalResult
+    history: list[dict[str, Any]]
+    out: Path | None
+
+
+@dataclass
+class PruneResult:
+    model: nn.Module  # pruned, fine-tuned, the best fine-tuning epoch on val
+    macs_kept: float
+    params_kept: float
+    val: EvalResult
+    history: list[dict[str, Any]]  # one row per fine-tuning epoch
+    details: dict[str, Any]  # what the method did: budget search, sparse training, NAS search
+    out: Path | None
+
+
+def _fit_config(epochs: int, lr: float, seed: int, **fit_options: Any) -> FitConfig:
+    optim_fields = set(OptimConfig.model_fields)
+    optim = {k: v for k, v in fit_options.items() if k in optim_fields}
+    rest = {k: v for k, v in fit_options.items() if k not in optim_fields}
+    return FitConfig(epochs=epochs, seed=seed, optim=OptimConfig(lr=lr, **optim), **rest)
+
+
+class _WorkDir:
+    """``out`` as a run dir, or a temporary one removed on exit when none is given."""
+
+    def __init__(self, out: str | Path | None):
+        self.out = Path(out) if out is not None else None
+        self._tmp: str | None = None
+
+    def __enter__(self) -> RunDir:
+        if self.out is None:
+            self._tmp = tempfile.mkdtemp(prefix="rscompress-")
+            return RunDir(self._tmp)
+        return RunDir(self.out)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+def train(model: nn.Module, train_loader: Batches, val_loader: Batches, *, epochs: int, lr: float = 0.1,
+          seed: int = 0, loss_fn: LossFn | None = None, out: str | Path | None = None, resume: bool = False,
+          quiet: bool = True, **fit_options: Any) -> TrainResult:
+    """Train ``model`` in place with the recommended recipe (SGD, nesterov, OneCycle to ``lr``,
+    label smoothing 0.1) and keep its best epoch on val. ``fit_options``: any other
+    FitConfig/OptimConfig field (``weight_decay``, ``schedule``, ``label_smoothing``, ``bf16``, ...).
+    ``loss_fn(model, x, y, epoch) -> (loss, logits)`` replaces the cross-entropy."""
+    cfg = _fit_config(epochs, lr, seed, **fit_options)
+    example = _first_images(val_loader)
+    settings = {"method": "train", "train": cfg.model_dump(mode="json", exclude={"threads", "device"})}
+    with _WorkDir(out) as run:
+        _start(run, model, example, settings, resume)
+        result = fit(model, _LoaderBatches(train_loader, "train_loader"), val_loader, cfg, run,
+                     _num_classes(model, example), loss_fn=loss_fn, resume=resume and run.is_started(), quiet=quiet)
+        model.cpu()
+        _finish(run, model, result, settings)
+        return TrainResult(model, result.best_val, result.history, None if out is None else run.path)
+
+
+def _first_images(loader: Batches) -> Tensor:
+    first = next(iter(loader), None)
+    if first is None:
+        raise UserError("the validation loader yields no batch")
+    return first[0][:1].float()
+
+
+def _start(run: RunDir, model: nn.Module, example_input: Tensor, settings: dict[str, Any], resume: bool) -> None:
+    """Open ``run`` for a step with ``settings`` (its config.json entries): refuse a finished
+    run, continue an unfinished one only when asked and made with the same settings. The
+    config.json written also rebuilds the model when its architecture can be named."""
+    if run.is_complete():
+        raise UserError(f"{run.path} already holds a finished run; choose another out")
+    if run.is_started():
+        if not resume:
+            raise UserError(f"{run.path} holds an unfinished run; pass resume=True to continue it or choose another out")
+        run.check_settings(settings)
+        return
+    run.path.mkdir(parents=True, exist_ok=True)
+    try:
+        config: dict[str, Any] = _run_config(model, example_input, class_names=None, mean=None, std=None,
+                                             **settings).model_dump(mode="json")
+    except UserError:  # a model only this process can build: the run works, load() will say why not
+        config = settings
+    write_json_atomic(run.config_path, config)
+
+
+def _finish(run: RunDir, model: nn.Module, result: FitResult, metrics: dict[str, Any]) -> None:
+    """Final weights, then metrics.json (last: it marks the run finished); the resume state goes."""
+    if "architecture" in (stored := _read_json(run.config_path)):
+        from rscompress.pruning import architecture_spec
+
+        write_json_atomic(run.config_path, {**stored, "architecture": architecture_spec(model)})
+    save_weights(model, run.weights_path)
+    write_json_atomic(run.metrics_path, {**metrics, "val": result.best_val.summary(), "best_epoch": result.best_epoch,
+                                         "history": result.history})
+    shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
+
+
+def prune(
+    model: nn.Module,
+    train_loader: Batches,
+    val_loader: Batches,
+    *,
+    example_input: Tensor,
+    method: str,
+    target_macs: float | None = None,
+    target_params: float | None = None,
+    ratio: float | None = None,
+    round_to: int | None = None,
+    global_pruning: bool = False,
+    loss: str = "ce",
+    finetune_epochs: int = 20,
+    lr: float = FINETUNE_LR,
+    seed: int = 0,
+    loss_fn: LossFn | None = None,
+    out: str | Path | None = None,
+    resume: bool = False,
+    quiet: bool = True,
+    method_options: dict[str, Any] | None = None,
+    **fit_options: Any,
+) -> PruneResult:
+    """Prune a trained ``model`` to a budget and fine-tune it; ``model`` itself is not changed.
+
+    ``method``: any of ``rscompress prune --method`` (l1, l2, bn, taylor, fpgm, lamp, random,
+    remotetrimmer, slim, l1rr, nas). Budget: ``target_macs`` / ``target_params`` (share of the
+    parent's to keep, hit within ±1 % on ``example_input``'s size) or a per-layer ``ratio``.
+    ``loss``: ce or aml+ce (RemoteTrimmer's), or ``loss_fn(model, x, y, epoch) -> (loss,
+    logits)`` of your own. ``method_options``: that method's PruneConfig fields
+    (``sparse_epochs``, ``search_epochs``, ``attention_weight``, ...). Fine-tuning: the CLI's
+    recipe at peak ``lr`` for ``finetune_epochs``; ``fit_options`` as in ``train``.
+    """
+    from rscompress.pruning import architecture_spec
+    from rscompress.pruning.rebuild import apply_architecture
+
+    if loss in ("kd", "dkd"):
+        raise UserError(f"loss {loss!r} distils from the parent: prune a run dir with the CLI (`rscompress prune PARENT --loss dkd`)")
+    if loss_fn is not None and loss != "ce":
+        raise UserError(f"give loss={loss!r} or a loss_fn, not both")
+    cfg = PruneConfig(method=method, target_macs=target_macs, target_params=target_params, ratio=ratio,
+                      round_to=round_to, global_pruning=global_pruning, loss=loss,
+                      finetune=_fit_config(finetune_epochs, lr, seed, **fit_options), **(method_options or {}))
+    img_size = _img_size(example_input)
+    settings = {"method": method,
+                "method_params": cfg.model_dump(mode="json", exclude={"finetune": {"threads", "device"}})}
+    parent = copy.deepcopy(model).cpu()
+    parent_macs, parent_params = count_macs_params(_folded_copy(parent), img_size)
+    with _WorkDir(out) as run:
+        _start(run, _folded_copy(parent), example_input, settings, resume)
+        if run.holds_pruned_model():
+            pruned = _prepared_parent(parent, train_loader, cfg)[0]
+            apply_architecture(pruned, _read_json(run.prune_record_path)["architecture"])
+            pruned.load_state_dict(read_state_dict(run.pruned_weights_path))
+            details = _read_json(run.prune_record_path)["details"]
+        else:
+            pruned, details = _select(parent, train_loader, val_loader, img_size, cfg, run, quiet)
+            save_weights(pruned, run.pruned_weights_path)
+            write_json_atomic(run.prune_record_path, {"architecture": architecture_spec(pruned), "details": details})
+            shutil.rmtree(run.path / "prune-phase", ignore_errors=True)
+        pruned.train()
+        num_classes = _num_classes(pruned, example_input.float())
+        if loss_fn is None and cfg.loss == "aml+ce":
+            loss_fn = _aml_ce(cfg)
+        result = fit(pruned, _LoaderBatches(train_loader, "train_loader"), val_loader, cfg.finetune, run, num_classes,
+                     loss_fn=loss_fn, resume=(run.checkpoint_dir / "latest.json").is_file(), quiet=quiet)
+        pruned.cpu()
+        macs, params = count_macs_params(pruned, img_size)
+        kept = {"macs_kept": macs / parent_macs, "params_kept": params / parent_params, "macs": macs, "params": params}
+        _finish(run, pruned, result, {**settings, **kept, "details": details})
+        return PruneResult(pruned, kept["macs_kept"], kept["params_kept"], result.best_val, result.history, details,
+                           None if out is None else run.path)
+
+
+def _read_json(path: Path) -> Any:
+    import json
+
+    return json.loads(path.read_text())
+
+
+def _aml_ce(cfg: PruneConfig) -> LossFn:
+    from rscompress.losses import aml_ce_loss
+
+    def loss_fn(m, x, y, epoch):
+        logits = m(x)
+        return aml_ce_loss(logits.float(), y, cfg.r1, cfg.r2), logits
+
+    return loss_fn
+
+
+def _is_se(model: nn.Module) -> bool:
+    from rscompress.models.se import se_batchnorms
+
+    return bool(se_batchnorms(model))
+
+
+def _folded_copy(model: nn.Module) -> nn.Module:
+    """The SE-free architecture every method ships (SE blocks stripped), for counting."""
+    from rscompress.models.se import strip_se_blocks
+
+    return strip_se_blocks(copy.deepcopy(model)) if _is_se(model) else model
+
+
+def _calibration(train_loader: Batches) -> list[tuple[Tensor, Tensor]]:
+    return [batch for _, batch in zip(range(CALIBRATION_BATCHES), train_loader, strict=False)]
+
+
+def _prepared_parent(parent: nn.Module, train_loader: Batches, cfg: PruneConfig
+                     ) -> tuple[nn.Module, nn.Module | None]:
+    """The model the method prunes, and the weights the weight criteria score (api.prune says
+    why): an SE parent is folded (its attention averaged over calibration batches)."""
+    from rscompress.models.se import strip_se_blocks
+    from rscompress.pruning.methods.remotetrimmer import prepare_remotetrimmer
+
+    if not _is_se(parent):
+        if cfg.method == "remotetrimmer":
+            raise UserError(f"method remotetrimmer needs a parent with SE blocks (se_resnet18, ...); "
+                            f"this {type(parent).__name__} has none")
+        return parent, None
+    weights_as_trained = strip_se_blocks(copy.deepcopy(parent))
+    return prepare_remotetrimmer(parent, _calibration(train_loader)), weights_as_trained
+
+
+def _select(parent: nn.Module, train_loader: Batches, val_loader: Batches, img_size: int, cfg: PruneConfig,
+            run: RunDir, quiet: bool) -> tuple[nn.Module, dict[str, Any]]:
+    from rscompress.pruning.select import select_and_prune
+
+    torch.manual_seed(cfg.finetune.seed)  # the random criterion, sparse training
+    model, weights_as_trained = _prepared_parent(parent, train_loader, cfg)
+    return select_and_prune(
+        model, _architecture_family(parent), img_size, cfg,
+        train_batches=_LoaderBatches(train_loader, "train_loader"), val_batches=val_loader,
+        calibration=_calibration(train_loader), log=(lambda _: None) if quiet else print,
+        phase_dir=run.path / "prune-phase", weights_as_trained=weights_as_trained,
+        device=_device(cfg), run=run,
+    )
+
+
+def _architecture_family(model: nn.Module) -> str:
+    """A name starting with the family (resnet..., vgg...) that picks L1RR's attention layers
+    (prune.select.attention_layers): the registry/torchvision/timm name, else the class name."""
+    made = built_as(model)
+    name = made[0].split("/")[-1] if made else type(model).__name__
+    return name.lower().removeprefix("se_")
+
+
+def _device(cfg: PruneConfig) -> torch.device:
+    from rscompress.engine.device import resolve_device
+
+    return resolve_device(cfg.finetune.device)

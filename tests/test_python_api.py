@@ -1,0 +1,167 @@
+"""The Python API on a user's nn.Module and DataLoader (rscompress.python_api)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import rscompress as rsc
+from rscompress.errors import UserError
+from rscompress.models.external import identify_external
+
+EXAMPLE = torch.zeros(1, 3, 32, 32)
+
+
+def _loaders(n=48, classes=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(n, 3, 32, 32, generator=g), torch.arange(n) % classes
+    return (DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True),
+            DataLoader(TensorDataset(x[:16], y[:16]), batch_size=16))
+
+
+def _params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_prune_a_torchvision_model_to_a_budget_and_reload_it_in_a_fresh_process(tmp_path):
+    train, val = _loaders()
+    model = torchvision.models.resnet18(num_classes=4)
+    before = _params(model)
+    result = rsc.prune(model, train, val, example_input=EXAMPLE, method="l1", target_macs=0.35, finetune_epochs=1,
+                       out=tmp_path / "run")
+    assert result.macs_kept == pytest.approx(0.35, abs=0.01)
+    assert _params(result.model) == pytest.approx(result.params_kept * before)
+    assert _params(model) == before  # the user's model is not changed
+    assert len(result.history) == 1 and result.out == tmp_path / "run"
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["model"] == "torchvision/resnet18"
+
+    x = torch.randn(2, 3, 32, 32)
+    torch.save(x, tmp_path / "x.pt")
+    result.model.eval()
+    expected = result.model(x)
+    code = ("import sys, torch, rscompress as rsc; m = rsc.load(sys.argv[1]); "
+            "torch.save(m(torch.load(sys.argv[2])), sys.argv[3])")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "run"), str(tmp_path / "x.pt"),
+                    str(tmp_path / "y.pt")], check=True)
+    assert torch.allclose(torch.load(tmp_path / "y.pt"), expected, atol=1e-5)
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_a_killed_prune_resumes_to_the_uninterrupted_result(tmp_path):
+    train, val = _loaders()
+    model = torchvision.models.resnet18(num_classes=4)
+    kwargs = dict(example_input=EXAMPLE, method="l1", target_macs=0.5, finetune_epochs=2)
+    whole = rsc.prune(model, train, val, out=tmp_path / "whole", **kwargs)
+
+    def dies_in_epoch_2(m, x, y, epoch):
+        if epoch == 1:
+            raise _Killed
+        logits = m(x)
+        return nn.functional.cross_entropy(logits, y, label_smoothing=0.1), logits
+
+    with pytest.raises(_Killed):
+        rsc.prune(model, train, val, out=tmp_path / "killed", loss_fn=dies_in_epoch_2, **kwargs)
+    with pytest.raises(UserError, match="unfinished run; pass resume=True"):
+        rsc.prune(model, train, val, out=tmp_path / "killed", **kwargs)
+    resumed = rsc.prune(model, train, val, out=tmp_path / "killed", resume=True, **kwargs)
+    for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(UserError, match="already holds a finished run"):
+        rsc.prune(model, train, val, out=tmp_path / "killed", resume=True, **kwargs)
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path):
+    train, val = _loaders()
+    model = torchvision.models.resnet18(num_classes=4)
+    (tmp_path / "run").mkdir()
+    with pytest.raises(_Killed):
+        rsc.prune(model, train, val, example_input=EXAMPLE, method="l1", target_macs=0.5, finetune_epochs=2,
+                  out=tmp_path / "run", loss_fn=lambda *a: (_ for _ in ()).throw(_Killed()))
+    with pytest.raises(UserError, match="other settings"):
+        rsc.prune(model, train, val, example_input=EXAMPLE, method="l1", target_macs=0.4, finetune_epochs=2,
+                  out=tmp_path / "run", resume=True)
+
+
+def test_an_se_parent_is_folded_and_the_pruned_model_saves_as_the_plain_architecture(tmp_path):
+    train, val = _loaders()
+    model = rsc.create_model("se_resnet18", 4, small_input=True)
+    result = rsc.prune(model, train, val, example_input=EXAMPLE, method="remotetrimmer", target_macs=0.35,
+                       loss="aml+ce", finetune_epochs=1)
+    assert result.macs_kept == pytest.approx(0.35, abs=0.01) and result.out is None
+    path = rsc.save(result.model, tmp_path / "saved", example_input=EXAMPLE, class_names=["a", "b", "c", "d"])
+    config = json.loads((path / "config.json").read_text())
+    assert (config["model"], config["model_kwargs"], config["class_names"]) == ("resnet18", {"small_input": True},
+                                                                               ["a", "b", "c", "d"])
+    x = torch.randn(2, 3, 32, 32)
+    result.model.eval()
+    assert torch.allclose(rsc.load(path)(x), result.model(x), atol=1e-5)
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    (lambda m, t, v: rsc.prune(m, t, v, example_input=torch.zeros(1, 3, 32, 48), method="l1", target_macs=0.5),
+     r"example_input must be a 1×3×S×S tensor .* got \(1, 3, 32, 48\)"),
+    (lambda m, t, v: rsc.prune(m, t, v, example_input=EXAMPLE, method="remotetrimmer", target_macs=0.5),
+     "remotetrimmer needs a parent with SE blocks .* ResNet has none"),
+    (lambda m, t, v: rsc.prune(m, t, v, example_input=EXAMPLE, method="l9", target_macs=0.5),
+     "unknown method 'l9'"),
+    (lambda m, t, v: rsc.prune(m, iter(t), v, example_input=EXAMPLE, method="l1", target_macs=0.5),
+     "train_loader must be re-iterable with a length .* not an iterator"),
+])
+def test_bad_calls_get_one_clear_error(call, message):
+    train, val = _loaders()
+    with pytest.raises((UserError, ValueError), match=message):
+        call(torchvision.models.resnet18(num_classes=4), train, val)
+
+
+def test_a_model_nobody_can_rebuild_is_refused_by_save_naming_its_class(tmp_path):
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn, self.fc = nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.fc(self.bn(self.conv(x)).mean((2, 3)))
+
+    with pytest.raises(UserError, match=r"cannot tell how to rebuild a .*Tiny without pickle"):
+        rsc.save(Tiny(), tmp_path / "tiny", example_input=EXAMPLE)
+    assert not (tmp_path / "tiny").exists()
+
+
+def test_torchvision_models_are_recognised_by_layout_pruned_or_not():
+    model = torchvision.models.mobilenet_v3_small(num_classes=5)
+    assert identify_external(model, 5) == "torchvision/mobilenet_v3_small"
+    assert identify_external(torchvision.models.resnet34(num_classes=5), 5) == "torchvision/resnet34"
+    assert identify_external(nn.Linear(3, 5), 5) is None
+    made = rsc.create_model("torchvision/regnet_x_400mf", 5)
+    assert rsc.models.built_as(made) == ("torchvision/regnet_x_400mf", {})
+    with pytest.raises(UserError, match="small_input reshapes the stem"):
+        rsc.create_model("torchvision/resnet18", 5, small_input=True)
+
+
+class _EmptyButSized:
+    def __len__(self):
+        return 3
+
+    def __iter__(self):
+        return iter(())
+
+
+def test_train_keeps_the_best_epoch_and_its_run_dir_loads(tmp_path):
+    train, val = _loaders()
+    model = rsc.create_model("torchvision/resnet18", 4)
+    result = rsc.train(model, train, val, epochs=2, out=tmp_path / "run")
+    assert [row["epoch"] for row in result.history] == [0, 1]
+    assert result.val.top1 == max(row["val_top1"] for row in result.history)
+    x = torch.randn(2, 3, 32, 32)
+    model.eval()
+    assert torch.allclose(rsc.load(tmp_path / "run")(x), model(x), atol=1e-5)
+    with pytest.raises(UserError, match="training batches of epoch 1 were empty"):
+        rsc.train(rsc.create_model("torchvision/resnet18", 4), _EmptyButSized(), val, epochs=1)
