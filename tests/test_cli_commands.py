@@ -69,6 +69,9 @@ def test_weights_strict_and_partial(capsys, tmp_path):
     assert main(["train", "--data", str(data), "--out", str(tmp_path / "b"), *TINY, "--weights", str(other), "--allow-partial"]) == 0
     metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
     assert any("fc.weight" in m for m in metrics["init_weights"]["mismatched"])
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "c"), *TINY, "--weights", str(other), "--new-head"]) == 0
+    metrics = json.loads((tmp_path / "c" / "metrics.json").read_text())
+    assert metrics["init_weights"]["fresh"] == ["fc.weight", "fc.bias"] and not metrics["init_weights"]["mismatched"]
 
 
 def test_train_defaults_are_the_recommended_recipe_and_every_recipe_flag_reaches_config(tmp_path):

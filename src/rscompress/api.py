@@ -128,7 +128,8 @@ def train(
     model = create_model(train_cfg.model, len(data.class_names), **model_kwargs)
     weights_report = None
     if train_cfg.weights is not None:
-        weights_report = load_weights(model, train_cfg.weights, allow_partial=train_cfg.allow_partial)
+        weights_report = load_weights(model, train_cfg.weights, allow_partial=train_cfg.allow_partial,
+                                      new_head=train_cfg.new_head)
     if dist.is_main:
         run.path.mkdir(parents=True, exist_ok=True)
         run.save_config(config)
@@ -139,6 +140,7 @@ def train(
             "missing": list(weights_report.missing),
             "unexpected": list(weights_report.unexpected),
             "mismatched": list(weights_report.mismatched),
+            "fresh": list(weights_report.fresh),
         }
     return _fit_and_finish(model, data, data_cfg, train_cfg, run, extra, resume=resume, quiet=quiet, dist=dist)
 

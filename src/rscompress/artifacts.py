@@ -82,7 +82,7 @@ _ADDED_LATER = {"method_params.gate_without_bn": False, "nas_search.gate_without
                 # issue 31's recipe options; runs before it trained without nesterov, with one
                 # augmentation draw per image and without the ragged last batch.
                 "train.optim.nesterov": False, "train.optim.pct_start": 0.15, "train.optim.cycle_momentum": True,
-                "train.drop_last": True, "data.augment_draw": "sample"}
+                "train.drop_last": True, "data.augment_draw": "sample", "train.new_head": False}
 # Settings removed since; a saved one is not compared. sparse_strength (L1RR's starting λ)
 # gave way to sparse_rate; a sparse-training phase saved with it has its own settings check
 # (l1rr.sparse_train), which refuses to continue it under the new meaning.

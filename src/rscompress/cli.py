@@ -88,8 +88,10 @@ def train(
     channels_last: Annotated[bool, typer.Option(help="Use channels_last memory format.")] = False,
     bf16: Annotated[bool, typer.Option(help="bfloat16 autocast.")] = False,
     small_input: Annotated[bool, typer.Option(help="Stem for 32-64 px inputs (less downsampling).")] = False,
-    weights: Annotated[Path | None, typer.Option(help="Initial weights (.safetensors), strict keys.")] = None,
+    weights: Annotated[Path | None, typer.Option(help="Initial weights: .safetensors, or a .pth/.pt state dict "
+                                                      "(read weights-only; checkpoints unwrapped), strict keys.")] = None,
     allow_partial: Annotated[bool, typer.Option(help="Load matching keys of --weights only.")] = False,
+    new_head: Annotated[bool, typer.Option(help="Start a classifier of another class count in --weights fresh.")] = False,
     augment: Annotated[bool, typer.Option(help="Flips and 90° rotations.")] = _default(DataConfig, "augment"),
     augment_draw: Annotated[str, typer.Option(help="batch: one flip/turn draw moves the whole batch; sample: one draw "
                                                    "per image.")] = _default(DataConfig, "augment_draw"),
@@ -140,6 +142,7 @@ def train(
         small_input=small_input,
         weights=weights,
         allow_partial=allow_partial,
+        new_head=new_head,
         threads=threads,
         device=device,
     )

@@ -123,6 +123,7 @@ class TrainConfig(FitConfig):
     small_input: bool = False
     weights: Path | None = None
     allow_partial: bool = False
+    new_head: bool = False  # a classifier of another class count in `weights` starts fresh
 
     @field_validator("model")
     @classmethod

@@ -126,11 +126,37 @@ def test_bad_files_are_user_errors(tmp_path: Path) -> None:
         load_weights(_small(), other)
 
 
-def test_nested_checkpoint_is_not_a_state_dict(tmp_path: Path) -> None:
+def test_a_training_checkpoint_is_unwrapped_and_its_prefix_dropped(tmp_path: Path) -> None:
+    import argparse
+
+    source, target = _small(), _small()
+    wrapped = {f"module.{k}": v for k, v in source.state_dict().items()}
+    torch.save({"epoch": 3, "args": argparse.Namespace(lr=0.1), "optimizer": {"state": {}},
+                "state_dict": wrapped}, tmp_path / "ckpt.pth.tar.pth")
+    assert load_weights(target, tmp_path / "ckpt.pth.tar.pth").complete
+    assert _same_state(source, target)
+
+
+def test_a_checkpoint_without_a_state_dict_names_what_it_has(tmp_path: Path) -> None:
     path = tmp_path / "ckpt.pt"
-    torch.save({"state_dict": _small().state_dict(), "epoch": 3}, path)
-    with pytest.raises(UserError, match=r"ckpt\.pt does not hold a flat state dict"):
+    torch.save({"weights": [1, 2], "epoch": 3}, path)
+    with pytest.raises(UserError, match=r"ckpt\.pt does not hold a state dict .* keys \['epoch', 'weights'\]"):
         load_weights(_small(), path)
+
+
+def test_a_torchvision_file_fills_an_se_model_whose_se_blocks_start_fresh(tmp_path: Path) -> None:
+    import torchvision
+
+    source = torchvision.models.resnet18(num_classes=1000)
+    torch.save(source.state_dict(), tmp_path / "resnet18-f37072fd.pth")
+    target = create_model("se_resnet18", 21)
+    se_before = target.layer1[0].bn1.se.fc1.weight.clone()
+    with pytest.raises(UserError, match=r"fc\.weight: file \(1000, 512\) vs model \(21, 512\).*--new-head"):
+        load_weights(target, tmp_path / "resnet18-f37072fd.pth")
+    report = load_weights(target, tmp_path / "resnet18-f37072fd.pth", new_head=True)
+    assert report.complete and "fc.weight" in report.fresh and "layer1.0.bn1.se.fc1.weight" in report.fresh
+    assert torch.equal(target.layer1[0].conv1.weight, source.layer1[0].conv1.weight)
+    assert torch.equal(target.layer1[0].bn1.se.fc1.weight, se_before)
 
 
 def test_shared_and_non_contiguous_tensors_save(tmp_path: Path) -> None:

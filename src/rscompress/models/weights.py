@@ -4,13 +4,22 @@
 ``.pt``/``.pth`` state dicts are accepted for weights made elsewhere, but only through
 ``torch.load(weights_only=True)``, which refuses any pickle that would build something other
 than tensors and plain containers, so a crafted file cannot run code.
+
+Files from elsewhere are met where they are: a training checkpoint's state dict is found
+under ``state_dict`` / ``model`` / ... (``STATE_DICT_KEYS``), a prefix every key shares
+(``module.`` from DataParallel, ``_orig_mod.`` from torch.compile) is dropped, the SE blocks
+of an ``se_*`` model start fresh when the file is of the plain architecture (a torchvision
+resnet18 file into ``se_resnet18``: same names otherwise), and with ``new_head`` a
+classifier of another class count is left fresh instead of refused.
 """
 
 from __future__ import annotations
 
+import argparse
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -21,6 +30,11 @@ from rscompress.errors import UserError
 from rscompress.io_utils import write_atomic
 
 _SHOWN = 5  # names listed per kind of mismatch in an error message; the rest are counted
+# Where training checkpoints keep the model's state dict, most wanted first (an EMA of the
+# weights, where saved, is what timm's and most recipes' released weights are).
+STATE_DICT_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "model_state_dict", "module", "net")
+# Prefixes a wrapper adds to every key: DataParallel/DDP, torch.compile, Lightning.
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")
 
 
 @dataclass(frozen=True)
@@ -31,6 +45,8 @@ class LoadReport:
     missing: tuple[str, ...]  # in the model, not in the file
     unexpected: tuple[str, ...]  # in the file, not in the model
     mismatched: tuple[str, ...]  # in both, shapes differ: "name: file (a, b) vs model (c, d)"
+    # Left as initialised on purpose: SE blocks the file's architecture has not, a new head.
+    fresh: tuple[str, ...] = ()
 
     @property
     def complete(self) -> bool:
@@ -48,7 +64,10 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
             raise UserError(f"{path} is not a valid safetensors file ({e})") from e
     if suffix in (".pt", ".pth"):
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            # Training scripts (timm's train.py among them) store their argparse settings
+            # beside the weights: a plain attribute bag, allowed; nothing else is.
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                state = _state_dict_in(torch.load(path, map_location="cpu", weights_only=True))
         except pickle.UnpicklingError as e:
             raise UserError(
                 f"refusing to load {path}: the weights-only unpickler rejected it "
@@ -60,18 +79,48 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
             raise UserError(
                 f"cannot read {path} as a PyTorch state dict ({type(e).__name__}: {e})"
             ) from e
-        if not (isinstance(state, dict) and all(
-            isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()
-        )):
+        if not _is_state_dict(state):
+            keys = f" with keys {sorted(map(str, state))[:8]}" if isinstance(state, dict) else ""
             raise UserError(
-                f"{path} does not hold a flat state dict (name -> tensor); "
-                f"got {type(state).__name__}"
+                f"{path} does not hold a state dict (name -> tensor), at the top or under "
+                f"{', '.join(STATE_DICT_KEYS)}; got {type(state).__name__}{keys}"
             )
         return state
     raise UserError(
         f"unsupported weights file type {path.suffix!r} for {path}; "
         "use .safetensors, .pt or .pth"
     )
+
+
+def _is_state_dict(value: Any) -> bool:
+    return isinstance(value, dict) and bool(value) and all(
+        isinstance(k, str) and isinstance(v, Tensor) for k, v in value.items())
+
+
+def _state_dict_in(checkpoint: Any) -> Any:
+    """The state dict of a checkpoint: itself, or the first of STATE_DICT_KEYS that holds one."""
+    if _is_state_dict(checkpoint) or not isinstance(checkpoint, dict):
+        return checkpoint
+    for key in STATE_DICT_KEYS:
+        if _is_state_dict(checkpoint.get(key)):
+            return checkpoint[key]
+    return checkpoint
+
+
+def _without_wrapper_prefix(state: dict[str, Tensor], expected: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``state`` with a prefix every key shares dropped, when the model's keys lack it."""
+    for prefix in _WRAPPER_PREFIXES:
+        if all(k.startswith(prefix) for k in state) and not any(k.startswith(prefix) for k in expected):
+            return {k.removeprefix(prefix): v for k, v in state.items()}
+    return state
+
+
+def _classifier_keys(model: nn.Module) -> set[str]:
+    """State-dict keys of the model's last Linear layer: the head ``new_head`` may replace."""
+    heads = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not heads:
+        return set()
+    return {f"{heads[-1]}.{k}" for k in ("weight", "bias")}
 
 
 def _unpickler_reason(error: pickle.UnpicklingError) -> str:
@@ -90,28 +139,36 @@ def _listing(kind: str, names: tuple[str, ...]) -> str:
     return f"{len(names)} {kind} ({shown}{more})"
 
 
-def load_weights(model: nn.Module, path: Path, allow_partial: bool = False) -> LoadReport:
-    """Fill ``model`` from a ``.safetensors`` (or ``.pt``/``.pth`` state dict) file.
+def load_weights(model: nn.Module, path: Path, allow_partial: bool = False, new_head: bool = False) -> LoadReport:
+    """Fill ``model`` from a ``.safetensors`` (or ``.pt``/``.pth``) file; what was loaded.
 
-    Keys must match the model's state dict exactly, shapes included; otherwise a UserError
-    names the missing, unexpected and mismatched keys and nothing is loaded. With
-    ``allow_partial`` the matching keys are loaded and the report lists the rest.
+    Keys must match the model's state dict, shapes included, after the adaptations the module
+    docstring lists; otherwise a UserError names the missing, unexpected and mismatched keys
+    and nothing is loaded. ``new_head``: a classifier (the last Linear) whose shape differs
+    stays as initialised (another class count). With ``allow_partial`` the matching keys are
+    loaded and the report lists the rest.
     """
     path = Path(path)
-    state = read_state_dict(path)
     expected = model.state_dict()
-    missing = tuple(k for k in expected if k not in state)
+    state = _without_wrapper_prefix(read_state_dict(path), expected)
+    fresh = []
+    if not any(".se." in k for k in state):  # a plain file into an SE model: SE blocks start fresh
+        fresh += [k for k in expected if ".se." in k and k not in state]
+    if new_head:
+        head = _classifier_keys(model)
+        fresh += [k for k in expected if k in head and (k not in state or state[k].shape != expected[k].shape)]
+    missing = tuple(k for k in expected if k not in state and k not in fresh)
     unexpected = tuple(k for k in state if k not in expected)
     mismatched = tuple(
         f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
         for k in expected
-        if k in state and state[k].shape != expected[k].shape
+        if k in state and k not in fresh and state[k].shape != expected[k].shape
     )
     # Reported in the model's order (safetensors files list their keys sorted).
     loadable = {
-        k: state[k] for k in expected if k in state and state[k].shape == expected[k].shape
+        k: state[k] for k in expected if k in state and k not in fresh and state[k].shape == expected[k].shape
     }
-    report = LoadReport(tuple(loadable), missing, unexpected, mismatched)
+    report = LoadReport(tuple(loadable), missing, unexpected, mismatched, tuple(fresh))
     if not report.complete and not allow_partial:
         problems = [
             _listing(kind, names)
@@ -122,7 +179,10 @@ def load_weights(model: nn.Module, path: Path, allow_partial: bool = False) -> L
             )
             if names
         ]
-        raise UserError(f"weights in {path} do not match the model: {'; '.join(problems)}")
+        head = _classifier_keys(model)
+        hint = (" (another class count? new_head / --new-head starts the classifier fresh)"
+                if any(m.split(":")[0] in head for m in mismatched) and not new_head else "")
+        raise UserError(f"weights in {path} do not match the model: {'; '.join(problems)}{hint}")
     model.load_state_dict(loadable, strict=False)
     return report
 
