@@ -165,3 +165,31 @@ def test_train_keeps_the_best_epoch_and_its_run_dir_loads(tmp_path):
     assert torch.allclose(rsc.load(tmp_path / "run")(x), model(x), atol=1e-5)
     with pytest.raises(UserError, match="training batches of epoch 1 were empty"):
         rsc.train(rsc.create_model("torchvision/resnet18", 4), _EmptyButSized(), val, epochs=1)
+
+
+def test_distill_a_registry_student_and_a_pruned_one_from_a_teacher_module(tmp_path):
+    train, val = _loaders()
+    teacher = torchvision.models.resnet18(num_classes=4)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    fresh = rsc.distill(teacher, "g_ghost_regnetx_004", train, val, loss="dkd", epochs=1, small_input=True,
+                        out=tmp_path / "student")
+    assert rsc.models.built_as(fresh.model)[0] == "g_ghost_regnetx_004"
+    assert json.loads((tmp_path / "student" / "config.json").read_text())["method"] == "distill-dkd"
+    pruned = rsc.prune(teacher, train, val, example_input=EXAMPLE, method="l1", target_macs=0.5, finetune_epochs=1)
+    tuned = rsc.distill(teacher, pruned.model, train, val, loss="kd", epochs=1, kd={"temperature": 2.0})
+    assert len(tuned.history) == 1
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())  # the teacher is not changed
+    with pytest.raises(UserError, match="the student has 5 outputs, the teacher 4"):
+        rsc.distill(teacher, torchvision.models.resnet18(num_classes=5), train, val, epochs=1)
+
+
+def test_export_onnx_checks_parity_and_bench_times_modules_against_the_first(tmp_path):
+    model = torchvision.models.resnet18(num_classes=4)
+    report = rsc.export_onnx(model, tmp_path / "m.onnx", example_input=EXAMPLE)
+    assert report.ok and report.n_images == 8 and (tmp_path / "m.onnx").is_file()
+    with pytest.raises(UserError, match=r"m\.pt must end in \.onnx"):
+        rsc.export_onnx(model, tmp_path / "m.pt", example_input=EXAMPLE)
+    rows = rsc.bench(model, torchvision.models.resnet18(num_classes=4), example_input=EXAMPLE, engines=("torch",),
+                     repeats=3)
+    assert [(r["name"], r["engine"], r["batch_size"]) for r in rows] == [("model 0", "torch", 1), ("model 1", "torch", 1)]
+    assert rows[0]["speedup"] == 1.0 and rows[1]["median_ms"] > 0

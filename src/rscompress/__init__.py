@@ -20,7 +20,10 @@ __version__ = '0.1.0'
 _EXPORTS = {
     "train": "rscompress.python_api",
     "prune": "rscompress.python_api",
+    "distill": "rscompress.python_api",
     "evaluate": "rscompress.python_api",
+    "export_onnx": "rscompress.python_api",
+    "bench": "rscompress.python_api",
     "save": "rscompress.python_api",
     "load": "rscompress.python_api",
     "PruneResult": "rscompress.python_api",
@@ -34,7 +37,18 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:
     from rscompress.models import create_model, list_models
     from rscompress.models.weights import load_weights
-    from rscompress.python_api import PruneResult, TrainResult, evaluate, load, prune, save, train
+    from rscompress.python_api import (
+        PruneResult,
+        TrainResult,
+        bench,
+        distill,
+        evaluate,
+        export_onnx,
+        load,
+        prune,
+        save,
+        train,
+    )
 
 
 def __getattr__(name: str) -> Any:

@@ -411,3 +411,85 @@ def _device(cfg: PruneConfig) -> torch.device:
     from rscompress.engine.device import resolve_device
 
     return resolve_device(cfg.finetune.device)
+
+
+def distill(teacher: nn.Module, student: nn.Module | str, train_loader: Batches, val_loader: Batches, *,
+            loss: str = "dkd", epochs: int = 60, lr: float | None = None, seed: int = 0, small_input: bool = False,
+            kd: dict[str, Any] | None = None, out: str | Path | None = None, resume: bool = False,
+            quiet: bool = True, **fit_options: Any) -> TrainResult:
+    """Train ``student`` guided by the frozen ``teacher``'s logits: ``loss`` ce (the student
+    alone), kd (Hinton) or dkd (decoupled KD). ``student``: a model (a pruned one is fine-tuned
+    at FINETUNE_LR by default) or a registry name, built fresh with the teacher's class count
+    and trained at 0.1. ``kd``: KDSettings fields (temperature, alpha, beta, kd_weight,
+    kd_warmup_epochs, cache_teacher_logits). ``teacher`` is not changed."""
+    from rscompress.config import DistillConfig
+    from rscompress.distillation.objective import freeze, teacher_loss_fn
+    from rscompress.models.registry import create_model
+
+    example = _first_images(val_loader)
+    teacher = copy.deepcopy(teacher).cpu()
+    num_classes = _num_classes(teacher, example)
+    if isinstance(student, str):
+        torch.manual_seed(seed)
+        student = create_model(student, num_classes, **({"small_input": True} if small_input else {}))
+        lr = 0.1 if lr is None else lr
+    lr = FINETUNE_LR if lr is None else lr
+    cfg = DistillConfig(loss=loss, small_input=small_input, fit=_fit_config(epochs, lr, seed, **fit_options),
+                        **(kd or {}))
+    if (student_classes := _num_classes(student, example)) != num_classes:
+        raise UserError(f"the student has {student_classes} outputs, the teacher {num_classes}")
+    teacher = freeze(teacher.to(_device_of(cfg.fit)), cfg)
+    settings = {"method": f"distill-{loss}", "method_params": cfg.model_dump(mode="json", exclude={"fit"}),
+                "train": cfg.fit.model_dump(mode="json", exclude={"threads", "device"})}
+    with _WorkDir(out) as run:
+        _start(run, student, example, settings, resume)
+        result = fit(student, _LoaderBatches(train_loader, "train_loader"), val_loader, cfg.fit, run, num_classes,
+                     loss_fn=teacher_loss_fn(teacher, loss, cfg, cfg.fit.label_smoothing),
+                     resume=(run.checkpoint_dir / "latest.json").is_file(), quiet=quiet)
+        student.cpu()
+        _finish(run, student, result, settings)
+        return TrainResult(student, result.best_val, result.history, None if out is None else run.path)
+
+
+def _device_of(cfg: FitConfig) -> torch.device:
+    from rscompress.engine.device import resolve_device
+
+    return resolve_device(cfg.device)
+
+
+def export_onnx(model: nn.Module, path: str | Path, *, example_input: Tensor, images: Tensor | None = None,
+                atol: float | None = None) -> Any:
+    """Write ``model`` as ONNX (input ``images`` N×3×S×S, output ``logits``, N dynamic) and check
+    ONNX Runtime against PyTorch on ``images`` (default: 8 seeded random images of
+    ``example_input``'s size); returns the ParityReport. A failed check (ParityError) removes
+    the file: a model that computes something else must not be deployed."""
+    from rscompress.deploy.onnx import DEFAULT_ATOL, ParityError, check_parity
+    from rscompress.deploy.onnx import export_onnx as write_onnx
+
+    img_size = _img_size(example_input)
+    path = Path(path)
+    if path.suffix != ".onnx":
+        raise UserError(f"{path} must end in .onnx")
+    if images is None:
+        images = torch.randn(8, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
+    write_onnx(model, img_size, path)
+    try:
+        return check_parity(model, path, images, atol=DEFAULT_ATOL if atol is None else atol)
+    except ParityError:
+        path.unlink(missing_ok=True)
+        raise
+
+
+def bench(*models: nn.Module | str | Path, example_input: Tensor, batch_sizes: Sequence[int] = (1,),
+          threads: Sequence[int] = (1,), engines: Sequence[str] = ("onnxruntime", "torch"),
+          repeats: int = 50) -> list[dict[str, Any]]:
+    """Latency of each model (an ``nn.Module`` or a run dir) on this CPU, timed interleaved
+    (medians, p90), with speedups against the first model given; one row per model and setting."""
+    from rscompress.deploy.latency import measure
+
+    img_size = _img_size(example_input)
+    specs = [m if not isinstance(m, nn.Module) else (f"model {i}", copy.deepcopy(m).cpu().eval(), img_size)
+             for i, m in enumerate(models)]
+    results = measure(specs, batch_sizes=batch_sizes, threads=threads, engines=engines, repeats=repeats,
+                      peak_rss=False)
+    return [r.to_dict() for r in results]
