@@ -121,6 +121,13 @@ def test_bad_calls_get_one_clear_error(call, message):
         call(torchvision.models.resnet18(num_classes=4), train, val)
 
 
+def test_remotetrimmer_names_the_se_layers_it_cannot_fold():
+    train, val = _loaders()
+    with pytest.raises(UserError, match=r"MobileNetV3's own \(SqueezeExcitation at features\.1\.block\.1, and 8 more\)"):
+        rsc.prune(torchvision.models.mobilenet_v3_small(num_classes=4), train, val, example_input=EXAMPLE,
+                  method="remotetrimmer", target_macs=0.5)
+
+
 def test_a_model_nobody_can_rebuild_is_refused_by_save_naming_its_class(tmp_path):
     class Tiny(nn.Module):
         def __init__(self):

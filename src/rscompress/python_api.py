@@ -377,11 +377,23 @@ def _prepared_parent(parent: nn.Module, train_loader: Batches, cfg: PruneConfig
 
     if not _is_se(parent):
         if cfg.method == "remotetrimmer":
-            raise UserError(f"method remotetrimmer needs a parent with SE blocks (se_resnet18, ...); "
-                            f"this {type(parent).__name__} has none")
+            raise UserError(_no_foldable_se(parent))
         return parent, None
     weights_as_trained = strip_se_blocks(copy.deepcopy(parent))
     return prepare_remotetrimmer(parent, _calibration(train_loader)), weights_as_trained
+
+
+def _no_foldable_se(model: nn.Module) -> str:
+    """Why remotetrimmer cannot take ``model``, naming its own SE-style layers if it has any."""
+    foreign = [(name, type(m).__name__) for name, m in model.named_modules()
+               if any(word in type(m).__name__ for word in ("SqueezeExcit", "SEModule", "SELayer", "EffectiveSE"))]
+    what = f"this {type(model).__name__}"
+    if not foreign:
+        return f"method remotetrimmer needs a parent with SE blocks (se_resnet18, ...); {what} has none"
+    more = f", and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+    return (f"method remotetrimmer folds rscompress's SE blocks (SEBatchNorm2d: se_resnet18, se_vgg16_bn, ...); "
+            f"{what}'s own ({foreign[0][1]} at {foreign[0][0]}{more}) cannot be folded yet: "
+            "use another method, or an se_* model from rsc.create_model")
 
 
 def _select(parent: nn.Module, train_loader: Batches, val_loader: Batches, img_size: int, cfg: PruneConfig,
