@@ -6,7 +6,6 @@ Each reads and writes run dirs only, so any step can be re-run or resumed on its
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import shutil
@@ -34,7 +33,7 @@ from rscompress.data.prepare import PreparedData, inspect_folder, prepare_data
 from rscompress.engine.device import model_device, resolve_device
 from rscompress.engine.distributed import DistInfo, barrier, init_distributed
 from rscompress.engine.metrics import evaluate as evaluate_model
-from rscompress.engine.trainer import LossFn, fit
+from rscompress.engine.trainer import LossFn, aml_ce_objective, fit
 from rscompress.errors import UserError
 from rscompress.io_utils import link_or_copy, write_json_atomic
 from rscompress.models import create_model
@@ -336,13 +335,9 @@ def prune(
     pruned to this budget instead of training it again.
     """
     from rscompress.distillation.objective import freeze, teacher_loss_fn
-    from rscompress.losses import aml_ce_loss
-    from rscompress.models.se import strip_se_blocks
     from rscompress.pruning import architecture_spec
-    from rscompress.pruning.methods.remotetrimmer import (
-        folded_model_name,
-        prepare_remotetrimmer,
-    )
+    from rscompress.pruning.methods.remotetrimmer import folded_model_name
+    from rscompress.pruning.parent import prepare_parent
     from rscompress.pruning.select import SPARSE_METHODS, select_and_prune
 
     if sparse_from is not None and (cfg.method not in SPARSE_METHODS or pruned_from is not None):
@@ -373,16 +368,10 @@ def prune(
         pruned.train()
         record = json.loads(record_path.read_text())
     else:
-        model_name = parent_cfg.model
-        if cfg.method == "remotetrimmer" and not is_se:
-            raise UserError(f"--method remotetrimmer needs an SE parent (se_resnet18, ...); {parent.path} is {model_name}")
+        model_name = folded_model_name(parent_cfg.model) if is_se else parent_cfg.model
         # SE attention, gradients and BN statistics come from plain (unaugmented) train images.
         calibration = eval_batches(data, data.train_indices, batch_size=64)
-        weights_as_trained = None
-        if is_se:
-            weights_as_trained = strip_se_blocks(copy.deepcopy(model))
-            model = prepare_remotetrimmer(model, calibration)
-            model_name = folded_model_name(model_name)
+        model, weights_as_trained = prepare_parent(model, calibration, cfg.method)
         torch.manual_seed(cfg.finetune.seed)  # the random criterion, sparse training
         pruned, details = select_and_prune(
             model, model_name, parent_cfg.img_size, cfg,
@@ -414,9 +403,7 @@ def prune(
 
     loss_fn = teacher = None
     if cfg.loss == "aml+ce":
-        def loss_fn(m, x, y, epoch):
-            logits = m(x)
-            return aml_ce_loss(logits.float(), y, cfg.r1, cfg.r2), logits
+        loss_fn = aml_ce_objective(cfg.r1, cfg.r2)
     elif cfg.loss in ("kd", "dkd"):
         # The unpruned parent as it was trained (SE blocks and all) is the teacher.
         teacher = freeze(parent.load_model()[0].to(device), cfg.kd)

@@ -30,13 +30,14 @@ from rscompress.artifacts import RunConfig, RunDir, library_versions
 from rscompress.config import FINETUNE_LR, FitConfig, OptimConfig, PruneConfig
 from rscompress.engine.metrics import EvalResult
 from rscompress.engine.metrics import evaluate as evaluate_model
-from rscompress.engine.trainer import FitResult, LossFn, fit
+from rscompress.engine.trainer import FitResult, LossFn, aml_ce_objective, fit
 from rscompress.errors import UserError
 from rscompress.io_utils import write_json_atomic
 from rscompress.models.complexity import count_macs_params
 from rscompress.models.external import identify_external
 from rscompress.models.registry import built_as
 from rscompress.models.weights import read_state_dict, save_weights
+from rscompress.pruning.parent import has_se_blocks, prepare_parent
 
 Batches = Iterable[tuple[Tensor, Tensor]]
 # Batches of the train loader whose gradients rank channels for taylor, and whose images
@@ -92,7 +93,7 @@ def _model_name(model: nn.Module, num_classes: int) -> tuple[str, dict[str, Any]
     """The registry name (and options) that rebuilds ``model``'s architecture in a fresh process."""
     if (made := built_as(model)) is not None:
         name, kwargs = made
-        if name.startswith("se_") and not _is_se(model):  # folded or stripped: the plain architecture
+        if name.startswith("se_") and not has_se_blocks(model):  # folded or stripped: the plain architecture
             from rscompress.pruning.methods.remotetrimmer import folded_model_name
 
             name = folded_model_name(name)
@@ -312,7 +313,7 @@ def prune(
     with _WorkDir(out) as run:
         _start(run, _folded_copy(parent), example_input, settings, resume)
         if run.holds_pruned_model():
-            pruned = _prepared_parent(parent, train_loader, cfg)[0]
+            pruned = prepare_parent(parent, _calibration(train_loader), cfg.method)[0]
             apply_architecture(pruned, _read_json(run.prune_record_path)["architecture"])
             pruned.load_state_dict(read_state_dict(run.pruned_weights_path))
             details = _read_json(run.prune_record_path)["details"]
@@ -324,7 +325,7 @@ def prune(
         pruned.train()
         num_classes = _num_classes(pruned, example_input.float())
         if loss_fn is None and cfg.loss == "aml+ce":
-            loss_fn = _aml_ce(cfg)
+            loss_fn = aml_ce_objective(cfg.r1, cfg.r2)
         result = fit(pruned, _LoaderBatches(train_loader, "train_loader"), val_loader, cfg.finetune, run, num_classes,
                      loss_fn=loss_fn, resume=(run.checkpoint_dir / "latest.json").is_file(), quiet=quiet)
         pruned.cpu()
@@ -341,59 +342,16 @@ def _read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
-def _aml_ce(cfg: PruneConfig) -> LossFn:
-    from rscompress.losses import aml_ce_loss
-
-    def loss_fn(m, x, y, epoch):
-        logits = m(x)
-        return aml_ce_loss(logits.float(), y, cfg.r1, cfg.r2), logits
-
-    return loss_fn
-
-
-def _is_se(model: nn.Module) -> bool:
-    from rscompress.models.se import se_batchnorms
-
-    return bool(se_batchnorms(model))
-
-
 def _folded_copy(model: nn.Module) -> nn.Module:
     """The SE-free architecture every method ships (SE blocks stripped), for counting."""
     from rscompress.models.se import strip_se_blocks
+    from rscompress.pruning.parent import has_se_blocks
 
-    return strip_se_blocks(copy.deepcopy(model)) if _is_se(model) else model
+    return strip_se_blocks(copy.deepcopy(model)) if has_se_blocks(model) else model
 
 
 def _calibration(train_loader: Batches) -> list[tuple[Tensor, Tensor]]:
     return [batch for _, batch in zip(range(CALIBRATION_BATCHES), train_loader, strict=False)]
-
-
-def _prepared_parent(parent: nn.Module, train_loader: Batches, cfg: PruneConfig
-                     ) -> tuple[nn.Module, nn.Module | None]:
-    """The model the method prunes, and the weights the weight criteria score (api.prune says
-    why): an SE parent is folded (its attention averaged over calibration batches)."""
-    from rscompress.models.se import strip_se_blocks
-    from rscompress.pruning.methods.remotetrimmer import prepare_remotetrimmer
-
-    if not _is_se(parent):
-        if cfg.method == "remotetrimmer":
-            raise UserError(_no_foldable_se(parent))
-        return parent, None
-    weights_as_trained = strip_se_blocks(copy.deepcopy(parent))
-    return prepare_remotetrimmer(parent, _calibration(train_loader)), weights_as_trained
-
-
-def _no_foldable_se(model: nn.Module) -> str:
-    """Why remotetrimmer cannot take ``model``, naming its own SE-style layers if it has any."""
-    foreign = [(name, type(m).__name__) for name, m in model.named_modules()
-               if any(word in type(m).__name__ for word in ("SqueezeExcit", "SEModule", "SELayer", "EffectiveSE"))]
-    what = f"this {type(model).__name__}"
-    if not foreign:
-        return f"method remotetrimmer needs a parent with SE blocks (se_resnet18, ...); {what} has none"
-    more = f", and {len(foreign) - 1} more" if len(foreign) > 1 else ""
-    return (f"method remotetrimmer folds rscompress's SE blocks (SEBatchNorm2d: se_resnet18, se_vgg16_bn, ...); "
-            f"{what}'s own ({foreign[0][1]} at {foreign[0][0]}{more}) cannot be folded yet: "
-            "use another method, or an se_* model from rsc.create_model")
 
 
 def _select(parent: nn.Module, train_loader: Batches, val_loader: Batches, img_size: int, cfg: PruneConfig,
@@ -401,7 +359,7 @@ def _select(parent: nn.Module, train_loader: Batches, val_loader: Batches, img_s
     from rscompress.pruning.select import select_and_prune
 
     torch.manual_seed(cfg.finetune.seed)  # the random criterion, sparse training
-    model, weights_as_trained = _prepared_parent(parent, train_loader, cfg)
+    model, weights_as_trained = prepare_parent(parent, _calibration(train_loader), cfg.method)
     return select_and_prune(
         model, _architecture_family(parent), img_size, cfg,
         train_batches=_LoaderBatches(train_loader, "train_loader"), val_batches=val_loader,

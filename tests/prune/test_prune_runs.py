@@ -59,7 +59,7 @@ def test_target_params_and_ratio(parents, tmp_path):
 
 
 def test_remotetrimmer_needs_se_parent(parents, tmp_path):
-    with pytest.raises(UserError, match="SE parent"):
+    with pytest.raises(UserError, match="needs a parent with SE blocks .* ResNet has none"):
         api.prune(parents["resnet18"], _cfg("remotetrimmer", target_macs=0.3), tmp_path / "x", quiet=True)
     assert not (tmp_path / "x").exists()
 

@@ -78,6 +78,17 @@ def cross_entropy_loss(label_smoothing: float = 0.0) -> LossFn:
     return loss_fn
 
 
+def aml_ce_objective(r1: float = 1.0, r2: float = 1.0) -> LossFn:
+    """RemoteTrimmer's fine-tuning loss r1·AML + r2·CE (losses.aml_ce_loss) as a loop objective."""
+    from rscompress.losses import aml_ce_loss
+
+    def loss_fn(model, x, y, epoch):
+        logits = model(x)
+        return aml_ce_loss(logits.float(), y, r1, r2), logits
+
+    return loss_fn
+
+
 @dataclass
 class FitResult:
     best_epoch: int
