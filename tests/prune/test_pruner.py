@@ -194,3 +194,19 @@ def test_global_ratio_removes_tied_zero_channels_cheapest_first() -> None:
     prune(model, "bn", EXAMPLE, ratio=0.02, global_pruning=True)
     assert model.layer1[0].bn1.num_features == 64
     assert model.layer4[1].bn1.num_features < 512
+
+
+def test_fpgm_prunes_a_model_with_grouped_convolutions():
+    # RegNet-style: a 1x1 conv feeding a grouped (not depthwise) 3x3 conv. Torch-Pruning 1.6's
+    # FPGM crashed on the grouped conv's input side.
+    from rscompress.pruning.budget import prune_to_budget
+
+    model = nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1, groups=4), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(32, 64, 1), nn.BatchNorm2d(64), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 5),
+    )
+    pruned, report = prune_to_budget(model, "fpgm", 16, target_macs=0.5)
+    assert abs(report.macs_kept - 0.5) <= 0.01
+    assert pruned(torch.randn(2, 3, 16, 16)).shape == (2, 5)

@@ -68,12 +68,35 @@ class ChannelAttentionImportance(Importance):
         return scores.float()
 
 
+class GroupedConvSafeFPGM(tp.importance.FPGMImportance):
+    """Torch-Pruning's FPGM, skipping the input side of grouped (not depthwise) convolutions.
+
+    Torch-Pruning 1.6's FPGM repeats a 2-D distance matrix with a 1-D ``repeat`` there and
+    crashes (RegNet's group convs). Those inputs follow their producer's output channels,
+    which FPGM still scores from the producer's filters, as the paper ranks filters.
+    """
+
+    @torch.no_grad()
+    def __call__(self, group: tp.dependency.Group, **kwargs) -> Tensor | None:
+        def grouped_input(item) -> bool:
+            layer = item.dep.layer
+            return (item.dep.pruning_fn == function.prune_conv_in_channels
+                    and layer.groups not in (1, layer.in_channels))
+
+        if not any(grouped_input(item) for item in group):
+            return super().__call__(group, **kwargs)
+        kept = tp.dependency.Group()
+        kept._group = [item for item in group if not grouped_input(item)]
+        kept._DG = group._DG
+        return super().__call__(kept, **kwargs)
+
+
 _FACTORIES: dict[str, Callable[[], Importance]] = {
     "l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
     "l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
     "bn": lambda: tp.importance.BNScaleImportance(normalizer=None),
     "taylor": lambda: tp.importance.GroupTaylorImportance(),
-    "fpgm": lambda: tp.importance.FPGMImportance(),
+    "fpgm": GroupedConvSafeFPGM,
     "lamp": lambda: tp.importance.LAMPImportance(),
     "random": lambda: tp.importance.RandomImportance(),
     "remotetrimmer": ChannelAttentionImportance,
