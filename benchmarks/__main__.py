@@ -1,4 +1,5 @@
-"""``python -m benchmarks suite SUITE.yaml [--seeds 0 --budgets 0.1 ...]`` | ``python -m benchmarks tables RESULTS.jsonl``."""
+"""``python -m benchmarks suite SUITE.yaml [--seeds 0 --budgets 0.1 ...]``
+| ``python -m benchmarks tables RESULTS.jsonl``."""
 
 import argparse
 from pathlib import Path
@@ -15,7 +16,9 @@ suite_args = sub.add_parser("suite", help="run the missing cells of a suite, the
 suite_args.add_argument("suite", type=Path)
 suite_args.add_argument("--datasets", nargs="+", help="only the parents/cells of these datasets")
 suite_args.add_argument("--seeds", nargs="+", type=int, help="only these seeds")
-suite_args.add_argument("--budgets", nargs="+", type=float, help="only these budgets (MACs, or params for a params cell)")
+suite_args.add_argument(
+    "--budgets", nargs="+", type=float, help="only these budgets (MACs, or params for a params cell)"
+)
 suite_args.add_argument("--models", nargs="+", help="only the parents (teachers) of these models")
 suite_args.add_argument("--methods", nargs="+", help="only these methods, by record label (bn-global, distill-dkd)")
 suite_args.add_argument("--students", nargs="+", help="only the distillation cells of these student models")
@@ -26,9 +29,15 @@ if args.verb == "suite":
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        appended = run_suite(args.suite, datasets=args.datasets, seeds=args.seeds, budgets=args.budgets,
-                             models=args.models, methods=args.methods,
-                             students=args.students)
+        appended = run_suite(
+            args.suite,
+            datasets=args.datasets,
+            seeds=args.seeds,
+            budgets=args.budgets,
+            models=args.models,
+            methods=args.methods,
+            students=args.students,
+        )
     except UserError as exc:
         parser.error(str(exc))
     print(f"{appended} new records")

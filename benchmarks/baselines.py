@@ -49,10 +49,30 @@ def main() -> None:
                 continue
             out = WORK / f"{dataset}-{model}-{img_size}px-e{epochs}-s{args.seed}"
             cmd = [
-                "rscompress", "train", "--data", str(DATASETS[dataset]), "--model", model,
-                "--img-size", str(img_size), "--epochs", str(epochs), "--seed", str(args.seed),
-                "--batch-size", "64", "--lr", "0.1", "--warmup-epochs", "2", "--label-smoothing", "0.1",
-                "--out", str(out), "--quiet", *(["--threads", str(args.threads)] if args.threads else []),
+                "rscompress",
+                "train",
+                "--data",
+                str(DATASETS[dataset]),
+                "--model",
+                model,
+                "--img-size",
+                str(img_size),
+                "--epochs",
+                str(epochs),
+                "--seed",
+                str(args.seed),
+                "--batch-size",
+                "64",
+                "--lr",
+                "0.1",
+                "--warmup-epochs",
+                "2",
+                "--label-smoothing",
+                "0.1",
+                "--out",
+                str(out),
+                "--quiet",
+                *(["--threads", str(args.threads)] if args.threads else []),
             ]
             run = RunDir(out)
             if not run.is_complete():

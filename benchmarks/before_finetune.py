@@ -13,7 +13,6 @@ Validation split only: this is a diagnostic for choosing settings, not a result.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
@@ -49,13 +48,20 @@ def measure(child: Path) -> dict:
     model, _ = run.load_model(weights=run.pruned_weights_path)
     val = api.eval_batches(data, data.val_indices)
     as_pruned = evaluate(model.eval(), val, len(data.class_names)).top1
-    recalibrated = evaluate(recalibrate_bn(model, api.eval_batches(data, data.train_indices)), val,
-                            len(data.class_names)).top1
+    recalibrated = evaluate(
+        recalibrate_bn(model, api.eval_batches(data, data.train_indices)), val, len(data.class_names)
+    ).top1
     prune_params = config.method_params or {}
-    return {"run": str(child), "dataset": Path(config.data["path"]).name, "parent": Path(config.parent).name,
-            "method": child.name.rsplit("-", 1)[0], "target_macs": prune_params.get("target_macs"),
-            "val_top1_as_pruned": as_pruned, "val_top1_bn_recalibrated": recalibrated,
-            "test_top1_after_finetune": run.load_metrics()["top1"]}
+    return {
+        "run": str(child),
+        "dataset": Path(config.data["path"]).name,
+        "parent": Path(config.parent).name,
+        "method": child.name.rsplit("-", 1)[0],
+        "target_macs": prune_params.get("target_macs"),
+        "val_top1_as_pruned": as_pruned,
+        "val_top1_bn_recalibrated": recalibrated,
+        "test_top1_after_finetune": run.load_metrics()["top1"],
+    }
 
 
 def main() -> None:
@@ -70,9 +76,12 @@ def main() -> None:
             continue
         record = measure(child)
         append_record(RESULTS, record)
-        print(f"{record['parent']}/{child.name}: as pruned {record['val_top1_as_pruned']:.3f}, "
-              f"BN recalibrated {record['val_top1_bn_recalibrated']:.3f}, "
-              f"after fine-tuning (test) {record['test_top1_after_finetune']:.3f}", flush=True)
+        print(
+            f"{record['parent']}/{child.name}: as pruned {record['val_top1_as_pruned']:.3f}, "
+            f"BN recalibrated {record['val_top1_bn_recalibrated']:.3f}, "
+            f"after fine-tuning (test) {record['test_top1_after_finetune']:.3f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

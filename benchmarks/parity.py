@@ -83,10 +83,18 @@ def scale_logits(model: nn.Module, images: torch.Tensor, largest: float = LOGIT_
 
 
 def _row(name: str, report: ParityReport, logit_max: float, macs: int, params: int) -> dict:
-    return {"model": name, "max_abs_diff": report.max_abs_diff, "top1_agree": report.top1_agree,
-            "ok": report.ok, "logit_max": logit_max, "relative_diff": report.max_abs_diff / logit_max,
-            "n_images": report.n_images,
-            "batch_sizes": list(report.batch_sizes), "macs": macs, "params": params}
+    return {
+        "model": name,
+        "max_abs_diff": report.max_abs_diff,
+        "top1_agree": report.top1_agree,
+        "ok": report.ok,
+        "logit_max": logit_max,
+        "relative_diff": report.max_abs_diff / logit_max,
+        "n_images": report.n_images,
+        "batch_sizes": list(report.batch_sizes),
+        "macs": macs,
+        "params": params,
+    }
 
 
 def measure(name: str, model: nn.Module, images: torch.Tensor, img_size: int, tmp: Path) -> dict:
@@ -124,9 +132,13 @@ def main() -> None:
     for name in a.train:  # their run dirs land in the work dir, where the glob below finds them
         out = a.tmp / f"trained-{name}-e{a.train_epochs}"
         if not RunDir(out).is_complete():
-            api.train(DataConfig(path=SAMPLE, img_size=a.img_size),
-                      TrainConfig(model=name, epochs=a.train_epochs), out,
-                      resume=(RunDir(out).checkpoint_dir / "latest.json").is_file(), quiet=True)
+            api.train(
+                DataConfig(path=SAMPLE, img_size=a.img_size),
+                TrainConfig(model=name, epochs=a.train_epochs),
+                out,
+                resume=(RunDir(out).checkpoint_dir / "latest.json").is_file(),
+                quiet=True,
+            )
     a.tmp.mkdir(parents=True, exist_ok=True)
     images = real_images(a.images, a.img_size)
     rows = []
@@ -141,15 +153,32 @@ def main() -> None:
         if not RunDir(weights.parent).is_complete():  # a run still training
             continue
         rows.append(measure_run(weights.parent, a.tmp))
-        print(f"{rows[-1]['model']}: {rows[-1]['max_abs_diff']:.2e} (|logit| <= {rows[-1]['logit_max']:.1f})", flush=True)
-    OUT.write_text(json.dumps({"img_size": a.img_size, "device": DEVICE, "commit": git_commit(),
-                               "registry_models": "random weights, BN statistics from real bundled UC Merced "
-                                                  f"images, largest |logit| scaled to {LOGIT_SCALE:g}",
-                               "rows": rows}, indent=1) + "\n")
-    lines = ["| model | max abs logit diff | max abs logit | diff / max logit | top-1 agree | passes export's check |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['max_abs_diff']:.2e} | {r['logit_max']:.1f} | {r['relative_diff']:.1e} "
-              f"| {100 * r['top1_agree']:.0f} % | {'yes' if r['ok'] else 'no'} |" for r in rows]
+        print(
+            f"{rows[-1]['model']}: {rows[-1]['max_abs_diff']:.2e} (|logit| <= {rows[-1]['logit_max']:.1f})", flush=True
+        )
+    OUT.write_text(
+        json.dumps(
+            {
+                "img_size": a.img_size,
+                "device": DEVICE,
+                "commit": git_commit(),
+                "registry_models": "random weights, BN statistics from real bundled UC Merced "
+                f"images, largest |logit| scaled to {LOGIT_SCALE:g}",
+                "rows": rows,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
+    lines = [
+        "| model | max abs logit diff | max abs logit | diff / max logit | top-1 agree | passes export's check |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['model']} | {r['max_abs_diff']:.2e} | {r['logit_max']:.1f} | {r['relative_diff']:.1e} "
+        f"| {100 * r['top1_agree']:.0f} % | {'yes' if r['ok'] else 'no'} |"
+        for r in rows
+    ]
     OUT.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"wrote {OUT} and {OUT.with_suffix('.md')}")
 

@@ -37,8 +37,13 @@ class RandomBatches:
 
     def __init__(self, n: int, batch_size: int, img_size: int, seed: int) -> None:
         gen = torch.Generator().manual_seed(seed)
-        self.batches = [(torch.randn(batch_size, 3, img_size, img_size, generator=gen),
-                         torch.randint(0, 21, (batch_size,), generator=gen)) for _ in range(n)]
+        self.batches = [
+            (
+                torch.randn(batch_size, 3, img_size, img_size, generator=gen),
+                torch.randint(0, 21, (batch_size,), generator=gen),
+            )
+            for _ in range(n)
+        ]
 
     def set_epoch(self, epoch: int) -> None:
         pass
@@ -54,9 +59,18 @@ def nas_epoch_seconds(model_name: str, mixed: bool, batches: int, img_size: int)
     torch.manual_seed(0)
     model = create_model(model_name, num_classes=21)
     stamps: list[float] = []
-    nas_search(model, RandomBatches(batches, 64, img_size, 0), RandomBatches(batches, 64, img_size, 1),
-               img_size=img_size, target_macs=0.35, search_epochs=2, warmup_epochs=0,
-               progress=lambda *_: stamps.append(time.perf_counter()), bf16=mixed, channels_last=mixed)
+    nas_search(
+        model,
+        RandomBatches(batches, 64, img_size, 0),
+        RandomBatches(batches, 64, img_size, 1),
+        img_size=img_size,
+        target_macs=0.35,
+        search_epochs=2,
+        warmup_epochs=0,
+        progress=lambda *_: stamps.append(time.perf_counter()),
+        bf16=mixed,
+        channels_last=mixed,
+    )
     return stamps[1] - stamps[0]
 
 
@@ -64,8 +78,9 @@ def sparse_epoch_seconds(model_name: str, mixed: bool, batches: int, img_size: i
     torch.manual_seed(0)
     model = create_model(model_name, num_classes=21)
     cfg = SparsityConfig(epochs=2, attention_layers=attention_layers(model_name), bf16=mixed, channels_last=mixed)
-    _, report = sparse_train(model, RandomBatches(batches, 64, img_size, 0), RandomBatches(batches, 64, img_size, 1),
-                             cfg)
+    _, report = sparse_train(
+        model, RandomBatches(batches, 64, img_size, 0), RandomBatches(batches, 64, img_size, 1), cfg
+    )
     return report.history[1]["seconds"]
 
 
@@ -80,8 +95,10 @@ def measure(model_name: str, *, rounds: int, batches: int, img_size: int) -> dic
             for name, mixed in VARIANTS.items():
                 seconds[name].append(epoch_seconds(model_name, mixed, batches, img_size))
         fp32 = statistics.median(seconds["fp32"])
-        result[phase] = {name: {"median_s": statistics.median(s), "speedup_vs_fp32": fp32 / statistics.median(s),
-                                "rounds_s": s} for name, s in seconds.items()}
+        result[phase] = {
+            name: {"median_s": statistics.median(s), "speedup_vs_fp32": fp32 / statistics.median(s), "rounds_s": s}
+            for name, s in seconds.items()
+        }
     return result
 
 
@@ -96,17 +113,27 @@ def main() -> None:
     torch.set_num_threads(1)
     result = {
         "what": "seconds per epoch (second of two) of the NAS search and of L1RR sparse training, one thread, "
-                "random batches of 64 images",
-        "img_size": args.img_size, "batches": args.batches, "rounds": args.rounds, "models": {},
-        "device": DEVICE, "cpu": cpu_name(), "torch": torch.__version__, "commit": git_commit(),
+        "random batches of 64 images",
+        "img_size": args.img_size,
+        "batches": args.batches,
+        "rounds": args.rounds,
+        "models": {},
+        "device": DEVICE,
+        "cpu": cpu_name(),
+        "torch": torch.__version__,
+        "commit": git_commit(),
     }
     out = ROOT / "benchmarks" / "results" / "phase_step.json"
     for model in args.models:
         result["models"][model] = measure(model, rounds=args.rounds, batches=args.batches, img_size=args.img_size)
         out.write_text(json.dumps(result, indent=2) + "\n")  # after each model: a later failure keeps it
         for phase, variants in result["models"][model].items():
-            print(model, phase, "  ".join(f"{n} {v['median_s']:.1f}s ({v['speedup_vs_fp32']:.2f}x)"
-                                          for n, v in variants.items()), flush=True)
+            print(
+                model,
+                phase,
+                "  ".join(f"{n} {v['median_s']:.1f}s ({v['speedup_vs_fp32']:.2f}x)" for n, v in variants.items()),
+                flush=True,
+            )
     print(f"wrote {out}")
 
 

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def train_steps(model, optimizer, batches, steps: int) -> float:
     """Images per second over ``steps`` optimizer steps fed from ``batches``."""
     seen, t0 = 0, time.perf_counter()
-    for step, (x, y) in zip(range(steps), batches):
+    for _, (x, y) in zip(range(steps), batches, strict=False):
         loss = F.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -50,8 +50,16 @@ def main() -> None:
 
     data = prepare_data(DataConfig(path=ROOT / "sample" / "ucmerced128", img_size=args.img_size))
     loader = BatchLoader(
-        data.images, data.labels, data.train_indices, batch_size=args.batch_size, shuffle=True,
-        augment=True, mean=data.mean, std=data.std, seed=0, drop_last=True,
+        data.images,
+        data.labels,
+        data.train_indices,
+        batch_size=args.batch_size,
+        shuffle=True,
+        augment=True,
+        mean=data.mean,
+        std=data.std,
+        seed=0,
+        drop_last=True,
     )
     x_mem = torch.randn(args.batch_size, 3, args.img_size, args.img_size)
     y_mem = torch.randint(0, len(data.class_names), (args.batch_size,))

@@ -90,8 +90,9 @@ def split_from_file(path: Path, keys: list[str]) -> tuple[np.ndarray, ...]:
     """Train/val/test rows named by a split file's ``{"train": [{"path": ...}, ...], ...}``."""
     row = {key: i for i, key in enumerate(keys)}
     data = json.loads(path.read_text())
-    return tuple(np.asarray([row[entry["path"]] for entry in data[part]], dtype=np.int64)
-                 for part in ("train", "val", "test"))
+    return tuple(
+        np.asarray([row[entry["path"]] for entry in data[part]], dtype=np.int64) for part in ("train", "val", "test")
+    )
 
 
 def stratified_split(labels: np.ndarray, seed: int, fractions=(0.7, 0.1)) -> tuple[np.ndarray, ...]:
@@ -138,8 +139,14 @@ def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
     return correct / len(labels)
 
 
-def train_one(images: np.ndarray, labels: np.ndarray, num_classes: int, seed: int, recipe: Recipe,
-              split: tuple[np.ndarray, ...] | None = None) -> dict:
+def train_one(
+    images: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    seed: int,
+    recipe: Recipe,
+    split: tuple[np.ndarray, ...] | None = None,
+) -> dict:
     torch.manual_seed(seed)
     train_idx, val_idx, test_idx = split if split is not None else stratified_split(labels, seed)
     data = torch.from_numpy(images)
@@ -152,15 +159,24 @@ def train_one(images: np.ndarray, labels: np.ndarray, num_classes: int, seed: in
     mean, std = mean.float().view(1, 3, 1, 1), std.float().view(1, 3, 1, 1)
 
     model = torchvision.models.resnet18(num_classes=num_classes)
-    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                                nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=recipe.lr,
+        momentum=recipe.momentum,
+        nesterov=recipe.nesterov,
+        weight_decay=recipe.weight_decay,
+    )
     n_train = len(train_idx)
     steps = n_train // recipe.batch_size if recipe.drop_last else math.ceil(n_train / recipe.batch_size)
     total = steps * recipe.epochs
     if recipe.schedule == "onecycle":
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, total_steps=total,
-                                                        pct_start=recipe.pct_start,
-                                                        cycle_momentum=recipe.cycle_momentum)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=recipe.lr,
+            total_steps=total,
+            pct_start=recipe.pct_start,
+            cycle_momentum=recipe.cycle_momentum,
+        )
     else:
         warm = recipe.warmup_epochs * steps
 
@@ -193,8 +209,15 @@ def train_one(images: np.ndarray, labels: np.ndarray, num_classes: int, seed: in
     seconds = time.perf_counter() - t0
     model.load_state_dict(best_state)
     test = accuracy(model, data[test_idx], targets[test_idx], mean, std)
-    return {"val_top1": best_val, "top1": test, "best_epoch": best_epoch, "train_seconds": seconds,
-            "n_train": n_train, "n_val": len(val_idx), "n_test": len(test_idx)}
+    return {
+        "val_top1": best_val,
+        "top1": test,
+        "best_epoch": best_epoch,
+        "train_seconds": seconds,
+        "n_train": n_train,
+        "n_val": len(val_idx),
+        "n_test": len(test_idx),
+    }
 
 
 def cpu_model() -> str:
@@ -220,7 +243,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="override the recipe's 60 epochs")
     parser.add_argument("--img-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--split-json", help="split file per seed, a pattern with {seed}; default: the loop's own split")
+    parser.add_argument(
+        "--split-json", help="split file per seed, a pattern with {seed}; default: the loop's own split"
+    )
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results/plain_reference.jsonl"))
     args = parser.parse_args()
     if not args.data.is_dir():
@@ -235,8 +260,7 @@ def main() -> None:
     done = set()
     if args.results.is_file():
         done = {key(json.loads(line)) for line in args.results.read_text().splitlines() if line.strip()}
-    todo = [s for s in args.seeds
-            if (dataset, args.variant, split_source, s, recipe.epochs, args.img_size) not in done]
+    todo = [s for s in args.seeds if (dataset, args.variant, split_source, s, recipe.epochs, args.img_size) not in done]
     if not todo:
         print("every cell has a record")
         return
@@ -245,18 +269,32 @@ def main() -> None:
     for seed in todo:
         split = split_from_file(Path(args.split_json.format(seed=seed)), keys) if args.split_json else None
         result = train_one(images, labels, len(classes), seed, recipe, split)
-        record = {"source": "plain-reference", "dataset": dataset, "model": "resnet18", "variant": args.variant,
-                  "split": split_source, "seed": seed, "split_seed": seed, "img_size": args.img_size,
-                  "epochs": recipe.epochs,
-                  **result, "recipe": asdict(recipe), "threads": args.threads, "cpu": cpu_model(),
-                  "torch": torch.__version__, "commit": commit}
+        record = {
+            "source": "plain-reference",
+            "dataset": dataset,
+            "model": "resnet18",
+            "variant": args.variant,
+            "split": split_source,
+            "seed": seed,
+            "split_seed": seed,
+            "img_size": args.img_size,
+            "epochs": recipe.epochs,
+            **result,
+            "recipe": asdict(recipe),
+            "threads": args.threads,
+            "cpu": cpu_model(),
+            "torch": torch.__version__,
+            "commit": commit,
+        }
         args.results.parent.mkdir(parents=True, exist_ok=True)
         with args.results.open("a") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        print(f"{dataset} {args.variant} seed {seed}: val {result['val_top1']:.4f} test {result['top1']:.4f} "
-              f"(best epoch {result['best_epoch'] + 1}, {result['train_seconds']:.0f} s)")
+        print(
+            f"{dataset} {args.variant} seed {seed}: val {result['val_top1']:.4f} test {result['top1']:.4f} "
+            f"(best epoch {result['best_epoch'] + 1}, {result['train_seconds']:.0f} s)"
+        )
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ variant's flags, nothing else) and appends one record per finished seed to
 record is skipped. ``prune`` prunes the ``default`` parents so made with the default
 fine-tuning (``rscompress prune PARENT --method M --target-macs F``, nothing else) into
 ``results/recipe_prune.jsonl``. ``splits`` writes the split ``run`` makes for each seed to
-``benchmarks/work/splits/DATASET-sSEED.json``, for the plain loop's ``--split-json``. ``table`` writes ``results/recipe_ablation.md`` from those records and the
+``benchmarks/work/splits/DATASET-sSEED.json``, for the plain loop's ``--split-json``. ``table`` writes
+``results/recipe_ablation.md`` from those records and the
 plain loop's (``results/plain_reference.jsonl``, ``benchmarks/plain_reference.py``).
 """
 
@@ -40,8 +41,16 @@ SPLITS = Path("benchmarks/work/splits")
 VARIANTS: dict[str, list[str]] = {
     "default": [],
     # The suite's parent recipe before issue 31.
-    "before-issue-31": ["--schedule", "cosine", "--warmup-epochs", "2", "--no-nesterov", "--augment-draw", "sample",
-                        "--drop-last"],
+    "before-issue-31": [
+        "--schedule",
+        "cosine",
+        "--warmup-epochs",
+        "2",
+        "--no-nesterov",
+        "--augment-draw",
+        "sample",
+        "--drop-last",
+    ],
     "cosine-warmup2": ["--schedule", "cosine", "--warmup-epochs", "2"],
     "no-nesterov": ["--no-nesterov"],
     "no-cycle-momentum": ["--no-cycle-momentum"],
@@ -76,43 +85,109 @@ def run_cell(data: Path, model: str, variant: str, seed: int, threads: int) -> N
         print(f"{dataset} {model} {variant} seed {seed}: has a record")
         return
     out = _parent_dir(dataset, model, variant, seed)
-    command = ["rscompress", "train", "--data", str(data), "--model", model, "--img-size", str(IMG_SIZE),
-               "--epochs", str(EPOCHS), "--seed", str(seed), "--split-seed", str(seed), *VARIANTS[variant],
-               "--threads", str(threads), "--out", str(out), "--quiet", "--json"]
+    command = [
+        "rscompress",
+        "train",
+        "--data",
+        str(data),
+        "--model",
+        model,
+        "--img-size",
+        str(IMG_SIZE),
+        "--epochs",
+        str(EPOCHS),
+        "--seed",
+        str(seed),
+        "--split-seed",
+        str(seed),
+        *VARIANTS[variant],
+        "--threads",
+        str(threads),
+        "--out",
+        str(out),
+        "--quiet",
+        "--json",
+    ]
     metrics = _rscompress(command, out)
-    append_record(RECORDS, {
-        "source": "rscompress", **key, "split_seed": seed,
-        "val_top1": metrics["val"]["top1"], "top1": metrics["top1"], "best_epoch": metrics["best_epoch"],
-        "train_images_per_second": metrics["timings"]["train_images_per_second"], "threads": threads,
-        "cpu": cpu_name(), "commit": git_commit(), "command": " ".join(command),
-    })
+    append_record(
+        RECORDS,
+        {
+            "source": "rscompress",
+            **key,
+            "split_seed": seed,
+            "val_top1": metrics["val"]["top1"],
+            "top1": metrics["top1"],
+            "best_epoch": metrics["best_epoch"],
+            "train_images_per_second": metrics["timings"]["train_images_per_second"],
+            "threads": threads,
+            "cpu": cpu_name(),
+            "commit": git_commit(),
+            "command": " ".join(command),
+        },
+    )
     print(f"{dataset} {model} {variant} seed {seed}: val {metrics['val']['top1']:.4f} test {metrics['top1']:.4f}")
 
 
 def prune_cell(data: Path, model: str, method: str, target_macs: float, variant: str, seed: int, threads: int) -> None:
     dataset = data.resolve().name
-    key = {"dataset": dataset, "model": model, "method": method, "target_macs": target_macs, "variant": variant,
-           "seed": seed}
+    key = {
+        "dataset": dataset,
+        "model": model,
+        "method": method,
+        "target_macs": target_macs,
+        "variant": variant,
+        "seed": seed,
+    }
     if has_record(PRUNE_RECORDS, key):
         print(f"{dataset} {model} {method} {target_macs} {variant} seed {seed}: has a record")
         return
     parent = _parent_dir(dataset, model, "default", seed)
     if not (parent / "metrics.json").is_file():
         raise SystemExit(f"no finished parent at {parent}: run `run --model {model} --seeds {seed}` first")
-    out = WORK / f"{parent.name}-{method}-{target_macs:g}" if variant == "default" else \
-        WORK / f"{parent.name}-{method}-{target_macs:g}-{variant}"
-    command = ["rscompress", "prune", str(parent), "--method", method, "--target-macs", str(target_macs),
-               *PRUNE_VARIANTS[variant], "--threads", str(threads), "--out", str(out), "--quiet", "--json"]
+    out = (
+        WORK / f"{parent.name}-{method}-{target_macs:g}"
+        if variant == "default"
+        else WORK / f"{parent.name}-{method}-{target_macs:g}-{variant}"
+    )
+    command = [
+        "rscompress",
+        "prune",
+        str(parent),
+        "--method",
+        method,
+        "--target-macs",
+        str(target_macs),
+        *PRUNE_VARIANTS[variant],
+        "--threads",
+        str(threads),
+        "--out",
+        str(out),
+        "--quiet",
+        "--json",
+    ]
     metrics = _rscompress(command, out)
-    append_record(PRUNE_RECORDS, {
-        "source": "rscompress", **key, "macs_kept": metrics["macs_kept"], "params_kept": metrics["params_kept"],
-        "val_top1": metrics["val"]["top1"], "top1": metrics["top1"], "parent_top1": metrics["parent_top1"],
-        "finetune_epochs": metrics["epochs"], "threads": threads, "cpu": cpu_name(), "commit": git_commit(),
-        "command": " ".join(command),
-    })
-    print(f"{dataset} {model} {method} {target_macs} {variant} seed {seed}: val {metrics['val']['top1']:.4f} "
-          f"test {metrics['top1']:.4f} "
-          f"(parent {metrics['parent_top1']:.4f})")
+    append_record(
+        PRUNE_RECORDS,
+        {
+            "source": "rscompress",
+            **key,
+            "macs_kept": metrics["macs_kept"],
+            "params_kept": metrics["params_kept"],
+            "val_top1": metrics["val"]["top1"],
+            "top1": metrics["top1"],
+            "parent_top1": metrics["parent_top1"],
+            "finetune_epochs": metrics["epochs"],
+            "threads": threads,
+            "cpu": cpu_name(),
+            "commit": git_commit(),
+            "command": " ".join(command),
+        },
+    )
+    print(
+        f"{dataset} {model} {method} {target_macs} {variant} seed {seed}: val {metrics['val']['top1']:.4f} "
+        f"test {metrics['top1']:.4f} "
+        f"(parent {metrics['parent_top1']:.4f})"
+    )
 
 
 def _mean_std(values: list[float]) -> str:
@@ -149,7 +224,9 @@ def write_table() -> Path:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for (dataset, model, source, split, variant), by_seed in sorted(groups.items()):
-        base = groups.get((dataset, model, source, split, "reference" if source == "plain-reference" else "default"), {})
+        base = groups.get(
+            (dataset, model, source, split, "reference" if source == "plain-reference" else "default"), {}
+        )
         shared = sorted(set(by_seed) & set(base))
         delta = ""
         if shared and base is not by_seed:
@@ -162,7 +239,7 @@ def write_table() -> Path:
             f"{_mean_std([by_seed[s]['top1'] for s in seeds])} |"
         )
     paired = []
-    for (dataset, model, source, split, variant), ours in sorted(groups.items()):
+    for (dataset, model, source, _, variant), ours in sorted(groups.items()):
         plain = groups.get((dataset, "resnet18", "plain-reference", "rscompress", "reference"), {})
         seeds = sorted(set(ours) & set(plain))
         if source != "rscompress" or variant != "default" or not seeds:
@@ -184,8 +261,9 @@ def write_table() -> Path:
         ]
     pruned: dict[tuple, list[dict]] = defaultdict(list)
     for record in read_records(PRUNE_RECORDS):
-        pruned[(record["dataset"], record["model"], record["method"], record["target_macs"],
-                 record["variant"])].append(record)
+        pruned[(record["dataset"], record["model"], record["method"], record["target_macs"], record["variant"])].append(
+            record
+        )
     if pruned:
         lines += [
             "",

@@ -61,16 +61,26 @@ def main() -> None:
     for name, (optim_cfg, draw, drop_last) in RECIPES.items():
         torch.manual_seed(0)
         model = create_model(args.model, len(data.class_names))
-        loader = BatchLoader(data.images, data.labels, data.train_indices, batch_size=args.batch_size, shuffle=True,
-                             augment=True, augment_draw=draw, mean=data.mean, std=data.std, seed=0,
-                             drop_last=drop_last)
+        loader = BatchLoader(
+            data.images,
+            data.labels,
+            data.train_indices,
+            batch_size=args.batch_size,
+            shuffle=True,
+            augment=True,
+            augment_draw=draw,
+            mean=data.mean,
+            std=data.std,
+            seed=0,
+            drop_last=drop_last,
+        )
         state[name] = (model, build_optimizer(model.parameters(), optim_cfg), optim_cfg, feed(loader))
 
     def steps(name: str, n: int) -> float:
         """Images per second over ``n`` steps of recipe ``name``."""
         model, optimizer, optim_cfg, batches = state[name]
         seen, t0 = 0, time.perf_counter()
-        for _, (progress, (x, y)) in zip(range(n), batches):
+        for _, (progress, (x, y)) in zip(range(n), batches, strict=False):
             apply_schedule(optimizer, progress, 60, optim_cfg)
             loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
             optimizer.zero_grad(set_to_none=True)
@@ -87,10 +97,16 @@ def main() -> None:
             rates[name].append(steps(name, args.steps))
     med = {k: statistics.median(v) for k, v in rates.items()}
     result = {
-        "model": args.model, "img_size": args.img_size, "batch_size": args.batch_size, "threads": args.threads,
-        "images_per_second": rates, "median_images_per_second": med,
+        "model": args.model,
+        "img_size": args.img_size,
+        "batch_size": args.batch_size,
+        "threads": args.threads,
+        "images_per_second": rates,
+        "median_images_per_second": med,
         "after_over_before": med["after"] / med["before"],
-        "device": DEVICE, "cpu": cpu_name(), "commit": git_commit(),
+        "device": DEVICE,
+        "cpu": cpu_name(),
+        "commit": git_commit(),
     }
     out = ROOT / "benchmarks" / "results" / "recipe_speed.json"
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -53,8 +53,9 @@ def read_records(path: Path) -> list[dict[str, Any]]:
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:
-            warnings.warn(f"{path}:{number} is not a whole record (a run killed while writing it?); skipped",
-                          stacklevel=2)
+            warnings.warn(
+                f"{path}:{number} is not a whole record (a run killed while writing it?); skipped", stacklevel=2
+            )
     return records
 
 

@@ -57,8 +57,11 @@ def plain_torch_pruning(model: nn.Module, target: float) -> nn.Module:
         pruned = parent_model()
         pruned.load_state_dict(model.state_dict())
         pruner = tp.pruner.MagnitudePruner(
-            pruned, example, importance=tp.importance.MagnitudeImportance(p=1),
-            pruning_ratio=ratio, ignored_layers=[pruned.fc],
+            pruned,
+            example,
+            importance=tp.importance.MagnitudeImportance(p=1),
+            pruning_ratio=ratio,
+            ignored_layers=[pruned.fc],
         )
         pruner.step()
         return pruned.eval()
@@ -115,21 +118,38 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     models = variants(parent_model())
-    results = measure([(name, m, IMG_SIZE) for name, m in models], batch_sizes=(1,), threads=(1,),
-                      engines=("onnxruntime",), warmup=20, repeats=args.repeats, peak_rss=False)
+    results = measure(
+        [(name, m, IMG_SIZE) for name, m in models],
+        batch_sizes=(1,),
+        threads=(1,),
+        engines=("onnxruntime",),
+        warmup=20,
+        repeats=args.repeats,
+        peak_rss=False,
+    )
     rows: list[dict[str, Any]] = []
     for r in results:
         kept = 1 / r.macs_ratio
-        rows.append({
-            "model": r.name, "macs": r.macs, "macs_kept": round(kept, 4), "median_ms": round(r.median_ms, 3),
-            "p90_ms": round(r.p90_ms, 3), "speedup": round(r.speedup, 3), "macs_ratio": round(r.macs_ratio, 3),
-            "efficiency": round(r.speedup / r.macs_ratio, 3),
-            **({"meets_bar": r.speedup / r.macs_ratio >= BAR} if kept >= 0.25 and r.name != "parent" else {}),
-        })
+        rows.append(
+            {
+                "model": r.name,
+                "macs": r.macs,
+                "macs_kept": round(kept, 4),
+                "median_ms": round(r.median_ms, 3),
+                "p90_ms": round(r.p90_ms, 3),
+                "speedup": round(r.speedup, 3),
+                "macs_ratio": round(r.macs_ratio, 3),
+                "efficiency": round(r.speedup / r.macs_ratio, 3),
+                **({"meets_bar": r.speedup / r.macs_ratio >= BAR} if kept >= 0.25 and r.name != "parent" else {}),
+            }
+        )
     out: dict[str, Any] = {
         "setting": f"resnet18 {IMG_SIZE} px, ONNX Runtime, batch 1, 1 thread, {args.repeats} interleaved repeats",
-        "device": DEVICE, "cpu": cpu_name(), "commit": git_commit(),
-        "command": "python -m benchmarks.speedup" + (" --profile" if args.profile else "")
+        "device": DEVICE,
+        "cpu": cpu_name(),
+        "commit": git_commit(),
+        "command": "python -m benchmarks.speedup"
+        + (" --profile" if args.profile else "")
         + ("" if args.repeats == 300 else f" --repeats {args.repeats}"),
         "rows": rows,
     }

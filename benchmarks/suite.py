@@ -100,11 +100,18 @@ class Suite(StrictModel):
     @model_validator(mode="after")
     def _pruned_from_an_earlier_cell(self) -> Suite:
         for i, cell in enumerate(self.cells):
-            earlier = [label(c) for c in self.cells[:i] if (c.dataset, c.model) == (cell.dataset, cell.model)
-                       and c.budget_metric == cell.budget_metric and set(cell.budgets) <= set(c.budgets)]
+            earlier = [
+                label(c)
+                for c in self.cells[:i]
+                if (c.dataset, c.model) == (cell.dataset, cell.model)
+                and c.budget_metric == cell.budget_metric
+                and set(cell.budgets) <= set(c.budgets)
+            ]
             if cell.pruned_from is not None and cell.pruned_from not in earlier:
-                raise ValueError(f"cell {label(cell)!r}: pruned_from {cell.pruned_from!r} is not an earlier cell of "
-                                 f"{cell.dataset} {cell.model} with its budgets (those: {earlier})")
+                raise ValueError(
+                    f"cell {label(cell)!r}: pruned_from {cell.pruned_from!r} is not an earlier cell of "
+                    f"{cell.dataset} {cell.model} with its budgets (those: {earlier})"
+                )
         return self
 
     @model_validator(mode="after")
@@ -152,10 +159,16 @@ def _parent_run(suite: Suite, parent: Parent, seed: int) -> Path:
         recipe = suite.train.model_dump()
         if parent.lr is not None:
             recipe["optim"]["lr"] = parent.lr
-        train_cfg = TrainConfig(**{**recipe, "epochs": parent.epochs, "seed": seed, "model": parent.model,
-                                   **parent.precision()})
-        api.train(suite.datasets[parent.dataset], train_cfg, out,
-                  resume=(run.checkpoint_dir / "latest.json").is_file(), quiet=True)
+        train_cfg = TrainConfig(
+            **{**recipe, "epochs": parent.epochs, "seed": seed, "model": parent.model, **parent.precision()}
+        )
+        api.train(
+            suite.datasets[parent.dataset],
+            train_cfg,
+            out,
+            resume=(run.checkpoint_dir / "latest.json").is_file(),
+            quiet=True,
+        )
     return out
 
 
@@ -188,61 +201,135 @@ def _latency(suite: Suite, parent_dir: Path, child_dir: Path) -> dict[str, float
     return record_fields(results, str(child_dir))
 
 
-def _record(suite: Suite, cell: Cell, parent: Parent, parent_dir: Path, child_dir: Path, budget: float,
-            seed: int) -> dict[str, Any]:
+def _record(
+    suite: Suite, cell: Cell, parent: Parent, parent_dir: Path, child_dir: Path, budget: float, seed: int
+) -> dict[str, Any]:
     m = RunDir(child_dir).load_metrics()
     options = _options(suite, cell)
     return {
-        "dataset": cell.dataset, "model": cell.model, "method": label(cell), "criterion": cell.method,
-        "global_pruning": cell.global_pruning, "loss": cell.loss, **({"options": options} if options else {}),
-        "target_macs": None, **_budget_key(cell, budget),  # a params cell: target_params instead
-        "macs_kept": m["macs_kept"], "params_kept": m["params_kept"],
-        "macs": m["macs"], "params": m["params"], "parent_top1": m["parent_top1"],
-        "top1": m["top1"], "kappa": m["kappa"], "img_size": m["img_size"],
-        "epochs": RunDir(parent_dir).load_metrics()["epochs"], "finetune_epochs": m["finetune_epochs"],
-        "seed": seed, "split": "test", **parent.precision(), **_latency(suite, parent_dir, child_dir),
-        "device": DEVICE, "cpu": cpu_name(),
+        "dataset": cell.dataset,
+        "model": cell.model,
+        "method": label(cell),
+        "criterion": cell.method,
+        "global_pruning": cell.global_pruning,
+        "loss": cell.loss,
+        **({"options": options} if options else {}),
+        "target_macs": None,
+        **_budget_key(cell, budget),  # a params cell: target_params instead
+        "macs_kept": m["macs_kept"],
+        "params_kept": m["params_kept"],
+        "macs": m["macs"],
+        "params": m["params"],
+        "parent_top1": m["parent_top1"],
+        "top1": m["top1"],
+        "kappa": m["kappa"],
+        "img_size": m["img_size"],
+        "epochs": RunDir(parent_dir).load_metrics()["epochs"],
+        "finetune_epochs": m["finetune_epochs"],
+        "seed": seed,
+        "split": "test",
+        **parent.precision(),
+        **_latency(suite, parent_dir, child_dir),
+        "device": DEVICE,
+        "cpu": cpu_name(),
         "commit": git_commit(),
-        "command": shlex.join(["rscompress", "prune", str(parent_dir), "--method", cell.method,
-                               f"--target-{cell.budget_metric}", str(budget), *(["--global"] if cell.global_pruning else []),
-                               "--loss", cell.loss, "--finetune-epochs", str(cell.epochs(suite)),
-                               *option_args(options),
-                               *(["--pruned-from", str(source)] if (source := _pruned_from(cell, parent_dir, budget)) else []),
-                               # relative, as the suite names its run dirs (taken_from is absolute)
-                               *(["--sparse-from", os.path.relpath(m["sparse_training"]["taken_from"])]
-                                 if "taken_from" in m.get("sparse_training", {}) else []),
-                               "--out", str(child_dir)]),
+        "command": shlex.join(
+            [
+                "rscompress",
+                "prune",
+                str(parent_dir),
+                "--method",
+                cell.method,
+                f"--target-{cell.budget_metric}",
+                str(budget),
+                *(["--global"] if cell.global_pruning else []),
+                "--loss",
+                cell.loss,
+                "--finetune-epochs",
+                str(cell.epochs(suite)),
+                *option_args(options),
+                *(["--pruned-from", str(source)] if (source := _pruned_from(cell, parent_dir, budget)) else []),
+                # relative, as the suite names its run dirs (taken_from is absolute)
+                *(
+                    ["--sparse-from", os.path.relpath(m["sparse_training"]["taken_from"])]
+                    if "taken_from" in m.get("sparse_training", {})
+                    else []
+                ),
+                "--out",
+                str(child_dir),
+            ]
+        ),
     }
 
 
-def _distill_record(suite: Suite, cell: DistillCell, teacher: Parent, teacher_dir: Path, student_dir: Path,
-                    seed: int) -> dict[str, Any]:
+def _distill_record(
+    suite: Suite, cell: DistillCell, teacher: Parent, teacher_dir: Path, student_dir: Path, seed: int
+) -> dict[str, Any]:
     m = RunDir(student_dir).load_metrics()
     return {
         # DESIGN.md: method distill-<loss>, model the student, teacher_* for the teacher (the
         # run's parent: parent_latency_ms_bs1 is the teacher's).
-        "dataset": cell.dataset, "model": cell.student, "method": _distill_label(cell), "loss": cell.loss,
-        "teacher_model": cell.model, "teacher_top1": m["teacher_top1"], "top1": m["top1"], "kappa": m["kappa"],
-        "macs": m["macs"], "params": m["params"], "teacher_macs": m["teacher_macs"],
-        "teacher_params": m["teacher_params"], "macs_kept": m["macs"] / m["teacher_macs"],
-        "params_kept": m["params"] / m["teacher_params"], "img_size": m["img_size"],
-        "epochs": m["epochs"], "teacher_epochs": RunDir(teacher_dir).load_metrics()["epochs"],
-        "seed": seed, "split": "test", **teacher.precision(), **_latency(suite, teacher_dir, student_dir),
-        "device": DEVICE, "cpu": cpu_name(),
+        "dataset": cell.dataset,
+        "model": cell.student,
+        "method": _distill_label(cell),
+        "loss": cell.loss,
+        "teacher_model": cell.model,
+        "teacher_top1": m["teacher_top1"],
+        "top1": m["top1"],
+        "kappa": m["kappa"],
+        "macs": m["macs"],
+        "params": m["params"],
+        "teacher_macs": m["teacher_macs"],
+        "teacher_params": m["teacher_params"],
+        "macs_kept": m["macs"] / m["teacher_macs"],
+        "params_kept": m["params"] / m["teacher_params"],
+        "img_size": m["img_size"],
+        "epochs": m["epochs"],
+        "teacher_epochs": RunDir(teacher_dir).load_metrics()["epochs"],
+        "seed": seed,
+        "split": "test",
+        **teacher.precision(),
+        **_latency(suite, teacher_dir, student_dir),
+        "device": DEVICE,
+        "cpu": cpu_name(),
         "commit": git_commit(),
-        "command": shlex.join(["rscompress", "distill", "--teacher", str(teacher_dir), "--student", cell.student,
-                               "--loss", cell.loss, *(["--small-input"] if cell.small_input else []),
-                               "--epochs", str(m["epochs"]), "--seed", str(seed), "--out", str(student_dir)]),
+        "command": shlex.join(
+            [
+                "rscompress",
+                "distill",
+                "--teacher",
+                str(teacher_dir),
+                "--student",
+                cell.student,
+                "--loss",
+                cell.loss,
+                *(["--small-input"] if cell.small_input else []),
+                "--epochs",
+                str(m["epochs"]),
+                "--seed",
+                str(seed),
+                "--out",
+                str(student_dir),
+            ]
+        ),
     }
 
 
-def run_suite(path: Path, *, datasets: list[str] | None = None, seeds: list[int] | None = None,
-              budgets: list[float] | None = None, models: list[str] | None = None,
-              methods: list[str] | None = None, students: list[str] | None = None) -> int:
+def run_suite(
+    path: Path,
+    *,
+    datasets: list[str] | None = None,
+    seeds: list[int] | None = None,
+    budgets: list[float] | None = None,
+    models: list[str] | None = None,
+    methods: list[str] | None = None,
+    students: list[str] | None = None,
+) -> int:
     """Run every missing cell; returns how many records were appended.
 
     ``datasets``/``seeds``/``budgets``/``models`` (parent or teacher)/``methods`` (record
-    labels, e.g. ``bn-global`` or ``distill-dkd``)/``students`` (distillation cells only) restrict the run to a slice of the grid (the
+    labels, e.g. ``bn-global`` or ``distill-dkd``)/``students`` (distillation cells only) restrict the run to a
+    slice of the grid (the
     headline cells first on a small machine); the records are the same ones the full run
     writes, so a later full run only adds what is missing.
     """
@@ -259,17 +346,31 @@ def run_suite(path: Path, *, datasets: list[str] | None = None, seeds: list[int]
         if unknown := sorted(set(wanted or ()) - known):
             raise UserError(f"{name} {unknown} is not in {path} (it has {sorted(known)})")
     appended = 0
-    parents = [p for p in suite.parents
-               if (datasets is None or p.dataset in datasets) and (models is None or p.model in models)]
+    parents = [
+        p
+        for p in suite.parents
+        if (datasets is None or p.dataset in datasets) and (models is None or p.model in models)
+    ]
     for parent in parents:
         for seed in (s for s in parent.seeds if seeds is None or s in seeds):
             parent_dir = None
             # A student slice is about distillation cells only.
-            for cell in (c for c in suite.cells if (c.dataset, c.model) == (parent.dataset, parent.model)
-                         and (methods is None or label(c) in methods) and students is None):
+            for cell in (
+                c
+                for c in suite.cells
+                if (c.dataset, c.model) == (parent.dataset, parent.model)
+                and (methods is None or label(c) in methods)
+                and students is None
+            ):
                 for budget in (b for b in cell.budgets if budgets is None or b in budgets):
-                    key = {"dataset": cell.dataset, "model": cell.model, "method": label(cell),
-                           **_budget_key(cell, budget), "seed": seed, "finetune_epochs": cell.epochs(suite)}
+                    key = {
+                        "dataset": cell.dataset,
+                        "model": cell.model,
+                        "method": label(cell),
+                        **_budget_key(cell, budget),
+                        "seed": seed,
+                        "finetune_epochs": cell.epochs(suite),
+                    }
                     if has_record(suite.results, key):
                         continue
                     parent_dir = parent_dir or _parent_run(suite, parent, seed)
@@ -277,32 +378,65 @@ def run_suite(path: Path, *, datasets: list[str] | None = None, seeds: list[int]
                     run = RunDir(child)
                     if not run.is_complete():
                         finetune = suite.finetune.model_copy(
-                            update={"seed": seed, "epochs": cell.epochs(suite), **parent.precision()})
-                        cfg = PruneConfig(method=cell.method, **_budget_key(cell, budget), global_pruning=cell.global_pruning,
-                                          loss=cell.loss, finetune=finetune, **_options(suite, cell))
+                            update={"seed": seed, "epochs": cell.epochs(suite), **parent.precision()}
+                        )
+                        cfg = PruneConfig(
+                            method=cell.method,
+                            **_budget_key(cell, budget),
+                            global_pruning=cell.global_pruning,
+                            loss=cell.loss,
+                            finetune=finetune,
+                            **_options(suite, cell),
+                        )
                         # Killed anywhere (sparse phase, after pruning, fine-tuning): continue.
-                        api.prune(parent_dir, cfg, child, resume=child.is_dir(), quiet=True,
-                                  pruned_from=_pruned_from(cell, parent_dir, budget),
-                                  sparse_from=_sparse_from(cell, parent_dir, budget, cfg))
+                        api.prune(
+                            parent_dir,
+                            cfg,
+                            child,
+                            resume=child.is_dir(),
+                            quiet=True,
+                            pruned_from=_pruned_from(cell, parent_dir, budget),
+                            sparse_from=_sparse_from(cell, parent_dir, budget, cfg),
+                        )
                     append_record(suite.results, _record(suite, cell, parent, parent_dir, child, budget, seed))
                     appended += 1
                     print(f"done: {cell.dataset} {cell.model} s{seed} {label(cell)} {budget:g}", flush=True)
             if budgets is not None:
                 continue  # a budget slice is about pruning cells only
-            for dcell in (c for c in suite.distill_cells if (c.dataset, c.model) == (parent.dataset, parent.model)
-                          and (methods is None or _distill_label(c) in methods)
-                          and (students is None or c.student in students)):
-                key = {"dataset": dcell.dataset, "model": dcell.student, "method": _distill_label(dcell),
-                       "teacher_model": dcell.model, "seed": seed, "epochs": suite.distill.epochs}
+            for dcell in (
+                c
+                for c in suite.distill_cells
+                if (c.dataset, c.model) == (parent.dataset, parent.model)
+                and (methods is None or _distill_label(c) in methods)
+                and (students is None or c.student in students)
+            ):
+                key = {
+                    "dataset": dcell.dataset,
+                    "model": dcell.student,
+                    "method": _distill_label(dcell),
+                    "teacher_model": dcell.model,
+                    "seed": seed,
+                    "epochs": suite.distill.epochs,
+                }
                 if has_record(suite.results, key):
                     continue
                 parent_dir = parent_dir or _parent_run(suite, parent, seed)
                 student = parent_dir / f"distill-{dcell.loss}-{dcell.student}"
                 if not RunDir(student).is_complete():
-                    cfg = DistillConfig(**suite.kd.model_dump(), loss=dcell.loss, small_input=dcell.small_input,
-                                        fit=suite.distill.model_copy(update={"seed": seed, **parent.precision()}))
-                    api.distill(parent_dir, dcell.student, cfg, student,
-                                resume=(RunDir(student).checkpoint_dir / "latest.json").is_file(), quiet=True)
+                    cfg = DistillConfig(
+                        **suite.kd.model_dump(),
+                        loss=dcell.loss,
+                        small_input=dcell.small_input,
+                        fit=suite.distill.model_copy(update={"seed": seed, **parent.precision()}),
+                    )
+                    api.distill(
+                        parent_dir,
+                        dcell.student,
+                        cfg,
+                        student,
+                        resume=(RunDir(student).checkpoint_dir / "latest.json").is_file(),
+                        quiet=True,
+                    )
                 append_record(suite.results, _distill_record(suite, dcell, parent, parent_dir, student, seed))
                 appended += 1
                 print(f"done: {dcell.dataset} {dcell.model} s{seed} distill-{dcell.loss} {dcell.student}", flush=True)

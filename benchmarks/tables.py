@@ -10,10 +10,10 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
-from benchmarks.records import read_records  # noqa: E402
+from benchmarks.records import read_records
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -27,7 +27,8 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         groups[(r["dataset"], r["model"], r["method"], r.get("target_macs"), r.get("target_params"))].append(r)
     rows = []
     for (dataset, model, method, target, target_params), rs in sorted(
-            groups.items(), key=lambda kv: (kv[0][0], kv[0][1], -(kv[0][3] or kv[0][4] or 1), kv[0][2])):
+        groups.items(), key=lambda kv: (kv[0][0], kv[0][1], -(kv[0][3] or kv[0][4] or 1), kv[0][2])
+    ):
         top1, top1_sd = _mean_std([r["top1"] for r in rs])
         timed = all("parent_latency_ms_bs1" in r for r in rs)
         # A student's reference is its teacher; an unpruned parent is its own.
@@ -35,23 +36,34 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         parent, _ = _mean_std(refs)
         # Each seed against its own parent: fair where a cell's parents were re-trained.
         delta, delta_sd = _mean_std([r["top1"] - ref for r, ref in zip(rs, refs, strict=True)])
-        rows.append({
-            "dataset": dataset, "model": model, "method": method, "target_macs": target,
-            "target_params": target_params,
-            "macs_kept": statistics.fmean(r.get("macs_kept", 1.0) for r in rs),
-            "params": statistics.fmean(r["params"] for r in rs),
-            # Of the parent's (a student's: of its teacher's), the quantity the issues' bars name.
-            "params_kept": statistics.fmean(r.get("params_kept", 1.0) for r in rs),
-            "top1": top1, "top1_std": top1_sd, "parent_top1": parent, "delta": delta, "delta_std": delta_sd,
-            "seeds": len(rs),
-            # Latency only as a ratio to the parent timed interleaved with it: absolute
-            # milliseconds follow the machine's load (a parent's bs1 median ranged 7.6-22 ms
-            # across the records of one day), the ratio of a pair timed A, B, A, B does not.
-            "speedup": statistics.fmean(r["parent_latency_ms_bs1"] / r["latency_ms_bs1"] for r in rs)
-            if timed else None,
-            "latency_kept": statistics.fmean(r["latency_ms_bs1"] / r["parent_latency_ms_bs1"] for r in rs)
-            if timed else None,
-        })
+        rows.append(
+            {
+                "dataset": dataset,
+                "model": model,
+                "method": method,
+                "target_macs": target,
+                "target_params": target_params,
+                "macs_kept": statistics.fmean(r.get("macs_kept", 1.0) for r in rs),
+                "params": statistics.fmean(r["params"] for r in rs),
+                # Of the parent's (a student's: of its teacher's), the quantity the issues' bars name.
+                "params_kept": statistics.fmean(r.get("params_kept", 1.0) for r in rs),
+                "top1": top1,
+                "top1_std": top1_sd,
+                "parent_top1": parent,
+                "delta": delta,
+                "delta_std": delta_sd,
+                "seeds": len(rs),
+                # Latency only as a ratio to the parent timed interleaved with it: absolute
+                # milliseconds follow the machine's load (a parent's bs1 median ranged 7.6-22 ms
+                # across the records of one day), the ratio of a pair timed A, B, A, B does not.
+                "speedup": statistics.fmean(r["parent_latency_ms_bs1"] / r["latency_ms_bs1"] for r in rs)
+                if timed
+                else None,
+                "latency_kept": statistics.fmean(r["latency_ms_bs1"] / r["parent_latency_ms_bs1"] for r in rs)
+                if timed
+                else None,
+            }
+        )
     return rows
 
 
@@ -70,16 +82,19 @@ def _target(row: dict[str, Any]) -> str:
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| dataset | model | method | target | MACs kept | params (M) | params kept | top-1 (%) "
-             "| parent / teacher top-1 (%) | top-1 − own parent (points) | bs1 speedup | speedup ÷ MACs ratio | seeds |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| dataset | model | method | target | MACs kept | params (M) | params kept | top-1 (%) "
+        "| parent / teacher top-1 (%) | top-1 − own parent (points) | bs1 speedup | speedup ÷ MACs ratio | seeds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         # speedup ÷ (parent MACs / MACs): how much of the MAC saving turns into time (1 = all).
         speed, share = (f"{r['speedup']:.2f}×", f"{r['speedup'] * r['macs_kept']:.2f}") if r["speedup"] else ("", "")
         lines.append(
             f"| {r['dataset']} | {r['model']} | {r['method']} | {_target(r)} | {100 * r['macs_kept']:.1f} % "
             f"| {r['params'] / 1e6:.2f} | {100 * r['params_kept']:.1f} % ({1 / r['params_kept']:.1f}× fewer) "
-            f"| {_top1(r)} | {100 * r['parent_top1']:.2f} | {_top1(r, 'delta')} | {speed} | {share} | {r['seeds']} |")
+            f"| {_top1(r)} | {100 * r['parent_top1']:.2f} | {_top1(r, 'delta')} | {speed} | {share} | {r['seeds']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -92,15 +107,21 @@ def by_method(rows: list[dict[str, Any]], key: str = "top1") -> str:
         mine = [r for r in rows if r["model"] == model and r["target_macs"] is not None]
         columns = sorted({(r["dataset"], r["target_macs"]) for r in mine}, key=lambda c: (c[0], -c[1]))
         cell = {(r["method"], r["dataset"], r["target_macs"]): r for r in mine}
-        out += [f"### {model}", "",
-                "| method | " + " | ".join(f"{d} {100 * t:g} %" for d, t in columns) + " |",
-                "|---" * (len(columns) + 1) + "|"]
+        out += [
+            f"### {model}",
+            "",
+            "| method | " + " | ".join(f"{d} {100 * t:g} %" for d, t in columns) + " |",
+            "|---" * (len(columns) + 1) + "|",
+        ]
         for method in sorted({r["method"] for r in mine}):
             found = [cell.get((method, d, t)) for d, t in columns]
-            out.append(f"| {method} | " + " | ".join(f"{_top1(r, key)} (n={r['seeds']})" if r else "" for r in found) + " |")
+            out.append(
+                f"| {method} | " + " | ".join(f"{_top1(r, key)} (n={r['seeds']})" if r else "" for r in found) + " |"
+            )
         # The parents of the best-covered cell of each column (all its seeds).
-        parents = [max((r for r in mine if (r["dataset"], r["target_macs"]) == c), key=lambda r: r["seeds"])
-                   for c in columns]
+        parents = [
+            max((r for r in mine if (r["dataset"], r["target_macs"]) == c), key=lambda r: r["seeds"]) for c in columns
+        ]
         label = "parent" if key == "top1" else "parent top-1 (%)"  # a delta table's reference, not a delta
         out += [f"| {label} | " + " | ".join(f"{100 * r['parent_top1']:.2f}" for r in parents) + " |", ""]
     return "\n".join(out)
@@ -111,11 +132,19 @@ def _plot(rows: list[dict[str, Any]], dataset: str, x_key: str, x_label: str, pa
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     ax.set_prop_cycle(color=plt.cm.tab20.colors)  # a dozen methods: ten colours would repeat
     for method in sorted({r["method"] for r in rows if r["dataset"] == dataset}):
-        pts = sorted((r for r in rows if (r["dataset"], r["method"]) == (dataset, method) and r[x_key] is not None),
-                     key=lambda r: r[x_key])
+        pts = sorted(
+            (r for r in rows if (r["dataset"], r["method"]) == (dataset, method) and r[x_key] is not None),
+            key=lambda r: r[x_key],
+        )
         if pts:
-            ax.errorbar([p[x_key] for p in pts], [100 * p["top1"] for p in pts],
-                        yerr=[100 * p["top1_std"] for p in pts], marker="o", capsize=3, label=method)
+            ax.errorbar(
+                [p[x_key] for p in pts],
+                [100 * p["top1"] for p in pts],
+                yerr=[100 * p["top1_std"] for p in pts],
+                marker="o",
+                capsize=3,
+                label=method,
+            )
     ax.set_xscale("log")
     # Label 1-2-3-5 steps only: labelling every minor tick of a log axis overprints near decades.
     ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
@@ -135,20 +164,38 @@ def plot(rows: list[dict[str, Any]], out_dir: Path, prefix: str) -> list[Path]:
     """Per dataset: top-1 vs MACs kept, and top-1 vs bs1 latency kept (ONNX Runtime, 1 thread,
     as a share of the parent's timed interleaved with it), as
     ``<prefix>_<dataset>_top1_vs_{macs,latency}.png``."""
-    rows = [{**r, "macs_kept_pct": 100 * r["macs_kept"],
-             "latency_kept_pct": None if r["latency_kept"] is None else 100 * r["latency_kept"]} for r in rows]
+    rows = [
+        {
+            **r,
+            "macs_kept_pct": 100 * r["macs_kept"],
+            "latency_kept_pct": None if r["latency_kept"] is None else 100 * r["latency_kept"],
+        }
+        for r in rows
+    ]
     paths = []
     for dataset in sorted({r["dataset"] for r in rows}):
         stem = out_dir / f"{prefix}_{dataset}_top1_vs"
         paths.append(_plot(rows, dataset, "macs_kept_pct", "MACs kept (%)", Path(f"{stem}_macs.png")))
-        paths.append(_plot(rows, dataset, "latency_kept_pct",
-                           "latency kept (% of the parent's, bs1, ORT 1 thread)", Path(f"{stem}_latency.png")))
+        paths.append(
+            _plot(
+                rows,
+                dataset,
+                "latency_kept_pct",
+                "latency kept (% of the parent's, bs1, ORT 1 thread)",
+                Path(f"{stem}_latency.png"),
+            )
+        )
     return paths
 
 
 def write_tables(results: Path) -> tuple[Path, list[Path]]:
     rows = summarise(read_records(results))
     table = results.with_suffix(".md")
-    table.write_text(markdown(rows) + "\n## Top-1 (%) by method\n\n" + by_method(rows)
-                     + "\n## Top-1 minus each seed's own parent (points) by method\n\n" + by_method(rows, "delta"))
+    table.write_text(
+        markdown(rows)
+        + "\n## Top-1 (%) by method\n\n"
+        + by_method(rows)
+        + "\n## Top-1 minus each seed's own parent (points) by method\n\n"
+        + by_method(rows, "delta")
+    )
     return table, plot(rows, results.parent, results.stem)

@@ -110,22 +110,27 @@ def main() -> None:
     student = create_model(args.student, config.num_classes, small_input=True)
 
     loader = train_loader(data, data_cfg, fit)
-    batches = [b for _, b in zip(range(args.batches), loader)]
+    batches = [b for _, b in zip(range(args.batches), loader, strict=False)]
     plain_ms, cached_ms = step_times(teacher, student, batches, args.repeats)
     plain, cached = statistics.median(plain_ms), statistics.median(cached_ms)
     shares = {
         "augment": hit_shares(data, data_cfg, fit, config.num_classes, args.epochs),
-        "no_augment": hit_shares(data, data_cfg.model_copy(update={"augment": False}), fit,
-                                 config.num_classes, args.epochs),
+        "no_augment": hit_shares(
+            data, data_cfg.model_copy(update={"augment": False}), fit, config.num_classes, args.epochs
+        ),
     }
     out = {
         "teacher": f"{config.model} ({count_macs_params(teacher, config.img_size)[0] / 1e6:.1f} MMACs)",
         "student": f"{args.student} ({count_macs_params(student, config.img_size)[0] / 1e6:.1f} MMACs)",
-        "img_size": config.img_size, "batch_size": fit.batch_size, "threads": torch.get_num_threads(),
-        "step_ms_teacher_run": round(plain, 2), "step_ms_cache_hit": round(cached, 2),
+        "img_size": config.img_size,
+        "batch_size": fit.batch_size,
+        "threads": torch.get_num_threads(),
+        "step_ms_teacher_run": round(plain, 2),
+        "step_ms_cache_hit": round(cached, 2),
         "saving_per_hit_step": round(1 - cached / plain, 3),
         "hit_share_per_epoch": shares,
-        "device": DEVICE, "commit": git_commit(),
+        "device": DEVICE,
+        "commit": git_commit(),
         "command": f"python -m benchmarks.teacher_cache {args.teacher} --student {args.student} --epochs {args.epochs}",
     }
     write_json_atomic(RESULTS, out)

@@ -83,10 +83,18 @@ def main() -> None:
     torch.set_num_threads(1)
     result = {
         "what": "seconds per training step (forward, backward, SGD), one thread, random batch",
-        "img_size": args.img_size, "batch_size": args.batch_size, "rounds": args.rounds, "steps": args.steps,
-        "models": {m: measure(m, img_size=args.img_size, batch_size=args.batch_size, rounds=args.rounds,
-                              steps=args.steps) for m in args.models},
-        "device": DEVICE, "cpu": cpu_name(), "torch": torch.__version__, "commit": git_commit(),
+        "img_size": args.img_size,
+        "batch_size": args.batch_size,
+        "rounds": args.rounds,
+        "steps": args.steps,
+        "models": {
+            m: measure(m, img_size=args.img_size, batch_size=args.batch_size, rounds=args.rounds, steps=args.steps)
+            for m in args.models
+        },
+        "device": DEVICE,
+        "cpu": cpu_name(),
+        "torch": torch.__version__,
+        "commit": git_commit(),
     }
     out = ROOT / "benchmarks" / "results" / "train_step.json"
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -62,8 +62,10 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
 def _loaders() -> tuple[DataLoader, DataLoader]:
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(32, 3, IMG_SIZE, IMG_SIZE, generator=g), torch.arange(32) % NUM_CLASSES
-    return (DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True),
-            DataLoader(TensorDataset(x[:16], y[:16]), batch_size=16))
+    return (
+        DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True),
+        DataLoader(TensorDataset(x[:16], y[:16]), batch_size=16),
+    )
 
 
 def run_cell(model_name: str, method: str) -> dict[str, Any]:
@@ -75,8 +77,16 @@ def run_cell(model_name: str, method: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     torch.manual_seed(0)
     try:
-        result = rsc.prune(MODELS[model_name](), train, val, example_input=example, method=method, target_macs=TARGET,
-                           finetune_epochs=1, method_options=PHASE_OPTIONS.get(method))
+        result = rsc.prune(
+            MODELS[model_name](),
+            train,
+            val,
+            example_input=example,
+            method=method,
+            target_macs=TARGET,
+            finetune_epochs=1,
+            method_options=PHASE_OPTIONS.get(method),
+        )
         record.update(macs_kept=result.macs_kept, params_kept=result.params_kept)
         x = next(iter(val))[0][:4]
         result.model.eval()
@@ -87,8 +97,9 @@ def run_cell(model_name: str, method: str) -> dict[str, Any]:
             record["onnx_max_scaled_diff"] = parity.max_scaled_diff
     except Exception as error:  # recorded: which method fails on which model, and how, is the result
         record["error"] = f"{type(error).__name__}: {error}"
-    record.update(seconds=time.perf_counter() - t0, threads=torch.get_num_threads(), cpu=cpu_name(),
-                  commit=git_commit())
+    record.update(
+        seconds=time.perf_counter() - t0, threads=torch.get_num_threads(), cpu=cpu_name(), commit=git_commit()
+    )
     return record
 
 
@@ -106,6 +117,7 @@ def write_table() -> Path:
         "| model | " + " | ".join(METHODS) + " |",
         "|---|" + "---|" * len(METHODS),
     ]
+    errors = []
     for model in models:
         cells = []
         for method in METHODS:
@@ -113,11 +125,14 @@ def write_table() -> Path:
             if r is None:
                 cells.append("")
             elif "error" in r:
-                cells.append("error: " + r["error"].split(":", 1)[1].strip()[:90].replace("|", "/"))
+                errors.append(f"- {model}, {method}: {r['error']}")
+                cells.append(f"error ({len(errors)})")
             else:
                 ok = r["reload_max_diff"] <= 1e-5 and r["onnx_max_scaled_diff"] <= 1e-4
                 cells.append(f"{100 * r['macs_kept']:.1f} / {100 * r['params_kept']:.1f} {'✓' if ok else '✗'}")
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    if errors:
+        lines += ["", "Errors, as the user sees them (numbered as in the table):", "", *errors]
     TABLE.write_text("\n".join(lines) + "\n")
     return TABLE
 

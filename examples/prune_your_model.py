@@ -25,11 +25,13 @@ IMG_SIZE = 64
 
 def load_sample(root: Path) -> TensorDataset:
     """Every image of a class-folder tree, decoded once at IMG_SIZE px and normalised."""
-    to_tensor = transforms.Compose([
-        transforms.Resize((IMG_SIZE, IMG_SIZE)),
-        transforms.ToTensor(),
-        transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
-    ])
+    to_tensor = transforms.Compose(
+        [
+            transforms.Resize((IMG_SIZE, IMG_SIZE)),
+            transforms.ToTensor(),
+            transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+        ]
+    )
     folder = torchvision.datasets.ImageFolder(str(root), transform=to_tensor)
     images, labels = zip(*folder, strict=True)
     return TensorDataset(torch.stack(images), torch.tensor(labels))
@@ -53,10 +55,22 @@ def main() -> None:
     print(f"parent: val top-1 {trained.val.top1:.3f}")
 
     # 2. L1RR to 35 % of the MACs: reweighted L1 sparse training, pruning, fine-tuning.
-    result = rsc.prune(model, train_loader, val_loader, example_input=example, method="l1rr", target_macs=0.35,
-                       finetune_epochs=3, method_options={"sparse_epochs": 3}, out=args.out / "l1rr", resume=True)
-    print(f"pruned: {result.macs_kept:.1%} of the MACs, {result.params_kept:.1%} of the params, "
-          f"val top-1 {result.val.top1:.3f}")
+    result = rsc.prune(
+        model,
+        train_loader,
+        val_loader,
+        example_input=example,
+        method="l1rr",
+        target_macs=0.35,
+        finetune_epochs=3,
+        method_options={"sparse_epochs": 3},
+        out=args.out / "l1rr",
+        resume=True,
+    )
+    print(
+        f"pruned: {result.macs_kept:.1%} of the MACs, {result.params_kept:.1%} of the params, "
+        f"val top-1 {result.val.top1:.3f}"
+    )
 
     # 3. A pickle-free file (config.json + model.safetensors), loaded back as a fresh model.
     saved = args.out / "l1rr-model"
@@ -69,7 +83,9 @@ def main() -> None:
 
     # 4. ONNX for deployment, checked against PyTorch, and its latency next to the parent's.
     parity = rsc.export_onnx(result.model, args.out / "l1rr.onnx", example_input=example, images=x)
-    print(f"onnx: {args.out / 'l1rr.onnx'} (parity {parity.max_scaled_diff:.1e}, top-1 agreement {parity.top1_agree:.0%})")
+    print(
+        f"onnx: {args.out / 'l1rr.onnx'} (parity {parity.max_scaled_diff:.1e}, top-1 agreement {parity.top1_agree:.0%})"
+    )
     for row in rsc.bench(model, result.model, example_input=example, engines=("onnxruntime",), repeats=30):
         print(f"{row['name']}: {row['median_ms']:.2f} ms bs1, speedup {row['speedup']:.2f}x")
 

@@ -52,9 +52,7 @@ def encode(path: Path, size: int, quality: int) -> bytes:
     return buf.getvalue()
 
 
-def readme(
-    command: str, rows: list[dict[str, str]], total_bytes: int, size: int, quality: int
-) -> str:
+def readme(command: str, rows: list[dict[str, str]], total_bytes: int, size: int, quality: int) -> str:
     counts = Counter(row["class"] for row in rows)
     table = "\n".join(f"| {name} | {n} |" for name, n in sorted(counts.items()))
     return f"""# UC Merced Land Use, {size}×{size} sample
@@ -118,9 +116,7 @@ def build(source: Path, out: Path, size: int, quality: int, command: str) -> int
         (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp / rel).write_bytes(data)
         total += len(data)
-        manifest.append(
-            "\t".join([rel, row["class"], str(size), str(size), hashlib.sha256(data).hexdigest()])
-        )
+        manifest.append("\t".join([rel, row["class"], str(size), str(size), hashlib.sha256(data).hexdigest()]))
     (tmp / "MANIFEST.tsv").write_text("\n".join(manifest) + "\n", encoding="utf-8")
     (tmp / "README.md").write_text(readme(command, rows, total, size, quality), encoding="utf-8")
     shutil.rmtree(out, ignore_errors=True)
@@ -136,15 +132,12 @@ def main(argv: list[str] | None = None) -> int:
         default="../shared/data/ucmerced",
         help="UC Merced folder with MANIFEST.tsv (relative to the repo root)",
     )
-    parser.add_argument(
-        "--out", default="sample/ucmerced128", help="output folder (relative to the repo root)"
-    )
+    parser.add_argument("--out", default="sample/ucmerced128", help="output folder (relative to the repo root)")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--quality", type=int, default=85)
     args = parser.parse_args(argv)
     command = (
-        f"python scripts/build_sample.py {args.source} --out {args.out} "
-        f"--size {args.size} --quality {args.quality}"
+        f"python scripts/build_sample.py {args.source} --out {args.out} --size {args.size} --quality {args.quality}"
     )
     total = build(REPO / args.source, REPO / args.out, args.size, args.quality, command)
     print(f"wrote {REPO / args.out}: {total / 1e6:.1f} MB of JPEG")

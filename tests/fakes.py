@@ -51,9 +51,7 @@ def write_fake_image(path: Path, pixels: np.ndarray, fmt: str) -> Path:
     return path
 
 
-def make_fake_dataset(
-    tmp_path: Path, name: str = "ucmerced", per_class: int = 4, size: int = 24
-) -> Path:
+def make_fake_dataset(tmp_path: Path, name: str = "ucmerced", per_class: int = 4, size: int = 24) -> Path:
     """Write ``tmp_path/name/<class>/<class>NN.<ext>`` for every class of a known dataset."""
     if name not in KNOWN_DATASETS:
         raise ValueError(f"no fake for {name!r}; known: {', '.join(KNOWN_DATASETS)}")
@@ -62,21 +60,15 @@ def make_fake_dataset(
     for c, class_name in enumerate(classes):
         for i in range(per_class):
             pixels = fake_pixels(c, len(classes), i, size)
-            write_fake_image(
-                root / class_name / f"{class_name}{i:02d}", pixels, FORMATS[(c + i) % len(FORMATS)]
-            )
+            write_fake_image(root / class_name / f"{class_name}{i:02d}", pixels, FORMATS[(c + i) % len(FORMATS)])
     return root
 
 
-def make_image_folder(
-    root: Path, class_counts: dict[str, int], size: int = 16, fmt: str = "png"
-) -> Path:
+def make_image_folder(root: Path, class_counts: dict[str, int], size: int = 16, fmt: str = "png") -> Path:
     """A generic class-folder tree with ``class_counts[name]`` distinct images per class."""
     for c, (class_name, count) in enumerate(sorted(class_counts.items())):
         for i in range(count):
-            write_fake_image(
-                root / class_name / f"img{i:03d}", fake_pixels(c, len(class_counts), i, size), fmt
-            )
+            write_fake_image(root / class_name / f"img{i:03d}", fake_pixels(c, len(class_counts), i, size), fmt)
     return root
 
 
@@ -132,6 +124,7 @@ def progress_printer_killed_at(prefix: str):
         def log(message):
             if message.startswith(prefix):
                 raise KeyboardInterrupt
+
         return log
 
     return printer

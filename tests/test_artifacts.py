@@ -15,26 +15,45 @@ def test_setting_differences_name_every_changed_leaf_but_threads():
     stored = {"epochs": 30, "optim": {"lr": 0.1, "momentum": 0.9}, "threads": 2}
     given = {"epochs": 30, "optim": {"lr": 0.01, "momentum": 0.9, "nesterov": True}, "threads": 1}
     assert setting_differences(stored, given, "train") == [
-        "train.optim.lr: 0.1 there, 0.01 now", "train.optim.nesterov: false there, true now"]
+        "train.optim.lr: 0.1 there, 0.01 now",
+        "train.optim.nesterov: false there, true now",
+    ]
     assert setting_differences(stored, stored, "train") == []
 
 
 def test_a_run_saved_before_the_issue_31_options_matches_the_recipe_it_was_trained_with():
     """config.json of a run from before nesterov, OneCycle, augment_draw and drop_last existed:
     the old recipe spelled with the new options continues it, the new defaults do not."""
-    old_train = {"epochs": 60, "batch_size": 64, "label_smoothing": 0.1,
-                 "optim": {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "cosine",
-                           "milestones": [], "gamma": 0.1, "warmup_epochs": 2}}
+    old_train = {
+        "epochs": 60,
+        "batch_size": 64,
+        "label_smoothing": 0.1,
+        "optim": {
+            "optimizer": "sgd",
+            "lr": 0.1,
+            "momentum": 0.9,
+            "weight_decay": 5e-4,
+            "schedule": "cosine",
+            "milestones": [],
+            "gamma": 0.1,
+            "warmup_epochs": 2,
+        },
+    }
     old_data = {"path": "/d", "img_size": 64, "augment": True}
-    same_recipe = FitConfig(epochs=60, label_smoothing=0.1, drop_last=True,
-                            optim=OptimConfig(schedule="cosine", warmup_epochs=2, nesterov=False))
+    same_recipe = FitConfig(
+        epochs=60,
+        label_smoothing=0.1,
+        drop_last=True,
+        optim=OptimConfig(schedule="cosine", warmup_epochs=2, nesterov=False),
+    )
     given = same_recipe.model_dump(mode="json")
     kept = set(old_train) | {"optim", "drop_last"}
     given = {k: v for k, v in given.items() if k in kept}
     assert setting_differences(old_train, given, "train") == []
     assert setting_differences(old_data, {**old_data, "augment_draw": "sample"}, "data") == []
     assert setting_differences(old_data, {**old_data, "augment_draw": "batch"}, "data") == [
-        'data.augment_draw: "sample" there, "batch" now']
+        'data.augment_draw: "sample" there, "batch" now'
+    ]
     new_defaults = {k: v for k, v in FitConfig(epochs=60).model_dump(mode="json").items() if k in kept}
     assert "train.optim.nesterov: false there, true now" in setting_differences(old_train, new_defaults, "train")
 

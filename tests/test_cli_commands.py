@@ -66,10 +66,28 @@ def test_weights_strict_and_partial(capsys, tmp_path):
     code = main(["train", "--data", str(data), "--out", str(tmp_path / "b"), *TINY, "--weights", str(other)])
     err = capsys.readouterr().err
     assert code == 2 and "fc.weight" in err
-    assert main(["train", "--data", str(data), "--out", str(tmp_path / "b"), *TINY, "--weights", str(other), "--allow-partial"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(data),
+                "--out",
+                str(tmp_path / "b"),
+                *TINY,
+                "--weights",
+                str(other),
+                "--allow-partial",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
     assert any("fc.weight" in m for m in metrics["init_weights"]["mismatched"])
-    assert main(["train", "--data", str(data), "--out", str(tmp_path / "c"), *TINY, "--weights", str(other), "--new-head"]) == 0
+    assert (
+        main(["train", "--data", str(data), "--out", str(tmp_path / "c"), *TINY, "--weights", str(other), "--new-head"])
+        == 0
+    )
     metrics = json.loads((tmp_path / "c" / "metrics.json").read_text())
     assert metrics["init_weights"]["fresh"] == ["fc.weight", "fc.bias"] and not metrics["init_weights"]["mismatched"]
 
@@ -80,26 +98,84 @@ def test_train_defaults_are_the_recommended_recipe_and_every_recipe_flag_reaches
     config = json.loads((tmp_path / "d" / "config.json").read_text())
     optim = config["train"]["optim"]
     assert (optim["schedule"], optim["lr"], optim["nesterov"], optim["pct_start"], optim["cycle_momentum"]) == (
-        "onecycle", 0.1, True, 0.15, True)
+        "onecycle",
+        0.1,
+        True,
+        0.15,
+        True,
+    )
     assert config["train"]["label_smoothing"] == 0.1 and config["data"]["augment_draw"] == "batch"
-    flags = ["--schedule", "cosine", "--warmup-epochs", "2", "--no-nesterov", "--no-cycle-momentum", "--pct-start",
-             "0.3", "--augment-draw", "sample", "--lr", "0.05", "--label-smoothing", "0"]
+    flags = [
+        "--schedule",
+        "cosine",
+        "--warmup-epochs",
+        "2",
+        "--no-nesterov",
+        "--no-cycle-momentum",
+        "--pct-start",
+        "0.3",
+        "--augment-draw",
+        "sample",
+        "--lr",
+        "0.05",
+        "--label-smoothing",
+        "0",
+    ]
     assert main(["train", "--data", str(data), "--out", str(tmp_path / "f"), *TINY, *flags]) == 0
     config = json.loads((tmp_path / "f" / "config.json").read_text())
     optim = config["train"]["optim"]
-    assert (optim["schedule"], optim["warmup_epochs"], optim["nesterov"], optim["cycle_momentum"], optim["pct_start"],
-            optim["lr"]) == ("cosine", 2, False, False, 0.3, 0.05)
+    assert (
+        optim["schedule"],
+        optim["warmup_epochs"],
+        optim["nesterov"],
+        optim["cycle_momentum"],
+        optim["pct_start"],
+        optim["lr"],
+    ) == ("cosine", 2, False, False, 0.3, 0.05)
     assert config["train"]["label_smoothing"] == 0 and config["data"]["augment_draw"] == "sample"
 
 
 def test_prune_fine_tuning_flags_reach_config(tmp_path):
     data = make_fake_dataset(tmp_path, name="rsscn7", per_class=5, size=20)
     assert main(["train", "--data", str(data), "--out", str(tmp_path / "p"), *TINY]) == 0
-    flags = ["--schedule", "cosine", "--no-nesterov", "--no-cycle-momentum", "--pct-start", "0.3", "--drop-last",
-             "--label-smoothing", "0"]
-    assert main(["prune", str(tmp_path / "p"), "--method", "l1", "--target-macs", "0.5", "--finetune-epochs", "1",
-                 "--batch-size", "8", "--quiet", "--out", str(tmp_path / "c"), *flags]) == 0
+    flags = [
+        "--schedule",
+        "cosine",
+        "--no-nesterov",
+        "--no-cycle-momentum",
+        "--pct-start",
+        "0.3",
+        "--drop-last",
+        "--label-smoothing",
+        "0",
+    ]
+    assert (
+        main(
+            [
+                "prune",
+                str(tmp_path / "p"),
+                "--method",
+                "l1",
+                "--target-macs",
+                "0.5",
+                "--finetune-epochs",
+                "1",
+                "--batch-size",
+                "8",
+                "--quiet",
+                "--out",
+                str(tmp_path / "c"),
+                *flags,
+            ]
+        )
+        == 0
+    )
     train = json.loads((tmp_path / "c" / "config.json").read_text())["train"]
-    assert (train["optim"]["schedule"], train["optim"]["nesterov"], train["optim"]["cycle_momentum"],
-            train["optim"]["pct_start"], train["drop_last"], train["label_smoothing"]) == ("cosine", False, False, 0.3,
-                                                                                         True, 0)
+    assert (
+        train["optim"]["schedule"],
+        train["optim"]["nesterov"],
+        train["optim"]["cycle_momentum"],
+        train["optim"]["pct_start"],
+        train["drop_last"],
+        train["label_smoothing"],
+    ) == ("cosine", False, False, 0.3, True, 0)

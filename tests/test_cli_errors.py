@@ -30,13 +30,17 @@ def _assert_one_line_error(code, err, *needles):
 
 
 def test_missing_folder(capsys, tmp_path):
-    code, _, err = run_cli(capsys, "train", "--data", str(tmp_path / "nope"), "--model", "resnet18", "--out", str(tmp_path / "r"))
+    code, _, err = run_cli(
+        capsys, "train", "--data", str(tmp_path / "nope"), "--model", "resnet18", "--out", str(tmp_path / "r")
+    )
     _assert_one_line_error(code, err, "nope")
 
 
 def test_empty_folder(capsys, tmp_path):
     (tmp_path / "empty").mkdir()
-    code, _, err = run_cli(capsys, "train", "--data", str(tmp_path / "empty"), "--model", "resnet18", "--out", str(tmp_path / "r"))
+    code, _, err = run_cli(
+        capsys, "train", "--data", str(tmp_path / "empty"), "--model", "resnet18", "--out", str(tmp_path / "r")
+    )
     _assert_one_line_error(code, err, "empty")
 
 
@@ -62,13 +66,17 @@ def test_one_class_only(capsys, tmp_path, dataset):
     ],
 )
 def test_bad_values_name_the_option(capsys, tmp_path, dataset, flag, value, needle):
-    code, _, err = run_cli(capsys, "train", "--data", str(dataset), "--model", "resnet18", "--out", str(tmp_path / "r"), flag, value)
+    code, _, err = run_cli(
+        capsys, "train", "--data", str(dataset), "--model", "resnet18", "--out", str(tmp_path / "r"), flag, value
+    )
     _assert_one_line_error(code, err, needle)
     assert not (tmp_path / "r").exists()
 
 
 def test_unknown_model(capsys, tmp_path, dataset):
-    code, _, err = run_cli(capsys, "train", "--data", str(dataset), "--model", "resnet19", "--out", str(tmp_path / "r"), "--img-size", "16")
+    code, _, err = run_cli(
+        capsys, "train", "--data", str(dataset), "--model", "resnet19", "--out", str(tmp_path / "r"), "--img-size", "16"
+    )
     _assert_one_line_error(code, err, "resnet19")
 
 
@@ -84,7 +92,18 @@ def test_unreadable_run_dir(capsys, tmp_path):
 
 
 def test_real_process_prints_no_traceback_and_debug_does(tmp_path):
-    cmd = [sys.executable, "-m", "rscompress", "train", "--data", str(tmp_path / "nope"), "--model", "resnet18", "--out", str(tmp_path / "r")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rscompress",
+        "train",
+        "--data",
+        str(tmp_path / "nope"),
+        "--model",
+        "resnet18",
+        "--out",
+        str(tmp_path / "r"),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr

@@ -11,8 +11,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.slow
 def test_prune_your_model_runs_end_to_end(tmp_path):
-    done = subprocess.run([sys.executable, str(ROOT / "examples" / "prune_your_model.py"), "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "prune_your_model.py"), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
     assert any(line.startswith("pruned: 3") and "of the MACs" in line for line in lines), done.stdout

@@ -20,8 +20,10 @@ EXAMPLE = torch.zeros(1, 3, 32, 32)
 def _loaders(n=48, classes=4, seed=0):
     g = torch.Generator().manual_seed(seed)
     x, y = torch.randn(n, 3, 32, 32, generator=g), torch.arange(n) % classes
-    return (DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True),
-            DataLoader(TensorDataset(x[:16], y[:16]), batch_size=16))
+    return (
+        DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True),
+        DataLoader(TensorDataset(x[:16], y[:16]), batch_size=16),
+    )
 
 
 def _params(model):
@@ -32,8 +34,9 @@ def test_prune_a_torchvision_model_to_a_budget_and_reload_it_in_a_fresh_process(
     train, val = _loaders()
     model = torchvision.models.resnet18(num_classes=4)
     before = _params(model)
-    result = rsc.prune(model, train, val, example_input=EXAMPLE, method="l1", target_macs=0.35, finetune_epochs=1,
-                       out=tmp_path / "run")
+    result = rsc.prune(
+        model, train, val, example_input=EXAMPLE, method="l1", target_macs=0.35, finetune_epochs=1, out=tmp_path / "run"
+    )
     assert result.macs_kept == pytest.approx(0.35, abs=0.01)
     assert _params(result.model) == pytest.approx(result.params_kept * before)
     assert _params(model) == before  # the user's model is not changed
@@ -44,10 +47,13 @@ def test_prune_a_torchvision_model_to_a_budget_and_reload_it_in_a_fresh_process(
     torch.save(x, tmp_path / "x.pt")
     result.model.eval()
     expected = result.model(x)
-    code = ("import sys, torch, rscompress as rsc; m = rsc.load(sys.argv[1]); "
-            "torch.save(m(torch.load(sys.argv[2])), sys.argv[3])")
-    subprocess.run([sys.executable, "-c", code, str(tmp_path / "run"), str(tmp_path / "x.pt"),
-                    str(tmp_path / "y.pt")], check=True)
+    code = (
+        "import sys, torch, rscompress as rsc; m = rsc.load(sys.argv[1]); "
+        "torch.save(m(torch.load(sys.argv[2])), sys.argv[3])"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "run"), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")], check=True
+    )
     assert torch.allclose(torch.load(tmp_path / "y.pt"), expected, atol=1e-5)
 
 
@@ -83,49 +89,157 @@ def test_resuming_with_other_settings_is_refused(tmp_path):
     model = torchvision.models.resnet18(num_classes=4)
     (tmp_path / "run").mkdir()
     with pytest.raises(_Killed):
-        rsc.prune(model, train, val, example_input=EXAMPLE, method="l1", target_macs=0.5, finetune_epochs=2,
-                  out=tmp_path / "run", loss_fn=lambda *a: (_ for _ in ()).throw(_Killed()))
+        rsc.prune(
+            model,
+            train,
+            val,
+            example_input=EXAMPLE,
+            method="l1",
+            target_macs=0.5,
+            finetune_epochs=2,
+            out=tmp_path / "run",
+            loss_fn=lambda *a: (_ for _ in ()).throw(_Killed()),
+        )
     with pytest.raises(UserError, match="other settings"):
-        rsc.prune(model, train, val, example_input=EXAMPLE, method="l1", target_macs=0.4, finetune_epochs=2,
-                  out=tmp_path / "run", resume=True)
+        rsc.prune(
+            model,
+            train,
+            val,
+            example_input=EXAMPLE,
+            method="l1",
+            target_macs=0.4,
+            finetune_epochs=2,
+            out=tmp_path / "run",
+            resume=True,
+        )
 
 
 def test_an_se_parent_is_folded_and_the_pruned_model_saves_as_the_plain_architecture(tmp_path):
     train, val = _loaders()
     model = rsc.create_model("se_resnet18", 4, small_input=True)
-    result = rsc.prune(model, train, val, example_input=EXAMPLE, method="remotetrimmer", target_macs=0.35,
-                       loss="aml+ce", finetune_epochs=1)
+    result = rsc.prune(
+        model,
+        train,
+        val,
+        example_input=EXAMPLE,
+        method="remotetrimmer",
+        target_macs=0.35,
+        loss="aml+ce",
+        finetune_epochs=1,
+    )
     assert result.macs_kept == pytest.approx(0.35, abs=0.01) and result.out is None
     path = rsc.save(result.model, tmp_path / "saved", example_input=EXAMPLE, class_names=["a", "b", "c", "d"])
     config = json.loads((path / "config.json").read_text())
-    assert (config["model"], config["model_kwargs"], config["class_names"]) == ("resnet18", {"small_input": True},
-                                                                               ["a", "b", "c", "d"])
+    assert (config["model"], config["model_kwargs"], config["class_names"]) == (
+        "resnet18",
+        {"small_input": True},
+        ["a", "b", "c", "d"],
+    )
     x = torch.randn(2, 3, 32, 32)
     result.model.eval()
     assert torch.allclose(rsc.load(path)(x), result.model(x), atol=1e-5)
 
 
-@pytest.mark.parametrize(("call", "message"), [
-    (lambda m, t, v: rsc.prune(m, t, v, example_input=torch.zeros(1, 3, 32, 48), method="l1", target_macs=0.5),
-     r"example_input must be a 1×3×S×S tensor .* got \(1, 3, 32, 48\)"),
-    (lambda m, t, v: rsc.prune(m, t, v, example_input=EXAMPLE, method="remotetrimmer", target_macs=0.5),
-     "remotetrimmer needs a parent with SE blocks .* ResNet has none"),
-    (lambda m, t, v: rsc.prune(m, t, v, example_input=EXAMPLE, method="l9", target_macs=0.5),
-     "unknown method 'l9'"),
-    (lambda m, t, v: rsc.prune(m, iter(t), v, example_input=EXAMPLE, method="l1", target_macs=0.5),
-     "train_loader must be re-iterable with a length .* not an iterator"),
-])
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (
+            lambda m, t, v: rsc.prune(m, t, v, example_input=torch.zeros(1, 3, 32, 48), method="l1", target_macs=0.5),
+            r"example_input must be a 1×3×S×S tensor .* got \(1, 3, 32, 48\)",
+        ),
+        (
+            lambda m, t, v: rsc.prune(m, t, v, example_input=EXAMPLE, method="remotetrimmer", target_macs=0.5),
+            "remotetrimmer needs a parent with SE blocks .* ResNet has none",
+        ),
+        (
+            lambda m, t, v: rsc.prune(m, t, v, example_input=EXAMPLE, method="l9", target_macs=0.5),
+            "unknown method 'l9'",
+        ),
+        (
+            lambda m, t, v: rsc.prune(m, iter(t), v, example_input=EXAMPLE, method="l1", target_macs=0.5),
+            "train_loader must be re-iterable with a length .* not an iterator",
+        ),
+    ],
+)
 def test_bad_calls_get_one_clear_error(call, message):
     train, val = _loaders()
     with pytest.raises((UserError, ValueError), match=message):
         call(torchvision.models.resnet18(num_classes=4), train, val)
 
 
-def test_remotetrimmer_names_the_se_layers_it_cannot_fold():
+def _with_random_bn_statistics(model):
+    """BNs far from identity, so a fold that ignored them would show."""
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
+    return model.eval()
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: torchvision.models.mobilenet_v3_small(
+            num_classes=4
+        ),  # SE after ReLU (into BN) and Hardswish (into conv)
+        lambda: pytest.importorskip("timm").create_model("seresnet18", num_classes=4),  # SE right after a BN
+        lambda: pytest.importorskip("timm").create_model("mobilenetv3_small_100", num_classes=4),  # BatchNormAct2d
+    ],
+)
+def test_another_librarys_se_layers_fold_exactly(build):
+    from rscompress.pruning.importance import CAP_ATTENTION
+    from rscompress.pruning.parent import fold_foreign_se, foreign_se_layers
+
+    model = _with_random_bn_statistics(build())
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+    names = fold_foreign_se(model, [(x, torch.zeros(1, dtype=torch.long))])  # s̄ is this image's attention
+    assert names and not foreign_se_layers(model)
+    assert all(isinstance(model.get_submodule(n), nn.Identity) for n in names)
+    with torch.no_grad():
+        assert torch.allclose(model(x), expected, atol=1e-5)
+    if "mobilenet" in type(model).__name__.lower():  # Hardswish blocks: s̄ went into a conv, CAP reads it from the BN
+        assert any(hasattr(m, CAP_ATTENTION) for m in model.modules())
+
+
+def test_remotetrimmer_prunes_a_torchvision_model_with_its_own_se_blocks(tmp_path):
     train, val = _loaders()
-    with pytest.raises(UserError, match=r"MobileNetV3's own \(SqueezeExcitation at features\.1\.block\.1, and 8 more\)"):
-        rsc.prune(torchvision.models.mobilenet_v3_small(num_classes=4), train, val, example_input=EXAMPLE,
-                  method="remotetrimmer", target_macs=0.5)
+    model = torchvision.models.mobilenet_v3_small(num_classes=4)
+    result = rsc.prune(
+        model, train, val, example_input=EXAMPLE, method="remotetrimmer", target_macs=0.35, finetune_epochs=1
+    )
+    assert result.macs_kept == pytest.approx(0.35, abs=0.01)  # of the model as given, SE layers and all
+    assert not any("SqueezeExcitation" in type(m).__name__ for m in result.model.modules())
+    assert not any(hasattr(m, "_cap_attention") for m in result.model.modules())
+    path = rsc.save(result.model, tmp_path / "m", example_input=EXAMPLE)
+    assert json.loads((path / "config.json").read_text())["model"] == "torchvision/mobilenet_v3_small"
+    x = torch.randn(2, 3, 32, 32)
+    result.model.eval()
+    assert torch.allclose(rsc.load(path)(x), result.model(x), atol=1e-5)
+
+
+def test_remotetrimmer_names_an_se_layer_it_cannot_fold():
+    from torchvision.ops import SqueezeExcitation
+
+    class Residual(nn.Module):  # the SE reads a conv (no BN) and feeds an addition (no conv)
+        def __init__(self):
+            super().__init__()
+            self.conv, self.se = nn.Conv2d(3, 16, 3, padding=1), SqueezeExcitation(16, 4)
+            self.bn, self.fc = nn.BatchNorm2d(16), nn.Linear(16, 4)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.fc(self.bn(y + self.se(y)).mean((2, 3)))
+
+    train, val = _loaders()
+    with pytest.raises(
+        UserError, match=r"cannot fold SqueezeExcitation at se: its input does not come from a BatchNorm"
+    ):
+        rsc.prune(Residual(), train, val, example_input=EXAMPLE, method="remotetrimmer", target_macs=0.5)
 
 
 def test_a_model_nobody_can_rebuild_is_refused_by_save_naming_its_class(tmp_path):
@@ -178,8 +292,9 @@ def test_distill_a_registry_student_and_a_pruned_one_from_a_teacher_module(tmp_p
     train, val = _loaders()
     teacher = torchvision.models.resnet18(num_classes=4)
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    fresh = rsc.distill(teacher, "g_ghost_regnetx_004", train, val, loss="dkd", epochs=1, small_input=True,
-                        out=tmp_path / "student")
+    fresh = rsc.distill(
+        teacher, "g_ghost_regnetx_004", train, val, loss="dkd", epochs=1, small_input=True, out=tmp_path / "student"
+    )
     assert rsc.models.built_as(fresh.model)[0] == "g_ghost_regnetx_004"
     assert json.loads((tmp_path / "student" / "config.json").read_text())["method"] == "distill-dkd"
     pruned = rsc.prune(teacher, train, val, example_input=EXAMPLE, method="l1", target_macs=0.5, finetune_epochs=1)
@@ -196,7 +311,11 @@ def test_export_onnx_checks_parity_and_bench_times_modules_against_the_first(tmp
     assert report.ok and report.n_images == 8 and (tmp_path / "m.onnx").is_file()
     with pytest.raises(UserError, match=r"m\.pt must end in \.onnx"):
         rsc.export_onnx(model, tmp_path / "m.pt", example_input=EXAMPLE)
-    rows = rsc.bench(model, torchvision.models.resnet18(num_classes=4), example_input=EXAMPLE, engines=("torch",),
-                     repeats=3)
-    assert [(r["name"], r["engine"], r["batch_size"]) for r in rows] == [("model 0", "torch", 1), ("model 1", "torch", 1)]
+    rows = rsc.bench(
+        model, torchvision.models.resnet18(num_classes=4), example_input=EXAMPLE, engines=("torch",), repeats=3
+    )
+    assert [(r["name"], r["engine"], r["batch_size"]) for r in rows] == [
+        ("model 0", "torch", 1),
+        ("model 1", "torch", 1),
+    ]
     assert rows[0]["speedup"] == 1.0 and rows[1]["median_ms"] > 0

@@ -18,13 +18,41 @@ def _recipe(tmp_path, data):
     recipe = {
         "out": str(tmp_path / "runs"),
         "steps": [
-            {"name": "base", "train": {"data": {"path": str(data), "img_size": 16}, "model": "se_resnet18", "epochs": 1, "batch_size": 8}},
-            {"name": "rt", "prune": {"parent": "base", "method": "remotetrimmer", "target_macs": 0.3, "loss": "aml+ce",
-                                     "finetune": {"epochs": 1, "batch_size": 8}}},
-            {"name": "student", "distill": {"teacher": "base", "student": "rt", "loss": "dkd", "fit": {"epochs": 1, "batch_size": 8}}},
+            {
+                "name": "base",
+                "train": {
+                    "data": {"path": str(data), "img_size": 16},
+                    "model": "se_resnet18",
+                    "epochs": 1,
+                    "batch_size": 8,
+                },
+            },
+            {
+                "name": "rt",
+                "prune": {
+                    "parent": "base",
+                    "method": "remotetrimmer",
+                    "target_macs": 0.3,
+                    "loss": "aml+ce",
+                    "finetune": {"epochs": 1, "batch_size": 8},
+                },
+            },
+            {
+                "name": "student",
+                "distill": {"teacher": "base", "student": "rt", "loss": "dkd", "fit": {"epochs": 1, "batch_size": 8}},
+            },
             {"name": "onnx", "export": {"run": "student", "parity_images": 8}},
-            {"name": "speed", "bench": {"runs": ["rt", "student"], "batch_sizes": [1], "threads": [1],
-                                        "engines": ["onnxruntime"], "warmup": 1, "repeats": 3}},
+            {
+                "name": "speed",
+                "bench": {
+                    "runs": ["rt", "student"],
+                    "batch_sizes": [1],
+                    "threads": [1],
+                    "engines": ["onnxruntime"],
+                    "warmup": 1,
+                    "repeats": 3,
+                },
+            },
         ],
     }
     path = tmp_path / "r.yaml"
@@ -54,18 +82,55 @@ def test_recipe_killed_in_sparse_training_continues_there(tmp_path, monkeypatch)
     from rscompress import api
 
     data = make_fake_dataset(tmp_path, name="rsscn7", per_class=6, size=20)
-    recipe = {"out": str(tmp_path / "runs"), "steps": [
-        {"name": "base", "train": {"data": {"path": str(data), "img_size": 16}, "model": "resnet18", "epochs": 1,
-                                   "batch_size": 8}},
-        {"name": "slim", "prune": {"parent": "base", "method": "slim", "target_macs": 0.5, "sparse_epochs": 2,
-                                   "finetune": {"epochs": 1, "batch_size": 8}}},
-        # the same pruned model fine-tuned by KD: no second sparse training
-        {"name": "slim-kd", "prune": {"parent": "base", "method": "slim", "target_macs": 0.5, "sparse_epochs": 2,
-                                      "loss": "kd", "pruned_from": "slim", "finetune": {"epochs": 1, "batch_size": 8}}},
-        # another budget pruned from the same sparse training: no second one either
-        {"name": "slim-third", "prune": {"parent": "base", "method": "slim", "target_macs": 0.35, "sparse_epochs": 2,
-                                         "sparse_from": "slim", "finetune": {"epochs": 1, "batch_size": 8}}},
-    ]}
+    recipe = {
+        "out": str(tmp_path / "runs"),
+        "steps": [
+            {
+                "name": "base",
+                "train": {
+                    "data": {"path": str(data), "img_size": 16},
+                    "model": "resnet18",
+                    "epochs": 1,
+                    "batch_size": 8,
+                },
+            },
+            {
+                "name": "slim",
+                "prune": {
+                    "parent": "base",
+                    "method": "slim",
+                    "target_macs": 0.5,
+                    "sparse_epochs": 2,
+                    "finetune": {"epochs": 1, "batch_size": 8},
+                },
+            },
+            # the same pruned model fine-tuned by KD: no second sparse training
+            {
+                "name": "slim-kd",
+                "prune": {
+                    "parent": "base",
+                    "method": "slim",
+                    "target_macs": 0.5,
+                    "sparse_epochs": 2,
+                    "loss": "kd",
+                    "pruned_from": "slim",
+                    "finetune": {"epochs": 1, "batch_size": 8},
+                },
+            },
+            # another budget pruned from the same sparse training: no second one either
+            {
+                "name": "slim-third",
+                "prune": {
+                    "parent": "base",
+                    "method": "slim",
+                    "target_macs": 0.35,
+                    "sparse_epochs": 2,
+                    "sparse_from": "slim",
+                    "finetune": {"epochs": 1, "batch_size": 8},
+                },
+            },
+        ],
+    }
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe))
 
@@ -84,7 +149,10 @@ def test_recipe_killed_in_sparse_training_continues_there(tmp_path, monkeypatch)
     assert results["slim-kd"]["sparse_training"] == slim_record["sparse_training"]
     assert results["slim-kd"]["loss"] == "kd" and results["slim-kd"]["pruned_from"].endswith("runs/slim")
     third = results["slim-third"]
-    assert third["sparse_training"] == {**slim_record["sparse_training"], "taken_from": third["sparse_training"]["taken_from"]}
+    assert third["sparse_training"] == {
+        **slim_record["sparse_training"],
+        "taken_from": third["sparse_training"]["taken_from"],
+    }
     assert third["sparse_training"]["taken_from"].endswith("runs/slim") and abs(third["macs_kept"] / 0.35 - 1) <= 0.01
 
 

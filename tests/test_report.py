@@ -18,8 +18,12 @@ def report(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     data = make_fake_dataset(root, name="rsscn7", per_class=6, size=20)
     base, small = root / "base", root / "small"
-    api.train(DataConfig(path=data, img_size=16), TrainConfig(model="resnet18", epochs=1, batch_size=8), base, quiet=True)
-    api.prune(base, PruneConfig(method="l1", target_macs=0.3, finetune=FitConfig(epochs=1, batch_size=8)), small, quiet=True)
+    api.train(
+        DataConfig(path=data, img_size=16), TrainConfig(model="resnet18", epochs=1, batch_size=8), base, quiet=True
+    )
+    api.prune(
+        base, PruneConfig(method="l1", target_macs=0.3, finetune=FitConfig(epochs=1, batch_size=8)), small, quiet=True
+    )
     out = root / "out" / "report.html"
     assert main(["report", str(base), str(small), "--out", str(out), "--repeats", "3"]) == 0
     return out
@@ -35,7 +39,10 @@ def test_html_is_self_contained_with_all_plots(report):
         assert column in page
     md = report.with_suffix(".md").read_text()
     assert md.count("![") == 4 and "| base |" in md and "| small |" in md
-    assert all((report.parent / "report_files" / f"{k}.png").is_file() for k in ("pareto_macs", "pareto_latency", "per_class", "confusion"))
+    assert all(
+        (report.parent / "report_files" / f"{k}.png").is_file()
+        for k in ("pareto_macs", "pareto_latency", "per_class", "confusion")
+    )
 
 
 def _chromium():
@@ -46,16 +53,34 @@ def _chromium():
 def test_plots_render_in_headless_chromium(report, tmp_path):
     # Every <img> must have decoded to a real picture: naturalWidth > 0.
     probe = report.parent / "probe.html"
-    probe.write_text(report.read_text().replace(
-        "</body>",
-        "<script>window.onload=()=>{const ok=[...document.images].filter(i=>i.complete&&i.naturalWidth>0).length;"
-        "document.title='rendered:'+ok+'/'+document.images.length;}</script></body>"))
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run([_chromium(), *flags, "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
-                         capture_output=True, text=True, timeout=120)
+    probe.write_text(
+        report.read_text().replace(
+            "</body>",
+            "<script>window.onload=()=>{const ok=[...document.images].filter(i=>i.complete&&i.naturalWidth>0).length;"
+            "document.title='rendered:'+ok+'/'+document.images.length;}</script></body>",
+        )
+    )
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+    dom = subprocess.run(
+        [_chromium(), *flags, "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert "<title>rendered:4/4</title>" in dom.stdout, dom.stderr[-2000:]
     shot = tmp_path / "shot.png"
-    subprocess.run([_chromium(), *flags, f"--screenshot={shot}", "--window-size=1200,1600", report.as_uri()],
-                   capture_output=True, timeout=120)
+    subprocess.run(
+        [_chromium(), *flags, f"--screenshot={shot}", "--window-size=1200,1600", report.as_uri()],
+        capture_output=True,
+        timeout=120,
+    )
     assert shot.is_file() and shot.stat().st_size > 10_000

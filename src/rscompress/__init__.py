@@ -15,7 +15,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-__version__ = '0.1.0'
+__version__ = "0.1.0"
 
 _EXPORTS = {
     "train": "rscompress.python_api",
@@ -32,7 +32,21 @@ _EXPORTS = {
     "create_model": "rscompress.models",
     "list_models": "rscompress.models",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "PruneResult",
+    "TrainResult",
+    "bench",
+    "create_model",
+    "distill",
+    "evaluate",
+    "export_onnx",
+    "list_models",
+    "load",
+    "load_weights",
+    "prune",
+    "save",
+    "train",
+]
 
 if TYPE_CHECKING:
     from rscompress.models import create_model, list_models

@@ -77,8 +77,15 @@ def _open_source(source: Path, threads: int | None) -> tuple[RunDir, torch.nn.Mo
 
 def eval_batches(data: PreparedData, indices, batch_size: int = EVAL_BATCH) -> BatchLoader:
     return BatchLoader(
-        data.images, data.labels, indices, batch_size=batch_size, shuffle=False, augment=False,
-        mean=data.mean, std=data.std, seed=0,
+        data.images,
+        data.labels,
+        indices,
+        batch_size=batch_size,
+        shuffle=False,
+        augment=False,
+        mean=data.mean,
+        std=data.std,
+        seed=0,
     )
 
 
@@ -101,13 +108,19 @@ def train(
         torch.set_num_threads(train_cfg.threads)
     run = RunDir(out)
     # Absolute data paths in config.json: later steps may run from another directory.
-    data_cfg = data_cfg.model_copy(update={
-        "path": data_cfg.path.resolve(),
-        "test_path": data_cfg.test_path.resolve() if data_cfg.test_path else None,
-    })
+    data_cfg = data_cfg.model_copy(
+        update={
+            "path": data_cfg.path.resolve(),
+            "test_path": data_cfg.test_path.resolve() if data_cfg.test_path else None,
+        }
+    )
     model_kwargs = {"small_input": train_cfg.small_input}
-    settings = {"model": train_cfg.model, "model_kwargs": model_kwargs,
-                "data": data_cfg.model_dump(mode="json"), "train": train_cfg.model_dump(mode="json")}
+    settings = {
+        "model": train_cfg.model,
+        "model_kwargs": model_kwargs,
+        "data": data_cfg.model_dump(mode="json"),
+        "train": train_cfg.model_dump(mode="json"),
+    }
     if (finished := _open_out_dir(run, settings, resume=resume, reuse_finished=reuse_finished)) is not None:
         return finished
     data = _prepare_shared(data_cfg, run, quiet, dist)
@@ -127,8 +140,9 @@ def train(
     model = create_model(train_cfg.model, len(data.class_names), **model_kwargs)
     weights_report = None
     if train_cfg.weights is not None:
-        weights_report = load_weights(model, train_cfg.weights, allow_partial=train_cfg.allow_partial,
-                                      new_head=train_cfg.new_head)
+        weights_report = load_weights(
+            model, train_cfg.weights, allow_partial=train_cfg.allow_partial, new_head=train_cfg.new_head
+        )
     if dist.is_main:
         run.path.mkdir(parents=True, exist_ok=True)
         run.save_config(config)
@@ -160,8 +174,16 @@ def _fit_and_finish(
     """Fit on train (best epoch on val), then test once and write weights + metrics.json."""
     train_batches = train_loader(data, data_cfg, fit_cfg, dist)
     result = fit(
-        model, train_batches, eval_batches(data, data.val_indices), fit_cfg, run,
-        len(data.class_names), loss_fn=loss_fn, resume=resume, quiet=quiet, dist=dist,
+        model,
+        train_batches,
+        eval_batches(data, data.val_indices),
+        fit_cfg,
+        run,
+        len(data.class_names),
+        loss_fn=loss_fn,
+        resume=resume,
+        quiet=quiet,
+        dist=dist,
     )
     if not dist.is_main:
         barrier(dist)  # rank 0 is writing the final files
@@ -202,12 +224,23 @@ def _fit_and_finish(
     return metrics
 
 
-def train_loader(data: PreparedData, data_cfg: DataConfig, fit_cfg: FitConfig, dist: DistInfo = DistInfo()) -> BatchLoader:
+def train_loader(
+    data: PreparedData, data_cfg: DataConfig, fit_cfg: FitConfig, dist: DistInfo = DistInfo()
+) -> BatchLoader:
     """The shuffled, augmented train batches every training step uses (benchmarks reuse it)."""
     return BatchLoader(
-        data.images, data.labels, data.train_indices, batch_size=fit_cfg.batch_size,
-        shuffle=True, augment=data_cfg.augment, augment_draw=data_cfg.augment_draw, mean=data.mean, std=data.std,
-        seed=fit_cfg.seed, rank=dist.rank, world_size=dist.world_size,
+        data.images,
+        data.labels,
+        data.train_indices,
+        batch_size=fit_cfg.batch_size,
+        shuffle=True,
+        augment=data_cfg.augment,
+        augment_draw=data_cfg.augment_draw,
+        mean=data.mean,
+        std=data.std,
+        seed=fit_cfg.seed,
+        rank=dist.rank,
+        world_size=dist.world_size,
         drop_last=drops_ragged_batch(len(data.train_indices), fit_cfg.batch_size, dist.world_size, fit_cfg.drop_last),
     )
 
@@ -285,7 +318,10 @@ def evaluate(
         with decode_progress(quiet) as progress:
             data = prepare_data(
                 data_cfg.model_copy(update={"path": data_path, "test_path": None}),
-                None, progress, class_names=config.class_names, whole_folder=True,
+                None,
+                progress,
+                class_names=config.class_names,
+                whole_folder=True,
             )
         indices = data.all_indices
         split_name = "all"
@@ -301,7 +337,7 @@ def evaluate(
         "data": str(data_path or data_cfg.path),
         "run": str(run.path),
         "model": config.model,
-        "per_class_accuracy": dict(zip(config.class_names, result.per_class_accuracy)),
+        "per_class_accuracy": dict(zip(config.class_names, result.per_class_accuracy, strict=False)),
         "confusion": result.confusion,
         "seconds": time.perf_counter() - t0,
         "device": str(on),
@@ -309,8 +345,15 @@ def evaluate(
 
 
 def prune(
-    parent_path: Path, cfg: PruneConfig, out: Path, *, resume: bool = False, quiet: bool = False,
-    reuse_finished: bool = False, pruned_from: Path | None = None, sparse_from: Path | None = None,
+    parent_path: Path,
+    cfg: PruneConfig,
+    out: Path,
+    *,
+    resume: bool = False,
+    quiet: bool = False,
+    reuse_finished: bool = False,
+    pruned_from: Path | None = None,
+    sparse_from: Path | None = None,
 ) -> dict[str, Any]:
     """Prune a finished run to a budget, fine-tune it with the shared recipe, test it once.
 
@@ -337,13 +380,15 @@ def prune(
     from rscompress.distillation.objective import freeze, teacher_loss_fn
     from rscompress.pruning import architecture_spec
     from rscompress.pruning.methods.remotetrimmer import folded_model_name
-    from rscompress.pruning.parent import prepare_parent
+    from rscompress.pruning.parent import budget_on_prepared, budget_reference, prepare_parent, rebase_budget
     from rscompress.pruning.select import SPARSE_METHODS, select_and_prune
 
     if sparse_from is not None and (cfg.method not in SPARSE_METHODS or pruned_from is not None):
-        raise UserError(f"--sparse-from takes the sparse training of --method {' or '.join(SPARSE_METHODS)}, "
-                        f"without --pruned-from; this run is --method {cfg.method}"
-                        + (" with --pruned-from" if pruned_from is not None else ""))
+        raise UserError(
+            f"--sparse-from takes the sparse training of --method {' or '.join(SPARSE_METHODS)}, "
+            f"without --pruned-from; this run is --method {cfg.method}"
+            + (" with --pruned-from" if pruned_from is not None else "")
+        )
     device = resolve_device(cfg.finetune.device)
     parent, model, parent_cfg, parent_metrics = _open_source(parent_path, cfg.finetune.threads)
     run = RunDir(out)
@@ -371,13 +416,17 @@ def prune(
         model_name = folded_model_name(parent_cfg.model) if is_se else parent_cfg.model
         # SE attention, gradients and BN statistics come from plain (unaugmented) train images.
         calibration = eval_batches(data, data.train_indices, batch_size=64)
+        parent_cost = count_macs_params(budget_reference(model), parent_cfg.img_size)
         model, weights_as_trained = prepare_parent(model, calibration, cfg.method)
         torch.manual_seed(cfg.finetune.seed)  # the random criterion, sparse training
         pruned, details = select_and_prune(
-            model, model_name, parent_cfg.img_size, cfg,
+            model,
+            model_name,
+            parent_cfg.img_size,
+            budget_on_prepared(cfg, parent_cost, count_macs_params(model, parent_cfg.img_size)),
             train_batches=train_loader(data, data_cfg, cfg.finetune),
             val_batches=eval_batches(data, data.val_indices),
-            calibration=[b for _, b in zip(range(cfg.calibration_batches), calibration)],
+            calibration=[b for _, b in zip(range(cfg.calibration_batches), calibration, strict=False)],
             log=_progress_printer(quiet),
             phase_dir=phase_dir,
             weights_as_trained=weights_as_trained,
@@ -385,14 +434,19 @@ def prune(
             parent_optim=parent_cfg.train.get("optim"),
             run=run,
         )
+        details["budget"] = rebase_budget(details["budget"], parent_cost)
         run.path.mkdir(parents=True, exist_ok=True)
-        run.save_config(parent_cfg.model_copy(update={
-            "model": model_name,
-            "architecture": architecture_spec(pruned),
-            **settings,
-            "parent": str(parent.path.resolve()),
-            "versions": library_versions(),
-        }))
+        run.save_config(
+            parent_cfg.model_copy(
+                update={
+                    "model": model_name,
+                    "architecture": architecture_spec(pruned),
+                    **settings,
+                    "parent": str(parent.path.resolve()),
+                    "versions": library_versions(),
+                }
+            )
+        )
         if not run.split_path.is_file():
             data.split.to_json(run.split_path)
         before = evaluate_model(pruned, eval_batches(data, data.val_indices), len(data.class_names))
@@ -430,7 +484,9 @@ def prune(
         **record,
         **({"pruned_from": str(Path(pruned_from).resolve())} if pruned_from is not None else {}),
     }
-    return _fit_and_finish(pruned, data, data_cfg, cfg.finetune, run, extra, resume=resume, quiet=quiet, loss_fn=loss_fn)
+    return _fit_and_finish(
+        pruned, data, data_cfg, cfg.finetune, run, extra, resume=resume, quiet=quiet, loss_fn=loss_fn
+    )
 
 
 def _prune_settings(cfg: PruneConfig, is_se: bool) -> dict[str, Any]:
@@ -454,6 +510,7 @@ _BUDGET = frozenset({"target_macs", "target_params", "ratio"})
 def _settings_differences(stored: dict[str, Any], settings: dict[str, Any], free: frozenset[str]) -> list[str]:
     """Where two prune runs' settings (config.json entries) differ, leaving out the
     ``method_params`` in ``free`` and the fine-tuning length."""
+
     def compared(values: dict[str, Any]) -> dict[str, Any]:
         method_params = {k: v for k, v in (values.get("method_params") or {}).items() if k not in free}
         train = {k: v for k, v in (values.get("train") or {}).items() if k not in _FINETUNE_ONLY_TRAIN}
@@ -467,13 +524,17 @@ def _take_pruned(source: RunDir, parent: RunDir, settings: dict[str, Any], run: 
     """Start ``run`` from ``source``'s pruned, not yet fine-tuned model, after checking that
     ``source`` pruned the same parent with the same settings (fine-tuning loss aside)."""
     if not (source.holds_pruned_model() and source.config_path.is_file()):
-        raise UserError(f"--pruned-from {source.path} holds no pruned model (config.json, pruned.safetensors, prune.json)")
+        raise UserError(
+            f"--pruned-from {source.path} holds no pruned model (config.json, pruned.safetensors, prune.json)"
+        )
     stored = json.loads(source.config_path.read_text())
     if stored.get("parent") != str(parent.path.resolve()):
         raise UserError(f"--pruned-from {source.path} was pruned from {stored.get('parent')}, not {parent.path}")
     if differences := _settings_differences(stored, settings, _FINETUNE_ONLY):
-        raise UserError(f"--pruned-from {source.path} was pruned with other settings ({'; '.join(differences[:3])}); "
-                        "only the fine-tuning loss (--loss and its weights) and --finetune-epochs may differ")
+        raise UserError(
+            f"--pruned-from {source.path} was pruned with other settings ({'; '.join(differences[:3])}); "
+            "only the fine-tuning loss (--loss and its weights) and --finetune-epochs may differ"
+        )
     run.path.mkdir(parents=True, exist_ok=True)
     run.save_config(RunConfig.model_validate({**stored, **settings}))
     shutil.copyfile(source.split_path, run.split_path)
@@ -495,8 +556,10 @@ def sparse_from_differences(source: Path, parent: Path, cfg: PruneConfig) -> lis
 
     src = RunDir(source)
     if not (src.holds_sparse_model() and src.config_path.is_file()):
-        return [f"{source} holds no finished sparse training ({src.sparse_weights_path.name}, "
-                f"{src.sparse_record_path.name}, {src.config_path.name})"]
+        return [
+            f"{source} holds no finished sparse training ({src.sparse_weights_path.name}, "
+            f"{src.sparse_record_path.name}, {src.config_path.name})"
+        ]
     stored = json.loads(src.config_path.read_text())
     if stored.get("parent") != str(Path(parent).resolve()):
         return [f"{source} was pruned from {stored.get('parent')}, not {parent}"]
@@ -518,7 +581,13 @@ def _take_sparse(source: RunDir, run: RunDir) -> None:
 
 
 def distill(
-    teacher_path: Path, student: str, cfg: DistillConfig, out: Path, *, resume: bool = False, quiet: bool = False,
+    teacher_path: Path,
+    student: str,
+    cfg: DistillConfig,
+    out: Path,
+    *,
+    resume: bool = False,
+    quiet: bool = False,
     reuse_finished: bool = False,
 ) -> dict[str, Any]:
     """Train ``student`` (a registry name, or a run dir such as a pruned model) on the teacher's
@@ -544,8 +613,11 @@ def distill(
     with decode_progress(quiet) as progress:
         data = prepare_data(data_cfg, teacher_run.split_path, progress)
     run.path.mkdir(parents=True, exist_ok=True)
-    run.save_config(student_cfg.model_copy(update={
-        **settings, "parent": str(teacher_run.path.resolve()), "versions": library_versions()}))
+    run.save_config(
+        student_cfg.model_copy(
+            update={**settings, "parent": str(teacher_run.path.resolve()), "versions": library_versions()}
+        )
+    )
     if not run.split_path.is_file():
         data.split.to_json(run.split_path)
 
@@ -563,7 +635,9 @@ def distill(
         "teacher_params": teacher_params,
         **_cache_counts(teacher),
     }
-    return _fit_and_finish(student_model, data, data_cfg, cfg.fit, run, extra, resume=resume, quiet=quiet, loss_fn=loss_fn)
+    return _fit_and_finish(
+        student_model, data, data_cfg, cfg.fit, run, extra, resume=resume, quiet=quiet, loss_fn=loss_fn
+    )
 
 
 def _cache_counts(teacher: torch.nn.Module) -> dict[str, Any]:
@@ -629,21 +703,46 @@ def demo(out: Path, quiet: bool = False) -> tuple[dict[str, Any], Path]:
     # The recommended recipe: config.py's defaults (SGD + nesterov under OneCycle, label
     # smoothing 0.1), fine-tuning at FINETUNE_LR.
     tune = {"epochs": DEMO_FINETUNE_EPOCHS}
-    recipe = Recipe.model_validate({
-        "out": out,
-        "steps": [
-            {"name": "base", "train": {"data": {"path": bundled_sample(), "img_size": 64}, "model": "se_resnet18",
-                                       "epochs": DEMO_EPOCHS}},
-            # Channel counts in multiples of 8: the same MACs run faster (benchmarks/results/speedup.json).
-            {"name": "rt15", "prune": {"parent": "base", "method": "remotetrimmer", "target_macs": 0.15,
-                                       "round_to": 8, "loss": "aml+ce", "finetune": tune}},
-            {"name": "ggnet-dkd", "distill": {"teacher": "base", "student": "g_ghost_regnetx_tiny", "small_input": True,
-                                              "loss": "dkd", "kd_warmup_epochs": 2,
-                                              "fit": {"epochs": DEMO_EPOCHS}}},
-            {"name": "rt15-onnx", "export": {"run": "rt15"}},
-            {"name": "ggnet-onnx", "export": {"run": "ggnet-dkd"}},
-        ],
-    })
+    recipe = Recipe.model_validate(
+        {
+            "out": out,
+            "steps": [
+                {
+                    "name": "base",
+                    "train": {
+                        "data": {"path": bundled_sample(), "img_size": 64},
+                        "model": "se_resnet18",
+                        "epochs": DEMO_EPOCHS,
+                    },
+                },
+                # Channel counts in multiples of 8: the same MACs run faster (benchmarks/results/speedup.json).
+                {
+                    "name": "rt15",
+                    "prune": {
+                        "parent": "base",
+                        "method": "remotetrimmer",
+                        "target_macs": 0.15,
+                        "round_to": 8,
+                        "loss": "aml+ce",
+                        "finetune": tune,
+                    },
+                },
+                {
+                    "name": "ggnet-dkd",
+                    "distill": {
+                        "teacher": "base",
+                        "student": "g_ghost_regnetx_tiny",
+                        "small_input": True,
+                        "loss": "dkd",
+                        "kd_warmup_epochs": 2,
+                        "fit": {"epochs": DEMO_EPOCHS},
+                    },
+                },
+                {"name": "rt15-onnx", "export": {"run": "rt15"}},
+                {"name": "ggnet-onnx", "export": {"run": "ggnet-dkd"}},
+            ],
+        }
+    )
     results = run_steps(recipe, quiet=quiet)
     report = build_report([out / "base", out / "rt15", out / "ggnet-dkd"], out / "report.html")
     return results, report

@@ -77,12 +77,20 @@ def library_versions() -> dict[str, str]:
 _RESUMABLE_WITH_OTHER = frozenset({"train.threads", "train.device", "data.cache_dir"})
 # Settings added after run dirs (and NAS search checkpoints) were already being written, with
 # the value every run made before then had: a saved setting without the key had that value.
-_ADDED_LATER = {"method_params.gate_without_bn": False, "nas_search.gate_without_bn": False,
-                "method_params.sparse_lr": None, "method_params.sparse_rate": None,
-                # issue 31's recipe options; runs before it trained without nesterov, with one
-                # augmentation draw per image and without the ragged last batch.
-                "train.optim.nesterov": False, "train.optim.pct_start": 0.15, "train.optim.cycle_momentum": True,
-                "train.drop_last": True, "data.augment_draw": "sample", "train.new_head": False}
+_ADDED_LATER = {
+    "method_params.gate_without_bn": False,
+    "nas_search.gate_without_bn": False,
+    "method_params.sparse_lr": None,
+    "method_params.sparse_rate": None,
+    # issue 31's recipe options; runs before it trained without nesterov, with one
+    # augmentation draw per image and without the ragged last batch.
+    "train.optim.nesterov": False,
+    "train.optim.pct_start": 0.15,
+    "train.optim.cycle_momentum": True,
+    "train.drop_last": True,
+    "data.augment_draw": "sample",
+    "train.new_head": False,
+}
 # Settings removed since; a saved one is not compared. sparse_strength (L1RR's starting λ)
 # gave way to sparse_rate; a sparse-training phase saved with it has its own settings check
 # (l1rr.sparse_train), which refuses to continue it under the new meaning.
@@ -95,11 +103,15 @@ def setting_differences(stored: Any, given: Any, name: str) -> list[str]:
     if name in _RESUMABLE_WITH_OTHER or name in _DROPPED:
         return []
     if isinstance(stored, dict) and isinstance(given, dict):
+
         def stored_value(key: str) -> Any:
             return stored[key] if key in stored else _ADDED_LATER.get(f"{name}.{key}")
 
-        return [d for key in sorted(stored.keys() | given.keys())
-                for d in setting_differences(stored_value(key), given.get(key), f"{name}.{key}")]
+        return [
+            d
+            for key in sorted(stored.keys() | given.keys())
+            for d in setting_differences(stored_value(key), given.get(key), f"{name}.{key}")
+        ]
     if stored != given:
         return [f"{name}: {json.dumps(stored)} there, {json.dumps(given)} now"]
     return []
@@ -178,8 +190,10 @@ class RunDir:
         differences = [d for key, value in settings.items() for d in setting_differences(stored.get(key), value, key)]
         if differences:
             shown = "; ".join(differences[:3]) + (f"; and {len(differences) - 3} more" if len(differences) > 3 else "")
-            raise UserError(f"{self.path} was made with other settings ({shown}); "
-                            f"use the same options, or another --out to start anew")
+            raise UserError(
+                f"{self.path} was made with other settings ({shown}); "
+                f"use the same options, or another --out to start anew"
+            )
 
     # -- writing -----------------------------------------------------------------------
     def save_config(self, config: RunConfig) -> None:
@@ -248,4 +262,3 @@ class RunDir:
             )
         model.eval()
         return model, config
-

@@ -59,8 +59,12 @@ def _default(model_cls: Any, name: str) -> Any:
 
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
-DeviceOpt = Annotated[str, typer.Option(help="Where the training/evaluation loop runs: auto (CUDA if torch sees a GPU, "
-                                             "else CPU), cpu, cuda or cuda:N.")]
+DeviceOpt = Annotated[
+    str,
+    typer.Option(
+        help="Where the training/evaluation loop runs: auto (CUDA if torch sees a GPU, else CPU), cpu, cuda or cuda:N."
+    ),
+]
 
 
 @app.command()
@@ -73,28 +77,50 @@ def train(
     batch_size: Annotated[int, typer.Option()] = _default(FitConfig, "batch_size"),
     seed: Annotated[int, typer.Option(help="Seeds model init, shuffling and augmentation.")] = 0,
     optimizer: Annotated[str, typer.Option(help="sgd or adamw.")] = _default(OptimConfig, "optimizer"),
-    lr: Annotated[float, typer.Option(help="Peak learning rate (onecycle) or base rate.")] = _default(OptimConfig, "lr"),
-    momentum: Annotated[float, typer.Option(help="SGD momentum when it is not cycled.")] = _default(OptimConfig, "momentum"),
+    lr: Annotated[float, typer.Option(help="Peak learning rate (onecycle) or base rate.")] = _default(
+        OptimConfig, "lr"
+    ),
+    momentum: Annotated[float, typer.Option(help="SGD momentum when it is not cycled.")] = _default(
+        OptimConfig, "momentum"
+    ),
     nesterov: Annotated[bool, typer.Option(help="Nesterov momentum (SGD).")] = _default(OptimConfig, "nesterov"),
     weight_decay: Annotated[float, typer.Option()] = _default(OptimConfig, "weight_decay"),
-    schedule: Annotated[str, typer.Option(help="onecycle (warm-up built in), cosine, step or constant.")] = _default(OptimConfig, "schedule"),
-    pct_start: Annotated[float, typer.Option(help="onecycle: share of the run rising to the peak lr.")] = _default(OptimConfig, "pct_start"),
-    cycle_momentum: Annotated[bool, typer.Option(help="onecycle: momentum 0.95 -> 0.85 -> 0.95 against the lr.")] = _default(OptimConfig, "cycle_momentum"),
+    schedule: Annotated[str, typer.Option(help="onecycle (warm-up built in), cosine, step or constant.")] = _default(
+        OptimConfig, "schedule"
+    ),
+    pct_start: Annotated[float, typer.Option(help="onecycle: share of the run rising to the peak lr.")] = _default(
+        OptimConfig, "pct_start"
+    ),
+    cycle_momentum: Annotated[
+        bool, typer.Option(help="onecycle: momentum 0.95 -> 0.85 -> 0.95 against the lr.")
+    ] = _default(OptimConfig, "cycle_momentum"),
     milestones: Annotated[str, typer.Option(help="Step schedule epochs, e.g. '80,120'.")] = "",
     gamma: Annotated[float, typer.Option(help="Step schedule factor.")] = _default(OptimConfig, "gamma"),
-    warmup_epochs: Annotated[int, typer.Option(help="Linear lr warm-up (cosine, step, constant).")] = _default(OptimConfig, "warmup_epochs"),
+    warmup_epochs: Annotated[int, typer.Option(help="Linear lr warm-up (cosine, step, constant).")] = _default(
+        OptimConfig, "warmup_epochs"
+    ),
     label_smoothing: Annotated[float, typer.Option()] = _default(FitConfig, "label_smoothing"),
-    drop_last: Annotated[bool, typer.Option(help="Leave out each epoch's ragged last batch (kept by default).")] = _default(FitConfig, "drop_last"),
+    drop_last: Annotated[
+        bool, typer.Option(help="Leave out each epoch's ragged last batch (kept by default).")
+    ] = _default(FitConfig, "drop_last"),
     channels_last: Annotated[bool, typer.Option(help="Use channels_last memory format.")] = False,
     bf16: Annotated[bool, typer.Option(help="bfloat16 autocast.")] = False,
     small_input: Annotated[bool, typer.Option(help="Stem for 32-64 px inputs (less downsampling).")] = False,
-    weights: Annotated[Path | None, typer.Option(help="Initial weights: .safetensors, or a .pth/.pt state dict "
-                                                      "(read weights-only; checkpoints unwrapped), strict keys.")] = None,
+    weights: Annotated[
+        Path | None,
+        typer.Option(
+            help="Initial weights: .safetensors, or a .pth/.pt state dict "
+            "(read weights-only; checkpoints unwrapped), strict keys."
+        ),
+    ] = None,
     allow_partial: Annotated[bool, typer.Option(help="Load matching keys of --weights only.")] = False,
-    new_head: Annotated[bool, typer.Option(help="Start a classifier of another class count in --weights fresh.")] = False,
+    new_head: Annotated[
+        bool, typer.Option(help="Start a classifier of another class count in --weights fresh.")
+    ] = False,
     augment: Annotated[bool, typer.Option(help="Flips and 90° rotations.")] = _default(DataConfig, "augment"),
-    augment_draw: Annotated[str, typer.Option(help="batch: one flip/turn draw moves the whole batch; sample: one draw "
-                                                   "per image.")] = _default(DataConfig, "augment_draw"),
+    augment_draw: Annotated[
+        str, typer.Option(help="batch: one flip/turn draw moves the whole batch; sample: one draw per image.")
+    ] = _default(DataConfig, "augment_draw"),
     skip_bad: Annotated[bool, typer.Option(help="Skip unreadable images instead of failing.")] = False,
     train_fraction: Annotated[float, typer.Option()] = 0.7,
     val_fraction: Annotated[float, typer.Option()] = 0.1,
@@ -126,8 +152,19 @@ def train(
         skip_bad=skip_bad,
         cache_dir=cache_dir,
     )
-    optim_cfg = _optim(optimizer, lr, momentum, nesterov, weight_decay, schedule, pct_start, cycle_momentum,
-                       milestones, gamma, warmup_epochs)
+    optim_cfg = _optim(
+        optimizer,
+        lr,
+        momentum,
+        nesterov,
+        weight_decay,
+        schedule,
+        pct_start,
+        cycle_momentum,
+        milestones,
+        gamma,
+        warmup_epochs,
+    )
     train_cfg = _validated(
         TrainConfig,
         model=model,
@@ -156,14 +193,20 @@ def train(
 @app.command()
 def prune(
     run: Annotated[Path, typer.Argument(help="Finished run dir to prune (the parent).")],
-    method: Annotated[str, typer.Option(help="l1, l2, bn, taylor, fpgm, lamp, random, remotetrimmer, slim, l1rr, nas.")],
+    method: Annotated[
+        str, typer.Option(help="l1, l2, bn, taylor, fpgm, lamp, random, remotetrimmer, slim, l1rr, nas.")
+    ],
     out: Annotated[Path, typer.Option(help="Run dir to write.")],
-    target_macs: Annotated[float | None, typer.Option(help="Fraction of the parent's MACs to keep (0 < F <= 1).")] = None,
+    target_macs: Annotated[
+        float | None, typer.Option(help="Fraction of the parent's MACs to keep (0 < F <= 1).")
+    ] = None,
     target_params: Annotated[float | None, typer.Option(help="Fraction of the parent's params to keep.")] = None,
     ratio: Annotated[float | None, typer.Option(help="Channel ratio to remove per layer (paper-style).")] = None,
     global_pruning: Annotated[bool, typer.Option("--global", help="Rank channels across layers.")] = False,
     round_to: Annotated[int | None, typer.Option(help="Keep channel counts multiples of N.")] = None,
-    loss: Annotated[str, typer.Option(help="Fine-tuning loss: ce, aml+ce, or kd / dkd from the unpruned parent.")] = "ce",
+    loss: Annotated[
+        str, typer.Option(help="Fine-tuning loss: ce, aml+ce, or kd / dkd from the unpruned parent.")
+    ] = "ce",
     r1: Annotated[float, typer.Option(help="AML weight (with --loss aml+ce).")] = 1.0,
     r2: Annotated[float, typer.Option(help="CE weight (with --loss aml+ce).")] = 1.0,
     temperature: Annotated[float, typer.Option(help="KD/DKD temperature (with --loss kd|dkd).")] = 4.0,
@@ -171,45 +214,92 @@ def prune(
     beta: Annotated[float, typer.Option(help="DKD weight of NCKD.")] = 8.0,
     kd_weight: Annotated[float, typer.Option(help="KD weight (with --loss kd).")] = 1.0,
     kd_warmup_epochs: Annotated[int, typer.Option(help="Linear warm-up of the KD terms.")] = 0,
-    cache_teacher_logits: Annotated[bool, typer.Option(help="Run the teacher once per distinct input (--loss kd|dkd).")] = False,
+    cache_teacher_logits: Annotated[
+        bool, typer.Option(help="Run the teacher once per distinct input (--loss kd|dkd).")
+    ] = False,
     sparse_epochs: Annotated[int, typer.Option(help="Sparse-training epochs (slim, l1rr).")] = 30,
-    sparse_rate: Annotated[float | None, typer.Option(help="L1 push on BN gamma as the share of the parent's median "
-                                                           "|gamma| removed per epoch; l1rr starts there and adapts it, "
-                                                           "slim holds it (default 0.01).")] = None,
-    sparse_lr: Annotated[float | None, typer.Option(help="Constant lr of sparse training (slim, l1rr); default: a "
-                                                         "tenth of the parent's SGD lr, else 0.01.")] = None,
+    sparse_rate: Annotated[
+        float | None,
+        typer.Option(
+            help="L1 push on BN gamma as the share of the parent's median "
+            "|gamma| removed per epoch; l1rr starts there and adapts it, "
+            "slim holds it (default 0.01)."
+        ),
+    ] = None,
+    sparse_lr: Annotated[
+        float | None,
+        typer.Option(
+            help="Constant lr of sparse training (slim, l1rr); default: a tenth of the parent's SGD lr, else 0.01."
+        ),
+    ] = None,
     attention_weight: Annotated[float, typer.Option(help="Feature attention loss weight (l1rr).")] = 1.0,
     search_epochs: Annotated[int, typer.Option(help="Gate search epochs (nas).")] = 20,
-    gate_without_bn: Annotated[bool, typer.Option(help="Also search channels with no BatchNorm, e.g. VGG's hidden "
-                                                       "Linear layers (nas): far fewer params, usually lower top-1.")] = False,
+    gate_without_bn: Annotated[
+        bool,
+        typer.Option(
+            help="Also search channels with no BatchNorm, e.g. VGG's hidden "
+            "Linear layers (nas): far fewer params, usually lower top-1."
+        ),
+    ] = False,
     finetune_epochs: Annotated[int, typer.Option()] = 20,
     batch_size: Annotated[int, typer.Option()] = _default(FitConfig, "batch_size"),
     optimizer: Annotated[str, typer.Option(help="sgd or adamw.")] = _default(OptimConfig, "optimizer"),
     lr: Annotated[float, typer.Option(help="Peak learning rate (onecycle) or base rate.")] = FINETUNE_LR,
-    momentum: Annotated[float, typer.Option(help="SGD momentum when it is not cycled.")] = _default(OptimConfig, "momentum"),
+    momentum: Annotated[float, typer.Option(help="SGD momentum when it is not cycled.")] = _default(
+        OptimConfig, "momentum"
+    ),
     nesterov: Annotated[bool, typer.Option(help="Nesterov momentum (SGD).")] = _default(OptimConfig, "nesterov"),
     weight_decay: Annotated[float, typer.Option()] = _default(OptimConfig, "weight_decay"),
-    schedule: Annotated[str, typer.Option(help="onecycle (warm-up built in), cosine, step or constant.")] = _default(OptimConfig, "schedule"),
-    pct_start: Annotated[float, typer.Option(help="onecycle: share of the run rising to the peak lr.")] = _default(OptimConfig, "pct_start"),
-    cycle_momentum: Annotated[bool, typer.Option(help="onecycle: momentum 0.95 -> 0.85 -> 0.95 against the lr.")] = _default(OptimConfig, "cycle_momentum"),
+    schedule: Annotated[str, typer.Option(help="onecycle (warm-up built in), cosine, step or constant.")] = _default(
+        OptimConfig, "schedule"
+    ),
+    pct_start: Annotated[float, typer.Option(help="onecycle: share of the run rising to the peak lr.")] = _default(
+        OptimConfig, "pct_start"
+    ),
+    cycle_momentum: Annotated[
+        bool, typer.Option(help="onecycle: momentum 0.95 -> 0.85 -> 0.95 against the lr.")
+    ] = _default(OptimConfig, "cycle_momentum"),
     milestones: Annotated[str, typer.Option(help="Step schedule epochs, e.g. '20,30'.")] = "",
     gamma: Annotated[float, typer.Option(help="Step schedule factor.")] = _default(OptimConfig, "gamma"),
-    warmup_epochs: Annotated[int, typer.Option(help="Linear lr warm-up (cosine, step, constant).")] = _default(OptimConfig, "warmup_epochs"),
+    warmup_epochs: Annotated[int, typer.Option(help="Linear lr warm-up (cosine, step, constant).")] = _default(
+        OptimConfig, "warmup_epochs"
+    ),
     label_smoothing: Annotated[float, typer.Option()] = _default(FitConfig, "label_smoothing"),
-    drop_last: Annotated[bool, typer.Option(help="Leave out each epoch's ragged last batch (kept by default).")] = _default(FitConfig, "drop_last"),
+    drop_last: Annotated[
+        bool, typer.Option(help="Leave out each epoch's ragged last batch (kept by default).")
+    ] = _default(FitConfig, "drop_last"),
     seed: Annotated[int, typer.Option()] = 0,
     threads: Annotated[int | None, typer.Option()] = None,
-    channels_last: Annotated[bool, typer.Option(help="channels_last memory in fine-tuning, NAS search and sparse training.")] = False,
-    bf16: Annotated[bool, typer.Option(help="bfloat16 autocast in fine-tuning, NAS search and sparse training.")] = False,
-    device: Annotated[str, typer.Option(help="Where NAS search, sparse training and fine-tuning run: auto (CUDA if torch "
-                                             "sees a GPU, else CPU), cpu, cuda or cuda:N. Scoring and pruning run on the CPU.")] = "auto",
-    pruned_from: Annotated[Path | None, typer.Option(help="Take the pruned model of this prune run dir (same parent "
-                                                          "and pruning settings; --loss and --finetune-epochs may differ) "
-                                                          "instead of pruning again: compare fine-tunings of one pruned model.")] = None,
-    sparse_from: Annotated[Path | None, typer.Option(help="Prune the model this slim/l1rr run dir of the same parent "
-                                                          "and settings, made for another budget, left after sparse "
-                                                          "training, when training again would repeat it step for step "
-                                                          "(else refused, saying why).")] = None,
+    channels_last: Annotated[
+        bool, typer.Option(help="channels_last memory in fine-tuning, NAS search and sparse training.")
+    ] = False,
+    bf16: Annotated[
+        bool, typer.Option(help="bfloat16 autocast in fine-tuning, NAS search and sparse training.")
+    ] = False,
+    device: Annotated[
+        str,
+        typer.Option(
+            help="Where NAS search, sparse training and fine-tuning run: auto (CUDA if torch "
+            "sees a GPU, else CPU), cpu, cuda or cuda:N. Scoring and pruning run on the CPU."
+        ),
+    ] = "auto",
+    pruned_from: Annotated[
+        Path | None,
+        typer.Option(
+            help="Take the pruned model of this prune run dir (same parent "
+            "and pruning settings; --loss and --finetune-epochs may differ) "
+            "instead of pruning again: compare fine-tunings of one pruned model."
+        ),
+    ] = None,
+    sparse_from: Annotated[
+        Path | None,
+        typer.Option(
+            help="Prune the model this slim/l1rr run dir of the same parent "
+            "and settings, made for another budget, left after sparse "
+            "training, when training again would repeat it step for step "
+            "(else refused, saying why)."
+        ),
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted fine-tuning.")] = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
@@ -218,21 +308,61 @@ def prune(
     from rscompress import api
     from rscompress.config import KDSettings, PruneConfig
 
-    fit_cfg = _fit(finetune_epochs, batch_size, seed, label_smoothing, drop_last, threads,
-                   _optim(optimizer, lr, momentum, nesterov, weight_decay, schedule, pct_start, cycle_momentum,
-                          milestones, gamma, warmup_epochs),
-                   channels_last=channels_last, bf16=bf16, device=device)
+    fit_cfg = _fit(
+        finetune_epochs,
+        batch_size,
+        seed,
+        label_smoothing,
+        drop_last,
+        threads,
+        _optim(
+            optimizer,
+            lr,
+            momentum,
+            nesterov,
+            weight_decay,
+            schedule,
+            pct_start,
+            cycle_momentum,
+            milestones,
+            gamma,
+            warmup_epochs,
+        ),
+        channels_last=channels_last,
+        bf16=bf16,
+        device=device,
+    )
     cfg = _validated(
-        PruneConfig, method=method, target_macs=target_macs, target_params=target_params, ratio=ratio,
-        global_pruning=global_pruning, round_to=round_to, loss=loss, r1=r1, r2=r2, sparse_epochs=sparse_epochs,
-        sparse_rate=sparse_rate, sparse_lr=sparse_lr, attention_weight=attention_weight, search_epochs=search_epochs,
+        PruneConfig,
+        method=method,
+        target_macs=target_macs,
+        target_params=target_params,
+        ratio=ratio,
+        global_pruning=global_pruning,
+        round_to=round_to,
+        loss=loss,
+        r1=r1,
+        r2=r2,
+        sparse_epochs=sparse_epochs,
+        sparse_rate=sparse_rate,
+        sparse_lr=sparse_lr,
+        attention_weight=attention_weight,
+        search_epochs=search_epochs,
         gate_without_bn=gate_without_bn,
-        kd=_validated(KDSettings, temperature=temperature, alpha=alpha, beta=beta, kd_weight=kd_weight,
-                      kd_warmup_epochs=kd_warmup_epochs, cache_teacher_logits=cache_teacher_logits),
+        kd=_validated(
+            KDSettings,
+            temperature=temperature,
+            alpha=alpha,
+            beta=beta,
+            kd_weight=kd_weight,
+            kd_warmup_epochs=kd_warmup_epochs,
+            cache_teacher_logits=cache_teacher_logits,
+        ),
         finetune=fit_cfg,
     )
-    metrics = api.prune(run, cfg, out, resume=resume, quiet=quiet or as_json, pruned_from=pruned_from,
-                       sparse_from=sparse_from)
+    metrics = api.prune(
+        run, cfg, out, resume=resume, quiet=quiet or as_json, pruned_from=pruned_from, sparse_from=sparse_from
+    )
     if as_json:
         _print_json(metrics)
     else:
@@ -250,24 +380,43 @@ def distill(
     beta: Annotated[float, typer.Option(help="DKD weight of NCKD.")] = 8.0,
     kd_weight: Annotated[float, typer.Option(help="KD weight (with --loss kd).")] = 1.0,
     kd_warmup_epochs: Annotated[int, typer.Option(help="Linear warm-up of the KD terms.")] = 20,
-    cache_teacher_logits: Annotated[bool, typer.Option(help="Run the teacher once per distinct input (image view).")] = False,
+    cache_teacher_logits: Annotated[
+        bool, typer.Option(help="Run the teacher once per distinct input (image view).")
+    ] = False,
     small_input: Annotated[bool, typer.Option(help="Stem for 32-64 px (registry students).")] = False,
     epochs: Annotated[int, typer.Option()] = _default(FitConfig, "epochs"),
     batch_size: Annotated[int, typer.Option()] = _default(FitConfig, "batch_size"),
     optimizer: Annotated[str, typer.Option(help="sgd or adamw.")] = _default(OptimConfig, "optimizer"),
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate (onecycle) or base rate; default: the training "
-                                                  "rate for a model name, the fine-tuning rate for a run dir.")] = None,
-    momentum: Annotated[float, typer.Option(help="SGD momentum when it is not cycled.")] = _default(OptimConfig, "momentum"),
+    lr: Annotated[
+        float | None,
+        typer.Option(
+            help="Peak learning rate (onecycle) or base rate; default: the training "
+            "rate for a model name, the fine-tuning rate for a run dir."
+        ),
+    ] = None,
+    momentum: Annotated[float, typer.Option(help="SGD momentum when it is not cycled.")] = _default(
+        OptimConfig, "momentum"
+    ),
     nesterov: Annotated[bool, typer.Option(help="Nesterov momentum (SGD).")] = _default(OptimConfig, "nesterov"),
     weight_decay: Annotated[float, typer.Option()] = _default(OptimConfig, "weight_decay"),
-    schedule: Annotated[str, typer.Option(help="onecycle (warm-up built in), cosine, step or constant.")] = _default(OptimConfig, "schedule"),
-    pct_start: Annotated[float, typer.Option(help="onecycle: share of the run rising to the peak lr.")] = _default(OptimConfig, "pct_start"),
-    cycle_momentum: Annotated[bool, typer.Option(help="onecycle: momentum 0.95 -> 0.85 -> 0.95 against the lr.")] = _default(OptimConfig, "cycle_momentum"),
+    schedule: Annotated[str, typer.Option(help="onecycle (warm-up built in), cosine, step or constant.")] = _default(
+        OptimConfig, "schedule"
+    ),
+    pct_start: Annotated[float, typer.Option(help="onecycle: share of the run rising to the peak lr.")] = _default(
+        OptimConfig, "pct_start"
+    ),
+    cycle_momentum: Annotated[
+        bool, typer.Option(help="onecycle: momentum 0.95 -> 0.85 -> 0.95 against the lr.")
+    ] = _default(OptimConfig, "cycle_momentum"),
     milestones: Annotated[str, typer.Option(help="Step schedule epochs.")] = "",
     gamma: Annotated[float, typer.Option(help="Step schedule factor.")] = _default(OptimConfig, "gamma"),
-    warmup_epochs: Annotated[int, typer.Option(help="Linear lr warm-up (cosine, step, constant).")] = _default(OptimConfig, "warmup_epochs"),
+    warmup_epochs: Annotated[int, typer.Option(help="Linear lr warm-up (cosine, step, constant).")] = _default(
+        OptimConfig, "warmup_epochs"
+    ),
     label_smoothing: Annotated[float, typer.Option()] = _default(FitConfig, "label_smoothing"),
-    drop_last: Annotated[bool, typer.Option(help="Leave out each epoch's ragged last batch (kept by default).")] = _default(FitConfig, "drop_last"),
+    drop_last: Annotated[
+        bool, typer.Option(help="Leave out each epoch's ragged last batch (kept by default).")
+    ] = _default(FitConfig, "drop_last"),
     seed: Annotated[int, typer.Option()] = 0,
     threads: Annotated[int | None, typer.Option()] = None,
     channels_last: Annotated[bool, typer.Option(help="Use channels_last memory format.")] = False,
@@ -281,13 +430,40 @@ def distill(
     from rscompress import api
     from rscompress.config import DistillConfig
 
-    fit_cfg = _fit(epochs, batch_size, seed, label_smoothing, drop_last, threads,
-                   _optim(optimizer, lr, momentum, nesterov, weight_decay, schedule, pct_start, cycle_momentum,
-                          milestones, gamma, warmup_epochs),
-                   channels_last=channels_last, bf16=bf16, device=device)
+    fit_cfg = _fit(
+        epochs,
+        batch_size,
+        seed,
+        label_smoothing,
+        drop_last,
+        threads,
+        _optim(
+            optimizer,
+            lr,
+            momentum,
+            nesterov,
+            weight_decay,
+            schedule,
+            pct_start,
+            cycle_momentum,
+            milestones,
+            gamma,
+            warmup_epochs,
+        ),
+        channels_last=channels_last,
+        bf16=bf16,
+        device=device,
+    )
     cfg = _validated(
-        DistillConfig, loss=loss, temperature=temperature, alpha=alpha, beta=beta, kd_weight=kd_weight,
-        kd_warmup_epochs=kd_warmup_epochs, cache_teacher_logits=cache_teacher_logits, small_input=small_input,
+        DistillConfig,
+        loss=loss,
+        temperature=temperature,
+        alpha=alpha,
+        beta=beta,
+        kd_weight=kd_weight,
+        kd_warmup_epochs=kd_warmup_epochs,
+        cache_teacher_logits=cache_teacher_logits,
+        small_input=small_input,
         fit=fit_cfg,
     )
     metrics = api.distill(teacher, student, cfg, out, resume=resume, quiet=quiet or as_json)
@@ -337,7 +513,9 @@ def export(
     run: Annotated[Path, typer.Argument(help="Finished run dir.")],
     format: Annotated[str, typer.Option("--format", help="Export format (onnx).")] = "onnx",
     out: Annotated[Path | None, typer.Option(help="Output file (default RUN/model.onnx).")] = None,
-    parity_data: Annotated[Path | None, typer.Option(help="Folder for the parity images when the run's data is elsewhere.")] = None,
+    parity_data: Annotated[
+        Path | None, typer.Option(help="Folder for the parity images when the run's data is elsewhere.")
+    ] = None,
     parity_images: Annotated[int, typer.Option(help="Real images the parity check runs on.")] = 64,
     as_json: JsonOpt = False,
 ):
@@ -363,7 +541,10 @@ def bench(
     runs: Annotated[list[Path], typer.Argument(help="Run dirs; a run's parent among them is its reference.")],
     batch_size: Annotated[list[int], typer.Option(help="Batch sizes (repeatable).")] = [1, 32],  # noqa: B006
     threads: Annotated[list[int], typer.Option(help="Thread counts (repeatable).")] = [1, 2],  # noqa: B006
-    engine: Annotated[list[str], typer.Option(help="torch and/or onnxruntime (repeatable).")] = ["torch", "onnxruntime"],  # noqa: B006
+    engine: Annotated[list[str], typer.Option(help="torch and/or onnxruntime (repeatable).")] = [  # noqa: B006
+        "torch",
+        "onnxruntime",
+    ],
     warmup: Annotated[int, typer.Option()] = 10,
     repeats: Annotated[int, typer.Option(help="Timed runs per model and setting (>= 50 for reports).")] = 50,
     as_json: JsonOpt = False,
@@ -440,21 +621,50 @@ def demo(
 # -- helpers ---------------------------------------------------------------------------
 
 
-def _optim(optimizer, lr, momentum, nesterov, weight_decay, schedule, pct_start, cycle_momentum, milestones, gamma,
-           warmup_epochs):
+def _optim(
+    optimizer,
+    lr,
+    momentum,
+    nesterov,
+    weight_decay,
+    schedule,
+    pct_start,
+    cycle_momentum,
+    milestones,
+    gamma,
+    warmup_epochs,
+):
     # An lr left unset (None) stays unset: the API picks it (distill: by the kind of student).
     rate = {} if lr is None else {"lr": lr}
     return _validated(
-        OptimConfig, optimizer=optimizer, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
-        schedule=schedule, pct_start=pct_start, cycle_momentum=cycle_momentum,
-        milestones=_int_list(milestones, "--milestones"), gamma=gamma, warmup_epochs=warmup_epochs, **rate,
+        OptimConfig,
+        optimizer=optimizer,
+        momentum=momentum,
+        nesterov=nesterov,
+        weight_decay=weight_decay,
+        schedule=schedule,
+        pct_start=pct_start,
+        cycle_momentum=cycle_momentum,
+        milestones=_int_list(milestones, "--milestones"),
+        gamma=gamma,
+        warmup_epochs=warmup_epochs,
+        **rate,
     )
 
 
 def _fit(epochs, batch_size, seed, label_smoothing, drop_last, threads, optim, *, channels_last, bf16, device):
     return _validated(
-        FitConfig, epochs=epochs, batch_size=batch_size, seed=seed, optim=optim, label_smoothing=label_smoothing,
-        drop_last=drop_last, threads=threads, channels_last=channels_last, bf16=bf16, device=device,
+        FitConfig,
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        optim=optim,
+        label_smoothing=label_smoothing,
+        drop_last=drop_last,
+        threads=threads,
+        channels_last=channels_last,
+        bf16=bf16,
+        device=device,
     )
 
 
@@ -486,11 +696,25 @@ def _print_summary(run: Path, metrics: dict) -> None:
     from rich.table import Table
 
     table = Table("metric", "value", title=str(run))
-    for key in ("top1", "kappa", "macs", "params", "macs_kept", "params_kept", "parent_top1", "teacher_top1",
-                "teacher_params", "n_images", "split"):
+    for key in (
+        "top1",
+        "kappa",
+        "macs",
+        "params",
+        "macs_kept",
+        "params_kept",
+        "parent_top1",
+        "teacher_top1",
+        "teacher_params",
+        "n_images",
+        "split",
+    ):
         if key in metrics:
             value = metrics[key]
-            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else str(value))
+            table.add_row(
+                key,
+                f"{value:.4f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else str(value),
+            )
     _print_table(table)
 
 
@@ -517,7 +741,9 @@ def _print_inspect(report: dict) -> None:
 
     console = Console()
     known = report["dataset"]["name"] if report.get("dataset") else "not a known dataset"
-    console.print(f"[bold]{report['root']}[/]: {report['num_images']} images, {report['num_classes']} classes ({known})")
+    console.print(
+        f"[bold]{report['root']}[/]: {report['num_images']} images, {report['num_classes']} classes ({known})"
+    )
     table = Table("class", "images")
     for cls, count in report["class_counts"].items():
         table.add_row(cls, str(count))

@@ -14,7 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from rscompress.engine.device import DEVICE_PATTERN
 
-
 AugmentDraw = Literal["batch", "sample"]
 
 

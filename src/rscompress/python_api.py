@@ -37,7 +37,7 @@ from rscompress.models.complexity import count_macs_params
 from rscompress.models.external import identify_external
 from rscompress.models.registry import built_as
 from rscompress.models.weights import read_state_dict, save_weights
-from rscompress.pruning.parent import has_se_blocks, prepare_parent
+from rscompress.pruning.parent import budget_on_prepared, budget_reference, has_se_blocks, prepare_parent
 
 Batches = Iterable[tuple[Tensor, Tensor]]
 # Batches of the train loader whose gradients rank channels for taylor, and whose images
@@ -54,8 +54,10 @@ class _LoaderBatches:
     def __init__(self, loader: Batches, name: str):
         # An iterator would be used up by the first epoch (or by calibration before it).
         if isinstance(loader, Iterator):
-            raise UserError(f"{name} must be re-iterable with a length (a DataLoader, or a list of batches), "
-                            f"not an iterator ({type(loader).__name__})")
+            raise UserError(
+                f"{name} must be re-iterable with a length (a DataLoader, or a list of batches), "
+                f"not an iterator ({type(loader).__name__})"
+            )
         try:
             self.steps = len(loader)  # type: ignore[arg-type]
         except TypeError:
@@ -76,8 +78,12 @@ class _LoaderBatches:
 
 def _img_size(example_input: Tensor) -> int:
     """The side S of a 1×3×S×S example input: budgets are counted on one such image."""
-    if not isinstance(example_input, Tensor) or example_input.ndim != 4 or example_input.shape[1] != 3 \
-            or example_input.shape[2] != example_input.shape[3]:
+    if (
+        not isinstance(example_input, Tensor)
+        or example_input.ndim != 4
+        or example_input.shape[1] != 3
+        or example_input.shape[2] != example_input.shape[3]
+    ):
         shape = tuple(example_input.shape) if isinstance(example_input, Tensor) else type(example_input).__name__
         raise UserError(f"example_input must be a 1×3×S×S tensor (MACs are counted on one S×S image); got {shape}")
     return int(example_input.shape[-1])
@@ -107,8 +113,15 @@ def _model_name(model: nn.Module, num_classes: int) -> tuple[str, dict[str, Any]
     )
 
 
-def _run_config(model: nn.Module, example_input: Tensor, *, class_names: Sequence[str] | None,
-                mean: Sequence[float] | None, std: Sequence[float] | None, **more: Any) -> RunConfig:
+def _run_config(
+    model: nn.Module,
+    example_input: Tensor,
+    *,
+    class_names: Sequence[str] | None,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+    **more: Any,
+) -> RunConfig:
     from rscompress.pruning import architecture_spec
 
     img_size = _img_size(example_input)
@@ -118,16 +131,29 @@ def _run_config(model: nn.Module, example_input: Tensor, *, class_names: Sequenc
     if len(names) != num_classes:
         raise UserError(f"class_names has {len(names)} names; the model has {num_classes} outputs")
     return RunConfig(
-        model=name, model_kwargs=kwargs, num_classes=num_classes, class_names=names, img_size=img_size,
+        model=name,
+        model_kwargs=kwargs,
+        num_classes=num_classes,
+        class_names=names,
+        img_size=img_size,
         # Identity normalisation unless given: the user's loader normalised the images.
         mean=list(mean) if mean is not None else [0.0, 0.0, 0.0],
         std=list(std) if std is not None else [1.0, 1.0, 1.0],
-        architecture=architecture_spec(model), versions=library_versions(), **more,
+        architecture=architecture_spec(model),
+        versions=library_versions(),
+        **more,
     )
 
 
-def save(model: nn.Module, path: str | Path, *, example_input: Tensor, class_names: Sequence[str] | None = None,
-         mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> Path:
+def save(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    example_input: Tensor,
+    class_names: Sequence[str] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> Path:
     """Write ``model`` as a run dir without pickle: ``config.json`` (how to rebuild it, every
     layer's shape) and ``model.safetensors``. ``load``, ``rscompress export`` and ``bench``
     take the folder. ``mean``/``std`` (0–1 scale): the normalisation the CLI applies to
@@ -204,9 +230,20 @@ class _WorkDir:
             shutil.rmtree(self._tmp, ignore_errors=True)
 
 
-def train(model: nn.Module, train_loader: Batches, val_loader: Batches, *, epochs: int, lr: float = 0.1,
-          seed: int = 0, loss_fn: LossFn | None = None, out: str | Path | None = None, resume: bool = False,
-          quiet: bool = True, **fit_options: Any) -> TrainResult:
+def train(
+    model: nn.Module,
+    train_loader: Batches,
+    val_loader: Batches,
+    *,
+    epochs: int,
+    lr: float = 0.1,
+    seed: int = 0,
+    loss_fn: LossFn | None = None,
+    out: str | Path | None = None,
+    resume: bool = False,
+    quiet: bool = True,
+    **fit_options: Any,
+) -> TrainResult:
     """Train ``model`` in place with the recommended recipe (SGD, nesterov, OneCycle to ``lr``,
     label smoothing 0.1) and keep its best epoch on val. ``fit_options``: any other
     FitConfig/OptimConfig field (``weight_decay``, ``schedule``, ``label_smoothing``, ``bf16``, ...).
@@ -216,8 +253,17 @@ def train(model: nn.Module, train_loader: Batches, val_loader: Batches, *, epoch
     settings = {"method": "train", "train": cfg.model_dump(mode="json", exclude={"threads", "device"})}
     with _WorkDir(out) as run:
         _start(run, model, example, settings, resume)
-        result = fit(model, _LoaderBatches(train_loader, "train_loader"), val_loader, cfg, run,
-                     _num_classes(model, example), loss_fn=loss_fn, resume=resume and run.is_started(), quiet=quiet)
+        result = fit(
+            model,
+            _LoaderBatches(train_loader, "train_loader"),
+            val_loader,
+            cfg,
+            run,
+            _num_classes(model, example),
+            loss_fn=loss_fn,
+            resume=resume and run.is_started(),
+            quiet=quiet,
+        )
         model.cpu()
         _finish(run, model, result, settings)
         return TrainResult(model, result.best_val, result.history, None if out is None else run.path)
@@ -238,13 +284,16 @@ def _start(run: RunDir, model: nn.Module, example_input: Tensor, settings: dict[
         raise UserError(f"{run.path} already holds a finished run; choose another out")
     if run.is_started():
         if not resume:
-            raise UserError(f"{run.path} holds an unfinished run; pass resume=True to continue it or choose another out")
+            raise UserError(
+                f"{run.path} holds an unfinished run; pass resume=True to continue it or choose another out"
+            )
         run.check_settings(settings)
         return
     run.path.mkdir(parents=True, exist_ok=True)
     try:
-        config: dict[str, Any] = _run_config(model, example_input, class_names=None, mean=None, std=None,
-                                             **settings).model_dump(mode="json")
+        config: dict[str, Any] = _run_config(
+            model, example_input, class_names=None, mean=None, std=None, **settings
+        ).model_dump(mode="json")
     except UserError:  # a model only this process can build: the run works, load() will say why not
         config = settings
     write_json_atomic(run.config_path, config)
@@ -257,8 +306,10 @@ def _finish(run: RunDir, model: nn.Module, result: FitResult, metrics: dict[str,
 
         write_json_atomic(run.config_path, {**stored, "architecture": architecture_spec(model)})
     save_weights(model, run.weights_path)
-    write_json_atomic(run.metrics_path, {**metrics, "val": result.best_val.summary(), "best_epoch": result.best_epoch,
-                                         "history": result.history})
+    write_json_atomic(
+        run.metrics_path,
+        {**metrics, "val": result.best_val.summary(), "best_epoch": result.best_epoch, "history": result.history},
+    )
     shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
 
 
@@ -299,19 +350,32 @@ def prune(
     from rscompress.pruning.rebuild import apply_architecture
 
     if loss in ("kd", "dkd"):
-        raise UserError(f"loss {loss!r} distils from the parent: prune a run dir with the CLI (`rscompress prune PARENT --loss dkd`)")
+        raise UserError(
+            f"loss {loss!r} distils from the parent: prune a run dir with the CLI "
+            "(`rscompress prune PARENT --loss dkd`)"
+        )
     if loss_fn is not None and loss != "ce":
         raise UserError(f"give loss={loss!r} or a loss_fn, not both")
-    cfg = PruneConfig(method=method, target_macs=target_macs, target_params=target_params, ratio=ratio,
-                      round_to=round_to, global_pruning=global_pruning, loss=loss,
-                      finetune=_fit_config(finetune_epochs, lr, seed, **fit_options), **(method_options or {}))
+    cfg = PruneConfig(
+        method=method,
+        target_macs=target_macs,
+        target_params=target_params,
+        ratio=ratio,
+        round_to=round_to,
+        global_pruning=global_pruning,
+        loss=loss,
+        finetune=_fit_config(finetune_epochs, lr, seed, **fit_options),
+        **(method_options or {}),
+    )
     img_size = _img_size(example_input)
-    settings = {"method": method,
-                "method_params": cfg.model_dump(mode="json", exclude={"finetune": {"threads", "device"}})}
+    settings = {
+        "method": method,
+        "method_params": cfg.model_dump(mode="json", exclude={"finetune": {"threads", "device"}}),
+    }
     parent = copy.deepcopy(model).cpu()
-    parent_macs, parent_params = count_macs_params(_folded_copy(parent), img_size)
+    parent_macs, parent_params = count_macs_params(budget_reference(parent), img_size)
     with _WorkDir(out) as run:
-        _start(run, _folded_copy(parent), example_input, settings, resume)
+        _start(run, budget_reference(parent), example_input, settings, resume)
         if run.holds_pruned_model():
             pruned = prepare_parent(parent, _calibration(train_loader), cfg.method)[0]
             apply_architecture(pruned, _read_json(run.prune_record_path)["architecture"])
@@ -326,14 +390,30 @@ def prune(
         num_classes = _num_classes(pruned, example_input.float())
         if loss_fn is None and cfg.loss == "aml+ce":
             loss_fn = aml_ce_objective(cfg.r1, cfg.r2)
-        result = fit(pruned, _LoaderBatches(train_loader, "train_loader"), val_loader, cfg.finetune, run, num_classes,
-                     loss_fn=loss_fn, resume=(run.checkpoint_dir / "latest.json").is_file(), quiet=quiet)
+        result = fit(
+            pruned,
+            _LoaderBatches(train_loader, "train_loader"),
+            val_loader,
+            cfg.finetune,
+            run,
+            num_classes,
+            loss_fn=loss_fn,
+            resume=(run.checkpoint_dir / "latest.json").is_file(),
+            quiet=quiet,
+        )
         pruned.cpu()
         macs, params = count_macs_params(pruned, img_size)
         kept = {"macs_kept": macs / parent_macs, "params_kept": params / parent_params, "macs": macs, "params": params}
         _finish(run, pruned, result, {**settings, **kept, "details": details})
-        return PruneResult(pruned, kept["macs_kept"], kept["params_kept"], result.best_val, result.history, details,
-                           None if out is None else run.path)
+        return PruneResult(
+            pruned,
+            kept["macs_kept"],
+            kept["params_kept"],
+            result.best_val,
+            result.history,
+            details,
+            None if out is None else run.path,
+        )
 
 
 def _read_json(path: Path) -> Any:
@@ -342,30 +422,38 @@ def _read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
-def _folded_copy(model: nn.Module) -> nn.Module:
-    """The SE-free architecture every method ships (SE blocks stripped), for counting."""
-    from rscompress.models.se import strip_se_blocks
-    from rscompress.pruning.parent import has_se_blocks
-
-    return strip_se_blocks(copy.deepcopy(model)) if has_se_blocks(model) else model
-
-
 def _calibration(train_loader: Batches) -> list[tuple[Tensor, Tensor]]:
     return [batch for _, batch in zip(range(CALIBRATION_BATCHES), train_loader, strict=False)]
 
 
-def _select(parent: nn.Module, train_loader: Batches, val_loader: Batches, img_size: int, cfg: PruneConfig,
-            run: RunDir, quiet: bool) -> tuple[nn.Module, dict[str, Any]]:
+def _select(
+    parent: nn.Module,
+    train_loader: Batches,
+    val_loader: Batches,
+    img_size: int,
+    cfg: PruneConfig,
+    run: RunDir,
+    quiet: bool,
+) -> tuple[nn.Module, dict[str, Any]]:
     from rscompress.pruning.select import select_and_prune
 
     torch.manual_seed(cfg.finetune.seed)  # the random criterion, sparse training
+    parent_cost = count_macs_params(budget_reference(parent), img_size)
+    family = _architecture_family(parent)
     model, weights_as_trained = prepare_parent(parent, _calibration(train_loader), cfg.method)
     return select_and_prune(
-        model, _architecture_family(parent), img_size, cfg,
-        train_batches=_LoaderBatches(train_loader, "train_loader"), val_batches=val_loader,
-        calibration=_calibration(train_loader), log=(lambda _: None) if quiet else print,
-        phase_dir=run.path / "prune-phase", weights_as_trained=weights_as_trained,
-        device=_device(cfg), run=run,
+        model,
+        family,
+        img_size,
+        budget_on_prepared(cfg, parent_cost, count_macs_params(model, img_size)),
+        train_batches=_LoaderBatches(train_loader, "train_loader"),
+        val_batches=val_loader,
+        calibration=_calibration(train_loader),
+        log=(lambda _: None) if quiet else print,
+        phase_dir=run.path / "prune-phase",
+        weights_as_trained=weights_as_trained,
+        device=_device(cfg),
+        run=run,
     )
 
 
@@ -383,10 +471,23 @@ def _device(cfg: PruneConfig) -> torch.device:
     return resolve_device(cfg.finetune.device)
 
 
-def distill(teacher: nn.Module, student: nn.Module | str, train_loader: Batches, val_loader: Batches, *,
-            loss: str = "dkd", epochs: int = 60, lr: float | None = None, seed: int = 0, small_input: bool = False,
-            kd: dict[str, Any] | None = None, out: str | Path | None = None, resume: bool = False,
-            quiet: bool = True, **fit_options: Any) -> TrainResult:
+def distill(
+    teacher: nn.Module,
+    student: nn.Module | str,
+    train_loader: Batches,
+    val_loader: Batches,
+    *,
+    loss: str = "dkd",
+    epochs: int = 60,
+    lr: float | None = None,
+    seed: int = 0,
+    small_input: bool = False,
+    kd: dict[str, Any] | None = None,
+    out: str | Path | None = None,
+    resume: bool = False,
+    quiet: bool = True,
+    **fit_options: Any,
+) -> TrainResult:
     """Train ``student`` guided by the frozen ``teacher``'s logits: ``loss`` ce (the student
     alone), kd (Hinton) or dkd (decoupled KD). ``student``: a model (a pruned one is fine-tuned
     at FINETUNE_LR by default) or a registry name, built fresh with the teacher's class count
@@ -404,18 +505,30 @@ def distill(teacher: nn.Module, student: nn.Module | str, train_loader: Batches,
         student = create_model(student, num_classes, **({"small_input": True} if small_input else {}))
         lr = 0.1 if lr is None else lr
     lr = FINETUNE_LR if lr is None else lr
-    cfg = DistillConfig(loss=loss, small_input=small_input, fit=_fit_config(epochs, lr, seed, **fit_options),
-                        **(kd or {}))
+    cfg = DistillConfig(
+        loss=loss, small_input=small_input, fit=_fit_config(epochs, lr, seed, **fit_options), **(kd or {})
+    )
     if (student_classes := _num_classes(student, example)) != num_classes:
         raise UserError(f"the student has {student_classes} outputs, the teacher {num_classes}")
     teacher = freeze(teacher.to(_device_of(cfg.fit)), cfg)
-    settings = {"method": f"distill-{loss}", "method_params": cfg.model_dump(mode="json", exclude={"fit"}),
-                "train": cfg.fit.model_dump(mode="json", exclude={"threads", "device"})}
+    settings = {
+        "method": f"distill-{loss}",
+        "method_params": cfg.model_dump(mode="json", exclude={"fit"}),
+        "train": cfg.fit.model_dump(mode="json", exclude={"threads", "device"}),
+    }
     with _WorkDir(out) as run:
         _start(run, student, example, settings, resume)
-        result = fit(student, _LoaderBatches(train_loader, "train_loader"), val_loader, cfg.fit, run, num_classes,
-                     loss_fn=teacher_loss_fn(teacher, loss, cfg, cfg.fit.label_smoothing),
-                     resume=(run.checkpoint_dir / "latest.json").is_file(), quiet=quiet)
+        result = fit(
+            student,
+            _LoaderBatches(train_loader, "train_loader"),
+            val_loader,
+            cfg.fit,
+            run,
+            num_classes,
+            loss_fn=teacher_loss_fn(teacher, loss, cfg, cfg.fit.label_smoothing),
+            resume=(run.checkpoint_dir / "latest.json").is_file(),
+            quiet=quiet,
+        )
         student.cpu()
         _finish(run, student, result, settings)
         return TrainResult(student, result.best_val, result.history, None if out is None else run.path)
@@ -427,8 +540,14 @@ def _device_of(cfg: FitConfig) -> torch.device:
     return resolve_device(cfg.device)
 
 
-def export_onnx(model: nn.Module, path: str | Path, *, example_input: Tensor, images: Tensor | None = None,
-                atol: float | None = None) -> Any:
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    example_input: Tensor,
+    images: Tensor | None = None,
+    atol: float | None = None,
+) -> Any:
     """Write ``model`` as ONNX (input ``images`` N×3×S×S, output ``logits``, N dynamic) and check
     ONNX Runtime against PyTorch on ``images`` (default: 8 seeded random images of
     ``example_input``'s size); returns the ParityReport. A failed check (ParityError) removes
@@ -450,16 +569,22 @@ def export_onnx(model: nn.Module, path: str | Path, *, example_input: Tensor, im
         raise
 
 
-def bench(*models: nn.Module | str | Path, example_input: Tensor, batch_sizes: Sequence[int] = (1,),
-          threads: Sequence[int] = (1,), engines: Sequence[str] = ("onnxruntime", "torch"),
-          repeats: int = 50) -> list[dict[str, Any]]:
+def bench(
+    *models: nn.Module | str | Path,
+    example_input: Tensor,
+    batch_sizes: Sequence[int] = (1,),
+    threads: Sequence[int] = (1,),
+    engines: Sequence[str] = ("onnxruntime", "torch"),
+    repeats: int = 50,
+) -> list[dict[str, Any]]:
     """Latency of each model (an ``nn.Module`` or a run dir) on this CPU, timed interleaved
     (medians, p90), with speedups against the first model given; one row per model and setting."""
     from rscompress.deploy.latency import measure
 
     img_size = _img_size(example_input)
-    specs = [m if not isinstance(m, nn.Module) else (f"model {i}", copy.deepcopy(m).cpu().eval(), img_size)
-             for i, m in enumerate(models)]
-    results = measure(specs, batch_sizes=batch_sizes, threads=threads, engines=engines, repeats=repeats,
-                      peak_rss=False)
+    specs = [
+        m if not isinstance(m, nn.Module) else (f"model {i}", copy.deepcopy(m).cpu().eval(), img_size)
+        for i, m in enumerate(models)
+    ]
+    results = measure(specs, batch_sizes=batch_sizes, threads=threads, engines=engines, repeats=repeats, peak_rss=False)
     return [r.to_dict() for r in results]

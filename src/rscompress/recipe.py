@@ -134,10 +134,12 @@ def run_steps(recipe: Recipe, quiet: bool = False) -> dict[str, Any]:
             results[step.name] = api.train(cfg.data, TrainConfig(**cfg.model_dump(exclude={"data"})), out, **again)
         elif step.prune is not None:
             cfg = PruneConfig(**step.prune.model_dump(exclude={"parent", "pruned_from", "sparse_from"}))
-            pruned_from, sparse_from = (ref(name) if name else None
-                                        for name in (step.prune.pruned_from, step.prune.sparse_from))
-            results[step.name] = api.prune(ref(step.prune.parent), cfg, out, pruned_from=pruned_from,
-                                           sparse_from=sparse_from, **again)
+            pruned_from, sparse_from = (
+                ref(name) if name else None for name in (step.prune.pruned_from, step.prune.sparse_from)
+            )
+            results[step.name] = api.prune(
+                ref(step.prune.parent), cfg, out, pruned_from=pruned_from, sparse_from=sparse_from, **again
+            )
         elif step.distill is not None:
             cfg = DistillConfig(**step.distill.model_dump(exclude={"teacher", "student"}))
             student = str(ref(step.distill.student)) if step.distill.student in done else step.distill.student
@@ -146,14 +148,19 @@ def run_steps(recipe: Recipe, quiet: bool = False) -> dict[str, Any]:
             target = ref(step.export.run)
             onnx_path = target / "model.onnx"
             results[step.name] = (
-                {"skipped": "complete", "path": str(onnx_path)} if onnx_path.is_file()
+                {"skipped": "complete", "path": str(onnx_path)}
+                if onnx_path.is_file()
                 else export_run(target, n_images=step.export.parity_images).to_dict()
             )
         elif (out / "bench.json").is_file():
             results[step.name] = {"skipped": "complete", "rows": json.loads((out / "bench.json").read_text())}
         else:
             b = step.bench
-            rows = bench_table(measure([RunDir(ref(r)).require() for r in b.runs], b.batch_sizes, b.threads, b.engines, b.warmup, b.repeats))
+            rows = bench_table(
+                measure(
+                    [RunDir(ref(r)).require() for r in b.runs], b.batch_sizes, b.threads, b.engines, b.warmup, b.repeats
+                )
+            )
             out.mkdir(parents=True, exist_ok=True)
             write_json_atomic(out / "bench.json", rows)
             results[step.name] = {"rows": rows}

@@ -54,16 +54,33 @@ def test_plain_loop_trains_and_selects_on_val(tmp_path):
 
 
 def _record(source, variant, seed, val, test, **more):
-    return {"source": source, "dataset": "d", "model": "m", "variant": variant, "seed": seed, "epochs": 60,
-            "img_size": 64, "val_top1": val, "top1": test, **more}
+    return {
+        "source": source,
+        "dataset": "d",
+        "model": "m",
+        "variant": variant,
+        "seed": seed,
+        "epochs": 60,
+        "img_size": 64,
+        "val_top1": val,
+        "top1": test,
+        **more,
+    }
 
 
 def test_table_gives_each_variant_its_delta_to_its_own_baseline(tmp_path, monkeypatch):
     plain, ours = tmp_path / "plain.jsonl", tmp_path / "ours.jsonl"
-    plain.write_text("".join(json.dumps(r) + "\n" for r in [
-        _record("plain-reference", "reference", 0, 0.80, 0.81), _record("plain-reference", "reference", 1, 0.90, 0.91),
-        _record("plain-reference", "no-nesterov", 1, 0.85, 0.86),
-        _record("plain-reference", "reference", 0, 0.84, 0.80, split="rscompress", model="resnet18")]))
+    plain.write_text(
+        "".join(
+            json.dumps(r) + "\n"
+            for r in [
+                _record("plain-reference", "reference", 0, 0.80, 0.81),
+                _record("plain-reference", "reference", 1, 0.90, 0.91),
+                _record("plain-reference", "no-nesterov", 1, 0.85, 0.86),
+                _record("plain-reference", "reference", 0, 0.84, 0.80, split="rscompress", model="resnet18"),
+            ]
+        )
+    )
     ours.write_text(json.dumps(_record("rscompress", "default", 0, 0.82, 0.83)) + "\n")
     monkeypatch.setattr(recipe_ablation, "PLAIN_RECORDS", plain)
     monkeypatch.setattr(recipe_ablation, "RECORDS", ours)
@@ -80,8 +97,13 @@ def test_table_gives_each_variant_its_delta_to_its_own_baseline(tmp_path, monkey
 
 def test_cells_run_the_cli_record_once_and_prune_their_parents(tmp_path, monkeypatch):
     data = make_fake_dataset(tmp_path, name="rsscn7", per_class=8, size=20)
-    for name, value in {"RECORDS": tmp_path / "r.jsonl", "PRUNE_RECORDS": tmp_path / "p.jsonl",
-                        "WORK": tmp_path / "work", "EPOCHS": 1, "IMG_SIZE": 16}.items():
+    for name, value in {
+        "RECORDS": tmp_path / "r.jsonl",
+        "PRUNE_RECORDS": tmp_path / "p.jsonl",
+        "WORK": tmp_path / "work",
+        "EPOCHS": 1,
+        "IMG_SIZE": 16,
+    }.items():
         monkeypatch.setattr(recipe_ablation, name, value)
     monkeypatch.setitem(recipe_ablation.VARIANTS, "default", ["--batch-size", "8"])
     recipe_ablation.run_cell(data, "resnet18", "default", seed=0, threads=1)

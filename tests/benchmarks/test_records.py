@@ -25,8 +25,10 @@ def test_a_line_cut_short_is_skipped_and_the_next_record_starts_a_fresh_line(tmp
 
 def test_cpu_name_is_the_model_and_its_widest_vector_extension(tmp_path):
     info = tmp_path / "cpuinfo"
-    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2 avx512f\n\n"
-                    "processor\t: 1\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2 avx512f\n")
+    info.write_text(
+        "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2 avx512f\n\n"
+        "processor\t: 1\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2 avx512f\n"
+    )
     assert cpu_name(info) == "AMD EPYC (avx512f)"
     info.write_text("model name\t: Old Xeon\nflags\t\t: fpu sse2 avx\n")
     assert cpu_name(info) == "Old Xeon (avx)"
@@ -35,10 +37,14 @@ def test_cpu_name_is_the_model_and_its_widest_vector_extension(tmp_path):
 
 def test_records_name_the_commit_checked_out_when_the_process_asked_first(tmp_path, monkeypatch):
     def commit(message: str) -> str:
-        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty",
-                        "-m", message], cwd=tmp_path, check=True)
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", message],
+            cwd=tmp_path,
+            check=True,
+        )
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True, check=True
+        ).stdout.strip()
 
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     started = commit("the code a long benchmark loaded")

@@ -25,53 +25,112 @@ def test_tiny_suite_records_then_skips_and_tabulates(tmp_path):
         "train": {"batch_size": 8},
         "finetune": {"epochs": 1, "batch_size": 8},
         "parents": [{"dataset": "fake", "model": "se_resnet18", "epochs": 1, "seeds": [0, 1]}],
-        "cells": [{"dataset": "fake", "model": "se_resnet18", "method": "remotetrimmer", "loss": "aml+ce", "budgets": [0.3]},
-                  {"dataset": "fake", "model": "se_resnet18", "method": "l1", "global_pruning": True, "budgets": [0.3],
-                  "options": {"round_to": 4}, "finetune_epochs": 2},
-                  {"dataset": "fake", "model": "se_resnet18", "method": "l1", "budgets": [0.3],
-                   "budget_metric": "params", "label": "l1-memory"}],
+        "cells": [
+            {"dataset": "fake", "model": "se_resnet18", "method": "remotetrimmer", "loss": "aml+ce", "budgets": [0.3]},
+            {
+                "dataset": "fake",
+                "model": "se_resnet18",
+                "method": "l1",
+                "global_pruning": True,
+                "budgets": [0.3],
+                "options": {"round_to": 4},
+                "finetune_epochs": 2,
+            },
+            {
+                "dataset": "fake",
+                "model": "se_resnet18",
+                "method": "l1",
+                "budgets": [0.3],
+                "budget_metric": "params",
+                "label": "l1-memory",
+            },
+        ],
         "distill": {"epochs": 1, "batch_size": 8},
-        "distill_cells": [{"dataset": "fake", "model": "se_resnet18", "student": "g_ghost_regnetx_tiny", "loss": "dkd"}],
+        "distill_cells": [
+            {"dataset": "fake", "model": "se_resnet18", "student": "g_ghost_regnetx_tiny", "loss": "dkd"}
+        ],
         "latency_repeats": 3,
     }
     path = tmp_path / "suite.yaml"
     path.write_text(yaml.safe_dump(suite))
     assert run_suite(path, seeds=[1], methods=["l1-global", "distill-dkd"]) == 2  # a slice first ...
     assert {(r["seed"], r["method"]) for r in read_records(tmp_path / "results" / "pruning.jsonl")} == {
-        (1, "l1-global"), (1, "distill-dkd")}
+        (1, "l1-global"),
+        (1, "distill-dkd"),
+    }
     assert run_suite(path, seeds=[1], budgets=[0.3], models=["se_resnet18"]) == 2  # budgets: pruning cells only
     assert run_suite(path, seeds=[0], students=["g_ghost_regnetx_tiny"]) == 1  # students: distillation only
-    assert {(r["seed"], r["method"]) for r in read_records(tmp_path / "results" / "pruning.jsonl")
-            if r["seed"] == 0} == {(0, "distill-dkd")}
+    assert {
+        (r["seed"], r["method"]) for r in read_records(tmp_path / "results" / "pruning.jsonl") if r["seed"] == 0
+    } == {(0, "distill-dkd")}
     assert run_suite(path) == 3  # ... and the full run adds only what is missing
     records = read_records(tmp_path / "results" / "pruning.jsonl")
     students = [r for r in records if r["method"] == "distill-dkd"]
-    assert len(students) == 2 and all(r["model"] == "g_ghost_regnetx_tiny" and r["params_kept"] < 0.1
-                                      and "teacher_top1" in r and "teacher_params" in r for r in students)
+    assert len(students) == 2 and all(
+        r["model"] == "g_ghost_regnetx_tiny"
+        and r["params_kept"] < 0.1
+        and "teacher_top1" in r
+        and "teacher_params" in r
+        for r in students
+    )
     records = [r for r in records if r not in students]
-    for key in ("dataset", "model", "method", "target_macs", "macs_kept", "params_kept", "macs", "params",
-                "parent_top1", "top1", "kappa", "img_size", "epochs", "finetune_epochs", "seed", "split",
-                "latency_ms_bs1", "parent_latency_ms_bs1", "device", "commit", "command"):
+    for key in (
+        "dataset",
+        "model",
+        "method",
+        "target_macs",
+        "macs_kept",
+        "params_kept",
+        "macs",
+        "params",
+        "parent_top1",
+        "top1",
+        "kappa",
+        "img_size",
+        "epochs",
+        "finetune_epochs",
+        "seed",
+        "split",
+        "latency_ms_bs1",
+        "parent_latency_ms_bs1",
+        "device",
+        "commit",
+        "command",
+    ):
         assert all(key in r for r in records), key
     assert {r["method"] for r in records} == {"remotetrimmer-aml+ce", "l1-global", "l1-memory"}
     memory = [r for r in records if r["method"] == "l1-memory"]
-    assert all(r["target_params"] == 0.3 and r["target_macs"] is None and abs(r["params_kept"] / 0.3 - 1) <= 0.01
-               and "--target-params 0.3" in r["command"] and r["command"].endswith("l1-memory-params0.3")
-               for r in memory) and len(memory) == 2
-    assert all("--round-to 4" in r["command"] and "--finetune-epochs 2" in r["command"] and r["finetune_epochs"] == 2
-               for r in records if r["method"] == "l1-global")
+    assert (
+        all(
+            r["target_params"] == 0.3
+            and r["target_macs"] is None
+            and abs(r["params_kept"] / 0.3 - 1) <= 0.01
+            and "--target-params 0.3" in r["command"]
+            and r["command"].endswith("l1-memory-params0.3")
+            for r in memory
+        )
+        and len(memory) == 2
+    )
+    assert all(
+        "--round-to 4" in r["command"] and "--finetune-epochs 2" in r["command"] and r["finetune_epochs"] == 2
+        for r in records
+        if r["method"] == "l1-global"
+    )
     assert all(r["finetune_epochs"] == 1 for r in records if r["method"] != "l1-global")
     assert run_suite(path) == 0  # finished cells are skipped
     table, plots = write_tables(tmp_path / "results" / "pruning.jsonl")
     assert "± " in table.read_text() and "| params 0.3 |" in table.read_text() and all(p.is_file() for p in plots)
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"budgets": [0.2]}, r"budget \[0.2\] is not in"),
-    ({"methods": ["remotetrimer"]}, r"method \['remotetrimer'\] is not in .*'remotetrimmer-aml\+ce'"),
-    ({"models": ["resnet50"]}, r"model \['resnet50'\] is not in"),
-    ({"students": ["ghostnet"]}, r"student \['ghostnet'\] is not in"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"budgets": [0.2]}, r"budget \[0.2\] is not in"),
+        ({"methods": ["remotetrimer"]}, r"method \['remotetrimer'\] is not in .*'remotetrimmer-aml\+ce'"),
+        ({"models": ["resnet50"]}, r"model \['resnet50'\] is not in"),
+        ({"students": ["ghostnet"]}, r"student \['ghostnet'\] is not in"),
+    ],
+)
 def test_slice_outside_the_suite_names_the_bad_value(kwargs, message):
     with pytest.raises(UserError, match=message):
         run_suite(ROOT / "benchmarks" / "suite.yaml", **kwargs)
@@ -104,8 +163,9 @@ def test_a_bf16_parent_trains_fine_tunes_and_teaches_in_bf16_in_its_own_run_dirs
         "datasets": {"fake": {"path": str(data), "img_size": 16}},
         "train": {"batch_size": 8},
         "finetune": {"epochs": 1, "batch_size": 8},
-        "parents": [{"dataset": "fake", "model": "resnet18", "epochs": 1, "seeds": [0],
-                     "bf16": True, "channels_last": True}],
+        "parents": [
+            {"dataset": "fake", "model": "resnet18", "epochs": 1, "seeds": [0], "bf16": True, "channels_last": True}
+        ],
         "cells": [{"dataset": "fake", "model": "resnet18", "method": "l1", "budgets": [0.5]}],
         "distill": {"epochs": 1, "batch_size": 8},
         "distill_cells": [{"dataset": "fake", "model": "resnet18", "student": "g_ghost_regnetx_tiny", "loss": "kd"}],
@@ -130,26 +190,48 @@ def test_option_args_are_the_prune_options_that_set_them():
     assert args == ["--round-to", "8", "--gate-without-bn", "--attention-weight", "0.0"]
     assert option_args({"gate_without_bn": False}) == ["--no-gate-without-bn"]
     help_text = CliRunner().invoke(app, ["prune", "--help"], env={"COLUMNS": "200"}).output
-    assert all(a in help_text for a in args + ["--no-gate-without-bn"] if a.startswith("--"))
+    assert all(a in help_text for a in [*args, "--no-gate-without-bn"] if a.startswith("--"))
 
 
 def test_a_cell_pruned_from_another_fine_tunes_that_cells_pruned_model(tmp_path):
     data = make_fake_dataset(tmp_path, name="rsscn7", per_class=6, size=20)
-    cells = [{"dataset": "fake", "model": "resnet18", "method": "nas", "loss": "kd", "budgets": [0.5],
-              "options": {"search_epochs": 1}},
-             {"dataset": "fake", "model": "resnet18", "method": "nas", "budgets": [0.5], "options": {"search_epochs": 1},
-              "finetune_epochs": 2, "pruned_from": "nas-kd"}]
-    suite = {"results": str(tmp_path / "r.jsonl"), "work": str(tmp_path / "work"),
-             "datasets": {"fake": {"path": str(data), "img_size": 16}}, "train": {"batch_size": 8},
-             "finetune": {"epochs": 1, "batch_size": 8},
-             "parents": [{"dataset": "fake", "model": "resnet18", "epochs": 1, "seeds": [0]}], "cells": cells,
-             "latency_repeats": 3}
+    cells = [
+        {
+            "dataset": "fake",
+            "model": "resnet18",
+            "method": "nas",
+            "loss": "kd",
+            "budgets": [0.5],
+            "options": {"search_epochs": 1},
+        },
+        {
+            "dataset": "fake",
+            "model": "resnet18",
+            "method": "nas",
+            "budgets": [0.5],
+            "options": {"search_epochs": 1},
+            "finetune_epochs": 2,
+            "pruned_from": "nas-kd",
+        },
+    ]
+    suite = {
+        "results": str(tmp_path / "r.jsonl"),
+        "work": str(tmp_path / "work"),
+        "datasets": {"fake": {"path": str(data), "img_size": 16}},
+        "train": {"batch_size": 8},
+        "finetune": {"epochs": 1, "batch_size": 8},
+        "parents": [{"dataset": "fake", "model": "resnet18", "epochs": 1, "seeds": [0]}],
+        "cells": cells,
+        "latency_repeats": 3,
+    }
     path = tmp_path / "suite.yaml"
     path.write_text(yaml.safe_dump(suite))
     assert run_suite(path) == 2
     kd, ce = read_records(tmp_path / "r.jsonl")
     parent = tmp_path / "work" / "fake-resnet18-e1-s0"
-    assert (parent / "nas-0.5" / "pruned.safetensors").read_bytes() == (parent / "nas-kd-0.5" / "pruned.safetensors").read_bytes()
+    assert (parent / "nas-0.5" / "pruned.safetensors").read_bytes() == (
+        parent / "nas-kd-0.5" / "pruned.safetensors"
+    ).read_bytes()
     assert f"--pruned-from {parent / 'nas-kd-0.5'}" in ce["command"] and "--pruned-from" not in kd["command"]
     assert (ce["macs"], ce["params"]) == (kd["macs"], kd["params"])
     assert (kd["finetune_epochs"], ce["finetune_epochs"]) == (1, 2)
@@ -165,15 +247,32 @@ def test_a_cell_pruned_from_another_fine_tunes_that_cells_pruned_model(tmp_path)
 
 def test_a_sparse_cell_prunes_its_next_budget_from_the_sparse_training_it_would_repeat(tmp_path):
     data = make_fake_dataset(tmp_path, name="rsscn7", per_class=6, size=20)
-    suite = {"results": str(tmp_path / "r.jsonl"), "work": str(tmp_path / "work"),
-             "datasets": {"fake": {"path": str(data), "img_size": 16}}, "train": {"batch_size": 8},
-             "finetune": {"epochs": 1, "batch_size": 8},
-             "parents": [{"dataset": "fake", "model": "resnet18", "epochs": 1, "seeds": [0]}],
-             "cells": [{"dataset": "fake", "model": "resnet18", "method": "slim", "budgets": [0.5, 0.35],
-                        "options": {"sparse_epochs": 1}},
-                       {"dataset": "fake", "model": "resnet18", "method": "slim", "label": "slim-2", "budgets": [0.5],
-                        "options": {"sparse_epochs": 2}}],
-             "latency_repeats": 3}
+    suite = {
+        "results": str(tmp_path / "r.jsonl"),
+        "work": str(tmp_path / "work"),
+        "datasets": {"fake": {"path": str(data), "img_size": 16}},
+        "train": {"batch_size": 8},
+        "finetune": {"epochs": 1, "batch_size": 8},
+        "parents": [{"dataset": "fake", "model": "resnet18", "epochs": 1, "seeds": [0]}],
+        "cells": [
+            {
+                "dataset": "fake",
+                "model": "resnet18",
+                "method": "slim",
+                "budgets": [0.5, 0.35],
+                "options": {"sparse_epochs": 1},
+            },
+            {
+                "dataset": "fake",
+                "model": "resnet18",
+                "method": "slim",
+                "label": "slim-2",
+                "budgets": [0.5],
+                "options": {"sparse_epochs": 2},
+            },
+        ],
+        "latency_repeats": 3,
+    }
     path = tmp_path / "suite.yaml"
     path.write_text(yaml.safe_dump(suite))
     assert run_suite(path) == 3
@@ -182,5 +281,7 @@ def test_a_sparse_cell_prunes_its_next_budget_from_the_sparse_training_it_would_
     assert f"--sparse-from {os.path.relpath(parent / 'slim-0.5')} " in third["command"]
     assert "--sparse-from" not in half["command"]
     assert "--sparse-from" not in other["command"]  # another cell, other settings: trained anew
-    assert (parent / "slim-0.35" / "sparse.safetensors").read_bytes() == (parent / "slim-0.5" / "sparse.safetensors").read_bytes()
+    assert (parent / "slim-0.35" / "sparse.safetensors").read_bytes() == (
+        parent / "slim-0.5" / "sparse.safetensors"
+    ).read_bytes()
     assert abs(third["macs_kept"] / 0.35 - 1) <= 0.01

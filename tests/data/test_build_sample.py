@@ -23,9 +23,7 @@ def fake_source(root):
         for i in range(2):
             path = root / cls / f"{cls}{i:02d}.jpg"
             path.parent.mkdir(parents=True, exist_ok=True)
-            pixels = np.random.default_rng([i, len(cls)]).integers(
-                0, 256, (40, 36, 3), dtype=np.uint8
-            )
+            pixels = np.random.default_rng([i, len(cls)]).integers(0, 256, (40, 36, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(path, quality=95)
             digest = hashlib.sha256(path.read_bytes()).hexdigest()
             rows.append(f"{cls}/{path.name}\t{cls}\t36\t40\t{digest}")

@@ -30,9 +30,7 @@ def count_decodes(monkeypatch):
 def test_build_then_reuse_without_decoding(tmp_path, files, monkeypatch):
     calls = count_decodes(monkeypatch)
     progress = []
-    first = load_or_build_cache(
-        files, 8, tmp_path / "c", progress=lambda d, t: progress.append((d, t))
-    )
+    first = load_or_build_cache(files, 8, tmp_path / "c", progress=lambda d, t: progress.append((d, t)))
     assert len(calls) == len(files) and progress[-1] == (6, 6) and len(progress) == 6
     assert first.images.shape == (6, 8, 8, 3) and first.images.dtype == np.uint8
     for i, f in enumerate(files):
@@ -42,9 +40,7 @@ def test_build_then_reuse_without_decoding(tmp_path, files, monkeypatch):
 
     calls.clear()
     progress.clear()
-    second = load_or_build_cache(
-        files, 8, tmp_path / "c", progress=lambda d, t: progress.append((d, t))
-    )
+    second = load_or_build_cache(files, 8, tmp_path / "c", progress=lambda d, t: progress.append((d, t)))
     assert calls == [] and progress == []
     np.testing.assert_array_equal(second.images, first.images)
     assert second.pixel_sha256 == first.pixel_sha256

@@ -129,9 +129,7 @@ def test_jpeg_decodes_close_to_source(tmp_path):
 
 def test_rgba_drops_alpha_without_compositing(tmp_path):
     pixels = rgb()
-    Image.fromarray(np.dstack([pixels, np.zeros((8, 8), np.uint8)]), "RGBA").save(
-        tmp_path / "x.png"
-    )
+    Image.fromarray(np.dstack([pixels, np.zeros((8, 8), np.uint8)]), "RGBA").save(tmp_path / "x.png")
     np.testing.assert_array_equal(decode_image(tmp_path / "x.png"), pixels)
 
 
@@ -146,9 +144,7 @@ def test_grayscale_becomes_three_equal_channels(tmp_path):
 
 def test_16bit_tiff_is_stretched_per_image(tmp_path):
     data = np.array([[1000, 2000], [3000, 4000]], np.uint16)
-    tifffile.imwrite(
-        tmp_path / "x.tif", np.dstack([data, data + 500, data - 500]), photometric="rgb"
-    )
+    tifffile.imwrite(tmp_path / "x.tif", np.dstack([data, data + 500, data - 500]), photometric="rgb")
     out = decode_image(tmp_path / "x.tif")
     assert out.dtype == np.uint8 and out.shape == (2, 2, 3)
     assert out.min() == 0 and out.max() == 255  # joint min (500) → 0, joint max (4500) → 255
@@ -166,9 +162,7 @@ def test_16bit_png_and_float_tiff(tmp_path):
 
 def test_multiband_tiff_keeps_first_three_bands(tmp_path):
     bands = np.stack([np.full((4, 4), v, np.uint8) for v in (10, 20, 30, 40, 50)])
-    tifffile.imwrite(
-        tmp_path / "planar.tif", bands, photometric="minisblack", planarconfig="separate"
-    )
+    tifffile.imwrite(tmp_path / "planar.tif", bands, photometric="minisblack", planarconfig="separate")
     tifffile.imwrite(
         tmp_path / "contig.tif",
         bands.transpose(1, 2, 0),

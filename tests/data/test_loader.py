@@ -111,7 +111,10 @@ SYMMETRIES = [lambda a, k=k, f=f: np.rot90(a[:, ::-1] if f else a, k) for f in (
 def symmetries_of(batch_x, images, rows):
     """For each image of a batch, the dihedral symmetries that map its source image onto it."""
     pixels = torch.round((batch_x * 0.25 + 0.5) * 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    return [{i for i, sym in enumerate(SYMMETRIES) if np.array_equal(sym(images[r]), p)} for r, p in zip(rows, pixels)]
+    return [
+        {i for i, sym in enumerate(SYMMETRIES) if np.array_equal(sym(images[r]), p)}
+        for r, p in zip(rows, pixels, strict=True)
+    ]
 
 
 def test_batch_draw_moves_each_batch_as_one_and_varies_between_batches(images):
@@ -127,8 +130,11 @@ def test_batch_draw_moves_each_batch_as_one_and_varies_between_batches(images):
     ld2 = row_loader(images, rows, batch_size=5, augment=True, augment_draw="batch")
     assert same(epoch(ld2, 3), epoch(ld, 3))  # a resumed epoch sees the same views
     per_sample = row_loader(images, rows, batch_size=20, augment=True, augment_draw="sample")
-    assert any(len(set.intersection(*symmetries_of(x, images, y.numpy()))) != 1 for e in range(4)
-               for x, y in epoch(per_sample, e))
+    assert any(
+        len(set.intersection(*symmetries_of(x, images, y.numpy()))) != 1
+        for e in range(4)
+        for x, y in epoch(per_sample, e)
+    )
 
 
 def test_channels_last_and_argument_checks(images):
@@ -144,17 +150,21 @@ def test_channels_last_and_argument_checks(images):
         loader(np.zeros((4, 8, 6, 3), np.uint8), indices=[0, 1])
 
 
-@pytest.mark.parametrize(("n_train", "batch_size", "world_size", "drop_last", "drops"), [
-    (1470, 64, 1, False, False),  # UC Merced's 70 %: a last batch of 62 is trained on, as the reference does
-    (1470, 64, 1, True, True),
-    (129, 64, 1, False, True),  # a last batch of one image would break BatchNorm
-    (1, 64, 1, False, False),  # the only batch is never dropped
-    (40, 64, 1, True, False),
-    (258, 64, 2, False, True),  # 129 per rank
-    (256, 64, 2, False, False),
-])
-def test_the_ragged_last_batch_is_kept_unless_asked_or_it_holds_one_image(n_train, batch_size, world_size, drop_last,
-                                                                          drops):
+@pytest.mark.parametrize(
+    ("n_train", "batch_size", "world_size", "drop_last", "drops"),
+    [
+        (1470, 64, 1, False, False),  # UC Merced's 70 %: a last batch of 62 is trained on, as the reference does
+        (1470, 64, 1, True, True),
+        (129, 64, 1, False, True),  # a last batch of one image would break BatchNorm
+        (1, 64, 1, False, False),  # the only batch is never dropped
+        (40, 64, 1, True, False),
+        (258, 64, 2, False, True),  # 129 per rank
+        (256, 64, 2, False, False),
+    ],
+)
+def test_the_ragged_last_batch_is_kept_unless_asked_or_it_holds_one_image(
+    n_train, batch_size, world_size, drop_last, drops
+):
     from rscompress.api import drops_ragged_batch
 
     assert drops_ragged_batch(n_train, batch_size, world_size, drop_last) is drops
@@ -166,8 +176,12 @@ def test_batch_draw_across_ranks_moves_each_ranks_batch_as_one_and_resumes_alike
     for rank in range(2):
         ld = row_loader(images, rows, batch_size=5, augment=True, augment_draw="batch", rank=rank, world_size=2)
         batches = epoch(ld, 6)
-        assert same(batches, epoch(row_loader(images, rows, batch_size=5, augment=True, augment_draw="batch",
-                                              rank=rank, world_size=2), 6))
+        assert same(
+            batches,
+            epoch(
+                row_loader(images, rows, batch_size=5, augment=True, augment_draw="batch", rank=rank, world_size=2), 6
+            ),
+        )
         for x, y in batches:
             common = set.intersection(*symmetries_of(x, images, y.numpy()))
             assert len(common) == 1

@@ -88,9 +88,7 @@ def test_reused_split_must_fit_the_folder(tmp_path):
     shutil.copytree(root, tmp_path / "d2")
     (tmp_path / "d2" / "b").rename(tmp_path / "d2" / "c")
     with pytest.raises(UserError, match="only in the split file: b; only in the data: c"):
-        prepare_data(
-            config(tmp_path / "d2", tmp_path, skip_bad=True), split_json=tmp_path / "split.json"
-        )
+        prepare_data(config(tmp_path / "d2", tmp_path, skip_bad=True), split_json=tmp_path / "split.json")
 
 
 def test_bad_files_listed_then_skipped(tmp_path):

@@ -15,9 +15,9 @@ def test_normalize_layout_and_values():
     batch = torch.randint(0, 256, (2, 4, 4, 3), dtype=torch.uint8)
     mean, std = (0.1, 0.2, 0.3), (0.5, 0.25, 0.125)
     out = normalize_batch(batch, mean, std)
-    expected = (
-        batch.permute(0, 3, 1, 2).float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)
-    ) / torch.tensor(std).view(1, 3, 1, 1)
+    expected = (batch.permute(0, 3, 1, 2).float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(
+        1, 3, 1, 1
+    )
     assert out.dtype == torch.float32 and out.shape == (2, 3, 4, 4) and out.is_contiguous()
     torch.testing.assert_close(out, expected)
     cl = normalize_batch(batch, mean, std, channels_last=True)
@@ -41,9 +41,7 @@ def test_each_move_matches_numpy():
     ]
     for p, expected in cases:
         np.testing.assert_array_equal(apply_dihedral(img, p)[0].numpy(), expected)
-    assert torch.equal(
-        img, torch.arange(16 * 3, dtype=torch.uint8).view(1, 4, 4, 3)
-    )  # input untouched
+    assert torch.equal(img, torch.arange(16 * 3, dtype=torch.uint8).view(1, 4, 4, 3))  # input untouched
 
 
 def test_sampling_is_seeded_and_covers_all_eight_symmetries():

@@ -40,10 +40,16 @@ def make_run(path: Path, parent: Path | None = None, img_size: int = 16, seed: i
     """A finished-looking resnet18 run dir written by hand (no training, no data)."""
     run = RunDir(path)
     path.mkdir(parents=True)
-    run.save_config(RunConfig(
-        model="resnet18", num_classes=NUM_CLASSES, class_names=[f"c{i}" for i in range(NUM_CLASSES)],
-        img_size=img_size, mean=[0.4, 0.4, 0.4], std=[0.2, 0.2, 0.2],
-        parent=str(parent) if parent is not None else None,
-    ))
+    run.save_config(
+        RunConfig(
+            model="resnet18",
+            num_classes=NUM_CLASSES,
+            class_names=[f"c{i}" for i in range(NUM_CLASSES)],
+            img_size=img_size,
+            mean=[0.4, 0.4, 0.4],
+            std=[0.2, 0.2, 0.2],
+            parent=str(parent) if parent is not None else None,
+        )
+    )
     run.save_weights(make_model("resnet18", img_size, seed))
     return run

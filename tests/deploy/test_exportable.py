@@ -23,8 +23,14 @@ def test_pool_matrix_is_pytorchs_adaptive_average(n_in, n_out):
 def vgg_like_head() -> nn.Module:
     # 16 px → 2×2 map replicated to 7×7 (like VGG-16 at 64 px), then a Linear over 7·7·4.
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 4, 3, stride=8, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d((7, None)),
-                         nn.AdaptiveAvgPool2d(7), nn.Flatten(), nn.Linear(196, 5)).eval()
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, stride=8, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d((7, None)),
+        nn.AdaptiveAvgPool2d(7),
+        nn.Flatten(),
+        nn.Linear(196, 5),
+    ).eval()
 
 
 def test_non_dividing_pool_is_rewritten_in_a_copy_and_exports_with_parity(tmp_path):

@@ -60,7 +60,10 @@ def test_torch_models_timed_interleaved_in_inference_mode_threads_restored():
         torch.set_num_threads(1)
     assert log == ["a", "b"] * (2 + 3) * 2  # per batch size: warm-up, then repeats, A B A B
     assert [(r.name, r.batch_size, r.threads) for r in results] == [
-        ("a", 1, 1), ("b", 1, 1), ("a", 2, 1), ("b", 2, 1),
+        ("a", 1, 1),
+        ("b", 1, 1),
+        ("a", 2, 1),
+        ("b", 2, 1),
     ]
     for r in results:
         assert r.reference == "a" and not r.reference_is_parent
@@ -72,11 +75,18 @@ def test_torch_models_timed_interleaved_in_inference_mode_threads_restored():
 def test_pruned_resnet18_vs_parent_both_engines():
     parent, pruned = make_model("resnet18"), make_model("pruned_resnet18")
     results = measure(
-        [("parent", parent, 32), ("pruned", pruned, 32)], batch_sizes=(1, 32), threads=(1,),
-        warmup=2, repeats=5, peak_rss=False,
+        [("parent", parent, 32), ("pruned", pruned, 32)],
+        batch_sizes=(1, 32),
+        threads=(1,),
+        warmup=2,
+        repeats=5,
+        peak_rss=False,
     )
     assert [(r.engine, r.batch_size) for r in results[::2]] == [
-        ("torch", 1), ("torch", 32), ("onnxruntime", 1), ("onnxruntime", 32),
+        ("torch", 1),
+        ("torch", 32),
+        ("onnxruntime", 1),
+        ("onnxruntime", 32),
     ]
     by = {(r.name, r.engine, r.batch_size): r for r in results}
     for engine in ("torch", "onnxruntime"):
@@ -104,8 +114,12 @@ def test_parent_run_is_the_reference_and_memory_is_probed_per_model(tmp_path, mo
 
     monkeypatch.setattr(latency, "export_onnx", recording_export)
     results = measure(
-        [other, child, parent.path], batch_sizes=(1,), threads=(1,), engines=("onnxruntime",),
-        warmup=1, repeats=2,
+        [other, child, parent.path],
+        batch_sizes=(1,),
+        threads=(1,),
+        engines=("onnxruntime",),
+        warmup=1,
+        repeats=2,
     )
     assert len(exported) == 2
     refs = {r.name: r.reference for r in results}
@@ -130,8 +144,17 @@ def test_torch_memory_probe_reports_peak_above_import_floor(tmp_path, capsys):
 
 def test_bench_table_rows_and_to_dict():
     base = dict(
-        engine="onnxruntime", batch_size=1, threads=1, p90_ms=3.0, warmup=10, repeats=50,
-        img_size=64, params=1000, reference="parent", reference_is_parent=True, ref_median_ms=4.0,
+        engine="onnxruntime",
+        batch_size=1,
+        threads=1,
+        p90_ms=3.0,
+        warmup=10,
+        repeats=50,
+        img_size=64,
+        params=1000,
+        reference="parent",
+        reference_is_parent=True,
+        ref_median_ms=4.0,
         ref_macs=8_000_000,
     )
     results = [
@@ -141,9 +164,17 @@ def test_bench_table_rows_and_to_dict():
     rows = bench_table(results)
     assert len(rows) == 2
     assert rows[1] == {
-        "model": "pruned", "engine": "onnxruntime", "batch_size": 1, "threads": 1,
-        "median_ms": 2.0, "p90_ms": 3.0, "images_per_s": 500.0, "mmacs": 2.0,
-        "reference": "parent", "speedup": 2.0, "macs_ratio": 4.0,
+        "model": "pruned",
+        "engine": "onnxruntime",
+        "batch_size": 1,
+        "threads": 1,
+        "median_ms": 2.0,
+        "p90_ms": 3.0,
+        "images_per_s": 500.0,
+        "mmacs": 2.0,
+        "reference": "parent",
+        "speedup": 2.0,
+        "macs_ratio": 4.0,
     }
     assert rows[0]["peak_rss_mb"] == 120.0
     d = results[1].to_dict()

@@ -26,7 +26,9 @@ def teacher(tmp_path_factory):
     root = tmp_path_factory.mktemp("distill")
     data = make_fake_dataset(root, name="rsscn7", per_class=8, size=24)
     run = root / "teacher"
-    api.train(DataConfig(path=data, img_size=24), TrainConfig(model="resnet18", epochs=1, batch_size=8), run, quiet=True)
+    api.train(
+        DataConfig(path=data, img_size=24), TrainConfig(model="resnet18", epochs=1, batch_size=8), run, quiet=True
+    )
     return run
 
 
@@ -52,7 +54,12 @@ def test_registry_student_with_each_loss(teacher, tmp_path, loss):
 
 def test_pruned_run_as_student_keeps_its_architecture(teacher, tmp_path):
     pruned = tmp_path / "pruned"
-    api.prune(teacher, PruneConfig(method="l1", target_macs=0.3, finetune=FitConfig(epochs=1, batch_size=8)), pruned, quiet=True)
+    api.prune(
+        teacher,
+        PruneConfig(method="l1", target_macs=0.3, finetune=FitConfig(epochs=1, batch_size=8)),
+        pruned,
+        quiet=True,
+    )
     metrics = api.distill(teacher, str(pruned), _cfg("dkd"), tmp_path / "pd", quiet=True)
     assert metrics["macs"] == RunDir(pruned).load_metrics()["macs"]
     model, _ = RunDir(tmp_path / "pd").load_model()
@@ -62,7 +69,19 @@ def test_pruned_run_as_student_keeps_its_architecture(teacher, tmp_path):
 def test_bad_student_and_loss(teacher, tmp_path, capsys):
     with pytest.raises(UserError, match="neither a run dir nor a known model"):
         api.distill(teacher, "ghostnet9000", _cfg("dkd"), tmp_path / "x", quiet=True)
-    code = main(["distill", "--teacher", str(teacher), "--student", "resnet18", "--loss", "fitnet", "--out", str(tmp_path / "y")])
+    code = main(
+        [
+            "distill",
+            "--teacher",
+            str(teacher),
+            "--student",
+            "resnet18",
+            "--loss",
+            "fitnet",
+            "--out",
+            str(tmp_path / "y"),
+        ]
+    )
     assert code == 2 and "--loss" in capsys.readouterr().err
 
 
@@ -75,8 +94,28 @@ def test_resume_with_another_loss_is_refused(teacher, tmp_path, kill_at_the_end)
 
 def test_cli_distill_in_bf16_channels_last(teacher, tmp_path):
     out = tmp_path / "bf16"
-    assert main(["distill", "--teacher", str(teacher), "--student", "g_ghost_regnetx_tiny", "--small-input",
-                 "--epochs", "1", "--batch-size", "8", "--bf16", "--channels-last", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "distill",
+                "--teacher",
+                str(teacher),
+                "--student",
+                "g_ghost_regnetx_tiny",
+                "--small-input",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "8",
+                "--bf16",
+                "--channels-last",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     train = json.loads((out / "config.json").read_text())["train"]
     assert (train["bf16"], train["channels_last"]) == (True, True)
     assert train["optim"]["lr"] == OptimConfig().lr  # a new student is trained at the training rate
@@ -84,26 +123,100 @@ def test_cli_distill_in_bf16_channels_last(teacher, tmp_path):
 
 def test_cli_distill_into_a_run_dir_fine_tunes_at_the_fine_tuning_rate(teacher, tmp_path):
     pruned = tmp_path / "pruned"
-    assert main(["prune", str(teacher), "--method", "l1", "--target-macs", "0.3", "--finetune-epochs", "1",
-                 "--batch-size", "8", "--out", str(pruned), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "prune",
+                str(teacher),
+                "--method",
+                "l1",
+                "--target-macs",
+                "0.3",
+                "--finetune-epochs",
+                "1",
+                "--batch-size",
+                "8",
+                "--out",
+                str(pruned),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert json.loads((pruned / "config.json").read_text())["train"]["optim"]["lr"] == FINETUNE_LR
     out = tmp_path / "pd"
-    assert main(["distill", "--teacher", str(teacher), "--student", str(pruned), "--epochs", "1", "--batch-size", "8",
-                 "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "distill",
+                "--teacher",
+                str(teacher),
+                "--student",
+                str(pruned),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "8",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert json.loads((out / "config.json").read_text())["train"]["optim"]["lr"] == FINETUNE_LR
 
 
 def test_prune_then_distill_from_the_parent(teacher, tmp_path, capsys):
     before = {k: v.clone() for k, v in RunDir(teacher).load_state_dict().items()}
     out = tmp_path / "pdkd"
-    assert main(["prune", str(teacher), "--method", "l1", "--target-macs", "0.3", "--loss", "dkd",
-                 "--temperature", "2", "--finetune-epochs", "1", "--batch-size", "8", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "prune",
+                str(teacher),
+                "--method",
+                "l1",
+                "--target-macs",
+                "0.3",
+                "--loss",
+                "dkd",
+                "--temperature",
+                "2",
+                "--finetune-epochs",
+                "1",
+                "--batch-size",
+                "8",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     metrics = RunDir(out).load_metrics()
     assert metrics["loss"] == "dkd" and metrics["kd"]["temperature"] == 2.0
     after = RunDir(teacher).load_state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
-    assert main(["prune", str(teacher), "--method", "l1", "--target-macs", "0.3", "--loss", "dkd",
-                 "--temperature", "0", "--out", str(tmp_path / "bad")]) == 2
+    assert (
+        main(
+            [
+                "prune",
+                str(teacher),
+                "--method",
+                "l1",
+                "--target-macs",
+                "0.3",
+                "--loss",
+                "dkd",
+                "--temperature",
+                "0",
+                "--out",
+                str(tmp_path / "bad"),
+            ]
+        )
+        == 2
+    )
     assert "--temperature" in capsys.readouterr().err
 
 

@@ -18,12 +18,7 @@ from rscompress.distillation.losses import (
     warmup_factor,
 )
 
-CASES = [
-    (seed, k, temp, scale)
-    for seed, k in enumerate((2, 3, 10, 45))
-    for temp in (1.0, 4.0)
-    for scale in (1.0, 8.0)
-]
+CASES = [(seed, k, temp, scale) for seed, k in enumerate((2, 3, 10, 45)) for temp in (1.0, 4.0) for scale in (1.0, 8.0)]
 Logits = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
@@ -36,9 +31,7 @@ def _logits(seed: int, k: int, scale: float, n: int = 6) -> Logits:
 
 
 @pytest.mark.parametrize(("seed", "k", "temp", "scale"), CASES)
-def test_kd_equals_tckd_plus_weighted_nckd_per_sample(
-    seed: int, k: int, temp: float, scale: float
-) -> None:
+def test_kd_equals_tckd_plus_weighted_nckd_per_sample(seed: int, k: int, temp: float, scale: float) -> None:
     # Tested form, per sample, at temperature T, before the T² factor and the batch mean:
     #   KL(p_T || p_S) == TCKD + (1 - p_t^T) * NCKD,  p = softmax(z / T), t = target class.
     s, t, y = _logits(seed, k, scale)
@@ -51,9 +44,7 @@ def test_kd_equals_tckd_plus_weighted_nckd_per_sample(
 
 
 @pytest.mark.parametrize(("seed", "k", "temp", "scale"), CASES[:4])
-def test_batch_losses_are_t2_times_mean_of_per_sample(
-    seed: int, k: int, temp: float, scale: float
-) -> None:
+def test_batch_losses_are_t2_times_mean_of_per_sample(seed: int, k: int, temp: float, scale: float) -> None:
     s, t, y = _logits(seed, k, scale)
     torch.testing.assert_close(kd_loss(s, t, temp), kd_per_sample(s, t, temp).mean() * temp**2)
     # KD loss = F.kl_div(batchmean) * T^2, the textbook form
@@ -128,9 +119,7 @@ def test_half_precision_inputs_are_computed_in_float32() -> None:
 def test_ce_loss_with_label_smoothing() -> None:
     s, _, y = _logits(2, 4, 1.0)
     torch.testing.assert_close(ce_loss(s, y), F.cross_entropy(s.float(), y))
-    torch.testing.assert_close(
-        ce_loss(s, y, label_smoothing=0.1), F.cross_entropy(s.float(), y, label_smoothing=0.1)
-    )
+    torch.testing.assert_close(ce_loss(s, y, label_smoothing=0.1), F.cross_entropy(s.float(), y, label_smoothing=0.1))
 
 
 def test_bad_inputs_raise() -> None:

@@ -32,7 +32,7 @@ def test_teacher_terms_are_added_with_their_warmup(loss_name, epoch):
     teacher = freeze(teacher, KDSettings())
     loss, logits = teacher_loss_fn(teacher, loss_name, kd, 0.0)(student, x, y, epoch)
     t = teacher(x)
-    term = (0.7 * kd_loss(logits, t, 2.0) if loss_name == "kd" else dkd_loss(logits, t, y, 0.5, 3.0, 2.0).total)
+    term = 0.7 * kd_loss(logits, t, 2.0) if loss_name == "kd" else dkd_loss(logits, t, y, 0.5, 3.0, 2.0).total
     expected = F.cross_entropy(logits, y) + warmup_factor(epoch, 2) * term
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
     assert warmup_factor(0, 2) < 1 == warmup_factor(5, 2)  # both branches of the ramp are exercised

@@ -8,8 +8,9 @@ from rscompress.distillation.teacher_cache import CachedTeacher
 
 def _teacher_and_calls():
     torch.manual_seed(0)
-    teacher = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                            nn.Flatten(), nn.Linear(4, 5)).eval()
+    teacher = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5)
+    ).eval()
     seen: list[int] = []
     teacher.register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0].shape[0]))
     return teacher, seen

@@ -16,8 +16,11 @@ from rscompress.errors import UserError
 def _model_and_optimizer(kind: str):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
-    opt = (torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9) if kind == "sgd"
-           else torch.optim.AdamW(model.parameters(), lr=1e-3))
+    opt = (
+        torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        if kind == "sgd"
+        else torch.optim.AdamW(model.parameters(), lr=1e-3)
+    )
     for _ in range(3):
         opt.zero_grad()
         model(torch.randn(16, 4)).sum().backward()
@@ -37,7 +40,7 @@ def test_round_trip_restores_model_and_optimizer(tmp_path, kind):
     fresh_opt = type(fresh_opt)(fresh.parameters(), **{k: v for k, v in fresh_opt.defaults.items() if k in ("lr",)})
     loaded = load_checkpoint(tmp_path, fresh, fresh_opt)
     assert loaded == state
-    for a, b in zip(model.state_dict().values(), fresh.state_dict().values()):
+    for a, b in zip(model.state_dict().values(), fresh.state_dict().values(), strict=False):
         assert torch.equal(a, b)
     # Same next step from both optimizers: the state (momentum / moments) came back.
     x = torch.randn(16, 4)
@@ -45,7 +48,7 @@ def test_round_trip_restores_model_and_optimizer(tmp_path, kind):
         o.zero_grad()
         m(x).sum().backward()
         o.step()
-    for a, b in zip(model.parameters(), fresh.parameters()):
+    for a, b in zip(model.parameters(), fresh.parameters(), strict=False):
         assert torch.allclose(a, b)
     assert set(load_best_weights(tmp_path)) == set(model.state_dict())
 
@@ -72,6 +75,7 @@ def test_pickle_in_place_of_checkpoint_is_refused_and_never_runs(tmp_path):
     class Payload:
         def __reduce__(self):
             import os
+
             return (os.system, (f"touch {marker}",))
 
     torch.save({"x": Payload()}, tmp_path / "epoch-0000" / "model.safetensors")

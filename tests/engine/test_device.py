@@ -51,9 +51,22 @@ def test_unusable_devices_are_one_error_naming_them(monkeypatch):
 def test_cli_rejects_a_bad_device_before_touching_anything(tmp_path):
     out = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, "-m", "rscompress", "train", "--data", str(tmp_path), "--model", "resnet18",
-         "--out", str(out), "--device", "gpu"],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "rscompress",
+            "train",
+            "--data",
+            str(tmp_path),
+            "--model",
+            "resnet18",
+            "--out",
+            str(out),
+            "--device",
+            "gpu",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 2
     assert "--device: must be auto, cpu, cuda or cuda:N (got 'gpu')" in result.stderr
@@ -72,15 +85,28 @@ def test_a_run_resumes_or_is_reused_on_another_device():
 def test_train_distill_and_evaluate_on_each_device(tmp_path, device):
     data = make_fake_dataset(tmp_path / "data", name="rsscn7", per_class=6, size=20)
     teacher = tmp_path / "teacher"
-    metrics = api.train(DataConfig(path=data, img_size=16),
-                        TrainConfig(model="resnet18", epochs=1, batch_size=8, device=device), teacher, quiet=True)
+    metrics = api.train(
+        DataConfig(path=data, img_size=16),
+        TrainConfig(model="resnet18", epochs=1, batch_size=8, device=device),
+        teacher,
+        quiet=True,
+    )
     assert metrics["timings"]["device"].startswith(device)
     evaluated = api.evaluate(teacher, device=device, quiet=True)
     assert evaluated["device"].startswith(device)
     assert evaluated["top1"] == pytest.approx(metrics["top1"])
-    student = api.distill(teacher, "g_ghost_regnetx_tiny", DistillConfig(
-        loss="dkd", small_input=True, cache_teacher_logits=True,
-        fit=FitConfig(epochs=1, batch_size=8, device=device)), tmp_path / "student", quiet=True)
+    student = api.distill(
+        teacher,
+        "g_ghost_regnetx_tiny",
+        DistillConfig(
+            loss="dkd",
+            small_input=True,
+            cache_teacher_logits=True,
+            fit=FitConfig(epochs=1, batch_size=8, device=device),
+        ),
+        tmp_path / "student",
+        quiet=True,
+    )
     assert student["timings"]["device"].startswith(device)
     assert student["teacher_cache_this_process"]["misses"] > 0
 
@@ -90,12 +116,16 @@ def test_train_distill_and_evaluate_on_each_device(tmp_path, device):
 def test_search_and_sparse_training_run_on_each_device(tmp_path, device, method):
     data = make_fake_dataset(tmp_path / "data", name="rsscn7", per_class=6, size=32)
     parent = tmp_path / "parent"
-    api.train(DataConfig(path=data, img_size=32), TrainConfig(model="resnet18", epochs=1, batch_size=8), parent,
-              quiet=True)
+    api.train(
+        DataConfig(path=data, img_size=32), TrainConfig(model="resnet18", epochs=1, batch_size=8), parent, quiet=True
+    )
     phase = {"search_epochs": 1} if method == "nas" else {"sparse_epochs": 1}
-    metrics = api.prune(parent, PruneConfig(method=method, target_macs=0.5, **phase,
-                                            finetune=FitConfig(epochs=1, batch_size=8, device=device)),
-                        tmp_path / "pruned", quiet=True)
+    metrics = api.prune(
+        parent,
+        PruneConfig(method=method, target_macs=0.5, **phase, finetune=FitConfig(epochs=1, batch_size=8, device=device)),
+        tmp_path / "pruned",
+        quiet=True,
+    )
     assert metrics["timings"]["device"].startswith(device)
     assert abs(metrics["macs_kept"] / 0.5 - 1) <= 0.01
 

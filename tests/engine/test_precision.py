@@ -34,8 +34,9 @@ def test_other_convs_still_run_in_bf16_and_the_model_is_left_as_it_was():
     model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.Conv2d(8, 8, 3, stride=2, padding=1))
     keys = list(model.state_dict())
     outputs = {}
-    hooks = [m.register_forward_hook(lambda m, a, out, i=i: outputs.__setitem__(i, out.dtype))
-             for i, m in enumerate(model)]
+    hooks = [
+        m.register_forward_hook(lambda m, a, out, i=i: outputs.__setitem__(i, out.dtype)) for i, m in enumerate(model)
+    ]
     with bf16_autocast(model, True):
         model(torch.randn(2, 3, 3, 3))  # 3×3 → 2×2 (bf16), then 2×2 with stride 2 (bf16 is right)
     assert outputs == {0: torch.bfloat16, 1: torch.bfloat16}

@@ -36,8 +36,7 @@ def _torch_onecycle(total_steps: int, pct_start: float, optimizer_cls=torch.opti
     """(lr, momentum) torch's OneCycleLR gives at every step, peak lr 1."""
     param = torch.nn.Parameter(torch.zeros(1))
     optimizer = optimizer_cls([param], lr=1.0, **kw)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1.0, total_steps=total_steps,
-                                                    pct_start=pct_start)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1.0, total_steps=total_steps, pct_start=pct_start)
     seen = []
     for _ in range(total_steps):
         group = optimizer.param_groups[0]
@@ -55,7 +54,9 @@ def test_onecycle_follows_torch_onecyclelr(optimizer):
     cfg = OptimConfig(optimizer=optimizer, lr=1.0, schedule="onecycle", pct_start=0.15)
     model = torch.nn.Linear(1, 1)
     ours = build_optimizer(model.parameters(), cfg)
-    torch_cls, kw = (torch.optim.SGD, {"momentum": 0.9, "nesterov": True}) if optimizer == "sgd" else (torch.optim.AdamW, {})
+    torch_cls, kw = (
+        (torch.optim.SGD, {"momentum": 0.9, "nesterov": True}) if optimizer == "sgd" else (torch.optim.AdamW, {})
+    )
     expected = _torch_onecycle(epochs * steps, 0.15, torch_cls, **kw)
     for i, (lr, momentum) in enumerate(expected):
         got = apply_schedule(ours, i / steps, epochs, cfg)

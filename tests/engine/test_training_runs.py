@@ -56,10 +56,19 @@ def test_kill_9_mid_run_then_resume_matches_uninterrupted_run(tmp_path, dataset,
     assert not RunDir(killed).is_complete(), "the run finished before it could be killed"
 
     # Without --resume the unfinished run is protected, not overwritten.
-    refused = subprocess.run(_cli("train", "--data", str(dataset), "--out", str(killed), *TRAIN_ARGS, *epochs), env=env, capture_output=True, text=True)
+    refused = subprocess.run(
+        _cli("train", "--data", str(dataset), "--out", str(killed), *TRAIN_ARGS, *epochs),
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert refused.returncode == 2 and "--resume" in refused.stderr
 
-    subprocess.run(_cli("train", "--data", str(dataset), "--out", str(killed), *TRAIN_ARGS, *epochs, "--resume"), env=env, check=True)
+    subprocess.run(
+        _cli("train", "--data", str(dataset), "--out", str(killed), *TRAIN_ARGS, *epochs, "--resume"),
+        env=env,
+        check=True,
+    )
     a, b = RunDir(full).load_metrics(), RunDir(killed).load_metrics()
     for key in ("top1", "kappa", "best_epoch", "macs", "params"):
         assert a[key] == b[key], key
@@ -73,8 +82,24 @@ def test_kill_9_mid_run_then_resume_matches_uninterrupted_run(tmp_path, dataset,
 @pytest.mark.slow
 def test_torchrun_two_processes(tmp_path, dataset, env):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "rscompress", "train", "--data", str(dataset), "--out", str(out), *TRAIN_ARGS, "--epochs", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "rscompress",
+        "train",
+        "--data",
+        str(dataset),
+        "--out",
+        str(out),
+        *TRAIN_ARGS,
+        "--epochs",
+        "2",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = RunDir(out).load_metrics()
@@ -104,7 +129,12 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, da
     monkeypatch.setattr(api, "fit", fit_with_poison)
     run = tmp_path / "nan"
     with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 2.*after epoch 1"):
-        api.train(DataConfig(path=dataset, img_size=16), TrainConfig(model="resnet18", epochs=3, batch_size=8), run, quiet=True)
+        api.train(
+            DataConfig(path=dataset, img_size=16),
+            TrainConfig(model="resnet18", epochs=3, batch_size=8),
+            run,
+            quiet=True,
+        )
     ckpt = run / "checkpoint"
     assert json.loads((ckpt / "latest.json").read_text()) == {"epoch_dir": "epoch-0000"}
     assert (ckpt / "best.safetensors").is_file()
@@ -130,7 +160,12 @@ def test_weights_gone_nan_under_a_finite_loss_stop_before_they_are_checkpointed(
     monkeypatch.setattr(api, "fit", lambda *a, **kw: real_fit(*a, **{**kw, "loss_fn": poison_bn_statistics}))
     run = tmp_path / "nan-weights"
     with pytest.raises(TrainingDiverged, match=r"validation loss became nan after epoch 2.*after epoch 1"):
-        api.train(DataConfig(path=dataset, img_size=16), TrainConfig(model="resnet18", epochs=3, batch_size=8), run, quiet=True)
+        api.train(
+            DataConfig(path=dataset, img_size=16),
+            TrainConfig(model="resnet18", epochs=3, batch_size=8),
+            run,
+            quiet=True,
+        )
     assert json.loads((run / "checkpoint" / "latest.json").read_text()) == {"epoch_dir": "epoch-0000"}
     assert not RunDir(run).is_complete()
 
@@ -138,9 +173,16 @@ def test_weights_gone_nan_under_a_finite_loss_stop_before_they_are_checkpointed(
 def test_run_dir_contract_and_evaluate(tmp_path, dataset, monkeypatch):
     monkeypatch.setenv("RSCOMPRESS_CACHE", str(tmp_path / "cache"))
     run = tmp_path / "run"
-    metrics = api.train(DataConfig(path=dataset, img_size=16), TrainConfig(model="resnet18", epochs=2, batch_size=8), run, quiet=True)
+    metrics = api.train(
+        DataConfig(path=dataset, img_size=16), TrainConfig(model="resnet18", epochs=2, batch_size=8), run, quiet=True
+    )
     assert sorted(p.name for p in run.iterdir()) == [
-        "config.json", "history.jsonl", "metrics.json", "model.safetensors", "split.json"]  # resume state gone
+        "config.json",
+        "history.jsonl",
+        "metrics.json",
+        "model.safetensors",
+        "split.json",
+    ]  # resume state gone
     config = json.loads((run / "config.json").read_text())
     for key in ("model", "num_classes", "class_names", "img_size", "mean", "std", "versions", "method", "parent"):
         assert key in config

@@ -158,9 +158,7 @@ def _prune_exactly(model: nn.Module, root: nn.BatchNorm2d, idxs: list[int]) -> f
     return (before - after).abs().max().item()
 
 
-@pytest.mark.parametrize(
-    "depths", [(1, 1, 3, 3), (1, 3, 2, 1)], ids=["middle-blocks", "two-block-stage3"]
-)
+@pytest.mark.parametrize("depths", [(1, 1, 3, 3), (1, 3, 2, 1)], ids=["middle-blocks", "two-block-stage3"])
 def test_torch_pruning_index_mapping_is_exact(depths: tuple[int, int, int, int]) -> None:
     # Remove channels on both sides of the raw/cheap split of a G-Ghost stage's first block
     # output, and channels of the cheap path (which the mix operation and the concat share).

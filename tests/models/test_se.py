@@ -129,18 +129,12 @@ def test_folded_model_equals_se_model_with_fixed_attention() -> None:
     n_params = sum(p.numel() for p in folded.parameters())
     assert n_params == sum(p.numel() for p in plain.parameters())
     # same names and shapes as the plain model: its weights load strictly into resnet18
-    assert {k: v.shape for k, v in folded.state_dict().items()} == {
-        k: v.shape for k, v in plain.state_dict().items()
-    }
+    assert {k: v.shape for k, v in folded.state_dict().items()} == {k: v.shape for k, v in plain.state_dict().items()}
 
 
 def test_fold_rejects_attention_that_does_not_match() -> None:
     model = create_model("se_resnet18", 10)
-    att = {
-        name: torch.ones(m.num_features)
-        for name, m in model.named_modules()
-        if isinstance(m, SEBatchNorm2d)
-    }
+    att = {name: torch.ones(m.num_features) for name, m in model.named_modules() if isinstance(m, SEBatchNorm2d)}
     with pytest.raises(ValueError, match="missing"):
         fold_se_into_bn(model, {k: v for k, v in att.items() if k != "bn1"})
     with pytest.raises(ValueError, match="bn1"):

@@ -17,9 +17,7 @@ from rscompress.models import create_model, load_weights, save_weights
 
 def _small(num_classes: int = 4) -> nn.Sequential:
     # conv 3->4 on a 3x3 image gives 4 features: the Linear's input
-    return nn.Sequential(
-        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(1), nn.Linear(4, num_classes)
-    )
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(1), nn.Linear(4, num_classes))
 
 
 def _same_state(a: nn.Module, b: nn.Module) -> bool:
@@ -131,8 +129,10 @@ def test_a_training_checkpoint_is_unwrapped_and_its_prefix_dropped(tmp_path: Pat
 
     source, target = _small(), _small()
     wrapped = {f"module.{k}": v for k, v in source.state_dict().items()}
-    torch.save({"epoch": 3, "args": argparse.Namespace(lr=0.1), "optimizer": {"state": {}},
-                "state_dict": wrapped}, tmp_path / "ckpt.pth.tar.pth")
+    torch.save(
+        {"epoch": 3, "args": argparse.Namespace(lr=0.1), "optimizer": {"state": {}}, "state_dict": wrapped},
+        tmp_path / "ckpt.pth.tar.pth",
+    )
     assert load_weights(target, tmp_path / "ckpt.pth.tar.pth").complete
     assert _same_state(source, target)
 

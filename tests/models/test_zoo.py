@@ -23,11 +23,7 @@ OURS = LIGHT + HEAVY
 # covered by vgg16_bn and whose SE blocks are covered by se_vgg16_bn(small_input=True).
 VARIANTS = [(n, s) for n in OURS for s in (False, True) if (n, s) != ("se_vgg16_bn", False)]
 
-FORWARD_CASES = [
-    (name, size, small)
-    for name, small in VARIANTS
-    for size in ((32, 64) if name in LIGHT else (32,))
-]
+FORWARD_CASES = [(name, size, small) for name, small in VARIANTS for size in ((32, 64) if name in LIGHT else (32,))]
 
 
 NUM_CLASSES = 30  # also the class count of the vgg16_bn parameter figure we rely on

@@ -57,8 +57,13 @@ class TinyVGG(nn.Module):
         super().__init__()
         stage = lambda i, o: [nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU()]
         self.features = nn.Sequential(
-            *stage(3, 32), nn.MaxPool2d(2), *stage(32, 64), nn.MaxPool2d(2), *stage(64, 64),
-            nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+            *stage(3, 32),
+            nn.MaxPool2d(2),
+            *stage(32, 64),
+            nn.MaxPool2d(2),
+            *stage(64, 64),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
         )
         self.classifier = nn.Sequential(
             nn.Linear(256, 128), nn.ReLU(), nn.Dropout(0.5), nn.Linear(128, 96), nn.ReLU(), nn.Linear(96, CLASSES)
@@ -215,7 +220,9 @@ def test_groups_without_bn_gate_the_outputs_of_the_layers_producing_them_when_as
     assert gate_layout(model, example).gated.keys() == bns  # by default the BNs only
     layout = gate_layout(model, example, gate_without_bn=True)
     # the hidden classifier layers (Linear → ReLU → Dropout) carry their own gates...
-    assert {"classifier.0", "classifier.3"} <= layout.gated.keys() and {"classifier.0", "classifier.3"} <= set(layout.roots)
+    assert {"classifier.0", "classifier.3"} <= layout.gated.keys() and {"classifier.0", "classifier.3"} <= set(
+        layout.roots
+    )
     # ...which the next layer's inputs read; the logits are never gated
     assert torch.equal(layout.gated["classifier.0"], layout.inputs["classifier.3"])
     assert "classifier.6" not in layout.outputs and "classifier.6" not in layout.gated
@@ -322,7 +329,8 @@ def test_bf16_channels_last_search_runs_in_them_and_returns_a_float32_default_la
     seen: list[tuple[torch.dtype, bool]] = []
     # deepcopy carries the hook into the searched copy: it sees the search's forward passes.
     model.conv1.register_forward_hook(
-        lambda _m, inputs, out: seen.append((out.dtype, inputs[0].is_contiguous(memory_format=torch.channels_last))))
+        lambda _m, inputs, out: seen.append((out.dtype, inputs[0].is_contiguous(memory_format=torch.channels_last)))
+    )
     pruned, report, _, _ = run_search(model, search_epochs=2, target_macs=0.5, bf16=True, channels_last=True)
     # every weight and score step of 2 epochs × 4 train batches; the rest (graph tracing, MACs
     # counts) are outside the search's training
@@ -366,7 +374,7 @@ def test_one_budget_at_most() -> None:
 
 def test_a_params_budget_steers_params_and_is_hit() -> None:
     model = parent("resnet18")
-    pruned, report, calls, _ = run_search(model, target_macs=None, target_params=TARGET)
+    pruned, report, _, _ = run_search(model, target_macs=None, target_params=TARGET)
     _, params = count_macs_params(pruned, IMG)
     assert abs(params / count_macs_params(model, IMG)[1] / TARGET - 1) <= TOLERANCE
     assert (report.target_macs, report.target_params) == (None, TARGET)
@@ -396,8 +404,14 @@ def kill_search_in_epoch_two(checkpoint_dir, settings: dict) -> None:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        nas_search(parent("resnet18"), Batches(32, seed=0), Batches(16, seed=1), progress=stop_in_epoch_two,
-                   checkpoint_dir=checkpoint_dir, **settings)
+        nas_search(
+            parent("resnet18"),
+            Batches(32, seed=0),
+            Batches(16, seed=1),
+            progress=stop_in_epoch_two,
+            checkpoint_dir=checkpoint_dir,
+            **settings,
+        )
 
 
 def test_interrupted_search_resumes_to_the_same_end(tmp_path) -> None:
@@ -405,20 +419,45 @@ def test_interrupted_search_resumes_to_the_same_end(tmp_path) -> None:
     whole, whole_report, _, _ = run_search(parent("resnet18"), **settings)
     kill_search_in_epoch_two(tmp_path, settings)
     epochs_run: list[int] = []
-    resumed, report = nas_search(parent("resnet18"), Batches(32, seed=0), Batches(16, seed=1),
-                                 progress=lambda e, *_: epochs_run.append(e), checkpoint_dir=tmp_path, **settings)
+    resumed, report = nas_search(
+        parent("resnet18"),
+        Batches(32, seed=0),
+        Batches(16, seed=1),
+        progress=lambda e, *_: epochs_run.append(e),
+        checkpoint_dir=tmp_path,
+        **settings,
+    )
     assert epochs_run == [1, 2]
     assert report.expected_ratio == whole_report.expected_ratio and report.val_ce == whole_report.val_ce
     assert all(torch.equal(v, whole.state_dict()[k]) for k, v in resumed.state_dict().items())
     with pytest.raises(UserError, match=r"other settings \(nas_search\.lam: 10\.0 there, 1\.0 now\)"):
-        nas_search(parent("resnet18"), Batches(32, seed=0), Batches(16, seed=1), checkpoint_dir=tmp_path,
-                   **{**settings, "lam": 1.0})
-    with pytest.raises(UserError, match=r"other settings \(nas_search\.bf16: false there, true now\)"):  # nor in another precision
-        nas_search(parent("resnet18"), Batches(32, seed=0), Batches(16, seed=1), checkpoint_dir=tmp_path,
-                   **{**settings, "bf16": True})
-    with pytest.raises(UserError, match=r"\(nas_search\.gate_without_bn: false there, true now\)"):  # nor another gate layout
-        nas_search(parent("resnet18"), Batches(32, seed=0), Batches(16, seed=1), checkpoint_dir=tmp_path,
-                   **{**settings, "gate_without_bn": True})
+        nas_search(
+            parent("resnet18"),
+            Batches(32, seed=0),
+            Batches(16, seed=1),
+            checkpoint_dir=tmp_path,
+            **{**settings, "lam": 1.0},
+        )
+    with pytest.raises(
+        UserError, match=r"other settings \(nas_search\.bf16: false there, true now\)"
+    ):  # nor in another precision
+        nas_search(
+            parent("resnet18"),
+            Batches(32, seed=0),
+            Batches(16, seed=1),
+            checkpoint_dir=tmp_path,
+            **{**settings, "bf16": True},
+        )
+    with pytest.raises(
+        UserError, match=r"\(nas_search\.gate_without_bn: false there, true now\)"
+    ):  # nor another gate layout
+        nas_search(
+            parent("resnet18"),
+            Batches(32, seed=0),
+            Batches(16, seed=1),
+            checkpoint_dir=tmp_path,
+            **{**settings, "gate_without_bn": True},
+        )
 
 
 def test_a_search_saved_before_gate_without_bn_existed_still_resumes(tmp_path) -> None:
@@ -429,8 +468,14 @@ def test_a_search_saved_before_gate_without_bn_existed_still_resumes(tmp_path) -
     del meta["extra"]["settings"]["gate_without_bn"]  # what an older version wrote
     state.write_text(json.dumps(meta))
     epochs_run: list[int] = []
-    nas_search(parent("resnet18"), Batches(32, seed=0), Batches(16, seed=1),
-               progress=lambda e, *_: epochs_run.append(e), checkpoint_dir=tmp_path, **settings)
+    nas_search(
+        parent("resnet18"),
+        Batches(32, seed=0),
+        Batches(16, seed=1),
+        progress=lambda e, *_: epochs_run.append(e),
+        checkpoint_dir=tmp_path,
+        **settings,
+    )
     assert epochs_run == [1]
 
 
@@ -447,6 +492,8 @@ def test_cost_awareness_loss_is_the_miss_relative_to_the_target() -> None:
 def test_harder_targets_get_a_different_search_that_ends_nearer_them() -> None:
     # Moderate settings, so the toy search does not reach the targets and the trajectories
     # show the push: with the absolute miss both would have been identical.
-    ends = {target: run_search(parent("resnet18"), target_macs=target, lam=2.0, arch_lr=0.1)[1].expected_ratio
-            for target in (0.2, 0.05)}
+    ends = {
+        target: run_search(parent("resnet18"), target_macs=target, lam=2.0, arch_lr=0.1)[1].expected_ratio
+        for target in (0.2, 0.05)
+    }
     assert ends[0.05][-1] < ends[0.2][-1]

@@ -20,7 +20,9 @@ def parents(tmp_path_factory):
     out = {}
     for name in ("se_resnet18", "resnet18"):
         out[name] = root / name
-        api.train(DataConfig(path=data, img_size=24), TrainConfig(model=name, epochs=1, batch_size=8), out[name], quiet=True)
+        api.train(
+            DataConfig(path=data, img_size=24), TrainConfig(model=name, epochs=1, batch_size=8), out[name], quiet=True
+        )
     return out
 
 
@@ -47,7 +49,9 @@ def test_remotetrimmer_hits_target_folds_se_and_reloads(parents, tmp_path):
 
 @pytest.mark.parametrize("method,global_pruning", [("l1", True), ("taylor", False), ("bn", False)])
 def test_baselines_hit_target(parents, tmp_path, method, global_pruning):
-    metrics = api.prune(parents["resnet18"], _cfg(method, target_macs=0.1, global_pruning=global_pruning), tmp_path / "p", quiet=True)
+    metrics = api.prune(
+        parents["resnet18"], _cfg(method, target_macs=0.1, global_pruning=global_pruning), tmp_path / "p", quiet=True
+    )
     assert abs(metrics["macs_kept"] / 0.1 - 1) <= 0.01
 
 
@@ -59,7 +63,7 @@ def test_target_params_and_ratio(parents, tmp_path):
 
 
 def test_remotetrimmer_needs_se_parent(parents, tmp_path):
-    with pytest.raises(UserError, match="needs a parent with SE blocks .* ResNet has none"):
+    with pytest.raises(UserError, match=r"needs a parent with SE blocks .* ResNet has none"):
         api.prune(parents["resnet18"], _cfg("remotetrimmer", target_macs=0.3), tmp_path / "x", quiet=True)
     assert not (tmp_path / "x").exists()
 
@@ -104,7 +108,8 @@ def test_sparse_methods_train_then_prune_globally(parents, tmp_path, method):
     sparse = metrics["sparse_training"]
     assert sparse["epochs"] == 2 and len(sparse["history"]) == 2
     assert (sparse["config"]["reweight"], sparse["config"]["attention_weight"] > 0) == (
-        (True, True) if method == "l1rr" else (False, False))
+        (True, True) if method == "l1rr" else (False, False)
+    )
 
 
 def test_sparse_training_lr_is_a_tenth_of_the_parents_unless_given(parents, tmp_path):
@@ -112,8 +117,30 @@ def test_sparse_training_lr_is_a_tenth_of_the_parents_unless_given(parents, tmp_
     derived = api.prune(parents["resnet18"], _cfg("slim", target_macs=0.5, sparse_epochs=1), tmp_path / "d", quiet=True)
     assert derived["sparse_training"]["config"]["lr"] == pytest.approx(parent_lr / 10)
     out = tmp_path / "given"
-    assert main(["prune", str(parents["resnet18"]), "--method", "l1rr", "--target-macs", "0.5", "--sparse-epochs", "1",
-                 "--sparse-lr", "0.002", "--finetune-epochs", "1", "--batch-size", "8", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "prune",
+                str(parents["resnet18"]),
+                "--method",
+                "l1rr",
+                "--target-macs",
+                "0.5",
+                "--sparse-epochs",
+                "1",
+                "--sparse-lr",
+                "0.002",
+                "--finetune-epochs",
+                "1",
+                "--batch-size",
+                "8",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert json.loads((out / "metrics.json").read_text())["sparse_training"]["config"]["lr"] == 0.002
 
 
@@ -130,9 +157,30 @@ def test_run_dir_from_before_sparse_lr_and_rate_still_resumes(parents, tmp_path,
 
 def test_cli_bf16_channels_last_reach_sparse_training_and_finetuning(parents, tmp_path):
     out = tmp_path / "l1rr-bf16"
-    assert main(["prune", str(parents["resnet18"]), "--method", "l1rr", "--target-macs", "0.35", "--sparse-epochs", "1",
-                 "--finetune-epochs", "1", "--batch-size", "8", "--bf16", "--channels-last", "--out", str(out),
-                 "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "prune",
+                str(parents["resnet18"]),
+                "--method",
+                "l1rr",
+                "--target-macs",
+                "0.35",
+                "--sparse-epochs",
+                "1",
+                "--finetune-epochs",
+                "1",
+                "--batch-size",
+                "8",
+                "--bf16",
+                "--channels-last",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     train = json.loads((out / "config.json").read_text())["train"]
     assert (train["bf16"], train["channels_last"]) == (True, True)
     sparse = json.loads((out / "metrics.json").read_text())["sparse_training"]["config"]
@@ -196,13 +244,15 @@ def test_run_killed_in_sparse_training_resumes_there(parents, tmp_path, monkeypa
     with pytest.raises(UserError, match="--resume"):
         api.prune(parents["resnet18"], cfg, out, quiet=True)
     resumed = api.prune(parents["resnet18"], cfg, out, resume=True, quiet=True)
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
     assert strip(resumed["sparse_training"]["history"]) == strip(full["sparse_training"]["history"])
     assert resumed["macs"] == full["macs"] and not (out / "prune-phase").exists()
 
 
 def test_nas_searches_then_hits_target(parents, tmp_path):
-    metrics = api.prune(parents["resnet18"], _cfg("nas", target_macs=0.35, search_epochs=2), tmp_path / "nas", quiet=True)
+    metrics = api.prune(
+        parents["resnet18"], _cfg("nas", target_macs=0.35, search_epochs=2), tmp_path / "nas", quiet=True
+    )
     assert abs(metrics["macs_kept"] / 0.35 - 1) <= 0.01
     assert len(metrics["nas_search"]["expected_ratio"]) == 2
     with pytest.raises(UserError, match="--target-macs or --target-params, not --ratio"):
@@ -211,8 +261,9 @@ def test_nas_searches_then_hits_target(parents, tmp_path):
 
 
 def test_nas_takes_a_params_budget(parents, tmp_path):
-    metrics = api.prune(parents["resnet18"], _cfg("nas", target_params=0.3, search_epochs=1), tmp_path / "p",
-                        quiet=True)
+    metrics = api.prune(
+        parents["resnet18"], _cfg("nas", target_params=0.3, search_epochs=1), tmp_path / "p", quiet=True
+    )
     assert abs(metrics["params_kept"] / 0.3 - 1) <= 0.01
     assert metrics["nas_search"]["target_params"] == 0.3 and metrics["nas_search"]["target_macs"] is None
 
@@ -220,15 +271,49 @@ def test_nas_takes_a_params_budget(parents, tmp_path):
 def test_cli_gate_without_bn_reaches_the_search(parents, tmp_path):
     # What the option does to BN-less layers is tested in test_nas.py; here: the flag gets there.
     out = tmp_path / "nas-fc"
-    assert main(["prune", str(parents["resnet18"]), "--method", "nas", "--target-macs", "0.5", "--search-epochs", "1",
-                 "--gate-without-bn", "--finetune-epochs", "1", "--batch-size", "8", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "prune",
+                str(parents["resnet18"]),
+                "--method",
+                "nas",
+                "--target-macs",
+                "0.5",
+                "--search-epochs",
+                "1",
+                "--gate-without-bn",
+                "--finetune-epochs",
+                "1",
+                "--batch-size",
+                "8",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert json.loads((out / "metrics.json").read_text())["nas_search"]["gated_without_bn"] is True
 
 
 def test_pruned_from_fine_tunes_another_runs_pruned_model_without_pruning_again(parents, tmp_path, monkeypatch):
     ce, dkd = tmp_path / "nas-ce", tmp_path / "nas-dkd"
-    args = ["prune", str(parents["resnet18"]), "--method", "nas", "--target-macs", "0.5", "--search-epochs", "1",
-            "--finetune-epochs", "1", "--batch-size", "8", "--quiet"]
+    args = [
+        "prune",
+        str(parents["resnet18"]),
+        "--method",
+        "nas",
+        "--target-macs",
+        "0.5",
+        "--search-epochs",
+        "1",
+        "--finetune-epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--quiet",
+    ]
     assert main([*args, "--out", str(ce)]) == 0
     from rscompress.pruning import select
 
@@ -237,8 +322,24 @@ def test_pruned_from_fine_tunes_another_runs_pruned_model_without_pruning_again(
 
     monkeypatch.setattr(select, "select_and_prune", must_not_run)
     # Its own loss and fine-tuning length: neither changes what was pruned.
-    assert main([*args, "--loss", "dkd", "--beta", "2", "--finetune-epochs", "2", "--pruned-from", str(ce),
-                 "--out", str(dkd)]) == 0
+    assert (
+        main(
+            [
+                *args,
+                "--loss",
+                "dkd",
+                "--beta",
+                "2",
+                "--finetune-epochs",
+                "2",
+                "--pruned-from",
+                str(ce),
+                "--out",
+                str(dkd),
+            ]
+        )
+        == 0
+    )
     assert (dkd / "pruned.safetensors").read_bytes() == (ce / "pruned.safetensors").read_bytes()
     metrics = json.loads((dkd / "metrics.json").read_text())
     assert metrics["loss"] == "dkd" and metrics["pruned_from"] == str(ce.resolve())
@@ -248,11 +349,14 @@ def test_pruned_from_fine_tunes_another_runs_pruned_model_without_pruning_again(
     assert api.evaluate(dkd, quiet=True)["top1"] == pytest.approx(metrics["top1"])  # a complete run dir of its own
 
 
-@pytest.mark.parametrize("change,needle", [
-    ({"target_macs": 0.4}, r"method_params\.target_macs: 0\.5 there, 0\.4 now"),
-    ({"search_epochs": 2}, r"method_params\.search_epochs: 1 there, 2 now"),
-    ({"finetune": FitConfig(epochs=1, batch_size=4)}, r"train\.batch_size: 8 there, 4 now"),
-])
+@pytest.mark.parametrize(
+    "change,needle",
+    [
+        ({"target_macs": 0.4}, r"method_params\.target_macs: 0\.5 there, 0\.4 now"),
+        ({"search_epochs": 2}, r"method_params\.search_epochs: 1 there, 2 now"),
+        ({"finetune": FitConfig(epochs=1, batch_size=4)}, r"train\.batch_size: 8 there, 4 now"),
+    ],
+)
 def test_pruned_from_a_run_pruned_otherwise_is_refused_and_writes_nothing(parents, tmp_path, change, needle):
     source = tmp_path / "src"
     cfg = _cfg("nas", target_macs=0.5, search_epochs=1)
@@ -260,7 +364,7 @@ def test_pruned_from_a_run_pruned_otherwise_is_refused_and_writes_nothing(parent
     with pytest.raises(UserError, match=needle):
         api.prune(parents["resnet18"], cfg.model_copy(update=change), tmp_path / "o", quiet=True, pruned_from=source)
     assert not (tmp_path / "o").exists()
-    with pytest.raises(UserError, match="was pruned from .*se_resnet18"):
+    with pytest.raises(UserError, match=r"was pruned from .*se_resnet18"):
         api.prune(parents["se_resnet18"], cfg, tmp_path / "o", quiet=True, pruned_from=source)
     with pytest.raises(UserError, match="holds no pruned model"):
         api.prune(parents["resnet18"], cfg, tmp_path / "o", quiet=True, pruned_from=parents["resnet18"])
@@ -268,10 +372,22 @@ def test_pruned_from_a_run_pruned_otherwise_is_refused_and_writes_nothing(parent
 
 
 @pytest.mark.parametrize("method", ["slim", "l1rr"])
-def test_sparse_from_prunes_another_budget_from_the_sparse_training_it_would_repeat(parents, tmp_path, method,
-                                                                                     monkeypatch):
-    args = ["prune", str(parents["resnet18"]), "--method", method, "--sparse-epochs", "2", "--finetune-epochs", "1",
-            "--batch-size", "8", "--quiet"]
+def test_sparse_from_prunes_another_budget_from_the_sparse_training_it_would_repeat(
+    parents, tmp_path, method, monkeypatch
+):
+    args = [
+        "prune",
+        str(parents["resnet18"]),
+        "--method",
+        method,
+        "--sparse-epochs",
+        "2",
+        "--finetune-epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--quiet",
+    ]
     source, fresh, out = tmp_path / "half", tmp_path / "fresh", tmp_path / "taken"
     assert main([*args, "--target-macs", "0.5", "--out", str(source)]) == 0
     assert main([*args, "--target-macs", "0.35", "--out", str(fresh)]) == 0
@@ -287,8 +403,10 @@ def test_sparse_from_prunes_another_budget_from_the_sparse_training_it_would_rep
     fresh = json.loads((fresh / "metrics.json").read_text())
     assert (out / "pruned.safetensors").read_bytes() == (tmp_path / "fresh" / "pruned.safetensors").read_bytes()
     assert (taken["macs"], taken["top1"]) == (fresh["macs"], fresh["top1"])
-    assert taken["sparse_training"] == {**json.loads((source / "sparse.json").read_text()),
-                                        "taken_from": str(source.resolve())}
+    assert taken["sparse_training"] == {
+        **json.loads((source / "sparse.json").read_text()),
+        "taken_from": str(source.resolve()),
+    }
     assert (out / "sparse.safetensors").read_bytes() == (source / "sparse.safetensors").read_bytes()
 
 
@@ -298,12 +416,26 @@ def test_sparse_from_a_run_trained_otherwise_is_refused_by_name_and_writes_nothi
     api.prune(parents["resnet18"], cfg, source, quiet=True)
     out = tmp_path / "o"
     refusals = [
-        (cfg.model_copy(update={"sparse_epochs": 2}), parents["resnet18"], source,
-         r"method_params\.sparse_epochs: 1 there, 2 now"),
-        (cfg.model_copy(update={"method": "slim"}), parents["resnet18"], source, r"method: \"l1rr\" there, \"slim\" now"),
+        (
+            cfg.model_copy(update={"sparse_epochs": 2}),
+            parents["resnet18"],
+            source,
+            r"method_params\.sparse_epochs: 1 there, 2 now",
+        ),
+        (
+            cfg.model_copy(update={"method": "slim"}),
+            parents["resnet18"],
+            source,
+            r"method: \"l1rr\" there, \"slim\" now",
+        ),
         (cfg, parents["se_resnet18"], source, "was pruned from .*resnet18, not .*se_resnet18"),
         (cfg, parents["resnet18"], parents["resnet18"], "holds no finished sparse training"),
-        (cfg.model_copy(update={"method": "nas"}), parents["resnet18"], source, "--sparse-from takes the sparse training"),
+        (
+            cfg.model_copy(update={"method": "nas"}),
+            parents["resnet18"],
+            source,
+            "--sparse-from takes the sparse training",
+        ),
     ]
     for changed, parent, src, needle in refusals:
         with pytest.raises(UserError, match=needle):
@@ -313,8 +445,12 @@ def test_sparse_from_a_run_trained_otherwise_is_refused_by_name_and_writes_nothi
     record = json.loads((source / "sparse.json").read_text())
     record["history"][-1]["sparsity"] = 0.35  # 0.5 of the MACs aims at 0.29, 0.35 at 0.41
     (source / "sparse.json").write_text(json.dumps(record))
-    with pytest.raises(UserError, match=r"target_sparsity: 0\.2929 there, 0\.4084 now, and its sparsity \(up to 0\.35\)"):
-        api.prune(parents["resnet18"], cfg.model_copy(update={"target_macs": 0.35}), out, quiet=True, sparse_from=source)
+    with pytest.raises(
+        UserError, match=r"target_sparsity: 0\.2929 there, 0\.4084 now, and its sparsity \(up to 0\.35\)"
+    ):
+        api.prune(
+            parents["resnet18"], cfg.model_copy(update={"target_macs": 0.35}), out, quiet=True, sparse_from=source
+        )
     assert not out.exists()
 
 

@@ -33,8 +33,7 @@ def conv_widths(model: nn.Module) -> dict[str, int]:
 def calibration_batches(n: int = 2) -> list[tuple[torch.Tensor, torch.Tensor]]:
     gen = torch.Generator().manual_seed(0)
     return [
-        (torch.randn(4, 3, 32, 32, generator=gen), torch.randint(0, NUM_CLASSES, (4,), generator=gen))
-        for _ in range(n)
+        (torch.randn(4, 3, 32, 32, generator=gen), torch.randint(0, NUM_CLASSES, (4,), generator=gen)) for _ in range(n)
     ]
 
 
@@ -87,7 +86,7 @@ def test_global_and_uniform_differ() -> None:
     widths_u, widths_g = conv_widths(uniform), conv_widths(global_)
     assert widths_u != widths_g
     # uniform: every layer keeps half of its channels
-    assert all(w == c // 2 for w, c in zip(widths_u.values(), conv_widths(resnet18()).values()))
+    assert all(w == c // 2 for w, c in zip(widths_u.values(), conv_widths(resnet18()).values(), strict=False))
 
 
 def test_global_pruning_keeps_the_floor_of_every_layer() -> None:
@@ -169,7 +168,7 @@ def test_accumulate_gradients_needs_batches() -> None:
 
 
 def test_unknown_criterion_names_the_known_ones() -> None:
-    with pytest.raises(UserError, match="'magic'.*l1, l2, bn, taylor, fpgm, lamp, random, remotetrimmer"):
+    with pytest.raises(UserError, match=r"'magic'.*l1, l2, bn, taylor, fpgm, lamp, random, remotetrimmer"):
         make_importance("magic")
 
 
@@ -202,10 +201,18 @@ def test_fpgm_prunes_a_model_with_grouped_convolutions():
     from rscompress.pruning.budget import prune_to_budget
 
     model = nn.Sequential(
-        nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-        nn.Conv2d(32, 32, 3, padding=1, groups=4), nn.BatchNorm2d(32), nn.ReLU(),
-        nn.Conv2d(32, 64, 1), nn.BatchNorm2d(64), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 5),
+        nn.Conv2d(3, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1, groups=4),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.Conv2d(32, 64, 1),
+        nn.BatchNorm2d(64),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(64, 5),
     )
     pruned, report = prune_to_budget(model, "fpgm", 16, target_macs=0.5)
     assert abs(report.macs_kept - 0.5) <= 0.01

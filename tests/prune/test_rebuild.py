@@ -96,9 +96,7 @@ def _write_case(root: Path, name: str, small_input: bool) -> int:
 def test_round_trip_in_fresh_process_for_every_architecture(tmp_path: Path) -> None:
     for name, small_input in ARCHS:
         _write_case(tmp_path, name, small_input)
-    out = subprocess.run(
-        [sys.executable, "-c", CHILD, str(tmp_path)], capture_output=True, text=True, timeout=300
-    )
+    out = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     diffs = json.loads(out.stdout)
     assert len(diffs) == len(ARCHS)
@@ -122,7 +120,7 @@ def test_apply_rejects_a_spec_of_another_model() -> None:
     with pytest.raises(UserError, match="version"):
         apply_architecture(create_model("resnet18", NUM_CLASSES), {"layers": spec["layers"]})
     spec["layers"]["layer1.0.conv1"]["out_channels"] = 0
-    with pytest.raises(UserError, match="layer1.0.conv1"):
+    with pytest.raises(UserError, match=r"layer1\.0\.conv1"):
         apply_architecture(create_model("resnet18", NUM_CLASSES), spec)
 
 
@@ -130,3 +128,21 @@ def test_unsupported_layer_fails_when_the_spec_is_written() -> None:
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.GroupNorm(2, 8))
     with pytest.raises(ValueError, match="GroupNorm"):
         architecture_spec(model)
+
+
+def test_identity_names_a_spec_gives_are_checked_before_anything_changes():
+    import torchvision
+
+    from rscompress.pruning.rebuild import apply_architecture, architecture_spec
+
+    model = torchvision.models.mobilenet_v3_small(num_classes=4)
+    spec = architecture_spec(model)
+    bad = {**spec, "identity": ["features.99.block"]}
+    with pytest.raises(UserError, match=r"identity layers \['features\.99\.block'\] are not modules"):
+        apply_architecture(torchvision.models.mobilenet_v3_small(num_classes=4), bad)
+    se = "features.1.block.1"
+    folded = torchvision.models.mobilenet_v3_small(num_classes=4)
+    folded.features[1].block[1] = nn.Identity()
+    fresh = apply_architecture(torchvision.models.mobilenet_v3_small(num_classes=4), architecture_spec(folded))
+    assert isinstance(fresh.get_submodule(se), nn.Identity)
+    assert fresh.state_dict().keys() == folded.state_dict().keys()

@@ -14,11 +14,11 @@ from rscompress.models import SEBatchNorm2d, create_model
 from rscompress.models.se import strip_se_blocks
 from rscompress.pruning import apply_architecture, architecture_spec, prune
 from rscompress.pruning.budget import prune_to_budget
-from rscompress.pruning.select import select_and_prune
 from rscompress.pruning.methods.remotetrimmer import (
     folded_model_name,
     prepare_remotetrimmer,
 )
+from rscompress.pruning.select import select_and_prune
 
 IMG = 16
 NUM_CLASSES = 3
@@ -127,7 +127,13 @@ def test_weight_criteria_on_an_se_parent_read_the_weights_as_trained_not_the_fol
     kept = {}
     for name, scorer in (("folded", None), ("as trained", as_trained)):
         pruned, details = select_and_prune(
-            folded, "resnet18", IMG, cfg, train_batches=[], val_batches=[], calibration=[],
+            folded,
+            "resnet18",
+            IMG,
+            cfg,
+            train_batches=[],
+            val_batches=[],
+            calibration=[],
             weights_as_trained=scorer,
         )
         assert details["scored"] == ("model" if scorer is None else "weights as trained")
@@ -170,7 +176,13 @@ def test_sparse_methods_on_an_se_parent_rank_the_gammas_sparse_training_left(mon
     for method in ("slim", "l1rr"):
         cfg = PruneConfig(method=method, ratio=0.3, finetune=FitConfig())
         pruned, _ = select_and_prune(
-            folded, "resnet18", IMG, cfg, train_batches=[], val_batches=[], calibration=[],
+            folded,
+            "resnet18",
+            IMG,
+            cfg,
+            train_batches=[],
+            val_batches=[],
+            calibration=[],
             weights_as_trained=as_trained,
         )
         kept = pruned.layer1[0].bn1.weight.detach()

@@ -147,18 +147,14 @@ def _read(npy: Path, meta: Path, count: int, img_size: int) -> CachedImages | No
     return cached
 
 
-def _build(
-    paths: Sequence[Path], img_size: int, npy: Path, meta: Path, progress: Progress | None
-) -> None:
+def _build(paths: Sequence[Path], img_size: int, npy: Path, meta: Path, progress: Progress | None) -> None:
     sha: list[str | None] = []
     sizes: list[tuple[int, int] | None] = []
     bad: list[tuple[int, str]] = []
 
     def fill(tmp: Path) -> None:
         # Written straight to disk: the full array can be larger than memory (NWPU at 256 px: 6 GB).
-        images = np.lib.format.open_memmap(
-            tmp, mode="w+", dtype=np.uint8, shape=(len(paths), img_size, img_size, 3)
-        )
+        images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), img_size, img_size, 3))
         for i, decoded in enumerate(decode_files(paths, img_size, progress)):
             if decoded.error is not None:
                 bad.append((i, decoded.error))

@@ -228,9 +228,7 @@ def scan_folder(root: Path) -> SceneIndex:
         children = list(root.iterdir())
     except OSError as e:
         raise UserError(f"cannot list data folder {root}: {e.strerror}") from None
-    class_dirs = sorted(
-        (p for p in children if p.is_dir() and not _is_hidden(p.name)), key=lambda p: p.name
-    )
+    class_dirs = sorted((p for p in children if p.is_dir() and not _is_hidden(p.name)), key=lambda p: p.name)
     if not class_dirs:
         raise UserError(f"{root} has no class folders (expected {root}/<class>/<images>)")
 
@@ -249,9 +247,7 @@ def scan_folder(root: Path) -> SceneIndex:
             empty_classes.append(class_dir.name)
 
     if not entries:
-        raise UserError(
-            f"no images found in {root} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})"
-        )
+        raise UserError(f"no images found in {root} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
     if empty_classes:
         raise UserError(f"class folders without images in {root}: {', '.join(empty_classes)}")
     if len(class_dirs) < 2:

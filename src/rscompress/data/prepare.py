@@ -59,9 +59,7 @@ class _Files:
     warnings: list[str]
 
 
-def _label_map(
-    folder: Path, found: Sequence[str], class_names: Sequence[str], source: str
-) -> list[int]:
+def _label_map(folder: Path, found: Sequence[str], class_names: Sequence[str], source: str) -> list[int]:
     """Folder label → label in ``class_names``; every class of the folder must be known."""
     unknown = sorted(set(found) - set(class_names))
     if unknown:
@@ -146,8 +144,7 @@ def prepare_data(
 
     row_of = {files.keys[i]: i for i in usable}
     train, val, test = (
-        np.array([row_of[p] for p, _ in entries], dtype=np.int64)
-        for entries in (split.train, split.val, split.test)
+        np.array([row_of[p] for p, _ in entries], dtype=np.int64) for entries in (split.train, split.val, split.test)
     )
     if whole_folder:
         stats_rows = test
@@ -199,9 +196,7 @@ def _new_split(
         seed=cfg.split_seed,
     )
     if in_test_folder:
-        split = replace(
-            split, test=tuple(sorted((files.keys[i], files.labels[i]) for i in in_test_folder))
-        )
+        split = replace(split, test=tuple(sorted((files.keys[i], files.labels[i]) for i in in_test_folder)))
     warnings = []
     if leaked:
         shown = ", ".join(leaked[:5]) + (", ..." if len(leaked) > 5 else "")
@@ -212,17 +207,13 @@ def _new_split(
     return split, warnings
 
 
-def _check_reused_split(
-    split: Split, split_json: Path, files: _Files, usable: list[int], cfg: DataConfig
-) -> list[str]:
+def _check_reused_split(split: Split, split_json: Path, files: _Files, usable: list[int], cfg: DataConfig) -> list[str]:
     label_of = {files.keys[i]: files.labels[i] for i in usable}
     listed = 0
     for entries in split.parts().values():
         for path, label in entries:
             if path not in label_of:
-                raise UserError(
-                    f"{split_json} lists {path}, which is not a usable image (bad file?)"
-                )
+                raise UserError(f"{split_json} lists {path}, which is not a usable image (bad file?)")
             if label_of[path] != label:
                 raise UserError(
                     f"{split_json} gives {path} label {split.class_names[label]}, "
@@ -275,9 +266,7 @@ class InspectReport:
         }
 
 
-def inspect_folder(
-    root: Path, progress: Progress | None = None, top_sizes: int = 10
-) -> InspectReport:
+def inspect_folder(root: Path, progress: Progress | None = None, top_sizes: int = 10) -> InspectReport:
     """Decode every image of a class-folder tree once (nothing is cached) and report on it."""
     index = scan_folder(Path(root))
     sizes: Counter[tuple[int, int]] = Counter()

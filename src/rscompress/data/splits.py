@@ -44,10 +44,7 @@ class Split:
             "class_names": list(self.class_names),
             "seed": self.seed,
             "fractions": list(self.fractions),
-            **{
-                name: [{"path": p, "label": label} for p, label in parts[name]]
-                for name in SPLIT_NAMES
-            },
+            **{name: [{"path": p, "label": label} for p, label in parts[name]] for name in SPLIT_NAMES},
             "sha256": {name: list_sha256(p for p, _ in parts[name]) for name in SPLIT_NAMES},
         }
 
@@ -82,9 +79,7 @@ class Split:
 
         for name, entries in split.parts().items():
             if list_sha256(p for p, _ in entries) != data["sha256"][name]:
-                raise UserError(
-                    f"split file {path}: the {name} list does not match its sha256 (edited?)"
-                )
+                raise UserError(f"split file {path}: the {name} list does not match its sha256 (edited?)")
         if class_names is not None and split.class_names != tuple(class_names):
             only_split = sorted(set(split.class_names) - set(class_names))
             only_folder = sorted(set(class_names) - set(split.class_names))

@@ -44,7 +44,7 @@ class MatrixAdaptiveAvgPool2d(nn.Module):
 def _output_hw(pool: nn.AdaptiveAvgPool2d, in_hw: tuple[int, int]) -> tuple[int, int]:
     size = pool.output_size
     size = (size, size) if isinstance(size, int) else tuple(size)
-    return tuple(i if o is None else o for i, o in zip(in_hw, size))  # None keeps that axis
+    return tuple(i if o is None else o for i, o in zip(in_hw, size, strict=False))  # None keeps that axis
 
 
 def exportable_copy(model: nn.Module, example: Tensor) -> nn.Module:
@@ -55,10 +55,14 @@ def exportable_copy(model: nn.Module, example: Tensor) -> nn.Module:
     def remember(name: str):
         def hook(module: nn.Module, args: tuple[Tensor, ...], out: Tensor) -> None:
             in_sizes[name] = tuple(args[0].shape[-2:])
+
         return hook
 
-    hooks = [m.register_forward_hook(remember(name)) for name, m in model.named_modules()
-             if isinstance(m, nn.AdaptiveAvgPool2d)]
+    hooks = [
+        m.register_forward_hook(remember(name))
+        for name, m in model.named_modules()
+        if isinstance(m, nn.AdaptiveAvgPool2d)
+    ]
     try:
         with torch.no_grad():
             model(example)
@@ -66,7 +70,7 @@ def exportable_copy(model: nn.Module, example: Tensor) -> nn.Module:
         for hook in hooks:
             hook.remove()
     sizes = {name: (in_hw, _output_hw(model.get_submodule(name), in_hw)) for name, in_hw in in_sizes.items()}
-    rewrite = {name: io for name, io in sizes.items() if any(i % o for i, o in zip(*io))}
+    rewrite = {name: io for name, io in sizes.items() if any(i % o for i, o in zip(*io, strict=False))}
     if not rewrite:
         return model
     model = copy.deepcopy(model)

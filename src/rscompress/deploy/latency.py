@@ -167,8 +167,16 @@ def _rss_probe(m: _Model, engine: str, onnx_path: Path | None, batch_size: int, 
     else:
         source = ["--onnx", str(onnx_path), "--img-size", str(m.img_size)]
     command = [
-        sys.executable, "-m", "rscompress.deploy.rss", "--engine", engine,
-        "--batch-size", str(batch_size), "--threads", str(threads), *source,
+        sys.executable,
+        "-m",
+        "rscompress.deploy.rss",
+        "--engine",
+        engine,
+        "--batch-size",
+        str(batch_size),
+        "--threads",
+        str(threads),
+        *source,
     ]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
@@ -240,15 +248,27 @@ def measure(
             medians = [statistics.median(own) for own in times]
             for i, (m, own) in enumerate(zip(models, times, strict=True)):
                 ref, ref_is_parent = refs[i]
-                results.append(LatencyResult(
-                    name=m.name, engine=engine, batch_size=batch_size, threads=t,
-                    median_ms=medians[i], p90_ms=p90(own), warmup=warmup, repeats=repeats,
-                    img_size=m.img_size, macs=counts[i][0], params=counts[i][1],
-                    reference=models[ref].name, reference_is_parent=ref_is_parent,
-                    ref_median_ms=medians[ref], ref_macs=counts[ref][0],
-                    peak_rss_mb=_rss_probe(m, engine, onnx_paths[i], batch_size, t) if peak_rss else None,
-                    run=str(m.run.path) if m.run is not None else None,
-                ))
+                results.append(
+                    LatencyResult(
+                        name=m.name,
+                        engine=engine,
+                        batch_size=batch_size,
+                        threads=t,
+                        median_ms=medians[i],
+                        p90_ms=p90(own),
+                        warmup=warmup,
+                        repeats=repeats,
+                        img_size=m.img_size,
+                        macs=counts[i][0],
+                        params=counts[i][1],
+                        reference=models[ref].name,
+                        reference_is_parent=ref_is_parent,
+                        ref_median_ms=medians[ref],
+                        ref_macs=counts[ref][0],
+                        peak_rss_mb=_rss_probe(m, engine, onnx_paths[i], batch_size, t) if peak_rss else None,
+                        run=str(m.run.path) if m.run is not None else None,
+                    )
+                )
     return results
 
 

@@ -191,10 +191,15 @@ def check_parity(
     )
     if not report.ok:
         # A NaN difference says little by itself: which side made non-finite logits does.
-        bad = {"PyTorch": int((~np.isfinite(ref)).sum()),
-               "ONNX Runtime": max(int((~np.isfinite(out)).sum()) for out in outputs.values())}
-        non_finite = ("; non-finite logits: " + ", ".join(f"{k} {v} of {ref.size}" for k, v in bad.items())
-                      if any(bad.values()) else "")
+        bad = {
+            "PyTorch": int((~np.isfinite(ref)).sum()),
+            "ONNX Runtime": max(int((~np.isfinite(out)).sum()) for out in outputs.values()),
+        }
+        non_finite = (
+            "; non-finite logits: " + ", ".join(f"{k} {v} of {ref.size}" for k, v in bad.items())
+            if any(bad.values())
+            else ""
+        )
         raise ParityError(
             f"ONNX parity failed for {onnx_path}: max |logit difference| {report.max_abs_diff:.3g} "
             f"({report.max_scaled_diff:.3g} of the image's largest |logit|, atol {atol:g}), "
@@ -245,13 +250,21 @@ def parity_images(
     else:
         data = prepare_data(
             data_cfg.model_copy(update={"path": Path(parity_data), "test_path": None}),
-            None, class_names=config.class_names, whole_folder=True,
+            None,
+            class_names=config.class_names,
+            whole_folder=True,
         )
         indices, source = data.all_indices, f"images of {parity_data}"
     rows = _spread(indices, n_images)
     loader = BatchLoader(
-        data.images, data.labels, rows, batch_size=rows.size, shuffle=False, augment=False,
-        mean=config.mean, std=config.std,
+        data.images,
+        data.labels,
+        rows,
+        batch_size=rows.size,
+        shuffle=False,
+        augment=False,
+        mean=config.mean,
+        std=config.std,
     )
     images, _ = next(iter(loader))
     return images, source
@@ -285,9 +298,7 @@ def export_run(
     """
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     model, config = run.require().load_model()
-    images, source = parity_images(
-        run, config, n_images, Path(parity_data) if parity_data is not None else None
-    )
+    images, source = parity_images(run, config, n_images, Path(parity_data) if parity_data is not None else None)
     dest = Path(out) if out is not None else run.path / ONNX_FILE
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".onnx-export-", dir=dest.parent) as staging:
@@ -295,6 +306,4 @@ def export_run(
         parity = check_parity(model, staged, images, atol)
         os.replace(staged, dest)
         fsync_dir(dest.parent)
-    return ExportReport(
-        path=dest, size_bytes=dest.stat().st_size, opset=opset, parity=parity, parity_images=source
-    )
+    return ExportReport(path=dest, size_bytes=dest.stat().st_size, opset=opset, parity=parity, parity_images=source)

@@ -70,9 +70,7 @@ def _check_target(logits: Tensor, target: Tensor) -> None:
         )
 
 
-def _scaled(
-    student_logits: Tensor, teacher_logits: Tensor, temperature: float
-) -> tuple[Tensor, Tensor]:
+def _scaled(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
     """``(z_S / T, z_T / T)`` in float32, teacher detached."""
     return student_logits.float() / temperature, teacher_logits.detach().float() / temperature
 

@@ -120,9 +120,7 @@ def save_checkpoint(
     _commit(directory, epoch_dir)
 
 
-def load_checkpoint(
-    directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer
-) -> TrainingState | None:
+def load_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> TrainingState | None:
     """Restore model and optimizer in place; None when there is nothing to resume."""
     found = _latest(directory)
     if found is None:

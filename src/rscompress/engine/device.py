@@ -26,8 +26,10 @@ def resolve_device(spec: str) -> torch.device:
     if spec == "cpu" or (spec == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise UserError(f"--device {spec}: torch sees no CUDA device here (torch.cuda.is_available() is False); "
-                        "use --device cpu or auto")
+        raise UserError(
+            f"--device {spec}: torch sees no CUDA device here (torch.cuda.is_available() is False); "
+            "use --device cpu or auto"
+        )
     index = int(spec.split(":")[1]) if ":" in spec else int(os.environ.get("LOCAL_RANK", "0"))
     if index >= torch.cuda.device_count():
         raise UserError(f"--device {spec}: cuda:{index} does not exist, torch sees {torch.cuda.device_count()} GPU(s)")

@@ -59,4 +59,3 @@ def all_true(flag: bool, info: DistInfo) -> bool:
     t = torch.tensor([0 if flag else 1], dtype=torch.int32, device=info.device)
     dist.all_reduce(t)
     return t.item() == 0
-

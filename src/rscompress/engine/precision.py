@@ -24,7 +24,7 @@ from rscompress.engine.device import model_device
 
 def bf16_conv_gradient_is_wrong(conv: nn.Conv2d, x: Tensor) -> bool:
     """Whether ``conv`` on ``x`` is the shape whose bfloat16 weight gradient PyTorch gets wrong."""
-    return conv.groups == 1 and any(s > n for s, n in zip(conv.stride, x.shape[-2:]))
+    return conv.groups == 1 and any(s > n for s, n in zip(conv.stride, x.shape[-2:], strict=False))
 
 
 def _float32_where_bf16_is_wrong(self: nn.Conv2d, x: Tensor) -> Tensor:
@@ -52,7 +52,9 @@ def bf16_autocast(model: nn.Module, enabled: bool) -> Iterator[None]:
             yield
         return
     # Which of them fall back is bf16_conv_gradient_is_wrong's call, per input size.
-    strided = [m for m in model.modules() if isinstance(m, nn.Conv2d) and max(m.stride) > 1 and "forward" not in vars(m)]
+    strided = [
+        m for m in model.modules() if isinstance(m, nn.Conv2d) and max(m.stride) > 1 and "forward" not in vars(m)
+    ]
     for conv in strided:
         conv.forward = MethodType(_float32_where_bf16_is_wrong, conv)
     try:

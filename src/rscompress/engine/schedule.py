@@ -63,8 +63,13 @@ def cycled_momentum(progress: float, epochs: int, cfg: OptimConfig) -> float | N
 def build_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         momentum = cycled_momentum(0.0, 1, cfg)
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum if momentum is None else momentum,
-                               weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+        return torch.optim.SGD(
+            params,
+            lr=cfg.lr,
+            momentum=cfg.momentum if momentum is None else momentum,
+            weight_decay=cfg.weight_decay,
+            nesterov=cfg.nesterov,
+        )
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 

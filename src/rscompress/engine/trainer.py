@@ -203,8 +203,12 @@ def fit(
             # Finite training losses do not make finite weights (a last step can overflow them,
             # BN statistics can go NaN): such an epoch must not become a checkpoint or "best".
             if not all_true(val is None or math.isfinite(val.loss), dist):
-                raise _diverged(f"validation loss became {val.loss if val else 'non-finite'} after epoch {epoch + 1}",
-                                epoch, lr, run)
+                raise _diverged(
+                    f"validation loss became {val.loss if val else 'non-finite'} after epoch {epoch + 1}",
+                    epoch,
+                    lr,
+                    run,
+                )
             if dist.is_main:
                 score = (val.top1, -val.loss)
                 is_best = score > best_score
@@ -232,8 +236,7 @@ def fit(
                 )
                 console.log(
                     f"epoch {epoch + 1}/{cfg.epochs}  loss {train_loss:.4f}  train {train_acc:.3f}  "
-                    f"val {val.top1:.3f} (kappa {val.kappa:.3f})  {rate:.0f} img/s"
-                    + ("  *best" if is_best else "")
+                    f"val {val.top1:.3f} (kappa {val.kappa:.3f})  {rate:.0f} img/s" + ("  *best" if is_best else "")
                 )
             barrier(dist)
 

@@ -78,7 +78,8 @@ def identify_external(model: nn.Module, num_classes: int) -> str | None:
 
     timm models say their name (``pretrained_cfg``); a torchvision model is matched against
     the builders of its class by module layout (names and types, not widths, so a pruned
-    model is still recognised). Checked by building the candidate: a match is exact.
+    model is still recognised; where it has an Identity the candidate gets one too). Checked by
+    building the candidate: a match is exact.
     """
     candidates: list[tuple[str, Callable[[], nn.Module]]] = []
     arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
@@ -93,7 +94,15 @@ def identify_external(model: nn.Module, num_classes: int) -> str | None:
                 continue
             candidates.append((TORCHVISION + tv_name, lambda n=tv_name: create_external(TORCHVISION + n, num_classes)))
     layout = _layout(model)
+    # Blocks folded away (another library's SE block under remotetrimmer) are Identities here.
+    identity = [n for n, m in model.named_modules() if isinstance(m, nn.Identity) and n]
     for name, build in candidates:
-        if _layout(build()) == layout:
+        candidate = build()
+        modules = dict(candidate.named_modules())
+        for n in identity:
+            if n in modules:
+                parent, _, child = n.rpartition(".")
+                setattr(candidate.get_submodule(parent), child, nn.Identity())
+        if _layout(candidate) == layout:
             return name
     return None

@@ -139,25 +139,17 @@ class Bottleneck(nn.Module):
 def _first_block(in_channels: int, out_channels: int, stride: int, group_width: int) -> Bottleneck:
     downsample = None
     if stride != 1 or in_channels != out_channels:
-        downsample = nn.Sequential(
-            _conv1x1(in_channels, out_channels, stride), nn.BatchNorm2d(out_channels)
-        )
+        downsample = nn.Sequential(_conv1x1(in_channels, out_channels, stride), nn.BatchNorm2d(out_channels))
     return Bottleneck(in_channels, out_channels, stride, group_width, downsample)
 
 
-def _plain_stage(
-    in_channels: int, out_channels: int, depth: int, stride: int, group_width: int
-) -> nn.Sequential:
+def _plain_stage(in_channels: int, out_channels: int, depth: int, stride: int, group_width: int) -> nn.Sequential:
     blocks = [_first_block(in_channels, out_channels, stride, group_width)]
-    blocks += [
-        Bottleneck(out_channels, out_channels, 1, group_width) for _ in range(1, depth)
-    ]
+    blocks += [Bottleneck(out_channels, out_channels, 1, group_width) for _ in range(1, depth)]
     return nn.Sequential(*blocks)
 
 
-def ghost_split(
-    channels: int, group_width: int, cheap_ratio: float = CHEAP_RATIO
-) -> tuple[int, int, int]:
+def ghost_split(channels: int, group_width: int, cheap_ratio: float = CHEAP_RATIO) -> tuple[int, int, int]:
     """``(raw, cheap, thin_group_width)`` of a G-Ghost stage of width ``channels``."""
     thin_gw = int(group_width * THIN_GROUP_WIDTH_FACTOR)
     if thin_gw < 1:
@@ -165,8 +157,7 @@ def ghost_split(
     raw = int(channels * (1 - cheap_ratio) / thin_gw) * thin_gw
     if not 0 < raw < channels:
         raise ValueError(
-            f"G-Ghost stage of width {channels} with group width {group_width} has no "
-            f"raw/cheap split (raw = {raw})"
+            f"G-Ghost stage of width {channels} with group width {group_width} has no raw/cheap split (raw = {raw})"
         )
     return raw, channels - raw, thin_gw
 
@@ -189,9 +180,7 @@ class GGhostStage(nn.Module):
         raw, cheap, thin_gw = ghost_split(out_channels, group_width, cheap_ratio)
         self.base = _first_block(in_channels, out_channels, stride, group_width)
         # depth - 2 thin blocks on the raw slice; identity shortcuts throughout
-        self.layers = nn.Sequential(
-            *[Bottleneck(raw, raw, 1, thin_gw) for _ in range(depth - 2)]
-        )
+        self.layers = nn.Sequential(*[Bottleneck(raw, raw, 1, thin_gw) for _ in range(depth - 2)])
         self.merge = nn.Sequential(
             nn.AdaptiveAvgPool2d(1),
             _conv1x1(out_channels + raw * (depth - 2), cheap),
@@ -261,9 +250,7 @@ class GGhostRegNet(nn.Module):
             raise ValueError(f"need 4 depths and 4 widths, got {depths} and {widths}")
         if min(depths) < 1:
             raise ValueError(f"every stage needs >= 1 block, got depths {depths}")
-        self.conv1 = nn.Conv2d(
-            3, STEM_CHANNELS, kernel_size=3, stride=1 if small_input else 2, padding=1, bias=False
-        )
+        self.conv1 = nn.Conv2d(3, STEM_CHANNELS, kernel_size=3, stride=1 if small_input else 2, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(STEM_CHANNELS)
         self.relu = nn.ReLU(inplace=True)
         stages: list[nn.Module] = []
@@ -316,9 +303,7 @@ CONFIGS: dict[str, GGhostConfig] = {
 def g_ghost_regnet(name: str, num_classes: int, small_input: bool = False) -> GGhostRegNet:
     """Build the registered size ``name`` (a key of :data:`CONFIGS`)."""
     cfg = CONFIGS[name]
-    return GGhostRegNet(
-        cfg.depths, cfg.widths, cfg.group_width, num_classes=num_classes, small_input=small_input
-    )
+    return GGhostRegNet(cfg.depths, cfg.widths, cfg.group_width, num_classes=num_classes, small_input=small_input)
 
 
 def _register(name: str) -> None:

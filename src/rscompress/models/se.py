@@ -101,9 +101,7 @@ def add_se_blocks(model: nn.Module, reduction: int = 16) -> nn.Module:
     targets = [
         (name, m)
         for name, m in model.named_modules()
-        if isinstance(m, nn.BatchNorm2d)
-        and not isinstance(m, SEBatchNorm2d)
-        and not _is_downsample_path(name)
+        if isinstance(m, nn.BatchNorm2d) and not isinstance(m, SEBatchNorm2d) and not _is_downsample_path(name)
     ]
     for name, bn in targets:
         _set_submodule(model, name, SEBatchNorm2d.from_bn(bn, reduction))
@@ -169,9 +167,7 @@ def fold_se_into_bn(model: nn.Module, attention: dict[str, Tensor]) -> nn.Module
     if set(attention) != set(targets):
         missing = sorted(set(targets) - set(attention))
         extra = sorted(set(attention) - set(targets))
-        raise ValueError(
-            f"attention keys do not match the SE layers: missing {missing}, extra {extra}"
-        )
+        raise ValueError(f"attention keys do not match the SE layers: missing {missing}, extra {extra}")
     for name, se_bn in targets.items():
         if attention[name].shape != (se_bn.num_features,):
             raise ValueError(
@@ -188,9 +184,7 @@ def fold_se_into_bn(model: nn.Module, attention: dict[str, Tensor]) -> nn.Module
             device=se_bn.weight.device,
             dtype=se_bn.weight.dtype,
         )
-        bn.load_state_dict(
-            {k: v for k, v in se_bn.state_dict().items() if not k.startswith("se.")}
-        )
+        bn.load_state_dict({k: v for k, v in se_bn.state_dict().items() if not k.startswith("se.")})
         bn.weight.mul_(s)
         bn.bias.mul_(s)
         bn.train(se_bn.training)

@@ -76,9 +76,7 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
         # Anything else torch.load raises here is about the file's content (not a zip
         # archive, truncated, ...): the user's file, not our bug.
         except Exception as e:
-            raise UserError(
-                f"cannot read {path} as a PyTorch state dict ({type(e).__name__}: {e})"
-            ) from e
+            raise UserError(f"cannot read {path} as a PyTorch state dict ({type(e).__name__}: {e})") from e
         if not _is_state_dict(state):
             keys = f" with keys {sorted(map(str, state))[:8]}" if isinstance(state, dict) else ""
             raise UserError(
@@ -86,15 +84,15 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
                 f"{', '.join(STATE_DICT_KEYS)}; got {type(state).__name__}{keys}"
             )
         return state
-    raise UserError(
-        f"unsupported weights file type {path.suffix!r} for {path}; "
-        "use .safetensors, .pt or .pth"
-    )
+    raise UserError(f"unsupported weights file type {path.suffix!r} for {path}; use .safetensors, .pt or .pth")
 
 
 def _is_state_dict(value: Any) -> bool:
-    return isinstance(value, dict) and bool(value) and all(
-        isinstance(k, str) and isinstance(v, Tensor) for k, v in value.items())
+    return (
+        isinstance(value, dict)
+        and bool(value)
+        and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in value.items())
+    )
 
 
 def _state_dict_in(checkpoint: Any) -> Any:
@@ -165,9 +163,7 @@ def load_weights(model: nn.Module, path: Path, allow_partial: bool = False, new_
         if k in state and k not in fresh and state[k].shape != expected[k].shape
     )
     # Reported in the model's order (safetensors files list their keys sorted).
-    loadable = {
-        k: state[k] for k in expected if k in state and k not in fresh and state[k].shape == expected[k].shape
-    }
+    loadable = {k: state[k] for k in expected if k in state and k not in fresh and state[k].shape == expected[k].shape}
     report = LoadReport(tuple(loadable), missing, unexpected, mismatched, tuple(fresh))
     if not report.complete and not allow_partial:
         problems = [
@@ -180,8 +176,11 @@ def load_weights(model: nn.Module, path: Path, allow_partial: bool = False, new_
             if names
         ]
         head = _classifier_keys(model)
-        hint = (" (another class count? new_head / --new-head starts the classifier fresh)"
-                if any(m.split(":")[0] in head for m in mismatched) and not new_head else "")
+        hint = (
+            " (another class count? new_head / --new-head starts the classifier fresh)"
+            if any(m.split(":")[0] in head for m in mismatched) and not new_head
+            else ""
+        )
         raise UserError(f"weights in {path} do not match the model: {'; '.join(problems)}{hint}")
     model.load_state_dict(loadable, strict=False)
     return report

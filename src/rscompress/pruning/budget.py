@@ -88,9 +88,7 @@ class BudgetReport:
 
 def _check_fraction(name: str, value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-        raise UserError(
-            f"{name} must be a fraction of the parent's count to keep, 0 < F <= 1; got {value!r}"
-        )
+        raise UserError(f"{name} must be a fraction of the parent's count to keep, 0 < F <= 1; got {value!r}")
 
 
 def _target(
@@ -284,8 +282,12 @@ def prune_to_budget(
 
     def keep_at(r: float, fixed: dict[str, int]) -> dict[str, int]:
         return keep_counts(
-            scores, r, global_pruning=global_pruning, round_to=round_to,
-            max_pruning_ratio=max_pruning_ratio, fixed=fixed,
+            scores,
+            r,
+            global_pruning=global_pruning,
+            round_to=round_to,
+            max_pruning_ratio=max_pruning_ratio,
+            fixed=fixed,
         )
 
     def build(keep: dict[str, int]) -> nn.Module:

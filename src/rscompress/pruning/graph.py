@@ -145,9 +145,7 @@ def apply_plan(graph: tp.DependencyGraph, plan: Mapping[str, Sequence[int]]) -> 
         if not channels:
             continue
         layer = model.get_submodule(root)
-        group = graph.get_pruning_group(
-            layer, graph.get_pruner_of_module(layer).prune_out_channels, list(channels)
-        )
+        group = graph.get_pruning_group(layer, graph.get_pruner_of_module(layer).prune_out_channels, list(channels))
         if not graph.check_pruning_group(group):
             raise RuntimeError(f"pruning plan would empty a layer of the group rooted at {root}")
         group.prune()

@@ -26,6 +26,15 @@ from rscompress.errors import UserError
 
 Importance = tp.importance.Importance
 LossFn = Callable[[Tensor, Tensor], Tensor]
+# A BN attribute holding the SE attention s̄ of its channels when it could not be folded into
+# the BN itself (pruning.parent.fold_foreign_se): CAP ranks |γ|·s̄ all the same. Set on a
+# parent before scoring; ``forget_cap_attention`` removes it once the model is pruned.
+CAP_ATTENTION = "_cap_attention"
+
+
+def forget_cap_attention(model: nn.Module) -> None:
+    for module in model.modules():
+        module.__dict__.pop(CAP_ATTENTION, None)
 
 
 class ChannelAttentionImportance(Importance):
@@ -56,6 +65,8 @@ class ChannelAttentionImportance(Importance):
                 continue
             where = torch.tensor(root_idxs, dtype=torch.long)
             gamma = layer.weight.detach()[idxs].abs().to("cpu", torch.float64)
+            if (attention := getattr(layer, CAP_ATTENTION, None)) is not None:
+                gamma = gamma * attention[idxs].to(gamma)
             total.scatter_add_(0, where, gamma)
             count.scatter_add_(0, where, torch.ones_like(gamma))
         covered = count > 0
@@ -80,8 +91,7 @@ class GroupedConvSafeFPGM(tp.importance.FPGMImportance):
     def __call__(self, group: tp.dependency.Group, **kwargs) -> Tensor | None:
         def grouped_input(item) -> bool:
             layer = item.dep.layer
-            return (item.dep.pruning_fn == function.prune_conv_in_channels
-                    and layer.groups not in (1, layer.in_channels))
+            return item.dep.pruning_fn == function.prune_conv_in_channels and layer.groups not in (1, layer.in_channels)
 
         if not any(grouped_input(item) for item in group):
             return super().__call__(group, **kwargs)
@@ -110,9 +120,7 @@ def make_importance(name: str) -> Importance:
     try:
         factory = _FACTORIES[name]
     except KeyError:
-        raise UserError(
-            f"unknown importance criterion {name!r}; known: {', '.join(IMPORTANCES)}"
-        ) from None
+        raise UserError(f"unknown importance criterion {name!r}; known: {', '.join(IMPORTANCES)}") from None
     return factory()
 
 

@@ -65,7 +65,10 @@ def architecture_spec(model: nn.Module) -> dict[str, Any]:
         if kind is not None:
             shape = {f: int(getattr(module, f)) for f in _FIELDS[kind]}
             layers[name] = {"type": type(module).__name__, **shape}
-    return {"version": SPEC_VERSION, "layers": layers}
+    # Where the model has an Identity: a fresh model may have a block there that was folded
+    # away (another library's SE block under remotetrimmer, pruning.parent.fold_foreign_se).
+    identity = [name for name, module in model.named_modules() if isinstance(module, nn.Identity) and name]
+    return {"version": SPEC_VERSION, "layers": layers, **({"identity": identity} if identity else {})}
 
 
 def _shape(kind: type, name: str, entry: Any, module: nn.Module) -> tuple[int, ...]:
@@ -73,15 +76,12 @@ def _shape(kind: type, name: str, entry: Any, module: nn.Module) -> tuple[int, .
     if not isinstance(entry, dict) or entry.get("type") != type(module).__name__:
         found = entry.get("type") if isinstance(entry, dict) else entry
         raise UserError(
-            f"architecture spec: layer {name!r} is a {found!r} in the spec but a "
-            f"{type(module).__name__} in the model"
+            f"architecture spec: layer {name!r} is a {found!r} in the spec but a {type(module).__name__} in the model"
         )
     shape = tuple(entry.get(field) for field in _FIELDS[kind])
     for field, value in zip(_FIELDS[kind], shape, strict=True):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise UserError(
-                f"architecture spec: layer {name!r} needs a positive integer {field}, got {value!r}"
-            )
+            raise UserError(f"architecture spec: layer {name!r} needs a positive integer {field}, got {value!r}")
     if kind is _CONV and (shape[0] % shape[2] or shape[1] % shape[2]):
         raise UserError(
             f"architecture spec: layer {name!r} has {shape[0]} in / {shape[1]} out channels, "
@@ -129,14 +129,24 @@ def apply_architecture(model: nn.Module, spec: dict[str, Any]) -> nn.Module:
     initialised: load the pruned weights next. The spec must describe exactly the model's
     Conv/BatchNorm/Linear layers (same names and classes), i.e. come from the same registry
     model; anything else is a UserError naming the first mismatch, and the model is unchanged.
+    The spec's ``identity`` modules (blocks folded away) become ``nn.Identity`` first.
     """
     layers = spec.get("layers") if isinstance(spec, dict) else None
     if not isinstance(layers, dict) or spec.get("version") != SPEC_VERSION:
         raise UserError(
-            f"not an architecture spec of version {SPEC_VERSION} "
-            "(expected {'version': 1, 'layers': {...}})"
+            f"not an architecture spec of version {SPEC_VERSION} (expected {{'version': 1, 'layers': {{...}}}})"
         )
-    model_layers = {name: m for name, m in model.named_modules() if _kind(m) is not None}
+    identity = spec.get("identity", [])
+    modules = dict(model.named_modules())
+    if not isinstance(identity, list):
+        raise UserError(f"architecture spec: identity must be a list of module names, got {identity!r}")
+    if absent := [name for name in identity if name not in modules]:
+        raise UserError(f"architecture spec: identity layers {absent[:3]} are not modules of this model")
+
+    def folded_away(name: str) -> bool:
+        return any(name == i or name.startswith(i + ".") for i in identity)
+
+    model_layers = {name: m for name, m in modules.items() if _kind(m) is not None and not folded_away(name)}
     missing = sorted(set(model_layers) - set(layers))
     unknown = sorted(set(layers) - set(model_layers))
     if missing or unknown:
@@ -147,6 +157,9 @@ def apply_architecture(model: nn.Module, spec: dict[str, Any]) -> nn.Module:
         )
     # Validate everything before resizing anything: a bad spec leaves the model untouched.
     shapes = {name: _shape(_kind(m), name, layers[name], m) for name, m in model_layers.items()}
+    for name in identity:
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, nn.Identity())
     for name, module in model_layers.items():
         _RESIZE[_kind(module)](module, *shapes[name])
     return model

@@ -24,7 +24,7 @@ from rscompress.errors import UserError
 from rscompress.io_utils import write_json_atomic
 from rscompress.models.weights import read_state_dict, save_weights
 from rscompress.pruning.budget import prune_to_budget
-from rscompress.pruning.importance import IMPORTANCES
+from rscompress.pruning.importance import IMPORTANCES, forget_cap_attention
 
 SPARSE_METHODS = ("slim", "l1rr")
 # Criteria that rank channels by the weights alone: on an SE parent they read the weights as
@@ -84,8 +84,12 @@ def select_and_prune(
     training: the run's own (killed after the phase) or another budget's (``--sparse-from``),
     if it is the one these settings would train (l1rr.reuse_differences).
     """
-    budget = {"target_macs": cfg.target_macs, "target_params": cfg.target_params, "ratio": cfg.ratio,
-              "round_to": cfg.round_to}
+    budget = {
+        "target_macs": cfg.target_macs,
+        "target_params": cfg.target_params,
+        "ratio": cfg.ratio,
+        "round_to": cfg.round_to,
+    }
     details: dict[str, Any] = {}
     if cfg.method == "nas":
         return _nas(model, img_size, cfg, train_batches, val_batches, log, phase_dir, device)
@@ -105,9 +109,9 @@ def select_and_prune(
             scorer = weights_as_trained
             details["scored"] = "weights as trained" if weights_as_trained is not None else "model"
     pruned, report = prune_to_budget(
-        model, importance, img_size, global_pruning=global_pruning, calibration=calibration,
-        scorer=scorer, **budget
+        model, importance, img_size, global_pruning=global_pruning, calibration=calibration, scorer=scorer, **budget
     )
+    forget_cap_attention(pruned)
     return pruned, {"budget": report.to_dict(), **details}
 
 
@@ -139,8 +143,9 @@ def sparse_target(target_macs: float | None) -> float:
     return min(max(target, 0.05), 0.9)
 
 
-def _sparse_train(model, model_name, cfg: PruneConfig, lr: float, train_batches, val_batches, log, phase_dir,
-                  run: RunDir | None):
+def _sparse_train(
+    model, model_name, cfg: PruneConfig, lr: float, train_batches, val_batches, log, phase_dir, run: RunDir | None
+):
     from rscompress.pruning.methods.l1rr import SparsityConfig, reuse_differences, sparse_train
 
     l1rr = cfg.method == "l1rr"
@@ -162,16 +167,23 @@ def _sparse_train(model, model_name, cfg: PruneConfig, lr: float, train_batches,
     )
 
     def progress(epoch, sparsity, rate, val_loss):
-        log(f"sparse epoch {epoch + 1}/{cfg.sparse_epochs}: sparsity {sparsity:.3f}  rate {rate:.3g}  val loss {val_loss:.4f}")
+        log(
+            f"sparse epoch {epoch + 1}/{cfg.sparse_epochs}: sparsity {sparsity:.3f}  rate {rate:.3g}  "
+            f"val loss {val_loss:.4f}"
+        )
 
     if run is not None and run.holds_sparse_model():
         report = json.loads(run.sparse_record_path.read_text())
         if differences := reuse_differences(report, sparse_cfg):
-            raise UserError(f"{run.sparse_record_path} is sparse training with other settings "
-                            f"({'; '.join(differences[:3])}); remove it to train again")
+            raise UserError(
+                f"{run.sparse_record_path} is sparse training with other settings "
+                f"({'; '.join(differences[:3])}); remove it to train again"
+            )
         model.load_state_dict(read_state_dict(run.sparse_weights_path))
-        log(f"sparse training: the model in {run.sparse_weights_path}"
-            + (f" (taken from {report['taken_from']})" if "taken_from" in report else ""))
+        log(
+            f"sparse training: the model in {run.sparse_weights_path}"
+            + (f" (taken from {report['taken_from']})" if "taken_from" in report else "")
+        )
         return model, report
     model, report = sparse_train(
         model, train_batches, val_batches, cfg=sparse_cfg, progress=progress, checkpoint_dir=phase_dir
@@ -190,13 +202,25 @@ def _nas(model, img_size: int, cfg: PruneConfig, train_batches, val_batches, log
     metric = "MACs" if cfg.target_macs is not None else "params"
 
     def progress(epoch, expected, target, ce):
-        log(f"search epoch {epoch + 1}/{cfg.search_epochs}: expected {metric} {expected:.3f} (target {target:.3f})  val CE {ce:.4f}")
+        log(
+            f"search epoch {epoch + 1}/{cfg.search_epochs}: expected {metric} {expected:.3f} "
+            f"(target {target:.3f})  val CE {ce:.4f}"
+        )
 
     pruned, report = nas_search(
-        model, train_batches, val_batches, img_size=img_size, target_macs=cfg.target_macs,
+        model,
+        train_batches,
+        val_batches,
+        img_size=img_size,
+        target_macs=cfg.target_macs,
         target_params=cfg.target_params,
-        search_epochs=cfg.search_epochs, progress=progress, seed=cfg.finetune.seed, checkpoint_dir=phase_dir,
-        bf16=cfg.finetune.bf16, channels_last=cfg.finetune.channels_last, device=device,
+        search_epochs=cfg.search_epochs,
+        progress=progress,
+        seed=cfg.finetune.seed,
+        checkpoint_dir=phase_dir,
+        bf16=cfg.finetune.bf16,
+        channels_last=cfg.finetune.channels_last,
+        device=device,
         gate_without_bn=cfg.gate_without_bn,
     )
     details = report.to_dict()

@@ -106,20 +106,38 @@ def build_report(run_paths: list[Path], out: Path, latency: bool = True, repeats
         add_latency(summaries, repeats)
     # The model shown in detail is the one a user would pick: best on validation, not test.
     best = max(summaries, key=lambda s: (s.val_top1, -s.macs))
-    points = [{"name": s.name, "method": s.method, "top1": s.top1, "mmacs": s.macs / 1e6, "ms": s.latency_ms} for s in summaries]
+    points = [
+        {"name": s.name, "method": s.method, "top1": s.top1, "mmacs": s.macs / 1e6, "ms": s.latency_ms}
+        for s in summaries
+    ]
     figures: list[tuple[str, str, bytes]] = [
         ("pareto_macs", "Top-1 vs MACs", pareto_png(points, "mmacs", "MMACs (log)", "Top-1 vs compute")),
     ]
     if latency:
-        figures.append(("pareto_latency", "Top-1 vs latency",
-                        pareto_png(points, "ms", "ONNX Runtime latency, bs 1, 1 thread (ms, log)", "Top-1 vs CPU latency")))
+        figures.append(
+            (
+                "pareto_latency",
+                "Top-1 vs latency",
+                pareto_png(points, "ms", "ONNX Runtime latency, bs 1, 1 thread (ms, log)", "Top-1 vs CPU latency"),
+            )
+        )
     figures += [
-        ("per_class", f"Per-class accuracy: {best.name}", per_class_png(best.class_names, best.per_class, f"{best.name}: per-class test accuracy")),
-        ("confusion", f"Confusion matrix: {best.name}", confusion_png(best.class_names, best.confusion, f"{best.name}: confusion (row-normalised)")),
+        (
+            "per_class",
+            f"Per-class accuracy: {best.name}",
+            per_class_png(best.class_names, best.per_class, f"{best.name}: per-class test accuracy"),
+        ),
+        (
+            "confusion",
+            f"Confusion matrix: {best.name}",
+            confusion_png(best.class_names, best.confusion, f"{best.name}: confusion (row-normalised)"),
+        ),
     ]
     rows = [s.row() for s in summaries]
-    intro = (f"{len(summaries)} runs. Test split metrics; the detailed model ({best.name}) is the best on the "
-             "validation split. MACs and params counted at each run's input size.")
+    intro = (
+        f"{len(summaries)} runs. Test split metrics; the detailed model ({best.name}) is the best on the "
+        "validation split. MACs and params counted at each run's input size."
+    )
 
     imgs_html = "".join(
         f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
@@ -140,5 +158,8 @@ figure{{display:inline-block;margin:1em}}img{{max-width:520px}}</style></head>
     for key, title, png in figures:
         write_atomic(assets / f"{key}.png", lambda tmp, data=png: tmp.write_bytes(data))
         md_imgs.append(f"![{title}]({assets.name}/{key}.png)")
-    write_text_atomic(out.with_suffix(".md"), "# rscompress report\n\n" + intro + "\n\n" + _table_md(rows) + "\n\n" + "\n\n".join(md_imgs) + "\n")
+    write_text_atomic(
+        out.with_suffix(".md"),
+        "# rscompress report\n\n" + intro + "\n\n" + _table_md(rows) + "\n\n" + "\n\n".join(md_imgs) + "\n",
+    )
     return out

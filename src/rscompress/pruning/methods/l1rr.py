@@ -188,9 +188,7 @@ class SparsityReport:
         return asdict(self)
 
 
-def next_rate(
-    rate: float, sparsity: float, val_loss: float, ref_val_loss: float, cfg: SparsityConfig
-) -> float:
+def next_rate(rate: float, sparsity: float, val_loss: float, ref_val_loss: float, cfg: SparsityConfig) -> float:
     """ρ for the next epoch (``cfg.dynamic``; otherwise unchanged).
 
     Back off (×backoff_factor) when val loss is above the dense model's by more than
@@ -232,8 +230,10 @@ def target_difference(report: dict, target: float) -> str | None:
     ):
         return None
     reached = max(row["sparsity"] for row in history)
-    return (f"sparse_training.target_sparsity: {ran_with:.4g} there, {target:.4g} now, and its sparsity (up to "
-            f"{reached:.4g}) crossed one and not the other, so the strength would have moved otherwise")
+    return (
+        f"sparse_training.target_sparsity: {ran_with:.4g} there, {target:.4g} now, and its sparsity (up to "
+        f"{reached:.4g}) crossed one and not the other, so the strength would have moved otherwise"
+    )
 
 
 def reuse_differences(report: dict, cfg: SparsityConfig) -> list[str]:
@@ -286,8 +286,11 @@ def prunable_channel_sets(
     for group in graph.get_all_groups(
         ignored_layers=protected_layers(model, example_inputs), root_module_types=ROOT_TYPES
     ):
-        items = [(item.dep.target.module, [int(i) for i in item.idxs]) for item in group
-                 if item.dep.handler == function.prune_batchnorm_out_channels and item.dep.target.module.affine]
+        items = [
+            (item.dep.target.module, [int(i) for i in item.idxs])
+            for item in group
+            if item.dep.handler == function.prune_batchnorm_out_channels and item.dep.target.module.affine
+        ]
         if items:
             groups.append((len(group[0].idxs), items))
     found = {layer for _, items in groups for layer, _ in items}
@@ -295,11 +298,14 @@ def prunable_channel_sets(
     position = {bn: i for i, bn in enumerate(bns)}
     taken = [torch.zeros(bn.num_features, dtype=torch.bool) for bn in bns]
     sets: list[ChannelSet] = []
-    for root_len, items in (groups if couple else ()):
+    for root_len, items in groups if couple else ():
         entries = [(position[layer], torch.tensor(idxs)) for layer, idxs in items]
-        if (len(entries) > 1 and all(len(idxs) == root_len for _, idxs in entries)
-                and len({p for p, _ in entries}) == len(entries)
-                and not any(taken[p][idxs].any() for p, idxs in entries)):
+        if (
+            len(entries) > 1
+            and all(len(idxs) == root_len for _, idxs in entries)
+            and len({p for p, _ in entries}) == len(entries)
+            and not any(taken[p][idxs].any() for p, idxs in entries)
+        ):
             for p, idxs in entries:
                 taken[p][idxs] = True
             sets.append(entries)
@@ -391,24 +397,19 @@ def sparse_train(
     # ρ's scale comes from the dense parent (taken before a resume loads later weights), so
     # λ per unit ρ is fixed for the whole phase.
     median_gamma = torch.cat([g.detach().abs().flatten() for g in gammas]).median().item()
-    lam_per_rate = strength_per_rate(median_gamma, cfg.eps, cfg.reweight, cfg.lr, cfg.momentum,
-                                     len(train_batches))
+    lam_per_rate = strength_per_rate(median_gamma, cfg.eps, cfg.reweight, cfg.lr, cfg.momentum, len(train_batches))
 
     ref = evaluate(model, val_batches, num_classes)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model.to(memory_format=memory_format)  # before the reference copy: both run alike
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     rate = cfg.rate
     history: list[dict] = []
     val_loss, val_top1 = ref.loss, ref.top1
     with ExitStack() as stack:
         # Entered before a resume loads its weights: the attention reference is the dense model.
         attention = (
-            stack.enter_context(attention_transfer(model, cfg.attention_layers))
-            if cfg.attention_weight > 0
-            else None
+            stack.enter_context(attention_transfer(model, cfg.attention_layers)) if cfg.attention_weight > 0 else None
         )
         start_epoch = 0
         settings = json.loads(json.dumps(asdict(cfg)))  # as it reads back from state.json
@@ -416,8 +417,10 @@ def sparse_train(
         if resumed is not None:
             last, tensors, extra = resumed
             if differences := setting_differences(extra["config"], settings, "sparse_training"):
-                raise UserError(f"{checkpoint_dir} holds sparse training with other settings "
-                                f"({'; '.join(differences)}); resume with the same options or remove it")
+                raise UserError(
+                    f"{checkpoint_dir} holds sparse training with other settings "
+                    f"({'; '.join(differences)}); resume with the same options or remove it"
+                )
             model.load_state_dict(tensors)
             rate, history, start_epoch = extra["rate"], extra["history"], last + 1
             val_loss, val_top1 = history[-1]["val_loss"], history[-1]["val_top1"]
@@ -468,24 +471,31 @@ def sparse_train(
             val = evaluate(model, val_batches, num_classes)
             val_loss, val_top1 = val.loss, val.top1
             sparse = sparsity(gammas, cfg.eps)
-            history.append({
-                "epoch": epoch,
-                "rate": rate,
-                "strength": strength,
-                "sparsity": sparse,
-                "val_loss": val.loss,
-                "val_top1": val.top1,
-                "train_ce": sums["ce"] / steps,
-                "attention_loss": sums["attention"] / steps,
-                "penalty": sums["penalty"] / steps,
-                "seconds": time.perf_counter() - t0,
-            })
+            history.append(
+                {
+                    "epoch": epoch,
+                    "rate": rate,
+                    "strength": strength,
+                    "sparsity": sparse,
+                    "val_loss": val.loss,
+                    "val_top1": val.top1,
+                    "train_ce": sums["ce"] / steps,
+                    "attention_loss": sums["attention"] / steps,
+                    "penalty": sums["penalty"] / steps,
+                    "seconds": time.perf_counter() - t0,
+                }
+            )
             if progress is not None:
                 progress(epoch, sparse, rate, val.loss)
             rate = next_rate(rate, sparse, val.loss, ref.loss, cfg)
             if checkpoint_dir:
-                save_phase(checkpoint_dir, epoch, model.state_dict(), {"sgd": optimizer},
-                           {"config": settings, "rate": rate, "history": history})
+                save_phase(
+                    checkpoint_dir,
+                    epoch,
+                    model.state_dict(),
+                    {"sgd": optimizer},
+                    {"config": settings, "rate": rate, "history": history},
+                )
     model.train(was_training)
     model.to(memory_format=torch.contiguous_format)  # pruned next, in the default layout
     report = SparsityReport(

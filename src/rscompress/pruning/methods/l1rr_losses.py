@@ -35,9 +35,9 @@ def reweighted_l1(stacks: Sequence[Tensor], weights: Sequence[Tensor]) -> Tensor
         raise ValueError(f"{len(stacks)} gamma stacks but {len(weights)} weight tensors")
     if not stacks:
         raise ValueError("no gammas to penalise")
-    return torch.stack([
-        (w * s.norm(dim=0)).sum() * s.shape[0] ** 0.5 for s, w in zip(stacks, weights, strict=True)
-    ]).sum()
+    return torch.stack(
+        [(w * s.norm(dim=0)).sum() * s.shape[0] ** 0.5 for s, w in zip(stacks, weights, strict=True)]
+    ).sum()
 
 
 def group_soft_threshold(stack: Tensor, threshold: Tensor | float) -> Tensor:
@@ -80,8 +80,7 @@ def candes_weights(magnitudes: Sequence[Tensor], eps: float) -> list[Tensor]:
     return [1.0 / (m.detach().abs() + eps) for m in magnitudes]
 
 
-def strength_per_rate(median_gamma: float, eps: float, reweight: bool, lr: float, momentum: float,
-                      steps: int) -> float:
+def strength_per_rate(median_gamma: float, eps: float, reweight: bool, lr: float, momentum: float, steps: int) -> float:
     """λ that makes the penalty alone take a share 1 of ``median_gamma`` off a channel at that
     median in one epoch; λ for a rate ρ is ρ times this.
 

@@ -127,8 +127,7 @@ def _budget(target_macs: float | None, target_params: float | None) -> tuple[Met
         return "macs", DEFAULT_TARGET_MACS
     if not (_is_number(target) and 0 < target <= 1):
         raise UserError(
-            f"target_{metric} must be a fraction of the parent's {_NAMES[metric]} to keep, 0 < F <= 1; "
-            f"got {target!r}"
+            f"target_{metric} must be a fraction of the parent's {_NAMES[metric]} to keep, 0 < F <= 1; got {target!r}"
         )
     return metric, float(target)
 
@@ -200,8 +199,10 @@ def _search(
     if resumed is not None:
         last, tensors, extra = resumed
         if differences := setting_differences(extra["settings"], settings, "nas_search"):
-            raise UserError(f"{checkpoint_dir} holds a NAS search with other settings ({'; '.join(differences)}); "
-                            f"resume with the same options or remove it")
+            raise UserError(
+                f"{checkpoint_dir} holds a NAS search with other settings ({'; '.join(differences)}); "
+                f"resume with the same options or remove it"
+            )
         with torch.no_grad():
             gates.alpha.copy_(tensors.pop("gates.alpha"))
         model.load_state_dict(tensors)
@@ -248,8 +249,13 @@ def _search(
         if progress is not None:
             progress(epoch, ratios[-1], target, val_ce[-1])
         if checkpoint_dir:
-            save_phase(checkpoint_dir, epoch, {**model.state_dict(), "gates.alpha": gates.alpha}, optimizers,
-                       {"settings": settings, "expected_ratio": ratios, "train_ce": train_ce, "val_ce": val_ce})
+            save_phase(
+                checkpoint_dir,
+                epoch,
+                {**model.state_dict(), "gates.alpha": gates.alpha},
+                optimizers,
+                {"settings": settings, "expected_ratio": ratios, "train_ce": train_ce, "val_ce": val_ce},
+            )
     return ratios, train_ce, val_ce
 
 
@@ -340,16 +346,39 @@ def nas_search(
         # A params budget adds its key, so a MACs search saved before params budgets existed
         # still compares equal to the same search now.
         budget_setting = {"target_macs": target} if metric == "macs" else {"target_macs": None, "target_params": target}
-        settings = {**budget_setting, "img_size": img_size, "search_epochs": search_epochs,
-                    "weight_lr": weight_lr, "arch_lr": arch_lr, "tau": tau, "lam": lam,
-                    "warmup_epochs": warmup_epochs, "seed": seed, "cost": "relative", "bf16": bf16,
-                    "channels_last": channels_last, "gate_without_bn": gate_without_bn}
+        settings = {
+            **budget_setting,
+            "img_size": img_size,
+            "search_epochs": search_epochs,
+            "weight_lr": weight_lr,
+            "arch_lr": arch_lr,
+            "tau": tau,
+            "lam": lam,
+            "warmup_epochs": warmup_epochs,
+            "seed": seed,
+            "cost": "relative",
+            "bf16": bf16,
+            "channels_last": channels_last,
+            "gate_without_bn": gate_without_bn,
+        }
         with torch.random.fork_rng(devices=[]):
             ratios, train_ce, val_ce = _search(
-                searched, gates, cost, train_batches, val_batches,
-                target=target, epochs=search_epochs, weight_lr=weight_lr,
-                arch_lr=arch_lr, lam=lam, warmup_epochs=warmup_epochs, progress=progress,
-                seed=seed, checkpoint_dir=checkpoint_dir, settings=settings, bf16=bf16,
+                searched,
+                gates,
+                cost,
+                train_batches,
+                val_batches,
+                target=target,
+                epochs=search_epochs,
+                weight_lr=weight_lr,
+                arch_lr=arch_lr,
+                lam=lam,
+                warmup_epochs=warmup_epochs,
+                progress=progress,
+                seed=seed,
+                checkpoint_dir=checkpoint_dir,
+                settings=settings,
+                bf16=bf16,
                 channels_last=channels_last,
             )
         if fold_gates:
@@ -363,7 +392,9 @@ def nas_search(
     search_seconds = time.perf_counter() - start
 
     importance = AlphaImportance(searched, gates.group_alphas())
-    pruned, budget = prune_to_budget(searched, importance, img_size, global_pruning=True, **{f"target_{metric}": target})
+    pruned, budget = prune_to_budget(
+        searched, importance, img_size, global_pruning=True, **{f"target_{metric}": target}
+    )
     report = NASReport(
         target_macs=target if metric == "macs" else None,
         target_params=target if metric == "params" else None,

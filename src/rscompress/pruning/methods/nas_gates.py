@@ -237,4 +237,3 @@ class ChannelGates(nn.Module):
             return output * g.view(1, -1, *([1] * (output.dim() - 2)))
 
         return gate
-

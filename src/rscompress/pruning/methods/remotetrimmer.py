@@ -37,8 +37,7 @@ def folded_model_name(se_model_name: str) -> str:
     """Registry name of the SE-free architecture a folded ``se_*`` model has (``se_`` dropped)."""
     if not se_model_name.startswith("se_"):
         raise UserError(
-            "remotetrimmer needs an SE parent model (se_resnet18, se_vgg16_bn, ...), "
-            f"got {se_model_name!r}"
+            f"remotetrimmer needs an SE parent model (se_resnet18, se_vgg16_bn, ...), got {se_model_name!r}"
         )
     return se_model_name.removeprefix("se_")
 
