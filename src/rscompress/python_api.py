@@ -253,18 +253,7 @@ def train(
     settings = {"method": "train", "train": cfg.model_dump(mode="json", exclude={"threads", "device"})}
     with _WorkDir(out) as run:
         _start(run, model, example, settings, resume)
-        result = fit(
-            model,
-            _LoaderBatches(train_loader, "train_loader"),
-            val_loader,
-            cfg,
-            run,
-            _num_classes(model, example),
-            loss_fn=loss_fn,
-            resume=resume and run.is_started(),
-            quiet=quiet,
-        )
-        model.cpu()
+        result = _fit(run, model, train_loader, val_loader, cfg, _num_classes(model, example), loss_fn, quiet)
         _finish(run, model, result, settings)
         return TrainResult(model, result.best_val, result.history, None if out is None else run.path)
 
@@ -297,6 +286,33 @@ def _start(run: RunDir, model: nn.Module, example_input: Tensor, settings: dict[
     except UserError:  # a model only this process can build: the run works, load() will say why not
         config = settings
     write_json_atomic(run.config_path, config)
+
+
+def _fit(
+    run: RunDir,
+    model: nn.Module,
+    train_loader: Batches,
+    val_loader: Batches,
+    cfg: FitConfig,
+    num_classes: int,
+    loss_fn: LossFn | None,
+    quiet: bool,
+) -> FitResult:
+    """The fit loop in ``run``, continuing from its checkpoint when there is one; the model
+    ends on the CPU with its best epoch's weights."""
+    result = fit(
+        model,
+        _LoaderBatches(train_loader, "train_loader"),
+        val_loader,
+        cfg,
+        run,
+        num_classes,
+        loss_fn=loss_fn,
+        resume=(run.checkpoint_dir / "latest.json").is_file(),
+        quiet=quiet,
+    )
+    model.cpu()
+    return result
 
 
 def _finish(run: RunDir, model: nn.Module, result: FitResult, metrics: dict[str, Any]) -> None:
@@ -390,18 +406,7 @@ def prune(
         num_classes = _num_classes(pruned, example_input.float())
         if loss_fn is None and cfg.loss == "aml+ce":
             loss_fn = aml_ce_objective(cfg.r1, cfg.r2)
-        result = fit(
-            pruned,
-            _LoaderBatches(train_loader, "train_loader"),
-            val_loader,
-            cfg.finetune,
-            run,
-            num_classes,
-            loss_fn=loss_fn,
-            resume=(run.checkpoint_dir / "latest.json").is_file(),
-            quiet=quiet,
-        )
-        pruned.cpu()
+        result = _fit(run, pruned, train_loader, val_loader, cfg.finetune, num_classes, loss_fn, quiet)
         macs, params = count_macs_params(pruned, img_size)
         kept = {"macs_kept": macs / parent_macs, "params_kept": params / parent_params, "macs": macs, "params": params}
         _finish(run, pruned, result, {**settings, **kept, "details": details})
@@ -452,7 +457,7 @@ def _select(
         log=(lambda _: None) if quiet else print,
         phase_dir=run.path / "prune-phase",
         weights_as_trained=weights_as_trained,
-        device=_device(cfg),
+        device=_device(cfg.finetune),
         run=run,
     )
 
@@ -465,10 +470,10 @@ def _architecture_family(model: nn.Module) -> str:
     return name.lower().removeprefix("se_")
 
 
-def _device(cfg: PruneConfig) -> torch.device:
+def _device(cfg: FitConfig) -> torch.device:
     from rscompress.engine.device import resolve_device
 
-    return resolve_device(cfg.finetune.device)
+    return resolve_device(cfg.device)
 
 
 def distill(
@@ -510,7 +515,7 @@ def distill(
     )
     if (student_classes := _num_classes(student, example)) != num_classes:
         raise UserError(f"the student has {student_classes} outputs, the teacher {num_classes}")
-    teacher = freeze(teacher.to(_device_of(cfg.fit)), cfg)
+    teacher = freeze(teacher.to(_device(cfg.fit)), cfg)
     settings = {
         "method": f"distill-{loss}",
         "method_params": cfg.model_dump(mode="json", exclude={"fit"}),
@@ -518,26 +523,10 @@ def distill(
     }
     with _WorkDir(out) as run:
         _start(run, student, example, settings, resume)
-        result = fit(
-            student,
-            _LoaderBatches(train_loader, "train_loader"),
-            val_loader,
-            cfg.fit,
-            run,
-            num_classes,
-            loss_fn=teacher_loss_fn(teacher, loss, cfg, cfg.fit.label_smoothing),
-            resume=(run.checkpoint_dir / "latest.json").is_file(),
-            quiet=quiet,
-        )
-        student.cpu()
+        objective = teacher_loss_fn(teacher, loss, cfg, cfg.fit.label_smoothing)
+        result = _fit(run, student, train_loader, val_loader, cfg.fit, num_classes, objective, quiet)
         _finish(run, student, result, settings)
         return TrainResult(student, result.best_val, result.history, None if out is None else run.path)
-
-
-def _device_of(cfg: FitConfig) -> torch.device:
-    from rscompress.engine.device import resolve_device
-
-    return resolve_device(cfg.device)
 
 
 def export_onnx(
