@@ -32,7 +32,7 @@ from rscompress.config import (
     TrainConfig,
 )
 from rscompress.errors import UserError
-from rscompress.pruning.select import SPARSE_METHODS
+from rscompress.pruning.method_names import SPARSE_METHODS
 
 
 class Parent(StrictModel):

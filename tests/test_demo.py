@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from rscompress import api
+from rscompress import demo
 from rscompress.cli import main
 from tests.fakes import make_fake_dataset
 
@@ -10,16 +10,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_bundled_sample_is_the_full_ucmerced_copy():
-    sample = api.bundled_sample()
+    sample = demo.bundled_sample()
     assert sample == ROOT / "sample" / "ucmerced128"
     assert len(list(sample.glob("*/*.jpg"))) == 2100
 
 
 def test_demo_runs_every_step_and_writes_the_report(tmp_path, monkeypatch, capsys):
     data = make_fake_dataset(tmp_path, name="ucmerced", per_class=4, size=20)
-    monkeypatch.setattr(api, "bundled_sample", lambda: data)
-    monkeypatch.setattr(api, "DEMO_EPOCHS", 1)
-    monkeypatch.setattr(api, "DEMO_FINETUNE_EPOCHS", 1)
+    monkeypatch.setattr(demo, "bundled_sample", lambda: data)
+    monkeypatch.setattr(demo, "DEMO_EPOCHS", 1)
+    monkeypatch.setattr(demo, "DEMO_FINETUNE_EPOCHS", 1)
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--quiet"]) == 0
     printed = capsys.readouterr().out

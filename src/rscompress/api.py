@@ -41,9 +41,6 @@ from rscompress.models.complexity import count_macs_params
 from rscompress.models.weights import load_weights, save_weights
 
 EVAL_BATCH = 128
-# Keep `make demo` (set-up included) under 10 minutes on 2 cores.
-DEMO_EPOCHS = 8
-DEMO_FINETUNE_EPOCHS = 6
 
 
 def _open_out_dir(
@@ -379,9 +376,10 @@ def prune(
     """
     from rscompress.distillation.objective import freeze, teacher_loss_fn
     from rscompress.pruning import architecture_spec
+    from rscompress.pruning.method_names import SPARSE_METHODS
     from rscompress.pruning.methods.remotetrimmer import folded_model_name
     from rscompress.pruning.parent import budget_on_prepared, budget_reference, prepare_parent, rebase_budget
-    from rscompress.pruning.select import SPARSE_METHODS, select_and_prune
+    from rscompress.pruning.select import select_and_prune
 
     if sparse_from is not None and (cfg.method not in SPARSE_METHODS or pruned_from is not None):
         raise UserError(
@@ -680,69 +678,3 @@ def _student(student: str, teacher_cfg: RunConfig, cfg: DistillConfig) -> tuple[
 
 def inspect_data(path: Path) -> dict[str, Any]:
     return inspect_folder(path).to_dict()
-
-
-def bundled_sample() -> Path:
-    """The downscaled UC Merced copy shipped in the repo (``sample/ucmerced128``)."""
-    path = Path(__file__).resolve().parents[2] / "sample" / "ucmerced128"
-    if not path.is_dir():
-        raise UserError(f"bundled sample not found at {path}: run from a source checkout (pip install -e .)")
-    return path
-
-
-def demo(out: Path, quiet: bool = False) -> tuple[dict[str, Any], Path]:
-    """The whole flow on the bundled UC Merced sample at 64 px, offline, in minutes on 2 cores:
-    SE-ResNet-18 → RemoteTrimmer to 15 % of its MACs with AML + CE fine-tuning → a G-GhostNet
-    student distilled with DKD → ONNX export → latency bench → HTML report.
-
-    Returns the recipe results and the report path. Re-running resumes: finished steps are reused.
-    """
-    from rscompress.recipe import Recipe, run_steps
-    from rscompress.report.report import build_report
-
-    # The recommended recipe: config.py's defaults (SGD + nesterov under OneCycle, label
-    # smoothing 0.1), fine-tuning at FINETUNE_LR.
-    tune = {"epochs": DEMO_FINETUNE_EPOCHS}
-    recipe = Recipe.model_validate(
-        {
-            "out": out,
-            "steps": [
-                {
-                    "name": "base",
-                    "train": {
-                        "data": {"path": bundled_sample(), "img_size": 64},
-                        "model": "se_resnet18",
-                        "epochs": DEMO_EPOCHS,
-                    },
-                },
-                # Channel counts in multiples of 8: the same MACs run faster (benchmarks/results/speedup.json).
-                {
-                    "name": "rt15",
-                    "prune": {
-                        "parent": "base",
-                        "method": "remotetrimmer",
-                        "target_macs": 0.15,
-                        "round_to": 8,
-                        "loss": "aml+ce",
-                        "finetune": tune,
-                    },
-                },
-                {
-                    "name": "ggnet-dkd",
-                    "distill": {
-                        "teacher": "base",
-                        "student": "g_ghost_regnetx_tiny",
-                        "small_input": True,
-                        "loss": "dkd",
-                        "kd_warmup_epochs": 2,
-                        "fit": {"epochs": DEMO_EPOCHS},
-                    },
-                },
-                {"name": "rt15-onnx", "export": {"run": "rt15"}},
-                {"name": "ggnet-onnx", "export": {"run": "ggnet-dkd"}},
-            ],
-        }
-    )
-    results = run_steps(recipe, quiet=quiet)
-    report = build_report([out / "base", out / "rt15", out / "ggnet-dkd"], out / "report.html")
-    return results, report

@@ -611,9 +611,9 @@ def demo(
     quiet: QuietOpt = False,
 ):
     """Offline end-to-end demo on the bundled UC Merced sample."""
-    from rscompress import api
+    from rscompress.demo import run_demo
 
-    results, report_path = api.demo(out, quiet=quiet)
+    results, report_path = run_demo(out, quiet=quiet)
     _print_steps("demo", results)
     typer.echo(f"report: {report_path.resolve()}")
 

@@ -188,7 +188,7 @@ class PruneConfig(StrictModel):
     @field_validator("method")
     @classmethod
     def _known_method(cls, name: str) -> str:
-        from rscompress.pruning.select import METHODS
+        from rscompress.pruning.method_names import METHODS
 
         if name not in METHODS:
             raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
@@ -213,7 +213,7 @@ class PruneConfig(StrictModel):
 
     @model_validator(mode="after")
     def _sparse_only_options(self) -> PruneConfig:
-        from rscompress.pruning.select import SPARSE_METHODS
+        from rscompress.pruning.method_names import SPARSE_METHODS
 
         for name in ("sparse_lr", "sparse_rate"):
             if getattr(self, name) is not None and self.method not in SPARSE_METHODS:

@@ -24,14 +24,13 @@ from rscompress.errors import UserError
 from rscompress.io_utils import write_json_atomic
 from rscompress.models.weights import read_state_dict, save_weights
 from rscompress.pruning.budget import prune_to_budget
-from rscompress.pruning.importance import IMPORTANCES, forget_cap_attention
+from rscompress.pruning.importance import forget_cap_attention
+from rscompress.pruning.method_names import SPARSE_METHODS
 
-SPARSE_METHODS = ("slim", "l1rr")
 # Criteria that rank channels by the weights alone: on an SE parent they read the weights as
 # trained (weights_as_trained), not the folded γ·s̄, which would turn bn into CAP. Taylor reads
 # gradients of the function the pruned model computes (the folded one); random reads nothing.
 WEIGHT_CRITERIA = ("l1", "l2", "bn", "fpgm", "lamp")
-METHODS = (*IMPORTANCES, *SPARSE_METHODS, "nas")
 
 # Stages whose attention maps L1RR keeps close to the dense model's (METHODS.md §3).
 _ATTENTION_LAYERS = {
