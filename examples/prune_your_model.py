@@ -41,6 +41,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/example"), help="folder for the run dirs")
     args = parser.parse_args()
+    if args.out.exists():
+        parser.error(f"--out {args.out} exists: choose another folder (the example starts from scratch)")
     torch.manual_seed(0)
 
     data = load_sample(SAMPLE)
@@ -51,7 +53,7 @@ def main() -> None:
 
     # 1. Your model, trained as you like; here with rscompress's recommended recipe.
     model = torchvision.models.resnet18(num_classes=21)
-    trained = rsc.train(model, train_loader, val_loader, epochs=6, out=args.out / "parent", resume=True)
+    trained = rsc.train(model, train_loader, val_loader, epochs=6, out=args.out / "parent")
     print(f"parent: val top-1 {trained.val.top1:.3f}")
 
     # 2. L1RR to 35 % of the MACs: reweighted L1 sparse training, pruning, fine-tuning.
@@ -64,8 +66,7 @@ def main() -> None:
         target_macs=0.35,
         finetune_epochs=3,
         method_options={"sparse_epochs": 3},
-        out=args.out / "l1rr",
-        resume=True,
+        out=args.out / "l1rr",  # killed? run the same call again with resume=True
     )
     print(
         f"pruned: {result.macs_kept:.1%} of the MACs, {result.params_kept:.1%} of the params, "
@@ -73,9 +74,7 @@ def main() -> None:
     )
 
     # 3. A pickle-free file (config.json + model.safetensors), loaded back as a fresh model.
-    saved = args.out / "l1rr-model"
-    if not saved.exists():
-        rsc.save(result.model, saved, example_input=example, class_names=data_classes())
+    saved = rsc.save(result.model, args.out / "l1rr-model", example_input=example, class_names=data_classes())
     reloaded = rsc.load(saved)
     x = next(iter(val_loader))[0][:8]
     result.model.eval()

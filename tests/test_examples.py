@@ -11,8 +11,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.slow
 def test_prune_your_model_runs_end_to_end(tmp_path):
+    out = tmp_path / "example"
     done = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "prune_your_model.py"), "--out", str(tmp_path)],
+        [sys.executable, str(ROOT / "examples" / "prune_your_model.py"), "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=600,
@@ -22,4 +23,4 @@ def test_prune_your_model_runs_end_to_end(tmp_path):
     assert any(line.startswith("pruned: 3") and "of the MACs" in line for line in lines), done.stdout
     reloaded = next(line for line in lines if line.startswith("reloaded:"))
     assert float(reloaded.split()[-1]) <= 1e-5
-    assert (tmp_path / "l1rr.onnx").is_file() and (tmp_path / "l1rr-model" / "model.safetensors").is_file()
+    assert (out / "l1rr.onnx").is_file() and (out / "l1rr-model" / "model.safetensors").is_file()

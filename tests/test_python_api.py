@@ -319,3 +319,54 @@ def test_export_onnx_checks_parity_and_bench_times_modules_against_the_first(tmp
         ("model 1", "torch", 1),
     ]
     assert rows[0]["speedup"] == 1.0 and rows[1]["median_ms"] > 0
+
+
+def test_save_refuses_a_model_load_could_not_rebuild_and_keeps_nothing(tmp_path):
+    model = rsc.create_model("torchvision/resnet18", 4)
+    model.fc = nn.Sequential(nn.Dropout(0.1), nn.Linear(512, 4))  # changed after it was built
+    with pytest.raises(UserError, match=r"cannot save this ResNet so that load rebuilds it .*nothing kept"):
+        rsc.save(model, tmp_path / "m", example_input=EXAMPLE)
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"finetune_epochs": 0}, r"epochs: .*greater than 0 \(got 0\)"),
+        ({"method_options": {"sparse_epohcs": 3}}, r"sparse_epohcs: Extra inputs are not permitted"),
+        ({"weight_decay": -1.0}, r"weight_decay: .*greater than or equal to 0"),
+    ],
+)
+def test_bad_options_are_one_user_error_naming_the_option(options, message):
+    train, val = _loaders()
+    with pytest.raises(UserError, match=message):
+        rsc.prune(
+            torchvision.models.resnet18(num_classes=4),
+            train,
+            val,
+            example_input=EXAMPLE,
+            method="l1",
+            target_macs=0.5,
+            **options,
+        )
+
+
+def test_se_attention_is_read_from_the_gate_even_where_a_channel_is_all_zero():
+    from rscompress.pruning.parent import fold_foreign_se
+
+    model = _with_random_bn_statistics(torchvision.models.mobilenet_v3_small(num_classes=4))
+    x = torch.randn(2, 3, 32, 32)
+    attention = {}
+
+    def keep(name):
+        return lambda _m, _i, out: attention.__setitem__(name, out.mean(0).flatten())
+
+    se = model.features[1].block[1]  # after a ReLU: some channels are all zero for an image
+    handle = se.scale_activation.register_forward_hook(keep("gate"))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    bn = model.features[1].block[0][1]
+    gamma = bn.weight.detach().clone()
+    fold_foreign_se(model, [(x, torch.zeros(2, dtype=torch.long))])
+    assert torch.allclose(bn.weight, gamma * attention["gate"], atol=1e-6)  # folded into that BN: s̄ exactly

@@ -19,11 +19,13 @@ import copy
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from torch import Tensor, nn
 
 from rscompress.artifacts import RunConfig, RunDir, library_versions
@@ -37,12 +39,15 @@ from rscompress.models.complexity import count_macs_params
 from rscompress.models.external import identify_external
 from rscompress.models.registry import built_as
 from rscompress.models.weights import read_state_dict, save_weights
-from rscompress.pruning.parent import budget_on_prepared, budget_reference, has_se_blocks, prepare_parent
+from rscompress.pruning.parent import (
+    budget_on_prepared,
+    budget_reference,
+    has_se_blocks,
+    prepare_parent,
+    rebase_budget,
+)
 
 Batches = Iterable[tuple[Tensor, Tensor]]
-# Batches of the train loader whose gradients rank channels for taylor, and whose images
-# average the SE attention folded into an SE parent.
-CALIBRATION_BATCHES = 4
 
 
 class _LoaderBatches:
@@ -92,7 +97,9 @@ def _img_size(example_input: Tensor) -> int:
 def _num_classes(model: nn.Module, example_input: Tensor) -> int:
     from rscompress.pruning.pruner import find_classifier
 
-    return find_classifier(model, example_input.float()).out_features
+    param = next(model.parameters(), None)
+    example = example_input if param is None else example_input.to(param.device, param.dtype)
+    return find_classifier(model, example).out_features
 
 
 def _model_name(model: nn.Module, num_classes: int) -> tuple[str, dict[str, Any]]:
@@ -163,11 +170,38 @@ def save(
         raise UserError(f"{run.path} already holds a run; choose another path")
     config = _run_config(model, example_input, class_names=class_names, mean=mean, std=std, method="saved")
     macs, params = count_macs_params(model, config.img_size)
+    created = not run.path.exists()
     run.path.mkdir(parents=True, exist_ok=True)
     run.save_config(config)
     run.save_weights(model)
     run.save_metrics({"macs": macs, "params": params, "num_classes": config.num_classes, "img_size": config.img_size})
+    if (problem := _reload_problem(model, run, example_input)) is not None:
+        for written in (run.config_path, run.weights_path, run.metrics_path):
+            written.unlink(missing_ok=True)
+        if created:
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise UserError(f"cannot save this {type(model).__name__} so that load rebuilds it ({problem}); nothing kept")
     return run.path
+
+
+def _reload_problem(model: nn.Module, run: RunDir, example_input: Tensor) -> str | None:
+    """Why what ``save`` wrote does not load back as ``model`` (a model changed after it was
+    built, in a way no layer shape records), or None when its outputs match."""
+    try:
+        reloaded = run.load_model()[0]
+        param = next(model.parameters())
+        x = torch.randn(2, *example_input.shape[1:], generator=torch.Generator().manual_seed(0))
+        flags = {m: m.training for m in model.modules()}
+        model.eval()
+        try:
+            with torch.no_grad():
+                same = torch.allclose(reloaded(x), model(x.to(param.device, param.dtype)).cpu().float(), atol=1e-5)
+        finally:
+            for m, flag in flags.items():
+                m.training = flag
+        return None if same else "its outputs differ from the model's"
+    except (UserError, RuntimeError) as err:
+        return str(err).splitlines()[0]
 
 
 def load(path: str | Path) -> nn.Module:
@@ -203,6 +237,18 @@ class PruneResult:
     history: list[dict[str, Any]]  # one row per fine-tuning epoch
     details: dict[str, Any]  # what the method did: budget search, sparse training, NAS search
     out: Path | None
+
+
+@contextmanager
+def _options_checked() -> Iterator[None]:
+    """Bad options as one UserError naming the option (pydantic's report is a page)."""
+    try:
+        yield
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "options"
+        got = f" (got {first['input']!r})" if not isinstance(first.get("input"), dict) else ""
+        raise UserError(f"{where}: {first['msg'].removeprefix('Value error, ')}{got}") from None
 
 
 def _fit_config(epochs: int, lr: float, seed: int, **fit_options: Any) -> FitConfig:
@@ -248,7 +294,8 @@ def train(
     label smoothing 0.1) and keep its best epoch on val. ``fit_options``: any other
     FitConfig/OptimConfig field (``weight_decay``, ``schedule``, ``label_smoothing``, ``bf16``, ...).
     ``loss_fn(model, x, y, epoch) -> (loss, logits)`` replaces the cross-entropy."""
-    cfg = _fit_config(epochs, lr, seed, **fit_options)
+    with _options_checked():
+        cfg = _fit_config(epochs, lr, seed, **fit_options)
     example = _first_images(val_loader)
     settings = {"method": "train", "train": cfg.model_dump(mode="json", exclude={"threads", "device"})}
     with _WorkDir(out) as run:
@@ -372,17 +419,18 @@ def prune(
         )
     if loss_fn is not None and loss != "ce":
         raise UserError(f"give loss={loss!r} or a loss_fn, not both")
-    cfg = PruneConfig(
-        method=method,
-        target_macs=target_macs,
-        target_params=target_params,
-        ratio=ratio,
-        round_to=round_to,
-        global_pruning=global_pruning,
-        loss=loss,
-        finetune=_fit_config(finetune_epochs, lr, seed, **fit_options),
-        **(method_options or {}),
-    )
+    with _options_checked():
+        cfg = PruneConfig(
+            method=method,
+            target_macs=target_macs,
+            target_params=target_params,
+            ratio=ratio,
+            round_to=round_to,
+            global_pruning=global_pruning,
+            loss=loss,
+            finetune=_fit_config(finetune_epochs, lr, seed, **fit_options),
+            **(method_options or {}),
+        )
     img_size = _img_size(example_input)
     settings = {
         "method": method,
@@ -393,7 +441,7 @@ def prune(
     with _WorkDir(out) as run:
         _start(run, budget_reference(parent), example_input, settings, resume)
         if run.holds_pruned_model():
-            pruned = prepare_parent(parent, _calibration(train_loader), cfg.method)[0]
+            pruned = prepare_parent(parent, _calibration(train_loader, cfg.calibration_batches), cfg.method)[0]
             apply_architecture(pruned, _read_json(run.prune_record_path)["architecture"])
             pruned.load_state_dict(read_state_dict(run.pruned_weights_path))
             details = _read_json(run.prune_record_path)["details"]
@@ -427,8 +475,8 @@ def _read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
-def _calibration(train_loader: Batches) -> list[tuple[Tensor, Tensor]]:
-    return [batch for _, batch in zip(range(CALIBRATION_BATCHES), train_loader, strict=False)]
+def _calibration(train_loader: Batches, n_batches: int) -> list[tuple[Tensor, Tensor]]:
+    return [batch for _, batch in zip(range(n_batches), train_loader, strict=False)]
 
 
 def _select(
@@ -445,21 +493,23 @@ def _select(
     torch.manual_seed(cfg.finetune.seed)  # the random criterion, sparse training
     parent_cost = count_macs_params(budget_reference(parent), img_size)
     family = _architecture_family(parent)
-    model, weights_as_trained = prepare_parent(parent, _calibration(train_loader), cfg.method)
-    return select_and_prune(
+    model, weights_as_trained = prepare_parent(parent, _calibration(train_loader, cfg.calibration_batches), cfg.method)
+    pruned, details = select_and_prune(
         model,
         family,
         img_size,
         budget_on_prepared(cfg, parent_cost, count_macs_params(model, img_size)),
         train_batches=_LoaderBatches(train_loader, "train_loader"),
         val_batches=val_loader,
-        calibration=_calibration(train_loader),
+        calibration=_calibration(train_loader, cfg.calibration_batches),
         log=(lambda _: None) if quiet else print,
         phase_dir=run.path / "prune-phase",
         weights_as_trained=weights_as_trained,
         device=_device(cfg.finetune),
         run=run,
     )
+    details["budget"] = rebase_budget(details["budget"], parent_cost)
+    return pruned, details
 
 
 def _architecture_family(model: nn.Module) -> str:
@@ -494,10 +544,10 @@ def distill(
     **fit_options: Any,
 ) -> TrainResult:
     """Train ``student`` guided by the frozen ``teacher``'s logits: ``loss`` ce (the student
-    alone), kd (Hinton) or dkd (decoupled KD). ``student``: a model (a pruned one is fine-tuned
-    at FINETUNE_LR by default) or a registry name, built fresh with the teacher's class count
-    and trained at 0.1. ``kd``: KDSettings fields (temperature, alpha, beta, kd_weight,
-    kd_warmup_epochs, cache_teacher_logits). ``teacher`` is not changed."""
+    alone), kd (Hinton) or dkd (decoupled KD). ``student``: a model, trained (a pruned one,
+    say) and so fine-tuned at FINETUNE_LR unless ``lr`` says otherwise, or a registry name,
+    built fresh with the teacher's class count and trained at 0.1. ``kd``: KDSettings fields
+    (temperature, alpha, beta, kd_weight, kd_warmup_epochs, cache_teacher_logits). ``teacher`` is not changed."""
     from rscompress.config import DistillConfig
     from rscompress.distillation.objective import freeze, teacher_loss_fn
     from rscompress.models.registry import create_model
@@ -510,9 +560,10 @@ def distill(
         student = create_model(student, num_classes, **({"small_input": True} if small_input else {}))
         lr = 0.1 if lr is None else lr
     lr = FINETUNE_LR if lr is None else lr
-    cfg = DistillConfig(
-        loss=loss, small_input=small_input, fit=_fit_config(epochs, lr, seed, **fit_options), **(kd or {})
-    )
+    with _options_checked():
+        cfg = DistillConfig(
+            loss=loss, small_input=small_input, fit=_fit_config(epochs, lr, seed, **fit_options), **(kd or {})
+        )
     if (student_classes := _num_classes(student, example)) != num_classes:
         raise UserError(f"the student has {student_classes} outputs, the teacher {num_classes}")
     teacher = freeze(teacher.to(_device(cfg.fit)), cfg)

@@ -78,8 +78,9 @@ def identify_external(model: nn.Module, num_classes: int) -> str | None:
 
     timm models say their name (``pretrained_cfg``); a torchvision model is matched against
     the builders of its class by module layout (names and types, not widths, so a pruned
-    model is still recognised; where it has an Identity the candidate gets one too). Checked by
-    building the candidate: a match is exact.
+    model is still recognised; where it has an Identity the candidate gets one too). Builders
+    whose layouts agree (resnet50, wide_resnet50_2, resnext50_32x4d) give the first: the
+    per-layer shapes a run dir records rebuild the right widths and groups from any of them.
     """
     candidates: list[tuple[str, Callable[[], nn.Module]]] = []
     arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")

@@ -32,7 +32,7 @@ from rscompress.pruning.importance import CAP_ATTENTION
 from rscompress.pruning.methods.remotetrimmer import prepare_remotetrimmer
 
 # Class-name words of SE-style layers other libraries build (torchvision SqueezeExcitation,
-# timm SEModule / SqueezeExcite / EffectiveSEModule): named when remotetrimmer cannot fold them.
+# timm SEModule / SqueezeExcite / EffectiveSEModule): what fold_foreign_se looks for.
 _FOREIGN_SE_WORDS = ("SqueezeExcit", "SEModule", "SELayer", "EffectiveSE")
 
 
@@ -52,23 +52,30 @@ def foreign_se_layers(model: nn.Module) -> dict[str, nn.Module]:
 class _Call:
     name: str
     module: nn.Module
-    input_ptr: int
-    output_ptr: int
+    input: Tensor  # held, so no later tensor can take its storage while the graph is read
+    output: Tensor
 
 
 def _trace(model: nn.Module, se: dict[str, nn.Module], images: Tensor, sums: dict[str, Tensor]) -> list[_Call]:
-    """One eval forward on ``images``: every leaf module's and SE layer's call (in order, with
-    the storage of its input and output), and each SE's attention summed into ``sums``."""
+    """One eval forward on ``images``: every leaf module's and SE layer's call, in order, with
+    its input and output tensors; each SE's gate output (its attention) summed into ``sums``."""
     calls: list[_Call] = []
+    gates: dict[str, Tensor] = {}
 
     def record(name: str, module: nn.Module):
         def hook(_m: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
             if inputs and isinstance(inputs[0], Tensor) and isinstance(output, Tensor):
-                calls.append(_Call(name, module, inputs[0].data_ptr(), output.data_ptr()))
-                if name in se:  # y = x·s per image and channel: s from a least-squares fit
-                    x, y = inputs[0].double(), output.double()
-                    s = (x * y).sum((2, 3)) / (x * x).sum((2, 3)).clamp_min(1e-12)
-                    sums[name] += s.sum(0).cpu()
+                calls.append(_Call(name, module, inputs[0], output))
+                if name in se:
+                    sums[name] += gates[name].double().sum(0).flatten().cpu()
+
+        return hook
+
+    def gate(name: str, channels: int):
+        # The SE's last B×C×1×1 output is its gate (sigmoid / hard sigmoid): the attention itself.
+        def hook(_m: nn.Module, _inputs: tuple[Tensor, ...], output: Tensor) -> None:
+            if isinstance(output, Tensor) and output.ndim == 4 and output.shape[1:] == (channels, 1, 1):
+                gates[name] = output
 
         return hook
 
@@ -80,6 +87,9 @@ def _trace(model: nn.Module, se: dict[str, nn.Module], images: Tensor, sums: dic
         if n and (n in se or isinstance(m, nn.BatchNorm2d) or not any(True for _ in m.children()))
     }
     handles = [m.register_forward_hook(record(n, m)) for n, m in watched.items()]
+    handles += [
+        sub.register_forward_hook(gate(n, _channels(m))) for n, m in se.items() for sub in m.modules() if sub is not m
+    ]
     try:
         model(images)
     finally:
@@ -89,44 +99,73 @@ def _trace(model: nn.Module, se: dict[str, nn.Module], images: Tensor, sums: dic
 
 
 def _producer(calls: list[_Call], index: int) -> int | None:
-    """The call before ``index`` that wrote the tensor call ``index`` reads (the latest one:
-    a storage freed earlier may have been reused, the live one was written last)."""
-    return next((i for i in range(index - 1, -1, -1) if calls[i].output_ptr == calls[index].input_ptr), None)
+    """The latest call before ``index`` whose output is the tensor call ``index`` reads (an
+    in-place ReLU returns its input: then the ReLU, and before it what wrote that tensor)."""
+    return next((i for i in range(index - 1, -1, -1) if calls[i].output is calls[index].input), None)
 
 
 def _consumer(calls: list[_Call], index: int) -> int | None:
-    ptr = calls[index].output_ptr
-    return next((i for i in range(index + 1, len(calls)) if calls[i].input_ptr == ptr), None)
+    output = calls[index].output
+    return next((i for i in range(index + 1, len(calls)) if calls[i].input is output), None)
 
 
 @torch.no_grad()
 def fold_foreign_se(model: nn.Module, calibration: Iterable[tuple[Tensor, Tensor]]) -> list[str]:
     """Replace every foreign SE layer by an Identity, its averaged attention folded (module
-    docstring); in place. Returns their names. UserError naming a layer it cannot fold."""
+    docstring); in place. Returns their names. UserError naming a layer it cannot fold, or if
+    the folded model does not compute what the SE model computes with its attention fixed."""
     se = foreign_se_layers(model)
     sums = {name: torch.zeros(_channels(m), dtype=torch.float64) for name, m in se.items()}
     training = {m: m.training for m in model.modules()}
     param = next(model.parameters())
     model.eval()
     calls: list[_Call] = []
+    first: Tensor | None = None
     n_images = 0
     try:
         for images, _ in calibration:
-            traced = _trace(model, se, images.to(param.device, param.dtype), sums)
-            calls = calls or traced  # the graph is the same for every batch
+            images = images.to(param.device, param.dtype)
+            traced = _trace(model, se, images, sums)
+            if first is None:  # the graph is the same for every batch
+                calls, first = traced, images
             n_images += images.shape[0]
+        if first is None:
+            raise UserError("cannot average SE attention: the calibration batches hold no images")
+        attention = {name: (sums[name] / n_images).to(param.dtype) for name in se}
+        expected = _with_fixed_attention(model, se, attention, first)
+        index_of = {c.name: i for i, c in enumerate(calls) if c.name in se}
+        for name in se:
+            _fold_one(name, se[name], attention[name], calls, index_of.get(name))
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, nn.Identity())
+        got = model(first)
     finally:
         for m, flag in training.items():
             m.training = flag
-    if n_images == 0:
-        raise UserError("cannot average SE attention: the calibration batches hold no images")
-    index_of = {c.name: i for i, c in enumerate(calls) if c.name in se}
-    for name in se:
-        attention = (sums[name] / n_images).to(param.dtype)
-        _fold_one(name, se[name], attention, calls, index_of.get(name))
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, nn.Identity())
+    scale = expected.abs().amax(1, keepdim=True).clamp_min(1.0)
+    if (miss := float(((got - expected).abs() / scale).max())) > 1e-4:
+        raise UserError(
+            f"folding the SE layers {list(se)[:3]} changes what the model computes with their attention "
+            f"fixed to its mean ({miss:.2g} of the largest logit): this architecture is not supported"
+        )
     return list(se)
+
+
+def _with_fixed_attention(
+    model: nn.Module, se: dict[str, nn.Module], attention: dict[str, Tensor], images: Tensor
+) -> Tensor:
+    """The model's output with every SE layer's attention fixed to ``attention``: what folding
+    must reproduce."""
+
+    def fixed(name: str):
+        return lambda _m, inputs, _output: inputs[0] * attention[name].view(1, -1, 1, 1)
+
+    handles = [m.register_forward_hook(fixed(n)) for n, m in se.items()]
+    try:
+        return model(images)
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def _channels(se: nn.Module) -> int:
@@ -172,21 +211,9 @@ def _fold_one(name: str, se: nn.Module, attention: Tensor, calls: list[_Call], i
 
 
 def no_foldable_se(model: nn.Module) -> str:
-    """Why remotetrimmer cannot take ``model``, naming its own SE-style layers if it has any."""
-    foreign = [
-        (name, type(m).__name__)
-        for name, m in model.named_modules()
-        if any(word in type(m).__name__ for word in _FOREIGN_SE_WORDS)
-    ]
-    what = f"this {type(model).__name__}"
-    if not foreign:
-        return f"method remotetrimmer needs a parent with SE blocks (se_resnet18, ...); {what} has none"
-    more = f", and {len(foreign) - 1} more" if len(foreign) > 1 else ""
-    return (
-        f"method remotetrimmer folds rscompress's SE blocks (SEBatchNorm2d: se_resnet18, se_vgg16_bn, ...); "
-        f"{what}'s own ({foreign[0][1]} at {foreign[0][0]}{more}) cannot be folded yet: "
-        "use another method, or an se_* model from rsc.create_model"
-    )
+    """Why remotetrimmer cannot take ``model``: it has no SE layers at all."""
+    what = type(model).__name__
+    return f"method remotetrimmer needs a parent with SE blocks (se_resnet18, ...); this {what} has none"
 
 
 def budget_reference(parent: nn.Module) -> nn.Module:

@@ -42,8 +42,10 @@ Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
 def attention_layers(model_name: str) -> tuple[str, ...]:
+    """The layers of ``model_name``'s family (torchvision/ and timm/ names included)."""
+    family = model_name.split("/")[-1]
     for prefix, layers in _ATTENTION_LAYERS.items():
-        if model_name.startswith(prefix):
+        if family.startswith(prefix):
             return layers
     return ()
 
