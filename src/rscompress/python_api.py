@@ -213,10 +213,7 @@ def load(path: str | Path) -> nn.Module:
 def evaluate(model: nn.Module, loader: Batches, num_classes: int | None = None) -> EvalResult:
     """Top-1, Cohen's kappa, per-class accuracy, confusion and mean CE of ``model`` on ``loader``."""
     if num_classes is None:
-        first = next(iter(loader), None)
-        if first is None:
-            raise UserError("the loader yields no batch")
-        num_classes = _num_classes(model, first[0][:1].to(next(model.parameters()).device))
+        num_classes = _num_classes(model, _first_images(loader, "the loader"))
     return evaluate_model(model, loader, num_classes)
 
 
@@ -305,10 +302,11 @@ def train(
         return TrainResult(model, result.best_val, result.history, None if out is None else run.path)
 
 
-def _first_images(loader: Batches) -> Tensor:
+def _first_images(loader: Batches, name: str = "the validation loader") -> Tensor:
+    """The loader's first image (1×C×H×W float): what a forward pass needs to read the model."""
     first = next(iter(loader), None)
     if first is None:
-        raise UserError("the validation loader yields no batch")
+        raise UserError(f"{name} yields no batch")
     return first[0][:1].float()
 
 
