@@ -24,9 +24,9 @@ import torch
 
 from benchmarks.records import DEVICE, cpu_name, git_commit
 from rscompress.models import create_model
-from rscompress.pruning.methods.l1rr import SparsityConfig, sparse_train
+from rscompress.pruning.methods.l1rr import attention_layers
 from rscompress.pruning.methods.nas import nas_search
-from rscompress.pruning.select import attention_layers
+from rscompress.pruning.methods.sparse_training import SparsityConfig, sparse_train
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {"fp32": False, "bf16+channels_last": True}  # name: bf16 and channels_last both on

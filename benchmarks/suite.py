@@ -32,7 +32,7 @@ from rscompress.config import (
     TrainConfig,
 )
 from rscompress.errors import UserError
-from rscompress.pruning.method_names import SPARSE_METHODS
+from rscompress.pruning.methods import METHODS
 
 
 class Parent(StrictModel):
@@ -188,7 +188,7 @@ def _pruned_from(cell: Cell, parent_dir: Path, budget: float) -> Path | None:
 def _sparse_from(cell: Cell, parent_dir: Path, budget: float, cfg: PruneConfig) -> Path | None:
     """This cell's run at another budget whose sparse training this budget's would repeat step
     for step (api.sparse_from_differences), to prune from instead of training again."""
-    if cell.method not in SPARSE_METHODS or cell.pruned_from:
+    if not METHODS[cell.method].sparse_training or cell.pruned_from:
         return None
     others = (parent_dir / _child_name(label(cell), cell, other) for other in cell.budgets if other != budget)
     return next((source for source in others if not api.sparse_from_differences(source, parent_dir, cfg)), None)

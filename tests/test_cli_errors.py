@@ -119,3 +119,22 @@ def test_models_lists_registry(capsys):
     assert names[:2] == ["resnet18", "se_resnet18"]
     assert {"torchvision/resnet18", "torchvision/resnet101"} <= set(names[2:])
     assert all(n.startswith(("torchvision/", "timm/")) for n in names[2:])
+
+
+def test_methods_lists_every_method_with_the_options_it_owns(capsys):
+    from rscompress.pruning.methods import METHODS
+
+    code, out, _ = run_cli(capsys, "methods")
+    assert code == 0
+    lines = out.splitlines()
+    assert [line.split()[0] for line in lines] == list(METHODS)
+    assert lines[list(METHODS).index("nas")].endswith("[--gate-without-bn --search-epochs]")
+
+
+def test_an_option_of_another_method_is_one_error_naming_it(capsys, tmp_path):
+    code, _, err = run_cli(
+        capsys, "prune", str(tmp_path / "parent"), "--method", "l1", "--target-macs", "0.5",
+        "--search-epochs", "3", "--out", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert code == 2 and "--search-epochs is an option of --method nas; --method l1 has none" in err
+    assert not (tmp_path / "out").exists()

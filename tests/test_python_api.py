@@ -191,13 +191,13 @@ def _with_random_bn_statistics(model):
 )
 def test_another_librarys_se_layers_fold_exactly(build):
     from rscompress.pruning.importance import CAP_ATTENTION
-    from rscompress.pruning.parent import fold_foreign_se, foreign_se_layers
+    from rscompress.pruning.parent import fold_foreign_se_layers, foreign_se_layers
 
     model = _with_random_bn_statistics(build())
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         expected = model(x)
-    names = fold_foreign_se(model, [(x, torch.zeros(1, dtype=torch.long))])  # s̄ is this image's attention
+    names = fold_foreign_se_layers(model, [(x, torch.zeros(1, dtype=torch.long))])  # s̄ is this image's attention
     assert names and not foreign_se_layers(model)
     assert all(isinstance(model.get_submodule(n), nn.Identity) for n in names)
     with torch.no_grad():
@@ -352,7 +352,7 @@ def test_bad_options_are_one_user_error_naming_the_option(options, message):
 
 
 def test_se_attention_is_read_from_the_gate_even_where_a_channel_is_all_zero():
-    from rscompress.pruning.parent import fold_foreign_se
+    from rscompress.pruning.parent import fold_foreign_se_layers
 
     model = _with_random_bn_statistics(torchvision.models.mobilenet_v3_small(num_classes=4))
     x = torch.randn(2, 3, 32, 32)
@@ -368,5 +368,5 @@ def test_se_attention_is_read_from_the_gate_even_where_a_channel_is_all_zero():
     handle.remove()
     bn = model.features[1].block[0][1]
     gamma = bn.weight.detach().clone()
-    fold_foreign_se(model, [(x, torch.zeros(2, dtype=torch.long))])
+    fold_foreign_se_layers(model, [(x, torch.zeros(2, dtype=torch.long))])
     assert torch.allclose(bn.weight, gamma * attention["gate"], atol=1e-6)  # folded into that BN: s̄ exactly

@@ -376,14 +376,17 @@ def prune(
     """
     from rscompress.distillation.objective import freeze, teacher_loss_fn
     from rscompress.pruning import architecture_spec
-    from rscompress.pruning.method_names import SPARSE_METHODS
+    from rscompress.pruning.methods import METHODS, check_config
+    from rscompress.pruning.methods.base import Budget
     from rscompress.pruning.methods.remotetrimmer import folded_model_name
-    from rscompress.pruning.parent import budget_on_prepared, budget_reference, prepare_parent, rebase_budget
+    from rscompress.pruning.parent import budget_reference, rebase_budget
     from rscompress.pruning.select import select_and_prune
 
-    if sparse_from is not None and (cfg.method not in SPARSE_METHODS or pruned_from is not None):
+    method = check_config(cfg)
+    if sparse_from is not None and (not method.sparse_training or pruned_from is not None):
+        sparse = [m.name for m in METHODS.values() if m.sparse_training]
         raise UserError(
-            f"--sparse-from takes the sparse training of --method {' or '.join(SPARSE_METHODS)}, "
+            f"--sparse-from takes the sparse training of --method {' or '.join(sparse)}, "
             f"without --pruned-from; this run is --method {cfg.method}"
             + (" with --pruned-from" if pruned_from is not None else "")
         )
@@ -415,13 +418,14 @@ def prune(
         # SE attention, gradients and BN statistics come from plain (unaugmented) train images.
         calibration = eval_batches(data, data.train_indices, batch_size=64)
         parent_cost = count_macs_params(budget_reference(model), parent_cfg.img_size)
-        model, weights_as_trained = prepare_parent(model, calibration, cfg.method)
+        model, weights_as_trained = method.prepare_parent(model, calibration)
         torch.manual_seed(cfg.finetune.seed)  # the random criterion, sparse training
         pruned, details = select_and_prune(
             model,
             model_name,
             parent_cfg.img_size,
-            budget_on_prepared(cfg, parent_cost, count_macs_params(model, parent_cfg.img_size)),
+            cfg,
+            budget=Budget.of(cfg).on_prepared(parent_cost, count_macs_params(model, parent_cfg.img_size)),
             train_batches=train_loader(data, data_cfg, cfg.finetune),
             val_batches=eval_batches(data, data.val_indices),
             calibration=[b for _, b in zip(range(cfg.calibration_batches), calibration, strict=False)],
@@ -546,11 +550,10 @@ def sparse_from_differences(source: Path, parent: Path, cfg: PruneConfig) -> lis
 
     It is when ``source`` pruned the same parent with the same settings but the budget (the
     fine-tuning loss and length aside) and its sparsity stayed on the same side of both
-    budgets' target sparsities in every epoch (l1rr.target_difference): then training again
+    budgets' target sparsities in every epoch (sparse_training.target_difference): then training again
     would repeat it step for step.
     """
-    from rscompress.pruning.methods.l1rr import target_difference
-    from rscompress.pruning.select import sparse_target
+    from rscompress.pruning.methods.sparse_training import sparse_target, target_difference
 
     src = RunDir(source)
     if not (src.holds_sparse_model() and src.config_path.is_file()):

@@ -193,9 +193,7 @@ def train(
 @app.command()
 def prune(
     run: Annotated[Path, typer.Argument(help="Finished run dir to prune (the parent).")],
-    method: Annotated[
-        str, typer.Option(help="l1, l2, bn, taylor, fpgm, lamp, random, remotetrimmer, slim, l1rr, nas.")
-    ],
+    method: Annotated[str, typer.Option(help="A pruning method; `rscompress methods` lists them.")],
     out: Annotated[Path, typer.Option(help="Run dir to write.")],
     target_macs: Annotated[
         float | None, typer.Option(help="Fraction of the parent's MACs to keep (0 < F <= 1).")
@@ -603,6 +601,16 @@ def models(filter_text: Annotated[str, typer.Option("--filter", help="Substring 
 
     for name in list_models(filter_text) + external_names(filter_text):
         typer.echo(name)
+
+
+@app.command()
+def methods():
+    """Pruning methods, one a line: the name --method takes, the options it owns, what it does."""
+    from rscompress.pruning.methods import METHODS
+
+    for method in METHODS.values():
+        owns = "".join(f" --{o.replace('_', '-')}" for o in sorted(method.options))
+        typer.echo(f"{method.name:<14}{method.summary}" + (f" [{owns.strip()}]" if owns else ""))
 
 
 @app.command()

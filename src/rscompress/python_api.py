@@ -39,13 +39,9 @@ from rscompress.models.complexity import count_macs_params
 from rscompress.models.external import identify_external
 from rscompress.models.registry import built_as
 from rscompress.models.weights import read_state_dict, save_weights
-from rscompress.pruning.parent import (
-    budget_on_prepared,
-    budget_reference,
-    has_se_blocks,
-    prepare_parent,
-    rebase_budget,
-)
+from rscompress.pruning.methods import METHODS, check_config
+from rscompress.pruning.methods.base import Budget
+from rscompress.pruning.parent import budget_reference, has_se_blocks, rebase_budget
 
 Batches = Iterable[tuple[Tensor, Tensor]]
 
@@ -399,8 +395,8 @@ def prune(
 ) -> PruneResult:
     """Prune a trained ``model`` to a budget and fine-tune it; ``model`` itself is not changed.
 
-    ``method``: any of ``rscompress prune --method`` (l1, l2, bn, taylor, fpgm, lamp, random,
-    remotetrimmer, slim, l1rr, nas). Budget: ``target_macs`` / ``target_params`` (share of the
+    ``method``: any of ``rscompress prune --method`` (``rscompress methods`` lists them;
+    ``pruning.methods.METHODS``). Budget: ``target_macs`` / ``target_params`` (share of the
     parent's to keep, hit within ±1 % on ``example_input``'s size) or a per-layer ``ratio``.
     ``loss``: ce or aml+ce (RemoteTrimmer's), or ``loss_fn(model, x, y, epoch) -> (loss,
     logits)`` of your own. ``method_options``: that method's PruneConfig fields
@@ -429,6 +425,7 @@ def prune(
             finetune=_fit_config(finetune_epochs, lr, seed, **fit_options),
             **(method_options or {}),
         )
+    pruning_method = check_config(cfg)
     img_size = _img_size(example_input)
     settings = {
         "method": method,
@@ -439,7 +436,7 @@ def prune(
     with _WorkDir(out) as run:
         _start(run, budget_reference(parent), example_input, settings, resume)
         if run.holds_pruned_model():
-            pruned = prepare_parent(parent, _calibration(train_loader, cfg.calibration_batches), cfg.method)[0]
+            pruned = pruning_method.prepare_parent(parent, _calibration(train_loader, cfg.calibration_batches))[0]
             apply_architecture(pruned, _read_json(run.prune_record_path)["architecture"])
             pruned.load_state_dict(read_state_dict(run.pruned_weights_path))
             details = _read_json(run.prune_record_path)["details"]
@@ -491,12 +488,14 @@ def _select(
     torch.manual_seed(cfg.finetune.seed)  # the random criterion, sparse training
     parent_cost = count_macs_params(budget_reference(parent), img_size)
     family = _architecture_family(parent)
-    model, weights_as_trained = prepare_parent(parent, _calibration(train_loader, cfg.calibration_batches), cfg.method)
+    method = METHODS[cfg.method]  # checked by prune
+    model, weights_as_trained = method.prepare_parent(parent, _calibration(train_loader, cfg.calibration_batches))
     pruned, details = select_and_prune(
         model,
         family,
         img_size,
-        budget_on_prepared(cfg, parent_cost, count_macs_params(model, img_size)),
+        cfg,
+        budget=Budget.of(cfg).on_prepared(parent_cost, count_macs_params(model, img_size)),
         train_batches=_LoaderBatches(train_loader, "train_loader"),
         val_batches=val_loader,
         calibration=_calibration(train_loader, cfg.calibration_batches),
@@ -512,7 +511,7 @@ def _select(
 
 def _architecture_family(model: nn.Module) -> str:
     """A name starting with the family (resnet..., vgg...) that picks L1RR's attention layers
-    (prune.select.attention_layers): the registry/torchvision/timm name, else the class name."""
+    (pruning.methods.l1rr.attention_layers): the registry/torchvision/timm name, else the class name."""
     made = built_as(model)
     name = made[0].split("/")[-1] if made else type(model).__name__
     return name.lower().removeprefix("se_")

@@ -35,6 +35,17 @@ class PruneStep(PruneConfig):
     pruned_from: str | None = None  # as `prune --pruned-from`: an earlier step's name or a run dir
     sparse_from: str | None = None  # as `prune --sparse-from`: likewise
 
+    @model_validator(mode="after")
+    def _method_takes_options(self) -> PruneStep:
+        """The method and its options, checked before any step runs."""
+        from rscompress.pruning.methods import check_config
+
+        try:
+            check_config(self)
+        except UserError as err:
+            raise ValueError(str(err)) from None
+        return self
+
 
 class DistillStep(DistillConfig):
     teacher: str

@@ -13,17 +13,6 @@ from torch import Tensor, nn
 from rscompress.errors import UserError
 from rscompress.models import create_model
 from rscompress.pruning import prune_to_budget
-from rscompress.pruning.methods.l1rr import (
-    SparsityConfig,
-    attention_transfer,
-    gamma_stack,
-    next_rate,
-    penalty_weights,
-    prunable_channel_sets,
-    reuse_differences,
-    sparse_train,
-    target_difference,
-)
 from rscompress.pruning.methods.l1rr_losses import (
     attention_loss,
     attention_map,
@@ -35,7 +24,18 @@ from rscompress.pruning.methods.l1rr_losses import (
     sparsity,
     strength_per_rate,
 )
-from rscompress.pruning.select import sparse_training_lr
+from rscompress.pruning.methods.sparse_training import (
+    SparsityConfig,
+    attention_transfer,
+    gamma_stack,
+    next_rate,
+    penalty_weights,
+    prunable_channel_sets,
+    reuse_differences,
+    sparse_train,
+    sparse_training_lr,
+    target_difference,
+)
 
 IMG = 16
 NUM_CLASSES = 3

@@ -391,12 +391,12 @@ def test_sparse_from_prunes_another_budget_from_the_sparse_training_it_would_rep
     source, fresh, out = tmp_path / "half", tmp_path / "fresh", tmp_path / "taken"
     assert main([*args, "--target-macs", "0.5", "--out", str(source)]) == 0
     assert main([*args, "--target-macs", "0.35", "--out", str(fresh)]) == 0
-    from rscompress.pruning.methods import l1rr
+    from rscompress.pruning.methods import sparse_training
 
     def must_not_run(*a, **k):
         raise AssertionError("sparse-trained again")
 
-    monkeypatch.setattr(l1rr, "sparse_train", must_not_run)
+    monkeypatch.setattr(sparse_training, "sparse_train", must_not_run)
     assert main([*args, "--target-macs", "0.35", "--sparse-from", str(source), "--out", str(out)]) == 0
     taken = json.loads((out / "metrics.json").read_text())
     # the run it would have trained: the same pruned model, the same fine-tuned result
@@ -431,7 +431,7 @@ def test_sparse_from_a_run_trained_otherwise_is_refused_by_name_and_writes_nothi
         (cfg, parents["se_resnet18"], source, "was pruned from .*resnet18, not .*se_resnet18"),
         (cfg, parents["resnet18"], parents["resnet18"], "holds no finished sparse training"),
         (
-            cfg.model_copy(update={"method": "nas"}),
+            _cfg("nas", target_macs=0.5),
             parents["resnet18"],
             source,
             "--sparse-from takes the sparse training",
@@ -457,11 +457,10 @@ def test_sparse_from_a_run_trained_otherwise_is_refused_by_name_and_writes_nothi
 def test_run_killed_after_sparse_training_prunes_its_model_on_resume(parents, tmp_path, monkeypatch):
     cfg = _cfg("slim", target_macs=0.5, sparse_epochs=1)
     out = tmp_path / "r"
-    from rscompress.pruning import select
-    from rscompress.pruning.methods import l1rr
+    from rscompress.pruning.methods import sparse_training
 
     with monkeypatch.context() as m:
-        m.setattr(select, "prune_to_budget", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+        m.setattr(sparse_training, "prune_to_budget", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
         with pytest.raises(KeyboardInterrupt):
             api.prune(parents["resnet18"], cfg, out, quiet=True)
     assert RunDir(out).holds_sparse_model() and not (out / "prune.json").exists()
@@ -471,5 +470,7 @@ def test_run_killed_after_sparse_training_prunes_its_model_on_resume(parents, tm
     with pytest.raises(UserError, match=r"sparse\.json is sparse training with other settings \(sparse_training\.lr"):
         api.prune(parents["resnet18"], cfg.model_copy(update={"sparse_lr": 0.5}), out, resume=True, quiet=True)
     trained = json.loads((out / "sparse.json").read_text())
-    monkeypatch.setattr(l1rr, "sparse_train", lambda *a, **k: (_ for _ in ()).throw(AssertionError("trained again")))
+    monkeypatch.setattr(
+        sparse_training, "sparse_train", lambda *a, **k: (_ for _ in ()).throw(AssertionError("trained again"))
+    )
     assert api.prune(parents["resnet18"], cfg, out, resume=True, quiet=True)["sparse_training"] == trained

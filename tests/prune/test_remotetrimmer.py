@@ -14,10 +14,8 @@ from rscompress.models import SEBatchNorm2d, create_model
 from rscompress.models.se import strip_se_blocks
 from rscompress.pruning import apply_architecture, architecture_spec, prune
 from rscompress.pruning.budget import prune_to_budget
-from rscompress.pruning.methods.remotetrimmer import (
-    folded_model_name,
-    prepare_remotetrimmer,
-)
+from rscompress.pruning.methods.remotetrimmer import folded_model_name
+from rscompress.pruning.parent import fold_se_blocks
 from rscompress.pruning.select import select_and_prune
 
 IMG = 16
@@ -46,7 +44,7 @@ def test_folded_model_equals_se_model_with_averaged_attention() -> None:
     se_model = se_resnet18()
     reference = copy.deepcopy(se_model)
     attention: dict[str, torch.Tensor] = {}
-    folded = prepare_remotetrimmer(se_model, batches())
+    folded = fold_se_blocks(se_model, batches())
     assert not any(isinstance(m, SEBatchNorm2d) for m in folded.modules())
     # Reference: the SE model whose every SE outputs its averaged attention s̄ = γ'/γ.
     for name, m in reference.named_modules():
@@ -60,7 +58,7 @@ def test_folded_model_equals_se_model_with_averaged_attention() -> None:
 
 
 def test_prepare_then_prune_removes_channels_and_runs() -> None:
-    model = prepare_remotetrimmer(se_resnet18(), batches())
+    model = fold_se_blocks(se_resnet18(), batches())
     before = sum(p.numel() for p in model.parameters())
     prune(model, "remotetrimmer", torch.zeros(1, 3, IMG, IMG), ratio=0.7)
     assert sum(p.numel() for p in model.parameters()) < 0.2 * before
@@ -70,7 +68,7 @@ def test_prepare_then_prune_removes_channels_and_runs() -> None:
 
 
 def test_pruned_folded_model_rebuilds_as_the_plain_architecture() -> None:
-    model = prepare_remotetrimmer(se_resnet18(), batches(1))
+    model = fold_se_blocks(se_resnet18(), batches(1))
     prune(model, "remotetrimmer", torch.zeros(1, 3, IMG, IMG), ratio=0.5)
     rebuilt = create_model(folded_model_name("se_resnet18"), NUM_CLASSES, small_input=True)
     apply_architecture(rebuilt, architecture_spec(model))
@@ -90,7 +88,7 @@ def test_cap_prunes_the_smallest_gamma_times_attention_not_the_smallest_gamma() 
     with torch.no_grad():
         bn.weight.copy_(gamma)
     fix_attention(bn, s)
-    folded = prepare_remotetrimmer(model, batches(1))
+    folded = fold_se_blocks(model, batches(1))
     expected = (gamma * s)[:32]
     assert torch.allclose(folded.layer1[0].bn1.weight.detach(), gamma * s, atol=1e-6)
     prune(folded, "remotetrimmer", torch.zeros(1, 3, IMG, IMG), ratio=0.5)
@@ -122,7 +120,7 @@ def test_weight_criteria_on_an_se_parent_read_the_weights_as_trained_not_the_fol
     as_trained = strip_se_blocks(copy.deepcopy(model))
     assert not any(isinstance(m, SEBatchNorm2d) for m in as_trained.modules())
     assert torch.equal(as_trained.layer1[0].bn1.weight.detach(), gamma)
-    folded = prepare_remotetrimmer(model, batches(1))
+    folded = fold_se_blocks(model, batches(1))
     cfg = PruneConfig(method="bn", ratio=0.5, finetune=FitConfig())
     kept = {}
     for name, scorer in (("folded", None), ("as trained", as_trained)):
@@ -143,36 +141,36 @@ def test_weight_criteria_on_an_se_parent_read_the_weights_as_trained_not_the_fol
 
 
 def test_a_scorer_of_another_architecture_is_refused() -> None:
-    folded = prepare_remotetrimmer(se_resnet18(), batches(1))
+    folded = fold_se_blocks(se_resnet18(), batches(1))
     with pytest.raises(ValueError, match=r"scorer must have model's architecture: fc.bias is \(3,\) vs \(5,\)"):
         prune_to_budget(folded, "bn", IMG, ratio=0.5, scorer=create_model("resnet18", 5, small_input=True))
 
 
 def test_a_model_without_se_blocks_is_a_user_error() -> None:
     with pytest.raises(UserError, match="se_resnet18"):
-        prepare_remotetrimmer(create_model("resnet18", NUM_CLASSES), batches())
+        fold_se_blocks(create_model("resnet18", NUM_CLASSES), batches())
 
 
 def test_no_images_is_a_user_error() -> None:
     with pytest.raises(UserError, match="attention"):
-        prepare_remotetrimmer(se_resnet18(), [])
+        fold_se_blocks(se_resnet18(), [])
 
 
 def test_sparse_methods_on_an_se_parent_rank_the_gammas_sparse_training_left(monkeypatch) -> None:
     # Sparse training is what sets slim's / L1RR's ranking: the weights as trained must not.
     # As trained, layer1[0].bn1 ranks channels 32..63 highest; sparse training drove exactly
     # those to zero, so they are the first to go.
-    from rscompress.pruning import select
+    from rscompress.pruning.methods import sparse_training
 
     model = se_resnet18()
     with torch.no_grad():
         model.layer1[0].bn1.weight.copy_(torch.linspace(1.0, 2.0, 64))
     as_trained = strip_se_blocks(copy.deepcopy(model))
-    folded = prepare_remotetrimmer(model, batches(1))
+    folded = fold_se_blocks(model, batches(1))
     sparse = copy.deepcopy(folded)
     with torch.no_grad():
         sparse.layer1[0].bn1.weight[32:] = 0.0
-    monkeypatch.setattr(select, "_sparse_train", lambda *args: (sparse, {"epochs": 0}))
+    monkeypatch.setattr(sparse_training, "_sparse_model", lambda *args: (sparse, {"epochs": 0}))
     for method in ("slim", "l1rr"):
         cfg = PruneConfig(method=method, ratio=0.3, finetune=FitConfig())
         pruned, _ = select_and_prune(

@@ -27,7 +27,7 @@ from rscompress.errors import UserError
 Importance = tp.importance.Importance
 LossFn = Callable[[Tensor, Tensor], Tensor]
 # A BN attribute holding the SE attention s̄ of its channels when it could not be folded into
-# the BN itself (pruning.parent.fold_foreign_se): CAP ranks |γ|·s̄ all the same. Set on a
+# the BN itself (pruning.parent.fold_foreign_se_layers): CAP ranks |γ|·s̄ all the same. Set on a
 # parent before scoring; ``forget_cap_attention`` removes it once the model is pruned.
 CAP_ATTENTION = "_cap_attention"
 
@@ -41,7 +41,7 @@ class ChannelAttentionImportance(Importance):
     """RemoteTrimmer's CAP score: |γ'| averaged over the BatchNorms of the group.
 
     Run it on a model whose SE attention was folded into its BNs (γ' = γ·s̄, see
-    ``methods.remotetrimmer.prepare_remotetrimmer``); on a plain model it is network
+    ``parent.fold_se_blocks``); on a plain model it is network
     slimming's |γ| averaged per group. A channel's score averages only the BNs that actually
     carry that channel (in a residual stream: every block's last BN and the downsample BN).
 

@@ -7,7 +7,7 @@ weight criteria then score the weights the SE model learned (``weights_as_traine
 folded γ·s̄: that amplification is RemoteTrimmer's contribution, which a baseline must not get.
 
 Other libraries' SE layers (torchvision ``SqueezeExcitation``, timm ``SEModule`` /
-``SqueezeExcite``) are folded for ``remotetrimmer`` by ``fold_foreign_se``: each becomes an
+``SqueezeExcite``) are folded for ``remotetrimmer`` by ``fold_foreign_se_layers``: each becomes an
 Identity and its averaged attention s̄ moves where the function stays exact. Where the SE reads
 a BN through nothing but ReLU-like layers (f(a·x) = a·f(x) for a > 0), s̄ goes into that BN
 (γ·s̄, β·s̄) as for our own SE blocks. After a Hardswish or SiLU it cannot, so s̄ scales the
@@ -25,14 +25,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from rscompress.config import PruneConfig
 from rscompress.errors import UserError
-from rscompress.models.se import se_batchnorms, strip_se_blocks
+from rscompress.models.se import average_se_attention, fold_se_into_bn, se_batchnorms, strip_se_blocks
 from rscompress.pruning.importance import CAP_ATTENTION
-from rscompress.pruning.methods.remotetrimmer import prepare_remotetrimmer
 
 # Class-name words of SE-style layers other libraries build (torchvision SqueezeExcitation,
-# timm SEModule / SqueezeExcite / EffectiveSEModule): what fold_foreign_se looks for.
+# timm SEModule / SqueezeExcite / EffectiveSEModule): what fold_foreign_se_layers looks for.
 _FOREIGN_SE_WORDS = ("SqueezeExcit", "SEModule", "SELayer", "EffectiveSE")
 
 
@@ -110,7 +108,7 @@ def _consumer(calls: list[_Call], index: int) -> int | None:
 
 
 @torch.no_grad()
-def fold_foreign_se(model: nn.Module, calibration: Iterable[tuple[Tensor, Tensor]]) -> list[str]:
+def fold_foreign_se_layers(model: nn.Module, calibration: Iterable[tuple[Tensor, Tensor]]) -> list[str]:
     """Replace every foreign SE layer by an Identity, its averaged attention folded (module
     docstring); in place. Returns their names. UserError naming a layer it cannot fold, or if
     the folded model does not compute what the SE model computes with its attention fixed."""
@@ -222,18 +220,6 @@ def budget_reference(parent: nn.Module) -> nn.Module:
     return strip_se_blocks(copy.deepcopy(parent)) if has_se_blocks(parent) else parent
 
 
-def budget_on_prepared(cfg: PruneConfig, parent_cost: tuple[int, int], prepared_cost: tuple[int, int]) -> PruneConfig:
-    """``cfg`` with its budget as a share of the prepared model: folding another library's SE
-    layers away removes their MACs and params, and a budget is a share of the model as given.
-    ``*_cost``: (MACs, params) of each. Unchanged where preparing removed nothing."""
-    update: dict[str, float] = {}
-    for i, field in enumerate(("target_macs", "target_params")):
-        target = getattr(cfg, field)
-        if target is not None and prepared_cost[i] != parent_cost[i]:
-            update[field] = min(1.0, target * parent_cost[i] / prepared_cost[i])
-    return cfg.model_copy(update=update) if update else cfg
-
-
 def rebase_budget(report: dict[str, Any], parent_cost: tuple[int, int]) -> dict[str, Any]:
     """A budget report (BudgetReport.to_dict: shares of the prepared model) as shares of the
     parent as given, whose (MACs, params) are ``parent_cost``; the same where they agree."""
@@ -251,18 +237,41 @@ def rebase_budget(report: dict[str, Any], parent_cost: tuple[int, int]) -> dict[
 
 
 def prepare_parent(
-    parent: nn.Module, calibration: Iterable[tuple[Tensor, Tensor]], method: str
+    parent: nn.Module, calibration: Iterable[tuple[Tensor, Tensor]], *, fold_foreign_se: bool
 ) -> tuple[nn.Module, nn.Module | None]:
     """``(model to prune, weights_as_trained)``; ``parent`` itself is folded in place.
 
     ``calibration``: train batches (images, labels) whose SE attention is averaged.
     ``weights_as_trained`` is None for a parent without SE blocks (the model is its own).
+    ``fold_foreign_se``: fold other libraries' SE layers too (RemoteTrimmer); UserError if
+    the parent has none.
     """
     if not has_se_blocks(parent):
-        if method == "remotetrimmer":
+        if fold_foreign_se:
             if not foreign_se_layers(parent):
                 raise UserError(no_foldable_se(parent))
-            fold_foreign_se(parent, calibration)
+            fold_foreign_se_layers(parent, calibration)
         return parent, None
     weights_as_trained = strip_se_blocks(copy.deepcopy(parent))
-    return prepare_remotetrimmer(parent, calibration), weights_as_trained
+    return fold_se_blocks(parent, calibration), weights_as_trained
+
+
+def fold_se_blocks(
+    se_model: nn.Module, attention_batches: Iterable[Tensor | tuple[Tensor, ...] | list[Tensor]]
+) -> nn.Module:
+    """Fold the SE attention averaged over ``attention_batches`` into the BNs, in place.
+
+    ``se_model`` is a trained ``se_*`` registry model; ``attention_batches`` yields image
+    batches (or DataLoader (images, labels) tuples) of the training split. Returns the same
+    model object, now without SE blocks, ready for any method (RemoteTrimmer's step 1).
+    """
+    if not se_batchnorms(se_model):
+        raise UserError(
+            "remotetrimmer needs a parent model trained with SE blocks (an se_* model, e.g. "
+            f"se_resnet18); this {type(se_model).__name__} has none"
+        )
+    try:
+        attention = average_se_attention(se_model, attention_batches)
+    except ValueError as e:  # no images: the user's data, not our bug
+        raise UserError(f"cannot average SE attention: {e}") from e
+    return fold_se_into_bn(se_model, attention)

@@ -66,7 +66,7 @@ def architecture_spec(model: nn.Module) -> dict[str, Any]:
             shape = {f: int(getattr(module, f)) for f in _FIELDS[kind]}
             layers[name] = {"type": type(module).__name__, **shape}
     # Where the model has an Identity: a fresh model may have a block there that was folded
-    # away (another library's SE block under remotetrimmer, pruning.parent.fold_foreign_se).
+    # away (another library's SE block under remotetrimmer, pruning.parent.fold_foreign_se_layers).
     identity = [name for name, module in model.named_modules() if isinstance(module, nn.Identity) and name]
     return {"version": SPEC_VERSION, "layers": layers, **({"identity": identity} if identity else {})}
 

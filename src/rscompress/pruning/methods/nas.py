@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 import torch_pruning as tp
@@ -49,9 +49,13 @@ from rscompress.engine.precision import bf16_autocast
 from rscompress.errors import UserError
 from rscompress.pruning.budget import prune_to_budget
 from rscompress.pruning.graph import Metric
+from rscompress.pruning.methods.base import PruningMethod, Selection
 from rscompress.pruning.methods.nas_cost import ExpectedCost, cost_awareness_loss
 from rscompress.pruning.methods.nas_gates import ChannelGates, gate_layout
 from rscompress.seeding import derived_seed
+
+if TYPE_CHECKING:
+    from rscompress.config import PruneConfig
 
 WEIGHT_MOMENTUM = 0.9
 DEFAULT_TARGET_MACS = 0.35
@@ -413,3 +417,44 @@ def nas_search(
         gated_without_bn=gate_without_bn,
     )
     return pruned, report
+
+
+class NAS(PruningMethod):
+    name = "nas"
+    summary = "NAS channel pruning: trainable channel gates, cost-awareness loss to the budget"
+    options = frozenset({"search_epochs", "gate_without_bn"})
+
+    def check(self, cfg: PruneConfig) -> None:
+        if cfg.ratio is not None:
+            raise UserError(
+                "--method nas searches towards a budget: give --target-macs or --target-params, not --ratio"
+            )
+
+    def select(self, s: Selection) -> tuple[nn.Module, dict[str, Any]]:
+        cfg = s.cfg
+        metric = "MACs" if s.budget.metric == "macs" else "params"
+
+        def progress(epoch: int, expected: float, target: float, ce: float) -> None:
+            s.log(
+                f"search epoch {epoch + 1}/{cfg.search_epochs}: expected {metric} {expected:.3f} "
+                f"(target {target:.3f})  val CE {ce:.4f}"
+            )
+
+        pruned, report = nas_search(
+            s.model,
+            s.train_batches,
+            s.val_batches,
+            img_size=s.img_size,
+            target_macs=s.budget.target_macs,
+            target_params=s.budget.target_params,
+            search_epochs=cfg.search_epochs,
+            progress=progress,
+            seed=cfg.finetune.seed,
+            checkpoint_dir=s.phase_dir,
+            bf16=cfg.finetune.bf16,
+            channels_last=cfg.finetune.channels_last,
+            device=s.device,
+            gate_without_bn=cfg.gate_without_bn,
+        )
+        details = report.to_dict()
+        return pruned, {"budget": details.pop("budget"), "nas_search": details}

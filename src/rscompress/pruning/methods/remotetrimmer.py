@@ -2,7 +2,7 @@
 
 The method in three calls:
 
-1. ``prepare_remotetrimmer(se_model, train_batches)``: average every SE block's sigmoid
+1. ``parent.fold_se_blocks(se_model, train_batches)`` (every method does it): average every SE block's sigmoid
    attention over the training images (s̄, one value per channel) and fold it into the BN it
    belongs to (γ' = γ·s̄, β' = β·s̄). The result is a plain model without SE blocks that
    computes what the SE model computes with its attention fixed to s̄.
@@ -22,12 +22,9 @@ Folding amplifies the differences between channels: a channel the SE keeps turni
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
-from torch import Tensor, nn
-
 from rscompress.errors import UserError
-from rscompress.models.se import average_se_attention, fold_se_into_bn, se_batchnorms
+from rscompress.pruning.importance import ChannelAttentionImportance, Importance
+from rscompress.pruning.methods.base import Criterion, Selection
 
 # The paper's uniform per-layer ratio (≈ 90 % of ResNet-18's MACs and params removed).
 PAPER_RATIO = 0.7
@@ -42,22 +39,13 @@ def folded_model_name(se_model_name: str) -> str:
     return se_model_name.removeprefix("se_")
 
 
-def prepare_remotetrimmer(
-    se_model: nn.Module, attention_batches: Iterable[Tensor | tuple[Tensor, ...] | list[Tensor]]
-) -> nn.Module:
-    """Fold the SE attention averaged over ``attention_batches`` into the BNs, in place.
+class RemoteTrimmer(Criterion):
+    """The method's row in methods.METHODS: CAP on the SE-folded parent (fine-tune it with
+    ``--loss aml+ce`` for the paper's recipe)."""
 
-    ``se_model`` is a trained ``se_*`` registry model; ``attention_batches`` yields image
-    batches (or DataLoader (images, labels) tuples) of the training split. Returns the same
-    model object, now without SE blocks, ready for the ``remotetrimmer`` importance.
-    """
-    if not se_batchnorms(se_model):
-        raise UserError(
-            "remotetrimmer needs a parent model trained with SE blocks (an se_* model, e.g. "
-            f"se_resnet18); this {type(se_model).__name__} has none"
-        )
-    try:
-        attention = average_se_attention(se_model, attention_batches)
-    except ValueError as e:  # no images: the user's data, not our bug
-        raise UserError(f"cannot average SE attention: {e}") from e
-    return fold_se_into_bn(se_model, attention)
+    name = "remotetrimmer"
+    summary = "RemoteTrimmer's channel attention pruning: |γ|·s̄ with the SE attention folded in"
+    folds_foreign_se = True
+
+    def importance(self, s: Selection) -> Importance:
+        return ChannelAttentionImportance()
