@@ -20,10 +20,12 @@ demo: $(STAMP)
 
 # Two workers: the tests run one torch thread each, the machines have 2 cores.
 # pytest's exit 5 (no tests collected) is a broken suite, not a pass: say so and fail.
-# Lint and format first (ruff, configured in pyproject.toml): seconds, and a failure says where.
+# Lint, format and type check first (ruff, then mypy on src/; both configured in pyproject.toml):
+# under a minute, and a failure says where.
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks examples scripts
 	$(BIN)/ruff format --check src tests benchmarks examples scripts
+	$(BIN)/mypy
 	@$(BIN)/python -m pytest -q -n 2; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is missing or a filter hides every test" >&2; exit 1; fi; \
 	exit $$rc

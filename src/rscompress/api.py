@@ -143,7 +143,7 @@ def train(
     if dist.is_main:
         run.path.mkdir(parents=True, exist_ok=True)
         run.save_config(config)
-    extra = {"model": train_cfg.model}
+    extra: dict[str, Any] = {"model": train_cfg.model}
     if weights_report is not None:
         extra["init_weights"] = {
             "path": str(train_cfg.weights),
@@ -201,7 +201,7 @@ def _fit_and_finish(
         "epochs": fit_cfg.epochs,
         "seed": fit_cfg.seed,
         **extra_metrics,
-        "val": result.best_val.summary(),
+        "val": result.val.summary(),
         "test": test.to_dict(),
         "timings": {
             "train_seconds_this_process": result.train_seconds,
@@ -641,7 +641,7 @@ def distill(
     )
 
 
-def _cache_counts(teacher: torch.nn.Module) -> dict[str, Any]:
+def _cache_counts(teacher: torch.nn.Module | None) -> dict[str, Any]:
     """Teacher-cache hits/misses of this process for metrics.json (filled in while training)."""
     from rscompress.distillation.teacher_cache import CachedTeacher
 

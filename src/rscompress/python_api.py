@@ -73,7 +73,7 @@ class _LoaderBatches:
 
     def set_epoch(self, epoch: int) -> None:
         sampler = getattr(self.loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
+        if sampler is not None and hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
 
 
@@ -107,8 +107,8 @@ def _model_name(model: nn.Module, num_classes: int) -> tuple[str, dict[str, Any]
 
             name = folded_model_name(name)
         return name, kwargs
-    if (name := identify_external(model, num_classes)) is not None:
-        return name, {}
+    if (external := identify_external(model, num_classes)) is not None:
+        return external, {}
     raise UserError(
         f"cannot tell how to rebuild a {type(model).__module__}.{type(model).__name__} without pickle: "
         "save and load take models made by rscompress.create_model (the registry, torchvision/NAME, "
@@ -295,7 +295,7 @@ def train(
         _start(run, model, example, settings, resume)
         result = _fit(run, model, train_loader, val_loader, cfg, _num_classes(model, example), loss_fn, quiet)
         _finish(run, model, result, settings)
-        return TrainResult(model, result.best_val, result.history, None if out is None else run.path)
+        return TrainResult(model, result.val, result.history, None if out is None else run.path)
 
 
 def _first_images(loader: Batches, name: str = "the validation loader") -> Tensor:
@@ -365,7 +365,7 @@ def _finish(run: RunDir, model: nn.Module, result: FitResult, metrics: dict[str,
     save_weights(model, run.weights_path)
     write_json_atomic(
         run.metrics_path,
-        {**metrics, "val": result.best_val.summary(), "best_epoch": result.best_epoch, "history": result.history},
+        {**metrics, "val": result.val.summary(), "best_epoch": result.best_epoch, "history": result.history},
     )
     shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
 
@@ -457,7 +457,7 @@ def prune(
             pruned,
             kept["macs_kept"],
             kept["params_kept"],
-            result.best_val,
+            result.val,
             result.history,
             details,
             None if out is None else run.path,
@@ -574,7 +574,7 @@ def distill(
         objective = teacher_loss_fn(teacher, loss, cfg, cfg.fit.label_smoothing)
         result = _fit(run, student, train_loader, val_loader, cfg.fit, num_classes, objective, quiet)
         _finish(run, student, result, settings)
-        return TrainResult(student, result.best_val, result.history, None if out is None else run.path)
+        return TrainResult(student, result.val, result.history, None if out is None else run.path)
 
 
 def export_onnx(

@@ -141,20 +141,21 @@ def run_steps(recipe: Recipe, quiet: bool = False) -> dict[str, Any]:
         # one killed anywhere, sparse training and NAS search included, continues.
         again = {"resume": run.is_started(), "reuse_finished": True, "quiet": quiet}
         if step.train is not None:
-            cfg = step.train
-            results[step.name] = api.train(cfg.data, TrainConfig(**cfg.model_dump(exclude={"data"})), out, **again)
+            train_step = step.train
+            train_cfg = TrainConfig(**train_step.model_dump(exclude={"data"}))
+            results[step.name] = api.train(train_step.data, train_cfg, out, **again)
         elif step.prune is not None:
-            cfg = PruneConfig(**step.prune.model_dump(exclude={"parent", "pruned_from", "sparse_from"}))
+            prune_cfg = PruneConfig(**step.prune.model_dump(exclude={"parent", "pruned_from", "sparse_from"}))
             pruned_from, sparse_from = (
                 ref(name) if name else None for name in (step.prune.pruned_from, step.prune.sparse_from)
             )
             results[step.name] = api.prune(
-                ref(step.prune.parent), cfg, out, pruned_from=pruned_from, sparse_from=sparse_from, **again
+                ref(step.prune.parent), prune_cfg, out, pruned_from=pruned_from, sparse_from=sparse_from, **again
             )
         elif step.distill is not None:
-            cfg = DistillConfig(**step.distill.model_dump(exclude={"teacher", "student"}))
+            distill_cfg = DistillConfig(**step.distill.model_dump(exclude={"teacher", "student"}))
             student = str(ref(step.distill.student)) if step.distill.student in done else step.distill.student
-            results[step.name] = api.distill(ref(step.distill.teacher), student, cfg, out, **again)
+            results[step.name] = api.distill(ref(step.distill.teacher), student, distill_cfg, out, **again)
         elif step.export is not None:
             target = ref(step.export.run)
             onnx_path = target / "model.onnx"
@@ -167,6 +168,7 @@ def run_steps(recipe: Recipe, quiet: bool = False) -> dict[str, Any]:
             results[step.name] = {"skipped": "complete", "rows": json.loads((out / "bench.json").read_text())}
         else:
             b = step.bench
+            assert b is not None  # Step's validator: exactly one kind, and the others are handled above
             rows = bench_table(
                 measure(
                     [RunDir(ref(r)).require() for r in b.runs], b.batch_sizes, b.threads, b.engines, b.warmup, b.repeats

@@ -209,7 +209,7 @@ def _is_hidden(name: str) -> bool:
 
 
 def _class_files(class_dir: Path) -> list[Path]:
-    files = []
+    files: list[Path] = []
     # followlinks: datasets are often assembled from symlinked folders.
     for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
         dirnames[:] = [d for d in dirnames if not _is_hidden(d)]

@@ -9,6 +9,7 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -43,7 +44,8 @@ class PreparedData:
 
     def with_normalisation(self, mean: Sequence[float], std: Sequence[float]) -> PreparedData:
         """The same data normalised like a trained run (its mean/std, not this data's)."""
-        return replace(self, mean=tuple(mean), std=tuple(std))
+        # Three values each: they come from channel_mean_std, through a run's config.json.
+        return replace(self, mean=cast(Triple, tuple(mean)), std=cast(Triple, tuple(std)))
 
 
 @dataclass

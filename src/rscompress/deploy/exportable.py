@@ -31,6 +31,9 @@ def adaptive_pool_matrix(n_in: int, n_out: int) -> Tensor:
 class MatrixAdaptiveAvgPool2d(nn.Module):
     """``AdaptiveAvgPool2d`` for inputs of one spatial size, as ``rows @ x @ colsᵀ``."""
 
+    rows: Tensor  # buffers, registered in __init__
+    cols_t: Tensor
+
     def __init__(self, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> None:
         super().__init__()
         self.in_hw = in_hw
@@ -43,8 +46,8 @@ class MatrixAdaptiveAvgPool2d(nn.Module):
 
 def _output_hw(pool: nn.AdaptiveAvgPool2d, in_hw: tuple[int, int]) -> tuple[int, int]:
     size = pool.output_size
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    return tuple(i if o is None else o for i, o in zip(in_hw, size, strict=False))  # None keeps that axis
+    out_h, out_w = (size, size) if isinstance(size, int) or size is None else size
+    return (in_hw[0] if out_h is None else out_h, in_hw[1] if out_w is None else out_w)  # None keeps that axis
 
 
 def exportable_copy(model: nn.Module, example: Tensor) -> nn.Module:
@@ -54,22 +57,20 @@ def exportable_copy(model: nn.Module, example: Tensor) -> nn.Module:
 
     def remember(name: str):
         def hook(module: nn.Module, args: tuple[Tensor, ...], out: Tensor) -> None:
-            in_sizes[name] = tuple(args[0].shape[-2:])
+            h, w = args[0].shape[-2:]
+            in_sizes[name] = (h, w)
 
         return hook
 
-    hooks = [
-        m.register_forward_hook(remember(name))
-        for name, m in model.named_modules()
-        if isinstance(m, nn.AdaptiveAvgPool2d)
-    ]
+    pools = {name: m for name, m in model.named_modules() if isinstance(m, nn.AdaptiveAvgPool2d)}
+    hooks = [m.register_forward_hook(remember(name)) for name, m in pools.items()]
     try:
         with torch.no_grad():
             model(example)
     finally:
         for hook in hooks:
             hook.remove()
-    sizes = {name: (in_hw, _output_hw(model.get_submodule(name), in_hw)) for name, in_hw in in_sizes.items()}
+    sizes = {name: (in_hw, _output_hw(pools[name], in_hw)) for name, in_hw in in_sizes.items()}
     rewrite = {name: io for name, io in sizes.items() if any(i % o for i, o in zip(*io, strict=False))}
     if not rewrite:
         return model

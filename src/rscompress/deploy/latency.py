@@ -288,7 +288,10 @@ def _time_engine(
             for batch_size in batch_sizes:
                 yield batch_size, time_interleaved(_torch_calls(models, batch_size), warmup, repeats, clock)
     else:
-        sessions = [cpu_session(path, threads) for path in onnx_paths]
+        sessions = []
+        for path in onnx_paths:
+            assert path is not None  # measure exports every model when onnxruntime is asked for
+            sessions.append(cpu_session(path, threads))
         for batch_size in batch_sizes:
             yield batch_size, time_interleaved(_onnx_calls(sessions, models, batch_size), warmup, repeats, clock)
 

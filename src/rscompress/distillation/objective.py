@@ -38,6 +38,7 @@ def teacher_loss_fn(teacher: nn.Module | None, loss: str, kd: KDSettings, label_
         ce = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
         if loss == "ce":
             return ce, logits
+        assert teacher is not None  # checked above: every loss but "ce" has one
         teacher.eval()  # the trainer may have switched every module to train mode
         with torch.no_grad():
             t_logits = teacher(x).float()

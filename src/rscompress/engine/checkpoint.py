@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,11 @@ def _commit(directory: Path, epoch_dir: Path) -> None:
     for old in directory.glob("epoch-*"):
         if old.is_dir() and old.name != epoch_dir.name:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _safetensors_writer(tensors: dict[str, torch.Tensor]) -> Callable[[Path], None]:
+    """A ``write_atomic`` writer of ``tensors``, bound now (not to a loop variable that moves on)."""
+    return lambda tmp: save_file(tensors, str(tmp))
 
 
 def _latest(directory: Path) -> tuple[Path, dict] | None:
@@ -156,7 +162,7 @@ def save_phase(
     optim_meta = {}
     for name, optimizer in optimizers.items():
         optim_tensors, optim_meta[name] = _flatten_optimizer(optimizer)
-        write_atomic(epoch_dir / f"optim-{name}.safetensors", lambda t, o=optim_tensors: save_file(o, str(t)))
+        write_atomic(epoch_dir / f"optim-{name}.safetensors", _safetensors_writer(optim_tensors))
     write_json_atomic(epoch_dir / "state.json", {"epoch": epoch, "extra": extra, "optimizers": optim_meta})
     _commit(directory, epoch_dir)
 

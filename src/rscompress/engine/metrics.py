@@ -46,11 +46,10 @@ def evaluate(
     was_training = model.training
     model.eval()
     # Evaluation runs on one rank only: no cross-process sync, or the other ranks would hang.
-    local = {"sync_on_compute": False}
-    top1 = MulticlassAccuracy(num_classes, average="micro", **local)
-    per_class = MulticlassAccuracy(num_classes, average="none", **local)
-    kappa = MulticlassCohenKappa(num_classes, **local)
-    confusion = MulticlassConfusionMatrix(num_classes, **local)
+    top1 = MulticlassAccuracy(num_classes, average="micro", sync_on_compute=False)
+    per_class = MulticlassAccuracy(num_classes, average="none", sync_on_compute=False)
+    kappa = MulticlassCohenKappa(num_classes, sync_on_compute=False)
+    confusion = MulticlassConfusionMatrix(num_classes, sync_on_compute=False)
     loss_sum, n = 0.0, 0
     for x, y in batches:
         x = x.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)

@@ -92,11 +92,17 @@ def aml_ce_objective(r1: float = 1.0, r2: float = 1.0) -> LossFn:
 @dataclass
 class FitResult:
     best_epoch: int
-    best_val: EvalResult
+    best_val: EvalResult | None  # None on the other ranks: only the main one evaluates
     epochs_run: int
     train_seconds: float
     images_per_second: float  # mean over epochs after the first (the first may fill caches)
     history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def val(self) -> EvalResult:
+        """``best_val`` on the main rank, the only one that has it."""
+        assert self.best_val is not None, "only the main rank evaluates: no best_val on this rank"
+        return self.best_val
 
 
 def _read_history(path: Path, upto_epoch: int) -> list[dict[str, Any]]:
@@ -127,7 +133,9 @@ def fit(
     loss_fn = loss_fn or cross_entropy_loss(cfg.label_smoothing)
     device = resolve_device(cfg.device)
     memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
-    model.to(device, memory_format=memory_format)
+    # Module.to takes a memory_format beside the device (torch parses both the same way as
+    # Tensor.to); torch's overloads list it only alone.
+    model.to(device, memory_format=memory_format)  # type: ignore[call-overload]
     optimizer = build_optimizer(model.parameters(), cfg.optim)
     console = Console(stderr=True, quiet=quiet or not dist.is_main)
 
@@ -181,7 +189,7 @@ def fit(
                 loss.backward()
                 optimizer.step()
                 loss_sum += loss.item() * y.numel()
-                correct += (logits.argmax(1) == y).sum().item()
+                correct += int((logits.argmax(1) == y).sum().item())  # a count: item() gives an int
                 seen += y.numel()
                 elapsed = time.perf_counter() - t0
                 progress.update(
@@ -210,6 +218,7 @@ def fit(
                     run,
                 )
             if dist.is_main:
+                assert val is not None  # the main rank evaluates
                 score = (val.top1, -val.loss)
                 is_best = score > best_score
                 if is_best:

@@ -10,6 +10,7 @@ model. Always built from scratch: weights come from the user's own files
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 from torch import nn
 
@@ -93,7 +94,7 @@ def identify_external(model: nn.Module, num_classes: int) -> str | None:
             builder = torchvision.models.get_model_builder(tv_name)
             if getattr(builder, "__module__", "") != type(model).__module__:
                 continue
-            candidates.append((TORCHVISION + tv_name, lambda n=tv_name: create_external(TORCHVISION + n, num_classes)))
+            candidates.append((TORCHVISION + tv_name, partial(create_external, TORCHVISION + tv_name, num_classes)))
     layout = _layout(model)
     # Blocks folded away (another library's SE block under remotetrimmer) are Identities here.
     identity = [n for n, m in model.named_modules() if isinstance(m, nn.Identity) and n]

@@ -61,6 +61,7 @@ stages 2, 3 and 4.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -201,7 +202,8 @@ class GGhostStage(nn.Module):
     @property
     def cheap_channels(self) -> int:
         """Current width of the cheap path (follows structured pruning)."""
-        return self.cheap[0].in_channels
+        conv = cast(nn.Conv2d, self.cheap[0])  # built by _conv1x1 in __init__, resized in place
+        return conv.in_channels
 
     def forward(self, x: Tensor) -> Tensor:
         x0 = self.base(x)
@@ -213,7 +215,7 @@ class GGhostStage(nn.Module):
         #   (it ignores which output a consumer reads), so every split output has exactly one
         #   consumer (``clone`` below) and the code order makes the raw consumer met first:
         #   keep ``self.cheap(c) + m`` (not ``m + ...``) and ``cat((e, c))`` in this order.
-        cheap = self.cheap[0].in_channels
+        cheap = self.cheap_channels
         e, c = torch.split(x0, [x0.shape[1] - cheap, cheap], dim=1)
         mixed = [x0]
         if len(self.layers) > 0:

@@ -299,13 +299,17 @@ def prune_to_budget(
     count = lambda m: count_macs_params(m, img_size)  # noqa: E731
     trials = _Trials(build, count, metric or "macs", parent_count, target or 1.0)
     if metric is None:
+        assert ratio is not None  # _target: no metric means the ratio was given
         trials.measure(float(ratio), keep_at(float(ratio), {}))
         pinned = 0
     else:
+        assert target is not None  # _target: every metric comes with its target
         pinned, at_floor = _search(trials, keep_at, target, max_pruning_ratio)
         if not trials.done():
+            assert trials.best is not None  # _search measured at least one ratio
             point = trials.best[0]
             raise UserError(_unreachable(metric, target, point, at_floor, round_to, max_pruning_ratio))
+    assert trials.best is not None  # both branches measured at least one ratio
     point, pruned, (macs, params) = trials.best
     report = BudgetReport(
         parent_macs=parent_macs,

@@ -149,7 +149,7 @@ def keep_counts(
     if global_pruning:
         n_fixed_removed = sum(g.positions - fixed[g.root] for g in groups if g.root in fixed)
         removed = _global_remove(groups, ratio, candidates, free, n_fixed_removed)
-        wanted = [g.positions - r for g, r in zip(groups, removed, strict=True)]
+        wanted: list[float] = [g.positions - r for g, r in zip(groups, removed, strict=True)]
     else:
         wanted = [g.positions * (1 - ratio) for g in groups]
     return {

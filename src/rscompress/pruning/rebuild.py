@@ -16,17 +16,20 @@ subclasses like ``SEBatchNorm2d`` keep their type and their child modules.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.conv import _ConvNd
 
 from rscompress.errors import UserError
 
 SPEC_VERSION = 1
 
-_CONV = nn.modules.conv._ConvNd
-_NORM = nn.modules.batchnorm._BatchNorm
+_CONV = _ConvNd
+_NORM = _BatchNorm
 _FIELDS: dict[type, tuple[str, ...]] = {
     _CONV: ("in_channels", "out_channels", "groups"),
     _NORM: ("num_features",),
@@ -78,19 +81,21 @@ def _shape(kind: type, name: str, entry: Any, module: nn.Module) -> tuple[int, .
         raise UserError(
             f"architecture spec: layer {name!r} is a {found!r} in the spec but a {type(module).__name__} in the model"
         )
-    shape = tuple(entry.get(field) for field in _FIELDS[kind])
-    for field, value in zip(_FIELDS[kind], shape, strict=True):
+    shape: list[int] = []
+    for field in _FIELDS[kind]:
+        value = entry.get(field)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise UserError(f"architecture spec: layer {name!r} needs a positive integer {field}, got {value!r}")
+        shape.append(value)
     if kind is _CONV and (shape[0] % shape[2] or shape[1] % shape[2]):
         raise UserError(
             f"architecture spec: layer {name!r} has {shape[0]} in / {shape[1]} out channels, "
             f"not divisible into {shape[2]} groups"
         )
-    return shape
+    return tuple(shape)
 
 
-def _resize_conv(conv: nn.Module, cin: int, cout: int, groups: int) -> None:
+def _resize_conv(conv: _ConvNd, cin: int, cout: int, groups: int) -> None:
     conv.in_channels, conv.out_channels, conv.groups = cin, cout, groups
     # weight layout of a (non-transposed) conv: (out, in / groups, *kernel)
     conv.weight = nn.Parameter(conv.weight.new_empty(cout, cin // groups, *conv.kernel_size))
@@ -99,18 +104,20 @@ def _resize_conv(conv: nn.Module, cin: int, cout: int, groups: int) -> None:
     conv.reset_parameters()
 
 
-def _resize_norm(bn: nn.Module, n: int) -> None:
+def _resize_norm(bn: _BatchNorm, n: int) -> None:
     bn.num_features = n
     if bn.affine:
         bn.weight = nn.Parameter(bn.weight.new_empty(n))
         bn.bias = nn.Parameter(bn.bias.new_empty(n))
     if bn.track_running_stats:
+        # _NormBase registers both buffers exactly when it tracks running statistics.
+        assert bn.running_mean is not None and bn.running_var is not None
         bn.running_mean = bn.running_mean.new_empty(n)
         bn.running_var = bn.running_var.new_empty(n)
     bn.reset_parameters()
 
 
-def _resize_linear(linear: nn.Module, cin: int, cout: int) -> None:
+def _resize_linear(linear: nn.Linear, cin: int, cout: int) -> None:
     linear.in_features, linear.out_features = cin, cout
     linear.weight = nn.Parameter(linear.weight.new_empty(cout, cin))
     if linear.bias is not None:
@@ -118,7 +125,7 @@ def _resize_linear(linear: nn.Module, cin: int, cout: int) -> None:
     linear.reset_parameters()
 
 
-_RESIZE = {_CONV: _resize_conv, _NORM: _resize_norm, nn.Linear: _resize_linear}
+_RESIZE: dict[type, Callable[..., None]] = {_CONV: _resize_conv, _NORM: _resize_norm, nn.Linear: _resize_linear}
 
 
 @torch.no_grad()
@@ -146,7 +153,9 @@ def apply_architecture(model: nn.Module, spec: dict[str, Any]) -> nn.Module:
     def folded_away(name: str) -> bool:
         return any(name == i or name.startswith(i + ".") for i in identity)
 
-    model_layers = {name: m for name, m in modules.items() if _kind(m) is not None and not folded_away(name)}
+    model_layers = {
+        name: (kind, m) for name, m in modules.items() if (kind := _kind(m)) is not None and not folded_away(name)
+    }
     missing = sorted(set(model_layers) - set(layers))
     unknown = sorted(set(layers) - set(model_layers))
     if missing or unknown:
@@ -156,10 +165,10 @@ def apply_architecture(model: nn.Module, spec: dict[str, Any]) -> nn.Module:
             f"{len(unknown)} spec layers not in the model {unknown[:3]}"
         )
     # Validate everything before resizing anything: a bad spec leaves the model untouched.
-    shapes = {name: _shape(_kind(m), name, layers[name], m) for name, m in model_layers.items()}
+    shapes = {name: _shape(kind, name, layers[name], m) for name, (kind, m) in model_layers.items()}
     for name in identity:
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, nn.Identity())
-    for name, module in model_layers.items():
-        _RESIZE[_kind(module)](module, *shapes[name])
+    for name, (kind, module) in model_layers.items():
+        _RESIZE[kind](module, *shapes[name])
     return model

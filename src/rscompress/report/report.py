@@ -14,7 +14,7 @@ from typing import Any
 
 from rscompress.artifacts import RunDir
 from rscompress.errors import UserError
-from rscompress.io_utils import write_atomic, write_text_atomic
+from rscompress.io_utils import write_bytes_atomic, write_text_atomic
 from rscompress.report.plots import confusion_png, pareto_png, per_class_png
 
 
@@ -156,7 +156,7 @@ figure{{display:inline-block;margin:1em}}img{{max-width:520px}}</style></head>
     assets.mkdir(parents=True, exist_ok=True)
     md_imgs = []
     for key, title, png in figures:
-        write_atomic(assets / f"{key}.png", lambda tmp, data=png: tmp.write_bytes(data))
+        write_bytes_atomic(assets / f"{key}.png", png)
         md_imgs.append(f"![{title}]({assets.name}/{key}.png)")
     write_text_atomic(
         out.with_suffix(".md"),
