@@ -21,10 +21,10 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 from torch_pruning.pruner import function
+from torch_pruning.pruner.importance import Importance
 
 from rscompress.errors import UserError
 
-Importance = tp.importance.Importance
 LossFn = Callable[[Tensor, Tensor], Tensor]
 # A BN attribute holding the SE attention s̄ of its channels when it could not be folded into
 # the BN itself (pruning.parent.fold_foreign_se_layers): CAP ranks |γ|·s̄ all the same. Set on a

@@ -126,7 +126,8 @@ def _budget(target_macs: float | None, target_params: float | None) -> tuple[Met
     """(metric, target) of the budget: at most one given, 35 % of the MACs when neither is."""
     if target_macs is not None and target_params is not None:
         raise UserError("give the NAS search one budget: target_macs or target_params, not both")
-    metric, target = ("params", target_params) if target_params is not None else ("macs", target_macs)
+    metric: Metric = "params" if target_params is not None else "macs"
+    target = target_params if target_params is not None else target_macs
     if target is None:
         return "macs", DEFAULT_TARGET_MACS
     if not (_is_number(target) and 0 < target <= 1):
@@ -141,9 +142,9 @@ def _check(integers: dict[str, tuple[int, int]], positive: dict[str, float], lam
     for name, (value, least) in integers.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise UserError(f"{name} must be an integer >= {least}, got {value!r}")
-    for name, value in positive.items():
-        if not (_is_number(value) and value > 0):
-            raise UserError(f"{name} must be a finite number > 0, got {value!r}")
+    for name, number in positive.items():
+        if not (_is_number(number) and number > 0):
+            raise UserError(f"{name} must be a finite number > 0, got {number!r}")
     if not (_is_number(lam) and lam >= 0):
         raise UserError(f"lam must be a finite number >= 0, got {lam!r}")
 
@@ -389,7 +390,7 @@ def nas_search(
             gates.fold_into(searched)
     finally:
         gates.remove()
-        searched.to(home, memory_format=torch.contiguous_format)  # the pruned model in the default layout
+        searched.to(home).to(memory_format=torch.contiguous_format)  # the pruned model in the default layout
     for m, flag in zip(searched.modules(), flags, strict=True):
         m.training = flag
     searched.zero_grad(set_to_none=True)
@@ -397,7 +398,12 @@ def nas_search(
 
     importance = AlphaImportance(searched, gates.group_alphas())
     pruned, budget = prune_to_budget(
-        searched, importance, img_size, global_pruning=True, **{f"target_{metric}": target}
+        searched,
+        importance,
+        img_size,
+        global_pruning=True,
+        target_macs=target if metric == "macs" else None,
+        target_params=target if metric == "params" else None,
     )
     report = NASReport(
         target_macs=target if metric == "macs" else None,

@@ -42,7 +42,9 @@ def _is_depthwise(layer: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def _output_positions(model: nn.Module, layers: dict[str, nn.Module], example: Tensor) -> dict[str, int]:
+def _output_positions(
+    model: nn.Module, layers: dict[str, nn.Linear | nn.modules.conv._ConvNd], example: Tensor
+) -> dict[str, int]:
     """Output positions (H_out·W_out; 1 for a classifier) of each layer, from one forward.
 
     Eval mode (flags restored), so tracing moves no BN statistics. A layer the forward
@@ -51,7 +53,7 @@ def _output_positions(model: nn.Module, layers: dict[str, nn.Module], example: T
     positions: dict[str, int] = {}
 
     def record(name: str):
-        def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        def hook(module: nn.Linear | nn.modules.conv._ConvNd, inputs: tuple[Tensor, ...], output: Tensor) -> None:
             channels = module.out_features if isinstance(module, nn.Linear) else module.out_channels
             positions[name] = positions.get(name, 0) + output.numel() // (output.shape[0] * channels)
 
@@ -83,18 +85,21 @@ class ExpectedCost:
         if metric not in ("macs", "params"):
             raise ValueError(f"metric must be 'macs' or 'params', got {metric!r}")
         self.metric = metric
-        counted = {
+        counted: dict[str, nn.Linear | nn.modules.conv._ConvNd] = {
             name: m
             for name, m in model.named_modules()
             if isinstance(m, nn.Linear) or (isinstance(m, _CONV) and not m.transposed)
         }
         positions = _output_positions(model, counted, example)
         constant = layout.n_gates  # index of the trailing 1 in the flat gate vector
-        coef, depthwise, segments = [], [], {"in": ([], []), "out": ([], [])}
+        coef: list[float] = []
+        depthwise: list[bool] = []
+        segments: dict[str, tuple[list[Tensor], list[Tensor]]] = {"in": ([], []), "out": ([], [])}
         for name, layer in counted.items():
             if metric == "macs" and name not in positions:
                 continue  # the forward never reaches it: no MACs (its weights are still params)
             term = len(coef)
+            per_position: float
             if isinstance(layer, nn.Linear):
                 widths, per_position = (layer.in_features, layer.out_features), 1
             else:

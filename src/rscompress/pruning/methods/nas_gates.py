@@ -116,6 +116,8 @@ def _width(layer: nn.Module, side: str) -> int:
         return layer.num_features
     if isinstance(layer, nn.Linear):
         return layer.in_features if side == "in" else layer.out_features
+    if not isinstance(layer, _CONV):
+        raise TypeError(f"no channel width on {type(layer).__name__}")  # gate_layout gates no other layer
     return layer.in_channels if side == "in" else layer.out_channels
 
 
@@ -158,8 +160,8 @@ def gate_layout(model: nn.Module, example_inputs: Tensor, *, gate_without_bn: bo
                     where[torch.tensor(item.idxs, dtype=torch.long)] = src
         roots.append(names[group[0].dep.target.module])
         sizes.append(positions)
-    for table in tables.values():
-        for where in table.values():
+    for indices in tables.values():
+        for where in indices.values():
             where[where < 0] = sum(sizes)
     return GateLayout(tuple(roots), tuple(sizes), tables["gated"], tables["in"], tables["out"])
 
@@ -211,13 +213,14 @@ class ChannelGates(nn.Module):
         """
         flat = self.flat()
         for name, module, index in self._gated_layers(model):
-            if isinstance(module, _NORM) and module.weight is None:
+            weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
+            if not isinstance(weight, Tensor):  # a BN without affine γ/β
                 raise ValueError(f"cannot fold gates into {name}: it has no affine γ/β")
             g = flat[index]
             # weight: γ (C,), or output channels first (C, in, k…) for conv and linear
-            module.weight.mul_(g.view(-1, *([1] * (module.weight.dim() - 1))))
-            if module.bias is not None:
-                module.bias.mul_(g)
+            weight.mul_(g.view(-1, *([1] * (weight.dim() - 1))))
+            if isinstance(bias, Tensor):
+                bias.mul_(g)
 
     def _gated_layers(self, model: nn.Module) -> Iterator[tuple[str, nn.Module, Tensor]]:
         """Each gated layer of the layout in ``model``, by name, with its per-channel index into

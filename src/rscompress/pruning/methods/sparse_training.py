@@ -301,8 +301,8 @@ def prunable_channel_sets(
         if items:
             groups.append((len(group[0].idxs), items))
     found = {layer for _, items in groups for layer, _ in items}
-    bns = [m for m in model.modules() if m in found]
-    position = {bn: i for i, bn in enumerate(bns)}
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m in found]
+    position: dict[nn.Module, int] = {bn: i for i, bn in enumerate(bns)}
     taken = [torch.zeros(bn.num_features, dtype=torch.bool) for bn in bns]
     sets: list[ChannelSet] = []
     for root_len, items in groups if couple else ():
@@ -359,7 +359,10 @@ def attention_transfer(model: nn.Module, layers: Sequence[str]) -> Iterator[Call
         def loss_of(x: Tensor) -> Tensor:
             with torch.no_grad():
                 teacher(x)
-            return attention_loss(student_maps, teacher_maps)
+            pairs = [(s, t) for s, t in zip(student_maps, teacher_maps, strict=True) if s is not None and t is not None]
+            if len(pairs) != len(layers):
+                raise UserError(f"the forward pass did not reach every attention layer of {', '.join(layers)}")
+            return attention_loss([s for s, _ in pairs], [t for _, t in pairs])
 
         yield loss_of
 
