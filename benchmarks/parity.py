@@ -121,6 +121,27 @@ def measure_run(run_dir: Path, tmp: Path) -> dict:
     return _row(str(run_dir.relative_to(ROOT)), report, logit_max, *count_macs_params(model, config.img_size))
 
 
+def markdown(rows: list[dict]) -> str:
+    """One line per measured model: its parity figures."""
+    lines = [
+        "| model | max abs logit diff | max abs logit | diff / max logit | top-1 agree | passes export's check |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['model']} | {r['max_abs_diff']:.2e} | {r['logit_max']:.1f} | {r['relative_diff']:.1e} "
+        f"| {100 * r['top1_agree']:.0f} % | {'yes' if r['ok'] else 'no'} |"
+        for r in rows
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_table(results: Path = OUT) -> Path:
+    """``parity.md`` beside ``results`` (``parity.json``), from its rows."""
+    table = results.with_suffix(".md")
+    table.write_text(markdown(json.loads(results.read_text())["rows"]))
+    return table
+
+
 def main() -> None:
     args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     args.add_argument("--img-size", type=int, default=64)
@@ -170,17 +191,7 @@ def main() -> None:
         )
         + "\n"
     )
-    lines = [
-        "| model | max abs logit diff | max abs logit | diff / max logit | top-1 agree | passes export's check |",
-        "|---|---|---|---|---|---|",
-    ]
-    lines += [
-        f"| {r['model']} | {r['max_abs_diff']:.2e} | {r['logit_max']:.1f} | {r['relative_diff']:.1e} "
-        f"| {100 * r['top1_agree']:.0f} % | {'yes' if r['ok'] else 'no'} |"
-        for r in rows
-    ]
-    OUT.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {OUT} and {OUT.with_suffix('.md')}")
+    print(f"wrote {OUT} and {write_table()}")
 
 
 if __name__ == "__main__":

@@ -201,12 +201,13 @@ def _split(record: dict) -> str:
     return "rscompress" if record.get("source") == "rscompress" else record.get("split", "plain")
 
 
-def write_table() -> Path:
+def table_text(plain: Path | None = None, recipe: Path | None = None, pruned_records: Path | None = None) -> str:
     """One row per (dataset, model, source, split, variant): val and test top-1 over seeds, and
     Δ val against the same source's reference row on the same split and the seeds both have;
-    then rscompress's default against the plain reference where both ran on the same split."""
+    then rscompress's default against the plain reference where both ran on the same split.
+    Records from ``PLAIN_RECORDS``, ``RECORDS`` and ``PRUNE_RECORDS`` unless given."""
     groups: dict[tuple, dict[int, dict]] = defaultdict(dict)
-    for record in read_records(PLAIN_RECORDS) + read_records(RECORDS):
+    for record in read_records(plain or PLAIN_RECORDS) + read_records(recipe or RECORDS):
         if record["epochs"] != EPOCHS or record["img_size"] != IMG_SIZE:
             continue
         source = record.get("source", "plain-reference")
@@ -260,7 +261,7 @@ def write_table() -> Path:
             *paired,
         ]
     pruned: dict[tuple, list[dict]] = defaultdict(list)
-    for record in read_records(PRUNE_RECORDS):
+    for record in read_records(pruned_records or PRUNE_RECORDS):
         pruned[(record["dataset"], record["model"], record["method"], record["target_macs"], record["variant"])].append(
             record
         )
@@ -284,7 +285,12 @@ def write_table() -> Path:
                 f"{_mean_std([r['val_top1'] for r in records])} | {_mean_std([r['top1'] for r in records])} | "
                 f"{_mean_std([r['parent_top1'] for r in records])} |"
             )
-    TABLE.write_text("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
+
+
+def write_table() -> Path:
+    """``TABLE`` from the records (``table_text``)."""
+    TABLE.write_text(table_text())
     return TABLE
 
 

@@ -103,8 +103,9 @@ def run_cell(model_name: str, method: str) -> dict[str, Any]:
     return record
 
 
-def write_table() -> Path:
-    records = {(r["model"], r["method"]): r for r in read_records(RESULTS)}
+def table_text(results: Path | None = None) -> str:
+    """The table of ``results`` (default ``RESULTS``): one row per model, one column per method."""
+    records = {(r["model"], r["method"]): r for r in read_records(results or RESULTS)}
     models = [m for m in MODELS if any(key[0] == m for key in records)]
     lines = [
         "# Every method on models users bring (issue 32)",
@@ -133,7 +134,11 @@ def write_table() -> Path:
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     if errors:
         lines += ["", "Errors, as the user sees them (numbered as in the table):", "", *errors]
-    TABLE.write_text("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
+
+
+def write_table() -> Path:
+    TABLE.write_text(table_text())
     return TABLE
 
 
