@@ -138,7 +138,7 @@ def test_recipe_killed_in_sparse_training_continues_there(tmp_path, monkeypatch)
         m.setattr(api, "_progress_printer", progress_printer_killed_at("sparse epoch 2/"))
         with pytest.raises(KeyboardInterrupt):
             run_recipe(path, quiet=True)
-    assert (tmp_path / "runs" / "slim" / "prune-phase" / "latest.json").is_file()
+    assert (tmp_path / "runs" / "slim" / "prune-phase" / "checkpoint" / "latest.json").is_file()
     epochs: list[str] = []
     monkeypatch.setattr(api, "_progress_printer", lambda _quiet: epochs.append)
     results = run_recipe(path, quiet=True)

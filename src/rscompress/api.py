@@ -401,7 +401,6 @@ def prune(
     with decode_progress(quiet) as progress:
         data = prepare_data(data_cfg, parent.split_path, progress)
     pruned_path, record_path = run.pruned_weights_path, run.prune_record_path
-    phase_dir = run.path / "prune-phase"  # sparse training / NAS search state, per epoch
 
     if pruned_from is not None and not run.holds_pruned_model():
         _take_pruned(RunDir(pruned_from), parent, settings, run)
@@ -430,7 +429,7 @@ def prune(
             val_batches=eval_batches(data, data.val_indices),
             calibration=[b for _, b in zip(range(cfg.calibration_batches), calibration, strict=False)],
             log=_progress_printer(quiet),
-            phase_dir=phase_dir,
+            phase_dir=run.phase_dir,
             weights_as_trained=weights_as_trained,
             device=device,
             parent_optim=parent_cfg.train.get("optim"),
@@ -455,7 +454,7 @@ def prune(
         record = {"val_top1_before_finetune": before.top1, **details}
         save_weights(pruned, pruned_path)
         write_json_atomic(record_path, record)  # last: its presence marks pruning done
-        shutil.rmtree(phase_dir, ignore_errors=True)  # its work is in pruned.safetensors now
+        shutil.rmtree(run.phase_dir, ignore_errors=True)  # its work is in pruned.safetensors now
 
     loss_fn = teacher = None
     if cfg.loss == "aml+ce":

@@ -33,7 +33,9 @@ PRUNE_RECORD = "prune.json"  # what the pruning did; written after PRUNED_WEIGHT
 SPARSE_WEIGHTS = "sparse.safetensors"
 SPARSE_RECORD = "sparse.json"
 # Files whose presence means a step was interrupted part way and can be resumed.
-PROGRESS_MARKERS = (f"{CHECKPOINT}/latest.json", PRUNE_RECORD, SPARSE_RECORD, "prune-phase/latest.json")
+# A prune run's training phase before pruning (sparse training, NAS search): a run dir of its own.
+PHASE = "prune-phase"
+PROGRESS_MARKERS = (f"{CHECKPOINT}/latest.json", PRUNE_RECORD, SPARSE_RECORD, f"{PHASE}/{CHECKPOINT}/latest.json")
 
 
 class RunConfig(BaseModel):
@@ -145,6 +147,11 @@ class RunDir:
     @property
     def checkpoint_dir(self) -> Path:
         return self.path / CHECKPOINT
+
+    @property
+    def phase_dir(self) -> Path:
+        """The run dir of the training phase before pruning (its checkpoints, per epoch)."""
+        return self.path / PHASE
 
     @property
     def pruned_weights_path(self) -> Path:

@@ -444,7 +444,7 @@ def prune(
             pruned, details = _select(parent, train_loader, val_loader, img_size, cfg, run, quiet)
             save_weights(pruned, run.pruned_weights_path)
             write_json_atomic(run.prune_record_path, {"architecture": architecture_spec(pruned), "details": details})
-            shutil.rmtree(run.path / "prune-phase", ignore_errors=True)
+            shutil.rmtree(run.phase_dir, ignore_errors=True)
         pruned.train()
         num_classes = _num_classes(pruned, example_input.float())
         if loss_fn is None and cfg.loss == "aml+ce":
@@ -500,7 +500,7 @@ def _select(
         val_batches=val_loader,
         calibration=_calibration(train_loader, cfg.calibration_batches),
         log=(lambda _: None) if quiet else print,
-        phase_dir=run.path / "prune-phase",
+        phase_dir=run.phase_dir,
         weights_as_trained=weights_as_trained,
         device=_device(cfg.finetune),
         run=run,

@@ -42,6 +42,9 @@ class Batches:
     def set_epoch(self, epoch: int) -> None:
         self.epochs.append(epoch)
 
+    def __len__(self) -> int:
+        return -(-len(self.labels) // self.batch_size)
+
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         epoch = self.epochs[-1] if self.epochs else 0
         order = torch.randperm(len(self.labels), generator=torch.Generator().manual_seed(epoch))
@@ -463,7 +466,7 @@ def test_interrupted_search_resumes_to_the_same_end(tmp_path) -> None:
 def test_a_search_saved_before_gate_without_bn_existed_still_resumes(tmp_path) -> None:
     settings = {**RESUMABLE, "search_epochs": 2}
     kill_search_in_epoch_two(tmp_path, settings)
-    state = next(tmp_path.glob("epoch-*/state.json"))
+    state = next(tmp_path.glob("checkpoint/epoch-*/state.json"))
     meta = json.loads(state.read_text())
     del meta["extra"]["settings"]["gate_without_bn"]  # what an older version wrote
     state.write_text(json.dumps(meta))

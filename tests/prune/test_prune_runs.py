@@ -240,7 +240,7 @@ def test_run_killed_in_sparse_training_resumes_there(parents, tmp_path, monkeypa
         m.setattr(api, "_progress_printer", progress_printer_killed_at("sparse epoch 2/"))
         with pytest.raises(KeyboardInterrupt):
             api.prune(parents["resnet18"], cfg, out, quiet=True)
-    assert (out / "prune-phase" / "latest.json").is_file() and not (out / "prune.json").exists()
+    assert (out / "prune-phase" / "checkpoint" / "latest.json").is_file() and not (out / "prune.json").exists()
     with pytest.raises(UserError, match="--resume"):
         api.prune(parents["resnet18"], cfg, out, quiet=True)
     resumed = api.prune(parents["resnet18"], cfg, out, resume=True, quiet=True)

@@ -5,15 +5,13 @@ Layout under ``RUN/checkpoint/``::
     epoch-0007/model.safetensors   weights after epoch 7
     epoch-0007/optim.safetensors   optimizer tensors (momentum buffers, Adam moments, steps)
     epoch-0007/state.json          epoch, optimizer param groups, best-so-far bookkeeping
+    epoch-0007/tensors.safetensors a training phase's own tensors (the NAS gates' α), if any
+    epoch-0007/optim-NAME.safetensors  its own optimizers' tensors, if any
     best.safetensors               weights of the best epoch on the validation split
     latest.json                    {"epoch_dir": "epoch-0007"}: the commit point
 
 Every file is written to a temp name, fsynced and renamed; ``latest.json`` is replaced last,
 so a kill at any moment leaves the previous complete checkpoint in force.
-
-The phases a method runs before pruning (sparse training, NAS search) keep their own state
-the same way with ``save_phase``/``load_phase``: named tensors, named optimizers and a JSON
-dict per finished epoch.
 """
 
 from __future__ import annotations
@@ -104,13 +102,25 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     state: TrainingState,
     is_best: bool,
+    *,
+    tensors: dict[str, torch.Tensor] | None = None,
+    optimizers: dict[str, torch.optim.Optimizer] | None = None,
 ) -> None:
+    """Commit the state after ``state.epoch``. ``tensors``/``optimizers``: a training phase's
+    own (trainer.TrainingHooks), kept beside the model's."""
     epoch_dir = directory / f"epoch-{state.epoch:04d}"
     epoch_dir.mkdir(parents=True, exist_ok=True)
     weights = _weights(model)
     optim_tensors, optim_meta = _flatten_optimizer(optimizer)
-    write_atomic(epoch_dir / "model.safetensors", lambda t: save_file(weights, str(t)))
-    write_atomic(epoch_dir / "optim.safetensors", lambda t: save_file(optim_tensors, str(t)))
+    write_atomic(epoch_dir / "model.safetensors", _safetensors_writer(weights))
+    write_atomic(epoch_dir / "optim.safetensors", _safetensors_writer(optim_tensors))
+    if tensors:
+        flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        write_atomic(epoch_dir / "tensors.safetensors", _safetensors_writer(flat))
+    phase_meta = {}
+    for name, phase_optimizer in (optimizers or {}).items():
+        phase_tensors, phase_meta[name] = _flatten_optimizer(phase_optimizer)
+        write_atomic(epoch_dir / f"optim-{name}.safetensors", _safetensors_writer(phase_tensors))
     write_json_atomic(
         epoch_dir / "state.json",
         {
@@ -119,22 +129,38 @@ def save_checkpoint(
             "best_score": list(state.best_score),
             "extra": state.extra,
             "optimizer": optim_meta,
+            "optimizers": phase_meta,
         },
     )
     if is_best:
-        write_atomic(directory / BEST, lambda t: save_file(weights, str(t)))
+        write_atomic(directory / BEST, _safetensors_writer(weights))
     _commit(directory, epoch_dir)
 
 
-def load_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> TrainingState | None:
-    """Restore model and optimizer in place; None when there is nothing to resume."""
+def load_checkpoint(
+    directory: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    tensors: dict[str, torch.Tensor] | None = None,
+    optimizers: dict[str, torch.optim.Optimizer] | None = None,
+) -> TrainingState | None:
+    """Restore model, optimizer and a phase's own ``tensors`` and ``optimizers`` in place;
+    None when there is nothing to resume."""
     found = _latest(directory)
     if found is None:
         return None
     epoch_dir, meta = found
     model.load_state_dict(read_state_dict(epoch_dir / "model.safetensors"))
-    optim_state = _unflatten_optimizer(read_state_dict(epoch_dir / "optim.safetensors"), meta["optimizer"])
-    optimizer.load_state_dict(optim_state)
+    optimizer.load_state_dict(_unflatten_optimizer(read_state_dict(epoch_dir / "optim.safetensors"), meta["optimizer"]))
+    if tensors:
+        stored = read_state_dict(epoch_dir / "tensors.safetensors")
+        with torch.no_grad():
+            for name, tensor in tensors.items():
+                tensor.copy_(stored[name])
+    for name, phase_optimizer in (optimizers or {}).items():
+        phase_tensors = read_state_dict(epoch_dir / f"optim-{name}.safetensors")
+        phase_optimizer.load_state_dict(_unflatten_optimizer(phase_tensors, meta["optimizers"][name]))
     return TrainingState(
         epoch=meta["epoch"],
         best_epoch=meta["best_epoch"],
@@ -145,38 +171,3 @@ def load_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Op
 
 def load_best_weights(directory: Path) -> dict[str, torch.Tensor]:
     return read_state_dict(directory / BEST)
-
-
-def save_phase(
-    directory: Path,
-    epoch: int,
-    tensors: dict[str, torch.Tensor],
-    optimizers: dict[str, torch.optim.Optimizer],
-    extra: dict[str, Any],
-) -> None:
-    """Commit the state of a phase after its (0-based) ``epoch``; see the module docstring."""
-    epoch_dir = directory / f"epoch-{epoch:04d}"
-    epoch_dir.mkdir(parents=True, exist_ok=True)
-    flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    write_atomic(epoch_dir / "tensors.safetensors", lambda t: save_file(flat, str(t)))
-    optim_meta = {}
-    for name, optimizer in optimizers.items():
-        optim_tensors, optim_meta[name] = _flatten_optimizer(optimizer)
-        write_atomic(epoch_dir / f"optim-{name}.safetensors", _safetensors_writer(optim_tensors))
-    write_json_atomic(epoch_dir / "state.json", {"epoch": epoch, "extra": extra, "optimizers": optim_meta})
-    _commit(directory, epoch_dir)
-
-
-def load_phase(
-    directory: Path, optimizers: dict[str, torch.optim.Optimizer]
-) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]] | None:
-    """(last finished epoch, tensors, extra) of a phase, its optimizers restored in place;
-    None when there is nothing to resume."""
-    found = _latest(directory)
-    if found is None:
-        return None
-    epoch_dir, meta = found
-    for name, optimizer in optimizers.items():
-        tensors = read_state_dict(epoch_dir / f"optim-{name}.safetensors")
-        optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["optimizers"][name]))
-    return meta["epoch"], read_state_dict(epoch_dir / "tensors.safetensors"), meta["extra"]

@@ -1,8 +1,10 @@
 """The fit loop: train on the train split, pick the best epoch on val, checkpoint every epoch.
 
-Everything that varies between methods (plain CE, AML + CE, distillation, sparsity
-penalties) comes in through ``loss_fn``; the loop itself stays the same, so every method
-gets the same schedule, checkpoints, resume and metrics.
+Everything that varies between methods comes in through ``loss_fn`` (plain CE, AML + CE,
+distillation, attention transfer) and ``hooks`` (what a training phase does around the
+optimizer step: sparse training's proximal step on BN γ and its rate controller, the NAS
+search's gate step); the loop itself stays the same, so every method and phase gets the
+same schedule, checkpoints, resume and metrics.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +55,31 @@ class Batches(Protocol):
     def set_epoch(self, epoch: int) -> None: ...
 
 
+class SizedBatches(Protocol):
+    """Re-iterable (images, labels) batches that know how many they are."""
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+    def __len__(self) -> int: ...
+
+
+class EpochBatches:
+    """Any re-iterable sized batches as the loop takes them: ``set_epoch`` is passed on where
+    the batches have one (a loader reshuffling per epoch), a no-op elsewhere."""
+
+    def __init__(self, batches: SizedBatches) -> None:
+        self.batches = batches
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.batches, "set_epoch"):
+            self.batches.set_epoch(epoch)
+
+
 # (model, inputs, targets, epoch) -> (loss, logits). Methods add their terms here.
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
 
@@ -87,6 +114,42 @@ def aml_ce_objective(r1: float = 1.0, r2: float = 1.0) -> LossFn:
         return aml_ce_loss(logits.float(), y, r1, r2), logits
 
     return loss_fn
+
+
+class TrainingHooks:
+    """What a training phase adds to the one loop; every hook does nothing here.
+
+    ``keep``: the weights ``fit`` ends with: the best epoch on val (training, fine-tuning) or
+    the last one (a phase whose result is the state it reaches, e.g. sparsity). The hooks run
+    on the main rank only (no phase trains distributed).
+    """
+
+    keep: Literal["best", "last"] = "best"
+
+    def start_epoch(self, epoch: int) -> None:
+        """Before the epoch's first step (0-based ``epoch``)."""
+
+    def after_step(self, epoch: int) -> None:
+        """After each optimizer step."""
+
+    def end_epoch(self, epoch: int, val: EvalResult) -> dict[str, Any]:
+        """After the epoch's validation, before its checkpoint; returns fields for its history row."""
+        return {}
+
+    def state(self) -> dict[str, Any]:
+        """JSON-ready state the checkpoint keeps (``load_state`` gets it back on resume)."""
+        return {}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The phase's own tensors the checkpoint keeps; restored in place on resume."""
+        return {}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The phase's own optimizers the checkpoint keeps; restored in place on resume."""
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Continue from ``state()`` as the checkpoint of the last finished epoch kept it."""
 
 
 @dataclass
@@ -125,11 +188,14 @@ def fit(
     resume: bool = False,
     quiet: bool = False,
     dist: DistInfo = DistInfo(),
+    hooks: TrainingHooks | None = None,
 ) -> FitResult:
-    """Train ``model`` (moved to ``cfg.device``, where it stays) and load its best epoch on val.
+    """Train ``model`` (moved to ``cfg.device``, where it stays) and load its best epoch on val
+    (its last with ``hooks.keep == "last"``).
 
     Batches come as CPU tensors; each step moves its batch to the device.
     """
+    hooks = hooks or TrainingHooks()
     loss_fn = loss_fn or cross_entropy_loss(cfg.label_smoothing)
     device = resolve_device(cfg.device)
     memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
@@ -139,9 +205,15 @@ def fit(
     optimizer = build_optimizer(model.parameters(), cfg.optim)
     console = Console(stderr=True, quiet=quiet or not dist.is_main)
 
-    state = load_checkpoint(run.checkpoint_dir, model, optimizer) if resume else None
+    state = (
+        load_checkpoint(run.checkpoint_dir, model, optimizer, tensors=hooks.tensors(), optimizers=hooks.optimizers())
+        if resume
+        else None
+    )
     if resume and state is None and dist.is_main:
         console.log(f"no checkpoint in {run.checkpoint_dir}: starting from epoch 1")
+    if state is not None:
+        hooks.load_state(state.extra)
     start_epoch = state.epoch + 1 if state else 0
     best_epoch = state.best_epoch if state else -1
     best_score = state.best_score if state else (-1.0, float("-inf"))
@@ -174,6 +246,8 @@ def fit(
         for epoch in range(start_epoch, cfg.epochs):
             torch.manual_seed(derived_seed("train", cfg.seed, epoch))  # dropout etc.
             train_batches.set_epoch(epoch)
+            if dist.is_main:
+                hooks.start_epoch(epoch)
             train_model.train()
             loss_sum, correct, seen = 0.0, 0, 0
             t0 = time.perf_counter()
@@ -188,6 +262,8 @@ def fit(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                if dist.is_main:
+                    hooks.after_step(epoch)
                 loss_sum += loss.item() * y.numel()
                 correct += int((logits.argmax(1) == y).sum().item())  # a count: item() gives an int
                 seen += y.numel()
@@ -233,6 +309,7 @@ def fit(
                     "val_kappa": val.kappa,
                     "images_per_second": rate,
                     "seconds": epoch_seconds,
+                    **hooks.end_epoch(epoch, val),
                 }
                 history.append(row)
                 run.append_history(row)
@@ -240,8 +317,10 @@ def fit(
                     run.checkpoint_dir,
                     model,
                     optimizer,
-                    TrainingState(epoch, best_epoch, best_score, extra={}),
+                    TrainingState(epoch, best_epoch, best_score, extra=hooks.state()),
                     is_best=is_best,
+                    tensors=hooks.tensors(),
+                    optimizers=hooks.optimizers(),
                 )
                 console.log(
                     f"epoch {epoch + 1}/{cfg.epochs}  loss {train_loss:.4f}  train {train_acc:.3f}  "
@@ -249,8 +328,9 @@ def fit(
                 )
             barrier(dist)
 
-    # Every rank ends with the weights of the epoch that was best on val.
-    model.load_state_dict(load_best_weights(run.checkpoint_dir))
+    # Every rank ends with the weights of the epoch that was best on val (or the last one).
+    if hooks.keep == "best":
+        model.load_state_dict(load_best_weights(run.checkpoint_dir))
     best_val = evaluate(model, val_batches, num_classes, cfg.channels_last) if dist.is_main else None
     return FitResult(
         best_epoch=best_epoch,

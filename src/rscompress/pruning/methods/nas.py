@@ -30,29 +30,32 @@ from __future__ import annotations
 
 import copy
 import math
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
-from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from rscompress.artifacts import setting_differences
-from rscompress.engine.checkpoint import load_phase, save_phase
+from rscompress.artifacts import RunDir, setting_differences
+from rscompress.config import FitConfig, OptimConfig
 from rscompress.engine.device import model_device
+from rscompress.engine.metrics import EvalResult
 from rscompress.engine.precision import bf16_autocast
+from rscompress.engine.trainer import Batches, EpochBatches, LossFn, TrainingHooks, fit
 from rscompress.errors import UserError
 from rscompress.pruning.budget import prune_to_budget
 from rscompress.pruning.graph import Metric
 from rscompress.pruning.methods.base import PruningMethod, Selection
 from rscompress.pruning.methods.nas_cost import ExpectedCost, cost_awareness_loss
 from rscompress.pruning.methods.nas_gates import ChannelGates, gate_layout
-from rscompress.seeding import derived_seed
+from rscompress.pruning.pruner import find_classifier
 
 if TYPE_CHECKING:
     from rscompress.config import PruneConfig
@@ -61,13 +64,6 @@ WEIGHT_MOMENTUM = 0.9
 DEFAULT_TARGET_MACS = 0.35
 _NAMES = {"macs": "MACs", "params": "params"}
 Progress = Callable[[int, float, float, float], None]  # (epoch, expected ratio, target, val CE)
-
-
-class TrainBatches(Protocol):
-    """A re-iterable of (images, labels) batches whose order depends on the epoch."""
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]: ...
-    def set_epoch(self, epoch: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -165,108 +161,158 @@ def lambda_at(epoch: int, lam: float, warmup_epochs: int) -> float:
     return lam if warmup_epochs == 0 else lam * min(1.0, epoch / warmup_epochs)
 
 
+class _GateSearch(TrainingHooks):
+    """The score steps of the bi-level search as hooks of the fit loop, whose own steps are
+    the weight steps: after each weight step on a train batch, one Adam step on α on the next
+    val batch (model in eval mode, weights fixed) against CE + λ·cost-awareness."""
+
+    keep = "last"  # the search's result is where the gates end, not a best epoch
+
+    def __init__(
+        self,
+        model: nn.Module,
+        gates: ChannelGates,
+        cost: ExpectedCost,
+        val_batches: Iterable[tuple[Tensor, Tensor]],
+        *,
+        target: float,
+        lam: float,
+        warmup_epochs: int,
+        arch_lr: float,
+        settings: dict[str, Any],
+        progress: Progress | None,
+        bf16: bool,
+        channels_last: bool,
+    ) -> None:
+        self.model, self.gates, self.cost, self.val_batches = model, gates, cost, val_batches
+        self.target, self.lam, self.warmup_epochs, self.settings = target, lam, warmup_epochs, settings
+        self.progress, self.bf16 = progress, bf16
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.arch_opt = torch.optim.Adam([gates.alpha], lr=arch_lr)
+        self.ratios: list[float] = []
+        self.train_ce: list[float] = []
+        self.val_ce: list[float] = []
+
+    def loss(self) -> LossFn:
+        """The weight step's CE, summed for the epoch's mean."""
+
+        def loss_fn(model: nn.Module, x: Tensor, y: Tensor, epoch: int) -> tuple[Tensor, Tensor]:
+            logits = model(x)
+            ce = F.cross_entropy(logits.float(), y)
+            self.sums[0] += ce.item()
+            return ce, logits
+
+        return loss_fn
+
+    def start_epoch(self, epoch: int) -> None:
+        self.val_stream = _cycle(self.val_batches)  # restarted each epoch: a resumed one runs alike
+        self.lam_now = lambda_at(epoch, self.lam, self.warmup_epochs)
+        self.sums, self.steps = [0.0, 0.0], 0
+
+    def after_step(self, epoch: int) -> None:
+        vx, vy = next(self.val_stream)
+        device = self.gates.alpha.device
+        self.model.eval()
+        with bf16_autocast(self.model, self.bf16):
+            logits = self.model(vx.to(device, memory_format=self.memory_format))
+        ce = F.cross_entropy(logits.float(), vy.to(device))
+        arch_loss = ce + self.lam_now * cost_awareness_loss(self.cost.ratio(self.gates.flat()), self.target)
+        self.arch_opt.zero_grad(set_to_none=True)
+        arch_loss.backward(inputs=[self.gates.alpha])  # weights get no gradient
+        self.arch_opt.step()
+        self.model.train()
+        self.sums[1] += ce.item()
+        self.steps += 1
+
+    def end_epoch(self, epoch: int, val: EvalResult) -> dict[str, Any]:
+        if not math.isfinite(self.sums[1]):
+            raise UserError(
+                f"the NAS search diverged in epoch {epoch} (non-finite score-step loss); "
+                f"try a smaller arch_lr (now {self.arch_opt.param_groups[0]['lr']})"
+            )
+        with torch.no_grad():
+            self.ratios.append(float(self.cost.ratio(self.gates.flat())))
+        self.train_ce.append(self.sums[0] / self.steps)
+        self.val_ce.append(self.sums[1] / self.steps)
+        if self.progress is not None:
+            self.progress(epoch, self.ratios[-1], self.target, self.val_ce[-1])
+        return {"expected_ratio": self.ratios[-1], "score_step_ce": self.val_ce[-1]}
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "settings": self.settings,
+            "expected_ratio": self.ratios,
+            "train_ce": self.train_ce,
+            "val_ce": self.val_ce,
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        if differences := setting_differences(state["settings"], self.settings, "nas_search"):
+            raise UserError(
+                f"the NAS search kept there ran with other settings ({'; '.join(differences)}); "
+                "resume with the same options or remove it"
+            )
+        self.ratios, self.train_ce, self.val_ce = state["expected_ratio"], state["train_ce"], state["val_ce"]
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {"gates.alpha": self.gates.alpha}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"arch": self.arch_opt}
+
+
 def _search(
     model: nn.Module,
     gates: ChannelGates,
-    cost: ExpectedCost,
-    train_batches: TrainBatches,
+    search: _GateSearch,
+    train_batches: Batches,
     val_batches: Iterable[tuple[Tensor, Tensor]],
+    example: Tensor,
     *,
-    target: float,
     epochs: int,
     weight_lr: float,
-    arch_lr: float,
-    lam: float,
-    warmup_epochs: int,
-    progress: Progress | None,
     seed: int,
     checkpoint_dir: Path | None,
-    settings: dict,
     bf16: bool,
     channels_last: bool,
-) -> tuple[list[float], list[float], list[float]]:
-    """The bi-level loop on a gated model; returns (expected ratio, train CE, val CE) per epoch.
-
-    Each epoch is seeded on its own and restarts the val stream, so one resumed from
-    ``checkpoint_dir`` (committed after every epoch) runs exactly as it would have. ``bf16``
-    autocasts the two forward passes only: the expected cost stays float32.
-    """
-    device = gates.alpha.device
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    autocast = partial(bf16_autocast, model, bf16)
-    weights = [p for p in model.parameters() if p.requires_grad]
-    weight_opt = torch.optim.SGD(weights, lr=weight_lr, momentum=WEIGHT_MOMENTUM)
-    arch_opt = torch.optim.Adam([gates.alpha], lr=arch_lr)
-    optimizers = {"weights": weight_opt, "arch": arch_opt}
-    ratios, train_ce, val_ce = [], [], []
-    start_epoch = 0
-    resumed = load_phase(checkpoint_dir, optimizers) if checkpoint_dir else None
-    if resumed is not None:
-        last, tensors, extra = resumed
-        if differences := setting_differences(extra["settings"], settings, "nas_search"):
-            raise UserError(
-                f"{checkpoint_dir} holds a NAS search with other settings ({'; '.join(differences)}); "
-                f"resume with the same options or remove it"
-            )
-        with torch.no_grad():
-            gates.alpha.copy_(tensors.pop("gates.alpha"))
-        model.load_state_dict(tensors)
-        ratios, train_ce, val_ce = extra["expected_ratio"], extra["train_ce"], extra["val_ce"]
-        start_epoch = last + 1
-    for epoch in range(start_epoch, epochs):
-        torch.manual_seed(derived_seed("nas", seed, epoch))
-        train_batches.set_epoch(epoch)
-        val_stream = _cycle(val_batches)
-        lam_now = lambda_at(epoch, lam, warmup_epochs)
-        sums, steps = [0.0, 0.0], 0
-        for x, y in train_batches:
-            model.train()
-            with autocast():
-                logits = model(x.to(device, memory_format=memory_format))
-            loss = F.cross_entropy(logits.float(), y.to(device))
-            weight_opt.zero_grad(set_to_none=True)
-            loss.backward(inputs=weights)  # α gets no gradient: it is frozen in this step
-            weight_opt.step()
-
-            vx, vy = next(val_stream)
-            model.eval()
-            with autocast():
-                logits = model(vx.to(device, memory_format=memory_format))
-            ce = F.cross_entropy(logits.float(), vy.to(device))
-            arch_loss = ce + lam_now * cost_awareness_loss(cost.ratio(gates.flat()), target)
-            arch_opt.zero_grad(set_to_none=True)
-            arch_loss.backward(inputs=[gates.alpha])  # weights get no gradient
-            arch_opt.step()
-            sums[0] += loss.item()
-            sums[1] += ce.item()
-            steps += 1
-        if steps == 0:
-            raise UserError("the NAS search needs training batches for its weight steps; got none")
-        if not all(math.isfinite(s) for s in sums):
-            raise UserError(
-                f"the NAS search diverged in epoch {epoch} (non-finite loss); "
-                f"try a smaller weight_lr (now {weight_lr}) or arch_lr (now {arch_lr})"
-            )
-        with torch.no_grad():
-            ratios.append(float(cost.ratio(gates.flat())))
-        train_ce.append(sums[0] / steps)
-        val_ce.append(sums[1] / steps)
-        if progress is not None:
-            progress(epoch, ratios[-1], target, val_ce[-1])
-        if checkpoint_dir:
-            save_phase(
-                checkpoint_dir,
-                epoch,
-                {**model.state_dict(), "gates.alpha": gates.alpha},
-                optimizers,
-                {"settings": settings, "expected_ratio": ratios, "train_ce": train_ce, "val_ce": val_ce},
-            )
-    return ratios, train_ce, val_ce
+) -> None:
+    """The bi-level loop on a gated model: the fit loop's weight steps (SGD with momentum,
+    constant ``weight_lr``, no weight decay) with ``search``'s score steps after each. Each
+    epoch is seeded on its own and restarts the val stream, so one resumed from
+    ``checkpoint_dir`` (a phase run dir, committed after every epoch) runs exactly as it would
+    have. ``bf16`` autocasts the two forward passes only: the expected cost stays float32."""
+    param = next(model.parameters())
+    cfg = FitConfig(
+        epochs=epochs,
+        seed=seed,
+        label_smoothing=0.0,
+        bf16=bf16,
+        channels_last=channels_last,
+        device=str(param.device),
+        optim=OptimConfig(
+            lr=weight_lr, momentum=WEIGHT_MOMENTUM, nesterov=False, weight_decay=0.0, schedule="constant"
+        ),
+    )
+    num_classes = find_classifier(model, example).out_features
+    with ExitStack() as stack:
+        phase_dir = checkpoint_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nas-")))
+        fit(
+            model,
+            EpochBatches(train_batches),
+            val_batches,
+            cfg,
+            RunDir(phase_dir),
+            num_classes,
+            loss_fn=search.loss(),
+            resume=True,
+            quiet=True,
+            hooks=search,
+        )
 
 
 def nas_search(
     model: nn.Module,
-    train_batches: TrainBatches,
+    train_batches: Batches,
     val_batches: Iterable[tuple[Tensor, Tensor]],
     *,
     img_size: int = 64,
@@ -366,26 +412,36 @@ def nas_search(
             "channels_last": channels_last,
             "gate_without_bn": gate_without_bn,
         }
+        search = _GateSearch(
+            searched,
+            gates,
+            cost,
+            val_batches,
+            target=target,
+            lam=lam,
+            warmup_epochs=warmup_epochs,
+            arch_lr=arch_lr,
+            settings=settings,
+            progress=progress,
+            bf16=bf16,
+            channels_last=channels_last,
+        )
         with torch.random.fork_rng(devices=[]):
-            ratios, train_ce, val_ce = _search(
+            _search(
                 searched,
                 gates,
-                cost,
+                search,
                 train_batches,
                 val_batches,
-                target=target,
+                example,
                 epochs=search_epochs,
                 weight_lr=weight_lr,
-                arch_lr=arch_lr,
-                lam=lam,
-                warmup_epochs=warmup_epochs,
-                progress=progress,
                 seed=seed,
                 checkpoint_dir=checkpoint_dir,
-                settings=settings,
                 bf16=bf16,
                 channels_last=channels_last,
             )
+        ratios, train_ce, val_ce = search.ratios, search.train_ce, search.val_ce
         if fold_gates:
             gates.fold_into(searched)
     finally:

@@ -45,6 +45,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import tempfile
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -57,10 +58,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_pruning.pruner import function
 
-from rscompress.artifacts import setting_differences
-from rscompress.engine.checkpoint import load_phase, save_phase
-from rscompress.engine.metrics import evaluate
-from rscompress.engine.precision import bf16_autocast
+from rscompress.artifacts import RunDir, setting_differences
+from rscompress.config import FitConfig, OptimConfig
+from rscompress.engine.metrics import EvalResult, evaluate
+from rscompress.engine.trainer import EpochBatches, LossFn, TrainingHooks, fit
 from rscompress.errors import UserError
 from rscompress.io_utils import write_json_atomic
 from rscompress.models.weights import read_state_dict, save_weights
@@ -79,7 +80,6 @@ from rscompress.pruning.methods.l1rr_losses import (
 )
 from rscompress.pruning.plan import MAX_PRUNING_RATIO
 from rscompress.pruning.pruner import find_classifier, protected_layers
-from rscompress.seeding import derived_seed
 
 # (epoch, sparsity after it, rate ρ in effect during it, val loss after it)
 Progress = Callable[[int, float, float, float], None]
@@ -373,6 +373,95 @@ def _first_images(batches: Iterable[tuple[Tensor, Tensor]]) -> Tensor:
     raise UserError("sparse training got no validation images")
 
 
+class _SparsePenalty(TrainingHooks):
+    """Sparse training as hooks of the fit loop: each epoch's penalty weights and threshold,
+    the proximal step on γ after every SGD step, and the rate controller after validation."""
+
+    keep = "last"  # sparsity, not val accuracy, is what the phase is for
+
+    def __init__(
+        self,
+        gammas: Sequence[Tensor],
+        sets: list[ChannelSet],
+        cfg: SparsityConfig,
+        lam_per_rate: float,
+        ref_val_loss: float,
+        progress: Progress | None,
+    ) -> None:
+        self.gammas, self.sets, self.cfg = gammas, sets, cfg
+        self.lam_per_rate, self.ref_val_loss, self.progress = lam_per_rate, ref_val_loss, progress
+        self.settings = json.loads(json.dumps(asdict(cfg)))  # as it reads back from state.json
+        self.rate = cfg.rate
+        self.history: list[dict[str, Any]] = []
+        self.sums = {"ce": 0.0, "attention": 0.0, "penalty": 0.0}
+        self.steps = 0
+
+    def start_epoch(self, epoch: int) -> None:
+        self.weights = penalty_weights(self.gammas, self.sets, self.cfg)
+        # Proximal step of λ·Σ w|γ| after each SGD step. Divided by (1 − momentum): SGD's
+        # momentum moves the smooth part by lr/(1 − μ) per step at steady state, so with
+        # this threshold the fixed points are those of CE (+ attention) + λ·Σ w|γ|, as if
+        # the penalty were a loss term, and λ means what it means in network slimming.
+        self.strength = self.rate * self.lam_per_rate
+        self.shrink = self.cfg.lr * self.strength / (1 - self.cfg.momentum)
+        self.sums = {"ce": 0.0, "attention": 0.0, "penalty": 0.0}
+        self.steps = 0
+
+    def loss(self, attention: Callable[[Tensor], Tensor] | None) -> LossFn:
+        """CE (+ attention_weight · attention transfer), the parts summed for the history."""
+
+        def loss_fn(model: nn.Module, x: Tensor, y: Tensor, epoch: int) -> tuple[Tensor, Tensor]:
+            logits = model(x)
+            ce = F.cross_entropy(logits.float(), y)
+            loss = ce
+            if attention is not None:
+                at = attention(x)
+                loss = loss + self.cfg.attention_weight * at
+                self.sums["attention"] += at.item()
+            self.sums["ce"] += ce.item()
+            return loss, logits
+
+        return loss_fn
+
+    @torch.no_grad()
+    def after_step(self, epoch: int) -> None:
+        stacks = []
+        for channels, w in zip(self.sets, self.weights, strict=True):
+            shrunk = group_soft_threshold(gamma_stack(self.gammas, channels), self.shrink * w)
+            for (p, idxs), row in zip(channels, shrunk, strict=True):
+                self.gammas[p][idxs] = row
+            stacks.append(shrunk)
+        self.sums["penalty"] += reweighted_l1(stacks, self.weights).item()
+        self.steps += 1
+
+    def end_epoch(self, epoch: int, val: EvalResult) -> dict[str, Any]:
+        sparse = sparsity(self.gammas, self.cfg.eps)
+        row = {
+            "rate": self.rate,
+            "strength": self.strength,
+            "sparsity": sparse,
+            "train_ce": self.sums["ce"] / self.steps,
+            "attention_loss": self.sums["attention"] / self.steps,
+            "penalty": self.sums["penalty"] / self.steps,
+        }
+        self.history.append({"epoch": epoch, **row, "val_loss": val.loss, "val_top1": val.top1})
+        if self.progress is not None:
+            self.progress(epoch, sparse, self.rate, val.loss)
+        self.rate = next_rate(self.rate, sparse, val.loss, self.ref_val_loss, self.cfg)
+        return row
+
+    def state(self) -> dict[str, Any]:
+        return {"config": self.settings, "rate": self.rate, "history": self.history}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        if differences := setting_differences(state["config"], self.settings, "sparse_training"):
+            raise UserError(
+                f"the sparse training kept there ran with other settings ({'; '.join(differences)}); "
+                "resume with the same options or remove it"
+            )
+        self.rate, self.history = state["rate"], state["history"]
+
+
 def sparse_train(
     model: nn.Module,
     train_batches: Collection[tuple[Tensor, Tensor]],
@@ -381,16 +470,18 @@ def sparse_train(
     progress: Progress | None = None,
     checkpoint_dir: Path | None = None,
 ) -> tuple[nn.Module, SparsityReport]:
-    """Sparse-train ``model`` in place (see the module docstring); returns it and a report.
+    """Sparse-train ``model`` in place (see the module docstring) through the fit loop;
+    returns it and a report.
 
     ``train_batches`` is iterated once per epoch (``set_epoch(epoch)`` is called first when it
     has one); its length is the epoch's step count, which turns ρ into λ. ``val_batches`` is
     iterated once per epoch and once before, for the dense reference. The model of the last
     epoch is returned (sparsity, not val accuracy, is what this phase is for), in the
-    train/eval mode it came in.
+    train/eval mode it came in, on the device it came on.
 
-    ``checkpoint_dir``: the state is committed there after every epoch, and a call given the
-    same dense ``model`` and ``cfg`` continues from it, ending where an uninterrupted run ends.
+    ``checkpoint_dir``: a run dir of the phase (the fit loop's checkpoints and history), kept
+    after every epoch; a call given the same dense ``model`` and ``cfg`` continues from it,
+    ending where an uninterrupted run ends.
     """
     start = time.perf_counter()
     param = next(model.parameters())
@@ -408,106 +499,42 @@ def sparse_train(
     # λ per unit ρ is fixed for the whole phase.
     median_gamma = torch.cat([g.detach().abs().flatten() for g in gammas]).median().item()
     lam_per_rate = strength_per_rate(median_gamma, cfg.eps, cfg.reweight, cfg.lr, cfg.momentum, len(train_batches))
-
     ref = evaluate(model, val_batches, num_classes)
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model.to(memory_format=memory_format)  # before the reference copy: both run alike
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    rate = cfg.rate
-    history: list[dict] = []
-    val_loss, val_top1 = ref.loss, ref.top1
+    penalty = _SparsePenalty(gammas, sets, cfg, lam_per_rate, ref.loss, progress)
+    # Constant lr, plain momentum, no label smoothing: val loss then moves because of λ and
+    # not a schedule (the controller reads it); the fine-tuning after pruning has its own recipe.
+    fit_cfg = FitConfig(
+        epochs=cfg.epochs,
+        seed=cfg.seed,
+        label_smoothing=0.0,
+        bf16=cfg.bf16,
+        channels_last=cfg.channels_last,
+        device=str(param.device),
+        optim=OptimConfig(
+            lr=cfg.lr, momentum=cfg.momentum, nesterov=False, weight_decay=cfg.weight_decay, schedule="constant"
+        ),
+    )
     with ExitStack() as stack:
         # Entered before a resume loads its weights: the attention reference is the dense model.
         attention = (
             stack.enter_context(attention_transfer(model, cfg.attention_layers)) if cfg.attention_weight > 0 else None
         )
-        start_epoch = 0
-        settings = json.loads(json.dumps(asdict(cfg)))  # as it reads back from state.json
-        resumed = load_phase(checkpoint_dir, {"sgd": optimizer}) if checkpoint_dir else None
-        if resumed is not None:
-            last, tensors, extra = resumed
-            if differences := setting_differences(extra["config"], settings, "sparse_training"):
-                raise UserError(
-                    f"{checkpoint_dir} holds sparse training with other settings "
-                    f"({'; '.join(differences)}); resume with the same options or remove it"
-                )
-            model.load_state_dict(tensors)
-            rate, history, start_epoch = extra["rate"], extra["history"], last + 1
-            val_loss, val_top1 = history[-1]["val_loss"], history[-1]["val_top1"]
-        for epoch in range(start_epoch, cfg.epochs):
-            t0 = time.perf_counter()
-            torch.manual_seed(derived_seed("sparse", cfg.seed, epoch))
-            if hasattr(train_batches, "set_epoch"):
-                train_batches.set_epoch(epoch)
-            weights = penalty_weights(gammas, sets, cfg)
-            # Proximal step of λ·Σ w|γ| after each SGD step. Divided by (1 − momentum): SGD's
-            # momentum moves the smooth part by lr/(1 − μ) per step at steady state, so with
-            # this threshold the fixed points are those of CE (+ attention) + λ·Σ w|γ|, as if
-            # the penalty were a loss term, and λ means what it means in network slimming.
-            strength = rate * lam_per_rate
-            shrink = cfg.lr * strength / (1 - cfg.momentum)
-            model.train()
-            sums = {"ce": 0.0, "attention": 0.0, "penalty": 0.0}
-            steps = 0
-            for x, y in train_batches:
-                x = x.to(param.device, param.dtype, memory_format=memory_format)
-                y = y.to(param.device)
-                with bf16_autocast(model, cfg.bf16):
-                    logits = model(x)
-                    at = attention(x) if attention is not None else None
-                ce = F.cross_entropy(logits.float(), y)
-                loss = ce
-                if at is not None:
-                    loss = loss + cfg.attention_weight * at
-                    sums["attention"] += at.item()
-                if not torch.isfinite(loss):
-                    raise UserError(
-                        f"sparse training diverged (loss {loss.item()}) at epoch {epoch + 1}; "
-                        f"lower lr ({cfg.lr}) or rate (now {rate:.3g})"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                with torch.no_grad():
-                    stacks = []
-                    for channels, w in zip(sets, weights, strict=True):
-                        shrunk = group_soft_threshold(gamma_stack(gammas, channels), shrink * w)
-                        for (p, idxs), row in zip(channels, shrunk, strict=True):
-                            gammas[p][idxs] = row
-                        stacks.append(shrunk)
-                    sums["penalty"] += reweighted_l1(stacks, weights).item()
-                sums["ce"] += ce.item()
-                steps += 1
-            val = evaluate(model, val_batches, num_classes)
-            val_loss, val_top1 = val.loss, val.top1
-            sparse = sparsity(gammas, cfg.eps)
-            history.append(
-                {
-                    "epoch": epoch,
-                    "rate": rate,
-                    "strength": strength,
-                    "sparsity": sparse,
-                    "val_loss": val.loss,
-                    "val_top1": val.top1,
-                    "train_ce": sums["ce"] / steps,
-                    "attention_loss": sums["attention"] / steps,
-                    "penalty": sums["penalty"] / steps,
-                    "seconds": time.perf_counter() - t0,
-                }
-            )
-            if progress is not None:
-                progress(epoch, sparse, rate, val.loss)
-            rate = next_rate(rate, sparse, val.loss, ref.loss, cfg)
-            if checkpoint_dir:
-                save_phase(
-                    checkpoint_dir,
-                    epoch,
-                    model.state_dict(),
-                    {"sgd": optimizer},
-                    {"config": settings, "rate": rate, "history": history},
-                )
+        phase_dir = checkpoint_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sparse-")))
+        result = fit(
+            model,
+            EpochBatches(train_batches),
+            val_batches,
+            fit_cfg,
+            RunDir(phase_dir),
+            num_classes,
+            loss_fn=penalty.loss(attention),
+            resume=True,
+            quiet=True,
+            hooks=penalty,
+        )
     model.train(was_training)
     model.to(memory_format=torch.contiguous_format)  # pruned next, in the default layout
+    last = penalty.history[-1]
     report = SparsityReport(
         epochs=cfg.epochs,
         prunable_bns=len(bns),
@@ -517,13 +544,13 @@ def sparse_train(
         strength_per_rate=lam_per_rate,
         ref_val_loss=ref.loss,
         ref_val_top1=ref.top1,
-        final_val_loss=val_loss,
-        final_val_top1=val_top1,
-        final_sparsity=history[-1]["sparsity"],
-        final_rate=rate,
+        final_val_loss=result.val.loss,
+        final_val_top1=result.val.top1,
+        final_sparsity=last["sparsity"],
+        final_rate=penalty.rate,
         seconds=time.perf_counter() - start,
         config=asdict(cfg),
-        history=history,
+        history=penalty.history,
     )
     return model, report
 
