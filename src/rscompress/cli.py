@@ -57,12 +57,53 @@ def _default(model_cls: Any, name: str) -> Any:
     return model_cls.model_fields[name].default
 
 
+# Defaults of the options, read from the config models that define them (one definition).
+OPTIM_DEFAULTS = OptimConfig()
+FIT_DEFAULTS = FitConfig()
+
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+OutOpt = Annotated[Path, typer.Option(help="Run dir to write.")]
+EpochsOpt = Annotated[int, typer.Option()]
+BatchSizeOpt = Annotated[int, typer.Option()]
+SeedOpt = Annotated[int, typer.Option(help="Seeds model init, shuffling and augmentation.")]
+OptimizerOpt = Annotated[str, typer.Option(help="sgd or adamw.")]
+MomentumOpt = Annotated[float, typer.Option(help="SGD momentum when it is not cycled.")]
+NesterovOpt = Annotated[bool, typer.Option(help="Nesterov momentum (SGD).")]
+WeightDecayOpt = Annotated[float, typer.Option()]
+ScheduleOpt = Annotated[str, typer.Option(help="onecycle (warm-up built in), cosine, step or constant.")]
+PctStartOpt = Annotated[float, typer.Option(help="onecycle: share of the run rising to the peak lr.")]
+CycleMomentumOpt = Annotated[bool, typer.Option(help="onecycle: momentum 0.95 -> 0.85 -> 0.95 against the lr.")]
+MilestonesOpt = Annotated[str, typer.Option(help="Step schedule epochs, e.g. '80,120'.")]
+GammaOpt = Annotated[float, typer.Option(help="Step schedule factor.")]
+WarmupEpochsOpt = Annotated[int, typer.Option(help="Linear lr warm-up (cosine, step, constant).")]
+LabelSmoothingOpt = Annotated[float, typer.Option()]
+DropLastOpt = Annotated[bool, typer.Option(help="Leave out each epoch's ragged last batch (kept by default).")]
+ChannelsLastOpt = Annotated[
+    bool, typer.Option(help="channels_last memory format (training, and the NAS search and sparse training of prune).")
+]
+Bf16Opt = Annotated[
+    bool,
+    typer.Option(
+        help="bfloat16 autocast of the forward passes (a teacher's too; the NAS search and sparse training of prune)."
+    ),
+]
+SmallInputOpt = Annotated[bool, typer.Option(help="Stem for 32-64 px inputs (less downsampling; registry models).")]
+ThreadsOpt = Annotated[int | None, typer.Option(help="torch intra-op threads.")]
+ResumeOpt = Annotated[bool, typer.Option(help="Continue an interrupted run from its last checkpoint.")]
+AlphaOpt = Annotated[float, typer.Option(help="DKD weight of TCKD.")]
+BetaOpt = Annotated[float, typer.Option(help="DKD weight of NCKD.")]
+KdWeightOpt = Annotated[float, typer.Option(help="KD weight (with --loss kd).")]
+KdWarmupEpochsOpt = Annotated[int, typer.Option(help="Linear warm-up of the KD terms.")]
+TemperatureOpt = Annotated[float, typer.Option(help="KD/DKD temperature (with --loss kd|dkd).")]
+CacheTeacherLogitsOpt = Annotated[
+    bool, typer.Option(help="Run the teacher once per distinct input (image view; --loss kd|dkd).")
+]
 DeviceOpt = Annotated[
     str,
     typer.Option(
-        help="Where the training/evaluation loop runs: auto (CUDA if torch sees a GPU, else CPU), cpu, cuda or cuda:N."
+        help="Where training runs (and a prune's NAS search and sparse training): auto (CUDA if torch sees "
+        "a GPU, else CPU), cpu, cuda or cuda:N."
     ),
 ]
 
@@ -71,41 +112,27 @@ DeviceOpt = Annotated[
 def train(
     data: Annotated[Path, typer.Option(help="Class-folder dataset root (one folder per class).")],
     model: Annotated[str, typer.Option(help="Model name (see `rscompress models`).")],
-    out: Annotated[Path, typer.Option(help="Run dir to write.")],
+    out: OutOpt,
     img_size: Annotated[int, typer.Option(help="Square input size in pixels.")] = _default(DataConfig, "img_size"),
-    epochs: Annotated[int, typer.Option()] = _default(FitConfig, "epochs"),
-    batch_size: Annotated[int, typer.Option()] = _default(FitConfig, "batch_size"),
-    seed: Annotated[int, typer.Option(help="Seeds model init, shuffling and augmentation.")] = 0,
-    optimizer: Annotated[str, typer.Option(help="sgd or adamw.")] = _default(OptimConfig, "optimizer"),
-    lr: Annotated[float, typer.Option(help="Peak learning rate (onecycle) or base rate.")] = _default(
-        OptimConfig, "lr"
-    ),
-    momentum: Annotated[float, typer.Option(help="SGD momentum when it is not cycled.")] = _default(
-        OptimConfig, "momentum"
-    ),
-    nesterov: Annotated[bool, typer.Option(help="Nesterov momentum (SGD).")] = _default(OptimConfig, "nesterov"),
-    weight_decay: Annotated[float, typer.Option()] = _default(OptimConfig, "weight_decay"),
-    schedule: Annotated[str, typer.Option(help="onecycle (warm-up built in), cosine, step or constant.")] = _default(
-        OptimConfig, "schedule"
-    ),
-    pct_start: Annotated[float, typer.Option(help="onecycle: share of the run rising to the peak lr.")] = _default(
-        OptimConfig, "pct_start"
-    ),
-    cycle_momentum: Annotated[
-        bool, typer.Option(help="onecycle: momentum 0.95 -> 0.85 -> 0.95 against the lr.")
-    ] = _default(OptimConfig, "cycle_momentum"),
-    milestones: Annotated[str, typer.Option(help="Step schedule epochs, e.g. '80,120'.")] = "",
-    gamma: Annotated[float, typer.Option(help="Step schedule factor.")] = _default(OptimConfig, "gamma"),
-    warmup_epochs: Annotated[int, typer.Option(help="Linear lr warm-up (cosine, step, constant).")] = _default(
-        OptimConfig, "warmup_epochs"
-    ),
-    label_smoothing: Annotated[float, typer.Option()] = _default(FitConfig, "label_smoothing"),
-    drop_last: Annotated[
-        bool, typer.Option(help="Leave out each epoch's ragged last batch (kept by default).")
-    ] = _default(FitConfig, "drop_last"),
-    channels_last: Annotated[bool, typer.Option(help="Use channels_last memory format.")] = False,
-    bf16: Annotated[bool, typer.Option(help="bfloat16 autocast.")] = False,
-    small_input: Annotated[bool, typer.Option(help="Stem for 32-64 px inputs (less downsampling).")] = False,
+    epochs: EpochsOpt = FIT_DEFAULTS.epochs,
+    batch_size: BatchSizeOpt = FIT_DEFAULTS.batch_size,
+    seed: SeedOpt = 0,
+    optimizer: OptimizerOpt = OPTIM_DEFAULTS.optimizer,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (onecycle) or base rate.")] = OPTIM_DEFAULTS.lr,
+    momentum: MomentumOpt = OPTIM_DEFAULTS.momentum,
+    nesterov: NesterovOpt = OPTIM_DEFAULTS.nesterov,
+    weight_decay: WeightDecayOpt = OPTIM_DEFAULTS.weight_decay,
+    schedule: ScheduleOpt = OPTIM_DEFAULTS.schedule,
+    pct_start: PctStartOpt = OPTIM_DEFAULTS.pct_start,
+    cycle_momentum: CycleMomentumOpt = OPTIM_DEFAULTS.cycle_momentum,
+    milestones: MilestonesOpt = "",
+    gamma: GammaOpt = OPTIM_DEFAULTS.gamma,
+    warmup_epochs: WarmupEpochsOpt = OPTIM_DEFAULTS.warmup_epochs,
+    label_smoothing: LabelSmoothingOpt = FIT_DEFAULTS.label_smoothing,
+    drop_last: DropLastOpt = FIT_DEFAULTS.drop_last,
+    channels_last: ChannelsLastOpt = False,
+    bf16: Bf16Opt = False,
+    small_input: SmallInputOpt = False,
     weights: Annotated[
         Path | None,
         typer.Option(
@@ -128,9 +155,9 @@ def train(
     test_data: Annotated[Path | None, typer.Option(help="Separate test folder (then test-fraction 0).")] = None,
     split_seed: Annotated[int, typer.Option()] = 0,
     cache_dir: Annotated[Path | None, typer.Option(help="Decoded-image cache (default ~/.cache/rscompress).")] = None,
-    threads: Annotated[int | None, typer.Option(help="torch intra-op threads.")] = None,
+    threads: ThreadsOpt = None,
     device: DeviceOpt = "auto",
-    resume: Annotated[bool, typer.Option(help="Continue from the run dir's last checkpoint.")] = False,
+    resume: ResumeOpt = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ):
@@ -194,7 +221,7 @@ def train(
 def prune(
     run: Annotated[Path, typer.Argument(help="Finished run dir to prune (the parent).")],
     method: Annotated[str, typer.Option(help="A pruning method; `rscompress methods` lists them.")],
-    out: Annotated[Path, typer.Option(help="Run dir to write.")],
+    out: OutOpt,
     target_macs: Annotated[
         float | None, typer.Option(help="Fraction of the parent's MACs to keep (0 < F <= 1).")
     ] = None,
@@ -207,14 +234,12 @@ def prune(
     ] = "ce",
     r1: Annotated[float, typer.Option(help="AML weight (with --loss aml+ce).")] = 1.0,
     r2: Annotated[float, typer.Option(help="CE weight (with --loss aml+ce).")] = 1.0,
-    temperature: Annotated[float, typer.Option(help="KD/DKD temperature (with --loss kd|dkd).")] = 4.0,
-    alpha: Annotated[float, typer.Option(help="DKD weight of TCKD.")] = 1.0,
-    beta: Annotated[float, typer.Option(help="DKD weight of NCKD.")] = 8.0,
-    kd_weight: Annotated[float, typer.Option(help="KD weight (with --loss kd).")] = 1.0,
-    kd_warmup_epochs: Annotated[int, typer.Option(help="Linear warm-up of the KD terms.")] = 0,
-    cache_teacher_logits: Annotated[
-        bool, typer.Option(help="Run the teacher once per distinct input (--loss kd|dkd).")
-    ] = False,
+    temperature: TemperatureOpt = 4.0,
+    alpha: AlphaOpt = 1.0,
+    beta: BetaOpt = 8.0,
+    kd_weight: KdWeightOpt = 1.0,
+    kd_warmup_epochs: KdWarmupEpochsOpt = 0,
+    cache_teacher_logits: CacheTeacherLogitsOpt = False,
     sparse_epochs: Annotated[int, typer.Option(help="Sparse-training epochs (slim, l1rr).")] = 30,
     sparse_rate: Annotated[
         float | None,
@@ -240,47 +265,25 @@ def prune(
         ),
     ] = False,
     finetune_epochs: Annotated[int, typer.Option()] = 20,
-    batch_size: Annotated[int, typer.Option()] = _default(FitConfig, "batch_size"),
-    optimizer: Annotated[str, typer.Option(help="sgd or adamw.")] = _default(OptimConfig, "optimizer"),
+    batch_size: BatchSizeOpt = FIT_DEFAULTS.batch_size,
+    optimizer: OptimizerOpt = OPTIM_DEFAULTS.optimizer,
     lr: Annotated[float, typer.Option(help="Peak learning rate (onecycle) or base rate.")] = FINETUNE_LR,
-    momentum: Annotated[float, typer.Option(help="SGD momentum when it is not cycled.")] = _default(
-        OptimConfig, "momentum"
-    ),
-    nesterov: Annotated[bool, typer.Option(help="Nesterov momentum (SGD).")] = _default(OptimConfig, "nesterov"),
-    weight_decay: Annotated[float, typer.Option()] = _default(OptimConfig, "weight_decay"),
-    schedule: Annotated[str, typer.Option(help="onecycle (warm-up built in), cosine, step or constant.")] = _default(
-        OptimConfig, "schedule"
-    ),
-    pct_start: Annotated[float, typer.Option(help="onecycle: share of the run rising to the peak lr.")] = _default(
-        OptimConfig, "pct_start"
-    ),
-    cycle_momentum: Annotated[
-        bool, typer.Option(help="onecycle: momentum 0.95 -> 0.85 -> 0.95 against the lr.")
-    ] = _default(OptimConfig, "cycle_momentum"),
-    milestones: Annotated[str, typer.Option(help="Step schedule epochs, e.g. '20,30'.")] = "",
-    gamma: Annotated[float, typer.Option(help="Step schedule factor.")] = _default(OptimConfig, "gamma"),
-    warmup_epochs: Annotated[int, typer.Option(help="Linear lr warm-up (cosine, step, constant).")] = _default(
-        OptimConfig, "warmup_epochs"
-    ),
-    label_smoothing: Annotated[float, typer.Option()] = _default(FitConfig, "label_smoothing"),
-    drop_last: Annotated[
-        bool, typer.Option(help="Leave out each epoch's ragged last batch (kept by default).")
-    ] = _default(FitConfig, "drop_last"),
-    seed: Annotated[int, typer.Option()] = 0,
-    threads: Annotated[int | None, typer.Option()] = None,
-    channels_last: Annotated[
-        bool, typer.Option(help="channels_last memory in fine-tuning, NAS search and sparse training.")
-    ] = False,
-    bf16: Annotated[
-        bool, typer.Option(help="bfloat16 autocast in fine-tuning, NAS search and sparse training.")
-    ] = False,
-    device: Annotated[
-        str,
-        typer.Option(
-            help="Where NAS search, sparse training and fine-tuning run: auto (CUDA if torch "
-            "sees a GPU, else CPU), cpu, cuda or cuda:N. Scoring and pruning run on the CPU."
-        ),
-    ] = "auto",
+    momentum: MomentumOpt = OPTIM_DEFAULTS.momentum,
+    nesterov: NesterovOpt = OPTIM_DEFAULTS.nesterov,
+    weight_decay: WeightDecayOpt = OPTIM_DEFAULTS.weight_decay,
+    schedule: ScheduleOpt = OPTIM_DEFAULTS.schedule,
+    pct_start: PctStartOpt = OPTIM_DEFAULTS.pct_start,
+    cycle_momentum: CycleMomentumOpt = OPTIM_DEFAULTS.cycle_momentum,
+    milestones: MilestonesOpt = "",
+    gamma: GammaOpt = OPTIM_DEFAULTS.gamma,
+    warmup_epochs: WarmupEpochsOpt = OPTIM_DEFAULTS.warmup_epochs,
+    label_smoothing: LabelSmoothingOpt = FIT_DEFAULTS.label_smoothing,
+    drop_last: DropLastOpt = FIT_DEFAULTS.drop_last,
+    seed: SeedOpt = 0,
+    threads: ThreadsOpt = None,
+    channels_last: ChannelsLastOpt = False,
+    bf16: Bf16Opt = False,
+    device: DeviceOpt = "auto",
     pruned_from: Annotated[
         Path | None,
         typer.Option(
@@ -298,7 +301,7 @@ def prune(
             "(else refused, saying why)."
         ),
     ] = None,
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted fine-tuning.")] = False,
+    resume: ResumeOpt = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ):
@@ -371,20 +374,18 @@ def prune(
 def distill(
     teacher: Annotated[Path, typer.Option(help="Finished teacher run dir (frozen).")],
     student: Annotated[str, typer.Option(help="Student: a model name or a run dir (e.g. a pruned run).")],
-    out: Annotated[Path, typer.Option(help="Run dir to write.")],
+    out: OutOpt,
     loss: Annotated[str, typer.Option(help="ce (no teacher), kd or dkd.")] = "dkd",
-    temperature: Annotated[float, typer.Option()] = 4.0,
-    alpha: Annotated[float, typer.Option(help="DKD weight of TCKD.")] = 1.0,
-    beta: Annotated[float, typer.Option(help="DKD weight of NCKD.")] = 8.0,
-    kd_weight: Annotated[float, typer.Option(help="KD weight (with --loss kd).")] = 1.0,
-    kd_warmup_epochs: Annotated[int, typer.Option(help="Linear warm-up of the KD terms.")] = 20,
-    cache_teacher_logits: Annotated[
-        bool, typer.Option(help="Run the teacher once per distinct input (image view).")
-    ] = False,
-    small_input: Annotated[bool, typer.Option(help="Stem for 32-64 px (registry students).")] = False,
-    epochs: Annotated[int, typer.Option()] = _default(FitConfig, "epochs"),
-    batch_size: Annotated[int, typer.Option()] = _default(FitConfig, "batch_size"),
-    optimizer: Annotated[str, typer.Option(help="sgd or adamw.")] = _default(OptimConfig, "optimizer"),
+    temperature: TemperatureOpt = 4.0,
+    alpha: AlphaOpt = 1.0,
+    beta: BetaOpt = 8.0,
+    kd_weight: KdWeightOpt = 1.0,
+    kd_warmup_epochs: KdWarmupEpochsOpt = 20,
+    cache_teacher_logits: CacheTeacherLogitsOpt = False,
+    small_input: SmallInputOpt = False,
+    epochs: EpochsOpt = FIT_DEFAULTS.epochs,
+    batch_size: BatchSizeOpt = FIT_DEFAULTS.batch_size,
+    optimizer: OptimizerOpt = OPTIM_DEFAULTS.optimizer,
     lr: Annotated[
         float | None,
         typer.Option(
@@ -392,35 +393,23 @@ def distill(
             "rate for a model name, the fine-tuning rate for a run dir."
         ),
     ] = None,
-    momentum: Annotated[float, typer.Option(help="SGD momentum when it is not cycled.")] = _default(
-        OptimConfig, "momentum"
-    ),
-    nesterov: Annotated[bool, typer.Option(help="Nesterov momentum (SGD).")] = _default(OptimConfig, "nesterov"),
-    weight_decay: Annotated[float, typer.Option()] = _default(OptimConfig, "weight_decay"),
-    schedule: Annotated[str, typer.Option(help="onecycle (warm-up built in), cosine, step or constant.")] = _default(
-        OptimConfig, "schedule"
-    ),
-    pct_start: Annotated[float, typer.Option(help="onecycle: share of the run rising to the peak lr.")] = _default(
-        OptimConfig, "pct_start"
-    ),
-    cycle_momentum: Annotated[
-        bool, typer.Option(help="onecycle: momentum 0.95 -> 0.85 -> 0.95 against the lr.")
-    ] = _default(OptimConfig, "cycle_momentum"),
-    milestones: Annotated[str, typer.Option(help="Step schedule epochs.")] = "",
-    gamma: Annotated[float, typer.Option(help="Step schedule factor.")] = _default(OptimConfig, "gamma"),
-    warmup_epochs: Annotated[int, typer.Option(help="Linear lr warm-up (cosine, step, constant).")] = _default(
-        OptimConfig, "warmup_epochs"
-    ),
-    label_smoothing: Annotated[float, typer.Option()] = _default(FitConfig, "label_smoothing"),
-    drop_last: Annotated[
-        bool, typer.Option(help="Leave out each epoch's ragged last batch (kept by default).")
-    ] = _default(FitConfig, "drop_last"),
-    seed: Annotated[int, typer.Option()] = 0,
-    threads: Annotated[int | None, typer.Option()] = None,
-    channels_last: Annotated[bool, typer.Option(help="Use channels_last memory format.")] = False,
-    bf16: Annotated[bool, typer.Option(help="bfloat16 autocast (student and teacher forward).")] = False,
+    momentum: MomentumOpt = OPTIM_DEFAULTS.momentum,
+    nesterov: NesterovOpt = OPTIM_DEFAULTS.nesterov,
+    weight_decay: WeightDecayOpt = OPTIM_DEFAULTS.weight_decay,
+    schedule: ScheduleOpt = OPTIM_DEFAULTS.schedule,
+    pct_start: PctStartOpt = OPTIM_DEFAULTS.pct_start,
+    cycle_momentum: CycleMomentumOpt = OPTIM_DEFAULTS.cycle_momentum,
+    milestones: MilestonesOpt = "",
+    gamma: GammaOpt = OPTIM_DEFAULTS.gamma,
+    warmup_epochs: WarmupEpochsOpt = OPTIM_DEFAULTS.warmup_epochs,
+    label_smoothing: LabelSmoothingOpt = FIT_DEFAULTS.label_smoothing,
+    drop_last: DropLastOpt = FIT_DEFAULTS.drop_last,
+    seed: SeedOpt = 0,
+    threads: ThreadsOpt = None,
+    channels_last: ChannelsLastOpt = False,
+    bf16: Bf16Opt = False,
     device: DeviceOpt = "auto",
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted run.")] = False,
+    resume: ResumeOpt = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ):
