@@ -47,10 +47,10 @@ Batches = Iterable[tuple[Tensor, Tensor]]
 
 
 class _LoaderBatches:
-    """A user's loader as the fit loop takes it: a length, and an epoch number for a sampler
-    that wants one (``DistributedSampler.set_epoch``). A plain shuffling DataLoader draws its
-    order from torch's global generator, which the loop seeds per epoch, so a resumed run sees
-    the batches the uninterrupted one would have."""
+    """A user's loader as the fit loop takes it: a length, and an epoch number for a loader or
+    a sampler that wants one (rscompress's own loader, ``DistributedSampler.set_epoch``). A
+    plain shuffling DataLoader draws its order from torch's global generator, which the loop
+    seeds per epoch, so a resumed run sees the batches the uninterrupted one would have."""
 
     def __init__(self, loader: Batches, name: str):
         # An iterator would be used up by the first epoch (or by calibration before it).
@@ -72,9 +72,10 @@ class _LoaderBatches:
         return self.steps
 
     def set_epoch(self, epoch: int) -> None:
-        sampler = getattr(self.loader, "sampler", None)
-        if sampler is not None and hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
+        for owner in (self.loader, getattr(self.loader, "sampler", None)):
+            if owner is not None and hasattr(owner, "set_epoch"):
+                owner.set_epoch(epoch)
+                return
 
 
 def _img_size(example_input: Tensor) -> int:
@@ -391,6 +392,7 @@ def prune(
     resume: bool = False,
     quiet: bool = True,
     method_options: dict[str, Any] | None = None,
+    calibration_loader: Batches | None = None,
     **fit_options: Any,
 ) -> PruneResult:
     """Prune a trained ``model`` to a budget and fine-tune it; ``model`` itself is not changed.
@@ -402,6 +404,9 @@ def prune(
     logits)`` of your own. ``method_options``: that method's PruneConfig fields
     (``sparse_epochs``, ``search_epochs``, ``attention_weight``, ...). Fine-tuning: the CLI's
     recipe at peak ``lr`` for ``finetune_epochs``; ``fit_options`` as in ``train``.
+    ``calibration_loader``: plain (unaugmented) train batches whose first
+    ``method_options["calibration_batches"]`` (4) average SE attention and feed taylor and hrank,
+    as the CLI takes them; default: ``train_loader``'s first batches.
     """
     from rscompress.pruning import architecture_spec
     from rscompress.pruning.rebuild import apply_architecture
@@ -433,15 +438,16 @@ def prune(
     }
     parent = copy.deepcopy(model).cpu()
     parent_macs, parent_params = count_macs_params(budget_reference(parent), img_size)
+    calibration = _calibration(calibration_loader or train_loader, cfg.calibration_batches)
     with _WorkDir(out) as run:
         _start(run, budget_reference(parent), example_input, settings, resume)
         if run.holds_pruned_model():
-            pruned = pruning_method.prepare_parent(parent, _calibration(train_loader, cfg.calibration_batches))[0]
+            pruned = pruning_method.prepare_parent(parent, calibration)[0]
             apply_architecture(pruned, _read_json(run.prune_record_path)["architecture"])
             pruned.load_state_dict(read_state_dict(run.pruned_weights_path))
             details = _read_json(run.prune_record_path)["details"]
         else:
-            pruned, details = _select(parent, train_loader, val_loader, img_size, cfg, run, quiet)
+            pruned, details = _select(parent, train_loader, val_loader, calibration, img_size, cfg, run, quiet)
             save_weights(pruned, run.pruned_weights_path)
             write_json_atomic(run.prune_record_path, {"architecture": architecture_spec(pruned), "details": details})
             shutil.rmtree(run.phase_dir, ignore_errors=True)
@@ -478,6 +484,7 @@ def _select(
     parent: nn.Module,
     train_loader: Batches,
     val_loader: Batches,
+    calibration: list[tuple[Tensor, Tensor]],
     img_size: int,
     cfg: PruneConfig,
     run: RunDir,
@@ -489,7 +496,7 @@ def _select(
     parent_cost = count_macs_params(budget_reference(parent), img_size)
     family = _architecture_family(parent)
     method = METHODS[cfg.method]  # checked by prune
-    model, weights_as_trained = method.prepare_parent(parent, _calibration(train_loader, cfg.calibration_batches))
+    model, weights_as_trained = method.prepare_parent(parent, calibration)
     pruned, details = select_and_prune(
         model,
         family,
@@ -498,7 +505,7 @@ def _select(
         budget=Budget.of(cfg).on_prepared(parent_cost, count_macs_params(model, img_size)),
         train_batches=_LoaderBatches(train_loader, "train_loader"),
         val_batches=val_loader,
-        calibration=_calibration(train_loader, cfg.calibration_batches),
+        calibration=calibration,
         log=(lambda _: None) if quiet else print,
         phase_dir=run.phase_dir,
         weights_as_trained=weights_as_trained,
