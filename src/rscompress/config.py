@@ -216,3 +216,16 @@ class DistillConfig(KDSettings):
     loss: Literal["ce", "kd", "dkd"] = "dkd"
     small_input: bool = False  # for a registry student
     fit: FitConfig
+
+
+class Int8Config(StrictModel):
+    """``rscompress export --int8``: INT8 calibration and the accuracy check (deploy/int8.py)."""
+
+    # Train images the activation ranges are taken from. Chosen on val, never test:
+    # benchmarks/int8_calibration.py (results/int8_calibration.json). TODO: numbers.
+    calib_images: int = Field(128, gt=0)
+    # The INT8 model is refused when its val top-1 falls more than this many points below FP32's.
+    max_drop: float = Field(1.0, ge=0, le=100, allow_inf_nan=False)
+    force: bool = False  # write it anyway past max_drop (the check is still recorded)
+    threads: int = Field(1, gt=0)  # of the batch-1 latency comparison (1: the benchmark records')
+    repeats: int = Field(50, gt=0)  # timed runs per model for that latency
