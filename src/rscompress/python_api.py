@@ -617,8 +617,12 @@ def export_int8(
     calibration: Batches,
     val_loader: Batches,
     test_loader: Batches | None = None,
+    calib_images: int = Int8Config.model_fields["calib_images"].default,
+    max_drop: float = Int8Config.model_fields["max_drop"].default,
+    force: bool = False,
+    threads: int = Int8Config.model_fields["threads"].default,
+    repeats: int = Int8Config.model_fields["repeats"].default,
     record: str | Path | None = None,
-    **options: Any,
 ) -> Int8Report:
     """Write ``model`` as an INT8 ONNX file (ONNX Runtime static quantization, QDQ, per-channel
     weights) once it has passed its accuracy check; returns the Int8Report.
@@ -627,9 +631,9 @@ def export_int8(
     as for evaluation: no augmentation), checked against the FP32 model in ONNX Runtime on
     ``val_loader`` (and ``test_loader``): top-1 of both, agreement, size, batch-1 latency. A val
     top-1 drop above ``max_drop`` points raises Int8AccuracyError and writes nothing, unless
-    ``force``. Every check, passed or not, is appended to ``record`` (default: ``int8.jsonl``
-    beside ``path``). ``options``: ``calib_images``, ``max_drop``, ``force``, ``threads``,
-    ``repeats`` (the CLI's ``export --int8`` options).
+    ``force``. ``threads`` and ``repeats``: of the latency comparison. Every check, passed or
+    not, is appended to ``record`` (default: ``int8.jsonl`` beside ``path``). The options are
+    the CLI's ``export --int8`` ones (config.Int8Config).
     """
     from rscompress.deploy.int8 import PARITY_IMAGES, RECORD_FILE, first_images
     from rscompress.deploy.int8 import export_int8 as write_int8
@@ -637,7 +641,7 @@ def export_int8(
     from rscompress.deploy.onnx import export_onnx as write_onnx
 
     with _options_checked():
-        cfg = Int8Config(**options)
+        cfg = Int8Config(calib_images=calib_images, max_drop=max_drop, force=force, threads=threads, repeats=repeats)
     img_size = _img_size(example_input)
     path = Path(path)
     if path.suffix != ".onnx":

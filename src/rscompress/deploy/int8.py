@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -110,6 +111,7 @@ class Int8Report:
     forced: bool  # force was given (it matters only when the drop is past max_drop)
     calib_images: int  # images actually used
     calib_source: str
+    quantize_seconds: float  # quant_pre_process + calibration + quantize_static
     val: SplitCheck
     test: SplitCheck | None  # None: no test split
     size_bytes_fp32: int
@@ -158,6 +160,7 @@ class Int8Report:
             "cpu_flags": list(self.cpu.flags),
             "calib_images": self.calib_images,
             "calib_source": self.calib_source,
+            "quantize_seconds": self.quantize_seconds,
             "quantization": dict(self.quantization),
             "notes": list(self.notes),
             **({"record": str(self.record)} if self.record is not None else {}),
@@ -268,9 +271,11 @@ def export_int8(
         raise UserError(f"calibration must hold at least one N×3×S×S image, got shape {calibration.shape}")
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".int8-export-", dir=dest.parent) as staging:
+        start = time.perf_counter()
         staged = quantize_int8(
             fp32, Path(staging) / dest.name, calibration_batches(calibration), reduce_range=reduce_range
         )
+        quantize_seconds = time.perf_counter() - start
         eval_threads = max(1, torch.get_num_threads())
         sessions = cpu_session(fp32, eval_threads), cpu_session(staged, eval_threads)
         val_check = compare_on(*sessions, val)
@@ -290,6 +295,7 @@ def export_int8(
             forced=cfg.force,
             calib_images=int(calibration.shape[0]),
             calib_source=calib_source,
+            quantize_seconds=quantize_seconds,
             val=val_check,
             test=test_check,
             size_bytes_fp32=fp32.stat().st_size,
