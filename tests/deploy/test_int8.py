@@ -159,7 +159,7 @@ def test_cli_refuses_past_max_drop_unless_force(run_copy, capsys, monkeypatch):
         (["--int8", "--max-drop", "-1"], "--max-drop"),
         (["--int8", "--max-drop", "nan"], "--max-drop"),
         (["--int8", "--threads", "0"], "--threads"),
-        (["--calib-images", "64"], "--calib-images applies only with --int8"),
+        (["--calib-images", "32"], "--calib-images applies only with --int8"),
         (["--force"], "--force applies only with --int8"),
         (["--int8", "--parity-data", "x"], "--parity-data does not apply to --int8"),
     ],
