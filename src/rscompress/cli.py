@@ -610,7 +610,8 @@ def _print_int8(report: Int8Report) -> None:
     )
     lines.append(f"CPU: {report.cpu.describe()}")
     lines.append(
-        f"calibrated on {r['calib_source']}; val drop limit {r['max_drop']:g} points; check recorded in {r['record']}"
+        f"calibrated on {r['calib_source']}; --max-drop {r['max_drop']:g} (val top-1 points); "
+        f"check recorded in {r['record']}"
     )
     # Notes (INT8 slower than FP32 here, written past --max-drop) go with the numbers, on stdout.
     lines.extend(f"note: {note}" for note in r["notes"])

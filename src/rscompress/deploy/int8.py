@@ -346,8 +346,8 @@ def _refusal(report: Int8Report, dest: Path) -> str:
         f"INT8 model refused: val top-1 {report.val.top1_fp32:.2%} FP32 -> {report.val.top1_int8:.2%} INT8, "
         f"a drop of {report.val_drop:.2f} points > --max-drop {report.max_drop:g} "
         f"(top-1 agreement {report.val.agreement:.1%} over {report.val.n_images} val images); "
-        f"nothing written to {dest}{kept}; the check is recorded in {report.record}. "
-        "More --calib-images may help; --force writes it anyway"
+        f"nothing written to {dest}{kept}; the check is recorded in {report.record}; "
+        "another --calib-images may do better; --force writes it anyway"
     )
 
 
