@@ -8,13 +8,16 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
 
-from rscompress.config import FINETUNE_LR, DataConfig, FitConfig, OptimConfig
+from rscompress.config import FINETUNE_LR, DataConfig, FitConfig, Int8Config, OptimConfig
 from rscompress.errors import UserError
+
+if TYPE_CHECKING:
+    from rscompress.deploy.int8 import Int8Report
 
 app = typer.Typer(
     add_completion=False,
@@ -499,20 +502,53 @@ def evaluate(
 def export(
     run: Annotated[Path, typer.Argument(help="Finished run dir.")],
     format: Annotated[str, typer.Option("--format", help="Export format (onnx).")] = "onnx",
-    out: Annotated[Path | None, typer.Option(help="Output file (default RUN/model.onnx).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Output file (default RUN/model.onnx, with --int8 RUN/model.int8.onnx).")
+    ] = None,
     parity_data: Annotated[
         Path | None, typer.Option(help="Folder for the parity images when the run's data is elsewhere.")
     ] = None,
     parity_images: Annotated[int, typer.Option(help="Real images the parity check runs on.")] = 64,
+    int8: Annotated[
+        bool,
+        typer.Option(
+            "--int8",
+            help="INT8 (ONNX Runtime static quantization, QDQ), checked against FP32 on the run's val and test "
+            "splits; every check is appended to RUN/int8.jsonl.",
+        ),
+    ] = False,
+    calib_images: Annotated[
+        int, typer.Option(help="--int8: train images to calibrate the activation ranges on.")
+    ] = _default(Int8Config, "calib_images"),
+    max_drop: Annotated[
+        float, typer.Option(help="--int8: refuse the INT8 model if val top-1 falls more than this many points.")
+    ] = _default(Int8Config, "max_drop"),
+    force: Annotated[bool, typer.Option("--force", help="--int8: write it even past --max-drop.")] = False,
+    threads: Annotated[int, typer.Option(help="--int8: threads of the batch-1 latency comparison.")] = _default(
+        Int8Config, "threads"
+    ),
+    repeats: Annotated[int, typer.Option(help="--int8: timed runs per model for the latency.")] = _default(
+        Int8Config, "repeats"
+    ),
     as_json: JsonOpt = False,
 ):
-    """Export to ONNX (dynamic batch) and check parity with onnxruntime on real images."""
-    from rscompress.deploy.onnx import export_run
-
+    """Export to ONNX (dynamic batch) and check parity with onnxruntime on real images; with
+    --int8, quantize and check the INT8 model's accuracy, size and latency against FP32."""
     if format != "onnx":
         raise UserError(f"--format: only 'onnx' is supported, got {format!r}")
     if parity_images <= 0:
         raise UserError(f"--parity-images must be > 0, got {parity_images}")
+    int8_cfg = _validated(
+        Int8Config, calib_images=calib_images, max_drop=max_drop, force=force, threads=threads, repeats=repeats
+    )
+    if int8:
+        _export_int8(run, out, parity_data, parity_images, int8_cfg, as_json)
+        return
+    # An INT8 option without --int8 would be silently ignored: the user meant something by it.
+    if changed := [n for n, f in Int8Config.model_fields.items() if getattr(int8_cfg, n) != f.default]:
+        raise UserError(f"--{changed[0].replace('_', '-')} applies only with --int8")
+    from rscompress.deploy.onnx import export_run
+
     report = export_run(run, out, n_images=parity_images, parity_data=parity_data).to_dict()
     if as_json:
         _print_json(report)
@@ -521,6 +557,54 @@ def export(
             f"wrote {report['path']} ({report['size_bytes'] / 1e6:.1f} MB); parity on {report['n_images']} "
             f"images: max abs diff {report['max_abs_diff']:.2e}, top-1 agreement {report['top1_agree']:.0%}"
         )
+
+
+def _export_int8(
+    run: Path, out: Path | None, parity_data: Path | None, parity_images: int, cfg: Int8Config, as_json: bool
+) -> None:
+    from rscompress.deploy.int8 import export_int8_run
+
+    if parity_data is not None:
+        raise UserError("--parity-data does not apply to --int8: it calibrates and checks on the run's own splits")
+    report = export_int8_run(run, out, cfg, parity_images=parity_images)
+    if as_json:
+        _print_json(report.to_dict())
+    else:
+        _print_int8(report)
+
+
+def _print_int8(report: Int8Report) -> None:
+    """The INT8 check for people: accuracy next to FP32, size, latency, and what was decided."""
+    r = report.to_dict()
+    lines = [
+        f"wrote {r['path']}: INT8 {r['size_bytes_int8'] / 1e6:.1f} MB, FP32 {r['size_bytes_fp32'] / 1e6:.1f} MB "
+        f"({r['size_bytes_fp32'] / r['size_bytes_int8']:.1f}x smaller)",
+    ]
+    for split in ("val", "test"):
+        if r[split] is not None:
+            s = r[split]
+            lines.append(
+                f"{split:4s} top-1: FP32 {s['top1_fp32']:.2%}  INT8 {s['top1_int8']:.2%}  "
+                f"(drop {s['drop_points']:+.2f} points; INT8 agrees with FP32 on {s['agreement']:.1%} "
+                f"of {s['n_images']} images)"
+            )
+    lines.append(
+        f"batch-1 latency, {r['latency_threads']} thread(s), median of {r['latency_repeats']}: "
+        f"FP32 {r['latency_ms_bs1_fp32']:.3g} ms, INT8 {r['latency_ms_bs1_int8']:.3g} ms "
+        + (
+            f"({r['speedup']:.2f}x faster)"
+            if not r["int8_slower"]
+            else f"(INT8 SLOWER: {1 / r['speedup']:.2f}x the FP32 time)"
+        )
+    )
+    lines.append(f"CPU: {report.cpu.describe()}")
+    lines.append(
+        f"calibrated on {r['calib_source']}; --max-drop {r['max_drop']:g} (val top-1 points); "
+        f"check recorded in {r['record']}"
+    )
+    # Notes (INT8 slower than FP32 here, written past --max-drop) go with the numbers, on stdout.
+    lines.extend(f"note: {note}" for note in r["notes"])
+    typer.echo("\n".join(lines))
 
 
 @app.command()

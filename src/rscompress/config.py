@@ -216,3 +216,22 @@ class DistillConfig(KDSettings):
     loss: Literal["ce", "kd", "dkd"] = "dkd"
     small_input: bool = False  # for a registry student
     fit: FitConfig
+
+
+class Int8Config(StrictModel):
+    """``rscompress export --int8``: INT8 calibration and the accuracy check (deploy/int8.py)."""
+
+    # Train images the activation ranges are taken from, chosen on val (never test) by
+    # benchmarks/int8_calibration.py (results/int8_calibration.json): a resnet18 and an
+    # se_resnet18 of the UC Merced sample (64 px, 210 val images, one image = 0.48 points), 3
+    # draws of each count. Val drop mean / worst over the 6: 16 images 0.24 / 0.95, 32: 0.00 /
+    # 0.48, 64: -0.08 / 0.48, 128: 0.08 / 0.48, 256: 0.32 / 0.48, 512: 0.32 / 0.95 points;
+    # agreement with FP32 0.978-0.985 throughout. From 32 to 256 it is flat within one image;
+    # 64 gives three images a class here and quantizes in ~2 s. Larger counts did no better
+    # (MinMax's ranges only widen as it sees more images) and take longer.
+    calib_images: int = Field(64, gt=0)
+    # The INT8 model is refused when its val top-1 falls more than this many points below FP32's.
+    max_drop: float = Field(1.0, ge=0, le=100, allow_inf_nan=False)
+    force: bool = False  # write it anyway past max_drop (the check is still recorded)
+    threads: int = Field(1, gt=0)  # of the batch-1 latency comparison (1: the benchmark records')
+    repeats: int = Field(50, gt=0)  # timed runs per model for that latency

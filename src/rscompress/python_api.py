@@ -22,14 +22,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from pydantic import ValidationError
 from torch import Tensor, nn
 
 from rscompress.artifacts import RunConfig, RunDir, library_versions
-from rscompress.config import FINETUNE_LR, FitConfig, OptimConfig, PruneConfig
+from rscompress.config import FINETUNE_LR, FitConfig, Int8Config, OptimConfig, PruneConfig
 from rscompress.engine.metrics import EvalResult
 from rscompress.engine.metrics import evaluate as evaluate_model
 from rscompress.engine.trainer import FitResult, LossFn, aml_ce_objective, fit
@@ -42,6 +42,9 @@ from rscompress.models.weights import read_state_dict, save_weights
 from rscompress.pruning.methods import METHODS, check_config
 from rscompress.pruning.methods.base import Budget
 from rscompress.pruning.parent import budget_reference, has_se_blocks, rebase_budget
+
+if TYPE_CHECKING:
+    from rscompress.deploy.int8 import Int8Report
 
 Batches = Iterable[tuple[Tensor, Tensor]]
 
@@ -611,6 +614,69 @@ def export_onnx(
     except ParityError:
         path.unlink(missing_ok=True)
         raise
+
+
+def export_int8(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    example_input: Tensor,
+    calibration: Batches,
+    val_loader: Batches,
+    test_loader: Batches | None = None,
+    calib_images: int = Int8Config.model_fields["calib_images"].default,
+    max_drop: float = Int8Config.model_fields["max_drop"].default,
+    force: bool = False,
+    threads: int = Int8Config.model_fields["threads"].default,
+    repeats: int = Int8Config.model_fields["repeats"].default,
+    record: str | Path | None = None,
+) -> Int8Report:
+    """Write ``model`` as an INT8 ONNX file (ONNX Runtime static quantization, QDQ, per-channel
+    weights) once it has passed its accuracy check; returns the Int8Report.
+
+    Calibrated on the first ``calib_images`` images of ``calibration`` (train images, prepared
+    as for evaluation: no augmentation), checked against the FP32 model in ONNX Runtime on
+    ``val_loader`` (and ``test_loader``): top-1 of both, agreement, size, batch-1 latency. A val
+    top-1 drop above ``max_drop`` points raises Int8AccuracyError and writes nothing, unless
+    ``force``. ``threads`` and ``repeats``: of the latency comparison. Every check, passed or
+    not, is appended to ``record`` (default: ``int8.jsonl`` beside ``path``). The options are
+    the CLI's ``export --int8`` ones (config.Int8Config).
+    """
+    from rscompress.deploy.int8 import PARITY_IMAGES, RECORD_FILE, first_images
+    from rscompress.deploy.int8 import export_int8 as write_int8
+    from rscompress.deploy.onnx import check_parity
+    from rscompress.deploy.onnx import export_onnx as write_onnx
+
+    with _options_checked():
+        cfg = Int8Config(calib_images=calib_images, max_drop=max_drop, force=force, threads=threads, repeats=repeats)
+    img_size = _img_size(example_input)
+    path = Path(path)
+    if path.suffix != ".onnx":
+        raise UserError(f"{path} must end in .onnx")
+    for loader, name in ((calibration, "calibration"), (val_loader, "val_loader"), (test_loader, "test_loader")):
+        if isinstance(loader, Iterator):
+            raise UserError(f"{name} must be re-iterable (a DataLoader, or a list of batches), not an iterator")
+    images = first_images(calibration, cfg.calib_images, "calibration")
+    notes: tuple[str, ...] = ()
+    if images.shape[0] < cfg.calib_images:
+        notes = (f"the calibration loader holds {images.shape[0]} images: calibrated on all, not {cfg.calib_images}",)
+    model = copy.deepcopy(model).cpu().eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".int8-fp32-", dir=path.parent) as tmp:
+        fp32 = write_onnx(model, img_size, Path(tmp) / "fp32.onnx")
+        check_parity(model, fp32, torch.from_numpy(first_images(val_loader, PARITY_IMAGES, "val_loader")))
+        return write_int8(
+            fp32,
+            path,
+            images,
+            val_loader,
+            test_loader,
+            Path(record) if record is not None else path.parent / RECORD_FILE,
+            cfg,
+            img_size=img_size,
+            calib_source=f"the first {images.shape[0]} images of the calibration loader",
+            notes=notes,
+        )
 
 
 def bench(

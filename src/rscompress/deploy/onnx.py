@@ -210,7 +210,7 @@ def check_parity(
     return report
 
 
-def _spread(indices: np.ndarray, n: int) -> np.ndarray:
+def spread_rows(indices: np.ndarray, n: int) -> np.ndarray:
     """``n`` evenly spaced entries: rows are in class-folder order, so every class gets a share."""
     if indices.size <= n:
         return indices
@@ -255,7 +255,7 @@ def parity_images(
             whole_folder=True,
         )
         indices, source = data.all_indices, f"images of {parity_data}"
-    rows = _spread(indices, n_images)
+    rows = spread_rows(indices, n_images)
     loader = BatchLoader(
         data.images,
         data.labels,
