@@ -6,8 +6,9 @@ through the CLI, compared with the suite's records.
     python -m benchmarks.api_reproduction run --dataset ucmerced --seeds 0 [--threads 1]
     python -m benchmarks.api_reproduction table
 
-Loaders are rscompress's own (``api.train_loader``/``eval_batches`` over ``prepare_data``), as a
-user who wants the CLI's data path in Python builds them; the API does the rest. One record per
+Loaders are rscompress's own (``api.train_loader`` and ``PreparedData.eval_batches`` over
+``prepare_data``), as a user who wants the CLI's data path in Python builds them; the API does
+the rest. One record per
 (dataset, seed) in ``results/api_reproduction.jsonl``; ``table`` writes its table beside it.
 """
 
@@ -31,7 +32,7 @@ MODEL, METHOD, TARGET, ROUND_TO = "se_resnet18", "l1", 0.1, 8
 
 def run_seed(dataset_name: str, seed: int) -> dict[str, Any]:
     import rscompress as rsc
-    from rscompress.api import eval_batches, train_loader
+    from rscompress.api import train_loader
     from rscompress.data.prepare import prepare_data
 
     suite = load_suite(SUITE)
@@ -43,7 +44,7 @@ def run_seed(dataset_name: str, seed: int) -> dict[str, Any]:
     if suite.finetune is None:
         raise ValueError(f"{SUITE} has no fine-tuning recipe")
     finetune = suite.finetune.model_copy(update={"seed": seed})
-    val, test = eval_batches(data, data.val_indices), eval_batches(data, data.test_indices)
+    val, test = data.eval_batches(data.val_indices), data.eval_batches(data.test_indices)
     t0 = time.perf_counter()
     torch.manual_seed(seed)  # the model's init, as `rscompress train` seeds it
     model = rsc.create_model(MODEL, len(data.class_names))
@@ -74,7 +75,7 @@ def run_seed(dataset_name: str, seed: int) -> dict[str, Any]:
         lr=finetune.optim.lr,
         seed=seed,
         label_smoothing=finetune.label_smoothing,
-        calibration_loader=eval_batches(data, data.train_indices, batch_size=64),
+        calibration_loader=data.eval_batches(data.train_indices, batch_size=64),
         out=WORK / f"{parent.dataset}-{MODEL}-s{seed}-{METHOD}-{TARGET}",
         resume=True,
         **finetune.optim.model_dump(exclude={"lr"}),

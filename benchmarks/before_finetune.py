@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from benchmarks.records import append_record, has_record
-from rscompress import api
 from rscompress.artifacts import RunDir
 from rscompress.config import DataConfig
 from rscompress.data.prepare import prepare_data
@@ -46,10 +45,10 @@ def measure(child: Path) -> dict:
     config = run.load_config()
     data = prepare_data(DataConfig.model_validate(config.data), run.split_path)
     model, _ = run.load_model(weights=run.pruned_weights_path)
-    val = api.eval_batches(data, data.val_indices)
+    val = data.eval_batches(data.val_indices)
     as_pruned = evaluate(model.eval(), val, len(data.class_names)).top1
     recalibrated = evaluate(
-        recalibrate_bn(model, api.eval_batches(data, data.train_indices)), val, len(data.class_names)
+        recalibrate_bn(model, data.eval_batches(data.train_indices)), val, len(data.class_names)
     ).top1
     prune_params = config.method_params or {}
     return {

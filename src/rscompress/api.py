@@ -40,8 +40,6 @@ from rscompress.models import create_model
 from rscompress.models.complexity import count_macs_params
 from rscompress.models.weights import load_weights, save_weights
 
-EVAL_BATCH = 128
-
 
 def _open_out_dir(
     run: RunDir, settings: dict[str, Any], *, resume: bool, reuse_finished: bool
@@ -70,20 +68,6 @@ def _open_source(source: Path, threads: int | None) -> tuple[RunDir, torch.nn.Mo
     src = RunDir(source).require()
     model, config = src.load_model()
     return src, model, config, src.load_metrics()
-
-
-def eval_batches(data: PreparedData, indices, batch_size: int = EVAL_BATCH) -> BatchLoader:
-    return BatchLoader(
-        data.images,
-        data.labels,
-        indices,
-        batch_size=batch_size,
-        shuffle=False,
-        augment=False,
-        mean=data.mean,
-        std=data.std,
-        seed=0,
-    )
 
 
 def train(
@@ -173,7 +157,7 @@ def _fit_and_finish(
     result = fit(
         model,
         train_batches,
-        eval_batches(data, data.val_indices),
+        data.eval_batches(data.val_indices),
         fit_cfg,
         run,
         len(data.class_names),
@@ -186,7 +170,7 @@ def _fit_and_finish(
         barrier(dist)  # rank 0 is writing the final files
         return {}
     # The test split is touched once, here, with the weights chosen on val.
-    test = evaluate_model(model, eval_batches(data, data.test_indices), len(data.class_names))
+    test = evaluate_model(model, data.eval_batches(data.test_indices), len(data.class_names))
     device = model_device(model)
     model.cpu()  # between steps models live on the CPU (engine/device.py)
     macs, params = count_macs_params(model, data_cfg.img_size)
@@ -323,7 +307,7 @@ def evaluate(
         indices = data.all_indices
         split_name = "all"
     data = data.with_normalisation(config.mean, config.std)
-    result = evaluate_model(model.to(on), eval_batches(data, indices), config.num_classes)
+    result = evaluate_model(model.to(on), data.eval_batches(indices), config.num_classes)
     macs, params = count_macs_params(model.cpu(), config.img_size)
     return {
         **result.summary(),
@@ -415,7 +399,7 @@ def prune(
     else:
         model_name = folded_model_name(parent_cfg.model) if is_se else parent_cfg.model
         # SE attention, gradients and BN statistics come from plain (unaugmented) train images.
-        calibration = eval_batches(data, data.train_indices, batch_size=64)
+        calibration = data.eval_batches(data.train_indices, batch_size=64)
         parent_cost = count_macs_params(budget_reference(model), parent_cfg.img_size)
         model, weights_as_trained = method.prepare_parent(model, calibration)
         torch.manual_seed(cfg.finetune.seed)  # the random criterion, sparse training
@@ -426,7 +410,7 @@ def prune(
             cfg,
             budget=Budget.of(cfg).on_prepared(parent_cost, count_macs_params(model, parent_cfg.img_size)),
             train_batches=train_loader(data, data_cfg, cfg.finetune),
-            val_batches=eval_batches(data, data.val_indices),
+            val_batches=data.eval_batches(data.val_indices),
             calibration=[b for _, b in zip(range(cfg.calibration_batches), calibration, strict=False)],
             log=_progress_printer(quiet),
             phase_dir=run.phase_dir,
@@ -450,7 +434,7 @@ def prune(
         )
         if not run.split_path.is_file():
             data.split.to_json(run.split_path)
-        before = evaluate_model(pruned, eval_batches(data, data.val_indices), len(data.class_names))
+        before = evaluate_model(pruned, data.eval_batches(data.val_indices), len(data.class_names))
         record = {"val_top1_before_finetune": before.top1, **details}
         save_weights(pruned, pruned_path)
         write_json_atomic(record_path, record)  # last: its presence marks pruning done

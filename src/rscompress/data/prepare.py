@@ -16,9 +16,12 @@ import numpy as np
 from rscompress.config import DataConfig
 from rscompress.data.cache import Progress, decode_files, load_or_build_cache
 from rscompress.data.datasets import DatasetInfo, recognise, scan_folder
+from rscompress.data.loader import BatchLoader
 from rscompress.data.splits import TEST_PREFIX, Split, make_split
 from rscompress.data.transforms import Triple, channel_mean_std
 from rscompress.errors import UserError
+
+EVAL_BATCH = 128  # images per evaluation batch (no gradients: bigger is faster, within memory)
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,21 @@ class PreparedData:
     def all_indices(self) -> np.ndarray:
         """Every usable row, in file order."""
         return np.sort(np.concatenate([self.train_indices, self.val_indices, self.test_indices]))
+
+    def eval_batches(self, rows: np.ndarray, batch_size: int = EVAL_BATCH) -> BatchLoader:
+        """Images ``rows`` as evaluation (and calibration) sees them: in order, no
+        augmentation, normalised as the training was."""
+        return BatchLoader(
+            self.images,
+            self.labels,
+            rows,
+            batch_size=batch_size,
+            shuffle=False,
+            augment=False,
+            mean=self.mean,
+            std=self.std,
+            seed=0,
+        )
 
     def with_normalisation(self, mean: Sequence[float], std: Sequence[float]) -> PreparedData:
         """The same data normalised like a trained run (its mean/std, not this data's)."""

@@ -29,8 +29,7 @@ import torch
 
 from rscompress.artifacts import RunDir
 from rscompress.config import DataConfig, Int8Config
-from rscompress.data.loader import BatchLoader
-from rscompress.data.prepare import PreparedData, prepare_data
+from rscompress.data.prepare import prepare_data
 from rscompress.deploy.cpu import CpuInfo, cpu_info
 from rscompress.deploy.latency import p90, time_interleaved
 from rscompress.deploy.onnx import check_parity, export_onnx, run_metadata, spread_rows
@@ -326,20 +325,6 @@ def _record(record: Path, report: Int8Report) -> None:
     append_jsonl(record, {"time": datetime.now(UTC).isoformat(timespec="seconds"), **report.to_dict()})
 
 
-def _batches(data: PreparedData, rows: np.ndarray, batch_size: int = 128) -> BatchLoader:
-    """Images as evaluation sees them: in order, no augmentation, normalised as the run was."""
-    return BatchLoader(
-        data.images,
-        data.labels,
-        rows,
-        batch_size=batch_size,
-        shuffle=False,
-        augment=False,
-        mean=data.mean,
-        std=data.std,
-    )
-
-
 def _refusal(report: Int8Report, dest: Path) -> str:
     kept = f"; the file already at {dest} is left as it was" if dest.exists() else ""
     return (
@@ -383,17 +368,17 @@ def export_int8_run(
     if data.val_indices.size == 0:
         raise UserError(f"cannot check an INT8 model of {run.path}: its val split is empty")
     rows = spread_rows(data.train_indices, cfg.calib_images)  # every class gets a share
-    calibration = np.concatenate([x.numpy() for x, _ in _batches(data, rows)])
+    calibration = np.concatenate([x.numpy() for x, _ in data.eval_batches(rows)])
     notes = []
     if rows.size < cfg.calib_images:
         notes.append(f"the train split holds {rows.size} images: calibrated on all of them, not {cfg.calib_images}")
-    val = _batches(data, data.val_indices)
-    test = _batches(data, data.test_indices) if data.test_indices.size else None
+    val = data.eval_batches(data.val_indices)
+    test = data.eval_batches(data.test_indices) if data.test_indices.size else None
     dest = Path(out) if out is not None else run.path / INT8_FILE
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".int8-fp32-", dir=dest.parent) as tmp:
         fp32 = export_onnx(model, config.img_size, Path(tmp) / "fp32.onnx", metadata=run_metadata(config))
-        parity_x = next(iter(_batches(data, data.val_indices[:parity_images])))[0]
+        parity_x = next(iter(data.eval_batches(data.val_indices[:parity_images])))[0]
         check_parity(model, fp32, parity_x)
         return export_int8(
             fp32,
