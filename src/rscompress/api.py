@@ -361,10 +361,8 @@ def prune(
     from rscompress.distillation.objective import freeze, teacher_loss_fn
     from rscompress.pruning import architecture_spec
     from rscompress.pruning.methods import METHODS, check_config
-    from rscompress.pruning.methods.base import Budget
     from rscompress.pruning.methods.remotetrimmer import folded_model_name
-    from rscompress.pruning.parent import budget_reference, rebase_budget
-    from rscompress.pruning.select import select_and_prune
+    from rscompress.pruning.select import prepare_and_prune
 
     method = check_config(cfg)
     if sparse_from is not None and (not method.sparse_training or pruned_from is not None):
@@ -400,26 +398,19 @@ def prune(
         model_name = folded_model_name(parent_cfg.model) if is_se else parent_cfg.model
         # SE attention, gradients and BN statistics come from plain (unaugmented) train images.
         calibration = data.eval_batches(data.train_indices, batch_size=64)
-        parent_cost = count_macs_params(budget_reference(model), parent_cfg.img_size)
-        model, weights_as_trained = method.prepare_parent(model, calibration)
-        torch.manual_seed(cfg.finetune.seed)  # the random criterion, sparse training
-        pruned, details = select_and_prune(
+        pruned, details = prepare_and_prune(
             model,
             model_name,
             parent_cfg.img_size,
             cfg,
-            budget=Budget.of(cfg).on_prepared(parent_cost, count_macs_params(model, parent_cfg.img_size)),
+            calibration=[b for _, b in zip(range(cfg.calibration_batches), calibration, strict=False)],
             train_batches=train_loader(data, data_cfg, cfg.finetune),
             val_batches=data.eval_batches(data.val_indices),
-            calibration=[b for _, b in zip(range(cfg.calibration_batches), calibration, strict=False)],
             log=_progress_printer(quiet),
-            phase_dir=run.phase_dir,
-            weights_as_trained=weights_as_trained,
             device=device,
             parent_optim=parent_cfg.train.get("optim"),
             run=run,
         )
-        details["budget"] = rebase_budget(details["budget"], parent_cost)
         run.path.mkdir(parents=True, exist_ok=True)
         run.save_config(
             parent_cfg.model_copy(

@@ -39,9 +39,8 @@ from rscompress.models.complexity import count_macs_params
 from rscompress.models.external import identify_external
 from rscompress.models.registry import built_as
 from rscompress.models.weights import read_state_dict, save_weights
-from rscompress.pruning.methods import METHODS, check_config
-from rscompress.pruning.methods.base import Budget
-from rscompress.pruning.parent import budget_reference, has_se_blocks, rebase_budget
+from rscompress.pruning.methods import check_config
+from rscompress.pruning.parent import budget_reference, has_se_blocks
 
 if TYPE_CHECKING:
     from rscompress.deploy.int8 import Int8Report
@@ -413,6 +412,7 @@ def prune(
     """
     from rscompress.pruning import architecture_spec
     from rscompress.pruning.rebuild import apply_architecture
+    from rscompress.pruning.select import prepare_and_prune
 
     if loss in ("kd", "dkd"):
         raise UserError(
@@ -450,7 +450,18 @@ def prune(
             pruned.load_state_dict(read_state_dict(run.pruned_weights_path))
             details = _read_json(run.prune_record_path)["details"]
         else:
-            pruned, details = _select(parent, train_loader, val_loader, calibration, img_size, cfg, run, quiet)
+            pruned, details = prepare_and_prune(
+                parent,
+                _architecture_family(parent),
+                img_size,
+                cfg,
+                calibration=calibration,
+                train_batches=_LoaderBatches(train_loader, "train_loader"),
+                val_batches=val_loader,
+                log=(lambda _: None) if quiet else print,
+                device=_device(cfg.finetune),
+                run=run,
+            )
             save_weights(pruned, run.pruned_weights_path)
             write_json_atomic(run.prune_record_path, {"architecture": architecture_spec(pruned), "details": details})
             shutil.rmtree(run.phase_dir, ignore_errors=True)
@@ -481,42 +492,6 @@ def _read_json(path: Path) -> Any:
 
 def _calibration(train_loader: Batches, n_batches: int) -> list[tuple[Tensor, Tensor]]:
     return [batch for _, batch in zip(range(n_batches), train_loader, strict=False)]
-
-
-def _select(
-    parent: nn.Module,
-    train_loader: Batches,
-    val_loader: Batches,
-    calibration: list[tuple[Tensor, Tensor]],
-    img_size: int,
-    cfg: PruneConfig,
-    run: RunDir,
-    quiet: bool,
-) -> tuple[nn.Module, dict[str, Any]]:
-    from rscompress.pruning.select import select_and_prune
-
-    torch.manual_seed(cfg.finetune.seed)  # the random criterion, sparse training
-    parent_cost = count_macs_params(budget_reference(parent), img_size)
-    family = _architecture_family(parent)
-    method = METHODS[cfg.method]  # checked by prune
-    model, weights_as_trained = method.prepare_parent(parent, calibration)
-    pruned, details = select_and_prune(
-        model,
-        family,
-        img_size,
-        cfg,
-        budget=Budget.of(cfg).on_prepared(parent_cost, count_macs_params(model, img_size)),
-        train_batches=_LoaderBatches(train_loader, "train_loader"),
-        val_batches=val_loader,
-        calibration=calibration,
-        log=(lambda _: None) if quiet else print,
-        phase_dir=run.phase_dir,
-        weights_as_trained=weights_as_trained,
-        device=_device(cfg.finetune),
-        run=run,
-    )
-    details["budget"] = rebase_budget(details["budget"], parent_cost)
-    return pruned, details
 
 
 def _architecture_family(model: nn.Module) -> str:

@@ -17,9 +17,11 @@ from torch import nn
 
 from rscompress.artifacts import RunDir
 from rscompress.config import PruneConfig
+from rscompress.models.complexity import count_macs_params
 from rscompress.pruning.importance import forget_cap_attention
 from rscompress.pruning.methods import check_config
 from rscompress.pruning.methods.base import Budget, Selection
+from rscompress.pruning.parent import budget_reference, rebase_budget
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
@@ -84,3 +86,47 @@ def select_and_prune(
     )
     forget_cap_attention(pruned)
     return pruned, details
+
+
+def prepare_and_prune(
+    parent: nn.Module,
+    family: str,
+    img_size: int,
+    cfg: PruneConfig,
+    *,
+    calibration: list[tuple[torch.Tensor, torch.Tensor]],
+    train_batches,
+    val_batches: Batches,
+    log: Callable[[str], None] = lambda _: None,
+    device: torch.device = torch.device("cpu"),
+    parent_optim: dict[str, Any] | None = None,
+    run: RunDir | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The pruning step of ``rscompress prune`` and ``rsc.prune`` alike: ``parent`` prepared
+    as ``cfg``'s method prepares it (folded in place), pruned to the budget counted on the
+    parent as given, and what the method did, its budget report in shares of that parent.
+
+    ``calibration``: plain (unaugmented) train batches: SE attention, taylor, hrank. The
+    rest as in ``select_and_prune``; the phase dir is the run's (``RunDir.phase_dir``).
+    """
+    method = check_config(cfg)
+    parent_cost = count_macs_params(budget_reference(parent), img_size)
+    model, weights_as_trained = method.prepare_parent(parent, calibration)
+    torch.manual_seed(cfg.finetune.seed)  # the random criterion, sparse training
+    pruned, details = select_and_prune(
+        model,
+        family,
+        img_size,
+        cfg,
+        budget=Budget.of(cfg).on_prepared(parent_cost, count_macs_params(model, img_size)),
+        train_batches=train_batches,
+        val_batches=val_batches,
+        calibration=calibration,
+        log=log,
+        phase_dir=run.phase_dir if run is not None else None,
+        weights_as_trained=weights_as_trained,
+        device=device,
+        parent_optim=parent_optim,
+        run=run,
+    )
+    return pruned, {**details, "budget": rebase_budget(details["budget"], parent_cost)}
