@@ -18,6 +18,7 @@ from pydantic import Field, ValidationError, model_validator
 from rscompress.config import (
     DataConfig,
     DistillConfig,
+    Int8Config,
     PruneConfig,
     StrictModel,
     TrainConfig,
@@ -55,6 +56,8 @@ class DistillStep(DistillConfig):
 class ExportStep(StrictModel):
     run: str
     parity_images: int = Field(64, gt=0)
+    # INT8 (``rscompress export --int8``): RUN/model.int8.onnx, refused past its max_drop.
+    int8: Int8Config | None = None
 
 
 class BenchStep(StrictModel):
@@ -125,6 +128,7 @@ def run_recipe(path: Path, quiet: bool = False) -> dict[str, Any]:
 def run_steps(recipe: Recipe, quiet: bool = False) -> dict[str, Any]:
     from rscompress import api
     from rscompress.artifacts import RunDir
+    from rscompress.deploy.int8 import INT8_FILE, export_int8_run
     from rscompress.deploy.latency import bench_table, measure
     from rscompress.deploy.onnx import export_run
 
@@ -158,12 +162,14 @@ def run_steps(recipe: Recipe, quiet: bool = False) -> dict[str, Any]:
             results[step.name] = api.distill(ref(step.distill.teacher), student, distill_cfg, out, **again)
         elif step.export is not None:
             target = ref(step.export.run)
-            onnx_path = target / "model.onnx"
-            results[step.name] = (
-                {"skipped": "complete", "path": str(onnx_path)}
-                if onnx_path.is_file()
-                else export_run(target, n_images=step.export.parity_images).to_dict()
-            )
+            onnx_path = target / (INT8_FILE if step.export.int8 is not None else "model.onnx")
+            if onnx_path.is_file():
+                results[step.name] = {"skipped": "complete", "path": str(onnx_path)}
+            elif step.export.int8 is not None:
+                report = export_int8_run(target, cfg=step.export.int8, parity_images=step.export.parity_images)
+                results[step.name] = report.to_dict()
+            else:
+                results[step.name] = export_run(target, n_images=step.export.parity_images).to_dict()
         elif (out / "bench.json").is_file():
             results[step.name] = {"skipped": "complete", "rows": json.loads((out / "bench.json").read_text())}
         else:
