@@ -32,6 +32,8 @@ PRUNE_RECORD = "prune.json"  # what the pruning did; written after PRUNED_WEIGHT
 # budget can be pruned from it (--sparse-from), and what that training did; written after it.
 SPARSE_WEIGHTS = "sparse.safetensors"
 SPARSE_RECORD = "sparse.json"
+INT8_ONNX = "model.int8.onnx"  # rscompress export RUN --int8
+INT8_RECORD = "int8.jsonl"  # one line per INT8 export of the run, written or refused
 # Files whose presence means a step was interrupted part way and can be resumed.
 # A prune run's training phase before pruning (sparse training, NAS search): a run dir of its own.
 PHASE = "prune-phase"

@@ -618,13 +618,19 @@ def bench(
     ],
     warmup: Annotated[int, typer.Option()] = 10,
     repeats: Annotated[int, typer.Option(help="Timed runs per model and setting (>= 50 for reports).")] = 50,
+    int8: Annotated[
+        bool,
+        typer.Option(
+            "--int8", help="Also each run's INT8 model (export --int8), in ONNX Runtime, beside the FP32 ones."
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ):
-    """CPU latency (median, p90) and peak RSS, models interleaved in one process."""
+    """CPU latency (median, p90), peak RSS, file size and test top-1, models interleaved in one process."""
     from rscompress.artifacts import RunDir
     from rscompress.deploy.latency import bench_table, measure
 
-    results = measure([RunDir(r).require() for r in runs], batch_size, threads, engine, warmup, repeats)
+    results = measure([RunDir(r).require() for r in runs], batch_size, threads, engine, warmup, repeats, int8=int8)
     rows = bench_table(results)
     if as_json:
         _print_json({"results": rows})

@@ -91,8 +91,8 @@ def run_demo(out: Path, quiet: bool = False) -> tuple[dict[str, Any], Path]:
 
 def int8_speedup(out: Path, threads: int = 1, repeats: int = 50) -> float:
     """Batch-1 latency of the FP32 parent's ONNX over its pruned model's INT8 ONNX (interleaved)."""
-    from rscompress.artifacts import RunDir
-    from rscompress.deploy.int8 import INT8_FILE, latency_bs1
+    from rscompress.artifacts import INT8_ONNX, RunDir
+    from rscompress.deploy.int8 import latency_bs1
 
     img_size = RunDir(out / "base").load_config().img_size
-    return latency_bs1(out / "base" / "model.onnx", out / "rt15" / INT8_FILE, img_size, threads, repeats).speedup
+    return latency_bs1(out / "base" / "model.onnx", out / "rt15" / INT8_ONNX, img_size, threads, repeats).speedup

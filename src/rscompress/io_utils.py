@@ -65,6 +65,17 @@ def append_jsonl(path: Path, row: dict[str, Any]) -> None:
         os.fsync(fh.fileno())
 
 
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Every row of a JSON-lines file; a line cut short by a kill mid-append is left out."""
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
 def link_or_copy(source: Path, target: Path) -> None:
     """``target`` as a hard link to ``source``, or a copy where a link cannot be made (another
     file system). A link is safe for files that are only ever replaced whole (write_atomic),

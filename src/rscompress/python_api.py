@@ -617,7 +617,8 @@ def export_int8(
     not, is appended to ``record`` (default: ``int8.jsonl`` beside ``path``). The options are
     the CLI's ``export --int8`` ones (config.Int8Config).
     """
-    from rscompress.deploy.int8 import PARITY_IMAGES, RECORD_FILE, first_images
+    from rscompress.artifacts import INT8_RECORD
+    from rscompress.deploy.int8 import PARITY_IMAGES, first_images
     from rscompress.deploy.int8 import export_int8 as write_int8
     from rscompress.deploy.onnx import check_parity
     from rscompress.deploy.onnx import export_onnx as write_onnx
@@ -646,7 +647,7 @@ def export_int8(
             images,
             val_loader,
             test_loader,
-            Path(record) if record is not None else path.parent / RECORD_FILE,
+            Path(record) if record is not None else path.parent / INT8_RECORD,
             cfg,
             img_size=img_size,
             calib_source=f"the first {images.shape[0]} images of the calibration loader",

@@ -127,8 +127,8 @@ def run_recipe(path: Path, quiet: bool = False) -> dict[str, Any]:
 
 def run_steps(recipe: Recipe, quiet: bool = False) -> dict[str, Any]:
     from rscompress import api
-    from rscompress.artifacts import RunDir
-    from rscompress.deploy.int8 import INT8_FILE, export_int8_run
+    from rscompress.artifacts import INT8_ONNX, RunDir
+    from rscompress.deploy.int8 import export_int8_run
     from rscompress.deploy.latency import bench_table, measure
     from rscompress.deploy.onnx import export_run
 
@@ -162,7 +162,7 @@ def run_steps(recipe: Recipe, quiet: bool = False) -> dict[str, Any]:
             results[step.name] = api.distill(ref(step.distill.teacher), student, distill_cfg, out, **again)
         elif step.export is not None:
             target = ref(step.export.run)
-            onnx_path = target / (INT8_FILE if step.export.int8 is not None else "model.onnx")
+            onnx_path = target / (INT8_ONNX if step.export.int8 is not None else "model.onnx")
             if onnx_path.is_file():
                 results[step.name] = {"skipped": "complete", "path": str(onnx_path)}
             elif step.export.int8 is not None:

@@ -240,3 +240,24 @@ def test_python_api_export_int8_and_its_refusal(tmp_path, monkeypatch):
             val_loader=val,
             max_drop=-2,
         )
+
+
+def test_bench_times_the_int8_model_beside_fp32_against_the_same_reference(run_copy):
+    from rscompress.deploy.latency import measure
+
+    with pytest.raises(UserError, match="none of these runs has an INT8 model"):
+        measure([run_copy], batch_sizes=(1,), threads=(1,), warmup=0, repeats=1, peak_rss=False, int8=True)
+    report = export_int8_run(run_copy, cfg=FAST)
+    results = measure([run_copy], batch_sizes=(1,), threads=(1,), warmup=1, repeats=2, peak_rss=False, int8=True)
+    rows = {(r.engine, r.precision): r for r in results}
+    assert set(rows) == {("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")}  # torch: no INT8
+    fp32, int8 = rows["onnxruntime", "fp32"], rows["onnxruntime", "int8"]
+    assert int8.name == f"{run_copy} int8" and int8.reference == fp32.name == str(run_copy)
+    assert int8.ref_median_ms == fp32.median_ms and int8.macs == fp32.macs
+    assert int8.size_mb is not None and fp32.size_mb is not None and int8.size_mb < fp32.size_mb / 2
+    assert (
+        int8.top1 == report.test.top1_int8 and fp32.top1 == json.loads((run_copy / "metrics.json").read_text())["top1"]
+    )
+    assert rows["torch", "fp32"].size_mb is None
+    with pytest.raises(UserError, match="add the onnxruntime engine"):
+        measure([run_copy], engines=("torch",), batch_sizes=(1,), threads=(1,), repeats=1, peak_rss=False, int8=True)

@@ -165,6 +165,7 @@ def test_bench_table_rows_and_to_dict():
     assert len(rows) == 2
     assert rows[1] == {
         "model": "pruned",
+        "precision": "fp32",
         "engine": "onnxruntime",
         "batch_size": 1,
         "threads": 1,

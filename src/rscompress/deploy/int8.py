@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rscompress.artifacts import RunDir
+from rscompress.artifacts import INT8_ONNX, INT8_RECORD, RunDir
 from rscompress.config import DataConfig, Int8Config
 from rscompress.data.prepare import prepare_data
 from rscompress.deploy.cpu import CpuInfo, cpu_info
@@ -38,8 +38,6 @@ from rscompress.deploy.runtime import INPUT_NAME, OUTPUT_NAME, cpu_session
 from rscompress.errors import UserError
 from rscompress.io_utils import append_jsonl, fsync_dir
 
-INT8_FILE = "model.int8.onnx"
-RECORD_FILE = "int8.jsonl"  # one line per INT8 export of the run, written or refused
 LATENCY_WARMUP = 10
 PARITY_IMAGES = 8  # val images the staged FP32 file is parity-checked on before it is the reference
 
@@ -374,7 +372,7 @@ def export_int8_run(
         notes.append(f"the train split holds {rows.size} images: calibrated on all of them, not {cfg.calib_images}")
     val = data.eval_batches(data.val_indices)
     test = data.eval_batches(data.test_indices) if data.test_indices.size else None
-    dest = Path(out) if out is not None else run.path / INT8_FILE
+    dest = Path(out) if out is not None else run.path / INT8_ONNX
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".int8-fp32-", dir=dest.parent) as tmp:
         fp32 = export_onnx(model, config.img_size, Path(tmp) / "fp32.onnx", metadata=run_metadata(config))
@@ -386,7 +384,7 @@ def export_int8_run(
             calibration,
             val,
             test,
-            run.path / RECORD_FILE,
+            run.path / INT8_RECORD,
             cfg,
             img_size=config.img_size,
             calib_source=f"{rows.size} train images of {data_cfg.path}, spread over the classes",

@@ -27,10 +27,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from rscompress.artifacts import RunDir
+from rscompress.artifacts import INT8_ONNX, INT8_RECORD, RunDir
 from rscompress.deploy.onnx import ONNX_FILE, check_parity, export_onnx
 from rscompress.deploy.runtime import INPUT_NAME, OUTPUT_NAME, cpu_session
 from rscompress.errors import UserError
+from rscompress.io_utils import read_jsonl
 from rscompress.models.complexity import count_macs_params
 
 ENGINES = ("torch", "onnxruntime")
@@ -59,6 +60,9 @@ class LatencyResult:
     ref_macs: int
     peak_rss_mb: float | None = None  # fresh process running this setting; None: not measured
     run: str | None = None  # run dir, when the model came from one
+    precision: str = "fp32"  # "int8": the run's INT8 ONNX model (ONNX Runtime only)
+    size_mb: float | None = None  # the ONNX file timed; None for torch
+    top1: float | None = None  # test top-1 its run recorded for this precision; None: none recorded
 
     @property
     def speedup(self) -> float:
@@ -77,10 +81,37 @@ class LatencyResult:
 @dataclass
 class _Model:
     name: str
-    model: nn.Module
+    model: nn.Module  # FP32 (an INT8 twin keeps its run's: MACs are counted on it)
     img_size: int
     run: RunDir | None
     parent: Path | None  # resolved path of the parent run named in config.json
+    int8: Path | None = None  # this entry is the run's INT8 ONNX model, timed in ONNX Runtime only
+
+    @property
+    def precision(self) -> str:
+        return "fp32" if self.int8 is None else "int8"
+
+    def top1(self) -> float | None:
+        """Test top-1 its run recorded in this precision (the last INT8 model written)."""
+        if self.run is None:
+            return None
+        if self.int8 is None:
+            return self.run.load_metrics().get("top1") if self.run.metrics_path.is_file() else None
+        checks = self.run.path / INT8_RECORD
+        written = [r for r in read_jsonl(checks) if r.get("written")] if checks.is_file() else []
+        return written[-1].get("top1_int8") if written else None
+
+
+def _int8_twins(models: Sequence[_Model]) -> list[_Model]:
+    """An INT8 entry for every run with an INT8 model (``rscompress export RUN --int8``)."""
+    twins = [
+        _Model(f"{m.name} int8", m.model, m.img_size, m.run, m.parent, int8=m.run.path / INT8_ONNX)
+        for m in models
+        if m.run is not None and (m.run.path / INT8_ONNX).is_file()
+    ]
+    if not twins:
+        raise UserError("--int8: none of these runs has an INT8 model; make one with `rscompress export RUN --int8`")
+    return twins
 
 
 def _as_model(spec: RunSpec) -> _Model:
@@ -94,8 +125,9 @@ def _as_model(spec: RunSpec) -> _Model:
 
 
 def _references(models: Sequence[_Model]) -> list[tuple[int, bool]]:
-    """(index, is parent) of each model's reference: its parent run if given here, else the first."""
-    index_of = {m.run.path.resolve(): i for i, m in enumerate(models) if m.run is not None}
+    """(index, is parent) of each model's reference: its parent run (FP32) if given here, else
+    the first model."""
+    index_of = {m.run.path.resolve(): i for i, m in enumerate(models) if m.run is not None and m.int8 is None}
     parents = [index_of.get(m.parent) if m.parent is not None else None for m in models]
     return [(0, False) if p is None else (p, True) for p in parents]
 
@@ -150,7 +182,10 @@ def _onnx_calls(sessions: Sequence[Any], models: Sequence[_Model], batch_size: i
 
 
 def _onnx_file(m: _Model, folder: Path, index: int) -> Path:
-    """The run's own parity-checked model.onnx, or a fresh export checked on random inputs."""
+    """The run's INT8 model for an INT8 entry; else the run's own parity-checked model.onnx,
+    or a fresh export checked on random inputs."""
+    if m.int8 is not None:
+        return m.int8
     if m.run is not None and (m.run.path / ONNX_FILE).is_file():
         return m.run.path / ONNX_FILE
     path = export_onnx(m.model, m.img_size, folder / f"model{index}.onnx")
@@ -207,6 +242,7 @@ def measure(
     repeats: int = 50,
     *,
     peak_rss: bool = True,
+    int8: bool = False,
     clock: Clock = time.perf_counter,
 ) -> list[LatencyResult]:
     """Time every model at every (engine, threads, batch size) setting on this CPU.
@@ -218,12 +254,16 @@ def measure(
     optimisations. Results are ordered by setting, then by model as given.
 
     ``peak_rss``: probe each model's peak memory per setting in a fresh process (rss.py; a
-    torch probe needs a run dir, so in-memory models get none). ``clock``: for tests.
+    torch probe needs a run dir, so in-memory models get none). ``int8``: also time each run's
+    INT8 model (ONNX Runtime only), interleaved with the FP32 ones, against the same reference
+    (the FP32 parent). ``clock``: for tests.
     """
     _check_settings(engines, batch_sizes, threads, warmup, repeats)
     if not runs:
         raise UserError("measure needs at least one run")
     models = [_as_model(spec) for spec in runs]
+    if int8:
+        models += _int8_twins(models)
     names = [m.name for m in models]
     if len(set(names)) != len(names):
         raise UserError(f"a model is given twice: {sorted(n for n in names if names.count(n) > 1)[0]}")
@@ -233,20 +273,28 @@ def measure(
     counts = [count_macs_params(m.model, m.img_size) for m in models]
     refs = _references(models)
 
+    if int8 and "onnxruntime" not in engines:
+        raise UserError("--int8 models run in ONNX Runtime: add the onnxruntime engine")
+    top1 = [m.top1() for m in models]
     with tempfile.TemporaryDirectory(prefix="rscompress-bench-") as tmp:
         wants_onnx = "onnxruntime" in engines
         onnx_paths = [_onnx_file(m, Path(tmp), i) if wants_onnx else None for i, m in enumerate(models)]
-        timings = [
-            (engine, t, batch_size, times)
-            for engine in engines
-            for t in threads
-            for batch_size, times in _time_engine(engine, models, onnx_paths, batch_sizes, t, warmup, repeats, clock)
-        ]
+        timings = []
+        for engine in engines:
+            # torch runs the FP32 modules only; the INT8 entries are ONNX files.
+            timed = [i for i, m in enumerate(models) if engine != "torch" or m.int8 is None]
+            paths = [onnx_paths[i] for i in timed]
+            for t in threads:
+                for batch_size, times in _time_engine(
+                    engine, [models[i] for i in timed], paths, batch_sizes, t, warmup, repeats, clock
+                ):
+                    timings.append((engine, t, batch_size, dict(zip(timed, times, strict=True))))
         # Probes start only after all timing is done: a subprocess must not disturb a timing.
         results = []
-        for engine, t, batch_size, times in timings:
-            medians = [statistics.median(own) for own in times]
-            for i, (m, own) in enumerate(zip(models, times, strict=True)):
+        for engine, t, batch_size, times_of in timings:
+            medians = {i: statistics.median(own) for i, own in times_of.items()}
+            for i, own in times_of.items():
+                m = models[i]
                 ref, ref_is_parent = refs[i]
                 results.append(
                     LatencyResult(
@@ -267,9 +315,16 @@ def measure(
                         ref_macs=counts[ref][0],
                         peak_rss_mb=_rss_probe(m, engine, onnx_paths[i], batch_size, t) if peak_rss else None,
                         run=str(m.run.path) if m.run is not None else None,
+                        precision=m.precision,
+                        size_mb=_size_mb(onnx_paths[i]) if engine == "onnxruntime" else None,
+                        top1=top1[i],
                     )
                 )
     return results
+
+
+def _size_mb(path: Path | None) -> float | None:
+    return path.stat().st_size / 1e6 if path is not None else None
 
 
 def _time_engine(
@@ -307,6 +362,7 @@ def bench_table(results: Iterable[LatencyResult]) -> list[dict[str, Any]]:
     return [
         {
             "model": r.name,
+            "precision": r.precision,
             "engine": r.engine,
             "batch_size": r.batch_size,
             "threads": r.threads,
@@ -318,6 +374,8 @@ def bench_table(results: Iterable[LatencyResult]) -> list[dict[str, Any]]:
             "speedup": round(r.speedup, 2),
             "macs_ratio": round(r.macs_ratio, 2),
             **({"peak_rss_mb": round(r.peak_rss_mb, 1)} if r.peak_rss_mb is not None else {}),
+            **({"size_mb": round(r.size_mb, 2)} if r.size_mb is not None else {}),
+            **({"test_top1": round(r.top1, 4)} if r.top1 is not None else {}),
         }
         for r in results
     ]
