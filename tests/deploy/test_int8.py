@@ -261,3 +261,14 @@ def test_bench_times_the_int8_model_beside_fp32_against_the_same_reference(run_c
     assert rows["torch", "fp32"].size_mb is None
     with pytest.raises(UserError, match="add the onnxruntime engine"):
         measure([run_copy], engines=("torch",), batch_sizes=(1,), threads=(1,), repeats=1, peak_rss=False, int8=True)
+
+
+def test_report_plots_the_int8_model_beside_its_run(run_copy):
+    from rscompress.report.report import add_latency, summarise
+
+    summaries = [summarise(run_copy)]
+    assert add_latency(summaries, repeats=2) == []  # no INT8 model yet
+    report = export_int8_run(run_copy, cfg=FAST)
+    (point,) = add_latency(summaries, repeats=2)
+    assert report.test is not None and point["top1"] == report.test.top1_int8
+    assert point["name"] == f"{summaries[0].name} int8" and point["ms"] > 0 and summaries[0].latency_ms is not None

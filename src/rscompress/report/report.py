@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rscompress.artifacts import RunDir
+from rscompress.artifacts import INT8_ONNX, RunDir
 from rscompress.errors import UserError
 from rscompress.io_utils import write_bytes_atomic, write_text_atomic
 from rscompress.report.plots import confusion_png, pareto_png, per_class_png
@@ -73,13 +73,32 @@ def summarise(run_path: Path) -> RunSummary:
     )
 
 
-def add_latency(summaries: list[RunSummary], repeats: int = 50) -> None:
-    """ONNX Runtime, 1 thread, batch 1, all runs interleaved in this process (DESIGN.md)."""
-    from rscompress.deploy.latency import measure_bs1
+def add_latency(summaries: list[RunSummary], repeats: int = 50) -> list[dict[str, Any]]:
+    """ONNX Runtime, 1 thread, batch 1, all runs interleaved in this process (DESIGN.md), the
+    INT8 models of the runs that have one (``export --int8``) among them. Returns the INT8
+    models' points (name, method, test top-1, MMACs, ms) for the latency plot."""
+    from rscompress.deploy.latency import measure
 
-    results = measure_bs1([RunDir(s.path) for s in summaries], repeats)
-    for summary, result in zip(summaries, results, strict=True):
+    runs = [RunDir(s.path) for s in summaries]
+    int8 = any((run.path / INT8_ONNX).is_file() for run in runs)
+    results = measure(
+        runs, batch_sizes=(1,), threads=(1,), engines=("onnxruntime",), repeats=repeats, peak_rss=False, int8=int8
+    )
+    fp32 = [r for r in results if r.precision == "fp32"]
+    for summary, result in zip(summaries, fp32, strict=True):
         summary.latency_ms = result.median_ms
+    by_run = {str(s.path): s for s in summaries}
+    return [
+        {
+            "name": f"{by_run[r.run].name} int8",
+            "method": f"{by_run[r.run].method} int8",
+            "top1": r.top1,
+            "mmacs": r.macs / 1e6,
+            "ms": r.median_ms,
+        }
+        for r in results
+        if r.precision == "int8" and r.run in by_run and r.top1 is not None
+    ]
 
 
 def _table_md(rows: list[dict[str, Any]]) -> str:
@@ -102,8 +121,7 @@ def build_report(run_paths: list[Path], out: Path, latency: bool = True, repeats
     if out.suffix.lower() not in (".html", ".htm"):
         raise UserError(f"--out must end in .html, got {out}")
     summaries = [summarise(p) for p in run_paths]
-    if latency:
-        add_latency(summaries, repeats)
+    int8_points = add_latency(summaries, repeats) if latency else []
     # The model shown in detail is the one a user would pick: best on validation, not test.
     best = max(summaries, key=lambda s: (s.val_top1, -s.macs))
     points = [
@@ -118,7 +136,12 @@ def build_report(run_paths: list[Path], out: Path, latency: bool = True, repeats
             (
                 "pareto_latency",
                 "Top-1 vs latency",
-                pareto_png(points, "ms", "ONNX Runtime latency, bs 1, 1 thread (ms, log)", "Top-1 vs CPU latency"),
+                pareto_png(
+                    points + int8_points,
+                    "ms",
+                    "ONNX Runtime latency, bs 1, 1 thread (ms, log)",
+                    "Top-1 vs CPU latency" + (" (FP32 and INT8)" if int8_points else ""),
+                ),
             )
         )
     figures += [
