@@ -938,6 +938,13 @@ def _superseded(ctx: Context, marker: Marker) -> str:
             note += f" Every cell: [`{ctx.name(table_md)}`]({ctx.name(table_md)}); top-1 against MACs kept: {plots}."
             parts.append(_provenance(ctx, _suite_commands(ctx, path), [path], note))
             continue
+        if path.stem.startswith("user_models"):  # the bring-your-own-model grid, as its own table
+            from benchmarks import user_models
+
+            command = ["python -m benchmarks.user_models run"]
+            table_md = _nest(user_models.table_text(path), ctx.level + 1, True)
+            parts.append(_provenance(ctx, command, [path], note) + "\n\n" + table_md)
+            continue
         body = [
             [
                 r["dataset"],

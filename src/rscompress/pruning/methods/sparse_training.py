@@ -397,6 +397,7 @@ class _SparsePenalty(TrainingHooks):
         self.steps = 0
 
     def start_epoch(self, epoch: int) -> None:
+        self.started = time.perf_counter()
         self.weights = penalty_weights(self.gammas, self.sets, self.cfg)
         # Proximal step of λ·Σ w|γ| after each SGD step. Divided by (1 − momentum): SGD's
         # momentum moves the smooth part by lr/(1 − μ) per step at steady state, so with
@@ -444,7 +445,8 @@ class _SparsePenalty(TrainingHooks):
             "attention_loss": self.sums["attention"] / self.steps,
             "penalty": self.sums["penalty"] / self.steps,
         }
-        self.history.append({"epoch": epoch, **row, "val_loss": val.loss, "val_top1": val.top1})
+        seconds = time.perf_counter() - self.started  # training and validation
+        self.history.append({"epoch": epoch, **row, "val_loss": val.loss, "val_top1": val.top1, "seconds": seconds})
         if self.progress is not None:
             self.progress(epoch, sparse, self.rate, val.loss)
         self.rate = next_rate(self.rate, sparse, val.loss, self.ref_val_loss, self.cfg)
