@@ -892,12 +892,7 @@ def _seeds_table(ctx: Context, marker: Marker) -> str:
                     [
                         _method_label(entry),
                         "" if target == "-" else target,
-                        str(r["seed"]),
-                        _points(r["top1"]),
-                        _points(_reference(r)),
-                        _points(r["top1"] - _reference(r), True),
-                        _share(r["params_kept"]),
-                        _share(r["macs_kept"]),
+                        *_result_cells(r),
                         f"{r['parent_latency_ms_bs1'] / r['latency_ms_bs1']:.1f}×",
                     ]
                 )
@@ -951,12 +946,7 @@ def _superseded(ctx: Context, marker: Marker) -> str:
                 r["model"],
                 r["method"],
                 _target_text(r),
-                str(r["seed"]),
-                _points(r["top1"]),
-                _points(_reference(r)),
-                _points(r["top1"] - _reference(r), True),
-                _share(r["params_kept"]),
-                _share(r["macs_kept"]),
+                *_result_cells(r),
                 r["commit"][:7],
             ]
             for r in records
@@ -966,6 +956,19 @@ def _superseded(ctx: Context, marker: Marker) -> str:
             _provenance(ctx, _suite_commands(ctx, path), [path], note) + "\n\n" + _table([*header, "commit"], body)
         )
     return "\n\n".join(parts)
+
+
+def _result_cells(r: dict[str, Any]) -> list[str]:
+    """seed, top-1, its reference's top-1, the difference, params kept, MACs kept."""
+    reference = _reference(r)
+    return [
+        str(r["seed"]),
+        _points(r["top1"]),
+        _points(reference),
+        _points(r["top1"] - reference, True),
+        _share(r["params_kept"]),
+        _share(r["macs_kept"]),
+    ]
 
 
 def _target_text(record: dict[str, Any]) -> str:
