@@ -11,7 +11,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,12 @@ def _open_out_dir(
             raise UserError(f"{run.path} holds an unfinished run; pass --resume to continue it or choose another --out")
         run.check_settings(settings)
     return None
+
+
+def _owned(run: RunDir, dist: DistInfo) -> AbstractContextManager[object]:
+    """``run`` held while this step writes it; under torchrun rank 0, the one that writes,
+    holds it for all ranks."""
+    return run.owned() if dist.is_main else nullcontext()
 
 
 def _open_source(source: Path, threads: int | None) -> tuple[RunDir, torch.nn.Module, RunConfig, dict[str, Any]]:
@@ -118,41 +124,42 @@ def train(
         "data": data_cfg.model_dump(mode="json"),
         "train": train_cfg.model_dump(mode="json"),
     }
-    if (finished := _open_out_dir(run, settings, resume=resume, reuse_finished=reuse_finished)) is not None:
-        return finished
-    data = _prepare_shared(data_cfg, run, quiet, dist)
-    config = RunConfig(
-        model=train_cfg.model,
-        num_classes=len(data.class_names),
-        class_names=list(data.class_names),
-        img_size=data_cfg.img_size,
-        mean=list(data.mean),
-        std=list(data.std),
-        model_kwargs=model_kwargs,
-        data=data_cfg.model_dump(mode="json"),
-        train=train_cfg.model_dump(mode="json"),
-        versions=library_versions(),
-    )
-    torch.manual_seed(train_cfg.seed)
-    model = create_model(train_cfg.model, len(data.class_names), **model_kwargs)
-    weights_report = None
-    if train_cfg.weights is not None:
-        weights_report = load_weights(
-            model, train_cfg.weights, allow_partial=train_cfg.allow_partial, new_head=train_cfg.new_head
+    with _owned(run, dist):
+        if (finished := _open_out_dir(run, settings, resume=resume, reuse_finished=reuse_finished)) is not None:
+            return finished
+        data = _prepare_shared(data_cfg, run, quiet, dist)
+        config = RunConfig(
+            model=train_cfg.model,
+            num_classes=len(data.class_names),
+            class_names=list(data.class_names),
+            img_size=data_cfg.img_size,
+            mean=list(data.mean),
+            std=list(data.std),
+            model_kwargs=model_kwargs,
+            data=data_cfg.model_dump(mode="json"),
+            train=train_cfg.model_dump(mode="json"),
+            versions=library_versions(),
         )
-    if dist.is_main:
-        run.path.mkdir(parents=True, exist_ok=True)
-        run.save_config(config)
-    extra: dict[str, Any] = {"model": train_cfg.model}
-    if weights_report is not None:
-        extra["init_weights"] = {
-            "path": str(train_cfg.weights),
-            "missing": list(weights_report.missing),
-            "unexpected": list(weights_report.unexpected),
-            "mismatched": list(weights_report.mismatched),
-            "fresh": list(weights_report.fresh),
-        }
-    return _fit_and_finish(model, data, data_cfg, train_cfg, run, extra, resume=resume, quiet=quiet, dist=dist)
+        torch.manual_seed(train_cfg.seed)
+        model = create_model(train_cfg.model, len(data.class_names), **model_kwargs)
+        weights_report = None
+        if train_cfg.weights is not None:
+            weights_report = load_weights(
+                model, train_cfg.weights, allow_partial=train_cfg.allow_partial, new_head=train_cfg.new_head
+            )
+        if dist.is_main:
+            run.path.mkdir(parents=True, exist_ok=True)
+            run.save_config(config)
+        extra: dict[str, Any] = {"model": train_cfg.model}
+        if weights_report is not None:
+            extra["init_weights"] = {
+                "path": str(train_cfg.weights),
+                "missing": list(weights_report.missing),
+                "unexpected": list(weights_report.unexpected),
+                "mismatched": list(weights_report.mismatched),
+                "fresh": list(weights_report.fresh),
+            }
+        return _fit_and_finish(model, data, data_cfg, train_cfg, run, extra, resume=resume, quiet=quiet, dist=dist)
 
 
 def _fit_and_finish(
@@ -395,99 +402,100 @@ def prune(
     run = RunDir(out)
     is_se = parent_cfg.model.startswith("se_")
     settings = _prune_settings(cfg, is_se)
-    if (finished := _open_out_dir(run, settings, resume=resume, reuse_finished=reuse_finished)) is not None:
-        return finished
-    data_cfg = DataConfig.model_validate(parent_cfg.data)
-    with decode_progress(quiet) as progress:
-        data = prepare_data(data_cfg, parent.split_path, progress)
-    pruned_path, record_path = run.pruned_weights_path, run.prune_record_path
+    with run.owned():
+        if (finished := _open_out_dir(run, settings, resume=resume, reuse_finished=reuse_finished)) is not None:
+            return finished
+        data_cfg = DataConfig.model_validate(parent_cfg.data)
+        with decode_progress(quiet) as progress:
+            data = prepare_data(data_cfg, parent.split_path, progress)
+        pruned_path, record_path = run.pruned_weights_path, run.prune_record_path
 
-    if pruned_from is not None and not run.holds_pruned_model():
-        _take_pruned(RunDir(pruned_from), parent, settings, run)
-    if sparse_from is not None and not (run.holds_pruned_model() or run.holds_sparse_model()):
-        if differences := sparse_from_differences(sparse_from, parent.path, cfg):
-            raise UserError(f"--sparse-from {sparse_from}: {'; '.join(differences[:3])}")
-        _take_sparse(RunDir(sparse_from), run)
-    if run.holds_pruned_model():  # resumed (an unresumed started run was refused) or taken
-        pruned, _ = run.load_model(weights=pruned_path)
-        pruned.train()
-        record = json.loads(record_path.read_text())
-    else:
-        model_name = folded_model_name(parent_cfg.model) if is_se else parent_cfg.model
-        # SE attention, gradients and BN statistics come from plain (unaugmented) train images.
-        calibration = eval_batches(data, data.train_indices, batch_size=64)
-        parent_cost = count_macs_params(budget_reference(model), parent_cfg.img_size)
-        model, weights_as_trained = method.prepare_parent(model, calibration)
-        torch.manual_seed(cfg.finetune.seed)  # the random criterion, sparse training
-        pruned, details = select_and_prune(
-            model,
-            model_name,
-            parent_cfg.img_size,
-            cfg,
-            budget=Budget.of(cfg).on_prepared(parent_cost, count_macs_params(model, parent_cfg.img_size)),
-            train_batches=train_loader(data, data_cfg, cfg.finetune),
-            val_batches=eval_batches(data, data.val_indices),
-            calibration=[b for _, b in zip(range(cfg.calibration_batches), calibration, strict=False)],
-            log=_progress_printer(quiet),
-            phase_dir=run.phase_dir,
-            weights_as_trained=weights_as_trained,
-            device=device,
-            parent_optim=parent_cfg.train.get("optim"),
-            run=run,
-        )
-        details["budget"] = rebase_budget(details["budget"], parent_cost)
-        run.path.mkdir(parents=True, exist_ok=True)
-        run.save_config(
-            parent_cfg.model_copy(
-                update={
-                    "model": model_name,
-                    "architecture": architecture_spec(pruned),
-                    **settings,
-                    "parent": str(parent.path.resolve()),
-                    "versions": library_versions(),
-                }
+        if pruned_from is not None and not run.holds_pruned_model():
+            _take_pruned(RunDir(pruned_from), parent, settings, run)
+        if sparse_from is not None and not (run.holds_pruned_model() or run.holds_sparse_model()):
+            if differences := sparse_from_differences(sparse_from, parent.path, cfg):
+                raise UserError(f"--sparse-from {sparse_from}: {'; '.join(differences[:3])}")
+            _take_sparse(RunDir(sparse_from), run)
+        if run.holds_pruned_model():  # resumed (an unresumed started run was refused) or taken
+            pruned, _ = run.load_model(weights=pruned_path)
+            pruned.train()
+            record = json.loads(record_path.read_text())
+        else:
+            model_name = folded_model_name(parent_cfg.model) if is_se else parent_cfg.model
+            # SE attention, gradients and BN statistics come from plain (unaugmented) train images.
+            calibration = eval_batches(data, data.train_indices, batch_size=64)
+            parent_cost = count_macs_params(budget_reference(model), parent_cfg.img_size)
+            model, weights_as_trained = method.prepare_parent(model, calibration)
+            torch.manual_seed(cfg.finetune.seed)  # the random criterion, sparse training
+            pruned, details = select_and_prune(
+                model,
+                model_name,
+                parent_cfg.img_size,
+                cfg,
+                budget=Budget.of(cfg).on_prepared(parent_cost, count_macs_params(model, parent_cfg.img_size)),
+                train_batches=train_loader(data, data_cfg, cfg.finetune),
+                val_batches=eval_batches(data, data.val_indices),
+                calibration=[b for _, b in zip(range(cfg.calibration_batches), calibration, strict=False)],
+                log=_progress_printer(quiet),
+                phase_dir=run.phase_dir,
+                weights_as_trained=weights_as_trained,
+                device=device,
+                parent_optim=parent_cfg.train.get("optim"),
+                run=run,
             )
+            details["budget"] = rebase_budget(details["budget"], parent_cost)
+            run.path.mkdir(parents=True, exist_ok=True)
+            run.save_config(
+                parent_cfg.model_copy(
+                    update={
+                        "model": model_name,
+                        "architecture": architecture_spec(pruned),
+                        **settings,
+                        "parent": str(parent.path.resolve()),
+                        "versions": library_versions(),
+                    }
+                )
+            )
+            if not run.split_path.is_file():
+                data.split.to_json(run.split_path)
+            before = evaluate_model(pruned, eval_batches(data, data.val_indices), len(data.class_names))
+            record = {"val_top1_before_finetune": before.top1, **details}
+            save_weights(pruned, pruned_path)
+            write_json_atomic(record_path, record)  # last: its presence marks pruning done
+            shutil.rmtree(run.phase_dir, ignore_errors=True)  # its work is in pruned.safetensors now
+
+        loss_fn = teacher = None
+        if cfg.loss == "aml+ce":
+            loss_fn = aml_ce_objective(cfg.r1, cfg.r2)
+        elif cfg.loss in ("kd", "dkd"):
+            # The unpruned parent as it was trained (SE blocks and all) is the teacher.
+            teacher = freeze(parent.load_model()[0].to(device), cfg.kd)
+            loss_fn = teacher_loss_fn(teacher, cfg.loss, cfg.kd, cfg.finetune.label_smoothing)
+
+        budget = record["budget"]
+        extra = {
+            "model": run.load_config().model,
+            "method": cfg.method,
+            "parent": str(parent.path.resolve()),
+            "parent_top1": parent_metrics["top1"],
+            "parent_kappa": parent_metrics["kappa"],
+            "parent_macs": budget["parent_macs"],
+            "parent_params": budget["parent_params"],
+            "macs_kept": budget["macs_kept"],
+            "params_kept": budget["params_kept"],
+            "target_macs": cfg.target_macs,
+            "target_params": cfg.target_params,
+            "ratio": cfg.ratio,
+            "global_pruning": cfg.global_pruning,
+            "loss": cfg.loss,
+            **({"kd": cfg.kd.model_dump(), **_cache_counts(teacher)} if cfg.loss in ("kd", "dkd") else {}),
+            "finetune_epochs": cfg.finetune.epochs,
+            **record,
+            **({"pruned_from": str(Path(pruned_from).resolve())} if pruned_from is not None else {}),
+        }
+        return _fit_and_finish(
+            pruned, data, data_cfg, cfg.finetune, run, extra, resume=resume, quiet=quiet, loss_fn=loss_fn
         )
-        if not run.split_path.is_file():
-            data.split.to_json(run.split_path)
-        before = evaluate_model(pruned, eval_batches(data, data.val_indices), len(data.class_names))
-        record = {"val_top1_before_finetune": before.top1, **details}
-        save_weights(pruned, pruned_path)
-        write_json_atomic(record_path, record)  # last: its presence marks pruning done
-        shutil.rmtree(run.phase_dir, ignore_errors=True)  # its work is in pruned.safetensors now
-
-    loss_fn = teacher = None
-    if cfg.loss == "aml+ce":
-        loss_fn = aml_ce_objective(cfg.r1, cfg.r2)
-    elif cfg.loss in ("kd", "dkd"):
-        # The unpruned parent as it was trained (SE blocks and all) is the teacher.
-        teacher = freeze(parent.load_model()[0].to(device), cfg.kd)
-        loss_fn = teacher_loss_fn(teacher, cfg.loss, cfg.kd, cfg.finetune.label_smoothing)
-
-    budget = record["budget"]
-    extra = {
-        "model": run.load_config().model,
-        "method": cfg.method,
-        "parent": str(parent.path.resolve()),
-        "parent_top1": parent_metrics["top1"],
-        "parent_kappa": parent_metrics["kappa"],
-        "parent_macs": budget["parent_macs"],
-        "parent_params": budget["parent_params"],
-        "macs_kept": budget["macs_kept"],
-        "params_kept": budget["params_kept"],
-        "target_macs": cfg.target_macs,
-        "target_params": cfg.target_params,
-        "ratio": cfg.ratio,
-        "global_pruning": cfg.global_pruning,
-        "loss": cfg.loss,
-        **({"kd": cfg.kd.model_dump(), **_cache_counts(teacher)} if cfg.loss in ("kd", "dkd") else {}),
-        "finetune_epochs": cfg.finetune.epochs,
-        **record,
-        **({"pruned_from": str(Path(pruned_from).resolve())} if pruned_from is not None else {}),
-    }
-    return _fit_and_finish(
-        pruned, data, data_cfg, cfg.finetune, run, extra, resume=resume, quiet=quiet, loss_fn=loss_fn
-    )
 
 
 def _prune_settings(cfg: PruneConfig, is_se: bool) -> dict[str, Any]:
@@ -605,39 +613,40 @@ def distill(
         "method_params": cfg.model_dump(mode="json", exclude={"fit"}),
         "train": cfg.fit.model_dump(mode="json"),
     }
-    if (finished := _open_out_dir(run, settings, resume=resume, reuse_finished=reuse_finished)) is not None:
-        return finished
-    teacher_macs, teacher_params = count_macs_params(teacher, teacher_cfg.img_size)
-    teacher = freeze(teacher.to(device), cfg)
-    data_cfg = DataConfig.model_validate(teacher_cfg.data)
-    with decode_progress(quiet) as progress:
-        data = prepare_data(data_cfg, teacher_run.split_path, progress)
-    run.path.mkdir(parents=True, exist_ok=True)
-    run.save_config(
-        student_cfg.model_copy(
-            update={**settings, "parent": str(teacher_run.path.resolve()), "versions": library_versions()}
+    with run.owned():
+        if (finished := _open_out_dir(run, settings, resume=resume, reuse_finished=reuse_finished)) is not None:
+            return finished
+        teacher_macs, teacher_params = count_macs_params(teacher, teacher_cfg.img_size)
+        teacher = freeze(teacher.to(device), cfg)
+        data_cfg = DataConfig.model_validate(teacher_cfg.data)
+        with decode_progress(quiet) as progress:
+            data = prepare_data(data_cfg, teacher_run.split_path, progress)
+        run.path.mkdir(parents=True, exist_ok=True)
+        run.save_config(
+            student_cfg.model_copy(
+                update={**settings, "parent": str(teacher_run.path.resolve()), "versions": library_versions()}
+            )
         )
-    )
-    if not run.split_path.is_file():
-        data.split.to_json(run.split_path)
+        if not run.split_path.is_file():
+            data.split.to_json(run.split_path)
 
-    loss_fn = teacher_loss_fn(teacher, cfg.loss, cfg, cfg.fit.label_smoothing)
+        loss_fn = teacher_loss_fn(teacher, cfg.loss, cfg, cfg.fit.label_smoothing)
 
-    extra = {
-        "model": student_cfg.model,
-        "method": f"distill-{cfg.loss}",
-        "student": student,
-        "teacher": str(teacher_run.path.resolve()),
-        "teacher_model": teacher_cfg.model,
-        "teacher_top1": teacher_metrics["top1"],
-        "teacher_kappa": teacher_metrics["kappa"],
-        "teacher_macs": teacher_macs,
-        "teacher_params": teacher_params,
-        **_cache_counts(teacher),
-    }
-    return _fit_and_finish(
-        student_model, data, data_cfg, cfg.fit, run, extra, resume=resume, quiet=quiet, loss_fn=loss_fn
-    )
+        extra = {
+            "model": student_cfg.model,
+            "method": f"distill-{cfg.loss}",
+            "student": student,
+            "teacher": str(teacher_run.path.resolve()),
+            "teacher_model": teacher_cfg.model,
+            "teacher_top1": teacher_metrics["top1"],
+            "teacher_kappa": teacher_metrics["kappa"],
+            "teacher_macs": teacher_macs,
+            "teacher_params": teacher_params,
+            **_cache_counts(teacher),
+        }
+        return _fit_and_finish(
+            student_model, data, data_cfg, cfg.fit, run, extra, resume=resume, quiet=quiet, loss_fn=loss_fn
+        )
 
 
 def _cache_counts(teacher: torch.nn.Module | None) -> dict[str, Any]:

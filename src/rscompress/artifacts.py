@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from torch import nn
 from rscompress import __version__
 from rscompress.errors import UserError
 from rscompress.io_utils import append_jsonl, write_json_atomic
+from rscompress.locking import hold_dir
 from rscompress.models.weights import read_state_dict, save_weights
 
 CONFIG = "config.json"
@@ -203,6 +206,13 @@ class RunDir:
             )
 
     # -- writing -----------------------------------------------------------------------
+    @contextmanager
+    def owned(self) -> Iterator[RunDir]:
+        """This run dir (made if missing), held by this process until the block ends: every
+        step that writes a run dir writes it inside one (locking.hold_dir says how and why)."""
+        with hold_dir(self.path):
+            yield self
+
     def save_config(self, config: RunConfig) -> None:
         write_json_atomic(self.config_path, config.model_dump(mode="json"))
 
