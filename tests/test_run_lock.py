@@ -1,6 +1,7 @@
 """One writer per run dir (locking.py): a second process writing the same --out is refused,
 naming the holder; a lock left by a killed process blocks nothing."""
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -130,3 +131,16 @@ def test_out_naming_a_file_is_one_clear_error(data, tmp_path, capsys):
     out.write_text("mine\n")
     assert main(["train", "--data", str(data), "--out", str(out), *TRAIN]) == 2
     assert "is a file, not a run dir" in capsys.readouterr().err and out.read_text() == "mine\n"
+
+
+def test_an_export_into_a_held_run_is_refused(parent, tmp_path, holder):
+    from rscompress.deploy.int8 import export_int8_run
+    from rscompress.deploy.onnx import export_run
+
+    run = shutil.copytree(parent, tmp_path / "run")
+    held = holder(run)
+    with pytest.raises(UserError, match=f"in use by process {held.pid}"):
+        export_run(run, n_images=2)
+    with pytest.raises(UserError, match=f"in use by process {held.pid}"):
+        export_int8_run(run, tmp_path / "elsewhere.onnx")  # its record goes into the run dir
+    assert not (run / "model.onnx").exists() and not (tmp_path / "elsewhere.onnx").exists()

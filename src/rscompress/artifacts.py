@@ -20,7 +20,7 @@ from torch import nn
 from rscompress import __version__
 from rscompress.errors import UserError
 from rscompress.io_utils import append_jsonl, write_json_atomic
-from rscompress.locking import hold_dir
+from rscompress.locking import LOCK_FILE, hold_dir
 from rscompress.models.weights import read_state_dict, save_weights
 
 CONFIG = "config.json"
@@ -187,6 +187,12 @@ class RunDir:
     def is_started(self) -> bool:
         """Interrupted part way: something ``--resume`` continues from is on disk."""
         return any((self.path / marker).is_file() for marker in PROGRESS_MARKERS)
+
+    def is_run_dir(self) -> bool:
+        """Whether this folder holds a run: finished, started, being written, or configured
+        (config.json beside its weights or split; a config.json alone may be anyone's)."""
+        configured = self.config_path.is_file() and (self.weights_path.is_file() or self.split_path.is_file())
+        return self.is_complete() or self.is_started() or (self.path / LOCK_FILE).is_file() or configured
 
     def check_settings(self, settings: dict[str, Any]) -> None:
         """Refuse to continue or reuse a run its ``config.json`` says was made with other settings.

@@ -505,6 +505,7 @@ def export(
     out: Annotated[
         Path | None, typer.Option(help="Output file (default RUN/model.onnx, with --int8 RUN/model.int8.onnx).")
     ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a file already at the output path.")] = False,
     parity_data: Annotated[
         Path | None, typer.Option(help="Folder for the parity images when the run's data is elsewhere.")
     ] = None,
@@ -542,14 +543,14 @@ def export(
         Int8Config, calib_images=calib_images, max_drop=max_drop, force=force, threads=threads, repeats=repeats
     )
     if int8:
-        _export_int8(run, out, parity_data, parity_images, int8_cfg, as_json)
+        _export_int8(run, out, overwrite, parity_data, parity_images, int8_cfg, as_json)
         return
     # An INT8 option without --int8 would be silently ignored: the user meant something by it.
     if changed := [n for n, f in Int8Config.model_fields.items() if getattr(int8_cfg, n) != f.default]:
         raise UserError(f"--{changed[0].replace('_', '-')} applies only with --int8")
     from rscompress.deploy.onnx import export_run
 
-    report = export_run(run, out, n_images=parity_images, parity_data=parity_data).to_dict()
+    report = export_run(run, out, n_images=parity_images, parity_data=parity_data, overwrite=overwrite).to_dict()
     if as_json:
         _print_json(report)
     else:
@@ -560,13 +561,19 @@ def export(
 
 
 def _export_int8(
-    run: Path, out: Path | None, parity_data: Path | None, parity_images: int, cfg: Int8Config, as_json: bool
+    run: Path,
+    out: Path | None,
+    overwrite: bool,
+    parity_data: Path | None,
+    parity_images: int,
+    cfg: Int8Config,
+    as_json: bool,
 ) -> None:
     from rscompress.deploy.int8 import export_int8_run
 
     if parity_data is not None:
         raise UserError("--parity-data does not apply to --int8: it calibrates and checks on the run's own splits")
-    report = export_int8_run(run, out, cfg, parity_images=parity_images)
+    report = export_int8_run(run, out, cfg, parity_images=parity_images, overwrite=overwrite)
     if as_json:
         _print_json(report.to_dict())
     else:
