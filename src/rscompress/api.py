@@ -12,6 +12,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +128,11 @@ def train(
     with _owned(run, dist):
         if (finished := _open_out_dir(run, settings, resume=resume, reuse_finished=reuse_finished)) is not None:
             return finished
+        if run.is_started() and not run.split_path.is_file():  # written before the first checkpoint
+            raise UserError(
+                f"{run.split_path} is missing: the checkpoint in {run.path} was trained on the split it held; "
+                "put it back, or start anew in another --out"
+            )
         data = _prepare_shared(data_cfg, run, quiet, dist)
         config = RunConfig(
             model=train_cfg.model,
@@ -302,20 +308,54 @@ def _warn(warnings: Iterable[str], quiet: bool) -> None:
             Console(stderr=True).print(f"[yellow]warning:[/] {warning}")
 
 
+def _data_of(source: RunDir, data_cfg: DataConfig, resplit: bool, quiet: bool) -> PreparedData:
+    """The data of finished run ``source`` on its split, or on a new one when ``resplit`` asks
+    for it because the split file is gone (RunDir.split_for); that is said in its warnings."""
+    split = source.split_for(resplit)
+    with decode_progress(quiet) as progress:
+        data = prepare_data(data_cfg, split, progress)
+    if split is None:
+        said = (
+            f"{source.split_path} was missing: split anew from {source.config_path} (--resplit); images "
+            f"{source.path} was trained on may be in val or test"
+        )
+        data = replace(data, warnings=(*data.warnings, said))
+        _warn([said], quiet)
+    return data
+
+
+def _step_data(source: RunDir, run: RunDir, data_cfg: DataConfig, resplit: bool, quiet: bool) -> PreparedData:
+    """The data a step from finished run ``source`` (a parent, a teacher) into ``run`` trains
+    and tests on: ``source``'s split, or the copy of it a started ``run`` keeps (``source``'s
+    own may have gone since)."""
+    if run.is_started() and run.split_path.is_file():
+        with decode_progress(quiet) as progress:
+            return prepare_data(data_cfg, run.split_path, progress)
+    return _data_of(source, data_cfg, resplit, quiet)
+
+
 def evaluate(
-    run_path: Path, data_path: Path | None = None, split: str = "test", device: str = "auto", quiet: bool = False
+    run_path: Path,
+    data_path: Path | None = None,
+    split: str = "test",
+    device: str = "auto",
+    quiet: bool = False,
+    *,
+    resplit: bool = False,
 ) -> dict[str, Any]:
-    """Metrics of a finished run on its own split, or on every image of another folder."""
+    """Metrics of a finished run on its own split, or on every image of another folder.
+    ``resplit``: the run's split.json is gone, split its data anew (RunDir.split_for)."""
     if split not in ("train", "val", "test"):
         raise UserError(f"--split must be train, val or test, got {split!r}")
+    if resplit and data_path is not None:
+        raise UserError("--resplit splits the run's own data; --data evaluates on every image of a folder")
     on = resolve_device(device)
     run = RunDir(run_path).require()
     model, config = run.load_model()
     data_cfg = DataConfig.model_validate(config.data)
     t0 = time.perf_counter()
     if data_path is None:
-        with decode_progress(quiet) as progress:
-            data = prepare_data(data_cfg, run.split_path, progress)
+        data = _data_of(run, data_cfg, resplit, quiet)
         indices = {"train": data.train_indices, "val": data.val_indices, "test": data.test_indices}[split]
         split_name = split
     else:
@@ -338,6 +378,8 @@ def evaluate(
         "params": params,
         "num_classes": config.num_classes,
         "split": split_name,
+        "resplit": resplit,
+        "data_warnings": list(data.warnings),
         "data": str(data_path or data_cfg.path),
         "run": str(run.path),
         "model": config.model,
@@ -406,8 +448,7 @@ def prune(
         if (finished := _open_out_dir(run, settings, resume=resume, reuse_finished=reuse_finished)) is not None:
             return finished
         data_cfg = DataConfig.model_validate(parent_cfg.data)
-        with decode_progress(quiet) as progress:
-            data = prepare_data(data_cfg, parent.split_path, progress)
+        data = _step_data(parent, run, data_cfg, cfg.resplit, quiet)
         pruned_path, record_path = run.pruned_weights_path, run.prune_record_path
 
         if pruned_from is not None and not run.holds_pruned_model():
@@ -456,8 +497,7 @@ def prune(
                     }
                 )
             )
-            if not run.split_path.is_file():
-                data.split.to_json(run.split_path)
+            data.split.to_json(run.split_path)  # the split its data came by (_step_data)
             before = evaluate_model(pruned, eval_batches(data, data.val_indices), len(data.class_names))
             record = {"val_top1_before_finetune": before.top1, **details}
             save_weights(pruned, pruned_path)
@@ -490,6 +530,7 @@ def prune(
             "loss": cfg.loss,
             **({"kd": cfg.kd.model_dump(), **_cache_counts(teacher)} if cfg.loss in ("kd", "dkd") else {}),
             "finetune_epochs": cfg.finetune.epochs,
+            "resplit": cfg.resplit,
             **record,
             **({"pruned_from": str(Path(pruned_from).resolve())} if pruned_from is not None else {}),
         }
@@ -536,6 +577,8 @@ def _take_pruned(source: RunDir, parent: RunDir, settings: dict[str, Any], run: 
         raise UserError(
             f"--pruned-from {source.path} holds no pruned model (config.json, pruned.safetensors, prune.json)"
         )
+    if not source.split_path.is_file():  # its model was pruned on that split's train images
+        raise UserError(f"--pruned-from {source.path}: its {source.split_path.name} is missing; put it back")
     stored = json.loads(source.config_path.read_text())
     if stored.get("parent") != str(parent.path.resolve()):
         raise UserError(f"--pruned-from {source.path} was pruned from {stored.get('parent')}, not {parent.path}")
@@ -619,16 +662,14 @@ def distill(
         teacher_macs, teacher_params = count_macs_params(teacher, teacher_cfg.img_size)
         teacher = freeze(teacher.to(device), cfg)
         data_cfg = DataConfig.model_validate(teacher_cfg.data)
-        with decode_progress(quiet) as progress:
-            data = prepare_data(data_cfg, teacher_run.split_path, progress)
+        data = _step_data(teacher_run, run, data_cfg, cfg.resplit, quiet)
         run.path.mkdir(parents=True, exist_ok=True)
         run.save_config(
             student_cfg.model_copy(
                 update={**settings, "parent": str(teacher_run.path.resolve()), "versions": library_versions()}
             )
         )
-        if not run.split_path.is_file():
-            data.split.to_json(run.split_path)
+        data.split.to_json(run.split_path)  # the split its data came by (_step_data)
 
         loss_fn = teacher_loss_fn(teacher, cfg.loss, cfg, cfg.fit.label_smoothing)
 
@@ -642,6 +683,7 @@ def distill(
             "teacher_kappa": teacher_metrics["kappa"],
             "teacher_macs": teacher_macs,
             "teacher_params": teacher_params,
+            "resplit": cfg.resplit,
             **_cache_counts(teacher),
         }
         return _fit_and_finish(

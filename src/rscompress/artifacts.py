@@ -95,6 +95,8 @@ _ADDED_LATER = {
     "train.drop_last": True,
     "data.augment_draw": "sample",
     "train.new_head": False,
+    # issue 35: a run made from a parent whose split.json was gone (--resplit); none before.
+    "method_params.resplit": False,
 }
 # Settings removed since; a saved one is not compared. sparse_strength (L1RR's starting λ)
 # gave way to sparse_rate; a sparse-training phase saved with it has its own settings check
@@ -187,6 +189,26 @@ class RunDir:
     def is_started(self) -> bool:
         """Interrupted part way: something ``--resume`` continues from is on disk."""
         return any((self.path / marker).is_file() for marker in PROGRESS_MARKERS)
+
+    def split_for(self, resplit: bool) -> Path | None:
+        """The split file to read this run's data by; None, for a new split from its config.json,
+        only when ``resplit`` asks for one because the file is gone.
+
+        The run (or its parent) was trained and tested on the split the file held: made anew,
+        its images may change parts, and a pruned or distilled child, or an evaluation, would
+        test on images the run trained on. So a missing file is an error naming it.
+        """
+        if self.split_path.is_file():
+            if resplit:
+                raise UserError(f"--resplit: {self.split_path} is there; leave --resplit out to use it")
+            return self.split_path
+        if not resplit:
+            raise UserError(
+                f"{self.split_path} is missing: {self.path} was trained and tested on the split it held, and a new "
+                "one may put its training images in val or test; put it back, or pass --resplit to split anew "
+                "from its config.json (recorded)"
+            )
+        return None
 
     def is_run_dir(self) -> bool:
         """Whether this folder holds a run: finished, started, being written, or configured

@@ -55,6 +55,7 @@ class DistillStep(DistillConfig):
 class ExportStep(StrictModel):
     run: str
     parity_images: int = Field(64, gt=0)
+    resplit: bool = False  # as `export --resplit`
 
 
 class BenchStep(StrictModel):
@@ -161,7 +162,7 @@ def run_steps(recipe: Recipe, quiet: bool = False) -> dict[str, Any]:
             results[step.name] = (
                 {"skipped": "complete", "path": str(onnx_path)}
                 if onnx_path.is_file()
-                else export_run(target, n_images=step.export.parity_images).to_dict()
+                else export_run(target, n_images=step.export.parity_images, resplit=step.export.resplit).to_dict()
             )
         else:
             assert step.bench is not None  # Step's validator: exactly one kind, and the others are handled above

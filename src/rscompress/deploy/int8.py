@@ -359,6 +359,7 @@ def export_int8_run(
     *,
     parity_images: int = PARITY_IMAGES,
     overwrite: bool = False,
+    resplit: bool = False,
 ) -> Int8Report:
     """INT8 export of a finished run to ``RUN/model.int8.onnx`` (or ``out``), checked as
     ``export_int8`` says on the run's own val and test splits, recorded in ``RUN/int8.jsonl``.
@@ -366,6 +367,7 @@ def export_int8_run(
     The FP32 reference is exported afresh into the staging dir and parity-checked on val
     images; ``RUN/model.onnx`` is neither read nor written. ``out`` and ``overwrite``: as
     onnx.check_destination says; the run dir is held (RunDir.owned) while its record is written.
+    ``resplit``: the run's split.json is gone, split its data anew (RunDir.split_for; recorded).
     """
     cfg = cfg or Int8Config()
     if parity_images < 1:
@@ -375,11 +377,11 @@ def export_int8_run(
     dest = Path(out) if out is not None else run.path / INT8_FILE
     with run.owned():  # RUN/int8.jsonl is written whatever the destination
         check_destination(run, dest, overwrite)
-        return _export_int8_run(run, model, config, dest, cfg, parity_images)
+        return _export_int8_run(run, model, config, dest, cfg, parity_images, resplit)
 
 
 def _export_int8_run(
-    run: RunDir, model: nn.Module, config: RunConfig, dest: Path, cfg: Int8Config, parity_images: int
+    run: RunDir, model: nn.Module, config: RunConfig, dest: Path, cfg: Int8Config, parity_images: int, resplit: bool
 ) -> Int8Report:
     """``export_int8_run`` once the destination is checked and the run held."""
     data_cfg = DataConfig.model_validate(config.data) if config.data.get("path") else None
@@ -391,7 +393,7 @@ def _export_int8_run(
                 f"cannot quantize {run.path}: its data folder {folder} is not there (INT8 export calibrates "
                 "on the run's train split and checks on its val and test splits)"
             )
-    data = prepare_data(data_cfg, run.split_path if run.split_path.is_file() else None)
+    data = prepare_data(data_cfg, run.split_for(resplit))
     data = data.with_normalisation(config.mean, config.std)
     if data.val_indices.size == 0:
         raise UserError(f"cannot check an INT8 model of {run.path}: its val split is empty")
@@ -416,7 +418,8 @@ def _export_int8_run(
             run.path / RECORD_FILE,
             cfg,
             img_size=config.img_size,
-            calib_source=f"{rows.size} train images of {data_cfg.path}, spread over the classes",
-            extra={"run": str(run.path), "model": config.model},
+            calib_source=f"{rows.size} train images of {data_cfg.path}, spread over the classes"
+            + (" (split anew: --resplit)" if resplit else ""),
+            extra={"run": str(run.path), "model": config.model, "resplit": resplit},
             notes=tuple(notes),
         )

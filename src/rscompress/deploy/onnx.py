@@ -226,16 +226,19 @@ def _no_data_error(run: RunDir, what: str) -> UserError:
 
 
 def parity_images(
-    run: RunDir, config: RunConfig, n_images: int, parity_data: Path | None = None
+    run: RunDir, config: RunConfig, n_images: int, parity_data: Path | None = None, *, resplit: bool = False
 ) -> tuple[torch.Tensor, str]:
     """Up to ``n_images`` real images, normalised as the run was trained, and where they came from.
 
     From the run's test split, or with ``parity_data`` from every image of that folder (its
     classes must be among the run's). The data folder missing is a ``UserError``, never a
     silent switch to random inputs: parity on noise can hide what real images would show.
+    ``resplit``: the run's split.json is gone, split its data anew (RunDir.split_for).
     """
     if n_images < 1:
         raise UserError(f"n_images must be at least 1, got {n_images}")
+    if resplit and parity_data is not None:
+        raise UserError("--resplit splits the run's own data; --parity-data checks on every image of a folder")
     if not config.data.get("path"):
         raise _no_data_error(run, "its config.json names no data folder")
     data_cfg = DataConfig.model_validate(config.data)
@@ -243,9 +246,12 @@ def parity_images(
         for folder in (data_cfg.path, data_cfg.test_path):
             if folder is not None and not Path(folder).is_dir():
                 raise _no_data_error(run, f"its data folder {folder} is not there")
-        split = run.split_path if run.split_path.is_file() else None
+        split = run.split_for(resplit)
         data = prepare_data(data_cfg, split)
-        indices, source = data.test_indices, f"test split of {data_cfg.path}"
+        indices, source = (
+            data.test_indices,
+            f"test split of {data_cfg.path}" + (" (split anew: --resplit)" if resplit else ""),
+        )
         if indices.size == 0:
             raise _no_data_error(run, "its test split is empty")
     else:
@@ -336,19 +342,21 @@ def export_run(
     atol: float = DEFAULT_ATOL,
     *,
     overwrite: bool = False,
+    resplit: bool = False,
 ) -> ExportReport:
     """Export a finished run to ``RUN/model.onnx`` (or ``out``), parity-checked on real images.
 
-    ``out`` and ``overwrite``: as ``check_destination`` says. The file is written to a temp
-    dir beside its destination and moved there only after parity passed, so a file at the
-    destination has always passed its check.
+    ``out`` and ``overwrite``: as ``check_destination`` says; ``resplit``: as ``parity_images``.
+    The file is written to a temp dir beside its destination and moved there only after parity
+    passed, so a file at the destination has always passed its check.
     """
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     model, config = run.require().load_model()
     dest = Path(out) if out is not None else run.path / ONNX_FILE
     with holding_if_inside(run, dest):
         check_destination(run, dest, overwrite)
-        images, source = parity_images(run, config, n_images, Path(parity_data) if parity_data is not None else None)
+        parity_folder = Path(parity_data) if parity_data is not None else None
+        images, source = parity_images(run, config, n_images, parity_folder, resplit=resplit)
         dest.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".onnx-export-", dir=dest.parent) as staging:
             staged = export_onnx(model, config.img_size, Path(staging) / dest.name, opset, run_metadata(config))
