@@ -443,7 +443,8 @@ def prune(
     parent, model, parent_cfg, parent_metrics = _open_source(parent_path, cfg.finetune.threads)
     run = RunDir(out)
     is_se = parent_cfg.model.startswith("se_")
-    settings = _prune_settings(cfg, is_se)
+    # The parent too: a run resumed from another parent would mix two runs' work.
+    settings = {**_prune_settings(cfg, is_se), "parent": str(parent.path.resolve())}
     with run.owned():
         if (finished := _open_out_dir(run, settings, resume=resume, reuse_finished=reuse_finished)) is not None:
             return finished
@@ -467,6 +468,15 @@ def prune(
             calibration = eval_batches(data, data.train_indices, batch_size=64)
             parent_cost = count_macs_params(budget_reference(model), parent_cfg.img_size)
             model, weights_as_trained = method.prepare_parent(model, calibration)
+            # Written before a training phase (sparse training, NAS search) starts, so that a run
+            # killed in it is resumed only with the settings it was started with (_open_out_dir):
+            # a phase's own checkpoint knows its epochs and rates, not the batches fed to it. A
+            # started run has it already (checked), or was started by a version that wrote none:
+            # the phase's own check then refuses other settings, and this must not say otherwise.
+            if not run.is_started():
+                run.save_config(
+                    parent_cfg.model_copy(update={"model": model_name, **settings, "versions": library_versions()})
+                )
             torch.manual_seed(cfg.finetune.seed)  # the random criterion, sparse training
             pruned, details = select_and_prune(
                 model,
@@ -492,7 +502,6 @@ def prune(
                         "model": model_name,
                         "architecture": architecture_spec(pruned),
                         **settings,
-                        "parent": str(parent.path.resolve()),
                         "versions": library_versions(),
                     }
                 )

@@ -223,7 +223,7 @@ class RunDir:
         this a changed recipe (lr, epochs, loss, ...) would silently continue the old run.
         """
         if not self.config_path.is_file():
-            return  # no config.json yet (killed in a NAS search or sparse training): those check their own
+            return  # nothing made yet to differ from (prune writes it before a training phase starts)
         stored = json.loads(self.config_path.read_text())
         differences = [d for key, value in settings.items() for d in setting_differences(stored.get(key), value, key)]
         if differences:

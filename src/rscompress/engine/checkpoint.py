@@ -45,6 +45,9 @@ class TrainingState:
     best_epoch: int
     best_score: tuple[float, float]  # (val top-1, -val loss): higher is better
     extra: dict[str, Any]
+    # Optimizer steps per epoch (per process): another batch size, ragged-batch rule or data
+    # changes them, and the run. None in checkpoints written before it was kept.
+    steps_per_epoch: int | None = None
 
 
 def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -142,6 +145,7 @@ def save_checkpoint(
             "best_epoch": state.best_epoch,
             "best_score": list(state.best_score),
             "extra": state.extra,
+            "steps_per_epoch": state.steps_per_epoch,
             "optimizer": optim_meta,
             "optimizers": phase_meta,
         },
@@ -180,6 +184,7 @@ def load_checkpoint(
         best_epoch=meta["best_epoch"],
         best_score=tuple(meta["best_score"]),
         extra=meta["extra"],
+        steps_per_epoch=meta.get("steps_per_epoch"),
     )
 
 
