@@ -61,6 +61,35 @@ class _Killed(Exception):
     pass
 
 
+def test_a_phase_resumed_with_other_batches_is_refused(tmp_path, monkeypatch):
+    """The loader is the caller's: a killed sparse training resumed on other batches (another
+    batch size) is refused by the fit loop's own record of batches per epoch."""
+    from rscompress import python_api
+
+    train, val = _loaders()  # 48 images in batches of 16
+    model = torchvision.models.resnet18(num_classes=4)
+    kwargs = dict(
+        example_input=EXAMPLE,
+        method="slim",
+        target_macs=0.5,
+        finetune_epochs=1,
+        method_options={"sparse_epochs": 2},
+        quiet=False,
+    )
+
+    def log(line):
+        if line.startswith("sparse epoch 2/"):
+            raise _Killed
+
+    with monkeypatch.context() as m:
+        m.setattr(python_api, "print", log, raising=False)
+        with pytest.raises(_Killed):
+            rsc.prune(model, train, val, out=tmp_path / "r", **kwargs)
+    smaller = DataLoader(train.dataset, batch_size=8, shuffle=True)
+    with pytest.raises(UserError, match="trained on 3 batches per epoch, this run has 6"):
+        rsc.prune(model, smaller, val, out=tmp_path / "r", resume=True, **{**kwargs, "quiet": True})
+
+
 def test_a_killed_prune_resumes_to_the_uninterrupted_result(tmp_path):
     train, val = _loaders()
     model = torchvision.models.resnet18(num_classes=4)

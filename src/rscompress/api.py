@@ -11,7 +11,8 @@ import math
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,12 @@ def _open_out_dir(
     return None
 
 
+def _owned(run: RunDir, dist: DistInfo) -> AbstractContextManager[object]:
+    """``run`` held while this step writes it; under torchrun rank 0, the one that writes,
+    holds it for all ranks."""
+    return run.owned() if dist.is_main else nullcontext()
+
+
 def _open_source(source: Path, threads: int | None) -> tuple[RunDir, torch.nn.Module, RunConfig, dict[str, Any]]:
     """The finished run a step starts from: the run dir, its model, config and metrics."""
     if threads:
@@ -102,41 +109,47 @@ def train(
         "data": data_cfg.model_dump(mode="json"),
         "train": train_cfg.model_dump(mode="json"),
     }
-    if (finished := _open_out_dir(run, settings, resume=resume, reuse_finished=reuse_finished)) is not None:
-        return finished
-    data = _prepare_shared(data_cfg, run, quiet, dist)
-    config = RunConfig(
-        model=train_cfg.model,
-        num_classes=len(data.class_names),
-        class_names=list(data.class_names),
-        img_size=data_cfg.img_size,
-        mean=list(data.mean),
-        std=list(data.std),
-        model_kwargs=model_kwargs,
-        data=data_cfg.model_dump(mode="json"),
-        train=train_cfg.model_dump(mode="json"),
-        versions=library_versions(),
-    )
-    torch.manual_seed(train_cfg.seed)
-    model = create_model(train_cfg.model, len(data.class_names), **model_kwargs)
-    weights_report = None
-    if train_cfg.weights is not None:
-        weights_report = load_weights(
-            model, train_cfg.weights, allow_partial=train_cfg.allow_partial, new_head=train_cfg.new_head
+    with _owned(run, dist):
+        if (finished := _open_out_dir(run, settings, resume=resume, reuse_finished=reuse_finished)) is not None:
+            return finished
+        if run.is_started() and not run.split_path.is_file():  # written before the first checkpoint
+            raise UserError(
+                f"{run.split_path} is missing: the checkpoint in {run.path} was trained on the split it held; "
+                "put it back, or start anew in another --out"
+            )
+        data = _prepare_shared(data_cfg, run, quiet, dist)
+        config = RunConfig(
+            model=train_cfg.model,
+            num_classes=len(data.class_names),
+            class_names=list(data.class_names),
+            img_size=data_cfg.img_size,
+            mean=list(data.mean),
+            std=list(data.std),
+            model_kwargs=model_kwargs,
+            data=data_cfg.model_dump(mode="json"),
+            train=train_cfg.model_dump(mode="json"),
+            versions=library_versions(),
         )
-    if dist.is_main:
-        run.path.mkdir(parents=True, exist_ok=True)
-        run.save_config(config)
-    extra: dict[str, Any] = {"model": train_cfg.model}
-    if weights_report is not None:
-        extra["init_weights"] = {
-            "path": str(train_cfg.weights),
-            "missing": list(weights_report.missing),
-            "unexpected": list(weights_report.unexpected),
-            "mismatched": list(weights_report.mismatched),
-            "fresh": list(weights_report.fresh),
-        }
-    return _fit_and_finish(model, data, data_cfg, train_cfg, run, extra, resume=resume, quiet=quiet, dist=dist)
+        torch.manual_seed(train_cfg.seed)
+        model = create_model(train_cfg.model, len(data.class_names), **model_kwargs)
+        weights_report = None
+        if train_cfg.weights is not None:
+            weights_report = load_weights(
+                model, train_cfg.weights, allow_partial=train_cfg.allow_partial, new_head=train_cfg.new_head
+            )
+        if dist.is_main:
+            run.path.mkdir(parents=True, exist_ok=True)
+            run.save_config(config)
+        extra: dict[str, Any] = {"model": train_cfg.model}
+        if weights_report is not None:
+            extra["init_weights"] = {
+                "path": str(train_cfg.weights),
+                "missing": list(weights_report.missing),
+                "unexpected": list(weights_report.unexpected),
+                "mismatched": list(weights_report.mismatched),
+                "fresh": list(weights_report.fresh),
+            }
+        return _fit_and_finish(model, data, data_cfg, train_cfg, run, extra, resume=resume, quiet=quiet, dist=dist)
 
 
 def _fit_and_finish(
@@ -279,20 +292,54 @@ def _warn(warnings: Iterable[str], quiet: bool) -> None:
             Console(stderr=True).print(f"[yellow]warning:[/] {warning}")
 
 
+def _data_of(source: RunDir, data_cfg: DataConfig, resplit: bool, quiet: bool) -> PreparedData:
+    """The data of finished run ``source`` on its split, or on a new one when ``resplit`` asks
+    for it because the split file is gone (RunDir.split_for); that is said in its warnings."""
+    split = source.split_for(resplit)
+    with decode_progress(quiet) as progress:
+        data = prepare_data(data_cfg, split, progress)
+    if split is None:
+        said = (
+            f"{source.split_path} was missing: split anew from {source.config_path} (--resplit); images "
+            f"{source.path} was trained on may be in val or test"
+        )
+        data = replace(data, warnings=(*data.warnings, said))
+        _warn([said], quiet)
+    return data
+
+
+def _step_data(source: RunDir, run: RunDir, data_cfg: DataConfig, resplit: bool, quiet: bool) -> PreparedData:
+    """The data a step from finished run ``source`` (a parent, a teacher) into ``run`` trains
+    and tests on: ``source``'s split, or the copy of it a started ``run`` keeps (``source``'s
+    own may have gone since)."""
+    if run.is_started() and run.split_path.is_file():
+        with decode_progress(quiet) as progress:
+            return prepare_data(data_cfg, run.split_path, progress)
+    return _data_of(source, data_cfg, resplit, quiet)
+
+
 def evaluate(
-    run_path: Path, data_path: Path | None = None, split: str = "test", device: str = "auto", quiet: bool = False
+    run_path: Path,
+    data_path: Path | None = None,
+    split: str = "test",
+    device: str = "auto",
+    quiet: bool = False,
+    *,
+    resplit: bool = False,
 ) -> dict[str, Any]:
-    """Metrics of a finished run on its own split, or on every image of another folder."""
+    """Metrics of a finished run on its own split, or on every image of another folder.
+    ``resplit``: the run's split.json is gone, split its data anew (RunDir.split_for)."""
     if split not in ("train", "val", "test"):
         raise UserError(f"--split must be train, val or test, got {split!r}")
+    if resplit and data_path is not None:
+        raise UserError("--resplit splits the run's own data; --data evaluates on every image of a folder")
     on = resolve_device(device)
     run = RunDir(run_path).require()
     model, config = run.load_model()
     data_cfg = DataConfig.model_validate(config.data)
     t0 = time.perf_counter()
     if data_path is None:
-        with decode_progress(quiet) as progress:
-            data = prepare_data(data_cfg, run.split_path, progress)
+        data = _data_of(run, data_cfg, resplit, quiet)
         indices = {"train": data.train_indices, "val": data.val_indices, "test": data.test_indices}[split]
         split_name = split
     else:
@@ -315,6 +362,8 @@ def evaluate(
         "params": params,
         "num_classes": config.num_classes,
         "split": split_name,
+        "resplit": resplit,
+        "data_warnings": list(data.warnings),
         "data": str(data_path or data_cfg.path),
         "run": str(run.path),
         "model": config.model,
@@ -376,93 +425,106 @@ def prune(
     parent, model, parent_cfg, parent_metrics = _open_source(parent_path, cfg.finetune.threads)
     run = RunDir(out)
     is_se = parent_cfg.model.startswith("se_")
-    settings = _prune_settings(cfg, is_se)
-    if (finished := _open_out_dir(run, settings, resume=resume, reuse_finished=reuse_finished)) is not None:
-        return finished
-    data_cfg = DataConfig.model_validate(parent_cfg.data)
-    with decode_progress(quiet) as progress:
-        data = prepare_data(data_cfg, parent.split_path, progress)
-    pruned_path, record_path = run.pruned_weights_path, run.prune_record_path
+    # The parent too: a run resumed from another parent would mix two runs' work.
+    settings = {**_prune_settings(cfg, is_se), "parent": str(parent.path.resolve())}
+    with run.owned():
+        if (finished := _open_out_dir(run, settings, resume=resume, reuse_finished=reuse_finished)) is not None:
+            return finished
+        data_cfg = DataConfig.model_validate(parent_cfg.data)
+        data = _step_data(parent, run, data_cfg, cfg.resplit, quiet)
+        pruned_path, record_path = run.pruned_weights_path, run.prune_record_path
 
-    if pruned_from is not None and not run.holds_pruned_model():
-        _take_pruned(RunDir(pruned_from), parent, settings, run)
-    if sparse_from is not None and not (run.holds_pruned_model() or run.holds_sparse_model()):
-        if differences := sparse_from_differences(sparse_from, parent.path, cfg):
-            raise UserError(f"--sparse-from {sparse_from}: {'; '.join(differences[:3])}")
-        _take_sparse(RunDir(sparse_from), run)
-    if run.holds_pruned_model():  # resumed (an unresumed started run was refused) or taken
-        pruned, _ = run.load_model(weights=pruned_path)
-        pruned.train()
-        record = json.loads(record_path.read_text())
-    else:
-        model_name = folded_model_name(parent_cfg.model) if is_se else parent_cfg.model
-        # SE attention, gradients and BN statistics come from plain (unaugmented) train images.
-        calibration = data.eval_batches(data.train_indices, batch_size=64)
-        pruned, details = prepare_and_prune(
-            model,
-            model_name,
-            parent_cfg.img_size,
-            cfg,
-            calibration=[b for _, b in zip(range(cfg.calibration_batches), calibration, strict=False)],
-            train_batches=train_loader(data, data_cfg, cfg.finetune),
-            val_batches=data.eval_batches(data.val_indices),
-            log=_progress_printer(quiet),
-            device=device,
-            parent_optim=parent_cfg.train.get("optim"),
-            run=run,
-        )
-        run.path.mkdir(parents=True, exist_ok=True)
-        run.save_config(
-            parent_cfg.model_copy(
-                update={
-                    "model": model_name,
-                    "architecture": architecture_spec(pruned),
-                    **settings,
-                    "parent": str(parent.path.resolve()),
-                    "versions": library_versions(),
-                }
+        if pruned_from is not None and not run.holds_pruned_model():
+            _take_pruned(RunDir(pruned_from), parent, settings, run)
+        if sparse_from is not None and not (run.holds_pruned_model() or run.holds_sparse_model()):
+            if differences := sparse_from_differences(sparse_from, parent.path, cfg):
+                raise UserError(f"--sparse-from {sparse_from}: {'; '.join(differences[:3])}")
+            _take_sparse(RunDir(sparse_from), run)
+        if run.holds_pruned_model():  # resumed (an unresumed started run was refused) or taken
+            pruned, _ = run.load_model(weights=pruned_path)
+            pruned.train()
+            record = json.loads(record_path.read_text())
+        else:
+            model_name = folded_model_name(parent_cfg.model) if is_se else parent_cfg.model
+            # SE attention, gradients and BN statistics come from plain (unaugmented) train images.
+            calibration = data.eval_batches(data.train_indices, batch_size=64)
+
+            def settings_before_the_phase() -> None:
+                # Written before a training phase (sparse training, NAS search) starts, so that a
+                # run killed in it is resumed only with the settings it was started with
+                # (_open_out_dir): a phase's own checkpoint knows its epochs and rates, not the
+                # batches fed to it. A started run has it already (checked), or was started by a
+                # version that wrote none: the phase's own check then refuses other settings.
+                if not run.is_started():
+                    run.save_config(
+                        parent_cfg.model_copy(update={"model": model_name, **settings, "versions": library_versions()})
+                    )
+
+            pruned, details = prepare_and_prune(
+                model,
+                model_name,
+                parent_cfg.img_size,
+                cfg,
+                calibration=[b for _, b in zip(range(cfg.calibration_batches), calibration, strict=False)],
+                train_batches=train_loader(data, data_cfg, cfg.finetune),
+                val_batches=data.eval_batches(data.val_indices),
+                log=_progress_printer(quiet),
+                device=device,
+                parent_optim=parent_cfg.train.get("optim"),
+                run=run,
+                on_prepared=settings_before_the_phase,
             )
+            run.path.mkdir(parents=True, exist_ok=True)
+            run.save_config(
+                parent_cfg.model_copy(
+                    update={
+                        "model": model_name,
+                        "architecture": architecture_spec(pruned),
+                        **settings,
+                        "versions": library_versions(),
+                    }
+                )
+            )
+            data.split.to_json(run.split_path)  # the split its data came by (_step_data)
+            before = evaluate_model(pruned, data.eval_batches(data.val_indices), len(data.class_names))
+            record = {"val_top1_before_finetune": before.top1, **details}
+            save_weights(pruned, pruned_path)
+            write_json_atomic(record_path, record)  # last: its presence marks pruning done
+            shutil.rmtree(run.phase_dir, ignore_errors=True)  # its work is in pruned.safetensors now
+
+        loss_fn = teacher = None
+        if cfg.loss == "aml+ce":
+            loss_fn = aml_ce_objective(cfg.r1, cfg.r2)
+        elif cfg.loss in ("kd", "dkd"):
+            # The unpruned parent as it was trained (SE blocks and all) is the teacher.
+            teacher = freeze(parent.load_model()[0].to(device), cfg.kd)
+            loss_fn = teacher_loss_fn(teacher, cfg.loss, cfg.kd, cfg.finetune.label_smoothing)
+
+        budget = record["budget"]
+        extra = {
+            "model": run.load_config().model,
+            "method": cfg.method,
+            "parent": str(parent.path.resolve()),
+            "parent_top1": parent_metrics["top1"],
+            "parent_kappa": parent_metrics["kappa"],
+            "parent_macs": budget["parent_macs"],
+            "parent_params": budget["parent_params"],
+            "macs_kept": budget["macs_kept"],
+            "params_kept": budget["params_kept"],
+            "target_macs": cfg.target_macs,
+            "target_params": cfg.target_params,
+            "ratio": cfg.ratio,
+            "global_pruning": cfg.global_pruning,
+            "loss": cfg.loss,
+            **({"kd": cfg.kd.model_dump(), **_cache_counts(teacher)} if cfg.loss in ("kd", "dkd") else {}),
+            "finetune_epochs": cfg.finetune.epochs,
+            "resplit": cfg.resplit,
+            **record,
+            **({"pruned_from": str(Path(pruned_from).resolve())} if pruned_from is not None else {}),
+        }
+        return _fit_and_finish(
+            pruned, data, data_cfg, cfg.finetune, run, extra, resume=resume, quiet=quiet, loss_fn=loss_fn
         )
-        if not run.split_path.is_file():
-            data.split.to_json(run.split_path)
-        before = evaluate_model(pruned, data.eval_batches(data.val_indices), len(data.class_names))
-        record = {"val_top1_before_finetune": before.top1, **details}
-        save_weights(pruned, pruned_path)
-        write_json_atomic(record_path, record)  # last: its presence marks pruning done
-        shutil.rmtree(run.phase_dir, ignore_errors=True)  # its work is in pruned.safetensors now
-
-    loss_fn = teacher = None
-    if cfg.loss == "aml+ce":
-        loss_fn = aml_ce_objective(cfg.r1, cfg.r2)
-    elif cfg.loss in ("kd", "dkd"):
-        # The unpruned parent as it was trained (SE blocks and all) is the teacher.
-        teacher = freeze(parent.load_model()[0].to(device), cfg.kd)
-        loss_fn = teacher_loss_fn(teacher, cfg.loss, cfg.kd, cfg.finetune.label_smoothing)
-
-    budget = record["budget"]
-    extra = {
-        "model": run.load_config().model,
-        "method": cfg.method,
-        "parent": str(parent.path.resolve()),
-        "parent_top1": parent_metrics["top1"],
-        "parent_kappa": parent_metrics["kappa"],
-        "parent_macs": budget["parent_macs"],
-        "parent_params": budget["parent_params"],
-        "macs_kept": budget["macs_kept"],
-        "params_kept": budget["params_kept"],
-        "target_macs": cfg.target_macs,
-        "target_params": cfg.target_params,
-        "ratio": cfg.ratio,
-        "global_pruning": cfg.global_pruning,
-        "loss": cfg.loss,
-        **({"kd": cfg.kd.model_dump(), **_cache_counts(teacher)} if cfg.loss in ("kd", "dkd") else {}),
-        "finetune_epochs": cfg.finetune.epochs,
-        **record,
-        **({"pruned_from": str(Path(pruned_from).resolve())} if pruned_from is not None else {}),
-    }
-    return _fit_and_finish(
-        pruned, data, data_cfg, cfg.finetune, run, extra, resume=resume, quiet=quiet, loss_fn=loss_fn
-    )
 
 
 def _prune_settings(cfg: PruneConfig, is_se: bool) -> dict[str, Any]:
@@ -503,6 +565,8 @@ def _take_pruned(source: RunDir, parent: RunDir, settings: dict[str, Any], run: 
         raise UserError(
             f"--pruned-from {source.path} holds no pruned model (config.json, pruned.safetensors, prune.json)"
         )
+    if not source.split_path.is_file():  # its model was pruned on that split's train images
+        raise UserError(f"--pruned-from {source.path}: its {source.split_path.name} is missing; put it back")
     stored = json.loads(source.config_path.read_text())
     if stored.get("parent") != str(parent.path.resolve()):
         raise UserError(f"--pruned-from {source.path} was pruned from {stored.get('parent')}, not {parent.path}")
@@ -580,39 +644,39 @@ def distill(
         "method_params": cfg.model_dump(mode="json", exclude={"fit"}),
         "train": cfg.fit.model_dump(mode="json"),
     }
-    if (finished := _open_out_dir(run, settings, resume=resume, reuse_finished=reuse_finished)) is not None:
-        return finished
-    teacher_macs, teacher_params = count_macs_params(teacher, teacher_cfg.img_size)
-    teacher = freeze(teacher.to(device), cfg)
-    data_cfg = DataConfig.model_validate(teacher_cfg.data)
-    with decode_progress(quiet) as progress:
-        data = prepare_data(data_cfg, teacher_run.split_path, progress)
-    run.path.mkdir(parents=True, exist_ok=True)
-    run.save_config(
-        student_cfg.model_copy(
-            update={**settings, "parent": str(teacher_run.path.resolve()), "versions": library_versions()}
+    with run.owned():
+        if (finished := _open_out_dir(run, settings, resume=resume, reuse_finished=reuse_finished)) is not None:
+            return finished
+        teacher_macs, teacher_params = count_macs_params(teacher, teacher_cfg.img_size)
+        teacher = freeze(teacher.to(device), cfg)
+        data_cfg = DataConfig.model_validate(teacher_cfg.data)
+        data = _step_data(teacher_run, run, data_cfg, cfg.resplit, quiet)
+        run.path.mkdir(parents=True, exist_ok=True)
+        run.save_config(
+            student_cfg.model_copy(
+                update={**settings, "parent": str(teacher_run.path.resolve()), "versions": library_versions()}
+            )
         )
-    )
-    if not run.split_path.is_file():
-        data.split.to_json(run.split_path)
+        data.split.to_json(run.split_path)  # the split its data came by (_step_data)
 
-    loss_fn = teacher_loss_fn(teacher, cfg.loss, cfg, cfg.fit.label_smoothing)
+        loss_fn = teacher_loss_fn(teacher, cfg.loss, cfg, cfg.fit.label_smoothing)
 
-    extra = {
-        "model": student_cfg.model,
-        "method": f"distill-{cfg.loss}",
-        "student": student,
-        "teacher": str(teacher_run.path.resolve()),
-        "teacher_model": teacher_cfg.model,
-        "teacher_top1": teacher_metrics["top1"],
-        "teacher_kappa": teacher_metrics["kappa"],
-        "teacher_macs": teacher_macs,
-        "teacher_params": teacher_params,
-        **_cache_counts(teacher),
-    }
-    return _fit_and_finish(
-        student_model, data, data_cfg, cfg.fit, run, extra, resume=resume, quiet=quiet, loss_fn=loss_fn
-    )
+        extra = {
+            "model": student_cfg.model,
+            "method": f"distill-{cfg.loss}",
+            "student": student,
+            "teacher": str(teacher_run.path.resolve()),
+            "teacher_model": teacher_cfg.model,
+            "teacher_top1": teacher_metrics["top1"],
+            "teacher_kappa": teacher_metrics["kappa"],
+            "teacher_macs": teacher_macs,
+            "teacher_params": teacher_params,
+            "resplit": cfg.resplit,
+            **_cache_counts(teacher),
+        }
+        return _fit_and_finish(
+            student_model, data, data_cfg, cfg.fit, run, extra, resume=resume, quiet=quiet, loss_fn=loss_fn
+        )
 
 
 def _cache_counts(teacher: torch.nn.Module | None) -> dict[str, Any]:

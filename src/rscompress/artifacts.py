@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from torch import nn
 from rscompress import __version__
 from rscompress.errors import UserError
 from rscompress.io_utils import append_jsonl, write_json_atomic
+from rscompress.locking import LOCK_FILE, hold_dir
 from rscompress.models.weights import read_state_dict, save_weights
 
 CONFIG = "config.json"
@@ -94,6 +97,8 @@ _ADDED_LATER = {
     "train.drop_last": True,
     "data.augment_draw": "sample",
     "train.new_head": False,
+    # issue 35: a run made from a parent whose split.json was gone (--resplit); none before.
+    "method_params.resplit": False,
 }
 # Settings removed since; a saved one is not compared. sparse_strength (L1RR's starting λ)
 # gave way to sparse_rate; a sparse-training phase saved with it has its own settings check
@@ -187,6 +192,32 @@ class RunDir:
         """Interrupted part way: something ``--resume`` continues from is on disk."""
         return any((self.path / marker).is_file() for marker in PROGRESS_MARKERS)
 
+    def split_for(self, resplit: bool) -> Path | None:
+        """The split file to read this run's data by; None, for a new split from its config.json,
+        only when ``resplit`` asks for one because the file is gone.
+
+        The run (or its parent) was trained and tested on the split the file held: made anew,
+        its images may change parts, and a pruned or distilled child, or an evaluation, would
+        test on images the run trained on. So a missing file is an error naming it.
+        """
+        if self.split_path.is_file():
+            if resplit:
+                raise UserError(f"--resplit: {self.split_path} is there; leave --resplit out to use it")
+            return self.split_path
+        if not resplit:
+            raise UserError(
+                f"{self.split_path} is missing: {self.path} was trained and tested on the split it held, and a new "
+                "one may put its training images in val or test; put it back, or pass --resplit to split anew "
+                "from its config.json (recorded)"
+            )
+        return None
+
+    def is_run_dir(self) -> bool:
+        """Whether this folder holds a run: finished, started, being written, or configured
+        (config.json beside its weights or split; a config.json alone may be anyone's)."""
+        configured = self.config_path.is_file() and (self.weights_path.is_file() or self.split_path.is_file())
+        return self.is_complete() or self.is_started() or (self.path / LOCK_FILE).is_file() or configured
+
     def check_settings(self, settings: dict[str, Any]) -> None:
         """Refuse to continue or reuse a run its ``config.json`` says was made with other settings.
 
@@ -194,7 +225,7 @@ class RunDir:
         this a changed recipe (lr, epochs, loss, ...) would silently continue the old run.
         """
         if not self.config_path.is_file():
-            return  # no config.json yet (killed in a NAS search or sparse training): those check their own
+            return  # nothing made yet to differ from (prune writes it before a training phase starts)
         stored = json.loads(self.config_path.read_text())
         differences = [d for key, value in settings.items() for d in setting_differences(stored.get(key), value, key)]
         if differences:
@@ -205,6 +236,13 @@ class RunDir:
             )
 
     # -- writing -----------------------------------------------------------------------
+    @contextmanager
+    def owned(self) -> Iterator[RunDir]:
+        """This run dir (made if missing), held by this process until the block ends: every
+        step that writes a run dir writes it inside one (locking.hold_dir says how and why)."""
+        with hold_dir(self.path):
+            yield self
+
     def save_config(self, config: RunConfig) -> None:
         write_json_atomic(self.config_path, config.model_dump(mode="json"))
 

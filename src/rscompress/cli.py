@@ -94,6 +94,14 @@ Bf16Opt = Annotated[
 SmallInputOpt = Annotated[bool, typer.Option(help="Stem for 32-64 px inputs (less downsampling; registry models).")]
 ThreadsOpt = Annotated[int | None, typer.Option(help="torch intra-op threads.")]
 ResumeOpt = Annotated[bool, typer.Option(help="Continue an interrupted run from its last checkpoint.")]
+ResplitOpt = Annotated[
+    bool,
+    typer.Option(
+        help="The split.json of the run read (the one evaluated or exported, the parent, the teacher) is "
+        "gone: split its data anew from its config.json (recorded; images it trained on may then be in "
+        "val or test)."
+    ),
+]
 AlphaOpt = Annotated[float, typer.Option(help="DKD weight of TCKD.")]
 BetaOpt = Annotated[float, typer.Option(help="DKD weight of NCKD.")]
 KdWeightOpt = Annotated[float, typer.Option(help="KD weight (with --loss kd).")]
@@ -304,6 +312,7 @@ def prune(
             "(else refused, saying why)."
         ),
     ] = None,
+    resplit: ResplitOpt = False,
     resume: ResumeOpt = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
@@ -353,6 +362,7 @@ def prune(
         attention_weight=attention_weight,
         search_epochs=search_epochs,
         gate_without_bn=gate_without_bn,
+        resplit=resplit,
         kd=_validated(
             KDSettings,
             temperature=temperature,
@@ -412,6 +422,7 @@ def distill(
     channels_last: ChannelsLastOpt = False,
     bf16: Bf16Opt = False,
     device: DeviceOpt = "auto",
+    resplit: ResplitOpt = False,
     resume: ResumeOpt = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
@@ -454,6 +465,7 @@ def distill(
         kd_warmup_epochs=kd_warmup_epochs,
         cache_teacher_logits=cache_teacher_logits,
         small_input=small_input,
+        resplit=resplit,
         fit=fit_cfg,
     )
     metrics = api.distill(teacher, student, cfg, out, resume=resume, quiet=quiet or as_json)
@@ -485,13 +497,14 @@ def evaluate(
     data: Annotated[Path | None, typer.Option(help="Evaluate on every image of this folder instead.")] = None,
     split: Annotated[str, typer.Option(help="Split of the run's own data: test, val or train.")] = "test",
     device: DeviceOpt = "auto",
+    resplit: ResplitOpt = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ):
     """Evaluate a run dir on its test split (or on another folder with --data)."""
     from rscompress import api
 
-    result = api.evaluate(run, data_path=data, split=split, device=device, quiet=quiet or as_json)
+    result = api.evaluate(run, data_path=data, split=split, device=device, quiet=quiet or as_json, resplit=resplit)
     if as_json:
         _print_json(result)
     else:
@@ -505,6 +518,8 @@ def export(
     out: Annotated[
         Path | None, typer.Option(help="Output file (default RUN/model.onnx, with --int8 RUN/model.int8.onnx).")
     ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a file already at the output path.")] = False,
+    resplit: ResplitOpt = False,
     parity_data: Annotated[
         Path | None, typer.Option(help="Folder for the parity images when the run's data is elsewhere.")
     ] = None,
@@ -542,14 +557,16 @@ def export(
         Int8Config, calib_images=calib_images, max_drop=max_drop, force=force, threads=threads, repeats=repeats
     )
     if int8:
-        _export_int8(run, out, parity_data, parity_images, int8_cfg, as_json)
+        _export_int8(run, out, overwrite, resplit, parity_data, parity_images, int8_cfg, as_json)
         return
     # An INT8 option without --int8 would be silently ignored: the user meant something by it.
     if changed := [n for n, f in Int8Config.model_fields.items() if getattr(int8_cfg, n) != f.default]:
         raise UserError(f"--{changed[0].replace('_', '-')} applies only with --int8")
     from rscompress.deploy.onnx import export_run
 
-    report = export_run(run, out, n_images=parity_images, parity_data=parity_data).to_dict()
+    report = export_run(
+        run, out, n_images=parity_images, parity_data=parity_data, overwrite=overwrite, resplit=resplit
+    ).to_dict()
     if as_json:
         _print_json(report)
     else:
@@ -560,13 +577,20 @@ def export(
 
 
 def _export_int8(
-    run: Path, out: Path | None, parity_data: Path | None, parity_images: int, cfg: Int8Config, as_json: bool
+    run: Path,
+    out: Path | None,
+    overwrite: bool,
+    resplit: bool,
+    parity_data: Path | None,
+    parity_images: int,
+    cfg: Int8Config,
+    as_json: bool,
 ) -> None:
     from rscompress.deploy.int8 import export_int8_run
 
     if parity_data is not None:
         raise UserError("--parity-data does not apply to --int8: it calibrates and checks on the run's own splits")
-    report = export_int8_run(run, out, cfg, parity_images=parity_images)
+    report = export_int8_run(run, out, cfg, parity_images=parity_images, overwrite=overwrite, resplit=resplit)
     if as_json:
         _print_json(report.to_dict())
     else:

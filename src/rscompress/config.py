@@ -183,6 +183,8 @@ class PruneConfig(StrictModel):
     # nas: also search the groups with no BatchNorm (vgg16_bn's hidden Linear layers, 89 % of its
     # params). Off by default: on vgg16_bn at 10 % it kept 9x fewer params for 2.4 val points less.
     gate_without_bn: bool = False
+    # The parent's split.json is gone: split its data anew from its config.json (RunDir.split_for).
+    resplit: bool = False
     finetune: FitConfig
 
     @field_validator("finetune", mode="before")
@@ -215,6 +217,8 @@ class DistillConfig(KDSettings):
 
     loss: Literal["ce", "kd", "dkd"] = "dkd"
     small_input: bool = False  # for a registry student
+    # The teacher's split.json is gone: split its data anew from its config.json (RunDir.split_for).
+    resplit: bool = False
     fit: FitConfig
 
 

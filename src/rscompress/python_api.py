@@ -169,18 +169,25 @@ def save(
         raise UserError(f"{run.path} already holds a run; choose another path")
     config = _run_config(model, example_input, class_names=class_names, mean=mean, std=std, method="saved")
     macs, params = count_macs_params(model, config.img_size)
-    created = not run.path.exists()
-    run.path.mkdir(parents=True, exist_ok=True)
+    with run.owned():  # a dir it made is removed again when nothing is kept
+        _write_saved(model, run, config, example_input, (macs, params))
+    return run.path
+
+
+def _write_saved(
+    model: nn.Module, run: RunDir, config: RunConfig, example_input: Tensor, cost: tuple[int, int]
+) -> None:
+    """``save``'s files, checked by loading them back; nothing kept when they do not load."""
+    if run.is_complete():  # written by another process since save looked
+        raise UserError(f"{run.path} already holds a run; choose another path")
+    macs, params = cost
     run.save_config(config)
     run.save_weights(model)
     run.save_metrics({"macs": macs, "params": params, "num_classes": config.num_classes, "img_size": config.img_size})
     if (problem := _reload_problem(model, run, example_input)) is not None:
         for written in (run.config_path, run.weights_path, run.metrics_path):
             written.unlink(missing_ok=True)
-        if created:
-            shutil.rmtree(run.path, ignore_errors=True)
         raise UserError(f"cannot save this {type(model).__name__} so that load rebuilds it ({problem}); nothing kept")
-    return run.path
 
 
 def _reload_problem(model: nn.Module, run: RunDir, example_input: Tensor) -> str | None:
@@ -254,22 +261,19 @@ def _fit_config(epochs: int, lr: float, seed: int, **fit_options: Any) -> FitCon
     return FitConfig(epochs=epochs, seed=seed, optim=OptimConfig(lr=lr, **optim), **rest)
 
 
-class _WorkDir:
-    """``out`` as a run dir, or a temporary one removed on exit when none is given."""
-
-    def __init__(self, out: str | Path | None):
-        self.out = Path(out) if out is not None else None
-        self._tmp: str | None = None
-
-    def __enter__(self) -> RunDir:
-        if self.out is None:
-            self._tmp = tempfile.mkdtemp(prefix="rscompress-")
-            return RunDir(self._tmp)
-        return RunDir(self.out)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._tmp is not None:
-            shutil.rmtree(self._tmp, ignore_errors=True)
+@contextmanager
+def _work_dir(out: str | Path | None) -> Iterator[RunDir]:
+    """``out`` as a run dir held by this process (RunDir.owned), or a temporary one removed
+    on exit when none is given."""
+    if out is not None:
+        with RunDir(out).owned() as run:
+            yield run
+        return
+    tmp = tempfile.mkdtemp(prefix="rscompress-")
+    try:
+        yield RunDir(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def train(
@@ -294,7 +298,7 @@ def train(
         cfg = _fit_config(epochs, lr, seed, **fit_options)
     example = _first_images(val_loader)
     settings = {"method": "train", "train": cfg.model_dump(mode="json", exclude={"threads", "device"})}
-    with _WorkDir(out) as run:
+    with _work_dir(out) as run:
         _start(run, model, example, settings, resume)
         result = _fit(run, model, train_loader, val_loader, cfg, _num_classes(model, example), loss_fn, quiet)
         _finish(run, model, result, settings)
@@ -442,7 +446,7 @@ def prune(
     parent = copy.deepcopy(model).cpu()
     parent_macs, parent_params = count_macs_params(budget_reference(parent), img_size)
     calibration = _calibration(calibration_loader or train_loader, cfg.calibration_batches)
-    with _WorkDir(out) as run:
+    with _work_dir(out) as run:
         _start(run, budget_reference(parent), example_input, settings, resume)
         if run.holds_pruned_model():
             pruned = pruning_method.prepare_parent(parent, calibration)[0]
@@ -554,7 +558,7 @@ def distill(
         "method_params": cfg.model_dump(mode="json", exclude={"fit"}),
         "train": cfg.fit.model_dump(mode="json", exclude={"threads", "device"}),
     }
-    with _WorkDir(out) as run:
+    with _work_dir(out) as run:
         _start(run, student, example, settings, resume)
         objective = teacher_loss_fn(teacher, loss, cfg, cfg.fit.label_smoothing)
         result = _fit(run, student, train_loader, val_loader, cfg.fit, num_classes, objective, quiet)

@@ -56,6 +56,7 @@ class DistillStep(DistillConfig):
 class ExportStep(StrictModel):
     run: str
     parity_images: int = Field(64, gt=0)
+    resplit: bool = False  # as `export --resplit`
     # INT8 (``rscompress export --int8``): RUN/model.int8.onnx, refused past its max_drop.
     int8: Int8Config | None = None
 
@@ -129,7 +130,6 @@ def run_steps(recipe: Recipe, quiet: bool = False) -> dict[str, Any]:
     from rscompress import api
     from rscompress.artifacts import INT8_ONNX, RunDir
     from rscompress.deploy.int8 import export_int8_run
-    from rscompress.deploy.latency import bench_table, measure
     from rscompress.deploy.onnx import export_run
 
     done: dict[str, Path] = {}
@@ -166,22 +166,34 @@ def run_steps(recipe: Recipe, quiet: bool = False) -> dict[str, Any]:
             if onnx_path.is_file():
                 results[step.name] = {"skipped": "complete", "path": str(onnx_path)}
             elif step.export.int8 is not None:
-                report = export_int8_run(target, cfg=step.export.int8, parity_images=step.export.parity_images)
+                report = export_int8_run(
+                    target,
+                    cfg=step.export.int8,
+                    parity_images=step.export.parity_images,
+                    resplit=step.export.resplit,
+                )
                 results[step.name] = report.to_dict()
             else:
-                results[step.name] = export_run(target, n_images=step.export.parity_images).to_dict()
-        elif (out / "bench.json").is_file():
-            results[step.name] = {"skipped": "complete", "rows": json.loads((out / "bench.json").read_text())}
+                results[step.name] = export_run(
+                    target, n_images=step.export.parity_images, resplit=step.export.resplit
+                ).to_dict()
         else:
-            b = step.bench
-            assert b is not None  # Step's validator: exactly one kind, and the others are handled above
-            rows = bench_table(
-                measure(
-                    [RunDir(ref(r)).require() for r in b.runs], b.batch_sizes, b.threads, b.engines, b.warmup, b.repeats
-                )
-            )
-            out.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(out / "bench.json", rows)
-            results[step.name] = {"rows": rows}
+            assert step.bench is not None  # Step's validator: exactly one kind, and the others are handled above
+            results[step.name] = _bench_step(step.bench, [ref(r) for r in step.bench.runs], out)
         done[step.name] = out
     return results
+
+
+def _bench_step(b: BenchStep, runs: list[Path], out: Path) -> dict[str, Any]:
+    """Latency of ``runs`` into ``out/bench.json``, or what a finished step measured."""
+    from rscompress.artifacts import RunDir
+    from rscompress.deploy.latency import bench_table, measure
+
+    with RunDir(out).owned():
+        if (out / "bench.json").is_file():
+            return {"skipped": "complete", "rows": json.loads((out / "bench.json").read_text())}
+        rows = bench_table(
+            measure([RunDir(r).require() for r in runs], b.batch_sizes, b.threads, b.engines, b.warmup, b.repeats)
+        )
+        write_json_atomic(out / "bench.json", rows)
+        return {"rows": rows}

@@ -109,6 +109,49 @@ def test_scan_errors_name_the_path(tmp_path):
         scan_folder(root)
 
 
+def test_a_link_to_an_ancestor_inside_a_class_folder_is_not_followed(tmp_path):
+    """Followed, a/loop -> .. took in every class's images again under class a, as often as
+    the loop went round; the links are listed instead."""
+    root = make_image_folder(tmp_path / "d", {"a": 2, "b": 3}, size=8)
+    (root / "a" / "sub").mkdir()
+    (root / "a" / "sub" / "up").symlink_to("../..")
+    index = scan_folder(root)
+    assert index.files == ("a/img000.png", "a/img001.png", "b/img000.png", "b/img001.png", "b/img002.png")
+    assert index.labels == (0, 0, 1, 1, 1)
+    (line,) = index.skipped
+    assert line.startswith("1 folder link(s) inside class folders not followed") and "a/sub/up -> ../.." in line
+    assert line in index.warnings
+
+
+def test_each_real_file_counts_once_in_its_own_class(tmp_path):
+    root = make_image_folder(tmp_path / "d", {"a": 2, "b": 2}, size=8)
+    (root / "a" / "also_b.png").symlink_to(root / "b" / "img000.png")  # b's image, linked into a
+    (root / "b" / "again.png").symlink_to("img001.png")  # a second name for one file
+    index = scan_folder(root)
+    assert index.files == ("a/img000.png", "a/img001.png", "b/img000.png", "b/img001.png")
+    assert index.labels == (0, 0, 1, 1)  # b/img000.png keeps its own class
+    (line,) = index.skipped
+    assert "a/also_b.png (= b/img000.png)" in line and "b/again.png (= b/img001.png)" in line
+
+
+def test_a_class_folder_of_links_to_another_class_is_refused(tmp_path):
+    root = make_image_folder(tmp_path / "d", {"a": 2, "b": 2}, size=8)
+    (root / "c").symlink_to(root / "a")
+    with pytest.raises(UserError, match=r"class folders without images in \S*: c \(left out as second paths"):
+        scan_folder(root)
+
+
+def test_a_dangling_link_is_a_bad_file(tmp_path):
+    root = make_image_folder(tmp_path / "d", {"a": 2, "b": 2}, size=8)
+    (root / "a" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    (root / "b" / "gone_dir").symlink_to(tmp_path / "no-folder")
+    index = scan_folder(root)
+    assert index.files == ("a/img000.png", "a/img001.png", "b/img000.png", "b/img001.png")
+    reasons = dict(index.bad_files)
+    assert reasons["a/gone.png"].startswith("broken link (to ") and "does not exist" in reasons["a/gone.png"]
+    assert reasons["b/gone_dir"].startswith("broken link")
+
+
 # --- decoding -----------------------------------------------------------------------------------
 
 

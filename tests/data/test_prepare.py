@@ -179,3 +179,20 @@ def test_whole_folder_with_a_runs_class_list(tmp_path):
     assert renormed.mean == (0.1, 0.2, 0.3) and renormed.images is data.images
     with pytest.raises(UserError, match=r"has classes that the given class list lacks: c"):
         prepare_data(config(root, tmp_path), class_names=("a", "b"), whole_folder=True)
+
+
+def test_linked_folders_and_broken_links_in_the_data_report_and_skip_bad(tmp_path):
+    """What the scan left out is said where the data is reported (``data inspect``, metrics'
+    data_warnings); a broken link is a bad file that --skip-bad leaves out."""
+    root = make_image_folder(tmp_path / "d", {"a": 4, "b": 4})
+    (root / "a" / "loop").symlink_to(root)
+    (root / "b" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    with pytest.raises(UserError, match=r"1 bad file .*b/gone\.png \(broken link"):
+        prepare_data(config(root, tmp_path))
+    data = prepare_data(config(root, tmp_path, skip_bad=True))
+    assert len(data.labels) == 8 and sorted(np.bincount(data.labels)) == [4, 4]
+    assert [p for p, _ in data.bad_files] == ["b/gone.png"]
+    assert any("a/loop" in w and "not followed" in w for w in data.warnings)
+    report = inspect_folder(root).to_dict()
+    assert report["num_images"] == 8 and any("a/loop" in w for w in report["warnings"])
+    assert [b["path"] for b in report["bad_files"]] == ["b/gone.png"]

@@ -111,7 +111,7 @@ def test_a_refused_model_leaves_the_file_already_there(run_copy, monkeypatch):
     dest.write_bytes(b"an earlier INT8 export")
     monkeypatch.setattr(deploy_int8, "compare_on", drop_of(5))
     with pytest.raises(Int8AccuracyError, match="left as it was"):
-        export_int8_run(run_copy, cfg=FAST)
+        export_int8_run(run_copy, cfg=FAST, overwrite=True)
     assert dest.read_bytes() == b"an earlier INT8 export"
 
 

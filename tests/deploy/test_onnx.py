@@ -178,3 +178,43 @@ def test_parity_data_with_unknown_classes_is_a_user_error(trained_run, tmp_path)
     with pytest.raises(UserError, match="not_a_class"):
         export_run(run_path, out=tmp_path / "x.onnx", parity_data=other)
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_export_out_that_would_destroy_something_is_refused(trained_run, tmp_path, capsys):
+    """Another run's files, an existing file, a folder, a wrong suffix: refused with one line
+    before anything is written (plain and --int8); --overwrite replaces a file, never another run's."""
+    from rscompress.cli import main
+
+    other, _ = trained_run  # a finished run
+    run = shutil.copytree(other, tmp_path / "run", ignore=shutil.ignore_patterns("*.onnx", "int8.jsonl"))
+    before = {p.name: p.read_bytes() for p in other.iterdir() if p.is_file()}
+    mine, folder = tmp_path / "mine.onnx", tmp_path / "folder.onnx"
+    mine.write_bytes(b"someone's file")
+    folder.mkdir()
+
+    def refused(*args: str) -> str:
+        assert main(["export", str(run), *args]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1
+        return err
+
+    for int8 in ([], ["--int8"]):
+        for overwrite in ([], ["--overwrite"]):
+            for target in (other / "model.onnx", other / "model.int8.onnx", other / "sub" / "x.onnx"):
+                assert "another run dir" in refused("--out", str(target), *int8, *overwrite)
+        assert "must end in .onnx" in refused("--out", str(other / "model.safetensors"), *int8, "--overwrite")
+        assert "must end in .onnx" in refused("--out", str(tmp_path / "model.pt"), *int8)
+        assert "is a folder" in refused("--out", str(folder), *int8, "--overwrite")
+        assert "mine.onnx exists; pass --overwrite" in refused("--out", str(mine), *int8)
+    assert {p.name: p.read_bytes() for p in other.iterdir() if p.is_file()} == before
+    assert mine.read_bytes() == b"someone's file" and not (other / "sub").exists()
+    assert not (run / "int8.jsonl").exists()  # refused before any check ran
+
+    # The run's own default path: a first export writes it, a second needs --overwrite.
+    assert main(["export", str(run), "--parity-images", "3", "--json"]) == 0
+    first = (run / "model.onnx").read_bytes()
+    assert "model.onnx exists; pass --overwrite" in refused("--parity-images", "3")
+    assert (run / "model.onnx").read_bytes() == first
+    assert main(["export", str(run), "--parity-images", "3", "--overwrite", "--json"]) == 0
+    assert main(["export", str(run), "--out", str(mine), "--parity-images", "3", "--overwrite", "--json"]) == 0
+    assert mine.read_bytes() != b"someone's file"

@@ -82,3 +82,24 @@ def test_pickle_in_place_of_checkpoint_is_refused_and_never_runs(tmp_path):
     with pytest.raises(UserError, match="not a valid safetensors"):
         load_checkpoint(tmp_path, model, opt)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("where", ["relative", "absolute", "link", "not a name"])
+def test_latest_json_pointing_outside_the_checkpoint_dir_is_refused(tmp_path, where):
+    """A complete checkpoint elsewhere (another run's) must not be resumed from through an
+    edited latest.json: the name it gives is confined to the checkpoint dir."""
+    model, opt = _model_and_optimizer("sgd")
+    elsewhere, directory = tmp_path / "elsewhere", tmp_path / "run" / "checkpoint"
+    save_checkpoint(elsewhere, model, opt, TrainingState(7, 7, (0.9, 0.0), {}), is_best=True)
+    save_checkpoint(directory, model, opt, TrainingState(0, 0, (0.0, 0.0), {}), is_best=True)
+    if where == "link":
+        (directory / "epoch-0009").symlink_to(elsewhere / "epoch-0007")
+    name = {
+        "relative": "../../elsewhere/epoch-0007",
+        "absolute": str(elsewhere / "epoch-0007"),
+        "link": "epoch-0009",
+        "not a name": ["epoch-0007"],
+    }[where]
+    (directory / "latest.json").write_text(json.dumps({"epoch_dir": name}))
+    with pytest.raises(UserError, match=r"checkpoint in .*checkpoint is unreadable"):
+        load_checkpoint(directory, model, opt)

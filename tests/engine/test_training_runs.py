@@ -16,6 +16,7 @@ from rscompress.artifacts import RunDir
 from rscompress.config import DataConfig, TrainConfig
 from rscompress.engine.trainer import TrainingDiverged
 from rscompress.errors import UserError
+from rscompress.locking import LOCK_FILE
 from tests.fakes import make_fake_dataset
 
 TRAIN_ARGS = ["--model", "resnet18", "--img-size", "16", "--batch-size", "8", "--threads", "1", "--quiet"]
@@ -54,6 +55,8 @@ def test_kill_9_mid_run_then_resume_matches_uninterrupted_run(tmp_path, dataset,
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not RunDir(killed).is_complete(), "the run finished before it could be killed"
+    # Its lock file stays behind; the lock itself (flock) went with the process.
+    assert (killed / LOCK_FILE).read_text() == f"{proc.pid}\n"
 
     # Without --resume the unfinished run is protected, not overwritten.
     refused = subprocess.run(

@@ -249,6 +249,34 @@ def test_run_killed_in_sparse_training_resumes_there(parents, tmp_path, monkeypa
     assert resumed["macs"] == full["macs"] and not (out / "prune-phase").exists()
 
 
+@pytest.mark.parametrize(
+    "method,options,killed_at",
+    [
+        ("slim", {"sparse_epochs": 2}, "sparse epoch 2/"),
+        ("l1rr", {"sparse_epochs": 2}, "sparse epoch 2/"),
+        ("nas", {"search_epochs": 2}, "search epoch 2/"),
+    ],
+)
+def test_a_phase_resumed_with_another_batch_size_is_refused_by_name(
+    parents, tmp_path, monkeypatch, method, options, killed_at
+):
+    """Killed in sparse training or the NAS search, a run resumed with another --batch-size
+    would continue the phase on other batches and give another model: one UserError names it."""
+    cfg = _cfg(method, target_macs=0.5, **options)
+    out = tmp_path / method
+    with monkeypatch.context() as m:
+        m.setattr(api, "_progress_printer", progress_printer_killed_at(killed_at))
+        with pytest.raises(KeyboardInterrupt):
+            api.prune(parents["resnet18"], cfg, out, quiet=True)
+    committed = out / "prune-phase" / "checkpoint" / "latest.json"
+    assert committed.is_file() and not (out / "prune.json").exists()
+    kept = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    other = cfg.model_copy(update={"finetune": cfg.finetune.model_copy(update={"batch_size": 4})})
+    with pytest.raises(UserError, match=r"other settings \(train\.batch_size: 8 there, 4 now\); use the same"):
+        api.prune(parents["resnet18"], other, out, resume=True, quiet=True)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == kept  # nothing lost
+
+
 def test_nas_searches_then_hits_target(parents, tmp_path):
     metrics = api.prune(
         parents["resnet18"], _cfg("nas", target_macs=0.35, search_epochs=2), tmp_path / "nas", quiet=True
@@ -466,7 +494,11 @@ def test_run_killed_after_sparse_training_prunes_its_model_on_resume(parents, tm
     assert RunDir(out).holds_sparse_model() and not (out / "prune.json").exists()
     with pytest.raises(UserError, match="--resume"):
         api.prune(parents["resnet18"], cfg, out, quiet=True)
-    # no config.json yet: the kept model's own record refuses other settings, by name
+    # config.json, written before the phase began, refuses other settings, by name
+    with pytest.raises(UserError, match=r"other settings \(method_params\.sparse_lr: null there, 0\.5 now\)"):
+        api.prune(parents["resnet18"], cfg.model_copy(update={"sparse_lr": 0.5}), out, resume=True, quiet=True)
+    # and the kept model's own record refuses a sparse training other than its own
+    (out / "config.json").unlink()
     with pytest.raises(UserError, match=r"sparse\.json is sparse training with other settings \(sparse_training\.lr"):
         api.prune(parents["resnet18"], cfg.model_copy(update={"sparse_lr": 0.5}), out, resume=True, quiet=True)
     trained = json.loads((out / "sparse.json").read_text())

@@ -157,10 +157,12 @@ class SceneIndex:
     class_names: tuple[str, ...]  # sorted; label i is class_names[i]
     files: tuple[str, ...]  # posix paths relative to root, sorted
     labels: tuple[int, ...]  # aligned with files
-    # (relative path, reason) for files without an image extension
+    # (relative path, reason) for files without an image extension, and broken links
     bad_files: tuple[tuple[str, str], ...]
     recognised: DatasetInfo | None
-    warnings: tuple[str, ...]
+    warnings: tuple[str, ...]  # the recognition's and ``skipped``
+    # What the scan left out and why: folder links inside class folders, second paths to a file.
+    skipped: tuple[str, ...] = ()
 
 
 class BadImageError(UserError):
@@ -208,13 +210,51 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".") or name in _IGNORED_NAMES
 
 
-def _class_files(class_dir: Path) -> list[Path]:
+def _class_files(class_dir: Path) -> tuple[list[Path], list[Path]]:
+    """(files, folder links) under ``class_dir``, hidden ones aside. Folder links inside a class
+    folder are listed, not followed: one to an ancestor folder takes in every class's images
+    again, all labelled with this class, as often as the loop goes round. (A class folder that
+    is itself a link is followed: datasets are often assembled from linked class folders.)"""
     files: list[Path] = []
-    # followlinks: datasets are often assembled from symlinked folders.
-    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+    links: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(class_dir):
+        here = Path(dirpath)
         dirnames[:] = [d for d in dirnames if not _is_hidden(d)]
-        files.extend(Path(dirpath) / f for f in filenames if not _is_hidden(f))
-    return files
+        links.extend(here / d for d in dirnames if (here / d).is_symlink())
+        dirnames[:] = [d for d in dirnames if not (here / d).is_symlink()]
+        files.extend(here / f for f in filenames if not _is_hidden(f))
+    return files, links
+
+
+def _shown(items: list[str], limit: int = 5) -> str:
+    return ", ".join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def _broken_link(path: Path) -> str | None:
+    """Why ``path`` is a bad file if it is a link to nothing, else None."""
+    if path.is_symlink() and not path.exists():
+        return f"broken link (to {os.readlink(path)}, which does not exist)"
+    return None
+
+
+def _once_each(entries: list[tuple[Path, str, int]], root: Path) -> tuple[list[tuple[str, int]], list[str]]:
+    """``entries`` (path, relative path, label) with every real file once, and a line per path
+    left out. Of the paths to one file the one that is no link (``root/rel`` is the file itself)
+    is kept, else the first: a link from one class folder into another's must not add that
+    class's image again under another label."""
+    real_root = root.resolve()
+    resolved = [(path.resolve(), rel, label) for path, rel, label in entries]
+    order = sorted(resolved, key=lambda e: (e[0] != real_root / e[1], e[1]))
+    kept: dict[Path, str] = {}
+    once: list[tuple[str, int]] = []
+    dropped: list[str] = []
+    for real, rel, label in order:
+        if real in kept:
+            dropped.append(f"{rel} (= {kept[real]})")
+            continue
+        kept[real] = rel
+        once.append((rel, label))
+    return once, dropped
 
 
 def scan_folder(root: Path) -> SceneIndex:
@@ -232,27 +272,45 @@ def scan_folder(root: Path) -> SceneIndex:
     if not class_dirs:
         raise UserError(f"{root} has no class folders (expected {root}/<class>/<images>)")
 
-    entries: list[tuple[str, int]] = []
+    images: list[tuple[Path, str, int]] = []
     bad: list[tuple[str, str]] = []
-    empty_classes: list[str] = []
+    folder_links: list[str] = []
     for label, class_dir in enumerate(class_dirs):
-        n_before = len(entries)
-        for path in _class_files(class_dir):
+        files, links = _class_files(class_dir)
+        folder_links.extend(f"{link.relative_to(root).as_posix()} -> {os.readlink(link)}" for link in links)
+        for path in files:
             rel = path.relative_to(root).as_posix()
-            if path.suffix.lower() in IMAGE_EXTENSIONS:
-                entries.append((rel, label))
+            if (broken := _broken_link(path)) is not None:
+                bad.append((rel, broken))
+            elif path.suffix.lower() in IMAGE_EXTENSIONS:
+                images.append((path, rel, label))
             else:
                 bad.append((rel, f"not an image file (extension {path.suffix or 'none'!r})"))
-        if len(entries) == n_before:
-            empty_classes.append(class_dir.name)
+    entries, second_paths = _once_each(images, root)
 
     if not entries:
         raise UserError(f"no images found in {root} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    empty_classes = sorted(set(range(len(class_dirs))) - {label for _, label in entries})
     if empty_classes:
-        raise UserError(f"class folders without images in {root}: {', '.join(empty_classes)}")
+        names = ", ".join(class_dirs[label].name for label in empty_classes)
+        raise UserError(
+            f"class folders without images in {root}: {names}"
+            + (f" (left out as second paths to files counted already: {_shown(second_paths)})" if second_paths else "")
+        )
     if len(class_dirs) < 2:
         raise UserError(f"{root} has only one class folder ({class_dirs[0].name}); need at least 2")
 
+    skipped = []
+    if folder_links:
+        skipped.append(
+            f"{len(folder_links)} folder link(s) inside class folders not followed (a link to an ancestor "
+            f"would count every image again under that class): {_shown(folder_links)}"
+        )
+    if second_paths:
+        skipped.append(
+            f"{len(second_paths)} image path(s) left out as links to (or other paths of) files counted "
+            f"already, so each file counts once: {_shown(second_paths)}"
+        )
     entries.sort()
     class_names = tuple(p.name for p in class_dirs)
     recognised, warnings = recognise(class_names, len(entries))
@@ -263,7 +321,8 @@ def scan_folder(root: Path) -> SceneIndex:
         labels=tuple(label for _, label in entries),
         bad_files=tuple(sorted(bad)),
         recognised=recognised,
-        warnings=warnings,
+        warnings=(*warnings, *skipped),
+        skipped=tuple(skipped),
     )
 
 

@@ -111,7 +111,7 @@ def _collect(cfg: DataConfig, class_names: Sequence[str] | None) -> _Files:
     files.non_images.extend((TEST_PREFIX + f, reason) for f, reason in test.bad_files)
     # The two folders together are the dataset (e.g. a published train/test partition).
     files.recognised, warnings = recognise(index.class_names, len(files.keys))
-    files.warnings = list(warnings)
+    files.warnings = [*warnings, *index.skipped, *(f"{cfg.test_path}: {line}" for line in test.skipped)]
     return files
 
 

@@ -26,13 +26,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-from rscompress.artifacts import INT8_ONNX, INT8_RECORD, RunDir
+from rscompress.artifacts import INT8_ONNX, INT8_RECORD, RunConfig, RunDir
 from rscompress.config import DataConfig, Int8Config
 from rscompress.data.prepare import prepare_data
 from rscompress.deploy.cpu import CpuInfo, cpu_info
 from rscompress.deploy.latency import p90, time_interleaved
-from rscompress.deploy.onnx import check_parity, export_onnx, run_metadata, spread_rows
+from rscompress.deploy.onnx import check_destination, check_parity, export_onnx, run_metadata, spread_rows
 from rscompress.deploy.quantize import REDUCE_RANGE, calibration_batches, quant_settings, quantize_int8
 from rscompress.deploy.runtime import INPUT_NAME, OUTPUT_NAME, cpu_session
 from rscompress.errors import UserError
@@ -340,18 +341,32 @@ def export_int8_run(
     cfg: Int8Config | None = None,
     *,
     parity_images: int = PARITY_IMAGES,
+    overwrite: bool = False,
+    resplit: bool = False,
 ) -> Int8Report:
     """INT8 export of a finished run to ``RUN/model.int8.onnx`` (or ``out``), checked as
     ``export_int8`` says on the run's own val and test splits, recorded in ``RUN/int8.jsonl``.
 
     The FP32 reference is exported afresh into the staging dir and parity-checked on val
-    images; ``RUN/model.onnx`` is neither read nor written.
+    images; ``RUN/model.onnx`` is neither read nor written. ``out`` and ``overwrite``: as
+    onnx.check_destination says; the run dir is held (RunDir.owned) while its record is written.
+    ``resplit``: the run's split.json is gone, split its data anew (RunDir.split_for; recorded).
     """
     cfg = cfg or Int8Config()
     if parity_images < 1:
         raise UserError(f"--parity-images must be at least 1, got {parity_images}")
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     model, config = run.require().load_model()
+    dest = Path(out) if out is not None else run.path / INT8_ONNX
+    with run.owned():  # RUN/int8.jsonl is written whatever the destination
+        check_destination(run, dest, overwrite)
+        return _export_int8_run(run, model, config, dest, cfg, parity_images, resplit)
+
+
+def _export_int8_run(
+    run: RunDir, model: nn.Module, config: RunConfig, dest: Path, cfg: Int8Config, parity_images: int, resplit: bool
+) -> Int8Report:
+    """``export_int8_run`` once the destination is checked and the run held."""
     data_cfg = DataConfig.model_validate(config.data) if config.data.get("path") else None
     if data_cfg is None:
         raise UserError(f"cannot quantize {run.path}: its config.json names no data folder to calibrate on")
@@ -361,7 +376,7 @@ def export_int8_run(
                 f"cannot quantize {run.path}: its data folder {folder} is not there (INT8 export calibrates "
                 "on the run's train split and checks on its val and test splits)"
             )
-    data = prepare_data(data_cfg, run.split_path if run.split_path.is_file() else None)
+    data = prepare_data(data_cfg, run.split_for(resplit))
     data = data.with_normalisation(config.mean, config.std)
     if data.val_indices.size == 0:
         raise UserError(f"cannot check an INT8 model of {run.path}: its val split is empty")
@@ -372,7 +387,6 @@ def export_int8_run(
         notes.append(f"the train split holds {rows.size} images: calibrated on all of them, not {cfg.calib_images}")
     val = data.eval_batches(data.val_indices)
     test = data.eval_batches(data.test_indices) if data.test_indices.size else None
-    dest = Path(out) if out is not None else run.path / INT8_ONNX
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".int8-fp32-", dir=dest.parent) as tmp:
         fp32 = export_onnx(model, config.img_size, Path(tmp) / "fp32.onnx", metadata=run_metadata(config))
@@ -387,7 +401,8 @@ def export_int8_run(
             run.path / INT8_RECORD,
             cfg,
             img_size=config.img_size,
-            calib_source=f"{rows.size} train images of {data_cfg.path}, spread over the classes",
-            extra={"run": str(run.path), "model": config.model},
+            calib_source=f"{rows.size} train images of {data_cfg.path}, spread over the classes"
+            + (" (split anew: --resplit)" if resplit else ""),
+            extra={"run": str(run.path), "model": config.model, "resplit": resplit},
             notes=tuple(notes),
         )

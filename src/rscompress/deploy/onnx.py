@@ -14,6 +14,7 @@ import os
 import tempfile
 import warnings
 from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -225,16 +226,19 @@ def _no_data_error(run: RunDir, what: str) -> UserError:
 
 
 def parity_images(
-    run: RunDir, config: RunConfig, n_images: int, parity_data: Path | None = None
+    run: RunDir, config: RunConfig, n_images: int, parity_data: Path | None = None, *, resplit: bool = False
 ) -> tuple[torch.Tensor, str]:
     """Up to ``n_images`` real images, normalised as the run was trained, and where they came from.
 
     From the run's test split, or with ``parity_data`` from every image of that folder (its
     classes must be among the run's). The data folder missing is a ``UserError``, never a
     silent switch to random inputs: parity on noise can hide what real images would show.
+    ``resplit``: the run's split.json is gone, split its data anew (RunDir.split_for).
     """
     if n_images < 1:
         raise UserError(f"n_images must be at least 1, got {n_images}")
+    if resplit and parity_data is not None:
+        raise UserError("--resplit splits the run's own data; --parity-data checks on every image of a folder")
     if not config.data.get("path"):
         raise _no_data_error(run, "its config.json names no data folder")
     data_cfg = DataConfig.model_validate(config.data)
@@ -242,9 +246,12 @@ def parity_images(
         for folder in (data_cfg.path, data_cfg.test_path):
             if folder is not None and not Path(folder).is_dir():
                 raise _no_data_error(run, f"its data folder {folder} is not there")
-        split = run.split_path if run.split_path.is_file() else None
+        split = run.split_for(resplit)
         data = prepare_data(data_cfg, split)
-        indices, source = data.test_indices, f"test split of {data_cfg.path}"
+        indices, source = (
+            data.test_indices,
+            f"test split of {data_cfg.path}" + (" (split anew: --resplit)" if resplit else ""),
+        )
         if indices.size == 0:
             raise _no_data_error(run, "its test split is empty")
     else:
@@ -283,6 +290,49 @@ def run_metadata(config: RunConfig) -> dict[str, str]:
     }
 
 
+def check_destination(run: RunDir, dest: Path, overwrite: bool) -> None:
+    """Refuse an export of ``run`` to ``dest`` that could destroy something: a name not ending
+    in .onnx, a folder, a path inside another run dir (its files are that run's results), and
+    an existing file unless ``overwrite``.
+
+    The default path (``RUN/model.onnx``) follows the same rule as any other: the file already
+    there may be the one that was deployed, benchmarked or reported on, and an export made later
+    (other parity images, another version) replacing it unasked would change what those numbers
+    describe. A first export needs no flag; a second one says so, and --overwrite replaces it.
+    """
+    if dest.suffix != ".onnx":
+        raise UserError(f"--out {dest}: an ONNX file's name must end in .onnx")
+    if dest.is_dir():
+        raise UserError(f"--out {dest} is a folder; give a file name ending in .onnx")
+    if (other := _other_run_around(dest, run)) is not None:
+        raise UserError(
+            f"--out {dest} is inside {other}, another run dir whose files are that run's results; "
+            f"export into {run.path} or outside any run dir"
+        )
+    if (dest.exists() or dest.is_symlink()) and not overwrite:
+        raise UserError(f"{dest} exists; pass --overwrite to replace it")
+
+
+def _other_run_around(dest: Path, run: RunDir) -> Path | None:
+    """The nearest run dir holding ``dest`` other than ``run``; None when ``run`` is nearer or there is none."""
+    own = run.path.resolve()
+    folder = dest.parent.resolve()
+    for candidate in (folder, *folder.parents):
+        if candidate == own:
+            return None
+        if RunDir(candidate).is_run_dir():
+            return candidate
+    return None
+
+
+def holding_if_inside(run: RunDir, dest: Path) -> AbstractContextManager[object]:
+    """``run`` held (RunDir.owned) while an export writes ``dest`` into it; nothing to hold
+    for a file written elsewhere, so a read-only run can still be exported out of it."""
+    own = run.path.resolve()
+    inside = own in (dest.parent.resolve(), *dest.parent.resolve().parents)
+    return run.owned() if inside else nullcontext()
+
+
 def export_run(
     run_dir: Path | str | RunDir,
     out: Path | str | None = None,
@@ -290,20 +340,27 @@ def export_run(
     parity_data: Path | str | None = None,
     opset: int = DEFAULT_OPSET,
     atol: float = DEFAULT_ATOL,
+    *,
+    overwrite: bool = False,
+    resplit: bool = False,
 ) -> ExportReport:
     """Export a finished run to ``RUN/model.onnx`` (or ``out``), parity-checked on real images.
 
-    The file is written to a temp dir beside its destination and moved there only after
-    parity passed, so a file at the destination has always passed its check.
+    ``out`` and ``overwrite``: as ``check_destination`` says; ``resplit``: as ``parity_images``.
+    The file is written to a temp dir beside its destination and moved there only after parity
+    passed, so a file at the destination has always passed its check.
     """
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     model, config = run.require().load_model()
-    images, source = parity_images(run, config, n_images, Path(parity_data) if parity_data is not None else None)
     dest = Path(out) if out is not None else run.path / ONNX_FILE
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".onnx-export-", dir=dest.parent) as staging:
-        staged = export_onnx(model, config.img_size, Path(staging) / dest.name, opset, run_metadata(config))
-        parity = check_parity(model, staged, images, atol)
-        os.replace(staged, dest)
-        fsync_dir(dest.parent)
+    with holding_if_inside(run, dest):
+        check_destination(run, dest, overwrite)
+        parity_folder = Path(parity_data) if parity_data is not None else None
+        images, source = parity_images(run, config, n_images, parity_folder, resplit=resplit)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".onnx-export-", dir=dest.parent) as staging:
+            staged = export_onnx(model, config.img_size, Path(staging) / dest.name, opset, run_metadata(config))
+            parity = check_parity(model, staged, images, atol)
+            os.replace(staged, dest)
+            fsync_dir(dest.parent)
     return ExportReport(path=dest, size_bytes=dest.stat().st_size, opset=opset, parity=parity, parity_images=source)

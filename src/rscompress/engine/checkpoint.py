@@ -17,6 +17,7 @@ so a kill at any moment leaves the previous complete checkpoint in force.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from rscompress.models.weights import read_state_dict
 
 LATEST = "latest.json"
 BEST = "best.safetensors"
+_EPOCH_DIR = re.compile(r"epoch-\d{4,}")  # what save_checkpoint names them
 
 
 @dataclass
@@ -43,6 +45,9 @@ class TrainingState:
     best_epoch: int
     best_score: tuple[float, float]  # (val top-1, -val loss): higher is better
     extra: dict[str, Any]
+    # Optimizer steps per epoch (per process): another batch size, ragged-batch rule or data
+    # changes them, and the run. None in checkpoints written before it was kept.
+    steps_per_epoch: int | None = None
 
 
 def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -81,14 +86,26 @@ def _safetensors_writer(tensors: dict[str, torch.Tensor]) -> Callable[[Path], No
     return lambda tmp: save_file(tensors, str(tmp))
 
 
+def _epoch_dir(directory: Path, name: object) -> Path:
+    """The epoch dir ``latest.json`` names, confined to ``directory``: a name such as
+    ``../../..`` or an absolute path would have a resume read state from anywhere."""
+    if not isinstance(name, str) or not _EPOCH_DIR.fullmatch(name):
+        raise UserError(f"checkpoint in {directory} is unreadable: {LATEST} names {name!r}, not an epoch-NNNN dir")
+    epoch_dir = directory / name
+    # A link named epoch-NNNN could still lead out of the checkpoint dir.
+    if epoch_dir.resolve().parent != directory.resolve():
+        raise UserError(f"checkpoint in {directory} is unreadable: {epoch_dir} leads outside it")
+    return epoch_dir
+
+
 def _latest(directory: Path) -> tuple[Path, dict] | None:
     latest = directory / LATEST
     if not latest.is_file():
         return None
     try:
-        epoch_dir = directory / json.loads(latest.read_text())["epoch_dir"]
+        epoch_dir = _epoch_dir(directory, json.loads(latest.read_text())["epoch_dir"])
         return epoch_dir, json.loads((epoch_dir / "state.json").read_text())
-    except (OSError, ValueError, KeyError) as err:
+    except (OSError, ValueError, KeyError, TypeError) as err:
         raise UserError(f"checkpoint in {directory} is unreadable: {err}") from None
 
 
@@ -128,6 +145,7 @@ def save_checkpoint(
             "best_epoch": state.best_epoch,
             "best_score": list(state.best_score),
             "extra": state.extra,
+            "steps_per_epoch": state.steps_per_epoch,
             "optimizer": optim_meta,
             "optimizers": phase_meta,
         },
@@ -166,6 +184,7 @@ def load_checkpoint(
         best_epoch=meta["best_epoch"],
         best_score=tuple(meta["best_score"]),
         extra=meta["extra"],
+        steps_per_epoch=meta.get("steps_per_epoch"),
     )
 
 

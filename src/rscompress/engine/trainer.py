@@ -176,6 +176,19 @@ def _read_history(path: Path, upto_epoch: int) -> list[dict[str, Any]]:
     return [r for r in rows if r["epoch"] <= upto_epoch]
 
 
+def _check_steps(state: TrainingState, steps_per_epoch: int, run: RunDir) -> None:
+    """Refuse to continue a checkpoint made with another number of batches per epoch: another
+    batch size (or ragged-batch rule, or data) trains another model. A backstop under the
+    settings checks of the run dirs (RunDir.check_settings), and the only one where the
+    batches are a caller's own loader (the Python API)."""
+    if state.steps_per_epoch is not None and state.steps_per_epoch != steps_per_epoch:
+        raise UserError(
+            f"the checkpoint in {run.checkpoint_dir} was trained on {state.steps_per_epoch} batches per epoch, "
+            f"this run has {steps_per_epoch} (another batch size, drop_last or data): resume with the ones "
+            "it was made with, or start anew"
+        )
+
+
 def fit(
     model: nn.Module,
     train_batches: Batches,
@@ -212,7 +225,9 @@ def fit(
     )
     if resume and state is None and dist.is_main:
         console.log(f"no checkpoint in {run.checkpoint_dir}: starting from epoch 1")
+    steps_per_epoch = len(train_batches)
     if state is not None:
+        _check_steps(state, steps_per_epoch, run)
         hooks.load_state(state.extra)
     start_epoch = state.epoch + 1 if state else 0
     best_epoch = state.best_epoch if state else -1
@@ -226,7 +241,6 @@ def fit(
     if dist.enabled:
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
-    steps_per_epoch = len(train_batches)
     if steps_per_epoch == 0:
         raise UserError("the training split yields no batch: lower --batch-size or add images")
     throughput: list[float] = []
@@ -317,7 +331,7 @@ def fit(
                     run.checkpoint_dir,
                     model,
                     optimizer,
-                    TrainingState(epoch, best_epoch, best_score, extra=hooks.state()),
+                    TrainingState(epoch, best_epoch, best_score, extra=hooks.state(), steps_per_epoch=steps_per_epoch),
                     is_best=is_best,
                     tensors=hooks.tensors(),
                     optimizers=hooks.optimizers(),

@@ -101,6 +101,7 @@ def prepare_and_prune(
     device: torch.device = torch.device("cpu"),
     parent_optim: dict[str, Any] | None = None,
     run: RunDir | None = None,
+    on_prepared: Callable[[], None] = lambda: None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The pruning step of ``rscompress prune`` and ``rsc.prune`` alike: ``parent`` prepared
     as ``cfg``'s method prepares it (folded in place), pruned to the budget counted on the
@@ -108,10 +109,13 @@ def prepare_and_prune(
 
     ``calibration``: plain (unaugmented) train batches: SE attention, taylor, hrank. The
     rest as in ``select_and_prune``; the phase dir is the run's (``RunDir.phase_dir``).
+    ``on_prepared``: called once the parent is prepared (a parent the method cannot take is
+    refused before it), before any training phase starts.
     """
     method = check_config(cfg)
     parent_cost = count_macs_params(budget_reference(parent), img_size)
     model, weights_as_trained = method.prepare_parent(parent, calibration)
+    on_prepared()
     torch.manual_seed(cfg.finetune.seed)  # the random criterion, sparse training
     pruned, details = select_and_prune(
         model,
