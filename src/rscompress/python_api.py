@@ -32,7 +32,7 @@ from rscompress.artifacts import RunConfig, RunDir, library_versions
 from rscompress.config import FINETUNE_LR, FitConfig, Int8Config, OptimConfig, PruneConfig
 from rscompress.engine.metrics import EvalResult
 from rscompress.engine.metrics import evaluate as evaluate_model
-from rscompress.engine.trainer import FitResult, LossFn, aml_ce_objective, fit
+from rscompress.engine.trainer import EpochBatches, FitResult, LossFn, aml_ce_objective, fit
 from rscompress.errors import UserError
 from rscompress.io_utils import write_json_atomic
 from rscompress.models.complexity import count_macs_params
@@ -48,36 +48,19 @@ if TYPE_CHECKING:
 Batches = Iterable[tuple[Tensor, Tensor]]
 
 
-class _LoaderBatches:
-    """A user's loader as the fit loop takes it: a length, and an epoch number for a loader or
-    a sampler that wants one (rscompress's own loader, ``DistributedSampler.set_epoch``). A
-    plain shuffling DataLoader draws its order from torch's global generator, which the loop
-    seeds per epoch, so a resumed run sees the batches the uninterrupted one would have."""
-
-    def __init__(self, loader: Batches, name: str):
-        # An iterator would be used up by the first epoch (or by calibration before it).
-        if isinstance(loader, Iterator):
-            raise UserError(
-                f"{name} must be re-iterable with a length (a DataLoader, or a list of batches), "
-                f"not an iterator ({type(loader).__name__})"
-            )
-        try:
-            self.steps = len(loader)  # type: ignore[arg-type]
-        except TypeError:
-            raise UserError(f"{name} must have a length (a DataLoader, or a list of batches)") from None
-        self.loader = loader
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        return iter(self.loader)
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def set_epoch(self, epoch: int) -> None:
-        for owner in (self.loader, getattr(self.loader, "sampler", None)):
-            if owner is not None and hasattr(owner, "set_epoch"):
-                owner.set_epoch(epoch)
-                return
+def _loader_batches(loader: Batches, name: str) -> EpochBatches:
+    """A user's loader as the fit loop takes it; UserError naming ``name`` when it cannot be."""
+    # An iterator would be used up by the first epoch (or by calibration before it).
+    if isinstance(loader, Iterator):
+        raise UserError(
+            f"{name} must be re-iterable with a length (a DataLoader, or a list of batches), "
+            f"not an iterator ({type(loader).__name__})"
+        )
+    try:
+        len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        raise UserError(f"{name} must have a length (a DataLoader, or a list of batches)") from None
+    return EpochBatches(loader)  # type: ignore[arg-type]  # sized: checked above
 
 
 def _img_size(example_input: Tensor) -> int:
@@ -350,7 +333,7 @@ def _fit(
     ends on the CPU with its best epoch's weights."""
     result = fit(
         model,
-        _LoaderBatches(train_loader, "train_loader"),
+        _loader_batches(train_loader, "train_loader"),
         val_loader,
         cfg,
         run,
@@ -460,7 +443,7 @@ def prune(
                 img_size,
                 cfg,
                 calibration=calibration,
-                train_batches=_LoaderBatches(train_loader, "train_loader"),
+                train_batches=_loader_batches(train_loader, "train_loader"),
                 val_batches=val_loader,
                 log=(lambda _: None) if quiet else print,
                 device=_device(cfg.finetune),

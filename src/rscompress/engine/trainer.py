@@ -63,8 +63,11 @@ class SizedBatches(Protocol):
 
 
 class EpochBatches:
-    """Any re-iterable sized batches as the loop takes them: ``set_epoch`` is passed on where
-    the batches have one (a loader reshuffling per epoch), a no-op elsewhere."""
+    """Any re-iterable sized batches as the loop takes them: ``set_epoch`` is passed on to the
+    batches or their sampler where one has it (rscompress's own loader reshuffling per epoch,
+    ``DistributedSampler.set_epoch``), a no-op elsewhere. A plain shuffling DataLoader draws its
+    order from torch's global generator, which the loop seeds per epoch, so a resumed run sees
+    the batches the uninterrupted one would have."""
 
     def __init__(self, batches: SizedBatches) -> None:
         self.batches = batches
@@ -76,8 +79,10 @@ class EpochBatches:
         return len(self.batches)
 
     def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.batches, "set_epoch"):
-            self.batches.set_epoch(epoch)
+        for owner in (self.batches, getattr(self.batches, "sampler", None)):
+            if owner is not None and hasattr(owner, "set_epoch"):
+                owner.set_epoch(epoch)
+                return
 
 
 # (model, inputs, targets, epoch) -> (loss, logits). Methods add their terms here.
