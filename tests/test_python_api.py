@@ -169,6 +169,25 @@ def test_an_se_parent_is_folded_and_the_pruned_model_saves_as_the_plain_architec
     assert torch.allclose(rsc.load(path)(x), result.model(x), atol=1e-5)
 
 
+def test_prune_then_distill_from_the_unpruned_model_as_teacher():
+    train, val = _loaders()
+    torch.manual_seed(0)
+    model = rsc.create_model("se_resnet18", 4, small_input=True)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def prune(loss, **kd):
+        return rsc.prune(
+            model, train, val, example_input=EXAMPLE, method="l1", target_macs=0.35, loss=loss, finetune_epochs=1, **kd
+        ).model
+
+    plain, distilled = prune("ce"), prune("dkd", kd={"temperature": 2.0})
+    # the teacher's term changed the fine-tuning; the SE model given is the teacher and stays as it was
+    assert not torch.equal(plain.fc.weight, distilled.fc.weight)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    with pytest.raises(UserError, match="kd.temperature"):
+        prune("kd", kd={"temperature": 0})
+
+
 @pytest.mark.parametrize(
     ("call", "message"),
     [

@@ -382,6 +382,7 @@ def prune(
     quiet: bool = True,
     method_options: dict[str, Any] | None = None,
     calibration_loader: Batches | None = None,
+    kd: dict[str, Any] | None = None,
     **fit_options: Any,
 ) -> PruneResult:
     """Prune a trained ``model`` to a budget and fine-tune it; ``model`` itself is not changed.
@@ -389,8 +390,9 @@ def prune(
     ``method``: any of ``rscompress prune --method`` (``rscompress methods`` lists them;
     ``pruning.methods.METHODS``). Budget: ``target_macs`` / ``target_params`` (share of the
     parent's to keep, hit within ±1 % on ``example_input``'s size) or a per-layer ``ratio``.
-    ``loss``: ce or aml+ce (RemoteTrimmer's), or ``loss_fn(model, x, y, epoch) -> (loss,
-    logits)`` of your own. ``method_options``: that method's PruneConfig fields
+    ``loss``: ce, aml+ce (RemoteTrimmer's), or kd / dkd from the unpruned ``model`` as teacher
+    (prune-then-distill; ``kd``: KDSettings fields as in ``distill``, no warm-up by default), or
+    ``loss_fn(model, x, y, epoch) -> (loss, logits)`` of your own. ``method_options``: that method's PruneConfig fields
     (``sparse_epochs``, ``search_epochs``, ``attention_weight``, ...). Fine-tuning: the CLI's
     recipe at peak ``lr`` for ``finetune_epochs``; ``fit_options`` as in ``train``.
     ``calibration_loader``: plain (unaugmented) train batches whose first
@@ -401,11 +403,6 @@ def prune(
     from rscompress.pruning.rebuild import apply_architecture
     from rscompress.pruning.select import prepare_and_prune
 
-    if loss in ("kd", "dkd"):
-        raise UserError(
-            f"loss {loss!r} distils from the parent: prune a run dir with the CLI "
-            "(`rscompress prune PARENT --loss dkd`)"
-        )
     if loss_fn is not None and loss != "ce":
         raise UserError(f"give loss={loss!r} or a loss_fn, not both")
     with _options_checked():
@@ -418,6 +415,7 @@ def prune(
             global_pruning=global_pruning,
             loss=loss,
             finetune=_fit_config(finetune_epochs, lr, seed, **fit_options),
+            **({"kd": kd} if kd is not None else {}),
             **(method_options or {}),
         )
     pruning_method = check_config(cfg)
@@ -426,7 +424,7 @@ def prune(
         "method": method,
         "method_params": cfg.model_dump(mode="json", exclude={"finetune": {"threads", "device"}}),
     }
-    parent = copy.deepcopy(model).cpu()
+    parent = copy.deepcopy(model).cpu()  # preparing it (SE folding) must not change ``model``
     parent_macs, parent_params = count_macs_params(budget_reference(parent), img_size)
     calibration = _calibration(calibration_loader or train_loader, cfg.calibration_batches)
     with _work_dir(out) as run:
@@ -454,8 +452,8 @@ def prune(
             shutil.rmtree(run.phase_dir, ignore_errors=True)
         pruned.train()
         num_classes = _num_classes(pruned, example_input.float())
-        if loss_fn is None and cfg.loss == "aml+ce":
-            loss_fn = aml_ce_objective(cfg.r1, cfg.r2)
+        if loss_fn is None:
+            loss_fn = _finetune_objective(model, cfg)
         result = _fit(run, pruned, train_loader, val_loader, cfg.finetune, num_classes, loss_fn, quiet)
         macs, params = count_macs_params(pruned, img_size)
         kept = {"macs_kept": macs / parent_macs, "params_kept": params / parent_params, "macs": macs, "params": params}
@@ -469,6 +467,19 @@ def prune(
             details,
             None if out is None else run.path,
         )
+
+
+def _finetune_objective(parent: nn.Module, cfg: PruneConfig) -> LossFn | None:
+    """The fine-tuning loss ``cfg.loss`` names: None for plain CE, RemoteTrimmer's AML + CE, or
+    KD / DKD from the unpruned ``parent`` as given (SE blocks and all), as `rscompress prune`."""
+    if cfg.loss == "aml+ce":
+        return aml_ce_objective(cfg.r1, cfg.r2)
+    if cfg.loss in ("kd", "dkd"):
+        from rscompress.distillation.objective import freeze, teacher_loss_fn
+
+        teacher = freeze(copy.deepcopy(parent).to(_device(cfg.finetune)), cfg.kd)
+        return teacher_loss_fn(teacher, cfg.loss, cfg.kd, cfg.finetune.label_smoothing)
+    return None
 
 
 def _read_json(path: Path) -> Any:
