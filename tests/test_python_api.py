@@ -184,7 +184,7 @@ def test_prune_then_distill_from_the_unpruned_model_as_teacher():
     # the teacher's term changed the fine-tuning; the SE model given is the teacher and stays as it was
     assert not torch.equal(plain.fc.weight, distilled.fc.weight)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
-    with pytest.raises(UserError, match="kd.temperature"):
+    with pytest.raises(UserError, match=r"kd\.temperature"):
         prune("kd", kd={"temperature": 0})
 
 

@@ -407,6 +407,7 @@ def prune(
     (``sparse_from_differences``): its model after sparse training (``sparse.safetensors``) is
     pruned to this budget instead of training it again.
     """
+    from rscompress.deploy.latency_probe import latency_meter_for
     from rscompress.distillation.objective import freeze, teacher_loss_fn
     from rscompress.pruning import architecture_spec
     from rscompress.pruning.methods import METHODS, check_config
@@ -460,12 +461,13 @@ def prune(
                         parent_cfg.model_copy(update={"model": model_name, **settings, "versions": library_versions()})
                     )
 
+            calibration_batches = [b for _, b in zip(range(cfg.calibration_batches), calibration, strict=False)]
             pruned, details = prepare_and_prune(
                 model,
                 model_name,
                 parent_cfg.img_size,
                 cfg,
-                calibration=[b for _, b in zip(range(cfg.calibration_batches), calibration, strict=False)],
+                calibration=calibration_batches,
                 train_batches=train_loader(data, data_cfg, cfg.finetune),
                 val_batches=data.eval_batches(data.val_indices),
                 log=_progress_printer(quiet),
@@ -473,6 +475,7 @@ def prune(
                 parent_optim=parent_cfg.train.get("optim"),
                 run=run,
                 on_prepared=settings_before_the_phase,
+                latency_meter=latency_meter_for(cfg, parent_cfg.img_size, calibration_batches),
             )
             run.path.mkdir(parents=True, exist_ok=True)
             run.save_config(
@@ -513,6 +516,8 @@ def prune(
             "params_kept": budget["params_kept"],
             "target_macs": cfg.target_macs,
             "target_params": cfg.target_params,
+            "target_latency_ms": cfg.target_latency_ms,
+            "target_speedup": cfg.target_speedup,
             "ratio": cfg.ratio,
             "global_pruning": cfg.global_pruning,
             "loss": cfg.loss,

@@ -238,8 +238,25 @@ def prune(
     ] = None,
     target_params: Annotated[float | None, typer.Option(help="Fraction of the parent's params to keep.")] = None,
     ratio: Annotated[float | None, typer.Option(help="Channel ratio to remove per layer (paper-style).")] = None,
+    target_latency_ms: Annotated[
+        float | None,
+        typer.Option(help="Batch-1 ONNX Runtime latency to reach, in ms, measured on this machine (one-shot methods)."),
+    ] = None,
+    target_speedup: Annotated[
+        float | None, typer.Option(help="Batch-1 speedup over the parent to reach, measured as --target-latency-ms.")
+    ] = None,
+    latency_threads: Annotated[int, typer.Option(help="ONNX Runtime threads the latency budget is measured at.")] = 1,
+    latency_int8: Annotated[
+        bool, typer.Option(help="Measure the latency budget on INT8 models, as `export --int8` writes them.")
+    ] = False,
     global_pruning: Annotated[bool, typer.Option("--global", help="Rank channels across layers.")] = False,
-    round_to: Annotated[int | None, typer.Option(help="Keep channel counts multiples of N.")] = None,
+    round_to: Annotated[
+        str | None,
+        typer.Option(
+            help="Keep channel counts multiples of N, or auto: the multiple whose plan runs fastest "
+            "here (1, 8, 16, 32, timed as --target-speedup; one-shot methods)."
+        ),
+    ] = None,
     loss: Annotated[
         str, typer.Option(help="Fine-tuning loss: ce, aml+ce, or kd / dkd from the unpruned parent.")
     ] = "ce",
@@ -317,7 +334,7 @@ def prune(
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ):
-    """Remove channels to a MACs/params budget, fine-tune, and test once."""
+    """Remove channels to a MACs, params or latency budget, fine-tune, and test once."""
     from rscompress import api
     from rscompress.config import KDSettings, PruneConfig
 
@@ -351,6 +368,10 @@ def prune(
         target_macs=target_macs,
         target_params=target_params,
         ratio=ratio,
+        target_latency_ms=target_latency_ms,
+        target_speedup=target_speedup,
+        latency_threads=latency_threads,
+        latency_int8=latency_int8,
         global_pruning=global_pruning,
         round_to=round_to,
         loss=loss,

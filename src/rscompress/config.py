@@ -152,6 +152,9 @@ class KDSettings(StrictModel):
     cache_teacher_logits: bool = False
 
 
+BUDGETS = ("target_macs", "target_params", "ratio", "target_latency_ms", "target_speedup")
+
+
 class PruneConfig(StrictModel):
     """``rscompress prune``: which channels go (criterion, budget) and how the result is fine-tuned.
 
@@ -162,8 +165,16 @@ class PruneConfig(StrictModel):
     target_macs: float | None = Field(None, gt=0, le=1)
     target_params: float | None = Field(None, gt=0, le=1)
     ratio: float | None = Field(None, ge=0, lt=1)
+    # Measured budgets (pruning/latency_budget.py): batch-1 ONNX Runtime latency on the machine
+    # that prunes, as milliseconds or as a speedup over the parent as given.
+    target_latency_ms: float | None = Field(None, gt=0, allow_inf_nan=False)
+    target_speedup: float | None = Field(None, gt=1, allow_inf_nan=False)
+    latency_threads: int = Field(1, gt=0)  # ONNX Runtime threads the latency is measured at
+    latency_int8: bool = False  # measure the INT8 models `export --int8` would write
     global_pruning: bool = False
-    round_to: int | None = Field(None, gt=0)
+    # Channel counts kept multiples of N; "auto": of the multiple whose plan runs fastest at the
+    # budget on this machine (pruning/latency_budget.py's AUTO_MULTIPLES, timed as a latency budget).
+    round_to: int | Literal["auto"] | None = None
     # kd / dkd: fine-tune by distilling from the unpruned parent (prune-then-distill).
     loss: Literal["ce", "aml+ce", "kd", "dkd"] = "ce"
     r1: float = Field(1.0, ge=0)  # AML weight
@@ -187,6 +198,15 @@ class PruneConfig(StrictModel):
     resplit: bool = False
     finetune: FitConfig
 
+    @field_validator("round_to", mode="before")
+    @classmethod
+    def _channel_multiple(cls, value: object) -> object:
+        if value is None or value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            return value
+        if isinstance(value, str) and value.isdigit() and int(value) > 0:
+            return int(value)
+        raise ValueError(f"--round-to takes a positive channel multiple or auto, got {value!r}")
+
     @field_validator("finetune", mode="before")
     @classmethod
     def _finetune_rate(cls, value: object) -> object:
@@ -200,12 +220,17 @@ class PruneConfig(StrictModel):
 
     @model_validator(mode="after")
     def _one_budget(self) -> PruneConfig:
-        given = [n for n in ("target_macs", "target_params", "ratio") if getattr(self, n) is not None]
+        given = [n for n in BUDGETS if getattr(self, n) is not None]
         if len(given) != 1:
             raise ValueError(
-                "give exactly one of --target-macs, --target-params, --ratio"
+                "give exactly one of "
+                + ", ".join("--" + n.replace("_", "-") for n in BUDGETS)
                 + (f" (got {', '.join(given)})" if given else "")
             )
+        timed = given[0] in ("target_latency_ms", "target_speedup") or self.round_to == "auto"
+        if not timed and (self.latency_threads != 1 or self.latency_int8):
+            flag = "--latency-threads" if self.latency_threads != 1 else "--latency-int8"
+            raise ValueError(f"{flag} is a setting of --target-latency-ms / --target-speedup / --round-to auto")
         return self
 
 

@@ -370,7 +370,11 @@ def prune(
     target_macs: float | None = None,
     target_params: float | None = None,
     ratio: float | None = None,
-    round_to: int | None = None,
+    target_latency_ms: float | None = None,
+    target_speedup: float | None = None,
+    latency_threads: int = 1,
+    latency_int8: bool = False,
+    round_to: int | str | None = None,
     global_pruning: bool = False,
     loss: str = "ce",
     finetune_epochs: int = 20,
@@ -389,7 +393,10 @@ def prune(
 
     ``method``: any of ``rscompress prune --method`` (``rscompress methods`` lists them;
     ``pruning.methods.METHODS``). Budget: ``target_macs`` / ``target_params`` (share of the
-    parent's to keep, hit within ±1 % on ``example_input``'s size) or a per-layer ``ratio``.
+    parent's to keep, hit within ±1 % on ``example_input``'s size), a per-layer ``ratio``, or a
+    batch-1 latency measured here in ONNX Runtime (``target_latency_ms``, ``target_speedup``
+    over ``model``; at ``latency_threads``, on INT8 models with ``latency_int8``; one-shot
+    methods only; hit within ±5 % of the measured latency).
     ``loss``: ce, aml+ce (RemoteTrimmer's), or kd / dkd from the unpruned ``model`` as teacher
     (prune-then-distill; ``kd``: KDSettings fields as in ``distill``, no warm-up by default), or
     ``loss_fn(model, x, y, epoch) -> (loss, logits)`` of your own. ``method_options``: that method's PruneConfig fields
@@ -399,6 +406,7 @@ def prune(
     ``method_options["calibration_batches"]`` (4) average SE attention and feed taylor and hrank,
     as the CLI takes them; default: ``train_loader``'s first batches.
     """
+    from rscompress.deploy.latency_probe import latency_meter_for
     from rscompress.pruning import architecture_spec
     from rscompress.pruning.rebuild import apply_architecture
     from rscompress.pruning.select import prepare_and_prune
@@ -411,6 +419,10 @@ def prune(
             target_macs=target_macs,
             target_params=target_params,
             ratio=ratio,
+            target_latency_ms=target_latency_ms,
+            target_speedup=target_speedup,
+            latency_threads=latency_threads,
+            latency_int8=latency_int8,
             round_to=round_to,
             global_pruning=global_pruning,
             loss=loss,
@@ -446,6 +458,7 @@ def prune(
                 log=(lambda _: None) if quiet else print,
                 device=_device(cfg.finetune),
                 run=run,
+                latency_meter=latency_meter_for(cfg, img_size, calibration),
             )
             save_weights(pruned, run.pruned_weights_path)
             write_json_atomic(run.prune_record_path, {"architecture": architecture_spec(pruned), "details": details})

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from rscompress.errors import UserError
-from rscompress.pruning.methods.base import PruningMethod
+from rscompress.pruning.methods.base import Budget, Criterion, PruningMethod
 from rscompress.pruning.methods.criteria import BASELINES
 from rscompress.pruning.methods.hrank import HRank
 from rscompress.pruning.methods.l1rr import L1RR
@@ -39,4 +39,12 @@ def check_config(cfg: PruneConfig) -> PruningMethod:
             flag = "--" + option.replace("_", "-")
             raise UserError(f"{flag} is an option of --method {' / '.join(owners)}; --method {cfg.method} has none")
     method.check(cfg)
+    if Budget.of(cfg).timed and not isinstance(method, Criterion):
+        flag = "--round-to auto"
+        if cfg.target_latency_ms is not None or cfg.target_speedup is not None:
+            flag = "--target-latency-ms" if cfg.target_latency_ms is not None else "--target-speedup"
+        raise UserError(
+            f"{flag} prunes candidates and times them, which only a one-shot method can afford; "
+            f"--method {cfg.method} trains before it prunes: give it --target-macs and a fixed --round-to"
+        )
     return method

@@ -40,18 +40,36 @@ Batch = tuple[Tensor, Tensor]
 @dataclass(frozen=True)
 class Budget:
     """How much of the parent the pruned model keeps: ``value`` of its MACs or params, or
-    (``metric == "ratio"``) the share of channels removed per layer, paper-style. Made once
-    from the options (``of``); every method prunes to it through ``search_args``."""
+    (``metric == "ratio"``) the share of channels removed per layer, paper-style, or a measured
+    batch-1 latency (``latency_ms``, or ``speedup`` over the parent as given). Made once from
+    the options (``of``); a method prunes to a counted budget through ``search_args``, and
+    select.py turns a measured one into counted ones (pruning/latency_budget.py)."""
 
-    metric: Literal["macs", "params", "ratio"]
+    metric: Literal["macs", "params", "ratio", "latency_ms", "speedup"]
     value: float
-    round_to: int | None = None
+    round_to: int | Literal["auto"] | None = None
 
     @classmethod
     def of(cls, cfg: PruneConfig) -> Budget:
-        given = [(m, v) for m, v in (("macs", cfg.target_macs), ("params", cfg.target_params), ("ratio", cfg.ratio))]
+        given = (
+            ("macs", cfg.target_macs),
+            ("params", cfg.target_params),
+            ("ratio", cfg.ratio),
+            ("latency_ms", cfg.target_latency_ms),
+            ("speedup", cfg.target_speedup),
+        )
         metric, value = next((m, v) for m, v in given if v is not None)  # PruneConfig checked: exactly one
-        return cls(metric, float(value), cfg.round_to)  # type: ignore[arg-type]  # one of the three literals
+        return cls(metric, float(value), cfg.round_to)  # type: ignore[arg-type]  # one of the literals
+
+    @property
+    def measured(self) -> bool:
+        """A latency budget: hit by timing candidates, not by counting them."""
+        return self.metric in ("latency_ms", "speedup")
+
+    @property
+    def timed(self) -> bool:
+        """Candidates are timed: a latency budget, or the channel multiple picked by latency."""
+        return self.measured or self.round_to == "auto"
 
     @property
     def target_macs(self) -> float | None:
@@ -63,6 +81,8 @@ class Budget:
 
     def search_args(self) -> dict[str, Any]:
         """``prune_to_budget``'s budget keywords."""
+        if self.timed:
+            raise ValueError(f"{self} is timed, not counted (select.py turns it into counted budgets)")
         return {
             "target_macs": self.target_macs,
             "target_params": self.target_params,
@@ -74,7 +94,7 @@ class Budget:
         """This budget as a share of the prepared model: folding another library's SE layers
         away removes their MACs and params, and a budget is a share of the model as given.
         ``*_cost``: (MACs, params) of each. Unchanged where preparing removed nothing."""
-        if self.metric == "ratio":
+        if self.metric == "ratio" or self.measured:  # measured against the parent as given
             return self
         i = 0 if self.metric == "macs" else 1
         if prepared_cost[i] == parent_cost[i]:
