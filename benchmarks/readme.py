@@ -491,6 +491,26 @@ def _user_models(ctx: Context, marker: Marker) -> str:
     return _provenance(ctx, [command], [path]) + "\n\n" + _nest(user_models.table_text(path), ctx.level, True)
 
 
+@table("api-reproduction")
+def _api_reproduction(ctx: Context, marker: Marker) -> str:
+    """``api-reproduction``: ``api_reproduction.table_text`` beside the suite's records."""
+    from benchmarks import api_reproduction
+
+    path, records = ctx.path("api_reproduction"), ctx.records("api_reproduction")
+    commands = [
+        f"python -m benchmarks.api_reproduction run --dataset {dataset} --seeds {_seeds_arg(sorted(seeds))}"
+        for dataset, seeds in _seeds_by_dataset(records).items()
+    ]
+    return _provenance(ctx, commands, [path]) + "\n\n" + api_reproduction.table_text(path).rstrip("\n")
+
+
+def _seeds_by_dataset(records: list[dict[str, Any]]) -> dict[str, set[int]]:
+    seeds: dict[str, set[int]] = {}
+    for r in records:
+        seeds.setdefault(r["dataset"], set()).add(r["seed"])
+    return seeds
+
+
 @table("baselines")
 def _baselines(ctx: Context, marker: Marker) -> str:
     """``baselines``: the unpruned parents of ``baselines.jsonl``."""
