@@ -93,8 +93,9 @@ def main() -> None:
             continue
         for record in cells(run, todo, args.repeats):
             append_record(RESULTS, record)
-            print(json.dumps({k: record[k] for k in ("run", "threads", "top1_fp32", "top1_int8")})
-                  + f" x{record['speedup_int8_over_fp32']:.2f} over FP32, x{record['speedup_int8_over_parent']:.1f} over the parent")  # fmt: skip
+            shown = {k: record[k] for k in ("run", "threads", "top1_fp32", "top1_int8")}
+            gains = f"x{record['speedup_int8_over_fp32']:.2f} over FP32, x{record['speedup_int8_over_parent']:.1f}"
+            print(f"{json.dumps(shown)} {gains} over the parent")
 
 
 if __name__ == "__main__":
