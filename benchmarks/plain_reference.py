@@ -139,26 +139,19 @@ def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
     return correct / len(labels)
 
 
-def train_one(
-    images: np.ndarray,
-    labels: np.ndarray,
-    num_classes: int,
+def fit(
+    model: torch.nn.Module,
+    data: torch.Tensor,
+    targets: torch.Tensor,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    mean: torch.Tensor,
+    std: torch.Tensor,
     seed: int,
     recipe: Recipe,
-    split: tuple[np.ndarray, ...] | None = None,
-) -> dict:
-    torch.manual_seed(seed)
-    train_idx, val_idx, test_idx = split if split is not None else stratified_split(labels, seed)
-    data = torch.from_numpy(images)
-    targets = torch.from_numpy(labels)
-    if recipe.normalize == "train":
-        pixels = data[train_idx].reshape(-1, 3).double() / 255.0
-        mean, std = pixels.mean(0), pixels.std(0)
-    else:
-        mean, std = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
-    mean, std = mean.float().view(1, 3, 1, 1), std.float().view(1, 3, 1, 1)
-
-    model = torchvision.models.resnet18(num_classes=num_classes)
+) -> tuple[float, int, float]:
+    """Train ``model`` with ``recipe``; it ends with its best epoch on val. (val top-1, that
+    epoch, seconds)."""
     optimizer = torch.optim.SGD(
         model.parameters(),
         lr=recipe.lr,
@@ -206,17 +199,91 @@ def train_one(
         if val > best_val:
             best_val, best_epoch = val, epoch
             best_state = {k: v.clone() for k, v in model.state_dict().items()}
-    seconds = time.perf_counter() - t0
     model.load_state_dict(best_state)
-    test = accuracy(model, data[test_idx], targets[test_idx], mean, std)
-    return {
+    return best_val, best_epoch, time.perf_counter() - t0
+
+
+def prune_l1(model: torch.nn.Module, img_size: int, target_macs: float) -> tuple[torch.nn.Module, float]:
+    """A copy of ``model`` pruned by Torch-Pruning's MetaPruner (L1 group magnitude, the same
+    ratio in every layer, the classifier kept), its ratio bisected until the MACs kept are
+    within 1 % of ``target_macs``; (model, MACs kept)."""
+    import copy
+
+    import torch_pruning as tp
+
+    example = torch.randn(1, 3, img_size, img_size)
+    base = tp.utils.count_ops_and_params(model, example)[0]
+    lo, hi, best = 0.0, 0.99, None
+    for _ in range(40):
+        ratio = (lo + hi) / 2
+        pruned = copy.deepcopy(model).eval()
+        tp.pruner.MetaPruner(
+            pruned,
+            example,
+            importance=tp.importance.GroupMagnitudeImportance(p=1),
+            pruning_ratio=ratio,
+            ignored_layers=[pruned.fc],
+        ).step()
+        kept = tp.utils.count_ops_and_params(pruned, example)[0] / base
+        if best is None or abs(kept / target_macs - 1) < abs(best[1] / target_macs - 1):
+            best = (pruned, kept)
+        if abs(kept / target_macs - 1) <= 0.01:
+            break
+        lo, hi = (ratio, hi) if kept > target_macs else (lo, ratio)
+    assert best is not None
+    return best
+
+
+def train_one(
+    images: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    seed: int,
+    recipe: Recipe,
+    split: tuple[np.ndarray, ...] | None = None,
+    prune: tuple[float, Recipe] | None = None,
+) -> dict:
+    """The recipe's parent, tested once; with ``prune`` = (MACs share, fine-tuning recipe), that
+    parent pruned by ``prune_l1`` and fine-tuned, tested once too."""
+    torch.manual_seed(seed)
+    train_idx, val_idx, test_idx = split if split is not None else stratified_split(labels, seed)
+    data = torch.from_numpy(images)
+    targets = torch.from_numpy(labels)
+    if recipe.normalize == "train":
+        pixels = data[train_idx].reshape(-1, 3).double() / 255.0
+        mean, std = pixels.mean(0), pixels.std(0)
+    else:
+        mean, std = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    mean, std = mean.float().view(1, 3, 1, 1), std.float().view(1, 3, 1, 1)
+
+    model = torchvision.models.resnet18(num_classes=num_classes)
+    best_val, best_epoch, seconds = fit(model, data, targets, train_idx, val_idx, mean, std, seed, recipe)
+    result = {
         "val_top1": best_val,
-        "top1": test,
+        "top1": accuracy(model, data[test_idx], targets[test_idx], mean, std),
         "best_epoch": best_epoch,
         "train_seconds": seconds,
-        "n_train": n_train,
+        "n_train": len(train_idx),
         "n_val": len(val_idx),
         "n_test": len(test_idx),
+    }
+    if prune is None:
+        return result
+    target, finetune = prune
+    pruned, macs_kept = prune_l1(model, images.shape[1], target)
+    val, epoch, seconds = fit(pruned, data, targets, train_idx, val_idx, mean, std, seed, finetune)
+    return {
+        **result,
+        "method": "tp-l1",
+        "target_macs": target,
+        "macs_kept": macs_kept,
+        "parent_val_top1": result["val_top1"],
+        "parent_top1": result["top1"],
+        "val_top1": val,
+        "top1": accuracy(pruned, data[test_idx], targets[test_idx], mean, std),
+        "best_epoch": epoch,
+        "finetune_seconds": seconds,
+        "finetune": asdict(finetune),
     }
 
 
@@ -247,6 +314,13 @@ def main() -> None:
         "--split-json", help="split file per seed, a pattern with {seed}; default: the loop's own split"
     )
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results/plain_reference.jsonl"))
+    parser.add_argument(
+        "--prune-macs",
+        type=float,
+        help="then prune the parent with Torch-Pruning (L1, uniform) to this share of its MACs and fine-tune it",
+    )
+    parser.add_argument("--finetune-epochs", type=int, default=20)
+    parser.add_argument("--finetune-lr", type=float, default=0.02, help="OneCycle peak of the fine-tuning")
     args = parser.parse_args()
     if not args.data.is_dir():
         parser.error(f"--data {args.data} is not a folder")
@@ -256,11 +330,17 @@ def main() -> None:
         recipe = replace(recipe, epochs=args.epochs)
     dataset = args.data.resolve().name
     split_source = "rscompress" if args.split_json else "plain"
-    key = lambda r: (r["dataset"], r["variant"], r.get("split", "plain"), r["seed"], r["epochs"], r["img_size"])  # noqa: E731
+    key = lambda r: (  # noqa: E731
+        r["dataset"], r["variant"], r.get("split", "plain"), r["seed"], r["epochs"], r["img_size"], r.get("target_macs")
+    )  # fmt: skip
     done = set()
     if args.results.is_file():
         done = {key(json.loads(line)) for line in args.results.read_text().splitlines() if line.strip()}
-    todo = [s for s in args.seeds if (dataset, args.variant, split_source, s, recipe.epochs, args.img_size) not in done]
+    cell = (dataset, args.variant, split_source, recipe.epochs, args.img_size, args.prune_macs)
+    todo = [s for s in args.seeds if (*cell[:3], s, *cell[3:]) not in done]
+    prune = None
+    if args.prune_macs is not None:
+        prune = (args.prune_macs, replace(recipe, lr=args.finetune_lr, epochs=args.finetune_epochs))
     if not todo:
         print("every cell has a record")
         return
@@ -268,7 +348,7 @@ def main() -> None:
     commit = git_commit()
     for seed in todo:
         split = split_from_file(Path(args.split_json.format(seed=seed)), keys) if args.split_json else None
-        result = train_one(images, labels, len(classes), seed, recipe, split)
+        result = train_one(images, labels, len(classes), seed, recipe, split, prune)
         record = {
             "source": "plain-reference",
             "dataset": dataset,
@@ -291,8 +371,9 @@ def main() -> None:
             f.write(json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        pruned = f" tp-l1 {result['macs_kept']:.1%} MACs (parent test {result['parent_top1']:.4f})" if prune else ""
         print(
-            f"{dataset} {args.variant} seed {seed}: val {result['val_top1']:.4f} test {result['top1']:.4f} "
+            f"{dataset} {args.variant}{pruned} seed {seed}: val {result['val_top1']:.4f} test {result['top1']:.4f} "
             f"(best epoch {result['best_epoch'] + 1}, {result['train_seconds']:.0f} s)"
         )
 

@@ -207,8 +207,13 @@ def table_text(plain: Path | None = None, recipe: Path | None = None, pruned_rec
     then rscompress's default against the plain reference where both ran on the same split.
     Records from ``PLAIN_RECORDS``, ``RECORDS`` and ``PRUNE_RECORDS`` unless given."""
     groups: dict[tuple, dict[int, dict]] = defaultdict(dict)
+    pruned: dict[tuple, list[dict]] = defaultdict(list)
     for record in read_records(plain or PLAIN_RECORDS) + read_records(recipe or RECORDS):
         if record["epochs"] != EPOCHS or record["img_size"] != IMG_SIZE:
+            continue
+        if "target_macs" in record:  # the plain loop's parent pruned by Torch-Pruning
+            key = (record["dataset"], record["model"], record["method"], record["target_macs"], "plain loop")
+            pruned[key].append(record)
             continue
         source = record.get("source", "plain-reference")
         groups[(record["dataset"], record["model"], source, _split(record), record["variant"])][record["seed"]] = record
@@ -260,7 +265,6 @@ def table_text(plain: Path | None = None, recipe: Path | None = None, pruned_rec
             "|---|---|---|---|---|---|---|",
             *paired,
         ]
-    pruned: dict[tuple, list[dict]] = defaultdict(list)
     for record in read_records(pruned_records or PRUNE_RECORDS):
         pruned[(record["dataset"], record["model"], record["method"], record["target_macs"], record["variant"])].append(
             record
@@ -268,9 +272,11 @@ def table_text(plain: Path | None = None, recipe: Path | None = None, pruned_rec
     if pruned:
         lines += [
             "",
-            "## Pruned from the `default` parents by `rscompress prune`",
+            "## Pruned from the `default` parents by `rscompress prune`, and the plain loop's by Torch-Pruning",
             "",
-            "Fine-tuning: `default` = `rscompress prune`'s defaults, else the peak rate named.",
+            "Fine-tuning: `default` = `rscompress prune`'s defaults, else the peak rate named; `plain loop`:",
+            "`tp-l1` is Torch-Pruning's MetaPruner (L1, uniform, ratio bisected to the MACs) on the plain",
+            "loop's parents on rscompress's split, fine-tuned by the plain loop (OneCycle, peak 0.02, 20 epochs).",
             "",
             "| dataset | model | method | target MACs | fine-tuning | seeds | MACs kept | val top-1 | test top-1 | "
             "parents' test top-1 |",
