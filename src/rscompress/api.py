@@ -723,4 +723,9 @@ def _student(student: str, teacher_cfg: RunConfig, cfg: DistillConfig) -> tuple[
 
 
 def inspect_data(path: Path) -> dict[str, Any]:
+    """``rscompress data inspect``: a detection dataset (VOC, COCO, YOLO) or a class-folder tree."""
+    from rscompress.data.detection import detect_format, inspect_detection
+
+    if Path(path).is_dir() and detect_format(Path(path)) is not None:
+        return inspect_detection(path)
     return inspect_folder(path).to_dict()

@@ -704,15 +704,18 @@ def report(
 
 @data_app.command("inspect")
 def data_inspect(
-    path: Annotated[Path, typer.Argument(help="Class-folder dataset root.")],
+    path: Annotated[Path, typer.Argument(help="Dataset root: class folders, or VOC / COCO / YOLO detection.")],
     as_json: JsonOpt = False,
 ):
-    """Class counts, image sizes, unreadable files and exact duplicates of a dataset folder."""
+    """Class counts, image sizes, unreadable files and exact duplicates of a dataset folder; for
+    detection data, boxes per class, box sizes, empty images and every bad box."""
     from rscompress import api
 
     report = api.inspect_data(path)
     if as_json:
         _print_json(report)
+    elif report.get("task") == "detection":
+        _print_detection_inspect(report)
     else:
         _print_inspect(report)
 
@@ -872,6 +875,28 @@ def _print_steps(title: str, results: dict) -> None:
             r.get("skipped", "") or (f"onnx diff {r['max_abs_diff']:.1e}" if "max_abs_diff" in r else ""),
         )
     _print_table(table)
+
+
+def _print_detection_inspect(report: dict) -> None:
+    from rich.console import Console
+
+    console = Console()
+    splits = report["splits"]
+    given = ", ".join(f"{k} {n}" for k, n in splits.items()) if splits else "none given"
+    console.print(
+        f"[bold]{report['root']}[/] ({report['format']}): {report['num_images']} images "
+        f"({report['empty_images']} without boxes, {report['groups']} scenes), {report['num_boxes']} boxes; "
+        f"splits: {given}"
+    )
+    console.print("boxes per class: " + ", ".join(f"{k} {n}" for k, n in report["boxes_per_class"].items()))
+    console.print("box sides (√area, px): " + ", ".join(f"{k} {n}" for k, n in report["box_sizes"].items()))
+    for bad in report["bad_boxes"]:
+        colour = "yellow" if bad["kept"] else "red"
+        console.print(f"[{colour}]{bad['reason']}:[/] {bad['image']} {bad['label']} {bad['box']}")
+    for bad in report["bad_files"]:
+        console.print(f"[red]bad file:[/] {bad['path']}: {bad['reason']}")
+    for warning in report["warnings"]:
+        console.print(f"[yellow]warning:[/] {warning}")
 
 
 def _print_inspect(report: dict) -> None:
