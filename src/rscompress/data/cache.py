@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from rscompress.data.datasets import BadImageError, decode_image, resize_image
+from rscompress.data.detection_transforms import letterbox
 from rscompress.errors import UserError
 from rscompress.io_utils import write_atomic, write_text_atomic
 
@@ -66,25 +67,26 @@ def pixel_sha256(pixels: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def _decode_one(path: Path, img_size: int | None) -> DecodedFile:
+def _decode_one(path: Path, img_size: int | None, letterboxed: bool = False) -> DecodedFile:
     try:
         pixels = decode_image(path)
     except BadImageError as e:
         return DecodedFile(error=e.reason)
-    return DecodedFile(
-        size=(pixels.shape[1], pixels.shape[0]),
-        sha256=pixel_sha256(pixels),
-        small=resize_image(pixels, img_size) if img_size else None,
-    )
+    small = None
+    if img_size:
+        small = letterbox(pixels, img_size) if letterboxed else resize_image(pixels, img_size)
+    return DecodedFile(size=(pixels.shape[1], pixels.shape[0]), sha256=pixel_sha256(pixels), small=small)
 
 
 def decode_files(
-    paths: Sequence[Path], img_size: int | None, progress: Progress | None = None
+    paths: Sequence[Path], img_size: int | None, progress: Progress | None = None, letterboxed: bool = False
 ) -> Iterator[DecodedFile]:
-    """Decode ``paths`` on a small thread pool; results come back in input order."""
+    """Decode ``paths`` on a small thread pool; results come back in input order. ``letterboxed``:
+    fitted into img_size×img_size with the aspect kept (detection), else squashed to it."""
     pool = ThreadPoolExecutor(DECODE_WORKERS, thread_name_prefix="rscompress-decode")
+    decode = partial(_decode_one, img_size=img_size, letterboxed=letterboxed)
     try:
-        for done, result in enumerate(pool.map(partial(_decode_one, img_size=img_size), paths), 1):
+        for done, result in enumerate(pool.map(decode, paths), 1):
             if progress is not None:
                 progress(done, len(paths))
             yield result
@@ -93,7 +95,7 @@ def decode_files(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def cache_key(paths: Sequence[Path], img_size: int) -> str:
+def cache_key(paths: Sequence[Path], img_size: int, letterboxed: bool = False) -> str:
     files = []
     for path in paths:
         try:
@@ -101,7 +103,9 @@ def cache_key(paths: Sequence[Path], img_size: int) -> str:
         except OSError as e:
             raise UserError(f"cannot read {path}: {e.strerror}") from None
         files.append([str(path.absolute()), st.st_size, st.st_mtime_ns])
-    material = json.dumps({"version": CACHE_VERSION, "img_size": img_size, "files": files})
+    # Named only when set, so the squashed (classification) caches keep the keys they had.
+    fit = {"letterboxed": True} if letterboxed else {}
+    material = json.dumps({"version": CACHE_VERSION, "img_size": img_size, **fit, "files": files})
     return hashlib.sha256(material.encode()).hexdigest()[:32]
 
 
@@ -110,17 +114,19 @@ def load_or_build_cache(
     img_size: int,
     cache_dir: Path | None = None,
     progress: Progress | None = None,
+    letterboxed: bool = False,
 ) -> CachedImages:
-    """The decoded, resized images of ``paths``: from the cache, or decoded now and cached."""
+    """The decoded, resized images of ``paths``: from the cache, or decoded now and cached.
+    ``letterboxed``: as ``decode_files``."""
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    key = cache_key(paths, img_size)
+    key = cache_key(paths, img_size, letterboxed)
     npy, meta = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
     cached = _read(npy, meta, len(paths), img_size)
     if cached is not None:
         return cached
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        _build(paths, img_size, npy, meta, progress)
+        _build(paths, img_size, npy, meta, progress, letterboxed)
     except OSError as e:
         raise UserError(f"cannot write the image cache in {cache_dir}: {e}") from None
     cached = _read(npy, meta, len(paths), img_size)
@@ -147,7 +153,9 @@ def _read(npy: Path, meta: Path, count: int, img_size: int) -> CachedImages | No
     return cached
 
 
-def _build(paths: Sequence[Path], img_size: int, npy: Path, meta: Path, progress: Progress | None) -> None:
+def _build(
+    paths: Sequence[Path], img_size: int, npy: Path, meta: Path, progress: Progress | None, letterboxed: bool
+) -> None:
     sha: list[str | None] = []
     sizes: list[tuple[int, int] | None] = []
     bad: list[tuple[int, str]] = []
@@ -155,7 +163,7 @@ def _build(paths: Sequence[Path], img_size: int, npy: Path, meta: Path, progress
     def fill(tmp: Path) -> None:
         # Written straight to disk: the full array can be larger than memory (NWPU at 256 px: 6 GB).
         images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), img_size, img_size, 3))
-        for i, decoded in enumerate(decode_files(paths, img_size, progress)):
+        for i, decoded in enumerate(decode_files(paths, img_size, progress, letterboxed)):
             if decoded.error is not None:
                 bad.append((i, decoded.error))
             else:
