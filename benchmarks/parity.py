@@ -163,7 +163,7 @@ def main() -> None:
     a.tmp.mkdir(parents=True, exist_ok=True)
     images = real_images(a.images, a.img_size)
     rows = []
-    for name in list_models():
+    for name in list_models(task="classification"):
         torch.manual_seed(0)
         rows.append(measure(name, create_model(name, 21), images, a.img_size, a.tmp))
         pruned = create_model(name, 21)

@@ -91,6 +91,10 @@ def train(
     ``reuse_finished``: a finished ``out`` made with the same settings is returned as is
     (recipes re-run this way), one made otherwise is an error.
     """
+    from rscompress.models.registry import model_task
+
+    if model_task(train_cfg.model) == "detection":
+        raise UserError(f"--model {train_cfg.model} is a detector: training detectors is not built yet (issue 33)")
     dist = init_distributed(resolve_device(train_cfg.device))
     if train_cfg.threads:
         torch.set_num_threads(train_cfg.threads)

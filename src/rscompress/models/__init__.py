@@ -28,4 +28,4 @@ __all__ = [
     "register_model",
     "save_weights",
 ]
-from rscompress.models import ghostnet  # noqa: F401  (registers)
+from rscompress.models import detection, ghostnet  # noqa: F401  (registers)

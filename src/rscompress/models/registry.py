@@ -11,6 +11,7 @@ so ``rscompress.save`` can write a config.json that rebuilds it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 from torch import nn
 
@@ -18,25 +19,34 @@ from rscompress.errors import UserError
 from rscompress.models.external import create_external, is_external
 
 ModelBuilder = Callable[..., nn.Module]
+Task = Literal["classification", "detection"]
 _REGISTRY: dict[str, ModelBuilder] = {}
+_TASKS: dict[str, Task] = {}
 
 
-def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
+def register_model(name: str, task: Task = "classification") -> Callable[[ModelBuilder], ModelBuilder]:
     def decorate(builder: ModelBuilder) -> ModelBuilder:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} registered twice")
         _REGISTRY[name] = builder
+        _TASKS[name] = task
         return builder
 
     return decorate
 
 
+def model_task(name: str) -> Task:
+    """What a registered model does: classification (torchvision/timm models too) or detection."""
+    return _TASKS.get(name, "classification")
+
+
 _BUILT_AS = "_rscompress_built_as"
 
 
-def list_models(filter_text: str = "") -> list[str]:
-    """The registry's own models matching ``filter_text`` (not the torchvision/timm ones)."""
-    return sorted(n for n in _REGISTRY if filter_text.lower() in n.lower())
+def list_models(filter_text: str = "", task: Task | None = None) -> list[str]:
+    """The registry's own models matching ``filter_text`` (not the torchvision/timm ones), of
+    ``task`` when given."""
+    return sorted(n for n in _REGISTRY if filter_text.lower() in n.lower() and task in (None, _TASKS[n]))
 
 
 def is_known_model(name: str) -> bool:
@@ -47,8 +57,9 @@ def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:
     if not is_known_model(name):
         known = ", ".join(list_models())
         raise UserError(f"unknown model {name!r}; known models: {known}, torchvision/NAME, timm/NAME")
-    if num_classes < 2:
-        raise UserError(f"num_classes must be >= 2, got {num_classes}")
+    # A detector's classes are the objects alone (FCOS has no background class): one is a task.
+    if num_classes < (1 if model_task(name) == "detection" else 2):
+        raise UserError(f"num_classes must be >= {1 if model_task(name) == 'detection' else 2}, got {num_classes}")
     if is_external(name):
         model = create_external(name, num_classes, **kwargs)
     else:

@@ -1,0 +1,81 @@
+"""Detectors for RS targets, built from torchvision's detection components and trained from
+scratch: FCOS (anchor-free, one box per location) on a ResNet-18 or a MobileNetV3-Large
+backbone with an FPN whose finest level has stride 8 (NEPU_OWOD's wells are 18-205 px, the
+Airbus tanks mostly 8-20 px at 640 px).
+
+Every norm layer is a trainable BatchNorm: the backbones are not ImageNet-pretrained, so
+there are no statistics to freeze, and the pruning methods read BN γ (slim, l1rr, nas, bn);
+torchvision's FCOS heads use GroupNorm(32), which would also forbid channel counts off a
+multiple of 32. The model takes float images already normalised as the loader does
+(``image_mean`` 0, ``image_std`` 1 inside) at ``img_size``×``img_size``, which the model's
+transform then leaves as they are.
+"""
+
+from __future__ import annotations
+
+import torchvision
+from torch import nn
+from torchvision.models.detection import FCOS
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.fcos import FCOSClassificationHead, FCOSHead, FCOSRegressionHead
+from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+from rscompress.errors import UserError
+from rscompress.models.registry import register_model
+
+STRIDE = 32  # the input side must be a multiple of the coarsest backbone stride
+FPN_CHANNELS = {"fcos_resnet18": 128, "fcos_mobilenet_v3": 96}
+
+
+def _head(channels: int, num_classes: int) -> FCOSHead:
+    head = FCOSHead(channels, 1, num_classes)
+    head.classification_head = FCOSClassificationHead(channels, 1, num_classes, norm_layer=nn.BatchNorm2d)
+    head.regression_head = FCOSRegressionHead(channels, 1, norm_layer=nn.BatchNorm2d)
+    return head
+
+
+def _fcos(backbone: nn.Module, num_classes: int, img_size: int, channels: int) -> FCOS:
+    if img_size % STRIDE:
+        raise UserError(f"a detector's --img-size must be a multiple of {STRIDE}, got {img_size}")
+    return FCOS(
+        backbone,
+        num_classes,
+        min_size=img_size,
+        max_size=img_size,
+        image_mean=[0.0, 0.0, 0.0],
+        image_std=[1.0, 1.0, 1.0],
+        head=_head(channels, num_classes),
+    )
+
+
+@register_model("fcos_resnet18", task="detection")
+def fcos_resnet18(num_classes: int, img_size: int = 512) -> FCOS:
+    """FCOS, ResNet-18 backbone, FPN P3-P7 (strides 8-128) of 128 channels."""
+    body = torchvision.models.resnet18(norm_layer=nn.BatchNorm2d)
+    channels = FPN_CHANNELS["fcos_resnet18"]
+    backbone = BackboneWithFPN(
+        body,
+        {"layer2": "0", "layer3": "1", "layer4": "2"},
+        [128, 256, 512],
+        channels,
+        extra_blocks=LastLevelP6P7(channels, channels),
+        norm_layer=nn.BatchNorm2d,
+    )
+    return _fcos(backbone, num_classes, img_size, channels)
+
+
+@register_model("fcos_mobilenet_v3", task="detection")
+def fcos_mobilenet_v3(num_classes: int, img_size: int = 512) -> FCOS:
+    """FCOS, MobileNetV3-Large backbone (features at strides 8, 16, 32), FPN of 96 channels."""
+    body = torchvision.models.mobilenet_v3_large(norm_layer=nn.BatchNorm2d).features
+    channels = FPN_CHANNELS["fcos_mobilenet_v3"]
+    # The last block of each stage: 6 ends stride 8 (40 ch), 12 stride 16 (112), 16 stride 32 (960).
+    backbone = BackboneWithFPN(
+        body,
+        {"6": "0", "12": "1", "16": "2"},
+        [40, 112, 960],
+        channels,
+        extra_blocks=LastLevelP6P7(channels, channels),
+        norm_layer=nn.BatchNorm2d,
+    )
+    return _fcos(backbone, num_classes, img_size, channels)
