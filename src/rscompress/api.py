@@ -94,7 +94,7 @@ def train(
     from rscompress.models.registry import model_task
 
     if model_task(train_cfg.model) == "detection":
-        raise UserError(f"--model {train_cfg.model} is a detector: training detectors is not built yet (issue 33)")
+        return _train_detector(data_cfg, train_cfg, out, resume=resume, quiet=quiet, reuse_finished=reuse_finished)
     dist = init_distributed(resolve_device(train_cfg.device))
     if train_cfg.threads:
         torch.set_num_threads(train_cfg.threads)
@@ -154,6 +154,99 @@ def train(
                 "fresh": list(weights_report.fresh),
             }
         return _fit_and_finish(model, data, data_cfg, train_cfg, run, extra, resume=resume, quiet=quiet, dist=dist)
+
+
+def _train_detector(
+    data_cfg: DataConfig, train_cfg: TrainConfig, out: Path, *, resume: bool, quiet: bool, reuse_finished: bool
+) -> dict[str, Any]:
+    """``train`` for a registry detector on a VOC / COCO / YOLO folder (data/detection.py):
+    the same run dir, settings checks and resume, through the same fit loop with the detection
+    task (val selection on mAP@0.5), tested once on the test split."""
+    from rscompress.data.detection_loader import DetectionBatches
+    from rscompress.data.detection_prepare import prepare_detection, split_from_json, split_to_json
+    from rscompress.data.transforms import channel_mean_std
+    from rscompress.engine.detection import Detection, evaluate_detection
+
+    if train_cfg.weights is not None or train_cfg.small_input:
+        raise UserError("--weights and --small-input are for classifiers; detectors train from scratch")
+    run = RunDir(out)
+    data_cfg = data_cfg.model_copy(update={"path": data_cfg.path.resolve()})
+    model_kwargs = {"img_size": data_cfg.img_size}
+    settings = {
+        "model": train_cfg.model,
+        "model_kwargs": model_kwargs,
+        "data": data_cfg.model_dump(mode="json"),
+        "train": train_cfg.model_dump(mode="json"),
+    }
+    with run.owned():
+        if (finished := _open_out_dir(run, settings, resume=resume, reuse_finished=reuse_finished)) is not None:
+            return finished
+        fractions = (data_cfg.train_fraction, data_cfg.val_fraction, data_cfg.test_fraction)
+        with decode_progress(quiet) as progress:
+            data = prepare_detection(
+                data_cfg.path, data_cfg.img_size, cache_dir=data_cfg.cache_dir, split_seed=data_cfg.split_seed,
+                fractions=fractions, progress=progress,
+            )  # fmt: skip
+        if run.is_started():  # trained on the split it kept
+            data = split_from_json(data, run.split_path)
+        mean, std = channel_mean_std(data.images, data.split["train"])
+        run.path.mkdir(parents=True, exist_ok=True)
+        split_to_json(data, run.split_path)
+        run.save_config(
+            RunConfig(
+                model=train_cfg.model,
+                num_classes=len(data.class_names),
+                class_names=list(data.class_names),
+                img_size=data_cfg.img_size,
+                mean=list(mean),
+                std=list(std),
+                model_kwargs=model_kwargs,
+                data=data_cfg.model_dump(mode="json"),
+                train=train_cfg.model_dump(mode="json"),
+                versions=library_versions(),
+            )
+        )
+        torch.manual_seed(train_cfg.seed)
+        model = create_model(train_cfg.model, len(data.class_names), **model_kwargs)
+
+        def batches(split: str, train: bool) -> DetectionBatches:
+            return DetectionBatches(
+                data, data.split[split], batch_size=train_cfg.batch_size, mean=mean, std=std,
+                shuffle=train, augment=train and data_cfg.augment, seed=train_cfg.seed,
+            )  # fmt: skip
+
+        task = Detection(data.class_names)
+        result = fit(
+            model, batches("train", True), batches("val", False), train_cfg, run, task, resume=resume, quiet=quiet
+        )
+        test = evaluate_detection(model, batches("test", False), data.class_names)
+        model.cpu()
+        macs, params = count_macs_params(model, data_cfg.img_size)
+        metrics = {
+            **test.to_dict(),
+            "split": "test",
+            "macs": macs,
+            "params": params,
+            "num_classes": len(data.class_names),
+            "img_size": data_cfg.img_size,
+            "best_epoch": result.best_epoch,
+            "epochs": train_cfg.epochs,
+            "seed": train_cfg.seed,
+            "model": train_cfg.model,
+            "task": "detection",
+            "split_source": data.split_source,
+            "val": result.val.summary(),
+            "timings": {
+                "train_seconds_this_process": result.train_seconds,
+                "train_images_per_second": result.images_per_second,
+            },
+            "bad_files": [{"path": p, "reason": r} for p, r in data.bad_files],
+            "bad_boxes": len(data.bad_boxes),
+        }
+        run.save_weights(model)
+        run.save_metrics(metrics)  # written last: its presence marks the run complete
+        shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
+        return metrics
 
 
 def _fit_and_finish(

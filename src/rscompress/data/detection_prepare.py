@@ -8,7 +8,8 @@ folders: ``given``); otherwise a seeded split by group, so that the tiles of one
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from rscompress.data.cache import Progress, load_or_build_cache
 from rscompress.data.detection import SPLITS, BadBox, DetectionData, read_detection
 from rscompress.data.detection_transforms import letterbox_scale
 from rscompress.errors import UserError
+from rscompress.io_utils import write_text_atomic
 
 
 @dataclass(frozen=True)
@@ -96,3 +98,25 @@ def prepare_detection(
         split_source=source,
         bad_files=(*data.bad_files, *((data.images[i].path, why) for i, why in sorted(bad.items()))),
     )
+
+
+def split_to_json(data: PreparedDetection, path: Path) -> None:
+    """The split as image paths per part (what a resumed run trains on again)."""
+    parts = {s: [data.data.images[i].path for i in idx] for s, idx in data.split.items()}
+    write_text_atomic(path, json.dumps({"task": "detection", "source": data.split_source, **parts}))
+
+
+def split_from_json(data: PreparedDetection, path: Path) -> PreparedDetection:
+    """``data`` on the split ``split_to_json`` kept at ``path``; UserError naming an image it
+    lists that the data no longer has."""
+    if not path.is_file():
+        raise UserError(f"{path} is missing: the run was trained on the split it held; put it back or start anew")
+    kept = json.loads(path.read_text())
+    at = {im.path: i for i, im in enumerate(data.data.images)}
+    split = {}
+    for part in SPLITS:
+        missing = [p for p in kept.get(part, []) if p not in at]
+        if missing:
+            raise UserError(f"{path} lists {missing[0]} ({part}), which {data.data.root} no longer has")
+        split[part] = np.asarray([at[p] for p in kept.get(part, [])], dtype=np.int64)
+    return replace(data, split=split, split_source=kept.get("source", data.split_source))

@@ -30,6 +30,18 @@ class EvalResult:
     def summary(self) -> dict[str, float | int]:
         return {"top1": self.top1, "kappa": self.kappa, "loss": self.loss, "n_images": self.n_images}
 
+    @property
+    def score(self) -> tuple[float, float]:
+        """What the best epoch on val is chosen by (larger is better): top-1, then the loss."""
+        return (self.top1, -self.loss)
+
+    def history(self) -> dict[str, float]:
+        """The val fields of an epoch's history row."""
+        return {"val_loss": self.loss, "val_top1": self.top1, "val_kappa": self.kappa}
+
+    def describe(self) -> str:
+        return f"val {self.top1:.3f} (kappa {self.kappa:.3f})"
+
     def to_dict(self) -> dict:
         return {**self.summary(), "per_class_accuracy": self.per_class_accuracy, "confusion": self.confusion}
 

@@ -12,13 +12,12 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Generic, Literal, Protocol, TypeVar, overload
 
 import torch
-import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -39,18 +38,20 @@ from rscompress.engine.checkpoint import (
 )
 from rscompress.engine.device import resolve_device
 from rscompress.engine.distributed import DistInfo, all_mean, all_true, barrier
-from rscompress.engine.metrics import EvalResult, evaluate
+from rscompress.engine.metrics import EvalResult
 from rscompress.engine.precision import bf16_autocast
 from rscompress.engine.schedule import apply_schedule, build_optimizer
+from rscompress.engine.tasks import Classification, Evaluation, LossFn, Task
 from rscompress.errors import UserError
 from rscompress.io_utils import write_atomic
 from rscompress.seeding import derived_seed
 
 
 class Batches(Protocol):
-    """What the loop needs of a training loader (``rscompress.data.loader.BatchLoader``)."""
+    """What the loop needs of a training loader (``rscompress.data.loader.BatchLoader``): batches
+    of (images, targets), targets as the task has them (engine/tasks.py)."""
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, Any]]: ...
     def __len__(self) -> int: ...
     def set_epoch(self, epoch: int) -> None: ...
 
@@ -85,10 +86,6 @@ class EpochBatches:
                 return
 
 
-# (model, inputs, targets, epoch) -> (loss, logits). Methods add their terms here.
-LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
-
-
 class TrainingDiverged(UserError):
     """The loss became NaN/Inf; the last good checkpoint is left as it was."""
 
@@ -100,14 +97,6 @@ def _diverged(what: str, epoch: int, lr: float, run: RunDir) -> TrainingDiverged
         f"{what} (lr {lr:.3g}); last good checkpoint: {last} in {run.checkpoint_dir}. "
         "Lower --lr or add warm-up, then --resume."
     )
-
-
-def cross_entropy_loss(label_smoothing: float = 0.0) -> LossFn:
-    def loss_fn(model, x, y, epoch):
-        logits = model(x)
-        return F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing), logits
-
-    return loss_fn
 
 
 def aml_ce_objective(r1: float = 1.0, r2: float = 1.0) -> LossFn:
@@ -137,7 +126,7 @@ class TrainingHooks:
     def after_step(self, epoch: int) -> None:
         """After each optimizer step."""
 
-    def end_epoch(self, epoch: int, val: EvalResult) -> dict[str, Any]:
+    def end_epoch(self, epoch: int, val: Evaluation) -> dict[str, Any]:
         """After the epoch's validation, before its checkpoint; returns fields for its history row."""
         return {}
 
@@ -157,17 +146,20 @@ class TrainingHooks:
         """Continue from ``state()`` as the checkpoint of the last finished epoch kept it."""
 
 
+E = TypeVar("E", bound=Evaluation)
+
+
 @dataclass
-class FitResult:
+class FitResult(Generic[E]):
     best_epoch: int
-    best_val: EvalResult | None  # None on the other ranks: only the main one evaluates
+    best_val: E | None  # None on the other ranks: only the main one evaluates
     epochs_run: int
     train_seconds: float
     images_per_second: float  # mean over epochs after the first (the first may fill caches)
     history: list[dict[str, Any]] = field(default_factory=list)
 
     @property
-    def val(self) -> EvalResult:
+    def val(self) -> E:
         """``best_val`` on the main rank, the only one that has it."""
         assert self.best_val is not None, "only the main rank evaluates: no best_val on this rank"
         return self.best_val
@@ -194,27 +186,63 @@ def _check_steps(state: TrainingState, steps_per_epoch: int, run: RunDir) -> Non
         )
 
 
+@overload
 def fit(
     model: nn.Module,
     train_batches: Batches,
     val_batches: Iterable,
     cfg: FitConfig,
     run: RunDir,
-    num_classes: int,
+    task: int,
     *,
     loss_fn: LossFn | None = None,
     resume: bool = False,
     quiet: bool = False,
     dist: DistInfo = DistInfo(),
     hooks: TrainingHooks | None = None,
-) -> FitResult:
+) -> FitResult[EvalResult]: ...
+
+
+@overload
+def fit(
+    model: nn.Module,
+    train_batches: Batches,
+    val_batches: Iterable,
+    cfg: FitConfig,
+    run: RunDir,
+    task: Task,
+    *,
+    loss_fn: LossFn | None = None,
+    resume: bool = False,
+    quiet: bool = False,
+    dist: DistInfo = DistInfo(),
+    hooks: TrainingHooks | None = None,
+) -> FitResult[Evaluation]: ...
+
+
+def fit(
+    model: nn.Module,
+    train_batches: Batches,
+    val_batches: Iterable,
+    cfg: FitConfig,
+    run: RunDir,
+    task: int | Task,
+    *,
+    loss_fn: LossFn | None = None,
+    resume: bool = False,
+    quiet: bool = False,
+    dist: DistInfo = DistInfo(),
+    hooks: TrainingHooks | None = None,
+) -> FitResult[Any]:
     """Train ``model`` (moved to ``cfg.device``, where it stays) and load its best epoch on val
-    (its last with ``hooks.keep == "last"``).
+    (its last with ``hooks.keep == "last"``). ``task``: what the batches' targets are and how
+    val is scored (engine/tasks.py); an int is classification into that many classes.
 
     Batches come as CPU tensors; each step moves its batch to the device.
     """
     hooks = hooks or TrainingHooks()
-    loss_fn = loss_fn or cross_entropy_loss(cfg.label_smoothing)
+    task = Classification(task) if isinstance(task, int) else task
+    loss_fn = loss_fn or task.objective(cfg.label_smoothing)
     device = resolve_device(cfg.device)
     memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
     # Module.to takes a memory_format beside the device (torch parses both the same way as
@@ -261,21 +289,22 @@ def fit(
         disable=quiet or not dist.is_main or not console.is_terminal,
     )
     with progress:
-        task = progress.add_task("train", total=(cfg.epochs - start_epoch) * steps_per_epoch, rate="-")
+        bar = progress.add_task("train", total=(cfg.epochs - start_epoch) * steps_per_epoch, rate="-")
         for epoch in range(start_epoch, cfg.epochs):
             torch.manual_seed(derived_seed("train", cfg.seed, epoch))  # dropout etc.
             train_batches.set_epoch(epoch)
             if dist.is_main:
                 hooks.start_epoch(epoch)
             train_model.train()
-            loss_sum, correct, seen = 0.0, 0, 0
+            loss_sum, seen = 0.0, 0
+            correct: int | None = 0
             t0 = time.perf_counter()
             for step, (x, y) in enumerate(train_batches):
                 lr = apply_schedule(optimizer, epoch + step / steps_per_epoch, cfg.epochs, cfg.optim)
                 x = x.to(device, memory_format=memory_format, non_blocking=True)
-                y = y.to(device, non_blocking=True)
+                y = task.to_device(y, device)
                 with bf16_autocast(model, cfg.bf16):
-                    loss, logits = loss_fn(train_model, x, y, epoch)
+                    loss, outputs = loss_fn(train_model, x, y, epoch)
                 if not all_true(bool(torch.isfinite(loss)), dist):
                     raise _diverged(f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}", epoch, lr, run)
                 optimizer.zero_grad(set_to_none=True)
@@ -283,12 +312,14 @@ def fit(
                 optimizer.step()
                 if dist.is_main:
                     hooks.after_step(epoch)
-                loss_sum += loss.item() * y.numel()
-                correct += int((logits.argmax(1) == y).sum().item())  # a count: item() gives an int
-                seen += y.numel()
+                images = task.count(y)
+                loss_sum += loss.item() * images
+                right = task.correct(outputs, y)
+                correct = None if right is None or correct is None else correct + right
+                seen += images
                 elapsed = time.perf_counter() - t0
                 progress.update(
-                    task,
+                    bar,
                     advance=1,
                     description=f"epoch {epoch + 1}/{cfg.epochs}",
                     rate=f"{seen * dist.world_size / max(elapsed, 1e-9):.0f}",
@@ -300,9 +331,9 @@ def fit(
             if epoch > start_epoch or start_epoch > 0:
                 throughput.append(rate)
             train_loss = all_mean(loss_sum / max(seen, 1), dist)
-            train_acc = all_mean(correct / max(seen, 1), dist)
+            train_acc = all_mean(correct / max(seen, 1), dist) if correct is not None else None
 
-            val = evaluate(model, val_batches, num_classes, cfg.channels_last) if dist.is_main else None
+            val = task.evaluate(model, val_batches, cfg.channels_last) if dist.is_main else None
             # Finite training losses do not make finite weights (a last step can overflow them,
             # BN statistics can go NaN): such an epoch must not become a checkpoint or "best".
             if not all_true(val is None or math.isfinite(val.loss), dist):
@@ -314,7 +345,7 @@ def fit(
                 )
             if dist.is_main:
                 assert val is not None  # the main rank evaluates
-                score = (val.top1, -val.loss)
+                score = val.score
                 is_best = score > best_score
                 if is_best:
                     best_epoch, best_score = epoch, score
@@ -322,10 +353,8 @@ def fit(
                     "epoch": epoch,
                     "lr": lr,
                     "train_loss": train_loss,
-                    "train_top1": train_acc,
-                    "val_loss": val.loss,
-                    "val_top1": val.top1,
-                    "val_kappa": val.kappa,
+                    **({"train_top1": train_acc} if train_acc is not None else {}),
+                    **val.history(),
                     "images_per_second": rate,
                     "seconds": epoch_seconds,
                     **hooks.end_epoch(epoch, val),
@@ -341,16 +370,17 @@ def fit(
                     tensors=hooks.tensors(),
                     optimizers=hooks.optimizers(),
                 )
+                trained = f"  train {train_acc:.3f}" if train_acc is not None else ""
                 console.log(
-                    f"epoch {epoch + 1}/{cfg.epochs}  loss {train_loss:.4f}  train {train_acc:.3f}  "
-                    f"val {val.top1:.3f} (kappa {val.kappa:.3f})  {rate:.0f} img/s" + ("  *best" if is_best else "")
+                    f"epoch {epoch + 1}/{cfg.epochs}  loss {train_loss:.4f}{trained}  "
+                    f"{val.describe()}  {rate:.0f} img/s" + ("  *best" if is_best else "")
                 )
             barrier(dist)
 
     # Every rank ends with the weights of the epoch that was best on val (or the last one).
     if hooks.keep == "best":
         model.load_state_dict(load_best_weights(run.checkpoint_dir))
-    best_val = evaluate(model, val_batches, num_classes, cfg.channels_last) if dist.is_main else None
+    best_val = task.evaluate(model, val_batches, cfg.channels_last) if dist.is_main else None
     return FitResult(
         best_epoch=best_epoch,
         best_val=best_val,

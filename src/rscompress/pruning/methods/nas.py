@@ -46,8 +46,8 @@ from torch.nn import functional as F
 from rscompress.artifacts import RunDir, setting_differences
 from rscompress.config import FitConfig, OptimConfig
 from rscompress.engine.device import model_device
-from rscompress.engine.metrics import EvalResult
 from rscompress.engine.precision import bf16_autocast
+from rscompress.engine.tasks import Evaluation
 from rscompress.engine.trainer import Batches, EpochBatches, LossFn, TrainingHooks, fit
 from rscompress.errors import UserError
 from rscompress.pruning.budget import prune_to_budget
@@ -224,7 +224,7 @@ class _GateSearch(TrainingHooks):
         self.sums[1] += ce.item()
         self.steps += 1
 
-    def end_epoch(self, epoch: int, val: EvalResult) -> dict[str, Any]:
+    def end_epoch(self, epoch: int, val: Evaluation) -> dict[str, Any]:
         if not math.isfinite(self.sums[1]):
             raise UserError(
                 f"the NAS search diverged in epoch {epoch} (non-finite score-step loss); "

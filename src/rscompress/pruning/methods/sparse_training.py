@@ -60,7 +60,8 @@ from torch_pruning.pruner import function
 
 from rscompress.artifacts import RunDir, setting_differences
 from rscompress.config import FitConfig, OptimConfig
-from rscompress.engine.metrics import EvalResult, evaluate
+from rscompress.engine.metrics import evaluate
+from rscompress.engine.tasks import Evaluation
 from rscompress.engine.trainer import EpochBatches, LossFn, TrainingHooks, fit
 from rscompress.errors import UserError
 from rscompress.io_utils import write_json_atomic
@@ -435,7 +436,7 @@ class _SparsePenalty(TrainingHooks):
         self.sums["penalty"] += reweighted_l1(stacks, self.weights).item()
         self.steps += 1
 
-    def end_epoch(self, epoch: int, val: EvalResult) -> dict[str, Any]:
+    def end_epoch(self, epoch: int, val: Evaluation) -> dict[str, Any]:
         sparse = sparsity(self.gammas, self.cfg.eps)
         row = {
             "rate": self.rate,
@@ -446,7 +447,7 @@ class _SparsePenalty(TrainingHooks):
             "penalty": self.sums["penalty"] / self.steps,
         }
         seconds = time.perf_counter() - self.started  # training and validation
-        self.history.append({"epoch": epoch, **row, "val_loss": val.loss, "val_top1": val.top1, "seconds": seconds})
+        self.history.append({"epoch": epoch, **row, **val.history(), "seconds": seconds})
         if self.progress is not None:
             self.progress(epoch, sparse, self.rate, val.loss)
         self.rate = next_rate(self.rate, sparse, val.loss, self.ref_val_loss, self.cfg)

@@ -1,0 +1,76 @@
+"""What the fit loop needs to know about a task: how its targets travel, what its default loss
+is, how a batch counts and how val is scored. Classification is one; detection
+(engine/detection.py) another, so both train through the same loop with the same schedule,
+checkpoints, resume and divergence checks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rscompress.engine.metrics import evaluate
+
+# (model, inputs, targets, epoch) -> (loss, outputs). Methods add their terms here.
+LossFn = Callable[[nn.Module, torch.Tensor, Any, int], tuple[torch.Tensor, Any]]
+
+
+class Evaluation(Protocol):
+    """A model's metrics on one split, as the loop reads them."""
+
+    loss: float  # must be finite for the epoch to be kept
+
+    @property
+    def score(self) -> tuple[float, float]: ...  # the best epoch on val has the largest
+
+    def history(self) -> dict[str, float]: ...  # val_* fields of the history row
+
+    def describe(self) -> str: ...  # the console's view of it
+
+    def summary(self) -> dict[str, Any]: ...  # for metrics.json
+
+
+class Task(Protocol):
+    def objective(self, label_smoothing: float) -> LossFn: ...
+
+    def to_device(self, targets: Any, device: torch.device) -> Any: ...
+
+    def count(self, targets: Any) -> int: ...  # images in the batch
+
+    def correct(self, outputs: Any, targets: Any) -> int | None: ...  # None: no train accuracy
+
+    def evaluate(self, model: nn.Module, batches: Iterable, channels_last: bool) -> Evaluation: ...
+
+
+def cross_entropy_loss(label_smoothing: float = 0.0) -> LossFn:
+    def loss_fn(model, x, y, epoch):
+        logits = model(x)
+        return F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing), logits
+
+    return loss_fn
+
+
+class Classification:
+    """Labels are an int64 tensor; val is scored by top-1 (then loss)."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+
+    def objective(self, label_smoothing: float) -> LossFn:
+        return cross_entropy_loss(label_smoothing)
+
+    def to_device(self, targets: torch.Tensor, device: torch.device) -> torch.Tensor:
+        return targets.to(device, non_blocking=True)
+
+    def count(self, targets: torch.Tensor) -> int:
+        return targets.numel()
+
+    def correct(self, outputs: torch.Tensor, targets: torch.Tensor) -> int:
+        return int((outputs.argmax(1) == targets).sum().item())  # a count: item() gives an int
+
+    def evaluate(self, model: nn.Module, batches: Iterable, channels_last: bool) -> Evaluation:
+        return evaluate(model, batches, self.num_classes, channels_last)
