@@ -1,28 +1,51 @@
-"""``rscompress train`` on a detection folder with a registry detector: a run dir like any
-other, its metrics the detection ones (issue 33)."""
+"""``rscompress train`` and ``prune`` on a detection folder with a registry detector: run dirs
+like any other, their metrics the detection ones (issue 33)."""
 
 import json
 
+import pytest
 import torch
 
 import rscompress as rsc
 from rscompress.cli import main
 from tests.detection_fakes import make_detection_dataset
 
+TRAIN = ["--model", "fcos_mobilenet_v3", "--img-size", "64", "--epochs", "1", "--batch-size", "2"]
 
-def test_train_a_detector_on_a_voc_folder_and_reload_it(tmp_path, capsys):
-    root, _ = make_detection_dataset(tmp_path, "voc", size=64)
-    out = tmp_path / "det"
-    args = ["train", "--data", str(root), "--model", "fcos_mobilenet_v3", "--img-size", "64", "--epochs", "1"]
-    assert main([*args, "--batch-size", "2", "--out", str(out), "--json"]) == 0
-    metrics = json.loads(capsys.readouterr().out)
+
+@pytest.fixture(scope="module")
+def detector_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("detector")
+    root, _ = make_detection_dataset(tmp, "voc", size=64)
+    out = tmp / "det"
+    assert (
+        main(["train", "--data", str(root), *TRAIN, "--cache-dir", str(tmp / "cache"), "--out", str(out), "--quiet"])
+        == 0
+    )
+    return root, out
+
+
+def test_train_a_detector_on_a_voc_folder_and_reload_it(detector_run, capsys):
+    root, out = detector_run
+    metrics = json.loads((out / "metrics.json").read_text())
     assert {"map50", "map", "map_small", "per_class_ap", "macs", "params", "n_images", "split"} <= set(metrics)
     assert (metrics["split"], metrics["n_images"], metrics["task"]) == ("test", 1, "detection")
     assert json.loads((out / "split.json").read_text())["source"] == "given"
     config = json.loads((out / "config.json").read_text())
     assert (config["model_kwargs"], config["class_names"]) == ({"img_size": 64}, ["tank", "well"])
-    model = rsc.load(out)
-    assert set(model([torch.zeros(3, 64, 64)])[0]) == {"boxes", "scores", "labels"}
-    # a finished run is never overwritten
-    assert main([*args, "--batch-size", "2", "--out", str(out)]) == 2
+    assert set(rsc.load(out)([torch.zeros(3, 64, 64)])[0]) == {"boxes", "scores", "labels"}
+    assert main(["train", "--data", str(root), *TRAIN, "--out", str(out)]) == 2  # never overwritten
     assert "already holds a finished run" in capsys.readouterr().err
+
+
+def test_prune_a_detector_to_a_macs_budget_keeping_its_prediction_convs(detector_run, tmp_path, capsys):
+    _, parent = detector_run
+    args = ["prune", str(parent), "--target-macs", "0.5", "--finetune-epochs", "1", "--batch-size", "2"]
+    assert main([*args, "--method", "l1", "--out", str(tmp_path / "l1"), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["macs_kept"] == pytest.approx(0.5, rel=0.01) and metrics["params_kept"] < 1
+    assert {"map50", "parent_map50", "map_small"} <= set(metrics) and metrics["task"] == "detection"
+    head = rsc.load(tmp_path / "l1").head
+    assert (head.classification_head.cls_logits.out_channels, head.regression_head.bbox_reg.out_channels) == (2, 4)
+    assert main([*args, "--method", "nas", "--out", str(tmp_path / "nas")]) == 2
+    assert "--method nas on a detector is not built yet" in capsys.readouterr().err

@@ -522,6 +522,11 @@ def prune(
     device = resolve_device(cfg.finetune.device)
     parent, model, parent_cfg, parent_metrics = _open_source(parent_path, cfg.finetune.threads)
     run = RunDir(out)
+    if metrics_task(parent_metrics) == "detection":
+        if pruned_from is not None or sparse_from is not None:
+            raise UserError("--pruned-from and --sparse-from are not built for detectors yet")
+        return _prune_detector(parent, model, parent_cfg, parent_metrics, cfg, run, resume=resume, quiet=quiet,
+                               reuse_finished=reuse_finished)  # fmt: skip
     is_se = parent_cfg.model.startswith("se_")
     # The parent too: a run resumed from another parent would mix two runs' work.
     settings = {**_prune_settings(cfg, is_se), "parent": str(parent.path.resolve())}
@@ -627,6 +632,133 @@ def prune(
         return _fit_and_finish(
             pruned, data, data_cfg, cfg.finetune, run, extra, resume=resume, quiet=quiet, loss_fn=loss_fn
         )
+
+
+def metrics_task(metrics: dict[str, Any]) -> str:
+    """What a finished run's model does: detection runs say so in metrics.json."""
+    return str(metrics.get("task", "classification"))
+
+
+def _detection_data(parent: RunDir, run: RunDir, parent_cfg: RunConfig, quiet: bool) -> Any:
+    """A detector parent's data on its split (the pruned run's own copy once it has one)."""
+    from rscompress.data.detection_prepare import prepare_detection, split_from_json
+
+    data_cfg = DataConfig.model_validate(parent_cfg.data)
+    with decode_progress(quiet) as progress:
+        data = prepare_detection(data_cfg.path, data_cfg.img_size, cache_dir=data_cfg.cache_dir, progress=progress)
+    return split_from_json(data, run.split_path if run.split_path.is_file() else parent.split_path)
+
+
+def _prune_detector(
+    parent: RunDir,
+    model: torch.nn.Module,
+    parent_cfg: RunConfig,
+    parent_metrics: dict[str, Any],
+    cfg: PruneConfig,
+    run: RunDir,
+    *,
+    resume: bool,
+    quiet: bool,
+    reuse_finished: bool,
+) -> dict[str, Any]:
+    """``prune`` for a detector parent: a one-shot criterion to the budget, its prediction convs
+    never pruned (pruner.prediction_layers), fine-tuned with the detector's own loss, tested
+    once on mAP."""
+    from rscompress.data.detection_loader import DetectionBatches
+    from rscompress.data.detection_prepare import split_to_json
+    from rscompress.engine.detection import Detection, evaluate_detection
+    from rscompress.pruning import architecture_spec
+    from rscompress.pruning.methods import check_config
+    from rscompress.pruning.methods.base import Criterion
+    from rscompress.pruning.select import prepare_and_prune
+
+    method = check_config(cfg)
+    if not isinstance(method, Criterion) or cfg.method in ("taylor", "remotetrimmer"):
+        raise UserError(
+            f"--method {cfg.method} on a detector is not built yet; detectors take the one-shot weight and "
+            "feature criteria (l1, l2, bn, fpgm, lamp, random, hrank)"
+        )
+    if cfg.loss != "ce":
+        raise UserError(f"--loss {cfg.loss} is for classifiers; a detector is fine-tuned with its own loss")
+    settings = {**_prune_settings(cfg, False), "parent": str(parent.path.resolve())}
+    with run.owned():
+        if (finished := _open_out_dir(run, settings, resume=resume, reuse_finished=reuse_finished)) is not None:
+            return finished
+        data = _detection_data(parent, run, parent_cfg, quiet)
+        mean, std = parent_cfg.mean, parent_cfg.std
+
+        def batches(split: str, train: bool) -> DetectionBatches:
+            return DetectionBatches(
+                data, data.split[split], batch_size=cfg.finetune.batch_size, mean=mean, std=std,
+                shuffle=train, augment=train and bool(parent_cfg.data.get("augment", True)), seed=cfg.finetune.seed,
+            )  # fmt: skip
+
+        if run.holds_pruned_model():
+            pruned, _ = run.load_model(weights=run.pruned_weights_path)
+            record = json.loads(run.prune_record_path.read_text())
+        else:
+            calibration = [b for _, b in zip(range(cfg.calibration_batches), batches("train", False), strict=False)]
+            pruned, record = prepare_and_prune(
+                model,
+                parent_cfg.model,
+                parent_cfg.img_size,
+                cfg,
+                calibration=calibration,
+                train_batches=batches("train", True),
+                val_batches=batches("val", False),
+                log=_progress_printer(quiet),
+                device=resolve_device(cfg.finetune.device),
+                run=run,
+                latency_meter=None,
+            )
+            run.path.mkdir(parents=True, exist_ok=True)
+            run.save_config(
+                parent_cfg.model_copy(
+                    update={"architecture": architecture_spec(pruned), **settings, "versions": library_versions()}
+                )
+            )
+            split_to_json(data, run.split_path)
+            save_weights(pruned, run.pruned_weights_path)
+            write_json_atomic(run.prune_record_path, record)  # last: its presence marks pruning done
+        pruned.train()
+        task = Detection(data.class_names)
+        result = fit(
+            pruned, batches("train", True), batches("val", False), cfg.finetune, run, task, resume=resume, quiet=quiet
+        )
+        test = evaluate_detection(pruned, batches("test", False), data.class_names)
+        pruned.cpu()
+        budget = record["budget"]
+        metrics = {
+            **test.to_dict(),
+            "split": "test",
+            "task": "detection",
+            "model": parent_cfg.model,
+            "method": cfg.method,
+            "parent": str(parent.path.resolve()),
+            "parent_map50": parent_metrics["map50"],
+            "parent_map": parent_metrics["map"],
+            "macs": budget["macs"],
+            "params": budget["params"],
+            "parent_macs": budget["parent_macs"],
+            "parent_params": budget["parent_params"],
+            "macs_kept": budget["macs_kept"],
+            "params_kept": budget["params_kept"],
+            "target_macs": cfg.target_macs,
+            "target_params": cfg.target_params,
+            "ratio": cfg.ratio,
+            "num_classes": len(data.class_names),
+            "img_size": parent_cfg.img_size,
+            "best_epoch": result.best_epoch,
+            "finetune_epochs": cfg.finetune.epochs,
+            "seed": cfg.finetune.seed,
+            "val": result.val.summary(),
+            **{k: v for k, v in record.items() if k != "budget"},
+            "budget": budget,
+        }
+        run.save_weights(pruned)
+        run.save_metrics(metrics)  # written last: its presence marks the run complete
+        shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
+        return metrics
 
 
 def _prune_settings(cfg: PruneConfig, is_se: bool) -> dict[str, Any]:

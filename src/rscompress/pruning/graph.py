@@ -10,6 +10,7 @@ scores exactly once, and every candidate of a search is ranked by the same numbe
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -20,6 +21,11 @@ from torch import Tensor, nn
 from torch_pruning import ops
 
 from rscompress.pruning.importance import Importance
+
+# Torch-Pruning's channel inference gives up (with a warning each time) on the walk through a
+# detector's box decoding and NMS, which hold no prunable layer: its groups are complete
+# without it. Only that message of that package is silenced.
+warnings.filterwarnings("ignore", "Maximum recursive depth reached", UserWarning, r"torch_pruning\.")
 
 # Layers whose output channels start a group; BNs, activations, adds and concats follow them.
 ROOT_TYPES = (ops.TORCH_CONV, ops.TORCH_LINEAR)

@@ -49,18 +49,33 @@ def find_classifier(model: nn.Module, example_inputs: Tensor) -> nn.Linear:
     return heads[-1]
 
 
+def prediction_layers(model: nn.Module, example_inputs: Tensor) -> list[nn.Module]:
+    """The layers whose outputs are the model's predictions: a classifier's last Linear
+    (``find_classifier``), or an FCOS / RetinaNet detector's final classification and box
+    convolutions, shared by every FPN level."""
+    from torchvision.models.detection import FCOS, RetinaNet
+
+    if isinstance(model, FCOS):
+        head = model.head
+        return [head.classification_head.cls_logits, head.regression_head.bbox_reg, head.regression_head.bbox_ctrness]
+    if isinstance(model, RetinaNet):
+        return [model.head.classification_head.cls_logits, model.head.regression_head.bbox_reg]
+    return [find_classifier(model, example_inputs)]
+
+
 def protected_layers(
     model: nn.Module, example_inputs: Tensor, ignored_layers: Iterable[nn.Module] | None = None
 ) -> list[nn.Module]:
     """Layers whose output channels are never pruned (their inputs still follow their producers).
 
-    * the classifier: its outputs are the classes;
+    * the prediction layers: a classifier's outputs are the classes, a detector's the class
+      scores and box coordinates of each location;
     * each SE block's squeeze layer (fc1): its C/16 hidden units cost next to nothing, and
       keeping them keeps the learned attention function; the SE's channel dimension
       (fc1 in, fc2 out) is pruned together with the BN it belongs to;
     * ``ignored_layers`` given by the caller, with all their submodules.
     """
-    roots: list[nn.Module] = [find_classifier(model, example_inputs)]
+    roots: list[nn.Module] = prediction_layers(model, example_inputs)
     roots += [m.fc1 for m in model.modules() if isinstance(m, SqueezeExcite)]
     roots += list(ignored_layers or [])
     return [sub for layer in roots for sub in layer.modules()]

@@ -27,7 +27,7 @@ from rscompress.pruning.methods import check_config
 from rscompress.pruning.methods.base import Budget, PruningMethod, Selection
 from rscompress.pruning.parent import budget_reference, rebase_budget
 
-Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+Batches = Iterable[tuple[torch.Tensor, Any]]  # targets as the task has them (labels, box dicts)
 
 
 def select_and_prune(
@@ -39,7 +39,7 @@ def select_and_prune(
     budget: Budget | None = None,
     train_batches,
     val_batches: Batches,
-    calibration: list[tuple[torch.Tensor, torch.Tensor]],
+    calibration: list[tuple[torch.Tensor, Any]],
     log: Callable[[str], None] = lambda _: None,
     phase_dir: Path | None = None,
     weights_as_trained: nn.Module | None = None,
@@ -167,7 +167,7 @@ def prepare_and_prune(
     img_size: int,
     cfg: PruneConfig,
     *,
-    calibration: list[tuple[torch.Tensor, torch.Tensor]],
+    calibration: list[tuple[torch.Tensor, Any]],
     train_batches,
     val_batches: Batches,
     log: Callable[[str], None] = lambda _: None,
