@@ -90,3 +90,12 @@ def test_a_seed_torch_cannot_take_is_refused(capsys, tmp_path, dataset):
     code, _, err = run_cli(capsys, *train_args(dataset, tmp_path / "r", "--seed", 2**70))
     assert_one_line_error(code, err, "--seed")
     assert not (tmp_path / "r").exists()
+
+
+def test_run_on_a_folder_or_a_binary_file(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "run", tmp_path)
+    assert_one_line_error(code, err, str(tmp_path), "Is a directory")
+    binary = tmp_path / "recipe.yaml"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    code, _, err = run_cli(capsys, "run", binary)
+    assert_one_line_error(code, err, str(binary), "not UTF-8")
