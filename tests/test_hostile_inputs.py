@@ -1,11 +1,14 @@
 """Hostile inputs (issue 35): each ends in one line on stderr starting ``error:``, exit code 2,
 no traceback, and nothing already written lost; or is refused before anything runs."""
 
+import json
 import shutil
 
 import pytest
 
+import rscompress as rsc
 from rscompress.cli import main
+from rscompress.errors import UserError
 from tests.fakes import make_fake_dataset
 
 
@@ -99,3 +102,56 @@ def test_run_on_a_folder_or_a_binary_file(capsys, tmp_path):
     binary.write_bytes(b"\xff\xfe\x00garbage")
     code, _, err = run_cli(capsys, "run", binary)
     assert_one_line_error(code, err, str(binary), "not UTF-8")
+
+
+# -- a run dir edited or spoiled -------------------------------------------------------------
+
+
+def _edit_config(run, edit):
+    config = json.loads((run / "config.json").read_text())
+    edit(config)
+    (run / "config.json").write_text(json.dumps(config))
+
+
+def _use_run(run, tmp_path):
+    """Every command that loads a finished run's model (the Python API's load too)."""
+    return [
+        ("evaluate", run),
+        ("export", run, "--out", tmp_path / "m.onnx"),
+        ("prune", run, "--method", "l1", "--target-macs", "0.5", "--finetune-epochs", 1, "--out", tmp_path / "p"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "edit,needles",
+    [
+        (lambda c: c["model_kwargs"].update(wings=2), ["config.json", "resnet18", "'wings'"]),
+        (lambda c: c.update(num_classes=5), ["config.json", "num_classes is 5", "7"]),
+        (lambda c: c.update(num_classes=5, class_names=c["class_names"][:5]), ["model.safetensors", "fc.weight"]),
+        (lambda c: c.update(img_size="big"), ["config.json", "img_size"]),
+        (lambda c: c.pop("mean"), ["config.json", "mean"]),
+    ],
+)
+def test_an_edited_config_json_is_one_line_naming_the_key(capsys, tmp_path, run_copy, edit, needles):
+    _edit_config(run_copy, edit)
+    for args in _use_run(run_copy, tmp_path):
+        code, _, err = run_cli(capsys, *args)
+        assert_one_line_error(code, err, *needles)
+    assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "p").exists()
+    with pytest.raises(UserError, match=needles[-1]):
+        rsc.load(run_copy)
+
+
+@pytest.mark.parametrize("bad,suffix", [(float("nan"), ".safetensors"), (float("inf"), ".pth")])
+def test_weights_holding_non_finite_values_are_refused_by_tensor(capsys, tmp_path, dataset, bad, suffix):
+    import torch
+    from safetensors.torch import save_file
+
+    from rscompress.models import create_model
+
+    state = create_model("resnet18", 7).state_dict()
+    state["layer2.0.conv1.weight"][0, 0, 0, 0] = bad
+    weights = tmp_path / f"w{suffix}"
+    save_file(state, weights) if suffix == ".safetensors" else torch.save(state, weights)
+    code, _, err = run_cli(capsys, *train_args(dataset, tmp_path / "r", "--weights", weights))
+    assert_one_line_error(code, err, str(weights), "layer2.0.conv1.weight", "NaN or inf")
