@@ -5,6 +5,7 @@ import json
 import shutil
 
 import pytest
+import torch
 
 import rscompress as rsc
 from rscompress.cli import main
@@ -155,3 +156,84 @@ def test_weights_holding_non_finite_values_are_refused_by_tensor(capsys, tmp_pat
     save_file(state, weights) if suffix == ".safetensors" else torch.save(state, weights)
     code, _, err = run_cli(capsys, *train_args(dataset, tmp_path / "r", "--weights", weights))
     assert_one_line_error(code, err, str(weights), "layer2.0.conv1.weight", "NaN or inf")
+
+
+@pytest.fixture(scope="module")
+def interrupted_run(tmp_path_factory, dataset):
+    """A run killed after its last epoch's checkpoint, before its final weights."""
+    from rscompress.artifacts import RunDir
+
+    out = tmp_path_factory.mktemp("runs") / "interrupted"
+
+    class Killed(Exception):
+        pass
+
+    def kill(*_args, **_kwargs):
+        raise Killed
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(RunDir, "save_weights", kill)
+        with pytest.raises(Killed):
+            main([str(a) for a in train_args(dataset, out, "--epochs", 2)])
+    return out
+
+
+def _other_model_weights(path, num_classes=7, name="mobilenet_v2"):
+    from safetensors.torch import save_file
+
+    from rscompress.models import create_model
+
+    save_file({k: v.contiguous() for k, v in create_model(name, num_classes).state_dict().items()}, path)
+
+
+def _optim_buffer_of_another_shape(path):
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(path)
+    state[next(k for k in sorted(state) if k.endswith("momentum_buffer"))] = torch.zeros(3, 3)
+    save_file(state, path)
+
+
+SPOILED_CHECKPOINTS = {
+    "garbage state.json": ("checkpoint/epoch-0001/state.json", lambda p: p.write_text("garbage{"), "state.json"),
+    "state.json of another layout": (
+        "checkpoint/epoch-0001/state.json", lambda p: p.write_text('{"epoch": "x"}'), "state.json",
+    ),
+    "garbage latest.json": ("checkpoint/latest.json", lambda p: p.write_text("garbage"), "latest.json"),
+    "latest.json of another layout": ("checkpoint/latest.json", lambda p: p.write_text("[1, 2]"), "latest.json"),
+    "another architecture's weights": (
+        "checkpoint/epoch-0001/model.safetensors", _other_model_weights, "model.safetensors",
+    ),
+    "another class count's best weights": (
+        "checkpoint/best.safetensors", lambda p: _other_model_weights(p, 5, "resnet18"), "fc.weight",
+    ),
+    "another architecture's optimizer state": (
+        "checkpoint/epoch-0001/optim.safetensors", _other_model_weights, "epoch-0001",
+    ),
+    "optimizer buffers of other shapes": (
+        "checkpoint/epoch-0001/optim.safetensors", _optim_buffer_of_another_shape, "momentum_buffer",
+    ),
+    "a non-JSON line in history.jsonl": (
+        "history.jsonl", lambda p: p.write_text("not json\n" + p.read_text()), "history.jsonl line 1",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", SPOILED_CHECKPOINTS)
+def test_a_spoiled_checkpoint_is_one_line_and_loses_nothing(capsys, tmp_path, dataset, interrupted_run, case):
+    name, spoil, needle = SPOILED_CHECKPOINTS[case]
+    run = shutil.copytree(interrupted_run, tmp_path / "run")
+    spoil(run / name)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    code, _, err = run_cli(capsys, *train_args(dataset, run, "--epochs", 2, "--resume"))
+    assert_one_line_error(code, err, needle)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_a_history_row_cut_short_by_a_kill_is_dropped_on_resume(capsys, tmp_path, dataset, interrupted_run):
+    run = shutil.copytree(interrupted_run, tmp_path / "run")
+    with open(run / "history.jsonl", "a") as fh:
+        fh.write('{"epoch": 1, "lr')
+    code, _, err = run_cli(capsys, *train_args(dataset, run, "--epochs", 2, "--resume"))
+    assert code == 0, err
+    assert [json.loads(line)["epoch"] for line in (run / "history.jsonl").read_text().splitlines()] == [0, 1]

@@ -202,14 +202,19 @@ def _refuse_non_finite(state: dict[str, Tensor], path: Path) -> None:
             raise UserError(f"weights in {path}: tensor {name} holds NaN or inf values")
 
 
-def fill_model(model: nn.Module, path: Path, what: str) -> None:
-    """Fill ``model`` from ``path`` exactly (every key, every shape), or a UserError naming the
-    differences; ``what`` says which model it was built as (a run's config.json)."""
+def matching_state(model: nn.Module, path: Path, what: str) -> dict[str, Tensor]:
+    """The tensors of ``path`` when they fill ``model`` exactly (every key, every shape), or a
+    UserError naming the differences; ``what`` names the model (the one a run's config.json builds)."""
     state = read_state_dict(path)
     report = _problems(model.state_dict(), state, [])
     if not report.complete:
         raise UserError(f"{path} does not match {what}: {_describe(report)}")
-    model.load_state_dict(state)
+    return state
+
+
+def fill_model(model: nn.Module, path: Path, what: str) -> None:
+    """Fill ``model`` from ``path`` exactly (``matching_state``)."""
+    model.load_state_dict(matching_state(model, path, what))
 
 
 def save_weights(model: nn.Module, path: Path) -> None:
