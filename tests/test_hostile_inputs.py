@@ -2,7 +2,9 @@
 no traceback, and nothing already written lost; or is refused before anything runs."""
 
 import json
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -237,3 +239,70 @@ def test_a_history_row_cut_short_by_a_kill_is_dropped_on_resume(capsys, tmp_path
     code, _, err = run_cli(capsys, *train_args(dataset, run, "--epochs", 2, "--resume"))
     assert code == 0, err
     assert [json.loads(line)["epoch"] for line in (run / "history.jsonl").read_text().splitlines()] == [0, 1]
+
+
+# -- a full or read-only --out ---------------------------------------------------------------
+
+
+def _disk_full(*_args, **_kwargs):
+    """What safetensors raises when the disk fills mid-write (a SafetensorError, not an OSError)."""
+    from safetensors import SafetensorError
+
+    raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+
+def test_a_full_disk_at_the_final_weights_is_one_line_and_resume_finishes(capsys, monkeypatch, tmp_path, dataset):
+    import rscompress.models.weights
+
+    run = tmp_path / "run"
+    save_file = rscompress.models.weights.save_file
+
+    def full_at_the_final_weights(tensors, path, **kwargs):
+        if Path(path).parent == run:  # the checkpoints (in run/checkpoint/) fitted
+            _disk_full()
+        save_file(tensors, path, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(rscompress.models.weights, "save_file", full_at_the_final_weights)
+        code, _, err = run_cli(capsys, *train_args(dataset, run))
+    assert_one_line_error(code, err, str(run / "model.safetensors"), "No space left on device")
+    assert (run / "checkpoint" / "latest.json").is_file()  # the trained epoch is kept
+    assert not [p for p in run.rglob("*") if p.name.endswith(".tmp")]
+    code, _, err = run_cli(capsys, *train_args(dataset, run, "--resume"))
+    assert code == 0, err
+    assert (run / "metrics.json").is_file()
+
+
+def test_a_checkpoint_the_disk_refuses_is_one_line(capsys, monkeypatch, tmp_path, dataset):
+    import rscompress.engine.checkpoint
+
+    def refuse(*_args, **_kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(rscompress.engine.checkpoint, "write_safetensors", refuse)
+    code, _, err = run_cli(capsys, *train_args(dataset, tmp_path / "run"))
+    assert_one_line_error(code, err, "model.safetensors", "Permission denied")
+
+
+def test_an_export_into_a_folder_the_disk_refuses_is_one_line(capsys, monkeypatch, tmp_path, finished_run):
+    import tempfile
+
+    def read_only(*_args, **_kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", read_only)
+    out = tmp_path / "m.onnx"
+    code, _, err = run_cli(capsys, "export", finished_run, "--out", out)
+    assert_one_line_error(code, err, str(out), "Read-only file system")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a chmod 555 folder")
+def test_a_read_only_out_folder_is_one_line(capsys, tmp_path, dataset):
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    parent.chmod(0o555)
+    try:
+        code, _, err = run_cli(capsys, *train_args(dataset, parent / "run"))
+    finally:
+        parent.chmod(0o755)
+    assert_one_line_error(code, err, str(parent / "run"))

@@ -6,9 +6,12 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from rscompress.errors import UserError
 
 
 def fsync_dir(path: Path) -> None:
@@ -26,23 +29,49 @@ def _umask() -> int:
 
 
 def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
-    """Call ``write(tmp)`` on a temp file beside ``path``, fsync it, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    """Call ``write(tmp)`` on a temp file beside ``path``, fsync it, then rename over ``path``.
+
+    A write the disk refuses (full, read-only, not ours) is a UserError naming ``path``
+    (``writing``): the temp file is removed and what was at ``path`` is as it was.
+    """
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            write(tmp)
+            # mkstemp makes 0600, and some writers (safetensors) recreate the file at 0600, so the
+            # usual mode is set after writing: a run dir shared with a group stays readable.
+            os.chmod(tmp, 0o666 & ~_umask())
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+            fsync_dir(path.parent)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """An OSError in the block (a full disk, a read-only or unwritable folder) is one UserError
+    naming ``path``, the file the block writes: the disk's state, not a bug."""
     try:
-        write(tmp)
-        # mkstemp makes 0600, and some writers (safetensors) recreate the file at 0600, so the
-        # usual mode is set after writing: a run dir shared with a group stays readable.
-        os.chmod(tmp, 0o666 & ~_umask())
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        yield
+    except OSError as err:
+        raise UserError(f"cannot write {path}: {err.strerror or err}") from None
+
+
+@contextmanager
+def staging_dir(dest: Path, prefix: str) -> Iterator[Path]:
+    """A temp folder beside ``dest`` (on its file system, so a rename moves a file from it to
+    ``dest``), removed after the block; a folder the disk refuses is a UserError naming ``dest``."""
+    with writing(dest):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = tempfile.TemporaryDirectory(prefix=prefix, dir=dest.parent)
+    with staging as path:
+        yield Path(path)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -59,7 +88,8 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 def append_jsonl(path: Path, row: dict[str, Any]) -> None:
     """Append one JSON line and fsync: each finished epoch is on disk before the next starts."""
-    with open(path, "a") as fh:
+    # A line cut short by a full disk is dropped by the next resume (trainer._read_history).
+    with writing(path), open(path, "a") as fh:
         fh.write(json.dumps(row) + "\n")
         fh.flush()
         os.fsync(fh.fileno())

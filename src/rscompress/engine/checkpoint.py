@@ -26,12 +26,11 @@ from typing import Any
 
 import torch
 from pydantic import BaseModel, Field, ValidationError
-from safetensors.torch import save_file
 from torch import nn
 
 from rscompress.errors import UserError
 from rscompress.io_utils import write_atomic, write_json_atomic
-from rscompress.models.weights import fill_model, matching_state, read_state_dict
+from rscompress.models.weights import fill_model, matching_state, read_state_dict, write_safetensors
 
 LATEST = "latest.json"
 BEST = "best.safetensors"
@@ -84,7 +83,7 @@ def _commit(directory: Path, epoch_dir: Path) -> None:
 
 def _safetensors_writer(tensors: dict[str, torch.Tensor]) -> Callable[[Path], None]:
     """A ``write_atomic`` writer of ``tensors``, bound now (not to a loop variable that moves on)."""
-    return lambda tmp: save_file(tensors, str(tmp))
+    return lambda tmp: write_safetensors(tensors, tmp)
 
 
 def _epoch_dir(directory: Path, name: object) -> Path:
@@ -210,8 +209,7 @@ def load_checkpoint(
     # What torch and the lookups raise on state of another shape or layout: the files', not a bug.
     except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as err:
         raise UserError(
-            f"checkpoint {epoch_dir} does not fit this run ({type(err).__name__}: {err}); "
-            "start anew in another --out"
+            f"checkpoint {epoch_dir} does not fit this run ({type(err).__name__}: {err}); start anew in another --out"
         ) from None
     return TrainingState(
         epoch=meta.epoch,

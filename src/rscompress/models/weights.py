@@ -16,7 +16,9 @@ classifier of another class count is left fresh instead of refused.
 from __future__ import annotations
 
 import argparse
+import os
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -233,4 +235,19 @@ def save_weights(model: nn.Module, path: Path) -> None:
         t = t.clone() if storage in seen_storages else t
         seen_storages.add(storage)
         tensors[name] = t.contiguous().cpu()
-    write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    write_atomic(path, lambda tmp: write_safetensors(tensors, tmp, metadata={"format": "pt"}))
+
+
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def write_safetensors(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """safetensors' ``save_file``, a failed write raised as the OSError it was: safetensors
+    raises a SafetensorError for it, the OS error number only in its message."""
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as err:
+        if match := _OS_ERROR.search(str(err)):
+            code = int(match.group(1))
+            raise OSError(code, os.strerror(code), str(path)) from None
+        raise
