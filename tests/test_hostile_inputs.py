@@ -306,3 +306,44 @@ def test_a_read_only_out_folder_is_one_line(capsys, tmp_path, dataset):
     finally:
         parent.chmod(0o755)
     assert_one_line_error(code, err, str(parent / "run"))
+
+
+# -- what the model cannot train on ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "model,more,needles",
+    [
+        ("resnet18", ("--batch-size", 1), ["--batch-size 1", "resnet18", "BatchNorm", "16 px"]),
+        ("vgg16_bn", (), ["vgg16_bn", "16 px", "--img-size", "smallest size it takes is 32 px"]),
+    ],
+)
+def test_inputs_the_model_cannot_train_on_are_refused_before_the_run_dir(
+    capsys, tmp_path, dataset, model, more, needles
+):
+    args = [a if a != "resnet18" else model for a in train_args(dataset, tmp_path / "r", *more)]
+    code, _, err = run_cli(capsys, *args)
+    assert_one_line_error(code, err, *needles)
+    assert not (tmp_path / "r").exists()
+
+
+def test_batch_size_1_trains_where_no_batchnorm_sees_a_single_value(capsys, tmp_path, dataset):
+    from rscompress.models import create_model
+    from rscompress.models.probe import check_trainable
+
+    check_trainable(create_model("resnet18", 7), "resnet18", 64, 1)  # its last maps are 2×2
+    with pytest.raises(UserError, match="layer4"):
+        check_trainable(create_model("resnet18", 7), "resnet18", 32, 1)
+
+
+def test_prune_and_distill_check_the_batch_size_too(capsys, tmp_path, finished_run):
+    code, _, err = run_cli(
+        capsys, "prune", finished_run, "--method", "l1", "--target-macs", "0.5", "--batch-size", 1,
+        "--out", tmp_path / "p",
+    )  # fmt: skip
+    assert_one_line_error(code, err, "--batch-size 1")
+    code, _, err = run_cli(
+        capsys, "distill", "--teacher", finished_run, "--student", "vgg16_bn", "--out", tmp_path / "d"
+    )
+    assert_one_line_error(code, err, "vgg16_bn", "32 px")
+    assert not (tmp_path / "p").exists() and not (tmp_path / "d").exists()

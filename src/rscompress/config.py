@@ -29,9 +29,12 @@ class StrictModel(BaseModel):
 Seed = Annotated[int, Field(ge=-(2**63), lt=2**64)]
 
 
+MAX_IMG_SIZE = 4096
+
+
 class DataConfig(StrictModel):
     path: Path
-    img_size: int = Field(128, gt=0, le=4096)
+    img_size: int = Field(128, gt=0, le=MAX_IMG_SIZE)
     train_fraction: float = Field(0.7, gt=0, lt=1)
     val_fraction: float = Field(0.1, gt=0, lt=1)
     test_fraction: float = Field(0.2, ge=0, lt=1)
