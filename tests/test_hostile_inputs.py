@@ -347,3 +347,16 @@ def test_prune_and_distill_check_the_batch_size_too(capsys, tmp_path, finished_r
     )
     assert_one_line_error(code, err, "vgg16_bn", "32 px")
     assert not (tmp_path / "p").exists() and not (tmp_path / "d").exists()
+
+
+def test_a_class_of_one_image_is_a_warning_saying_it_has_no_val_or_test_image(tmp_path):
+    from rscompress.config import DataConfig
+    from rscompress.data.prepare import prepare_data
+    from tests.fakes import make_image_folder
+
+    root = make_image_folder(tmp_path / "data", {"forest": 6, "river": 6, "rare": 1})
+    data = prepare_data(DataConfig(path=root, img_size=16), None)
+    assert [w for w in data.warnings if "rare" in w] == [
+        "class rare has 1 image(s) and no val/test image: its accuracy there is not measured"
+    ]
+    assert not [w for w in data.warnings if "forest" in w or "river" in w]
