@@ -4,6 +4,7 @@ no traceback, and nothing already written lost; or is refused before anything ru
 import json
 import os
 import shutil
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -360,3 +361,44 @@ def test_a_class_of_one_image_is_a_warning_saying_it_has_no_val_or_test_image(tm
         "class rare has 1 image(s) and no val/test image: its accuracy there is not measured"
     ]
     assert not [w for w in data.warnings if "forest" in w or "river" in w]
+
+
+# -- one pixel limit for every image format --------------------------------------------------
+
+
+def _tiff_claiming(path, width, height):
+    """A small TIFF whose header says ``width``×``height``: decoding it would take that much memory."""
+    import numpy as np
+    import tifffile
+
+    tifffile.imwrite(path, np.zeros((16, 16, 3), np.uint8), photometric="rgb")
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        tif.pages[0].tags["ImageWidth"].overwrite(width)
+        tif.pages[0].tags["ImageLength"].overwrite(height)
+    return path
+
+
+def test_a_huge_tiff_is_refused_from_its_header(tmp_path):
+    from rscompress.data.datasets import BadImageError, decode_image
+
+    with pytest.raises(BadImageError, match="20000x20000 = 400000000 pixels is more than the limit"):
+        decode_image(_tiff_claiming(tmp_path / "huge.tif", 20000, 20000))
+
+
+def test_png_and_tiff_are_held_to_the_same_pixel_limit(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from rscompress.data.datasets import BadImageError, decode_image
+    from tests.fakes import fake_pixels, write_fake_image
+
+    pixels = fake_pixels(0, 1, 0, 16)  # 256 pixels
+    png, tif = (write_fake_image(tmp_path / "img", pixels, fmt) for fmt in ("png", "tif16"))
+    for limit, refused in ((127, True), (128, False)):  # Pillow refuses above twice the setting
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
+        for path in (png, tif):
+            if refused:
+                with pytest.raises(BadImageError):
+                    decode_image(path)
+            else:
+                with pytest.warns(Image.DecompressionBombWarning) if path == png else nullcontext():
+                    assert decode_image(path).shape == (16, 16, 3)
