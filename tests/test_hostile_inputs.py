@@ -402,3 +402,35 @@ def test_png_and_tiff_are_held_to_the_same_pixel_limit(tmp_path, monkeypatch):
             else:
                 with pytest.warns(Image.DecompressionBombWarning) if path == png else nullcontext():
                     assert decode_image(path).shape == (16, 16, 3)
+
+
+# -- temp files of a writer killed mid-write -------------------------------------------------
+
+
+def test_temp_files_a_kill_left_are_removed_at_the_next_start(tmp_path, interrupted_run):
+    from rscompress.artifacts import RunDir
+
+    run = shutil.copytree(interrupted_run, tmp_path / "run")
+    left = [
+        run / ".model.safetensors.k3j9.tmp",
+        run / "checkpoint" / "epoch-0001" / ".optim.safetensors.a1b2.tmp",
+        run / ".onnx-export-x7y8" / "model.onnx",
+        run / ".int8-export-q1w2" / "model.int8.onnx",
+        run / ".int8-fp32-e3r4" / "fp32.onnx",
+    ]
+    for path in left:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"half written")
+    kept = [run / "notes.tmp", run / ".hidden"]  # not names rscompress writes to
+    for path in kept:
+        path.write_text("mine")
+    elsewhere = tmp_path / "elsewhere"  # a link's target is not the run dir's to remove
+    (elsewhere / "x").mkdir(parents=True)
+    (run / ".onnx-export-link").symlink_to(elsewhere / "x", target_is_directory=True)
+    (run / ".link.tmp").symlink_to(elsewhere / "x")
+    with RunDir(run).owned():  # as every step that writes a run dir starts (train --resume, export, ...)
+        assert not [p for p in left if p.exists()]
+        assert not [p.parent for p in left if p.parent.exists() and p.parent.name.startswith((".onnx", ".int8"))]
+        assert (run / "checkpoint" / "epoch-0001" / "model.safetensors").is_file()
+        assert all(p.read_text() == "mine" for p in kept)
+        assert (elsewhere / "x").is_dir()

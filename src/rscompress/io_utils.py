@@ -74,6 +74,26 @@ def staging_dir(dest: Path, prefix: str) -> Iterator[Path]:
         yield Path(path)
 
 
+# The temp folders staging_dir makes beside a file being exported (deploy/onnx.py, deploy/int8.py).
+ONNX_STAGING, INT8_STAGING, INT8_FP32_STAGING = ".onnx-export-", ".int8-export-", ".int8-fp32-"
+
+
+def remove_leftovers(folder: Path) -> None:
+    """Remove the temp files of write_atomic (``.NAME.*.tmp``) and the staging folders that a
+    kill mid-write left in ``folder`` or below (a kill skips every cleanup). Only while no one
+    writes there: the run dir's lock held (locking.hold_dir). Links are neither followed nor
+    removed: what they lead to is not this folder's."""
+    for parent, folders, files in os.walk(folder):
+        here = Path(parent)
+        for name in files:
+            if name.startswith(".") and name.endswith(".tmp") and not (here / name).is_symlink():
+                (here / name).unlink(missing_ok=True)
+        for name in [f for f in folders if f.startswith((ONNX_STAGING, INT8_STAGING, INT8_FP32_STAGING))]:
+            folders.remove(name)
+            if not (here / name).is_symlink():
+                shutil.rmtree(here / name, ignore_errors=True)
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 

@@ -36,7 +36,7 @@ from rscompress.deploy.onnx import check_destination, check_parity, export_onnx,
 from rscompress.deploy.quantize import REDUCE_RANGE, calibration_batches, quant_settings, quantize_int8
 from rscompress.deploy.runtime import INPUT_NAME, OUTPUT_NAME, cpu_session
 from rscompress.errors import UserError
-from rscompress.io_utils import append_jsonl, fsync_dir, staging_dir
+from rscompress.io_utils import INT8_FP32_STAGING, INT8_STAGING, append_jsonl, fsync_dir, staging_dir
 
 LATENCY_WARMUP = 10
 PARITY_IMAGES = 8  # val images the staged FP32 file is parity-checked on before it is the reference
@@ -266,7 +266,7 @@ def export_int8(
     """
     if calibration.ndim != 4 or calibration.shape[0] == 0:
         raise UserError(f"calibration must hold at least one N×3×S×S image, got shape {calibration.shape}")
-    with staging_dir(dest, ".int8-export-") as staging:
+    with staging_dir(dest, INT8_STAGING) as staging:
         start = time.perf_counter()
         staged = quantize_int8(fp32, staging / dest.name, calibration_batches(calibration), reduce_range=reduce_range)
         quantize_seconds = time.perf_counter() - start
@@ -383,7 +383,7 @@ def _export_int8_run(
         notes.append(f"the train split holds {rows.size} images: calibrated on all of them, not {cfg.calib_images}")
     val = data.eval_batches(data.val_indices)
     test = data.eval_batches(data.test_indices) if data.test_indices.size else None
-    with staging_dir(dest, ".int8-fp32-") as tmp:
+    with staging_dir(dest, INT8_FP32_STAGING) as tmp:
         fp32 = export_onnx(model, config.img_size, tmp / "fp32.onnx", metadata=run_metadata(config))
         parity_x = next(iter(data.eval_batches(data.val_indices[:parity_images])))[0]
         check_parity(model, fp32, parity_x)
