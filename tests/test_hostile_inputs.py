@@ -422,6 +422,10 @@ def test_temp_files_a_kill_left_are_removed_at_the_next_start(tmp_path, interrup
         path.parent.mkdir(exist_ok=True)
         path.write_bytes(b"half written")
     kept = [run / "notes.tmp", run / ".hidden"]  # not names rscompress writes to
+    # A run dir inside this one, held by a writer of its own: its temp file may be being written.
+    (run / "nested").mkdir()
+    (run / "nested" / ".rscompress.lock").write_text("4242\n")
+    kept.append(run / "nested" / ".model.safetensors.w1.tmp")
     for path in kept:
         path.write_text("mine")
     elsewhere = tmp_path / "elsewhere"  # a link's target is not the run dir's to remove

@@ -78,13 +78,17 @@ def staging_dir(dest: Path, prefix: str) -> Iterator[Path]:
 ONNX_STAGING, INT8_STAGING, INT8_FP32_STAGING = ".onnx-export-", ".int8-export-", ".int8-fp32-"
 
 
-def remove_leftovers(folder: Path) -> None:
+def remove_leftovers(folder: Path, lock_name: str) -> None:
     """Remove the temp files of write_atomic (``.NAME.*.tmp``) and the staging folders that a
     kill mid-write left in ``folder`` or below (a kill skips every cleanup). Only while no one
-    writes there: the run dir's lock held (locking.hold_dir). Links are neither followed nor
-    removed: what they lead to is not this folder's."""
+    writes there: the run dir's lock held (locking.hold_dir). A folder below with a ``lock_name``
+    file is a run dir of its own, whose writer may be at work: it is cleaned at its own start.
+    Links are neither followed nor removed: what they lead to is not this folder's."""
     for parent, folders, files in os.walk(folder):
         here = Path(parent)
+        if here != folder and lock_name in files:
+            folders.clear()
+            continue
         for name in files:
             if name.startswith(".") and name.endswith(".tmp") and not (here / name).is_symlink():
                 (here / name).unlink(missing_ok=True)

@@ -35,7 +35,7 @@ def hold_dir(path: Path) -> Iterator[None]:
     created = _make_dir(path)
     fd = _lock(path)
     try:
-        remove_leftovers(path)  # of a writer killed mid-write: the lock says none is writing now
+        remove_leftovers(path, LOCK_FILE)  # of a writer killed mid-write: the lock says none writes now
         yield
     finally:
         # Removed while still held: a process that opened the file before this and locks it
