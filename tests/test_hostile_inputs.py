@@ -438,3 +438,28 @@ def test_temp_files_a_kill_left_are_removed_at_the_next_start(tmp_path, interrup
         assert (run / "checkpoint" / "epoch-0001" / "model.safetensors").is_file()
         assert all(p.read_text() == "mine" for p in kept)
         assert (elsewhere / "x").is_dir()
+
+
+# -- outputs that are not what they should be ------------------------------------------------
+
+
+@pytest.mark.parametrize("step", ["train", "prune", "distill"])
+def test_out_naming_a_file_is_one_line_and_the_file_is_kept(capsys, tmp_path, dataset, finished_run, step):
+    out = tmp_path / "taken"
+    out.write_text("mine\n")
+    args = {
+        "train": train_args(dataset, out),
+        "prune": ("prune", finished_run, "--method", "l1", "--target-macs", "0.5", "--out", out),
+        "distill": ("distill", "--teacher", finished_run, "--student", "resnet18", "--out", out),
+    }[step]
+    code, _, err = run_cli(capsys, *args)
+    assert_one_line_error(code, err, str(out), "is a file")
+    assert out.read_text() == "mine\n"
+
+
+@pytest.mark.parametrize("name", ["folder", "folder.onnx"])
+def test_export_out_naming_a_folder_is_one_line(capsys, tmp_path, finished_run, name):
+    (tmp_path / name).mkdir()
+    code, _, err = run_cli(capsys, "export", finished_run, "--out", tmp_path / name)
+    assert_one_line_error(code, err, str(tmp_path / name))
+    assert not list((tmp_path / name).iterdir())
