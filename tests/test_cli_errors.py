@@ -116,9 +116,9 @@ def test_models_lists_registry(capsys):
     assert code == 0
     # the registry's own first, then torchvision's (timm's too where it is installed)
     names = out.split()
-    assert names[:2] == ["resnet18", "se_resnet18"]
-    assert {"torchvision/resnet18", "torchvision/resnet101"} <= set(names[2:])
-    assert all(n.startswith(("torchvision/", "timm/")) for n in names[2:])
+    assert names[:3] == ["fcos_resnet18", "resnet18", "se_resnet18"]  # detectors are in the registry too
+    assert {"torchvision/resnet18", "torchvision/resnet101"} <= set(names[3:])
+    assert all(n.startswith(("torchvision/", "timm/")) for n in names[3:])
 
 
 def test_methods_lists_every_method_with_the_options_it_owns(capsys):

@@ -39,6 +39,7 @@ from rscompress.errors import UserError
 from rscompress.io_utils import link_or_copy, write_json_atomic
 from rscompress.models import create_model
 from rscompress.models.complexity import count_macs_params
+from rscompress.models.probe import check_trainable
 from rscompress.models.weights import load_weights, save_weights
 
 
@@ -113,6 +114,11 @@ def train(
         "data": data_cfg.model_dump(mode="json"),
         "train": train_cfg.model_dump(mode="json"),
     }
+    # Before the run dir is made, so a model that cannot train on these inputs leaves nothing;
+    # the class count (not known yet) changes no feature map. Built for this alone, not kept.
+    check_trainable(
+        create_model(train_cfg.model, 2, **model_kwargs), train_cfg.model, data_cfg.img_size, train_cfg.batch_size
+    )
     with _owned(run, dist):
         if (finished := _open_out_dir(run, settings, resume=resume, reuse_finished=reuse_finished)) is not None:
             return finished
@@ -521,6 +527,8 @@ def prune(
         )
     device = resolve_device(cfg.finetune.device)
     parent, model, parent_cfg, parent_metrics = _open_source(parent_path, cfg.finetune.threads)
+    # Pruning keeps the parent's feature-map sizes: what its batches can train, the pruned model's can.
+    check_trainable(model, parent_cfg.model, parent_cfg.img_size, cfg.finetune.batch_size)
     run = RunDir(out)
     if metrics_task(parent_metrics) == "detection":
         if pruned_from is not None or sparse_from is not None:
@@ -872,6 +880,7 @@ def distill(
     teacher_run, teacher, teacher_cfg, teacher_metrics = _open_source(teacher_path, cfg.fit.threads)
     run = RunDir(out)
     student_model, student_cfg = _student(student, teacher_cfg, cfg)
+    check_trainable(student_model, student_cfg.model, teacher_cfg.img_size, cfg.fit.batch_size)
     settings = {
         "model": student_cfg.model,
         "method": f"distill-{cfg.loss}",

@@ -14,14 +14,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from torch import nn
 
 from rscompress import __version__
 from rscompress.errors import UserError
 from rscompress.io_utils import append_jsonl, write_json_atomic
 from rscompress.locking import LOCK_FILE, hold_dir
-from rscompress.models.weights import read_state_dict, save_weights
+from rscompress.models.weights import fill_model, read_state_dict, save_weights
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -64,6 +64,21 @@ class RunConfig(BaseModel):
     data: dict[str, Any] = {}
     train: dict[str, Any] = {}
     versions: dict[str, str] = {}
+
+    @model_validator(mode="after")
+    def _one_name_per_class(self) -> RunConfig:
+        if self.num_classes != len(self.class_names):
+            raise ValueError(f"num_classes is {self.num_classes}, but class_names names {len(self.class_names)}")
+        return self
+
+
+def _first_problem(err: ValidationError) -> str:
+    """Pydantic's first error as ``key: what is wrong``: its own first line is "1 validation
+    error for RunConfig", which names no key."""
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"].removeprefix("Value error, ")
+    return f"{where}: {msg}" if where else msg
 
 
 def library_versions() -> dict[str, str]:
@@ -270,9 +285,10 @@ class RunDir:
             return RunConfig.model_validate_json(self.config_path.read_text())
         except FileNotFoundError:
             raise UserError(f"{self.config_path} is missing") from None
-        except (ValidationError, ValueError) as err:
-            first = str(err).splitlines()[0]
-            raise UserError(f"{self.config_path} is not a valid rscompress config: {first}") from None
+        except ValidationError as err:
+            raise UserError(f"{self.config_path} is not a valid rscompress config: {_first_problem(err)}") from None
+        except (OSError, UnicodeDecodeError) as err:  # a folder, unreadable, not text
+            raise UserError(f"cannot read {self.config_path}: {getattr(err, 'strerror', None) or err}") from None
 
     def load_metrics(self) -> dict[str, Any]:
         try:
@@ -293,19 +309,14 @@ class RunDir:
         if weights is None:
             self.require()
         config = self.load_config()
-        model = create_model(config.model, config.num_classes, **config.model_kwargs)
+        try:
+            model = create_model(config.model, config.num_classes, **config.model_kwargs)
+        except UserError as err:  # a config.json edited by hand, or from another version
+            raise UserError(f"{self.config_path}: {err}") from None
         if config.architecture is not None:
             from rscompress.pruning.rebuild import apply_architecture
 
             apply_architecture(model, config.architecture)
-        weights = weights or self.weights_path
-        state = read_state_dict(weights)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise UserError(
-                f"{weights} does not match the model in {self.config_path}: "
-                f"{len(missing)} missing keys (e.g. {missing[:3]}), "
-                f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})"
-            )
+        fill_model(model, weights or self.weights_path, f"the model in {self.config_path}")
         model.eval()
         return model, config

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
+from typer import TyperException
 
 from rscompress.config import FINETUNE_LR, DataConfig, FitConfig, Int8Config, OptimConfig
 from rscompress.errors import UserError
@@ -924,17 +925,29 @@ def _print_inspect(report: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Standalone mode: typer reports its own parse errors (exit 2) and ends with SystemExit.
+    # Not standalone: typer would print its parse errors (an unknown command or flag, a value
+    # of the wrong type) as a boxed page; they come here and are one line like ours.
     try:
-        app(args=argv, prog_name="rscompress")
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        code = app(args=argv, prog_name="rscompress", standalone_mode=False)
+    except TyperException as err:
+        # typer's own class-name test: with no arguments it has printed the help already.
+        if type(err).__name__ != "NoArgsIsHelpError":
+            sys.stderr.write(f"error: {_parse_error(err)}\n")
+        return 2
     except UserError as err:
         if _debug:
             raise
         sys.stderr.write(f"error: {err}\n")
         return 2
-    return 0
+    # An exit code (--help, Ctrl-C) or a command's return value (None).
+    return code if isinstance(code, int) else 0
+
+
+def _parse_error(err: TyperException) -> str:
+    """typer's message on one line, with where to find the usage."""
+    message = " ".join(err.format_message().split()).rstrip(".")
+    ctx = getattr(err, "ctx", None)
+    return f"{message}; see '{ctx.command_path} --help'" if ctx is not None else message
 
 
 if __name__ == "__main__":

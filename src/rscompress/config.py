@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -18,14 +18,23 @@ AugmentDraw = Literal["batch", "sample"]
 
 
 class StrictModel(BaseModel):
-    """Unknown keys are errors: a typo in a recipe must not be silently ignored."""
+    """Unknown keys are errors: a typo in a recipe must not be silently ignored. No option is
+    inf or nan: ``gt=0`` lets inf through (an lr of inf trains to NaN, a rate of inf ends as
+    ``Infinity`` in metrics.json, which strict JSON parsers reject)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+# What torch.manual_seed takes; a larger seed was a traceback once training started.
+Seed = Annotated[int, Field(ge=-(2**63), lt=2**64)]
+
+
+MAX_IMG_SIZE = 4096
 
 
 class DataConfig(StrictModel):
     path: Path
-    img_size: int = Field(128, gt=0, le=4096)
+    img_size: int = Field(128, gt=0, le=MAX_IMG_SIZE)
     train_fraction: float = Field(0.7, gt=0, lt=1)
     val_fraction: float = Field(0.1, gt=0, lt=1)
     test_fraction: float = Field(0.2, ge=0, lt=1)
@@ -95,7 +104,7 @@ class FitConfig(StrictModel):
 
     epochs: int = Field(30, gt=0)
     batch_size: int = Field(64, gt=0)
-    seed: int = 0
+    seed: Seed = 0
     optim: OptimConfig = OptimConfig()
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     # Drop the ragged last batch of an epoch. Off, it is trained on as the plain reference
@@ -167,8 +176,8 @@ class PruneConfig(StrictModel):
     ratio: float | None = Field(None, ge=0, lt=1)
     # Measured budgets (pruning/latency_budget.py): batch-1 ONNX Runtime latency on the machine
     # that prunes, as milliseconds or as a speedup over the parent as given.
-    target_latency_ms: float | None = Field(None, gt=0, allow_inf_nan=False)
-    target_speedup: float | None = Field(None, gt=1, allow_inf_nan=False)
+    target_latency_ms: float | None = Field(None, gt=0)
+    target_speedup: float | None = Field(None, gt=1)
     latency_threads: int = Field(1, gt=0)  # ONNX Runtime threads the latency is measured at
     latency_int8: bool = False  # measure the INT8 models `export --int8` would write
     global_pruning: bool = False
@@ -260,7 +269,7 @@ class Int8Config(StrictModel):
     # (MinMax's ranges only widen as it sees more images) and take longer.
     calib_images: int = Field(64, gt=0)
     # The INT8 model is refused when its val top-1 falls more than this many points below FP32's.
-    max_drop: float = Field(1.0, ge=0, le=100, allow_inf_nan=False)
+    max_drop: float = Field(1.0, ge=0, le=100)
     force: bool = False  # write it anyway past max_drop (the check is still recorded)
     threads: int = Field(1, gt=0)  # of the batch-1 latency comparison (1: the benchmark records')
     repeats: int = Field(50, gt=0)  # timed runs per model for that latency

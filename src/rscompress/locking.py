@@ -19,6 +19,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from rscompress.errors import UserError
+from rscompress.io_utils import remove_leftovers
 
 LOCK_FILE = ".rscompress.lock"
 
@@ -27,13 +28,14 @@ LOCK_FILE = ".rscompress.lock"
 def hold_dir(path: Path) -> Iterator[None]:
     """Hold run dir ``path`` (made if missing) for this process until the block ends.
 
-    UserError naming the holder's pid when another process holds it. A dir this call made is
-    removed again when it is left empty: a step that failed before writing anything leaves no
-    trace.
+    UserError naming the holder's pid when another process holds it. Temp files a killed
+    writer left are removed first. A dir this call made is removed again when it is left
+    empty: a step that failed before writing anything leaves no trace.
     """
     created = _make_dir(path)
     fd = _lock(path)
     try:
+        remove_leftovers(path, LOCK_FILE)  # of a writer killed mid-write: the lock says none writes now
         yield
     finally:
         # Removed while still held: a process that opened the file before this and locks it

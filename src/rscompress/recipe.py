@@ -111,6 +111,10 @@ def load_recipe(path: Path) -> Recipe:
         raw = yaml.safe_load(Path(path).read_text())
     except FileNotFoundError:
         raise UserError(f"recipe {path} does not exist") from None
+    except OSError as err:  # a folder, unreadable
+        raise UserError(f"cannot read recipe {path}: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"recipe {path} is not a YAML text file (not UTF-8)") from None
     except yaml.YAMLError as err:
         raise UserError(f"recipe {path} is not valid YAML: {str(err).splitlines()[0]}") from None
     try:

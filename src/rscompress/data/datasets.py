@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -367,19 +368,38 @@ def _decode_pillow(path: Path) -> np.ndarray:
         raise BadImageError(path, str(e) or type(e).__name__) from None
 
 
+def pixel_limit() -> int:
+    """The most pixels an image may have, whatever its format: Pillow's decompression-bomb
+    limit (it refuses more than twice ``Image.MAX_IMAGE_PIXELS``), so that one setting bounds
+    the memory a decode may take."""
+    return 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else sys.maxsize
+
+
 def _decode_tiff(path: Path) -> np.ndarray:
     try:
         with tifffile.TiffFile(path) as tif:
             if not tif.series:
                 raise ValueError("no image data")
             series = tif.series[0]
+            _check_pixels(path, series.shape, series.axes)  # from the header, before decoding
             data, axes = series.asarray(), series.axes
+    except BadImageError:
+        raise
     except Exception as tiff_error:
         try:
             return _decode_pillow(path)
         except BadImageError:
             raise BadImageError(path, f"unreadable TIFF ({tiff_error})") from None
     return to_rgb8(_to_hwc(data, axes, path))
+
+
+def _check_pixels(path: Path, shape: tuple[int, ...], axes: str) -> None:
+    if "Y" in axes and "X" in axes:
+        height, width = shape[axes.index("Y")], shape[axes.index("X")]
+        if width * height > pixel_limit():
+            raise BadImageError(
+                path, f"{width}x{height} = {width * height} pixels is more than the limit of {pixel_limit()} pixels"
+            )
 
 
 def _to_hwc(data: np.ndarray, axes: str, path: Path) -> np.ndarray:

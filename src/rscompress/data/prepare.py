@@ -176,6 +176,7 @@ def prepare_data(
             warnings.append("the validation split is empty (classes with fewer than 3 images?)")
         if test.size == 0 and (cfg.test_fraction > 0 or cfg.test_path is not None):
             warnings.append("the test split is empty (classes with fewer than 3 images?)")
+        warnings += _unmeasured_classes(split, [name for name, rows in (("val", val), ("test", test)) if rows.size])
     if stats_rows.size == 0:
         raise UserError(f"no usable images in {cfg.path}")
     mean, std = channel_mean_std(cached.images, stats_rows)
@@ -194,6 +195,22 @@ def prepare_data(
         warnings=tuple(warnings),
         img_size=cfg.img_size,
     )
+
+
+def _unmeasured_classes(split: Split, parts: list[str]) -> list[str]:
+    """A warning for each class with no image in one of ``parts`` (splits that hold images):
+    its accuracy there is not measured (a class of one image has its image in train)."""
+    per_part = {name: Counter(label for _, label in split.parts()[name]) for name in parts}
+    total = Counter(label for entries in split.parts().values() for _, label in entries)
+    warnings = []
+    for label, class_name in enumerate(split.class_names):
+        missing = [name for name in parts if not per_part[name][label]]
+        if missing and total[label]:
+            warnings.append(
+                f"class {class_name} has {total[label]} image(s) and no {'/'.join(missing)} image: "
+                "its accuracy there is not measured"
+            )
+    return warnings
 
 
 def _new_split(

@@ -16,7 +16,6 @@ names the CPU and its INT8 instruction flags (cpu.py) rather than leaving a numb
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -37,7 +36,7 @@ from rscompress.deploy.onnx import check_destination, check_parity, export_onnx,
 from rscompress.deploy.quantize import REDUCE_RANGE, calibration_batches, quant_settings, quantize_int8
 from rscompress.deploy.runtime import INPUT_NAME, OUTPUT_NAME, cpu_session
 from rscompress.errors import UserError
-from rscompress.io_utils import append_jsonl, fsync_dir
+from rscompress.io_utils import INT8_FP32_STAGING, INT8_STAGING, append_jsonl, fsync_dir, staging_dir
 
 LATENCY_WARMUP = 10
 PARITY_IMAGES = 8  # val images the staged FP32 file is parity-checked on before it is the reference
@@ -267,12 +266,9 @@ def export_int8(
     """
     if calibration.ndim != 4 or calibration.shape[0] == 0:
         raise UserError(f"calibration must hold at least one N×3×S×S image, got shape {calibration.shape}")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".int8-export-", dir=dest.parent) as staging:
+    with staging_dir(dest, INT8_STAGING) as staging:
         start = time.perf_counter()
-        staged = quantize_int8(
-            fp32, Path(staging) / dest.name, calibration_batches(calibration), reduce_range=reduce_range
-        )
+        staged = quantize_int8(fp32, staging / dest.name, calibration_batches(calibration), reduce_range=reduce_range)
         quantize_seconds = time.perf_counter() - start
         eval_threads = max(1, torch.get_num_threads())
         sessions = cpu_session(fp32, eval_threads), cpu_session(staged, eval_threads)
@@ -387,9 +383,8 @@ def _export_int8_run(
         notes.append(f"the train split holds {rows.size} images: calibrated on all of them, not {cfg.calib_images}")
     val = data.eval_batches(data.val_indices)
     test = data.eval_batches(data.test_indices) if data.test_indices.size else None
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".int8-fp32-", dir=dest.parent) as tmp:
-        fp32 = export_onnx(model, config.img_size, Path(tmp) / "fp32.onnx", metadata=run_metadata(config))
+    with staging_dir(dest, INT8_FP32_STAGING) as tmp:
+        fp32 = export_onnx(model, config.img_size, tmp / "fp32.onnx", metadata=run_metadata(config))
         parity_x = next(iter(data.eval_batches(data.val_indices[:parity_images])))[0]
         check_parity(model, fp32, parity_x)
         return export_int8(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
@@ -32,7 +31,7 @@ from rscompress.data.prepare import prepare_data
 from rscompress.deploy.exportable import exportable_copy
 from rscompress.deploy.runtime import INPUT_NAME, OUTPUT_NAME, cpu_session
 from rscompress.errors import UserError
-from rscompress.io_utils import fsync_dir, write_atomic
+from rscompress.io_utils import ONNX_STAGING, fsync_dir, staging_dir, write_atomic
 
 ONNX_FILE = "model.onnx"
 DEFAULT_OPSET = 17
@@ -357,9 +356,8 @@ def export_run(
         check_destination(run, dest, overwrite)
         parity_folder = Path(parity_data) if parity_data is not None else None
         images, source = parity_images(run, config, n_images, parity_folder, resplit=resplit)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=".onnx-export-", dir=dest.parent) as staging:
-            staged = export_onnx(model, config.img_size, Path(staging) / dest.name, opset, run_metadata(config))
+        with staging_dir(dest, ONNX_STAGING) as staging:
+            staged = export_onnx(model, config.img_size, staging / dest.name, opset, run_metadata(config))
             parity = check_parity(model, staged, images, atol)
             os.replace(staged, dest)
             fsync_dir(dest.parent)

@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
+from pydantic import BaseModel, Field, ValidationError
 from torch import nn
 
 from rscompress.errors import UserError
 from rscompress.io_utils import write_atomic, write_json_atomic
-from rscompress.models.weights import read_state_dict
+from rscompress.models.weights import fill_model, matching_state, read_state_dict, write_safetensors
 
 LATEST = "latest.json"
 BEST = "best.safetensors"
@@ -83,7 +83,7 @@ def _commit(directory: Path, epoch_dir: Path) -> None:
 
 def _safetensors_writer(tensors: dict[str, torch.Tensor]) -> Callable[[Path], None]:
     """A ``write_atomic`` writer of ``tensors``, bound now (not to a loop variable that moves on)."""
-    return lambda tmp: save_file(tensors, str(tmp))
+    return lambda tmp: write_safetensors(tensors, tmp)
 
 
 def _epoch_dir(directory: Path, name: object) -> Path:
@@ -98,15 +98,38 @@ def _epoch_dir(directory: Path, name: object) -> Path:
     return epoch_dir
 
 
-def _latest(directory: Path) -> tuple[Path, dict] | None:
+class _SavedState(BaseModel):
+    """What ``state.json`` holds (save_checkpoint writes it): checked before anything is restored."""
+
+    epoch: int = Field(ge=0)
+    best_epoch: int
+    best_score: tuple[float, float]
+    extra: dict[str, Any]
+    steps_per_epoch: int | None = None
+    optimizer: dict[str, Any]
+    optimizers: dict[str, Any] = {}
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:  # missing, a folder, not JSON, not text
+        raise UserError(f"checkpoint file {path} is unreadable ({getattr(err, 'strerror', None) or err})") from None
+
+
+def _latest(directory: Path) -> tuple[Path, _SavedState] | None:
     latest = directory / LATEST
     if not latest.is_file():
         return None
+    pointer = _read_json(latest)
+    epoch_dir = _epoch_dir(directory, pointer.get("epoch_dir") if isinstance(pointer, dict) else pointer)
+    state_path = epoch_dir / "state.json"
     try:
-        epoch_dir = _epoch_dir(directory, json.loads(latest.read_text())["epoch_dir"])
-        return epoch_dir, json.loads((epoch_dir / "state.json").read_text())
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise UserError(f"checkpoint in {directory} is unreadable: {err}") from None
+        return epoch_dir, _SavedState.model_validate(_read_json(state_path))
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "its top level"
+        raise UserError(f"checkpoint file {state_path} is malformed: {where}: {first['msg']}") from None
 
 
 def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -169,24 +192,44 @@ def load_checkpoint(
     if found is None:
         return None
     epoch_dir, meta = found
-    model.load_state_dict(read_state_dict(epoch_dir / "model.safetensors"))
-    optimizer.load_state_dict(_unflatten_optimizer(read_state_dict(epoch_dir / "optim.safetensors"), meta["optimizer"]))
-    if tensors:
-        stored = read_state_dict(epoch_dir / "tensors.safetensors")
-        with torch.no_grad():
-            for name, tensor in tensors.items():
-                tensor.copy_(stored[name])
-    for name, phase_optimizer in (optimizers or {}).items():
-        phase_tensors = read_state_dict(epoch_dir / f"optim-{name}.safetensors")
-        phase_optimizer.load_state_dict(_unflatten_optimizer(phase_tensors, meta["optimizers"][name]))
+    what = "the model this run trains (a checkpoint of another model, or edited)"
+    fill_model(model, epoch_dir / "model.safetensors", what)
+    if (directory / BEST).is_file():  # read when the epochs are done: refused now, not after them
+        matching_state(model, directory / BEST, what)
+    try:
+        _restore_optimizer(optimizer, read_state_dict(epoch_dir / "optim.safetensors"), meta.optimizer)
+        if tensors:
+            stored = read_state_dict(epoch_dir / "tensors.safetensors")
+            with torch.no_grad():
+                for name, tensor in tensors.items():
+                    tensor.copy_(stored[name])
+        for name, phase_optimizer in (optimizers or {}).items():
+            phase_tensors = read_state_dict(epoch_dir / f"optim-{name}.safetensors")
+            _restore_optimizer(phase_optimizer, phase_tensors, meta.optimizers[name])
+    # What torch and the lookups raise on state of another shape or layout: the files', not a bug.
+    except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as err:
+        raise UserError(
+            f"checkpoint {epoch_dir} does not fit this run ({type(err).__name__}: {err}); start anew in another --out"
+        ) from None
     return TrainingState(
-        epoch=meta["epoch"],
-        best_epoch=meta["best_epoch"],
-        best_score=tuple(meta["best_score"]),
-        extra=meta["extra"],
-        steps_per_epoch=meta.get("steps_per_epoch"),
+        epoch=meta.epoch,
+        best_epoch=meta.best_epoch,
+        best_score=meta.best_score,
+        extra=meta.extra,
+        steps_per_epoch=meta.steps_per_epoch,
     )
 
 
-def load_best_weights(directory: Path) -> dict[str, torch.Tensor]:
-    return read_state_dict(directory / BEST)
+def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """Load an optimizer's saved state; each parameter's buffers must have its shape, or the
+    first step after the resume fails on them."""
+    optimizer.load_state_dict(_unflatten_optimizer(tensors, meta))
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for key, value in optimizer.state.get(param, {}).items():
+                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != param.shape:
+                    raise ValueError(f"{key} of shape {tuple(value.shape)} for a parameter of {tuple(param.shape)}")
+
+
+def load_best_weights(directory: Path, model: nn.Module) -> None:
+    fill_model(model, directory / BEST, "the model this run trains")

@@ -166,10 +166,26 @@ class FitResult(Generic[E]):
 
 
 def _read_history(path: Path, upto_epoch: int) -> list[dict[str, Any]]:
-    """History rows of finished (checkpointed) epochs; later rows died with the killed run."""
+    """History rows of finished (checkpointed) epochs; later rows died with the killed run,
+    the last one perhaps half written. Any other line that is no epoch's row is refused by
+    number: the file is rewritten from these rows, and it would be lost."""
     if not path.is_file():
         return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [(n, line) for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+    rows = []
+    for n, line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not (isinstance(row, dict) and type(row.get("epoch")) is int):
+            if n == lines[-1][0]:
+                break  # cut short by the kill
+            raise UserError(
+                f"{path} line {n} is not a history row (JSON with an epoch): {line[:40]!r}; "
+                "remove or mend it, then --resume"
+            )
+        rows.append(row)
     return [r for r in rows if r["epoch"] <= upto_epoch]
 
 
@@ -379,7 +395,7 @@ def fit(
 
     # Every rank ends with the weights of the epoch that was best on val (or the last one).
     if hooks.keep == "best":
-        model.load_state_dict(load_best_weights(run.checkpoint_dir))
+        load_best_weights(run.checkpoint_dir, model)
     best_val = task.evaluate(model, val_batches, cfg.channels_last) if dist.is_main else None
     return FitResult(
         best_epoch=best_epoch,

@@ -11,6 +11,7 @@ so ``rscompress.save`` can write a config.json that rebuilds it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Literal
 
 from torch import nn
@@ -60,10 +61,15 @@ def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:
     # A detector's classes are the objects alone (FCOS has no background class): one is a task.
     if num_classes < (1 if model_task(name) == "detection" else 2):
         raise UserError(f"num_classes must be >= {1 if model_task(name) == 'detection' else 2}, got {num_classes}")
-    if is_external(name):
-        model = create_external(name, num_classes, **kwargs)
-    else:
-        model = _REGISTRY[name](num_classes=num_classes, **kwargs)
+    builder = partial(create_external, name) if is_external(name) else _REGISTRY[name]
+    try:
+        model = builder(num_classes=num_classes, **kwargs)
+    except TypeError as err:
+        # An option the model has not (a run's config.json edited, or from another version) is
+        # the user's input; any other TypeError is a bug and keeps its traceback.
+        if "unexpected keyword argument" not in str(err):
+            raise
+        raise UserError(f"model {name} takes no option {err.args[0].split('argument ')[-1]}") from None
     setattr(model, _BUILT_AS, (name, dict(kwargs)))
     return model
 

@@ -16,7 +16,9 @@ classifier of another class count is left fresh instead of refused.
 from __future__ import annotations
 
 import argparse
+import os
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,6 +139,32 @@ def _listing(kind: str, names: tuple[str, ...]) -> str:
     return f"{len(names)} {kind} ({shown}{more})"
 
 
+def _problems(expected: dict[str, Tensor], state: dict[str, Tensor], fresh: list[str]) -> LoadReport:
+    """How ``state`` fills a model whose state dict is ``expected``, ``fresh`` keys left as they are."""
+    missing = tuple(k for k in expected if k not in state and k not in fresh)
+    unexpected = tuple(k for k in state if k not in expected)
+    mismatched = tuple(
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state and k not in fresh and state[k].shape != expected[k].shape
+    )
+    # Reported in the model's order (safetensors files list their keys sorted).
+    loadable = tuple(k for k in expected if k in state and k not in fresh and state[k].shape == expected[k].shape)
+    return LoadReport(loadable, missing, unexpected, mismatched, tuple(fresh))
+
+
+def _describe(report: LoadReport) -> str:
+    return "; ".join(
+        _listing(kind, names)
+        for kind, names in (
+            ("missing", report.missing),
+            ("unexpected", report.unexpected),
+            ("shape mismatches", report.mismatched),
+        )
+        if names
+    )
+
+
 def load_weights(model: nn.Module, path: Path, allow_partial: bool = False, new_head: bool = False) -> LoadReport:
     """Fill ``model`` from a ``.safetensors`` (or ``.pt``/``.pth``) file; what was loaded.
 
@@ -155,35 +183,40 @@ def load_weights(model: nn.Module, path: Path, allow_partial: bool = False, new_
     if new_head:
         head = _classifier_keys(model)
         fresh += [k for k in expected if k in head and (k not in state or state[k].shape != expected[k].shape)]
-    missing = tuple(k for k in expected if k not in state and k not in fresh)
-    unexpected = tuple(k for k in state if k not in expected)
-    mismatched = tuple(
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in expected
-        if k in state and k not in fresh and state[k].shape != expected[k].shape
-    )
-    # Reported in the model's order (safetensors files list their keys sorted).
-    loadable = {k: state[k] for k in expected if k in state and k not in fresh and state[k].shape == expected[k].shape}
-    report = LoadReport(tuple(loadable), missing, unexpected, mismatched, tuple(fresh))
+    report = _problems(expected, state, fresh)
     if not report.complete and not allow_partial:
-        problems = [
-            _listing(kind, names)
-            for kind, names in (
-                ("missing", missing),
-                ("unexpected", unexpected),
-                ("shape mismatches", mismatched),
-            )
-            if names
-        ]
         head = _classifier_keys(model)
         hint = (
             " (another class count? new_head / --new-head starts the classifier fresh)"
-            if any(m.split(":")[0] in head for m in mismatched) and not new_head
+            if any(m.split(":")[0] in head for m in report.mismatched) and not new_head
             else ""
         )
-        raise UserError(f"weights in {path} do not match the model: {'; '.join(problems)}{hint}")
-    model.load_state_dict(loadable, strict=False)
+        raise UserError(f"weights in {path} do not match the model: {_describe(report)}{hint}")
+    _refuse_non_finite({k: state[k] for k in report.loaded}, path)
+    model.load_state_dict({k: state[k] for k in report.loaded}, strict=False)
     return report
+
+
+def _refuse_non_finite(state: dict[str, Tensor], path: Path) -> None:
+    """Weights holding NaN or inf train to NaN from the first step: refuse them by name."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise UserError(f"weights in {path}: tensor {name} holds NaN or inf values")
+
+
+def matching_state(model: nn.Module, path: Path, what: str) -> dict[str, Tensor]:
+    """The tensors of ``path`` when they fill ``model`` exactly (every key, every shape), or a
+    UserError naming the differences; ``what`` names the model (the one a run's config.json builds)."""
+    state = read_state_dict(path)
+    report = _problems(model.state_dict(), state, [])
+    if not report.complete:
+        raise UserError(f"{path} does not match {what}: {_describe(report)}")
+    return state
+
+
+def fill_model(model: nn.Module, path: Path, what: str) -> None:
+    """Fill ``model`` from ``path`` exactly (``matching_state``)."""
+    model.load_state_dict(matching_state(model, path, what))
 
 
 def save_weights(model: nn.Module, path: Path) -> None:
@@ -202,4 +235,19 @@ def save_weights(model: nn.Module, path: Path) -> None:
         t = t.clone() if storage in seen_storages else t
         seen_storages.add(storage)
         tensors[name] = t.contiguous().cpu()
-    write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    write_atomic(path, lambda tmp: write_safetensors(tensors, tmp, metadata={"format": "pt"}))
+
+
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def write_safetensors(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """safetensors' ``save_file``, a failed write raised as the OSError it was: safetensors
+    raises a SafetensorError for it, the OS error number only in its message."""
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as err:
+        if match := _OS_ERROR.search(str(err)):
+            code = int(match.group(1))
+            raise OSError(code, os.strerror(code), str(path)) from None
+        raise
