@@ -49,3 +49,17 @@ def test_prune_a_detector_to_a_macs_budget_keeping_its_prediction_convs(detector
     assert (head.classification_head.cls_logits.out_channels, head.regression_head.bbox_reg.out_channels) == (2, 4)
     assert main([*args, "--method", "nas", "--out", str(tmp_path / "nas")]) == 2
     assert "--method nas on a detector is not built yet" in capsys.readouterr().err
+
+
+def test_evaluate_a_detector_on_its_split_and_on_another_folder(detector_run, tmp_path, capsys):
+    _, run = detector_run
+    assert main(["evaluate", str(run), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    keys = {"map50", "map", "map_small", "per_class_ap", "macs", "params", "n_images", "split", "num_classes"}
+    assert keys <= set(report) and (report["split"], report["n_images"]) == ("test", 1)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert report["map50"] == metrics["map50"]  # the test split, tested again: the same figure
+    other, truth = make_detection_dataset(tmp_path, "coco", n_images=4, size=64)
+    assert main(["evaluate", str(run), "--data", str(other), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["split"], report["n_images"]) == ("all", len(truth))

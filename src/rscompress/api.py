@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import Progress
@@ -439,6 +440,10 @@ def evaluate(
     on = resolve_device(device)
     run = RunDir(run_path).require()
     model, config = run.load_model()
+    if metrics_task(run.load_metrics()) == "detection":
+        if resplit:
+            raise UserError("--resplit is for classification runs; a detector's split is its data's or its split.json")
+        return _evaluate_detector(run, model.to(on), config, data_path, split, quiet)
     data_cfg = DataConfig.model_validate(config.data)
     t0 = time.perf_counter()
     if data_path is None:
@@ -655,6 +660,45 @@ def _detection_data(parent: RunDir, run: RunDir, parent_cfg: RunConfig, quiet: b
     with decode_progress(quiet) as progress:
         data = prepare_detection(data_cfg.path, data_cfg.img_size, cache_dir=data_cfg.cache_dir, progress=progress)
     return split_from_json(data, run.split_path if run.split_path.is_file() else parent.split_path)
+
+
+def _evaluate_detector(
+    run: RunDir, model: torch.nn.Module, config: RunConfig, data_path: Path | None, split: str, quiet: bool
+) -> dict[str, Any]:
+    """``evaluate`` for a detector: mAP on its own split, or on every image of another detection
+    folder with the same classes."""
+    from rscompress.data.detection_loader import DetectionBatches
+    from rscompress.data.detection_prepare import prepare_detection
+    from rscompress.engine.detection import evaluate_detection
+
+    t0 = time.perf_counter()
+    if data_path is None:
+        data = _detection_data(run, run, config, quiet)
+        indices, split_name = data.split[split], split
+    else:
+        with decode_progress(quiet) as progress:
+            data = prepare_detection(data_path, config.img_size, progress=progress)
+        if tuple(data.class_names) != tuple(config.class_names):
+            raise UserError(
+                f"{data_path} has classes {list(data.class_names)}; {run.path} detects {config.class_names}"
+            )
+        indices, split_name = np.concatenate(list(data.split.values())), "all"
+    batches = DetectionBatches(data, indices, batch_size=8, mean=config.mean, std=config.std)
+    result = evaluate_detection(model, batches, data.class_names)
+    macs, params = count_macs_params(model.cpu(), config.img_size)
+    return {
+        **result.to_dict(),
+        "macs": macs,
+        "params": params,
+        "num_classes": config.num_classes,
+        "split": split_name,
+        "task": "detection",
+        "data": str(data_path or data.data.root),
+        "run": str(run.path),
+        "model": config.model,
+        "bad_files": [{"path": p, "reason": r} for p, r in data.bad_files],
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def _prune_detector(
