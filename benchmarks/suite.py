@@ -201,6 +201,15 @@ def _latency(suite: Suite, parent_dir: Path, child_dir: Path) -> dict[str, float
     return record_fields(results, str(child_dir))
 
 
+def _quality(metrics: dict[str, Any]) -> dict[str, Any]:
+    """What a record says of the model's accuracy: test mAP for a detector (DESIGN.md's
+    detection fields), test top-1 and kappa for a classifier; each with its parent's."""
+    if metrics.get("task") == "detection":
+        names = ("map50", "map", "map_small", "parent_map50", "parent_map")
+        return {"task": "detection", **{k: metrics[k] for k in names}}
+    return {"parent_top1": metrics["parent_top1"], "top1": metrics["top1"], "kappa": metrics["kappa"]}
+
+
 def _record(
     suite: Suite, cell: Cell, parent: Parent, parent_dir: Path, child_dir: Path, budget: float, seed: int
 ) -> dict[str, Any]:
@@ -220,9 +229,7 @@ def _record(
         "params_kept": m["params_kept"],
         "macs": m["macs"],
         "params": m["params"],
-        "parent_top1": m["parent_top1"],
-        "top1": m["top1"],
-        "kappa": m["kappa"],
+        **_quality(m),
         "img_size": m["img_size"],
         "epochs": RunDir(parent_dir).load_metrics()["epochs"],
         "finetune_epochs": m["finetune_epochs"],

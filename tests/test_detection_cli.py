@@ -63,3 +63,19 @@ def test_evaluate_a_detector_on_its_split_and_on_another_folder(detector_run, tm
     assert main(["evaluate", str(run), "--data", str(other), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert (report["split"], report["n_images"]) == ("all", len(truth))
+
+
+def test_export_a_pruned_detector_with_parity_and_time_it_against_its_parent(detector_run, tmp_path, capsys):
+    _, parent = detector_run
+    pruned = tmp_path / "l1"
+    prune = ["prune", str(parent), "--method", "l1", "--target-macs", "0.35", "--finetune-epochs", "1"]
+    assert main([*prune, "--batch-size", "2", "--out", str(pruned), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["export", str(pruned), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["max_scaled_diff"] <= 1e-4 and report["parity_images"].startswith("test split of")
+    args = ["bench", str(parent), str(pruned), "--batch-size", "1", "--threads", "1", "--engine", "onnxruntime"]
+    assert main([*args, "--warmup", "1", "--repeats", "3", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["results"]
+    small = next(r for r in rows if r["model"] == str(pruned))
+    assert small["macs_ratio"] == pytest.approx(1 / 0.35, rel=0.02) and small["reference"] == str(parent)

@@ -285,3 +285,40 @@ def test_a_sparse_cell_prunes_its_next_budget_from_the_sparse_training_it_would_
         parent / "slim-0.5" / "sparse.safetensors"
     ).read_bytes()
     assert abs(third["macs_kept"] / 0.35 - 1) <= 0.01
+
+
+def test_a_detection_suite_records_map_and_its_parents(tmp_path):
+    from tests.detection_fakes import make_detection_dataset
+
+    root, _ = make_detection_dataset(tmp_path, "coco", size=64)
+    suite = {
+        "results": str(tmp_path / "results" / "detection.jsonl"),
+        "work": str(tmp_path / "work"),
+        "datasets": {"tanks": {"path": str(root), "img_size": 64}},
+        "train": {"batch_size": 2},
+        "finetune": {"epochs": 1, "batch_size": 2},
+        "parents": [{"dataset": "tanks", "model": "fcos_mobilenet_v3", "epochs": 1, "seeds": [0]}],
+        "cells": [{"dataset": "tanks", "model": "fcos_mobilenet_v3", "method": "l1", "budgets": [0.35]}],
+        "latency_repeats": 3,
+    }
+    path = tmp_path / "detection.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    assert run_suite(path) == 1
+    (record,) = read_records(tmp_path / "results" / "detection.jsonl")
+    assert record["task"] == "detection" and record["macs_kept"] == pytest.approx(0.35, rel=0.01)
+    assert {
+        "map50",
+        "map",
+        "map_small",
+        "parent_map50",
+        "parent_map",
+        "latency_ms_bs1",
+        "parent_latency_ms_bs1",
+    } <= set(record)
+    assert "top1" not in record
+
+
+def test_the_shipped_detection_suite_validates():
+    suite = load_suite(ROOT / "benchmarks" / "detection.yaml")
+    assert {p.model for p in suite.parents} <= {"fcos_mobilenet_v3", "fcos_resnet18"}
+    assert {c.method for c in suite.cells} <= {"l1", "bn", "random", "l2", "fpgm"}

@@ -33,6 +33,7 @@ from rscompress.deploy.runtime import INPUT_NAME, OUTPUT_NAME, cpu_session
 from rscompress.errors import UserError
 from rscompress.io_utils import read_jsonl
 from rscompress.models.complexity import count_macs_params
+from rscompress.models.detection import deployable
 
 ENGINES = ("torch", "onnxruntime")
 Clock = Callable[[], float]
@@ -121,7 +122,7 @@ def _as_model(spec: RunSpec) -> _Model:
     run = spec if isinstance(spec, RunDir) else RunDir(spec)
     model, config = run.load_model()
     parent = Path(config.parent).resolve() if config.parent else None
-    return _Model(str(run.path), model, config.img_size, run, parent)
+    return _Model(str(run.path), deployable(model), config.img_size, run, parent)
 
 
 def _references(models: Sequence[_Model]) -> list[tuple[int, bool]]:

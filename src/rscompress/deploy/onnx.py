@@ -32,6 +32,8 @@ from rscompress.deploy.exportable import exportable_copy
 from rscompress.deploy.runtime import INPUT_NAME, OUTPUT_NAME, cpu_session
 from rscompress.errors import UserError
 from rscompress.io_utils import ONNX_STAGING, fsync_dir, staging_dir, write_atomic
+from rscompress.models.detection import deployable
+from rscompress.models.registry import model_task
 
 ONNX_FILE = "model.onnx"
 DEFAULT_OPSET = 17
@@ -240,6 +242,8 @@ def parity_images(
         raise UserError("--resplit splits the run's own data; --parity-data checks on every image of a folder")
     if not config.data.get("path"):
         raise _no_data_error(run, "its config.json names no data folder")
+    if model_task(config.model) == "detection":
+        return _detection_parity_images(run, config, n_images, parity_data)
     data_cfg = DataConfig.model_validate(config.data)
     if parity_data is None:
         for folder in (data_cfg.path, data_cfg.test_path):
@@ -276,6 +280,30 @@ def parity_images(
     return images, source
 
 
+def _detection_parity_images(
+    run: RunDir, config: RunConfig, n_images: int, parity_data: Path | None
+) -> tuple[torch.Tensor, str]:
+    """``parity_images`` of a detector: from its test split, or from every image of another
+    detection folder, letterboxed and normalised as it was trained."""
+    from rscompress.data.detection_loader import DetectionBatches
+    from rscompress.data.detection_prepare import prepare_detection, split_from_json
+
+    root = Path(parity_data) if parity_data is not None else Path(config.data["path"])
+    if not root.is_dir():
+        raise _no_data_error(run, f"its data folder {root} is not there")
+    data = prepare_detection(root, config.img_size)
+    if parity_data is None:
+        data = split_from_json(data, run.split_path)
+        indices, source = data.split["test"], f"test split of {root}"
+    else:
+        indices, source = np.concatenate(list(data.split.values())), f"images of {root}"
+    if indices.size == 0:
+        raise _no_data_error(run, "its test split is empty")
+    rows = spread_rows(np.sort(indices), n_images)
+    images, _ = next(iter(DetectionBatches(data, rows, batch_size=rows.size, mean=config.mean, std=config.std)))
+    return images, source
+
+
 def run_metadata(config: RunConfig) -> dict[str, str]:
     """What a consumer of the ONNX file needs to feed it and read its output."""
     return {
@@ -286,6 +314,11 @@ def run_metadata(config: RunConfig) -> dict[str, str]:
         "mean": json.dumps(config.mean),
         "std": json.dumps(config.std),
         "class_names": json.dumps(config.class_names),
+        **(
+            {"output": "logits: N×(L·(C+5)) raw FCOS head outputs per FPN location (models/detection.RawPredictions)"}
+            if model_task(config.model) == "detection"
+            else {}
+        ),
     }
 
 
@@ -351,6 +384,7 @@ def export_run(
     """
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     model, config = run.require().load_model()
+    model = deployable(model)
     dest = Path(out) if out is not None else run.path / ONNX_FILE
     with holding_if_inside(run, dest):
         check_destination(run, dest, overwrite)

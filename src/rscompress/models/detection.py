@@ -13,8 +13,9 @@ transform then leaves as they are.
 
 from __future__ import annotations
 
+import torch
 import torchvision
-from torch import nn
+from torch import Tensor, nn
 from torchvision.models.detection import FCOS
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.fcos import FCOSClassificationHead, FCOSHead, FCOSRegressionHead
@@ -79,3 +80,24 @@ def fcos_mobilenet_v3(num_classes: int, img_size: int = 512) -> FCOS:
         norm_layer=nn.BatchNorm2d,
     )
     return _fcos(backbone, num_classes, img_size, channels)
+
+
+class RawPredictions(nn.Module):
+    """A detector as it is exported and timed: the network up to its head's raw outputs, one
+    N×(L·(C + 5)) tensor, for each of the L locations of every FPN level (P3 first, row-major)
+    its C class logits, 4 box regressions and 1 centerness logit. Box decoding and NMS are
+    left to the runtime (torchvision's ``FCOS.postprocess_detections`` does both)."""
+
+    def __init__(self, detector: FCOS) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, images: Tensor) -> Tensor:
+        features = list(self.detector.backbone(images).values())
+        out = self.detector.head(features)
+        return torch.cat([out["cls_logits"], out["bbox_regression"], out["bbox_ctrness"]], dim=-1).flatten(1)
+
+
+def deployable(model: nn.Module) -> nn.Module:
+    """What is exported and timed of ``model``: a detector's ``RawPredictions``, else itself."""
+    return RawPredictions(model) if isinstance(model, FCOS) else model
