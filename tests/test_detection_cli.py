@@ -79,3 +79,15 @@ def test_export_a_pruned_detector_with_parity_and_time_it_against_its_parent(det
     rows = json.loads(capsys.readouterr().out)["results"]
     small = next(r for r in rows if r["model"] == str(pruned))
     assert small["macs_ratio"] == pytest.approx(1 / 0.35, rel=0.02) and small["reference"] == str(parent)
+
+
+def test_l1rr_trains_a_detector_sparse_with_attention_on_its_fpn_levels_then_prunes_it(detector_run, tmp_path, capsys):
+    _, parent = detector_run
+    args = ["prune", str(parent), "--method", "l1rr", "--target-macs", "0.5", "--sparse-epochs", "2"]
+    assert main([*args, "--finetune-epochs", "1", "--batch-size", "2", "--out", str(tmp_path / "l1rr"), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    sparse = metrics["sparse_training"]
+    assert metrics["macs_kept"] == pytest.approx(0.5, rel=0.01) and metrics["task"] == "detection"
+    assert sparse["config"]["attention_layers"] == [f"backbone.fpn.layer_blocks.{i}" for i in range(3)]
+    assert len(sparse["history"]) == 2 and sparse["history"][-1]["attention_loss"] > 0
+    assert {"map50", "map"} <= set(sparse["ref_val"]) and sparse["ref_val_loss"] > 0

@@ -722,13 +722,14 @@ def _prune_detector(
     from rscompress.pruning import architecture_spec
     from rscompress.pruning.methods import check_config
     from rscompress.pruning.methods.base import Criterion
+    from rscompress.pruning.methods.sparse_training import SparseTrainingMethod
     from rscompress.pruning.select import prepare_and_prune
 
     method = check_config(cfg)
-    if not isinstance(method, Criterion) or cfg.method in ("taylor", "remotetrimmer"):
+    if not (isinstance(method, Criterion | SparseTrainingMethod)) or cfg.method in ("taylor", "remotetrimmer"):
         raise UserError(
             f"--method {cfg.method} on a detector is not built yet; detectors take the one-shot weight and "
-            "feature criteria (l1, l2, bn, fpgm, lamp, random, hrank)"
+            "feature criteria (l1, l2, bn, fpgm, lamp, random, hrank) and the sparse-training methods (slim, l1rr)"
         )
     if cfg.loss != "ce":
         raise UserError(f"--loss {cfg.loss} is for classifiers; a detector is fine-tuned with its own loss")
@@ -760,8 +761,9 @@ def _prune_detector(
                 val_batches=batches("val", False),
                 log=_progress_printer(quiet),
                 device=resolve_device(cfg.finetune.device),
+                parent_optim=parent_cfg.train.get("optim"),
                 run=run,
-                latency_meter=None,
+                task=Detection(data.class_names),
             )
             run.path.mkdir(parents=True, exist_ok=True)
             run.save_config(
@@ -772,6 +774,7 @@ def _prune_detector(
             split_to_json(data, run.split_path)
             save_weights(pruned, run.pruned_weights_path)
             write_json_atomic(run.prune_record_path, record)  # last: its presence marks pruning done
+            shutil.rmtree(run.phase_dir, ignore_errors=True)  # its work is in pruned.safetensors now
         pruned.train()
         task = Detection(data.class_names)
         result = fit(

@@ -22,7 +22,9 @@ class _Oracle(nn.Module):
         super().__init__()
         self.answers, self.weight = answers, nn.Parameter(torch.zeros(1))
 
-    def forward(self, images):
+    def forward(self, images, targets=None):
+        if targets is not None:  # asked for its loss, as torchvision's detectors are in train mode
+            return {"loss": self.weight.sum()}
         return [self.answers.pop(0) for _ in images]
 
 

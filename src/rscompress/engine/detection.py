@@ -4,7 +4,6 @@ lists of box dicts, val scored by COCO mAP@0.5 (then mAP@0.5:0.95) with torchmet
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -24,9 +23,7 @@ class DetectionEval:
     map_small: float  # COCO's small objects (< 32² px); -1 when there are none
     per_class_ap: dict[str, float]  # AP@0.5:0.95 per class
     n_images: int
-    # Not a val loss (a detector in eval mode returns boxes, not losses): 0, or inf when the
-    # weights or BN statistics are no longer finite, which the loop treats as divergence.
-    loss: float = 0.0
+    loss: float  # the detector's own loss on these images, BN statistics as they stand
 
     @property
     def score(self) -> tuple[float, float]:
@@ -45,8 +42,18 @@ class DetectionEval:
         return {**self.summary(), "per_class_ap": self.per_class_ap}
 
 
-def _finite(model: nn.Module) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in [*model.parameters(), *model.buffers()] if t.is_floating_point())
+def _loss(model: nn.Module, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+    """The detector's training loss on a batch without training anything: torchvision's
+    detectors compute losses in train mode only, so the BatchNorms are held in eval mode (their
+    statistics neither used from the batch nor updated) while the rest runs as in training."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+    try:
+        return sum(model(images, targets).values())
+    finally:
+        model.eval()
 
 
 @torch.no_grad()
@@ -55,10 +62,13 @@ def evaluate_detection(model: nn.Module, batches: Iterable, class_names: tuple[s
     was_training = model.training
     model.eval()
     metric = MeanAveragePrecision(iou_type="bbox", class_metrics=True, backend="pycocotools", sync_on_compute=False)
-    n = 0
+    n, loss_sum = 0, 0.0
     for x, targets in batches:
-        detections = model(list(x.to(device)))
+        images = list(x.to(device))
+        detections = model(images)
         metric.update([{k: v.cpu() for k, v in d.items()} for d in detections], targets)
+        on_device = [{k: v.to(device) for k, v in t.items()} for t in targets]
+        loss_sum += float(_loss(model, images, on_device)) * len(targets)
         n += len(targets)
     model.train(was_training)
     if n == 0:
@@ -72,7 +82,7 @@ def evaluate_detection(model: nn.Module, batches: Iterable, class_names: tuple[s
         map_small=float(result["map_small"]),
         per_class_ap={class_names[int(c)]: float(ap) for c, ap in zip(classes, per_class, strict=True)},
         n_images=n,
-        loss=0.0 if _finite(model) else math.inf,
+        loss=loss_sum / n,
     )
 
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from rscompress.artifacts import RunDir
 from rscompress.config import PruneConfig
+from rscompress.engine.tasks import Task
 from rscompress.errors import UserError
 from rscompress.models.complexity import count_macs_params
 from rscompress.pruning.importance import forget_cap_attention
@@ -47,6 +48,7 @@ def select_and_prune(
     parent_optim: dict[str, Any] | None = None,
     run: RunDir | None = None,
     latency_meter: LatencyMeter | None = None,
+    task: Task | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Pruned copy of ``model`` within the budget, and what the method did (for metrics.json).
 
@@ -71,6 +73,7 @@ def select_and_prune(
     if it is the one these settings would train (sparse_training.reuse_differences).
 
     ``latency_meter``: for a latency budget, what times candidates against the parent.
+    ``task``: what the model does, for a training phase (Selection.task); None: classification.
     """
     method = check_config(cfg)
     selection = Selection(
@@ -88,6 +91,7 @@ def select_and_prune(
         device=device,
         parent_optim=parent_optim or {},
         run=run,
+        task=task,
     )
     if selection.budget.timed:
         if latency_meter is None:
@@ -176,6 +180,7 @@ def prepare_and_prune(
     run: RunDir | None = None,
     on_prepared: Callable[[], None] = lambda: None,
     latency_meter: Callable[[nn.Module], LatencyMeter] | None = None,
+    task: Task | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The pruning step of ``rscompress prune`` and ``rsc.prune`` alike: ``parent`` prepared
     as ``cfg``'s method prepares it (folded in place), pruned to the budget counted on the
@@ -210,5 +215,6 @@ def prepare_and_prune(
         parent_optim=parent_optim,
         run=run,
         latency_meter=meter,
+        task=task,
     )
     return pruned, {**details, "budget": rebase_budget(details["budget"], parent_cost)}

@@ -33,6 +33,7 @@ from rscompress.pruning.parent import prepare_parent
 if TYPE_CHECKING:
     from rscompress.artifacts import RunDir
     from rscompress.config import PruneConfig
+    from rscompress.engine.tasks import Task
 
 Batch = tuple[Tensor, Tensor]
 
@@ -123,6 +124,9 @@ class Selection:
     device: torch.device  # where a training phase runs; scoring and pruning stay on the CPU
     parent_optim: dict[str, Any]  # the parent's own optimizer settings (config.json train.optim)
     run: RunDir | None  # the prune run dir, where a phase's result is kept for reuse
+    # What the model does (engine/tasks.py): a training phase trains and validates on its loss
+    # and score. None: classification into the model's classifier outputs.
+    task: Task | None = None
 
 
 class PruningMethod:

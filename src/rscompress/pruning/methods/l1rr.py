@@ -13,6 +13,8 @@ from rscompress.pruning.methods.sparse_training import SparseTrainingMethod, Spa
 _ATTENTION_LAYERS = {
     "resnet": ("layer2", "layer3", "layer4"),
     "vgg": ("features.22", "features.32", "features.42"),  # ReLUs ending VGG-16-BN stages 3-5
+    # A detector's FPN outputs P3-P5 (the paper's attention on the neck's feature levels).
+    "fcos_": ("backbone.fpn.layer_blocks.0", "backbone.fpn.layer_blocks.1", "backbone.fpn.layer_blocks.2"),
 }
 
 

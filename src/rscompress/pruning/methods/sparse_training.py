@@ -54,14 +54,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_pruning.pruner import function
 
 from rscompress.artifacts import RunDir, setting_differences
 from rscompress.config import FitConfig, OptimConfig
-from rscompress.engine.metrics import evaluate
-from rscompress.engine.tasks import Evaluation
+from rscompress.engine.tasks import Classification, Evaluation, Task
 from rscompress.engine.trainer import EpochBatches, LossFn, TrainingHooks, fit
 from rscompress.errors import UserError
 from rscompress.io_utils import write_json_atomic
@@ -183,9 +181,9 @@ class SparsityReport:
     median_gamma: float  # the dense parent's median |γ| over those channels, ρ's scale
     strength_per_rate: float  # λ = ρ · this (l1rr_losses.strength_per_rate)
     ref_val_loss: float  # the dense parent's, the controller's reference
-    ref_val_top1: float
+    ref_val: dict  # the dense parent's val metrics (top-1 for a classifier, mAP for a detector)
     final_val_loss: float
-    final_val_top1: float
+    final_val: dict
     final_sparsity: float  # share of those channels with |γ| < eps
     final_rate: float  # ρ the controller would use next
     seconds: float
@@ -409,19 +407,19 @@ class _SparsePenalty(TrainingHooks):
         self.sums = {"ce": 0.0, "attention": 0.0, "penalty": 0.0}
         self.steps = 0
 
-    def loss(self, attention: Callable[[Tensor], Tensor] | None) -> LossFn:
-        """CE (+ attention_weight · attention transfer), the parts summed for the history."""
+    def loss(self, attention: Callable[[Tensor], Tensor] | None, task_loss: LossFn) -> LossFn:
+        """The task's loss (CE for a classifier, a detector's own) + attention_weight ·
+        attention transfer, the parts summed for the history (``train_ce``: the task's)."""
 
-        def loss_fn(model: nn.Module, x: Tensor, y: Tensor, epoch: int) -> tuple[Tensor, Tensor]:
-            logits = model(x)
-            ce = F.cross_entropy(logits.float(), y)
-            loss = ce
+        def loss_fn(model: nn.Module, x: Tensor, y: Any, epoch: int) -> tuple[Tensor, Any]:
+            base, outputs = task_loss(model, x, y, epoch)
+            loss = base
             if attention is not None:
                 at = attention(x)
                 loss = loss + self.cfg.attention_weight * at
                 self.sums["attention"] += at.item()
-            self.sums["ce"] += ce.item()
-            return loss, logits
+            self.sums["ce"] += base.item()
+            return loss, outputs
 
         return loss_fn
 
@@ -472,9 +470,11 @@ def sparse_train(
     cfg: SparsityConfig = SparsityConfig(),
     progress: Progress | None = None,
     checkpoint_dir: Path | None = None,
+    task: Task | None = None,
 ) -> tuple[nn.Module, SparsityReport]:
     """Sparse-train ``model`` in place (see the module docstring) through the fit loop;
-    returns it and a report.
+    returns it and a report. ``task``: what the model does (engine/tasks.py), its loss trained
+    and its val loss read by the rate controller; None: classification.
 
     ``train_batches`` is iterated once per epoch (``set_epoch(epoch)`` is called first when it
     has one); its length is the epoch's step count, which turns ρ into λ. ``val_batches`` is
@@ -489,7 +489,7 @@ def sparse_train(
     start = time.perf_counter()
     param = next(model.parameters())
     example = _first_images(val_batches).to(param.device, param.dtype)
-    num_classes = find_classifier(model, example).out_features
+    task = task or Classification(find_classifier(model, example).out_features)
     bns, sets = prunable_channel_sets(model, example, cfg.couple_groups)
     sets = [[(p, idxs.to(param.device)) for p, idxs in c] for c in sets]
     if not bns:
@@ -502,7 +502,7 @@ def sparse_train(
     # λ per unit ρ is fixed for the whole phase.
     median_gamma = torch.cat([g.detach().abs().flatten() for g in gammas]).median().item()
     lam_per_rate = strength_per_rate(median_gamma, cfg.eps, cfg.reweight, cfg.lr, cfg.momentum, len(train_batches))
-    ref = evaluate(model, val_batches, num_classes)
+    ref = task.evaluate(model, val_batches, False)
     penalty = _SparsePenalty(gammas, sets, cfg, lam_per_rate, ref.loss, progress)
     # Constant lr, plain momentum, no label smoothing: val loss then moves because of λ and
     # not a schedule (the controller reads it); the fine-tuning after pruning has its own recipe.
@@ -529,8 +529,8 @@ def sparse_train(
             val_batches,
             fit_cfg,
             RunDir(phase_dir),
-            num_classes,
-            loss_fn=penalty.loss(attention),
+            task,
+            loss_fn=penalty.loss(attention, task.objective(0.0)),
             resume=True,
             quiet=True,
             hooks=penalty,
@@ -546,9 +546,9 @@ def sparse_train(
         median_gamma=median_gamma,
         strength_per_rate=lam_per_rate,
         ref_val_loss=ref.loss,
-        ref_val_top1=ref.top1,
+        ref_val=ref.summary(),
         final_val_loss=result.val.loss,
-        final_val_top1=result.val.top1,
+        final_val=result.val.summary(),
         final_sparsity=last["sparsity"],
         final_rate=penalty.rate,
         seconds=time.perf_counter() - start,
@@ -638,7 +638,7 @@ def _sparse_model(model: nn.Module, cfg: SparsityConfig, s: Selection) -> tuple[
         s.log(f"sparse epoch {epoch + 1}/{cfg.epochs}: sparsity {sparse:.3f}  rate {rate:.3g}  val loss {val_loss:.4f}")
 
     model, trained = sparse_train(
-        model, s.train_batches, s.val_batches, cfg=cfg, progress=progress, checkpoint_dir=s.phase_dir
+        model, s.train_batches, s.val_batches, cfg=cfg, progress=progress, checkpoint_dir=s.phase_dir, task=s.task
     )
     if run is not None:
         save_weights(model, run.sparse_weights_path)
