@@ -47,8 +47,12 @@ def test_prune_a_detector_to_a_macs_budget_keeping_its_prediction_convs(detector
     assert {"map50", "parent_map50", "map_small"} <= set(metrics) and metrics["task"] == "detection"
     head = rsc.load(tmp_path / "l1").head
     assert (head.classification_head.cls_logits.out_channels, head.regression_head.bbox_reg.out_channels) == (2, 4)
-    assert main([*args, "--method", "nas", "--out", str(tmp_path / "nas")]) == 2
-    assert "--method nas on a detector is not built yet" in capsys.readouterr().err
+    assert main([*args, "--method", "taylor", "--out", str(tmp_path / "taylor")]) == 2
+    assert "--method taylor on a detector is not built yet" in capsys.readouterr().err
+    nas = [*args, "--method", "nas", "--search-epochs", "2", "--out", str(tmp_path / "nas"), "--json"]
+    assert main(nas) == 0
+    searched = json.loads(capsys.readouterr().out)
+    assert searched["macs_kept"] == pytest.approx(0.5, rel=0.01) and len(searched["nas_search"]["val_ce"]) == 2
 
 
 def test_evaluate_a_detector_on_its_split_and_on_another_folder(detector_run, tmp_path, capsys):

@@ -111,3 +111,9 @@ class Detection:
 
     def evaluate(self, model: nn.Module, batches: Iterable, channels_last: bool) -> DetectionEval:
         return evaluate_detection(model, batches, self.class_names)
+
+    def score_loss(self, model: nn.Module, x: torch.Tensor, targets: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+        try:
+            return _loss(model, list(x), targets)
+        finally:
+            model.train()

@@ -45,6 +45,10 @@ class Task(Protocol):
 
     def evaluate(self, model: nn.Module, batches: Iterable, channels_last: bool) -> Evaluation: ...
 
+    # The loss on a held-out batch with the weights' statistics fixed (eval-mode BatchNorm);
+    # gradients flow to whatever requires them (the NAS search's channel gates).
+    def score_loss(self, model: nn.Module, x: torch.Tensor, targets: Any) -> torch.Tensor: ...
+
 
 def cross_entropy_loss(label_smoothing: float = 0.0) -> LossFn:
     def loss_fn(model, x, y, epoch):
@@ -74,3 +78,10 @@ class Classification:
 
     def evaluate(self, model: nn.Module, batches: Iterable, channels_last: bool) -> Evaluation:
         return evaluate(model, batches, self.num_classes, channels_last)
+
+    def score_loss(self, model: nn.Module, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        model.eval()
+        try:
+            return F.cross_entropy(model(x).float(), targets)
+        finally:
+            model.train()

@@ -41,13 +41,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch_pruning as tp
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from rscompress.artifacts import RunDir, setting_differences
 from rscompress.config import FitConfig, OptimConfig
 from rscompress.engine.device import model_device
 from rscompress.engine.precision import bf16_autocast
-from rscompress.engine.tasks import Evaluation
+from rscompress.engine.tasks import Classification, Evaluation, Task
 from rscompress.engine.trainer import Batches, EpochBatches, LossFn, TrainingHooks, fit
 from rscompress.errors import UserError
 from rscompress.pruning.budget import prune_to_budget
@@ -183,8 +182,10 @@ class _GateSearch(TrainingHooks):
         progress: Progress | None,
         bf16: bool,
         channels_last: bool,
+        task: Task,
     ) -> None:
         self.model, self.gates, self.cost, self.val_batches = model, gates, cost, val_batches
+        self.task = task
         self.target, self.lam, self.warmup_epochs, self.settings = target, lam, warmup_epochs, settings
         self.progress, self.bf16 = progress, bf16
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -194,13 +195,13 @@ class _GateSearch(TrainingHooks):
         self.val_ce: list[float] = []
 
     def loss(self) -> LossFn:
-        """The weight step's CE, summed for the epoch's mean."""
+        """The weight step's task loss (CE for a classifier), summed for the epoch's mean."""
+        task_loss = self.task.objective(0.0)
 
-        def loss_fn(model: nn.Module, x: Tensor, y: Tensor, epoch: int) -> tuple[Tensor, Tensor]:
-            logits = model(x)
-            ce = F.cross_entropy(logits.float(), y)
-            self.sums[0] += ce.item()
-            return ce, logits
+        def loss_fn(model: nn.Module, x: Tensor, y: Any, epoch: int) -> tuple[Tensor, Any]:
+            loss, outputs = task_loss(model, x, y, epoch)
+            self.sums[0] += loss.item()
+            return loss, outputs
 
         return loss_fn
 
@@ -212,15 +213,14 @@ class _GateSearch(TrainingHooks):
     def after_step(self, epoch: int) -> None:
         vx, vy = next(self.val_stream)
         device = self.gates.alpha.device
-        self.model.eval()
         with bf16_autocast(self.model, self.bf16):
-            logits = self.model(vx.to(device, memory_format=self.memory_format))
-        ce = F.cross_entropy(logits.float(), vy.to(device))
+            ce = self.task.score_loss(
+                self.model, vx.to(device, memory_format=self.memory_format), self.task.to_device(vy, device)
+            ).float()
         arch_loss = ce + self.lam_now * cost_awareness_loss(self.cost.ratio(self.gates.flat()), self.target)
         self.arch_opt.zero_grad(set_to_none=True)
         arch_loss.backward(inputs=[self.gates.alpha])  # weights get no gradient
         self.arch_opt.step()
-        self.model.train()
         self.sums[1] += ce.item()
         self.steps += 1
 
@@ -293,7 +293,6 @@ def _search(
             lr=weight_lr, momentum=WEIGHT_MOMENTUM, nesterov=False, weight_decay=0.0, schedule="constant"
         ),
     )
-    num_classes = find_classifier(model, example).out_features
     with ExitStack() as stack:
         phase_dir = checkpoint_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nas-")))
         fit(
@@ -302,7 +301,7 @@ def _search(
             val_batches,
             cfg,
             RunDir(phase_dir),
-            num_classes,
+            search.task,
             loss_fn=search.loss(),
             resume=True,
             quiet=True,
@@ -332,6 +331,7 @@ def nas_search(
     device: torch.device | None = None,
     fold_gates: bool = True,
     gate_without_bn: bool = False,
+    task: Task | None = None,
 ) -> tuple[nn.Module, NASReport]:
     """Search channel scores on a copy of ``model``, then prune it to its budget.
 
@@ -370,6 +370,8 @@ def nas_search(
     trained; False drops them (the ablation).
     ``gate_without_bn``: search the groups with no BatchNorm too (VGG's hidden classifier
     layers; nas_gates has why the default leaves them out).
+    ``task``: what the model does (engine/tasks.py): the loss both steps take; None:
+    classification.
     """
     metric, target = _budget(target_macs, target_params)
     _check(
@@ -425,6 +427,7 @@ def nas_search(
             progress=progress,
             bf16=bf16,
             channels_last=channels_last,
+            task=task or Classification(find_classifier(searched, example).out_features),
         )
         with torch.random.fork_rng(devices=[]):
             _search(
@@ -517,6 +520,7 @@ class NAS(PruningMethod):
             channels_last=cfg.finetune.channels_last,
             device=s.device,
             gate_without_bn=cfg.gate_without_bn,
+            task=s.task,
         )
         details = report.to_dict()
         return pruned, {"budget": details.pop("budget"), "nas_search": details}
