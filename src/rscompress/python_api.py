@@ -30,12 +30,14 @@ from torch import Tensor, nn
 
 from rscompress.artifacts import RunConfig, RunDir, library_versions
 from rscompress.config import FINETUNE_LR, FitConfig, Int8Config, OptimConfig, PruneConfig
-from rscompress.engine.metrics import EvalResult
+from rscompress.engine.detection import Detection
 from rscompress.engine.metrics import evaluate as evaluate_model
+from rscompress.engine.tasks import Evaluation, Task
 from rscompress.engine.trainer import EpochBatches, FitResult, LossFn, aml_ce_objective, fit
 from rscompress.errors import UserError
 from rscompress.io_utils import write_json_atomic
 from rscompress.models.complexity import count_macs_params
+from rscompress.models.detection import deployable, detector_classes
 from rscompress.models.external import identify_external
 from rscompress.models.registry import built_as
 from rscompress.models.weights import read_state_dict, save_weights
@@ -78,6 +80,9 @@ def _img_size(example_input: Tensor) -> int:
 
 def _num_classes(model: nn.Module, example_input: Tensor) -> int:
     from rscompress.pruning.pruner import find_classifier
+
+    if (detected := detector_classes(model)) is not None:
+        return detected
 
     param = next(model.parameters(), None)
     example = example_input if param is None else example_input.to(param.device, param.dtype)
@@ -177,7 +182,7 @@ def _reload_problem(model: nn.Module, run: RunDir, example_input: Tensor) -> str
     """Why what ``save`` wrote does not load back as ``model`` (a model changed after it was
     built, in a way no layer shape records), or None when its outputs match."""
     try:
-        reloaded = run.load_model()[0]
+        reloaded, model = deployable(run.load_model()[0]), deployable(model)
         param = next(model.parameters())
         x = torch.randn(2, *example_input.shape[1:], generator=torch.Generator().manual_seed(0))
         flags = {m: m.training for m in model.modules()}
@@ -199,17 +204,27 @@ def load(path: str | Path) -> nn.Module:
     return model
 
 
-def evaluate(model: nn.Module, loader: Batches, num_classes: int | None = None) -> EvalResult:
-    """Top-1, Cohen's kappa, per-class accuracy, confusion and mean CE of ``model`` on ``loader``."""
-    if num_classes is None:
-        num_classes = _num_classes(model, _first_images(loader, "the loader"))
-    return evaluate_model(model, loader, num_classes)
+def _task(model: nn.Module, example_input: Tensor) -> int | Task:
+    """What ``model`` does, as the fit loop takes it: a detector's detection (its loaders yield
+    ``(images, [{"boxes", "labels"}, ...])``), else classification into its outputs."""
+    if (classes := detector_classes(model)) is not None:
+        return Detection(tuple(str(i) for i in range(classes)))
+    return _num_classes(model, example_input)
+
+
+def evaluate(model: nn.Module, loader: Batches, num_classes: int | None = None) -> Evaluation:
+    """Top-1, Cohen's kappa, per-class accuracy, confusion and mean CE of a classifier on
+    ``loader``; mAP@0.5, mAP@0.5:0.95, mAP small and per-class AP of a detector."""
+    task = _task(model, _first_images(loader, "the loader")) if num_classes is None else num_classes
+    if isinstance(task, int):
+        return evaluate_model(model, loader, task)
+    return task.evaluate(model, loader, False)
 
 
 @dataclass
 class TrainResult:
     model: nn.Module  # the best epoch on val
-    val: EvalResult
+    val: Evaluation  # EvalResult for a classifier, DetectionEval for a detector
     history: list[dict[str, Any]]
     out: Path | None
 
@@ -219,7 +234,7 @@ class PruneResult:
     model: nn.Module  # pruned, fine-tuned, the best fine-tuning epoch on val
     macs_kept: float
     params_kept: float
-    val: EvalResult
+    val: Evaluation
     history: list[dict[str, Any]]  # one row per fine-tuning epoch
     details: dict[str, Any]  # what the method did: budget search, sparse training, NAS search
     out: Path | None
@@ -283,7 +298,7 @@ def train(
     settings = {"method": "train", "train": cfg.model_dump(mode="json", exclude={"threads", "device"})}
     with _work_dir(out) as run:
         _start(run, model, example, settings, resume)
-        result = _fit(run, model, train_loader, val_loader, cfg, _num_classes(model, example), loss_fn, quiet)
+        result = _fit(run, model, train_loader, val_loader, cfg, _task(model, example), loss_fn, quiet)
         _finish(run, model, result, settings)
         return TrainResult(model, result.val, result.history, None if out is None else run.path)
 
@@ -325,7 +340,7 @@ def _fit(
     train_loader: Batches,
     val_loader: Batches,
     cfg: FitConfig,
-    num_classes: int,
+    task: int | Task,
     loss_fn: LossFn | None,
     quiet: bool,
 ) -> FitResult:
@@ -337,7 +352,7 @@ def _fit(
         val_loader,
         cfg,
         run,
-        num_classes,
+        task,
         loss_fn=loss_fn,
         resume=(run.checkpoint_dir / "latest.json").is_file(),
         quiet=quiet,
@@ -431,6 +446,11 @@ def prune(
             **(method_options or {}),
         )
     pruning_method = check_config(cfg)
+    if detector_classes(model) is not None and (cfg.loss != "ce" or cfg.method in ("taylor", "remotetrimmer")):
+        raise UserError(
+            f"{'loss ' + cfg.loss if cfg.loss != 'ce' else 'method ' + cfg.method} is for classifiers: "
+            "a detector is pruned by the other methods and fine-tuned with its own loss"
+        )
     img_size = _img_size(example_input)
     settings = {
         "method": method,
@@ -459,15 +479,17 @@ def prune(
                 device=_device(cfg.finetune),
                 run=run,
                 latency_meter=latency_meter_for(cfg, img_size, calibration),
+                task=None if isinstance(task := _task(parent, example_input.float()), int) else task,
             )
             save_weights(pruned, run.pruned_weights_path)
             write_json_atomic(run.prune_record_path, {"architecture": architecture_spec(pruned), "details": details})
             shutil.rmtree(run.phase_dir, ignore_errors=True)
         pruned.train()
-        num_classes = _num_classes(pruned, example_input.float())
         if loss_fn is None:
             loss_fn = _finetune_objective(model, cfg)
-        result = _fit(run, pruned, train_loader, val_loader, cfg.finetune, num_classes, loss_fn, quiet)
+        result = _fit(
+            run, pruned, train_loader, val_loader, cfg.finetune, _task(pruned, example_input.float()), loss_fn, quiet
+        )
         macs, params = count_macs_params(pruned, img_size)
         kept = {"macs_kept": macs / parent_macs, "params_kept": params / parent_params, "macs": macs, "params": params}
         _finish(run, pruned, result, {**settings, **kept, "details": details})
@@ -546,6 +568,8 @@ def distill(
     from rscompress.models.registry import create_model
 
     example = _first_images(val_loader)
+    if detector_classes(teacher) is not None:
+        raise UserError("distill's losses (kd, dkd) are for classifiers; a detector teacher is not taken")
     teacher = copy.deepcopy(teacher).cpu()
     num_classes = _num_classes(teacher, example)
     if isinstance(student, str):
@@ -594,6 +618,7 @@ def export_onnx(
         raise UserError(f"{path} must end in .onnx")
     if images is None:
         images = torch.randn(8, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
+    model = deployable(model)  # a detector: its raw head outputs (models/detection.RawPredictions)
     write_onnx(model, img_size, path)
     try:
         return check_parity(model, path, images, atol=DEFAULT_ATOL if atol is None else atol)
@@ -680,7 +705,7 @@ def bench(
 
     img_size = _img_size(example_input)
     specs = [
-        m if not isinstance(m, nn.Module) else (f"model {i}", copy.deepcopy(m).cpu().eval(), img_size)
+        m if not isinstance(m, nn.Module) else (f"model {i}", deployable(copy.deepcopy(m).cpu().eval()), img_size)
         for i, m in enumerate(models)
     ]
     results = measure(specs, batch_sizes=batch_sizes, threads=threads, engines=engines, repeats=repeats, peak_rss=False)

@@ -101,3 +101,12 @@ class RawPredictions(nn.Module):
 def deployable(model: nn.Module) -> nn.Module:
     """What is exported and timed of ``model``: a detector's ``RawPredictions``, else itself."""
     return RawPredictions(model) if isinstance(model, FCOS) else model
+
+
+def detector_classes(model: nn.Module) -> int | None:
+    """The object classes a torchvision FCOS / RetinaNet detector predicts; None for any other model."""
+    from torchvision.models.detection import RetinaNet
+
+    if isinstance(model, FCOS | RetinaNet):
+        return int(model.head.classification_head.num_classes)
+    return None
