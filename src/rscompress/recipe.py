@@ -185,7 +185,7 @@ def run_steps(recipe: Recipe, quiet: bool = False) -> dict[str, Any]:
         run = RunDir(out)
         # A finished step is reused if the recipe still says what made it (an error if not);
         # one killed anywhere, sparse training and NAS search included, continues.
-        again = {"resume": run.is_started(), "reuse_finished": True, "quiet": quiet}
+        again: dict[str, Any] = {"resume": run.is_started(), "reuse_finished": True, "quiet": quiet}
         if step.train is not None:
             train_step = step.train
             train_cfg = TrainConfig(**train_step.model_dump(exclude={"data"}))
