@@ -166,6 +166,10 @@ def train(
     check_trainable(
         create_model(train_cfg.model, 2, **model_kwargs), train_cfg.model, data_cfg.img_size, train_cfg.batch_size
     )
+    # Read only once the data is decoded (the class count is needed to load it): a path that
+    # leads nowhere is found before that wait.
+    if train_cfg.weights is not None and not Path(train_cfg.weights).is_file():
+        raise UserError(f"weights file not found: {train_cfg.weights}")
     with _owned(run, dist):
         if (finished := _open_out_dir(run, settings, resume=resume, reuse_finished=reuse_finished)) is not None:
             return finished
@@ -465,7 +469,8 @@ def _progress_printer(quiet: bool) -> Callable[[str], None]:
 def _warn(warnings: Iterable[str], quiet: bool) -> None:
     if not quiet:
         for warning in warnings:
-            Console(stderr=True).print(f"[yellow]warning:[/] {warning}")
+            # soft_wrap: one line each, however wide the terminal, as errors are.
+            Console(stderr=True, soft_wrap=True).print(f"[yellow]warning:[/] {warning}")
 
 
 def _data_of(source: RunDir, data_cfg: DataConfig, resplit: bool, quiet: bool) -> PreparedData:
