@@ -216,11 +216,11 @@ def read_voc(root: Path) -> DetectionData:
             bad_files.append((path, "image named by its annotation is missing"))
             continue
         try:
-            size = wh if wh and all(wh) else _image_size(root / path)
+            image_size = wh if wh and all(wh) else _image_size(root / path)
         except _IMAGE_ERRORS as err:
             bad_files.append((path, _unreadable_image(err)))
             continue
-        images.append(collector.image(path, size, objects, path))
+        images.append(collector.image(path, image_size, objects, path))
         stems.append(Path(path).stem)
     lists = {}
     main = root / "ImageSets" / "Main"
