@@ -141,3 +141,32 @@ def test_override_needs_resume_and_a_run(tmp_path, dataset, capsys):
     assert main(train_args(dataset, out, "--epochs", 1, "--resume", "--override", "lr=0.01")) == 2
     assert "holds no run to continue (no config.json)" in capsys.readouterr().err
     assert not (out / "config.json").exists()
+
+
+@pytest.mark.parametrize("step", ["prune", "distill"])
+def test_prune_and_distill_continue_with_an_override(tmp_path, finished_run, monkeypatch, capsys, step):
+    parent, _ = finished_run
+    out = tmp_path / step
+    scheduled = trainer.apply_schedule
+
+    def exploding_in_epoch_2(optimizer, progress, epochs, cfg):
+        if progress >= 1 and cfg.lr == 0.05:
+            cfg = cfg.model_copy(update={"lr": 1e6})
+        return scheduled(optimizer, progress, epochs, cfg)
+
+    common = ["--batch-size", "8", "--lr", "0.05", "--schedule", "constant", "--out", str(out), "-q"]
+    if step == "prune":
+        args = ["prune", str(parent), "--method", "l1", "--target-macs", "0.5", "--finetune-epochs", "2", *common]
+        # Nothing pruned yet: no fine-tuning to continue.
+        assert main([*args, "--resume", "--override", "lr=0.01"]) == 2
+        assert "--override changes the fine-tuning of a pruned model" in capsys.readouterr().err
+    else:
+        args = ["distill", "--teacher", str(parent), "--student", "resnet18", "--epochs", "2", *common]
+    monkeypatch.setattr(trainer, "apply_schedule", exploding_in_epoch_2)
+    assert main(args) == 2
+    assert "last good checkpoint: after epoch 1" in capsys.readouterr().err
+    assert main([*args, "--resume", "--override", "lr=0.01"]) == 0, capsys.readouterr().err
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["optim"]["lr"] == 0.01
+    assert config["overrides"] == [{"setting": "lr", "old": 0.05, "new": 0.01, "epoch": 1}]
+    assert [r.get("overrides") for r in history(out)] == [None, config["overrides"]]
