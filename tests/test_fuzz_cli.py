@@ -344,6 +344,7 @@ CORRUPT = {
     "coco-json-list": ("coco", lambda r: (_coco(r).write_text("[]"), "annotations/instances_train.json")[1]),
     "coco-category-no-name": ("coco", _edit_coco(lambda d: d["categories"][0].pop("name"))),
     "coco-categories-text": ("coco", _edit_coco(lambda d: d.update(categories="tank"))),
+    "coco-category-id-null": ("coco", _edit_coco(lambda d: d["categories"][0].update(id=None))),
     "coco-annotation-no-bbox": ("coco", _edit_coco(lambda d: d["annotations"][0].pop("bbox"))),
     "coco-bbox-three": ("coco", _edit_coco(lambda d: d["annotations"][0].update(bbox=[1, 2, 3]))),
     "coco-bbox-text": ("coco", _edit_coco(lambda d: d["annotations"][0].update(bbox=["a", "b", "c", "d"]))),

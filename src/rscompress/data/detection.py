@@ -247,7 +247,7 @@ def read_coco(root: Path) -> DetectionData:
     sources = list(named.items()) if named else [("all", f) for f in files]
     documents: list[tuple[str, str, dict[str, Any]]] = []  # (split, file relative to root, its JSON)
     bad_files: list[tuple[str, str]] = []
-    categories: dict[int, str] = {}
+    categories: dict[int | str, str] = {}
     for split, path in sources:
         rel_doc = str(path.relative_to(root))
         try:
@@ -255,8 +255,9 @@ def read_coco(root: Path) -> DetectionData:
             if not isinstance(doc, dict):
                 raise ValueError(f"a JSON {type(doc).__name__}, not an object")
             names = {cat["id"]: cat["name"] for cat in doc.get("categories", [])}
-            if odd := [i for i in names if type(i) is not int]:  # ordered by id below
-                raise ValueError(f"category id {odd[0]!r} is not an integer")
+            # Ordered by id below: numbers, then names (no None, no list, no true/false).
+            if odd := [i for i in names if not isinstance(i, int | str) or isinstance(i, bool)]:
+                raise ValueError(f"category id {odd[0]!r} is neither an integer nor a string")
         except OSError as err:  # a folder, unreadable
             bad_files.append((rel_doc, f"unreadable annotation: {err.strerror}"))
             continue
@@ -268,7 +269,9 @@ def read_coco(root: Path) -> DetectionData:
                 raise UserError(f"COCO category id {cat_id} is {categories[cat_id]!r} in one file, {name!r} in another")
             categories[cat_id] = name
         documents.append((split, rel_doc, doc))
-    collector = _Collector(dict.fromkeys(categories[i] for i in sorted(categories)))
+    collector = _Collector(
+        dict.fromkeys(categories[i] for i in sorted(categories, key=lambda i: (isinstance(i, str), i)))
+    )
     images_dir = root / "images" if (root / "images").is_dir() else root / "annotations"
     images: list[DetectionImage] = []
     lists: dict[str, list[str]] = {}
@@ -305,7 +308,7 @@ def _malformed(err: Exception) -> str:
 
 
 def _coco_entries(
-    doc: dict[str, Any], categories: dict[int, str], images_dir: Path, root: Path
+    doc: dict[str, Any], categories: dict[int | str, str], images_dir: Path, root: Path
 ) -> list[tuple[str, tuple[int, int] | None, list[tuple[str, tuple[float, ...]]], str]]:
     """(image path relative to root, its size if the file gives it, its boxes, its group) for
     every image of one COCO document; one of _MALFORMED where the document is not COCO's shape."""
