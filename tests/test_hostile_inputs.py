@@ -463,3 +463,39 @@ def test_export_out_naming_a_folder_is_one_line(capsys, tmp_path, finished_run, 
     code, _, err = run_cli(capsys, "export", finished_run, "--out", tmp_path / name)
     assert_one_line_error(code, err, str(tmp_path / name))
     assert not list((tmp_path / name).iterdir())
+
+
+def test_missing_weights_file_is_refused_before_the_data_is_read(capsys, dataset, tmp_path):
+    # Found by tests/test_fuzz_cli.py: refused once the images were decoded, after the data's
+    # warnings, the error was the last of three lines.
+    without_quiet = train_args(dataset, tmp_path / "run")[:-1]  # the data's warnings would be shown
+    code, _, err = run_cli(capsys, *without_quiet, "--weights", tmp_path / "gone.pt")
+    assert_one_line_error(code, err, "weights file not found", "gone.pt")
+
+
+def test_a_warning_is_one_line(capsys, dataset, tmp_path):
+    # Wrapped at the console's width (80 columns when stderr is not a terminal) it read as two.
+    code, _, err = run_cli(capsys, *train_args(dataset, tmp_path / "run")[:-1])  # without -q: warnings shown
+    assert code == 0
+    warning = next(line for line in err.splitlines() if line.startswith("warning: classes match RSSCN7"))
+    assert warning.endswith("not comparable with published numbers"), err
+
+
+HUGE = 10**23  # found by tests/test_fuzz_cli.py: an overflow in torch (a traceback), or a bench for ages
+
+
+@pytest.mark.parametrize(
+    "command,needle",
+    [
+        (lambda d, r, o: train_args(d, o, "--batch-size", HUGE), "--batch-size: Input should be less than or equal"),
+        (lambda d, r, o: train_args(d, o, "--threads", HUGE), "--threads: Input should be less than or equal"),
+        (lambda d, r, o: ("bench", r, "--batch-size", HUGE), "batch size must be 1 to 65536"),
+        (lambda d, r, o: ("bench", r, "--threads", HUGE), "threads must be 1 to 1024"),
+        (lambda d, r, o: ("bench", r, "--repeats", HUGE), "need repeats of 1 to 100000"),
+        (lambda d, r, o: ("bench", r, "--warmup", HUGE), "need repeats of 1 to 100000"),
+    ],
+)
+def test_huge_counts_are_refused_by_name(capsys, dataset, finished_run, tmp_path, command, needle):
+    code, _, err = run_cli(capsys, *command(dataset, finished_run, tmp_path / "out"))
+    assert_one_line_error(code, err, needle)
+    assert not (tmp_path / "out").exists()

@@ -183,3 +183,57 @@ def test_cli_bad_yaml_is_one_line(tmp_path, capsys):
 @pytest.mark.parametrize("recipe", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_recipes_validate(recipe):
     load_recipe(recipe)
+
+
+@pytest.mark.parametrize(
+    "bad_step,needle",
+    [
+        (
+            {"name": "p", "prune": {"parent": "bse", "method": "l1", "target_macs": 0.5, "finetune": {"epochs": 1}}},
+            "step 'p': parent 'bse' is neither an earlier",
+        ),
+        (
+            {"name": "d", "distill": {"teacher": "base", "student": "nope", "fit": {"epochs": 1}}},
+            "step 'd': student 'nope' is neither",
+        ),
+        ({"name": "e", "export": {"run": "later"}}, "step 'e': run 'later' is a later step"),
+        ({"name": "b", "bench": {"runs": ["base", "gone"]}}, "step 'b': runs 'gone' is neither"),
+    ],
+)
+def test_unknown_reference_fails_before_any_step_trains(tmp_path, bad_step, needle, capsys):
+    data = make_fake_dataset(tmp_path, per_class=2, size=16)
+    train = {"data": {"path": str(data), "img_size": 16}, "model": "resnet18", "epochs": 1, "batch_size": 4}
+    steps = [{"name": "base", "train": train}, bad_step, {"name": "later", "train": train}]
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"out": str(tmp_path / "runs"), "steps": steps}))
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0]
+    assert not (tmp_path / "runs").exists()  # not one step ran
+
+
+def test_edited_export_step_is_redone_and_a_foreign_file_refused(tmp_path):
+    data = make_fake_dataset(tmp_path, per_class=3, size=16)
+    train = {"data": {"path": str(data), "img_size": 16}, "model": "resnet18", "epochs": 1, "batch_size": 4}
+    recipe = {
+        "out": str(tmp_path / "runs"),
+        "steps": [{"name": "base", "train": train}, {"name": "onnx", "export": {"run": "base", "parity_images": 2}}],
+    }
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    first = run_recipe(path, quiet=True)
+    onnx = tmp_path / "runs" / "base" / "model.onnx"
+    assert first["onnx"]["n_images"] == 2 and onnx.is_file()
+    assert run_recipe(path, quiet=True)["onnx"]["skipped"] == "complete"
+    # Edited: exported again with the new settings, never skipped on the old file.
+    recipe["steps"][1]["export"]["parity_images"] = 3
+    path.write_text(yaml.safe_dump(recipe))
+    assert run_recipe(path, quiet=True)["onnx"]["n_images"] == 3
+    assert json.loads((tmp_path / "runs" / "onnx" / "export.json").read_text())["settings"]["parity_images"] == 3
+    assert run_recipe(path, quiet=True)["onnx"]["skipped"] == "complete"
+    # A model.onnx this step did not write (its record gone) is kept, and the step refused.
+    (tmp_path / "runs" / "onnx" / "export.json").unlink()
+    before = onnx.read_bytes()
+    with pytest.raises(UserError, match=r"model\.onnx is there but this recipe's step did not write it"):
+        run_recipe(path, quiet=True)
+    assert onnx.read_bytes() == before

@@ -10,11 +10,11 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ from rscompress.config import (
 )
 from rscompress.data.loader import BatchLoader
 from rscompress.data.prepare import PreparedData, inspect_folder, prepare_data
+from rscompress.engine.checkpoint import next_epoch
 from rscompress.engine.device import model_device, resolve_device
 from rscompress.engine.distributed import DistInfo, barrier, init_distributed
 from rscompress.engine.metrics import evaluate as evaluate_model
@@ -42,6 +43,9 @@ from rscompress.models import create_model
 from rscompress.models.complexity import count_macs_params
 from rscompress.models.probe import check_trainable
 from rscompress.models.weights import load_weights, save_weights
+from rscompress.overrides import apply_overrides
+
+FitT = TypeVar("FitT", bound=FitConfig)
 
 
 def _open_out_dir(
@@ -62,6 +66,45 @@ def _open_out_dir(
             raise UserError(f"{run.path} holds an unfinished run; pass --resume to continue it or choose another --out")
         run.check_settings(settings)
     return None
+
+
+def _with_overrides(
+    run: RunDir, settings: dict[str, Any], fit_cfg: FitT, overrides: Mapping[str, str] | None, *, resume: bool
+) -> tuple[FitT, list[dict[str, Any]]]:
+    """The fit settings a run is continued with: ``fit_cfg`` (the options it was made with, or
+    the overridden ones) with its recorded overrides and the new ``overrides`` (``--override``,
+    taking effect at the epoch the resume starts) applied, and every override record. New ones
+    are written to config.json here, before any epoch is trained with them. Called once the run
+    dir is owned and known not finished (_open_out_dir)."""
+    if overrides and not resume:
+        raise UserError("--override changes a setting of a run being continued: add --resume")
+    if overrides and not run.config_path.is_file():
+        raise UserError(f"--override: {run.path} holds no run to continue (no {run.config_path.name})")
+    if not resume:  # a fresh start: what an earlier attempt in this dir recorded is replaced
+        return fit_cfg, []
+    stored = run.load_config() if run.config_path.is_file() else None
+    records = stored.overrides if stored is not None else []
+    if not overrides and not records:
+        return fit_cfg, []
+    run.check_settings(settings)  # the run continued is this one (_open_out_dir skips a run not started)
+    new_cfg, all_records = apply_overrides(fit_cfg, records, overrides or {}, next_epoch(run.checkpoint_dir))
+    if stored is not None and all_records != records:
+        run.save_config(stored.model_copy(update={"train": new_cfg.model_dump(mode="json"), "overrides": all_records}))
+    return new_cfg, all_records
+
+
+def _finetune_overrides(
+    run: RunDir, settings: dict[str, Any], cfg: PruneConfig, overrides: Mapping[str, str] | None, *, resume: bool
+) -> tuple[PruneConfig, list[dict[str, Any]]]:
+    """``_with_overrides`` for a prune run's fine-tuning. Before the model is pruned there is no
+    fine-tuning to continue (and config.json is written anew once it is), so none is taken."""
+    if overrides and not run.holds_pruned_model():
+        raise UserError(
+            f"--override changes the fine-tuning of a pruned model; {run.path} holds none yet "
+            "(a sparse training or NAS search takes its own options)"
+        )
+    finetune, records = _with_overrides(run, settings, cfg.finetune, overrides, resume=resume)
+    return cfg.model_copy(update={"finetune": finetune}), records
 
 
 def _owned(run: RunDir, dist: DistInfo) -> AbstractContextManager[object]:
@@ -87,16 +130,20 @@ def train(
     resume: bool = False,
     quiet: bool = False,
     reuse_finished: bool = False,
+    overrides: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Train ``train_cfg.model`` on ``data_cfg`` into run dir ``out``; returns metrics.json.
 
     ``reuse_finished``: a finished ``out`` made with the same settings is returned as is
-    (recipes re-run this way), one made otherwise is an error.
+    (recipes re-run this way), one made otherwise is an error. ``overrides``: with ``resume``,
+    training settings continued with new values ({"lr": "0.01"}: overrides.py).
     """
     from rscompress.models.registry import model_task
 
     if model_task(train_cfg.model) == "detection":
-        return _train_detector(data_cfg, train_cfg, out, resume=resume, quiet=quiet, reuse_finished=reuse_finished)
+        return _train_detector(
+            data_cfg, train_cfg, out, resume=resume, quiet=quiet, reuse_finished=reuse_finished, overrides=overrides
+        )
     dist = init_distributed(resolve_device(train_cfg.device))
     if train_cfg.threads:
         torch.set_num_threads(train_cfg.threads)
@@ -120,9 +167,14 @@ def train(
     check_trainable(
         create_model(train_cfg.model, 2, **model_kwargs), train_cfg.model, data_cfg.img_size, train_cfg.batch_size
     )
+    # Read only once the data is decoded (the class count is needed to load it): a path that
+    # leads nowhere is found before that wait.
+    if train_cfg.weights is not None and not Path(train_cfg.weights).is_file():
+        raise UserError(f"weights file not found: {train_cfg.weights}")
     with _owned(run, dist):
         if (finished := _open_out_dir(run, settings, resume=resume, reuse_finished=reuse_finished)) is not None:
             return finished
+        train_cfg, override_records = _with_overrides(run, settings, train_cfg, overrides, resume=resume)
         if run.is_started() and not run.split_path.is_file():  # written before the first checkpoint
             raise UserError(
                 f"{run.split_path} is missing: the checkpoint in {run.path} was trained on the split it held; "
@@ -139,6 +191,7 @@ def train(
             model_kwargs=model_kwargs,
             data=data_cfg.model_dump(mode="json"),
             train=train_cfg.model_dump(mode="json"),
+            overrides=override_records,
             versions=library_versions(),
         )
         torch.manual_seed(train_cfg.seed)
@@ -160,11 +213,29 @@ def train(
                 "mismatched": list(weights_report.mismatched),
                 "fresh": list(weights_report.fresh),
             }
-        return _fit_and_finish(model, data, data_cfg, train_cfg, run, extra, resume=resume, quiet=quiet, dist=dist)
+        return _fit_and_finish(
+            model,
+            data,
+            data_cfg,
+            train_cfg,
+            run,
+            extra,
+            resume=resume,
+            quiet=quiet,
+            dist=dist,
+            overrides=override_records,
+        )
 
 
 def _train_detector(
-    data_cfg: DataConfig, train_cfg: TrainConfig, out: Path, *, resume: bool, quiet: bool, reuse_finished: bool
+    data_cfg: DataConfig,
+    train_cfg: TrainConfig,
+    out: Path,
+    *,
+    resume: bool,
+    quiet: bool,
+    reuse_finished: bool,
+    overrides: Mapping[str, str] | None,
 ) -> dict[str, Any]:
     """``train`` for a registry detector on a VOC / COCO / YOLO folder (data/detection.py):
     the same run dir, settings checks and resume, through the same fit loop with the detection
@@ -188,6 +259,7 @@ def _train_detector(
     with run.owned():
         if (finished := _open_out_dir(run, settings, resume=resume, reuse_finished=reuse_finished)) is not None:
             return finished
+        train_cfg, override_records = _with_overrides(run, settings, train_cfg, overrides, resume=resume)
         fractions = (data_cfg.train_fraction, data_cfg.val_fraction, data_cfg.test_fraction)
         with decode_progress(quiet) as progress:
             data = prepare_detection(
@@ -210,6 +282,7 @@ def _train_detector(
                 model_kwargs=model_kwargs,
                 data=data_cfg.model_dump(mode="json"),
                 train=train_cfg.model_dump(mode="json"),
+                overrides=override_records,
                 versions=library_versions(),
             )
         )
@@ -224,8 +297,9 @@ def _train_detector(
 
         task = Detection(data.class_names)
         result = fit(
-            model, batches("train", True), batches("val", False), train_cfg, run, task, resume=resume, quiet=quiet
-        )
+            model, batches("train", True), batches("val", False), train_cfg, run, task, resume=resume, quiet=quiet,
+            overrides=override_records,
+        )  # fmt: skip
         test = evaluate_detection(model, batches("test", False), data.class_names)
         model.cpu()
         macs, params = count_macs_params(model, data_cfg.img_size)
@@ -268,8 +342,10 @@ def _fit_and_finish(
     quiet: bool,
     dist: DistInfo = DistInfo(),
     loss_fn: LossFn | None = None,
+    overrides: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Fit on train (best epoch on val), then test once and write weights + metrics.json."""
+    """Fit on train (best epoch on val), then test once and write weights + metrics.json.
+    ``overrides``: the run's override records (_with_overrides), on their epochs' history rows."""
     train_batches = train_loader(data, data_cfg, fit_cfg, dist)
     result = fit(
         model,
@@ -282,6 +358,7 @@ def _fit_and_finish(
         resume=resume,
         quiet=quiet,
         dist=dist,
+        overrides=overrides or [],
     )
     if not dist.is_main:
         barrier(dist)  # rank 0 is writing the final files
@@ -393,7 +470,8 @@ def _progress_printer(quiet: bool) -> Callable[[str], None]:
 def _warn(warnings: Iterable[str], quiet: bool) -> None:
     if not quiet:
         for warning in warnings:
-            Console(stderr=True).print(f"[yellow]warning:[/] {warning}")
+            # soft_wrap: one line each, however wide the terminal, as errors are.
+            Console(stderr=True, soft_wrap=True).print(f"[yellow]warning:[/] {warning}")
 
 
 def _data_of(source: RunDir, data_cfg: DataConfig, resplit: bool, quiet: bool) -> PreparedData:
@@ -492,6 +570,7 @@ def prune(
     reuse_finished: bool = False,
     pruned_from: Path | None = None,
     sparse_from: Path | None = None,
+    overrides: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Prune a finished run to a budget, fine-tune it with the shared recipe, test it once.
 
@@ -503,7 +582,8 @@ def prune(
     The pruned, not yet fine-tuned model is saved as ``pruned.safetensors`` with ``prune.json``
     (what the method did): a resumed run starts from there and never prunes twice. Sparse
     training and the NAS search commit their state to ``prune-phase/`` every epoch, so a run
-    killed in them resumes there too. ``reuse_finished``: as in ``train``.
+    killed in them resumes there too. ``reuse_finished``: as in ``train``; ``overrides``: as in
+    ``train``, for the fine-tuning of a run past its pruning.
 
     ``pruned_from``: another prune run dir of the same parent whose pruning settings are these
     but whose fine-tuning loss or length may differ: its ``pruned.safetensors`` is taken as is
@@ -539,13 +619,14 @@ def prune(
         if pruned_from is not None or sparse_from is not None:
             raise UserError("--pruned-from and --sparse-from are not built for detectors yet")
         return _prune_detector(parent, model, parent_cfg, parent_metrics, cfg, run, resume=resume, quiet=quiet,
-                               reuse_finished=reuse_finished)  # fmt: skip
+                               reuse_finished=reuse_finished, overrides=overrides)  # fmt: skip
     is_se = parent_cfg.model.startswith("se_")
     # The parent too: a run resumed from another parent would mix two runs' work.
     settings = {**_prune_settings(cfg, is_se), "parent": str(parent.path.resolve())}
     with run.owned():
         if (finished := _open_out_dir(run, settings, resume=resume, reuse_finished=reuse_finished)) is not None:
             return finished
+        cfg, override_records = _finetune_overrides(run, settings, cfg, overrides, resume=resume)
         data_cfg = DataConfig.model_validate(parent_cfg.data)
         data = _step_data(parent, run, data_cfg, cfg.resplit, quiet)
         pruned_path, record_path = run.pruned_weights_path, run.prune_record_path
@@ -643,8 +724,9 @@ def prune(
             **({"pruned_from": str(Path(pruned_from).resolve())} if pruned_from is not None else {}),
         }
         return _fit_and_finish(
-            pruned, data, data_cfg, cfg.finetune, run, extra, resume=resume, quiet=quiet, loss_fn=loss_fn
-        )
+            pruned, data, data_cfg, cfg.finetune, run, extra, resume=resume, quiet=quiet, loss_fn=loss_fn,
+            overrides=override_records,
+        )  # fmt: skip
 
 
 def metrics_task(metrics: dict[str, Any]) -> str:
@@ -712,6 +794,7 @@ def _prune_detector(
     resume: bool,
     quiet: bool,
     reuse_finished: bool,
+    overrides: Mapping[str, str] | None,
 ) -> dict[str, Any]:
     """``prune`` for a detector parent: a one-shot criterion to the budget, its prediction convs
     never pruned (pruner.prediction_layers), fine-tuned with the detector's own loss, tested
@@ -735,6 +818,7 @@ def _prune_detector(
     with run.owned():
         if (finished := _open_out_dir(run, settings, resume=resume, reuse_finished=reuse_finished)) is not None:
             return finished
+        cfg, override_records = _finetune_overrides(run, settings, cfg, overrides, resume=resume)
         data = _detection_data(parent, run, parent_cfg, quiet)
         mean, std = parent_cfg.mean, parent_cfg.std
 
@@ -776,8 +860,9 @@ def _prune_detector(
         pruned.train()
         task = Detection(data.class_names)
         result = fit(
-            pruned, batches("train", True), batches("val", False), cfg.finetune, run, task, resume=resume, quiet=quiet
-        )
+            pruned, batches("train", True), batches("val", False), cfg.finetune, run, task, resume=resume, quiet=quiet,
+            overrides=override_records,
+        )  # fmt: skip
         test = evaluate_detection(pruned, batches("test", False), data.class_names)
         pruned.cpu()
         budget = record["budget"]
@@ -915,9 +1000,11 @@ def distill(
     resume: bool = False,
     quiet: bool = False,
     reuse_finished: bool = False,
+    overrides: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Train ``student`` (a registry name, or a run dir such as a pruned model) on the teacher's
-    data and split, guided by the frozen teacher's logits. ``reuse_finished``: as in ``train``."""
+    data and split, guided by the frozen teacher's logits. ``reuse_finished``, ``overrides``: as
+    in ``train``."""
     from rscompress.distillation.objective import freeze, teacher_loss_fn
 
     cfg = _fine_tuning_rate_for_a_trained_student(student, cfg)
@@ -926,7 +1013,7 @@ def distill(
     run = RunDir(out)
     student_model, student_cfg = _student(student, teacher_cfg, cfg)
     check_trainable(student_model, student_cfg.model, teacher_cfg.img_size, cfg.fit.batch_size)
-    settings = {
+    settings: dict[str, Any] = {
         "model": student_cfg.model,
         "method": f"distill-{cfg.loss}",
         "method_params": cfg.model_dump(mode="json", exclude={"fit"}),
@@ -935,6 +1022,9 @@ def distill(
     with run.owned():
         if (finished := _open_out_dir(run, settings, resume=resume, reuse_finished=reuse_finished)) is not None:
             return finished
+        fit_cfg, override_records = _with_overrides(run, settings, cfg.fit, overrides, resume=resume)
+        cfg = cfg.model_copy(update={"fit": fit_cfg})
+        settings.update(train=fit_cfg.model_dump(mode="json"), overrides=override_records)
         teacher_macs, teacher_params = count_macs_params(teacher, teacher_cfg.img_size)
         teacher = freeze(teacher.to(device), cfg)
         data_cfg = DataConfig.model_validate(teacher_cfg.data)
@@ -963,8 +1053,9 @@ def distill(
             **_cache_counts(teacher),
         }
         return _fit_and_finish(
-            student_model, data, data_cfg, cfg.fit, run, extra, resume=resume, quiet=quiet, loss_fn=loss_fn
-        )
+            student_model, data, data_cfg, cfg.fit, run, extra, resume=resume, quiet=quiet, loss_fn=loss_fn,
+            overrides=override_records,
+        )  # fmt: skip
 
 
 def _cache_counts(teacher: torch.nn.Module | None) -> dict[str, Any]:

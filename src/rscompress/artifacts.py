@@ -22,6 +22,7 @@ from rscompress.errors import UserError
 from rscompress.io_utils import append_jsonl, write_json_atomic
 from rscompress.locking import LOCK_FILE, hold_dir
 from rscompress.models.weights import fill_model, read_state_dict, save_weights
+from rscompress.overrides import as_overridden
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -63,6 +64,8 @@ class RunConfig(BaseModel):
     parent: str | None = None
     data: dict[str, Any] = {}
     train: dict[str, Any] = {}
+    # `--resume --override`: {setting, old, new, epoch} per override, in order (overrides.py).
+    overrides: list[dict[str, Any]] = []
     versions: dict[str, str] = {}
 
     @model_validator(mode="after")
@@ -242,6 +245,8 @@ class RunDir:
         if not self.config_path.is_file():
             return  # nothing made yet to differ from (prune writes it before a training phase starts)
         stored = json.loads(self.config_path.read_text())
+        # A setting overridden on a resume (overrides.py) may be given as it was or as it is now.
+        settings = as_overridden(settings, stored.get("overrides") or [])
         differences = [d for key, value in settings.items() for d in setting_differences(stored.get(key), value, key)]
         if differences:
             shown = "; ".join(differences[:3]) + (f"; and {len(differences) - 3} more" if len(differences) > 3 else "")

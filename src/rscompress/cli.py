@@ -16,6 +16,7 @@ from typer import TyperException
 
 from rscompress.config import FINETUNE_LR, DataConfig, FitConfig, Int8Config, OptimConfig
 from rscompress.errors import UserError
+from rscompress.overrides import parse_overrides
 
 if TYPE_CHECKING:
     from rscompress.deploy.int8 import Int8Report
@@ -95,6 +96,14 @@ Bf16Opt = Annotated[
 SmallInputOpt = Annotated[bool, typer.Option(help="Stem for 32-64 px inputs (less downsampling; registry models).")]
 ThreadsOpt = Annotated[int | None, typer.Option(help="torch intra-op threads.")]
 ResumeOpt = Annotated[bool, typer.Option(help="Continue an interrupted run from its last checkpoint.")]
+OverrideOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--override",
+        help="With --resume: continue with a new value of a training setting, KEY=VALUE "
+        "(lr, warmup_epochs, weight_decay, epochs; repeatable), recorded in config.json and history.jsonl.",
+    ),
+]
 ResplitOpt = Annotated[
     bool,
     typer.Option(
@@ -170,6 +179,7 @@ def train(
     threads: ThreadsOpt = None,
     device: DeviceOpt = "auto",
     resume: ResumeOpt = False,
+    override: OverrideOpt = None,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ):
@@ -222,7 +232,8 @@ def train(
         threads=threads,
         device=device,
     )
-    metrics = api.train(data_cfg, train_cfg, out, resume=resume, quiet=quiet or as_json)
+    overrides = parse_overrides(override or [])
+    metrics = api.train(data_cfg, train_cfg, out, resume=resume, quiet=quiet or as_json, overrides=overrides)
     if as_json:
         _print_json(metrics)
     elif metrics:
@@ -332,6 +343,7 @@ def prune(
     ] = None,
     resplit: ResplitOpt = False,
     resume: ResumeOpt = False,
+    override: OverrideOpt = None,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ):
@@ -396,8 +408,16 @@ def prune(
         ),
         finetune=fit_cfg,
     )
+    overrides = parse_overrides(override or [])
     metrics = api.prune(
-        run, cfg, out, resume=resume, quiet=quiet or as_json, pruned_from=pruned_from, sparse_from=sparse_from
+        run,
+        cfg,
+        out,
+        resume=resume,
+        quiet=quiet or as_json,
+        pruned_from=pruned_from,
+        sparse_from=sparse_from,
+        overrides=overrides,
     )
     if as_json:
         _print_json(metrics)
@@ -446,6 +466,7 @@ def distill(
     device: DeviceOpt = "auto",
     resplit: ResplitOpt = False,
     resume: ResumeOpt = False,
+    override: OverrideOpt = None,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ):
@@ -490,7 +511,8 @@ def distill(
         resplit=resplit,
         fit=fit_cfg,
     )
-    metrics = api.distill(teacher, student, cfg, out, resume=resume, quiet=quiet or as_json)
+    overrides = parse_overrides(override or [])
+    metrics = api.distill(teacher, student, cfg, out, resume=resume, quiet=quiet or as_json, overrides=overrides)
     if as_json:
         _print_json(metrics)
     else:

@@ -30,6 +30,12 @@ Seed = Annotated[int, Field(ge=-(2**63), lt=2**64)]
 
 
 MAX_IMG_SIZE = 4096
+# Counts torch and ONNX Runtime take as C integers: past these a value overflowed in them as a
+# traceback (found by tests/test_fuzz_cli.py), and no CPU or GPU here runs more.
+MAX_BATCH_SIZE = 65536
+MAX_THREADS = 1024
+# Timed runs of one latency cell: more adds nothing to a median and can run for days.
+MAX_REPEATS = 100_000
 
 
 class DataConfig(StrictModel):
@@ -103,7 +109,7 @@ class FitConfig(StrictModel):
     """How a model is trained: what the fit loop needs, for training and fine-tuning alike."""
 
     epochs: int = Field(30, gt=0)
-    batch_size: int = Field(64, gt=0)
+    batch_size: int = Field(64, gt=0, le=MAX_BATCH_SIZE)
     seed: Seed = 0
     optim: OptimConfig = OptimConfig()
     label_smoothing: float = Field(0.1, ge=0, lt=1)
@@ -112,7 +118,7 @@ class FitConfig(StrictModel):
     drop_last: bool = False
     channels_last: bool = False
     bf16: bool = False
-    threads: int | None = Field(None, gt=0)
+    threads: int | None = Field(None, gt=0, le=MAX_THREADS)
     # Where the fit loop runs (engine/device.py): auto = CUDA when torch sees a GPU, else CPU.
     device: str = "auto"
 
@@ -178,7 +184,7 @@ class PruneConfig(StrictModel):
     # that prunes, as milliseconds or as a speedup over the parent as given.
     target_latency_ms: float | None = Field(None, gt=0)
     target_speedup: float | None = Field(None, gt=1)
-    latency_threads: int = Field(1, gt=0)  # ONNX Runtime threads the latency is measured at
+    latency_threads: int = Field(1, gt=0, le=MAX_THREADS)  # ONNX Runtime threads the latency is measured at
     latency_int8: bool = False  # measure the INT8 models `export --int8` would write
     global_pruning: bool = False
     # Channel counts kept multiples of N; "auto": of the multiple whose plan runs fastest at the
@@ -271,5 +277,5 @@ class Int8Config(StrictModel):
     # The INT8 model is refused when its val top-1 falls more than this many points below FP32's.
     max_drop: float = Field(1.0, ge=0, le=100)
     force: bool = False  # write it anyway past max_drop (the check is still recorded)
-    threads: int = Field(1, gt=0)  # of the batch-1 latency comparison (1: the benchmark records')
-    repeats: int = Field(50, gt=0)  # timed runs per model for that latency
+    threads: int = Field(1, gt=0, le=MAX_THREADS)  # of the batch-1 latency comparison (1: the benchmark records')
+    repeats: int = Field(50, gt=0, le=MAX_REPEATS)  # timed runs per model for that latency

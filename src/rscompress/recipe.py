@@ -130,12 +130,50 @@ def run_recipe(path: Path, quiet: bool = False) -> dict[str, Any]:
     return run_steps(load_recipe(path), quiet)
 
 
+def _references(step: Step) -> list[tuple[str, str]]:
+    """(field, value) of every run ``step`` starts from: an earlier step's name or a run dir."""
+    if step.prune is not None:
+        fields = {"parent": step.prune.parent, "pruned_from": step.prune.pruned_from}
+        return [(k, v) for k, v in {**fields, "sparse_from": step.prune.sparse_from}.items() if v is not None]
+    if step.distill is not None:
+        return [("teacher", step.distill.teacher), ("student", step.distill.student)]
+    if step.export is not None:
+        return [("run", step.export.run)]
+    if step.bench is not None:
+        return [("runs", r) for r in step.bench.runs]
+    return []
+
+
+def check_references(recipe: Recipe) -> None:
+    """Every run a step starts from is an earlier step, a folder already there (a run dir, or
+    an earlier step's by its path) or, for a student, a model name; checked before any step
+    runs, so a typo is found before hours of training rather than after them."""
+    from rscompress.models import is_known_model
+
+    names = [s.name for s in recipe.steps]
+    for i, step in enumerate(recipe.steps):
+        earlier = names[:i]
+        made_before = {(recipe.out / n).resolve() for n in earlier}
+        for field, value in _references(step):
+            if value in earlier or (field == "student" and is_known_model(value)):
+                continue
+            if value in names:
+                raise UserError(
+                    f"recipe step {step.name!r}: {field} {value!r} is a later step; a step uses only earlier ones"
+                )
+            if Path(value).is_dir() or Path(value).resolve() in made_before:
+                continue
+            raise UserError(
+                f"recipe step {step.name!r}: {field} {value!r} is neither an earlier step nor an existing run dir"
+                + (" nor a model name" if field == "student" else "")
+            )
+
+
 def run_steps(recipe: Recipe, quiet: bool = False) -> dict[str, Any]:
     from rscompress import api
-    from rscompress.artifacts import INT8_ONNX, RunDir
-    from rscompress.deploy.int8 import export_int8_run
-    from rscompress.deploy.onnx import export_run
+    from rscompress.artifacts import RunDir
 
+    check_references(recipe)
     done: dict[str, Path] = {}
 
     def ref(name: str) -> Path:
@@ -147,7 +185,7 @@ def run_steps(recipe: Recipe, quiet: bool = False) -> dict[str, Any]:
         run = RunDir(out)
         # A finished step is reused if the recipe still says what made it (an error if not);
         # one killed anywhere, sparse training and NAS search included, continues.
-        again = {"resume": run.is_started(), "reuse_finished": True, "quiet": quiet}
+        again: dict[str, Any] = {"resume": run.is_started(), "reuse_finished": True, "quiet": quiet}
         if step.train is not None:
             train_step = step.train
             train_cfg = TrainConfig(**train_step.model_dump(exclude={"data"}))
@@ -165,22 +203,7 @@ def run_steps(recipe: Recipe, quiet: bool = False) -> dict[str, Any]:
             student = str(ref(step.distill.student)) if step.distill.student in done else step.distill.student
             results[step.name] = api.distill(ref(step.distill.teacher), student, distill_cfg, out, **again)
         elif step.export is not None:
-            target = ref(step.export.run)
-            onnx_path = target / (INT8_ONNX if step.export.int8 is not None else "model.onnx")
-            if onnx_path.is_file():
-                results[step.name] = {"skipped": "complete", "path": str(onnx_path)}
-            elif step.export.int8 is not None:
-                report = export_int8_run(
-                    target,
-                    cfg=step.export.int8,
-                    parity_images=step.export.parity_images,
-                    resplit=step.export.resplit,
-                )
-                results[step.name] = report.to_dict()
-            else:
-                results[step.name] = export_run(
-                    target, n_images=step.export.parity_images, resplit=step.export.resplit
-                ).to_dict()
+            results[step.name] = _export_step(step.export, ref(step.export.run), out)
         else:
             assert step.bench is not None  # Step's validator: exactly one kind, and the others are handled above
             results[step.name] = _bench_step(step.bench, [ref(r) for r in step.bench.runs], out)
@@ -201,3 +224,55 @@ def _bench_step(b: BenchStep, runs: list[Path], out: Path) -> dict[str, Any]:
         )
         write_json_atomic(out / "bench.json", rows)
         return {"rows": rows}
+
+
+EXPORT_RECORD = "export.json"  # OUT/<export step>/: what the step exported, with which settings
+
+
+def _export_step(e: ExportStep, target: Path, out: Path) -> dict[str, Any]:
+    """Export ``target`` as the step says, or what a finished step with these settings made.
+
+    An export step edited since it ran is redone (its file replaced): the file is made from the
+    run dir alone in seconds, and the recipe made it, so nothing of anyone's is lost, whereas a
+    refusal would only send the user to delete it by hand. Training steps refuse instead
+    (api._open_out_dir): redoing them would throw away their training. A file there that this
+    step did not write (a manual `rscompress export`, an older recipe) is refused, as `export`
+    refuses to overwrite without --overwrite: its settings are unknown.
+    """
+    from rscompress.artifacts import INT8_ONNX, RunDir
+    from rscompress.deploy.int8 import export_int8_run
+    from rscompress.deploy.onnx import export_run
+
+    onnx_path = target / (INT8_ONNX if e.int8 is not None else "model.onnx")
+    wanted = {"path": str(onnx_path.resolve()), "settings": e.model_dump(mode="json", exclude={"run"})}
+    record_path = out / EXPORT_RECORD
+    with RunDir(out).owned():
+        record = _read_record(record_path)
+        if onnx_path.is_file() or onnx_path.is_symlink():
+            if record == wanted:
+                return {"skipped": "complete", "path": str(onnx_path)}
+            if record is None or record.get("path") != wanted["path"]:
+                raise UserError(
+                    f"{onnx_path} is there but this recipe's step did not write it ({record_path} says "
+                    f"{'nothing' if record is None else 'another file'}); remove it to export it again"
+                )
+        overwrite = record is not None and record.get("path") == wanted["path"]
+        if e.int8 is not None:
+            report = export_int8_run(
+                target, cfg=e.int8, parity_images=e.parity_images, overwrite=overwrite, resplit=e.resplit
+            ).to_dict()
+        else:
+            report = export_run(target, n_images=e.parity_images, overwrite=overwrite, resplit=e.resplit).to_dict()
+        # After the file: a kill between the two leaves the old record, and the next run exports again.
+        write_json_atomic(record_path, wanted)
+        return report
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    """An export step's record; None where there is none or it is spoilt (its file is then
+    taken as not this step's: what made it is unknown)."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None

@@ -79,3 +79,18 @@ def test_data_inspect_reports_boxes_sizes_empty_images_and_bad_boxes(tmp_path, c
     assert report["splits"] == {"train": 4, "val": 1, "test": 1} and len(report["bad_boxes"]) == 4
     assert main(["data", "inspect", str(root)]) == 0
     assert "unknown class '#7'" in capsys.readouterr().out
+
+
+def test_coco_category_ids_may_be_strings(tmp_path):
+    # COCO's ids are numbers; a file with names for ids is read too (the check that refuses a
+    # null or a list for an id, which sorting the ids would trip on, lets these through).
+    root, _ = make_detection_dataset(tmp_path, "coco", n_images=3)
+    for path in (root / "annotations").glob("*.json"):
+        doc = json.loads(path.read_text())
+        names = {c["id"]: f"c{c['id']}" for c in doc["categories"]}
+        doc["categories"] = [{"id": names[c["id"]], "name": c["name"]} for c in doc["categories"]]
+        for ann in doc["annotations"]:
+            ann["category_id"] = names.get(ann["category_id"], ann["category_id"])
+        path.write_text(json.dumps(doc))
+    data = read_detection(root)
+    assert data.class_names == ("tank", "well") and not data.bad_files

@@ -188,8 +188,8 @@ def test_bench_table_rows_and_to_dict():
     "kwargs, message",
     [
         ({"engines": ("tensorrt",)}, "unknown engine 'tensorrt'"),
-        ({"batch_sizes": (0,)}, "batch size must be at least 1"),
-        ({"repeats": 0}, "repeats >= 1"),
+        ({"batch_sizes": (0,)}, "batch size must be 1 to 65536, got 0"),
+        ({"repeats": 0}, "need repeats of 1 to 100000"),
     ],
 )
 def test_bad_settings_are_user_errors(kwargs, message):

@@ -147,10 +147,29 @@ class _Collector:
         )
 
 
+# What Pillow raises for a file it cannot read as an image (zero bytes, another format's magic,
+# a folder; UnidentifiedImageError is an OSError) or one past its pixel limit.
+_IMAGE_ERRORS = (OSError, ValueError, Image.DecompressionBombError)
+
+
 def _image_size(path: Path) -> tuple[int, int]:
-    """Width and height from the file's header (nothing is decoded)."""
+    """Width and height from the file's header (nothing is decoded); one of _IMAGE_ERRORS if
+    it has none."""
     with Image.open(path) as im:
         return im.size
+
+
+def _unreadable_image(err: Exception) -> str:
+    return f"unreadable image: {getattr(err, 'strerror', None) or err}"
+
+
+def _read_list(path: Path) -> str:
+    """A split list or class list: a file the user wrote, so unreadable is an error naming it
+    (dropped, it would silently change the splits or the classes)."""
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is unreadable: {getattr(err, 'strerror', None) or err}") from None
 
 
 def _split_lists(lists: dict[str, list[str]], order: list[str]) -> dict[str, tuple[int, ...]] | None:
@@ -186,6 +205,9 @@ def read_voc(root: Path) -> DetectionData:
         except (ET.ParseError, ValueError) as err:
             bad_files.append((str(xml.relative_to(root)), f"unreadable annotation: {err}"))
             continue
+        except OSError as err:  # a folder, unreadable
+            bad_files.append((str(xml.relative_to(root)), f"unreadable annotation: {err.strerror}"))
+            continue
         parsed.append((f"JPEGImages/{Path(filename).name}", wh, objects))
     collector = _Collector(sorted(names))
     images, stems = [], []
@@ -193,15 +215,20 @@ def read_voc(root: Path) -> DetectionData:
         if not (root / path).is_file():
             bad_files.append((path, "image named by its annotation is missing"))
             continue
-        images.append(collector.image(path, wh if wh and all(wh) else _image_size(root / path), objects, path))
+        try:
+            image_size = wh if wh and all(wh) else _image_size(root / path)
+        except _IMAGE_ERRORS as err:
+            bad_files.append((path, _unreadable_image(err)))
+            continue
+        images.append(collector.image(path, image_size, objects, path))
         stems.append(Path(path).stem)
     lists = {}
     main = root / "ImageSets" / "Main"
     for split in SPLITS:
         if (main / f"{split}.txt").is_file():
-            lists[split] = (main / f"{split}.txt").read_text().split()
+            lists[split] = _read_list(main / f"{split}.txt").split()
     if "train" not in lists and (main / "trainval.txt").is_file():
-        lists["train"] = (main / "trainval.txt").read_text().split()
+        lists["train"] = _read_list(main / "trainval.txt").split()
     return DetectionData(
         "voc",
         root,
@@ -218,39 +245,52 @@ def read_coco(root: Path) -> DetectionData:
     by_split = {f.stem.removeprefix("instances_"): f for f in files}
     named = {s: by_split[s] for s in SPLITS if s in by_split}
     sources = list(named.items()) if named else [("all", f) for f in files]
-    documents: list[tuple[str, dict[str, Any]]] = []
+    documents: list[tuple[str, str, dict[str, Any]]] = []  # (split, file relative to root, its JSON)
     bad_files: list[tuple[str, str]] = []
+    categories: dict[int | str, str] = {}
     for split, path in sources:
+        rel_doc = str(path.relative_to(root))
         try:
-            documents.append((split, json.loads(path.read_text())))
-        except (OSError, json.JSONDecodeError) as err:
-            bad_files.append((str(path.relative_to(root)), f"unreadable annotation: {err}"))
-    categories: dict[int, str] = {}
-    for _, doc in documents:
-        for cat in doc.get("categories", []):
-            if categories.get(cat["id"], cat["name"]) != cat["name"]:
-                raise UserError(
-                    f"COCO category id {cat['id']} is {categories[cat['id']]!r} in one file, {cat['name']!r} in another"
-                )
-            categories[cat["id"]] = cat["name"]
-    collector = _Collector(dict.fromkeys(categories[i] for i in sorted(categories)))
+            doc = json.loads(path.read_text())
+            if not isinstance(doc, dict):
+                raise ValueError(f"a JSON {type(doc).__name__}, not an object")
+            names = {cat["id"]: cat["name"] for cat in doc.get("categories", [])}
+            # Ordered by id below: numbers, then names (no None, no list, no true/false).
+            if odd := [i for i in names if not isinstance(i, int | str) or isinstance(i, bool)]:
+                raise ValueError(f"category id {odd[0]!r} is neither an integer nor a string")
+        except OSError as err:  # a folder, unreadable
+            bad_files.append((rel_doc, f"unreadable annotation: {err.strerror}"))
+            continue
+        except _MALFORMED as err:  # not JSON (or not UTF-8: a ValueError too), or not COCO's shape
+            bad_files.append((rel_doc, f"unreadable annotation: {_malformed(err)}"))
+            continue
+        for cat_id, name in names.items():
+            if categories.get(cat_id, name) != name:
+                raise UserError(f"COCO category id {cat_id} is {categories[cat_id]!r} in one file, {name!r} in another")
+            categories[cat_id] = name
+        documents.append((split, rel_doc, doc))
+    collector = _Collector(
+        dict.fromkeys(categories[i] for i in sorted(categories, key=lambda i: (isinstance(i, str), i)))
+    )
     images_dir = root / "images" if (root / "images").is_dir() else root / "annotations"
     images: list[DetectionImage] = []
     lists: dict[str, list[str]] = {}
-    for split, doc in documents:
-        boxes: dict[int, list[tuple[str, tuple[float, ...]]]] = {}
-        for ann in doc.get("annotations", []):
-            x, y, w, h = (float(v) for v in ann["bbox"])
-            label = categories.get(ann["category_id"], str(ann["category_id"]))
-            boxes.setdefault(ann["image_id"], []).append((label, (x, y, x + w, y + h)))
-        for entry in doc.get("images", []):
-            rel = str((images_dir / entry["file_name"]).relative_to(root))
+    for split, rel_doc, doc in documents:
+        try:
+            entries = _coco_entries(doc, categories, images_dir, root)
+        except _MALFORMED as err:  # a file with one malformed entry is listed whole, none of it read
+            bad_files.append((rel_doc, f"unreadable annotation: {_malformed(err)}"))
+            continue
+        for rel, size, raw, group in entries:
             if not (root / rel).is_file():
                 bad_files.append((rel, "image named by its annotation is missing"))
                 continue
-            size = (int(entry["width"]), int(entry["height"])) if entry.get("width") else _image_size(root / rel)
-            group = str(entry.get("source_image") or rel)
-            images.append(collector.image(rel, size, boxes.get(entry["id"], []), group))
+            try:
+                size = size or _image_size(root / rel)
+            except _IMAGE_ERRORS as err:
+                bad_files.append((rel, _unreadable_image(err)))
+                continue
+            images.append(collector.image(rel, size, raw, group))
             lists.setdefault(split, []).append(rel)
     splits = _split_lists(lists, [im.path for im in images]) if named else None
     return DetectionData(
@@ -258,16 +298,49 @@ def read_coco(root: Path) -> DetectionData:
     )
 
 
+# A COCO file of another shape: a key missing, a list where a number goes, a bbox of 3 values,
+# a file_name outside the dataset (relative_to's ValueError).
+_MALFORMED = (KeyError, TypeError, ValueError, AttributeError)
+
+
+def _malformed(err: Exception) -> str:
+    return f"no {err} key" if isinstance(err, KeyError) else str(err)
+
+
+def _coco_entries(
+    doc: dict[str, Any], categories: dict[int | str, str], images_dir: Path, root: Path
+) -> list[tuple[str, tuple[int, int] | None, list[tuple[str, tuple[float, ...]]], str]]:
+    """(image path relative to root, its size if the file gives it, its boxes, its group) for
+    every image of one COCO document; one of _MALFORMED where the document is not COCO's shape."""
+    boxes: dict[Any, list[tuple[str, tuple[float, ...]]]] = {}
+    for ann in doc.get("annotations", []):
+        x, y, w, h = (float(v) for v in ann["bbox"])
+        label = categories.get(ann["category_id"], str(ann["category_id"]))
+        boxes.setdefault(ann["image_id"], []).append((label, (x, y, x + w, y + h)))
+    entries = []
+    for entry in doc.get("images", []):
+        rel = str((images_dir / entry["file_name"]).relative_to(root))
+        size = (int(entry["width"]), int(entry["height"])) if entry.get("width") else None
+        entries.append((rel, size, boxes.get(entry["id"], []), str(entry.get("source_image") or rel)))
+    return entries
+
+
 def _yolo_names(root: Path) -> list[str] | None:
     for name in ("data.yaml", "dataset.yaml"):
         if (root / name).is_file():
-            names = (yaml.safe_load((root / name).read_text()) or {}).get("names")
+            try:
+                loaded = yaml.safe_load(_read_list(root / name)) or {}
+            except yaml.YAMLError as err:
+                raise UserError(f"{root / name} is not valid YAML: {str(err).splitlines()[0]}") from None
+            if not isinstance(loaded, dict):
+                raise UserError(f"{root / name} is a YAML {type(loaded).__name__}; expected a mapping with names")
+            names = loaded.get("names")
             if isinstance(names, dict):
                 return [str(names[k]) for k in sorted(names)]
             if isinstance(names, list):
                 return [str(n) for n in names]
     if (root / "classes.txt").is_file():
-        return [line.strip() for line in (root / "classes.txt").read_text().splitlines() if line.strip()]
+        return [line.strip() for line in _read_list(root / "classes.txt").splitlines() if line.strip()]
     return None
 
 
@@ -303,7 +376,11 @@ def read_yolo(root: Path) -> DetectionData:
     images: list[DetectionImage] = []
     lists: dict[str, list[str]] = {}
     for split, rel, rows in found:
-        width, height = _image_size(root / rel)
+        try:
+            width, height = _image_size(root / rel)
+        except _IMAGE_ERRORS as err:
+            bad_files.append((rel, _unreadable_image(err)))
+            continue
         raw = []
         for cls, (cx, cy, w, h) in rows:
             label = class_names[cls] if 0 <= cls < len(class_names) else f"#{cls}"  # "#7": not a class
@@ -332,8 +409,16 @@ def size_histogram(data: DetectionData) -> dict[str, int]:
 
 
 def inspect_detection(root: Path) -> dict[str, Any]:
-    """What ``rscompress data inspect`` reports on a detection dataset (JSON-ready)."""
+    """What ``rscompress data inspect`` reports on a detection dataset (JSON-ready). Every image
+    is decoded once, as for class folders: a file cut short has a good header, and reading
+    sizes alone would pass it; training would then leave it out (detection_prepare)."""
+    from rscompress.data.cache import decode_files
+
     data = read_detection(root)
+    decoded = decode_files([data.root / im.path for im in data.images], None)
+    undecodable = [
+        (im.path, f"unreadable image: {d.error}") for im, d in zip(data.images, decoded, strict=True) if d.error
+    ]
     per_class = Counter(int(label) for im in data.images for label in im.labels)
     return {
         "root": str(data.root),
@@ -351,6 +436,6 @@ def inspect_detection(root: Path) -> dict[str, Any]:
             {"image": b.image, "box": list(b.box), "label": b.label, "reason": b.reason, "kept": b.kept}
             for b in data.bad_boxes
         ],
-        "bad_files": [{"path": p, "reason": r} for p, r in data.bad_files],
+        "bad_files": [{"path": p, "reason": r} for p, r in (*data.bad_files, *undecodable)],
         "warnings": list(data.warnings),
     }

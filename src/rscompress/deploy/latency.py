@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from rscompress.artifacts import INT8_ONNX, INT8_RECORD, RunDir
+from rscompress.config import MAX_BATCH_SIZE, MAX_REPEATS, MAX_THREADS
 from rscompress.deploy.onnx import ONNX_FILE, check_parity, export_onnx
 from rscompress.deploy.runtime import INPUT_NAME, OUTPUT_NAME, cpu_session
 from rscompress.errors import UserError
@@ -226,12 +227,13 @@ def _check_settings(
     unknown = [e for e in engines if e not in ENGINES]
     if unknown:
         raise UserError(f"unknown engine {unknown[0]!r}; known: {', '.join(ENGINES)}")
-    for label, values in (("batch size", batch_sizes), ("threads", threads)):
-        bad = [v for v in values if v < 1]
-        if bad:
-            raise UserError(f"{label} must be at least 1, got {bad[0]}")
-    if repeats < 1 or warmup < 0:
-        raise UserError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+    for label, values, top in (("batch size", batch_sizes, MAX_BATCH_SIZE), ("threads", threads, MAX_THREADS)):
+        if bad := [v for v in values if not 1 <= v <= top]:
+            raise UserError(f"{label} must be 1 to {top}, got {bad[0]}")
+    if not (1 <= repeats <= MAX_REPEATS and 0 <= warmup <= MAX_REPEATS):
+        raise UserError(
+            f"need repeats of 1 to {MAX_REPEATS} and warmup of 0 to that, got repeats={repeats}, warmup={warmup}"
+        )
 
 
 def measure(

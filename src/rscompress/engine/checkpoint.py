@@ -132,6 +132,12 @@ def _latest(directory: Path) -> tuple[Path, _SavedState] | None:
         raise UserError(f"checkpoint file {state_path} is malformed: {where}: {first['msg']}") from None
 
 
+def next_epoch(directory: Path) -> int:
+    """The 0-based epoch a resume from the checkpoint in ``directory`` starts at (0 without one)."""
+    latest = _latest(directory)
+    return latest[1].epoch + 1 if latest else 0
+
+
 def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Literal, Protocol, TypeVar, overload
@@ -95,7 +95,7 @@ def _diverged(what: str, epoch: int, lr: float, run: RunDir) -> TrainingDiverged
     last = f"after epoch {epoch}" if epoch > 0 else "none yet"
     return TrainingDiverged(
         f"{what} (lr {lr:.3g}); last good checkpoint: {last} in {run.checkpoint_dir}. "
-        "Lower --lr or add warm-up, then --resume."
+        "Continue from it at a lower rate: --resume --override lr=LOWER (or warmup_epochs=N off onecycle)."
     )
 
 
@@ -216,6 +216,7 @@ def fit(
     quiet: bool = False,
     dist: DistInfo = DistInfo(),
     hooks: TrainingHooks | None = None,
+    overrides: Sequence[Mapping[str, Any]] = (),
 ) -> FitResult[EvalResult]: ...
 
 
@@ -233,6 +234,7 @@ def fit(
     quiet: bool = False,
     dist: DistInfo = DistInfo(),
     hooks: TrainingHooks | None = None,
+    overrides: Sequence[Mapping[str, Any]] = (),
 ) -> FitResult[Evaluation]: ...
 
 
@@ -249,12 +251,14 @@ def fit(
     quiet: bool = False,
     dist: DistInfo = DistInfo(),
     hooks: TrainingHooks | None = None,
+    overrides: Sequence[Mapping[str, Any]] = (),
 ) -> FitResult[Any]:
     """Train ``model`` (moved to ``cfg.device``, where it stays) and load its best epoch on val
     (its last with ``hooks.keep == "last"``). ``task``: what the batches' targets are and how
     val is scored (engine/tasks.py); an int is classification into that many classes.
 
-    Batches come as CPU tensors; each step moves its batch to the device.
+    Batches come as CPU tensors; each step moves its batch to the device. ``overrides``: the
+    run's ``--resume --override`` records (overrides.py), each put on its epoch's history row.
     """
     hooks = hooks or TrainingHooks()
     task = Classification(task) if isinstance(task, int) else task
@@ -278,6 +282,10 @@ def fit(
     if state is not None:
         _check_steps(state, steps_per_epoch, run)
         hooks.load_state(state.extra)
+        # The optimizer's state brings back the decay it was saved with; the schedule sets the
+        # rate every step, but the decay only here: an overridden one must replace it.
+        for group in optimizer.param_groups:
+            group["weight_decay"] = cfg.optim.weight_decay
     start_epoch = state.epoch + 1 if state else 0
     best_epoch = state.best_epoch if state else -1
     best_score = state.best_score if state else (-1.0, float("-inf"))
@@ -375,6 +383,8 @@ def fit(
                     "seconds": epoch_seconds,
                     **hooks.end_epoch(epoch, val),
                 }
+                if took_effect := [dict(o) for o in overrides if o.get("epoch") == epoch]:
+                    row["overrides"] = took_effect
                 history.append(row)
                 run.append_history(row)
                 save_checkpoint(
