@@ -30,7 +30,10 @@ def _int8_check(run: Path) -> dict[str, Any]:
     from rscompress.io_utils import read_jsonl
 
     if not (run / INT8_ONNX).is_file():
-        subprocess.run(["rscompress", "export", str(run), "--int8", "--json"], check=True, stdout=subprocess.DEVNULL)
+        # exit 2: refused past --max-drop, the check still recorded (read below)
+        done = subprocess.run(["rscompress", "export", str(run), "--int8", "--json"], stdout=subprocess.DEVNULL)
+        if done.returncode not in (0, 2):
+            raise RuntimeError(f"rscompress export {run} --int8 failed with exit {done.returncode}")
     return read_jsonl(run / INT8_RECORD)[-1]
 
 
@@ -41,6 +44,25 @@ def cells(run: Path, threads: list[int], repeats: int) -> list[dict[str, Any]]:
 
     check = _int8_check(run)
     metrics = RunDir(run).load_metrics()
+    if not check["written"]:  # refused by the accuracy check: its figures are the record
+        return [
+            {
+                "run": str(run),
+                "model": RunDir(run).load_config().model,
+                "method": metrics.get("method", "none"),
+                "seed": metrics.get("seed"),
+                "macs_kept": metrics.get("macs_kept", 1.0),
+                "refused": True,
+                "val_drop_points": check["val_drop_points"],
+                "top1_fp32": check["test"]["top1_fp32"],
+                "top1_int8": check["test"]["top1_int8"],
+                "threads": t,
+                "cpu": cpu_name(),
+                "commit": git_commit(),
+                "command": f"rscompress export {run} --int8",
+            }
+            for t in threads
+        ]
     parent = Path(metrics["parent"]) if metrics.get("parent") else None
     runs = [parent, run] if parent is not None else [run]
     results = measure(runs, batch_sizes=(1,), threads=threads, engines=("onnxruntime",), repeats=repeats, int8=True)
@@ -94,6 +116,9 @@ def main() -> None:
         for record in cells(run, todo, args.repeats):
             append_record(RESULTS, record)
             shown = {k: record[k] for k in ("run", "threads", "top1_fp32", "top1_int8")}
+            if record.get("refused"):
+                print(f"{json.dumps(shown)} refused: val drop {record['val_drop_points']:.2f} points")
+                continue
             gains = f"x{record['speedup_int8_over_fp32']:.2f} over FP32, x{record['speedup_int8_over_parent']:.1f}"
             print(f"{json.dumps(shown)} {gains} over the parent")
 
