@@ -10,7 +10,7 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
@@ -181,18 +181,8 @@ def train(
                 "put it back, or start anew in another --out"
             )
         data = _prepare_shared(data_cfg, run, quiet, dist)
-        config = RunConfig(
-            model=train_cfg.model,
-            num_classes=len(data.class_names),
-            class_names=list(data.class_names),
-            img_size=data_cfg.img_size,
-            mean=list(data.mean),
-            std=list(data.std),
-            model_kwargs=model_kwargs,
-            data=data_cfg.model_dump(mode="json"),
-            train=train_cfg.model_dump(mode="json"),
-            overrides=override_records,
-            versions=library_versions(),
+        config = _trained_config(
+            train_cfg, data_cfg, data.class_names, (data.mean, data.std), model_kwargs, override_records
         )
         torch.manual_seed(train_cfg.seed)
         model = create_model(train_cfg.model, len(data.class_names), **model_kwargs)
@@ -225,6 +215,31 @@ def train(
             dist=dist,
             overrides=override_records,
         )
+
+
+def _trained_config(
+    train_cfg: TrainConfig,
+    data_cfg: DataConfig,
+    class_names: Sequence[str],
+    normalisation: tuple[Sequence[float], Sequence[float]],
+    model_kwargs: dict[str, Any],
+    overrides: list[dict[str, Any]],
+) -> RunConfig:
+    """config.json of a model ``train`` trains on ``data_cfg`` (classifier or detector)."""
+    mean, std = normalisation
+    return RunConfig(
+        model=train_cfg.model,
+        num_classes=len(class_names),
+        class_names=list(class_names),
+        img_size=data_cfg.img_size,
+        mean=list(mean),
+        std=list(std),
+        model_kwargs=model_kwargs,
+        data=data_cfg.model_dump(mode="json"),
+        train=train_cfg.model_dump(mode="json"),
+        overrides=overrides,
+        versions=library_versions(),
+    )
 
 
 def _train_detector(
@@ -272,19 +287,7 @@ def _train_detector(
         run.path.mkdir(parents=True, exist_ok=True)
         split_to_json(data, run.split_path)
         run.save_config(
-            RunConfig(
-                model=train_cfg.model,
-                num_classes=len(data.class_names),
-                class_names=list(data.class_names),
-                img_size=data_cfg.img_size,
-                mean=list(mean),
-                std=list(std),
-                model_kwargs=model_kwargs,
-                data=data_cfg.model_dump(mode="json"),
-                train=train_cfg.model_dump(mode="json"),
-                overrides=override_records,
-                versions=library_versions(),
-            )
+            _trained_config(train_cfg, data_cfg, data.class_names, (mean, std), model_kwargs, override_records)
         )
         torch.manual_seed(train_cfg.seed)
         model = create_model(train_cfg.model, len(data.class_names), **model_kwargs)

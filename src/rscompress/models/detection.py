@@ -35,6 +35,13 @@ def _head(channels: int, num_classes: int) -> FCOSHead:
     return head
 
 
+def _with_fpn(body: nn.Module, layers: dict[str, str], in_channels: list[int], channels: int) -> BackboneWithFPN:
+    """``body``'s ``layers`` (strides 8, 16, 32) into an FPN of ``channels``, P6-P7 added, BN in it."""
+    return BackboneWithFPN(
+        body, layers, in_channels, channels, extra_blocks=LastLevelP6P7(channels, channels), norm_layer=nn.BatchNorm2d
+    )
+
+
 def _fcos(backbone: nn.Module, num_classes: int, img_size: int, channels: int) -> FCOS:
     if img_size % STRIDE:
         raise UserError(f"a detector's --img-size must be a multiple of {STRIDE}, got {img_size}")
@@ -54,14 +61,7 @@ def fcos_resnet18(num_classes: int, img_size: int = 512) -> FCOS:
     """FCOS, ResNet-18 backbone, FPN P3-P7 (strides 8-128) of 128 channels."""
     body = torchvision.models.resnet18(norm_layer=nn.BatchNorm2d)
     channels = FPN_CHANNELS["fcos_resnet18"]
-    backbone = BackboneWithFPN(
-        body,
-        {"layer2": "0", "layer3": "1", "layer4": "2"},
-        [128, 256, 512],
-        channels,
-        extra_blocks=LastLevelP6P7(channels, channels),
-        norm_layer=nn.BatchNorm2d,
-    )
+    backbone = _with_fpn(body, {"layer2": "0", "layer3": "1", "layer4": "2"}, [128, 256, 512], channels)
     return _fcos(backbone, num_classes, img_size, channels)
 
 
@@ -71,14 +71,7 @@ def fcos_mobilenet_v3(num_classes: int, img_size: int = 512) -> FCOS:
     body = torchvision.models.mobilenet_v3_large(norm_layer=nn.BatchNorm2d).features
     channels = FPN_CHANNELS["fcos_mobilenet_v3"]
     # The last block of each stage: 6 ends stride 8 (40 ch), 12 stride 16 (112), 16 stride 32 (960).
-    backbone = BackboneWithFPN(
-        body,
-        {"6": "0", "12": "1", "16": "2"},
-        [40, 112, 960],
-        channels,
-        extra_blocks=LastLevelP6P7(channels, channels),
-        norm_layer=nn.BatchNorm2d,
-    )
+    backbone = _with_fpn(body, {"6": "0", "12": "1", "16": "2"}, [40, 112, 960], channels)
     return _fcos(backbone, num_classes, img_size, channels)
 
 
