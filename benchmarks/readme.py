@@ -632,6 +632,55 @@ def _speedup(ctx: Context, marker: Marker) -> str:
     return _provenance(ctx, [data["command"]], [ctx.results / "speedup.json"], note) + "\n\n" + text
 
 
+@table("latency-targets")
+def _latency_targets(ctx: Context, marker: Marker) -> str:
+    """``latency-targets``: each target speedup against the median of its fresh-process re-measurements."""
+    records = ctx.records("latency_targets")
+    body = [
+        [
+            r["parent"],
+            f"×{r['target_speedup']:g}",
+            f"×{r['speedup_achieved']:.2f}",
+            f"{100 * r['error']:+.1f} %",
+            f"{100 * r['spread']:.0f} %",
+            _share(r["macs_kept"]),
+            "yes" if r["within_bar"] else "no",
+        ]
+        for r in records
+    ]
+    header = ["parent", "target", "achieved", "error", "spread of 3", "MACs kept", "within ±10 %"]
+    commands = list(dict.fromkeys(
+        f"python -m benchmarks.latency_targets run {r['parent']} --threads {r['threads']}" for r in records
+    ))  # fmt: skip
+    return _provenance(ctx, commands, [ctx.path("latency_targets")]) + "\n\n" + _table(header, body)
+
+
+@table("int8")
+def _int8(ctx: Context, marker: Marker) -> str:
+    """``int8``: FP32 against INT8 per run and thread count (a refused check as such)."""
+    records = ctx.records("int8")
+    body = []
+    for r in records:
+        accuracy = f"{_points(r['top1_fp32'])} → {_points(r['top1_int8'])}"
+        if r.get("refused"):
+            body.append([r["run"], str(r["threads"]), accuracy, f"refused (val −{r['val_drop_points']:.2f})", "", ""])
+            continue
+        body.append(
+            [
+                r["run"],
+                str(r["threads"]),
+                accuracy,
+                f"{r['latency_ms_bs1_fp32']:.2f} → {r['latency_ms_bs1_int8']:.2f}",
+                f"×{r['speedup_int8_over_fp32']:.2f}",
+                f"×{r['speedup_int8_over_parent']:.1f}",
+            ]
+        )
+    header = ["run", "threads", "test top-1 FP32 → INT8", "bs1 ms FP32 → INT8", "INT8 ÷ own FP32", "over FP32 parent"]
+    commands = list(dict.fromkeys(f"python -m benchmarks.int8 {r['run']}" for r in records))
+    note = f"CPU {records[0]['cpu']}." if records else ""
+    return _provenance(ctx, commands, [ctx.path("int8")], note) + "\n\n" + _table(header, body)
+
+
 def _flags(data: dict[str, Any], defaults: dict[str, Any]) -> str:
     return "".join(
         f" --{key.replace('_', '-')} {' '.join(map(str, value)) if isinstance(value, list) else value}"
