@@ -635,7 +635,11 @@ def _speedup(ctx: Context, marker: Marker) -> str:
 @table("latency-targets")
 def _latency_targets(ctx: Context, marker: Marker) -> str:
     """``latency-targets``: each target speedup against the median of its fresh-process re-measurements."""
-    records = ctx.records("latency_targets")
+    path = ctx.path("latency_targets")
+    return _latency_targets_text(ctx, path, ctx.records("latency_targets"))
+
+
+def _latency_targets_text(ctx: Context, path: Path, records: list[dict[str, Any]]) -> str:
     body = [
         [
             r["parent"],
@@ -652,7 +656,7 @@ def _latency_targets(ctx: Context, marker: Marker) -> str:
     commands = list(dict.fromkeys(
         f"python -m benchmarks.latency_targets run {r['parent']} --threads {r['threads']}" for r in records
     ))  # fmt: skip
-    return _provenance(ctx, commands, [ctx.path("latency_targets")]) + "\n\n" + _table(header, body)
+    return _provenance(ctx, commands, [path]) + "\n\n" + _table(header, body)
 
 
 @table("int8")
@@ -1001,6 +1005,9 @@ def _superseded(ctx: Context, marker: Marker) -> str:
             plots = ", ".join(f"[{d}]({ctx.name(path.parent / f'{path.stem}_{d}_top1_vs_macs.png')})" for d in datasets)
             note += f" Every cell: [`{ctx.name(table_md)}`]({ctx.name(table_md)}); top-1 against MACs kept: {plots}."
             parts.append(_provenance(ctx, _suite_commands(ctx, path), [path], note))
+            continue
+        if path.stem.startswith("latency_targets"):
+            parts.append(_latency_targets_text(ctx, path, records))
             continue
         if path.stem.startswith("user_models"):  # the bring-your-own-model grid, as its own table
             from benchmarks import user_models
