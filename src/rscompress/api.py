@@ -817,6 +817,8 @@ def _prune_detector(
         )
     if cfg.loss != "ce":
         raise UserError(f"--loss {cfg.loss} is for classifiers; a detector is fine-tuned with its own loss")
+    if cfg.target_latency_ms is not None or cfg.target_speedup is not None or cfg.round_to == "auto":
+        raise UserError("latency budgets and --round-to auto are not built for detectors yet; give --target-macs")
     settings = {**_prune_settings(cfg, False), "parent": str(parent.path.resolve())}
     with run.owned():
         if (finished := _open_out_dir(run, settings, resume=resume, reuse_finished=reuse_finished)) is not None:

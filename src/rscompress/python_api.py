@@ -451,6 +451,8 @@ def prune(
             f"{'loss ' + cfg.loss if cfg.loss != 'ce' else 'method ' + cfg.method} is for classifiers: "
             "a detector is pruned by the other methods and fine-tuned with its own loss"
         )
+    if detector_classes(model) is not None and (target_latency_ms or target_speedup or round_to == "auto"):
+        raise UserError("latency budgets and round_to='auto' are not built for detectors yet; give target_macs")
     img_size = _img_size(example_input)
     settings = {
         "method": method,
