@@ -1,4 +1,6 @@
+import errno
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -106,3 +108,30 @@ def test_unwritable_cache_dir_is_a_user_error(tmp_path, files):
     (tmp_path / "blocker").write_text("a file where the cache folder should be")
     with pytest.raises(UserError, match="blocker"):
         load_or_build_cache(files, 8, tmp_path / "blocker" / "cache")
+
+
+def _no_space(*args):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_full_disk_is_a_user_error_and_leaves_no_temp_file(tmp_path, files, monkeypatch):
+    # Without the reservation a memory-mapped write into a full disk is SIGBUS (exit 135, no
+    # message): the disk being full must surface before any pixel is written.
+    monkeypatch.setattr(cache_mod.os, "posix_fallocate", _no_space, raising=False)
+    with pytest.raises(UserError, match="No space left"):
+        load_or_build_cache(files, 8, tmp_path / "c")
+    assert list((tmp_path / "c").iterdir()) == []
+
+
+def test_full_disk_without_fallocate_is_a_user_error(tmp_path, files, monkeypatch):
+    monkeypatch.delattr(cache_mod.os, "posix_fallocate", raising=False)
+    monkeypatch.setattr(cache_mod.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10, 10, 0))
+    with pytest.raises(UserError, match="bytes needed, 0 free"):
+        load_or_build_cache(files, 8, tmp_path / "c")
+    assert list((tmp_path / "c").iterdir()) == []
+
+
+def test_reserved_cache_is_fully_allocated(tmp_path, files):
+    load_or_build_cache(files, 8, tmp_path / "c")
+    (npy,) = (tmp_path / "c").glob("*.npy")
+    assert npy.stat().st_blocks * 512 >= npy.stat().st_size

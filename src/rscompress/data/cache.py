@@ -13,9 +13,11 @@ marks the entry complete. Old entries are never deleted automatically.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -153,6 +155,25 @@ def _read(npy: Path, meta: Path, count: int, img_size: int) -> CachedImages | No
     return cached
 
 
+def reserve_disk_space(path: Path) -> None:
+    """Allocate every block of the (sparse) file ``path`` now. A memory-mapped write into a hole
+    the disk has no room for kills the process with SIGBUS, no message and a model-sized temp file
+    left; reserving the blocks first makes a full disk an OSError (ENOSPC) that is reported and
+    cleaned up like any other failed write."""
+    size = path.stat().st_size
+    if hasattr(os, "posix_fallocate"):
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, size)
+        finally:
+            os.close(fd)
+        return
+    # No fallocate (macOS): the best available is to compare with the free space.
+    free = shutil.disk_usage(path.parent).free
+    if free < size:
+        raise OSError(errno.ENOSPC, f"{size:,} bytes needed, {free:,} free", str(path.parent))
+
+
 def _build(
     paths: Sequence[Path], img_size: int, npy: Path, meta: Path, progress: Progress | None, letterboxed: bool
 ) -> None:
@@ -163,6 +184,7 @@ def _build(
     def fill(tmp: Path) -> None:
         # Written straight to disk: the full array can be larger than memory (NWPU at 256 px: 6 GB).
         images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), img_size, img_size, 3))
+        reserve_disk_space(tmp)
         for i, decoded in enumerate(decode_files(paths, img_size, progress, letterboxed)):
             if decoded.error is not None:
                 bad.append((i, decoded.error))
