@@ -170,3 +170,16 @@ def test_prune_and_distill_continue_with_an_override(tmp_path, finished_run, mon
     assert config["train"]["optim"]["lr"] == 0.01
     assert config["overrides"] == [{"setting": "lr", "old": 0.05, "new": 0.01, "epoch": 1}]
     assert [r.get("overrides") for r in history(out)] == [None, config["overrides"]]
+
+
+def test_a_diverged_sparse_training_says_to_start_anew_not_to_override(tmp_path, finished_run, capsys):
+    # The fit loop's own advice (--resume --override lr=) would be refused in a phase: the
+    # phase's error must name the way that works.
+    parent, _ = finished_run
+    out = tmp_path / "slim"
+    args = ["prune", str(parent), "--method", "slim", "--target-macs", "0.5", "--sparse-epochs", "2",
+            "--sparse-lr", "1e9", "--batch-size", "8", "--out", str(out), "-q"]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "became" in err[0] and "--override" not in err[0], err
+    assert "start it anew in another --out with a lower --sparse-lr" in err[0]

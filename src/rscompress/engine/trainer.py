@@ -87,15 +87,20 @@ class EpochBatches:
 
 
 class TrainingDiverged(UserError):
-    """The loss became NaN/Inf; the last good checkpoint is left as it was."""
+    """The loss became NaN/Inf; the last good checkpoint is left as it was. ``cause``: what went
+    non-finite and where the last good checkpoint is, for a caller that gives its own advice."""
+
+    def __init__(self, cause: str, advice: str) -> None:
+        super().__init__(f"{cause} {advice}")
+        self.cause = cause
 
 
 def _diverged(what: str, epoch: int, lr: float, run: RunDir) -> TrainingDiverged:
     """The error for ``what`` went non-finite in 0-based ``epoch``: where to resume, what to try."""
     last = f"after epoch {epoch}" if epoch > 0 else "none yet"
     return TrainingDiverged(
-        f"{what} (lr {lr:.3g}); last good checkpoint: {last} in {run.checkpoint_dir}. "
-        "Continue from it at a lower rate: --resume --override lr=LOWER (or warmup_epochs=N off onecycle)."
+        f"{what} (lr {lr:.3g}); last good checkpoint: {last} in {run.checkpoint_dir}.",
+        "Continue from it at a lower rate: --resume --override lr=LOWER (or warmup_epochs=N off onecycle).",
     )
 
 

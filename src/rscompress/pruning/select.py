@@ -20,6 +20,7 @@ from torch import nn
 from rscompress.artifacts import RunDir
 from rscompress.config import PruneConfig
 from rscompress.engine.tasks import Task
+from rscompress.engine.trainer import TrainingDiverged
 from rscompress.errors import UserError
 from rscompress.models.complexity import count_macs_params
 from rscompress.pruning.importance import forget_cap_attention
@@ -199,22 +200,30 @@ def prepare_and_prune(
     model, weights_as_trained = method.prepare_parent(parent, calibration)
     on_prepared()
     torch.manual_seed(cfg.finetune.seed)  # the random criterion, sparse training
-    pruned, details = select_and_prune(
-        model,
-        family,
-        img_size,
-        cfg,
-        budget=Budget.of(cfg).on_prepared(parent_cost, count_macs_params(model, img_size)),
-        train_batches=train_batches,
-        val_batches=val_batches,
-        calibration=calibration,
-        log=log,
-        phase_dir=run.phase_dir if run is not None else None,
-        weights_as_trained=weights_as_trained,
-        device=device,
-        parent_optim=parent_optim,
-        run=run,
-        latency_meter=meter,
-        task=task,
-    )
+    try:
+        pruned, details = select_and_prune(
+            model,
+            family,
+            img_size,
+            cfg,
+            budget=Budget.of(cfg).on_prepared(parent_cost, count_macs_params(model, img_size)),
+            train_batches=train_batches,
+            val_batches=val_batches,
+            calibration=calibration,
+            log=log,
+            phase_dir=run.phase_dir if run is not None else None,
+            weights_as_trained=weights_as_trained,
+            device=device,
+            parent_optim=parent_optim,
+            run=run,
+            latency_meter=meter,
+            task=task,
+        )
+    except TrainingDiverged as err:
+        # A sparse training's or search's rates shape what gets pruned, so a resume keeps them
+        # (no --override here): the way out is a new run.
+        lower = " with a lower --sparse-lr" if "sparse_lr" in method.options else ""
+        raise TrainingDiverged(
+            err.cause, f"The {cfg.method} phase cannot go on at another rate: start it anew in another --out{lower}."
+        ) from None
     return pruned, {**details, "budget": rebase_budget(details["budget"], parent_cost)}
