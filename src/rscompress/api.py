@@ -36,7 +36,7 @@ from rscompress.engine.checkpoint import next_epoch
 from rscompress.engine.device import model_device, resolve_device
 from rscompress.engine.distributed import DistInfo, barrier, init_distributed
 from rscompress.engine.metrics import evaluate as evaluate_model
-from rscompress.engine.trainer import LossFn, aml_ce_objective, fit
+from rscompress.engine.trainer import FitResult, LossFn, aml_ce_objective, fit
 from rscompress.errors import UserError
 from rscompress.io_utils import link_or_copy, write_json_atomic
 from rscompress.models import create_model
@@ -304,33 +304,58 @@ def _train_detector(
             overrides=override_records,
         )  # fmt: skip
         test = evaluate_detection(model, batches("test", False), data.class_names)
-        model.cpu()
-        macs, params = count_macs_params(model, data_cfg.img_size)
-        metrics = {
-            **test.to_dict(),
-            "split": "test",
-            "macs": macs,
-            "params": params,
-            "num_classes": len(data.class_names),
-            "img_size": data_cfg.img_size,
-            "best_epoch": result.best_epoch,
-            "epochs": train_cfg.epochs,
-            "seed": train_cfg.seed,
-            "model": train_cfg.model,
-            "task": "detection",
-            "split_source": data.split_source,
-            "val": result.val.summary(),
-            "timings": {
-                "train_seconds_this_process": result.train_seconds,
-                "train_images_per_second": result.images_per_second,
-            },
+        extra = {"model": train_cfg.model, "task": "detection", "split_source": data.split_source}
+        metrics = _fitted_metrics(
+            model, test.to_dict(), result, train_cfg, data_cfg.img_size, len(data.class_names), extra
+        )
+        metrics |= {
             "bad_files": [{"path": p, "reason": r} for p, r in data.bad_files],
             "bad_boxes": len(data.bad_boxes),
         }
-        run.save_weights(model)
-        run.save_metrics(metrics)  # written last: its presence marks the run complete
-        shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
-        return metrics
+        return _finish_run(run, model, metrics)
+
+
+def _fitted_metrics(
+    model: torch.nn.Module,
+    test: dict[str, Any],
+    result: FitResult[Any],
+    fit_cfg: FitConfig,
+    img_size: int,
+    num_classes: int,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """metrics.json of a fitted run (any task): ``test``'s summary, the model's cost at
+    ``img_size``, the fit (best epoch on val), then ``extra``; the model is moved to the CPU,
+    where models live between steps (engine/device.py)."""
+    model.cpu()
+    macs, params = count_macs_params(model, img_size)
+    return {
+        **test,
+        "split": "test",
+        "macs": macs,
+        "params": params,
+        "num_classes": num_classes,
+        "img_size": img_size,
+        "best_epoch": result.best_epoch,
+        "epochs": fit_cfg.epochs,
+        "seed": fit_cfg.seed,
+        **extra,
+        "val": result.val.summary(),
+        "timings": {
+            "train_seconds_this_process": result.train_seconds,
+            "train_images_per_second": result.images_per_second,
+        },
+    }
+
+
+def _finish_run(run: RunDir, model: torch.nn.Module, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Write the run's weights, then its metrics.json (last: its presence marks the run complete)."""
+    run.save_weights(model)
+    run.save_metrics(metrics)
+    # A finished run is never resumed and model.safetensors holds its best weights: the resume
+    # state (two more copies of the weights and the optimizer's) would only fill the disk.
+    shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
+    return metrics
 
 
 def _fit_and_finish(
@@ -369,35 +394,16 @@ def _fit_and_finish(
     # The test split is touched once, here, with the weights chosen on val.
     test = evaluate_model(model, data.eval_batches(data.test_indices), len(data.class_names))
     device = model_device(model)
-    model.cpu()  # between steps models live on the CPU (engine/device.py)
-    macs, params = count_macs_params(model, data_cfg.img_size)
-    metrics = {
-        **test.summary(),
-        "split": "test",
-        "macs": macs,
-        "params": params,
-        "num_classes": len(data.class_names),
-        "img_size": data_cfg.img_size,
-        "best_epoch": result.best_epoch,
-        "epochs": fit_cfg.epochs,
-        "seed": fit_cfg.seed,
-        **extra_metrics,
-        "val": result.val.summary(),
+    metrics = _fitted_metrics(
+        model, test.summary(), result, fit_cfg, data_cfg.img_size, len(data.class_names), extra_metrics
+    )
+    metrics["timings"] |= {"world_size": dist.world_size, "device": str(device)}
+    metrics |= {
         "test": test.to_dict(),
-        "timings": {
-            "train_seconds_this_process": result.train_seconds,
-            "train_images_per_second": result.images_per_second,
-            "world_size": dist.world_size,
-            "device": str(device),
-        },
         "bad_files": [{"path": p, "reason": r} for p, r in data.bad_files],
         "data_warnings": list(data.warnings),
     }
-    run.save_weights(model)
-    run.save_metrics(metrics)  # written last: its presence marks the run complete
-    # A finished run is never resumed and model.safetensors holds its best weights: the resume
-    # state (two more copies of the weights and the optimizer's) would only fill the disk.
-    shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
+    _finish_run(run, model, metrics)
     barrier(dist)
     return metrics
 
@@ -869,19 +875,14 @@ def _prune_detector(
             overrides=override_records,
         )  # fmt: skip
         test = evaluate_detection(pruned, batches("test", False), data.class_names)
-        pruned.cpu()
         budget = record["budget"]
-        metrics = {
-            **test.to_dict(),
-            "split": "test",
+        extra = {
             "task": "detection",
             "model": parent_cfg.model,
             "method": cfg.method,
             "parent": str(parent.path.resolve()),
             "parent_map50": parent_metrics["map50"],
             "parent_map": parent_metrics["map"],
-            "macs": budget["macs"],
-            "params": budget["params"],
             "parent_macs": budget["parent_macs"],
             "parent_params": budget["parent_params"],
             "macs_kept": budget["macs_kept"],
@@ -889,19 +890,13 @@ def _prune_detector(
             "target_macs": cfg.target_macs,
             "target_params": cfg.target_params,
             "ratio": cfg.ratio,
-            "num_classes": len(data.class_names),
-            "img_size": parent_cfg.img_size,
-            "best_epoch": result.best_epoch,
             "finetune_epochs": cfg.finetune.epochs,
-            "seed": cfg.finetune.seed,
-            "val": result.val.summary(),
-            **{k: v for k, v in record.items() if k != "budget"},
-            "budget": budget,
+            **record,
         }
-        run.save_weights(pruned)
-        run.save_metrics(metrics)  # written last: its presence marks the run complete
-        shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
-        return metrics
+        metrics = _fitted_metrics(
+            pruned, test.to_dict(), result, cfg.finetune, parent_cfg.img_size, len(data.class_names), extra
+        )
+        return _finish_run(run, pruned, metrics)
 
 
 def _prune_settings(cfg: PruneConfig, is_se: bool) -> dict[str, Any]:

@@ -1,6 +1,8 @@
 """Detectors train through the same fit loop as classifiers (engine/detection.py): their own
 loss, box targets, val scored by COCO mAP, checkpoints and resume."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -99,9 +101,10 @@ def test_a_detector_trains_checkpoints_and_resumes_to_the_uninterrupted_weights(
     data = _prepared(tmp_path)
     whole, result = _fit(data, tmp_path / "whole", 2)
     assert sorted(result.history[0]) == sorted(
-        ["epoch", "lr", "train_loss", "val_map50", "val_map", "images_per_second", "seconds"]
+        ["epoch", "lr", "train_loss", "val_loss", "val_map50", "val_map", "images_per_second", "seconds"]
     )
     assert result.val.map50 == max(r["val_map50"] for r in result.history)
+    assert all(math.isfinite(r["val_loss"]) and r["val_loss"] > 0 for r in result.history)
     with pytest.raises(_Killed):  # killed once the first epoch is checkpointed
         _fit(data, tmp_path / "cut", 2, hooks=_KillAtEpoch(1))
     resumed, _ = _fit(data, tmp_path / "cut", 2, resume=True)

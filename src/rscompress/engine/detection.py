@@ -30,7 +30,7 @@ class DetectionEval:
         return (self.map50, self.map)
 
     def history(self) -> dict[str, float]:
-        return {"val_map50": self.map50, "val_map": self.map}
+        return {"val_loss": self.loss, "val_map50": self.map50, "val_map": self.map}
 
     def describe(self) -> str:
         return f"val mAP@0.5 {self.map50:.3f} (0.5:0.95 {self.map:.3f})"
