@@ -1,7 +1,9 @@
 """``rscompress train`` and ``prune`` on a detection folder with a registry detector: run dirs
 like any other, their metrics the detection ones (issue 33)."""
 
+import base64
 import json
+import re
 
 import pytest
 import torch
@@ -9,6 +11,7 @@ import torch
 import rscompress as rsc
 from rscompress.cli import main
 from tests.detection_fakes import make_detection_dataset
+from tests.fakes import make_fake_dataset
 
 TRAIN = ["--model", "fcos_mobilenet_v3", "--img-size", "64", "--epochs", "1", "--batch-size", "2"]
 
@@ -98,3 +101,25 @@ def test_l1rr_trains_a_detector_sparse_with_attention_on_its_fpn_levels_then_pru
     assert sparse["config"]["attention_layers"] == [f"backbone.fpn.layer_blocks.{i}" for i in range(3)]
     assert len(sparse["history"]) == 2 and sparse["history"][-1]["attention_loss"] > 0
     assert {"map50", "map"} <= set(sparse["ref_val"]) and sparse["ref_val_loss"] > 0
+
+
+def test_report_on_detectors_plots_map_against_macs_and_draws_predicted_boxes(detector_run, tmp_path, capsys):
+    _, parent = detector_run
+    pruned = tmp_path / "l1"
+    prune = ["prune", str(parent), "--method", "l1", "--target-macs", "0.5", "--finetune-epochs", "1"]
+    assert main([*prune, "--batch-size", "2", "--out", str(pruned), "--quiet"]) == 0
+    out = tmp_path / "report.html"
+    assert main(["report", str(parent), str(pruned), "--out", str(out), "--repeats", "2"]) == 0, capsys.readouterr()
+    page = out.read_text()
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(images) == 4 and all(base64.b64decode(i).startswith(b"\x89PNG") for i in images)
+    assert all(column in page for column in ("mAP@0.5 (%)", "mAP@0.5:0.95 (%)", "MACs kept", "latency bs1 (ms)"))
+    assert "top1" not in page and "Confusion" not in page
+    keys = ("pareto_macs", "pareto_latency", "per_class", "boxes")
+    assert all((tmp_path / "report_files" / f"{k}.png").is_file() for k in keys)
+
+    classifier = make_fake_dataset(tmp_path / "cls", name="rsscn7", per_class=4, size=16)
+    train = ["train", "--data", str(classifier), "--model", "resnet18", "--img-size", "16", "--epochs", "1"]
+    assert main([*train, "--batch-size", "8", "--out", str(tmp_path / "cls-run"), "--quiet"]) == 0
+    assert main(["report", str(parent), str(tmp_path / "cls-run"), "--out", str(tmp_path / "mixed.html")]) == 2
+    assert "these mix classification and detection runs" in capsys.readouterr().err

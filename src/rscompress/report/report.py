@@ -12,37 +12,52 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
 from rscompress.artifacts import INT8_ONNX, RunDir
 from rscompress.errors import UserError
 from rscompress.io_utils import write_bytes_atomic, write_text_atomic
-from rscompress.report.plots import confusion_png, pareto_png, per_class_png
+from rscompress.report.plots import confusion_png, detections_png, pareto_png, per_class_png
+
+# What a run's headline score is, by task: (metrics.json key, its label).
+SCORES = {"classification": ("top1", "top-1 (%)"), "detection": ("map50", "mAP@0.5 (%)")}
+# Images a detection report draws its predicted boxes on, and the lowest score it draws.
+BOX_PICTURE_IMAGES, BOX_PICTURE_MIN_SCORE = 4, 0.3
 
 
 @dataclass
 class RunSummary:
     name: str
     path: Path
+    task: str  # classification or detection (metrics.json's ``task``)
     model: str
     method: str
-    top1: float
-    kappa: float
-    val_top1: float
+    score: float  # test top-1, or test mAP@0.5 (SCORES)
+    val_score: float
     macs: int
     params: int
     parent: str | None
     macs_kept: float | None
     class_names: list[str]
-    per_class: list[float]
-    confusion: list[list[int]]
+    per_class: list[float]  # test accuracy per class, or AP@0.5:0.95 per class
+    metrics: dict[str, Any]  # the rest of metrics.json: kappa, confusion, mAP@0.5:0.95, ...
     latency_ms: float | None = None
 
     def row(self) -> dict[str, Any]:
+        if self.task == "detection":
+            scores = {
+                "mAP@0.5 (%)": f"{100 * self.score:.2f}",
+                "mAP@0.5:0.95 (%)": f"{100 * self.metrics['map']:.2f}",
+                "mAP small (%)": "" if self.metrics["map_small"] < 0 else f"{100 * self.metrics['map_small']:.2f}",
+            }
+        else:
+            scores = {"top1 (%)": f"{100 * self.score:.2f}", "kappa": f"{self.metrics['kappa']:.4f}"}
         return {
             "run": self.name,
             "model": self.model,
             "method": self.method,
-            "top1 (%)": f"{100 * self.top1:.2f}",
-            "kappa": f"{self.kappa:.4f}",
+            **scores,
             "MMACs": f"{self.macs / 1e6:.1f}",
             "params (M)": f"{self.params / 1e6:.3f}",
             "MACs kept": "" if self.macs_kept is None else f"{100 * self.macs_kept:.1f} %",
@@ -54,29 +69,61 @@ class RunSummary:
 def summarise(run_path: Path) -> RunSummary:
     run = RunDir(run_path).require()
     config, metrics = run.load_config(), run.load_metrics()
-    test = metrics["test"]
+    task = str(metrics.get("task", "classification"))
+    key = SCORES[task][0]
+    if task == "detection":
+        per_class = [metrics["per_class_ap"].get(name, 0.0) for name in config.class_names]
+    else:
+        per_class = metrics["test"]["per_class_accuracy"]
     return RunSummary(
         name=run.path.name,
         path=run.path,
+        task=task,
         model=config.model,
         method=config.method,
-        top1=metrics["top1"],
-        kappa=metrics["kappa"],
-        val_top1=metrics["val"]["top1"],
+        score=metrics[key],
+        val_score=metrics["val"][key],
         macs=metrics["macs"],
         params=metrics["params"],
         parent=config.parent,
         macs_kept=metrics.get("macs_kept"),
         class_names=config.class_names,
-        per_class=test["per_class_accuracy"],
-        confusion=test["confusion"],
+        per_class=per_class,
+        metrics=metrics,
+    )
+
+
+def predicted_boxes_png(summary: RunSummary, n_images: int = BOX_PICTURE_IMAGES) -> bytes:
+    """The first ``n_images`` test images of a detector's run with its true and predicted boxes."""
+    from rscompress.config import DataConfig
+    from rscompress.data.detection_prepare import prepare_detection, split_from_json
+    from rscompress.data.transforms import normalize_batch
+
+    run = RunDir(summary.path)
+    model, config = run.load_model()
+    data_cfg = DataConfig.model_validate(config.data)
+    data = split_from_json(
+        prepare_detection(data_cfg.path, data_cfg.img_size, cache_dir=data_cfg.cache_dir), run.split_path
+    )
+    rows = np.sort(data.split["test"][:n_images])
+    images = np.asarray(data.images[rows])
+    model.eval()
+    with torch.no_grad():
+        found = model(list(normalize_batch(torch.from_numpy(images), config.mean, config.std)))
+    kept = [d["scores"] >= BOX_PICTURE_MIN_SCORE for d in found]
+    return detections_png(
+        list(images),
+        [data.boxes[i] for i in rows],
+        [d["boxes"][k].numpy() for d, k in zip(found, kept, strict=True)],
+        [d["scores"][k].numpy() for d, k in zip(found, kept, strict=True)],
+        f"{summary.name}: test images, boxes scored >= {BOX_PICTURE_MIN_SCORE}",
     )
 
 
 def add_latency(summaries: list[RunSummary], repeats: int = 50) -> list[dict[str, Any]]:
     """ONNX Runtime, 1 thread, batch 1, all runs interleaved in this process (DESIGN.md), the
     INT8 models of the runs that have one (``export --int8``) among them. Returns the INT8
-    models' points (name, method, test top-1, MMACs, ms) for the latency plot."""
+    models' points (name, method, test top-1 as score, MMACs, ms) for the latency plot."""
     from rscompress.deploy.latency import measure
 
     runs = [RunDir(s.path) for s in summaries]
@@ -92,7 +139,7 @@ def add_latency(summaries: list[RunSummary], repeats: int = 50) -> list[dict[str
         {
             "name": f"{by_run[r.run].name} int8",
             "method": f"{by_run[r.run].method} int8",
-            "top1": r.top1,
+            "score": r.top1,
             "mmacs": r.macs / 1e6,
             "ms": r.median_ms,
         }
@@ -121,41 +168,63 @@ def build_report(run_paths: list[Path], out: Path, latency: bool = True, repeats
     if out.suffix.lower() not in (".html", ".htm"):
         raise UserError(f"--out must end in .html, got {out}")
     summaries = [summarise(p) for p in run_paths]
+    if len(tasks := {s.task for s in summaries}) > 1:
+        raise UserError(f"report compares runs of one task; these mix {' and '.join(sorted(tasks))} runs")
+    task = summaries[0].task
+    score_label = SCORES[task][1]
     int8_points = add_latency(summaries, repeats) if latency else []
     # The model shown in detail is the one a user would pick: best on validation, not test.
-    best = max(summaries, key=lambda s: (s.val_top1, -s.macs))
+    best = max(summaries, key=lambda s: (s.val_score, -s.macs))
     points = [
-        {"name": s.name, "method": s.method, "top1": s.top1, "mmacs": s.macs / 1e6, "ms": s.latency_ms}
+        {"name": s.name, "method": s.method, "score": s.score, "mmacs": s.macs / 1e6, "ms": s.latency_ms}
         for s in summaries
     ]
+    what = score_label.removesuffix(" (%)")
     figures: list[tuple[str, str, bytes]] = [
-        ("pareto_macs", "Top-1 vs MACs", pareto_png(points, "mmacs", "MMACs (log)", "Top-1 vs compute")),
+        (
+            "pareto_macs",
+            f"{what} vs MACs",
+            pareto_png(points, "mmacs", "MMACs (log)", f"{what} vs compute", y_label=score_label),
+        ),
     ]
     if latency:
         figures.append(
             (
                 "pareto_latency",
-                "Top-1 vs latency",
+                f"{what} vs latency",
                 pareto_png(
                     points + int8_points,
                     "ms",
                     "ONNX Runtime latency, bs 1, 1 thread (ms, log)",
-                    "Top-1 vs CPU latency" + (" (FP32 and INT8)" if int8_points else ""),
+                    f"{what} vs CPU latency" + (" (FP32 and INT8)" if int8_points else ""),
+                    y_label=score_label,
                 ),
             )
         )
-    figures += [
-        (
-            "per_class",
-            f"Per-class accuracy: {best.name}",
-            per_class_png(best.class_names, best.per_class, f"{best.name}: per-class test accuracy"),
-        ),
-        (
-            "confusion",
-            f"Confusion matrix: {best.name}",
-            confusion_png(best.class_names, best.confusion, f"{best.name}: confusion (row-normalised)"),
-        ),
-    ]
+    if task == "detection":
+        figures += [
+            (
+                "per_class",
+                f"Per-class AP: {best.name}",
+                per_class_png(best.class_names, best.per_class, f"{best.name}: per-class test AP", "AP@0.5:0.95 (%)"),
+            ),
+            ("boxes", f"Predicted boxes: {best.name}", predicted_boxes_png(best)),
+        ]
+    else:
+        figures += [
+            (
+                "per_class",
+                f"Per-class accuracy: {best.name}",
+                per_class_png(best.class_names, best.per_class, f"{best.name}: per-class test accuracy"),
+            ),
+            (
+                "confusion",
+                f"Confusion matrix: {best.name}",
+                confusion_png(
+                    best.class_names, best.metrics["test"]["confusion"], f"{best.name}: confusion (row-normalised)"
+                ),
+            ),
+        ]
     rows = [s.row() for s in summaries]
     intro = (
         f"{len(summaries)} runs. Test split metrics; the detailed model ({best.name}) is the best on the "
