@@ -123,3 +123,54 @@ def test_report_on_detectors_plots_map_against_macs_and_draws_predicted_boxes(de
     assert main([*train, "--batch-size", "8", "--out", str(tmp_path / "cls-run"), "--quiet"]) == 0
     assert main(["report", str(parent), str(tmp_path / "cls-run"), "--out", str(tmp_path / "mixed.html")]) == 2
     assert "these mix classification and detection runs" in capsys.readouterr().err
+
+
+def test_int8_decoding_scores_the_deployed_file_as_the_model_scores_itself(detector_run):
+    # Both "sessions" give the exact raw outputs: decoded, their mAP must be evaluate_detection's.
+    from rscompress.artifacts import RunDir
+    from rscompress.data.detection_loader import DetectionBatches
+    from rscompress.data.detection_prepare import prepare_detection
+    from rscompress.deploy.int8 import compare_detections
+    from rscompress.engine.detection import evaluate_detection
+    from rscompress.models.detection import RawPredictions
+
+    root, run = detector_run
+    model, config = RunDir(run).load_model()
+    model.eval().score_thresh = 0.0  # an untrained detector scores low; keep every box to score
+    data = prepare_detection(root, 64)
+    batches = DetectionBatches(data, range(len(data.boxes)), batch_size=2, mean=config.mean, std=config.std)
+
+    class Exact:
+        def run(self, names, feed):
+            with torch.no_grad():
+                return [RawPredictions(model)(torch.from_numpy(feed["images"])).numpy()]
+
+    check = compare_detections(Exact(), Exact(), batches, model, 64)
+    expected = evaluate_detection(model, batches, data.class_names)
+    assert check.n_images == len(data.boxes) and check.drop_points == 0
+    assert (check.map50_fp32, check.map_fp32) == pytest.approx((expected.map50, expected.map))
+
+
+def test_int8_export_of_a_detector_is_checked_by_map_and_refused_past_max_drop(
+    detector_run, tmp_path, monkeypatch, capsys
+):
+    from rscompress.deploy import int8
+
+    _, run = detector_run
+    dest = tmp_path / "det.int8.onnx"
+    args = ["export", str(run), "--int8", "--calib-images", "4", "--repeats", "2", "--out", str(dest)]
+    assert main(args) == 0, capsys.readouterr().err
+    assert "mAP@0.5: FP32" in capsys.readouterr().out and dest.is_file()
+    row = json.loads((run / "int8.jsonl").read_text().splitlines()[-1])
+    assert row["written"] and row["task"] == "detection" and {"map50_fp32", "map50_int8"} <= set(row)
+    assert set(row["val"]) == {"n_images", "map50_fp32", "map50_int8", "map_fp32", "map_int8", "drop_points"}
+
+    def worse(*args, **kwargs):
+        return int8.MapCheck(1, 0.5, 0.4, 0.3, 0.2)
+
+    monkeypatch.setattr(int8, "compare_detections", worse)
+    refused = tmp_path / "refused.int8.onnx"
+    assert main([*args[:-1], str(refused)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "val mAP@0.5 0.5000 FP32 -> 0.4000 INT8, a drop of 10.00 points > --max-drop 1" in err[0]
+    assert not refused.exists()

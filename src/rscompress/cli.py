@@ -649,8 +649,13 @@ def _print_int8(report: Int8Report) -> None:
         f"({r['size_bytes_fp32'] / r['size_bytes_int8']:.1f}x smaller)",
     ]
     for split in ("val", "test"):
-        if r[split] is not None:
-            s = r[split]
+        if (s := r[split]) is not None and "map50_fp32" in s:
+            lines.append(
+                f"{split:4s} mAP@0.5: FP32 {s['map50_fp32']:.4f}  INT8 {s['map50_int8']:.4f}  "
+                f"(drop {s['drop_points']:+.2f} points; mAP@0.5:0.95 {s['map_fp32']:.4f} -> {s['map_int8']:.4f}; "
+                f"{s['n_images']} images)"
+            )
+        elif s is not None:
             lines.append(
                 f"{split:4s} top-1: FP32 {s['top1_fp32']:.2%}  INT8 {s['top1_int8']:.2%}  "
                 f"(drop {s['drop_points']:+.2f} points; INT8 agrees with FP32 on {s['agreement']:.1%} "
@@ -667,7 +672,8 @@ def _print_int8(report: Int8Report) -> None:
     )
     lines.append(f"CPU: {report.cpu.describe()}")
     lines.append(
-        f"calibrated on {r['calib_source']}; --max-drop {r['max_drop']:g} (val top-1 points); "
+        f"calibrated on {r['calib_source']}; --max-drop {r['max_drop']:g} "
+        f"(val {'mAP@0.5' if 'map50_fp32' in r['val'] else 'top-1'} points); "
         f"check recorded in {r['record']}"
     )
     # Notes (INT8 slower than FP32 here, written past --max-drop) go with the numbers, on stdout.

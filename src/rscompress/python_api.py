@@ -21,6 +21,7 @@ import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -649,14 +650,15 @@ def export_int8(
 
     Calibrated on the first ``calib_images`` images of ``calibration`` (train images, prepared
     as for evaluation: no augmentation), checked against the FP32 model in ONNX Runtime on
-    ``val_loader`` (and ``test_loader``): top-1 of both, agreement, size, batch-1 latency. A val
-    top-1 drop above ``max_drop`` points raises Int8AccuracyError and writes nothing, unless
+    ``val_loader`` (and ``test_loader``): top-1 of both, agreement (a detector: mAP@0.5 and
+    mAP@0.5:0.95 of both), size, batch-1 latency. A val
+    top-1 (mAP@0.5) drop above ``max_drop`` points raises Int8AccuracyError and writes nothing, unless
     ``force``. ``threads`` and ``repeats``: of the latency comparison. Every check, passed or
     not, is appended to ``record`` (default: ``int8.jsonl`` beside ``path``). The options are
     the CLI's ``export --int8`` ones (config.Int8Config).
     """
     from rscompress.artifacts import INT8_RECORD
-    from rscompress.deploy.int8 import PARITY_IMAGES, first_images
+    from rscompress.deploy.int8 import PARITY_IMAGES, compare_detections, first_images
     from rscompress.deploy.int8 import export_int8 as write_int8
     from rscompress.deploy.onnx import check_parity
     from rscompress.deploy.onnx import export_onnx as write_onnx
@@ -675,10 +677,14 @@ def export_int8(
     if images.shape[0] < cfg.calib_images:
         notes = (f"the calibration loader holds {images.shape[0]} images: calibrated on all, not {cfg.calib_images}",)
     model = copy.deepcopy(model).cpu().eval()
+    # A detector's file holds its raw head outputs; the check decodes them and scores mAP.
+    compare = (
+        None if detector_classes(model) is None else partial(compare_detections, detector=model, img_size=img_size)
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".int8-fp32-", dir=path.parent) as tmp:
-        fp32 = write_onnx(model, img_size, Path(tmp) / "fp32.onnx")
-        check_parity(model, fp32, torch.from_numpy(first_images(val_loader, PARITY_IMAGES, "val_loader")))
+        fp32 = write_onnx(deployable(model), img_size, Path(tmp) / "fp32.onnx")
+        check_parity(deployable(model), fp32, torch.from_numpy(first_images(val_loader, PARITY_IMAGES, "val_loader")))
         return write_int8(
             fp32,
             path,
@@ -690,6 +696,7 @@ def export_int8(
             img_size=img_size,
             calib_source=f"the first {images.shape[0]} images of the calibration loader",
             notes=notes,
+            compare=compare,
         )
 
 

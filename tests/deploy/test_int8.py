@@ -270,5 +270,5 @@ def test_report_plots_the_int8_model_beside_its_run(run_copy):
     assert add_latency(summaries, repeats=2) == []  # no INT8 model yet
     report = export_int8_run(run_copy, cfg=FAST)
     (point,) = add_latency(summaries, repeats=2)
-    assert report.test is not None and point["top1"] == report.test.top1_int8
+    assert report.test is not None and point["score"] == report.test.top1_int8
     assert point["name"] == f"{summaries[0].name} int8" and point["ms"] > 0 and summaries[0].latency_ms is not None

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from rscompress.deploy.quantize import REDUCE_RANGE, calibration_batches, quant_
 from rscompress.deploy.runtime import INPUT_NAME, OUTPUT_NAME, cpu_session
 from rscompress.errors import UserError
 from rscompress.io_utils import INT8_FP32_STAGING, INT8_STAGING, append_jsonl, fsync_dir, staging_dir
+from rscompress.models.registry import model_task
 
 LATENCY_WARMUP = 10
 PARITY_IMAGES = 8  # val images the staged FP32 file is parity-checked on before it is the reference
@@ -70,6 +72,16 @@ class SplitCheck:
         """FP32 top-1 minus INT8 top-1, in percentage points (negative: INT8 is better)."""
         return 100.0 * (self.correct_fp32 - self.correct_int8) / self.n_images
 
+    def headline(self) -> dict[str, float]:
+        """The figures the benchmark records carry under these names (results/int8.jsonl)."""
+        return {"top1_fp32": self.top1_fp32, "top1_int8": self.top1_int8}
+
+    def describe(self) -> str:
+        return f"top-1 {self.top1_fp32:.2%} FP32 -> {self.top1_int8:.2%} INT8"
+
+    def detail(self) -> str:
+        return f"top-1 agreement {self.agreement:.1%} over {self.n_images}"
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "n_images": self.n_images,
@@ -78,6 +90,45 @@ class SplitCheck:
             "agreement": self.agreement,
             "drop_points": self.drop_points,
         }
+
+
+@dataclass(frozen=True)
+class MapCheck:
+    """FP32 and INT8 mAP of a detector on one split, each file's raw outputs decoded into boxes
+    as the PyTorch detector decodes its own (models/detection.detections_from_raw)."""
+
+    n_images: int
+    map50_fp32: float
+    map50_int8: float
+    map_fp32: float  # mAP@0.5:0.95
+    map_int8: float
+
+    @property
+    def drop_points(self) -> float:
+        """FP32 mAP@0.5 minus INT8 mAP@0.5, in percentage points (negative: INT8 is better)."""
+        return 100.0 * (self.map50_fp32 - self.map50_int8)
+
+    def headline(self) -> dict[str, float]:
+        return {"map50_fp32": self.map50_fp32, "map50_int8": self.map50_int8}
+
+    def describe(self) -> str:
+        return f"mAP@0.5 {self.map50_fp32:.4f} FP32 -> {self.map50_int8:.4f} INT8"
+
+    def detail(self) -> str:
+        return f"mAP@0.5:0.95 {self.map_fp32:.4f} -> {self.map_int8:.4f} over {self.n_images}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "n_images": self.n_images,
+            "map50_fp32": self.map50_fp32,
+            "map50_int8": self.map50_int8,
+            "map_fp32": self.map_fp32,
+            "map_int8": self.map_int8,
+            "drop_points": self.drop_points,
+        }
+
+
+Check = SplitCheck | MapCheck
 
 
 @dataclass(frozen=True)
@@ -109,8 +160,8 @@ class Int8Report:
     calib_images: int  # images actually used
     calib_source: str
     quantize_seconds: float  # quant_pre_process + calibration + quantize_static
-    val: SplitCheck
-    test: SplitCheck | None  # None: no test split
+    val: Check  # top-1 of a classifier, mAP of a detector
+    test: Check | None  # None: no test split
     size_bytes_fp32: int
     size_bytes_int8: int
     latency: LatencyPair
@@ -142,7 +193,7 @@ class Int8Report:
             "val": self.val.to_dict(),
             "test": self.test.to_dict() if self.test is not None else None,
             # The test figures under the benchmark records' names (benchmarks/results/int8.jsonl).
-            **({"top1_fp32": self.test.top1_fp32, "top1_int8": self.test.top1_int8} if self.test is not None else {}),
+            **(self.test.headline() if self.test is not None else {}),
             "size_bytes_fp32": self.size_bytes_fp32,
             "size_bytes_int8": self.size_bytes_int8,
             "latency_ms_bs1_fp32": lat.fp32_median_ms,
@@ -208,6 +259,27 @@ def compare_on(fp32: Any, int8: Any, batches: Batches) -> SplitCheck | None:
     return SplitCheck(n, correct_fp32, correct_int8, agree) if n else None
 
 
+def compare_detections(fp32: Any, int8: Any, batches: Batches, detector: nn.Module, img_size: int) -> MapCheck | None:
+    """``compare_on`` for a detector: both sessions' raw outputs decoded into boxes and scored
+    against the true ones by COCO mAP (torchmetrics, as evaluate_detection scores the model)."""
+    from torchmetrics.detection import MeanAveragePrecision
+
+    from rscompress.models.detection import detections_from_raw
+
+    metrics = [MeanAveragePrecision(iou_type="bbox", backend="pycocotools", sync_on_compute=False) for _ in range(2)]
+    n = 0
+    for x, targets in batches:
+        feed = {INPUT_NAME: _numpy(x, np.float32)}
+        for session, metric in zip((fp32, int8), metrics, strict=True):
+            raw = torch.from_numpy(session.run([OUTPUT_NAME], feed)[0])
+            metric.update(detections_from_raw(detector, raw, img_size), targets)
+        n += len(targets)
+    if not n:
+        return None
+    (fp, q) = (metric.compute() for metric in metrics)
+    return MapCheck(n, float(fp["map_50"]), float(q["map_50"]), float(fp["map"]), float(q["map"]))
+
+
 def latency_bs1(fp32: Path, int8: Path, img_size: int, threads: int, repeats: int) -> LatencyPair:
     """Batch-1 latency of both files, A, B, A, B, … after a warm-up (latency.py's way)."""
     x = np.random.default_rng(0).standard_normal((1, 3, img_size, img_size), dtype=np.float32)
@@ -254,12 +326,16 @@ def export_int8(
     extra: dict[str, Any] | None = None,
     notes: tuple[str, ...] = (),
     reduce_range: bool = REDUCE_RANGE,
+    compare: Callable[[Any, Any, Batches], Check | None] | None = None,
 ) -> Int8Report:
     """Quantize ``fp32`` (calibrated on ``calibration``, N×3×S×S normalised images), check the
     INT8 model against it on ``val`` and ``test``, record the check in ``record``, and move the
     INT8 file to ``dest`` unless its val top-1 fell more than ``cfg.max_drop`` points (then
     ``Int8AccuracyError``, and nothing at ``dest`` changes) and ``cfg.force`` is not given.
     ``calibration`` is used whole (``cfg.calib_images`` is the run-dir export's to choose).
+    ``compare(fp32 session, int8 session, batches)``: the check on a split, its val score the
+    one ``max_drop`` is in points of; default ``compare_on`` (top-1; a detector's is mAP,
+    ``compare_detections``).
 
     ``fp32`` is only read. The INT8 file is built in a temp dir beside ``dest`` and renamed
     into place, so ``dest`` is never a half-written or unchecked file.
@@ -272,10 +348,11 @@ def export_int8(
         quantize_seconds = time.perf_counter() - start
         eval_threads = max(1, torch.get_num_threads())
         sessions = cpu_session(fp32, eval_threads), cpu_session(staged, eval_threads)
-        val_check = compare_on(*sessions, val)
+        compare = compare or compare_on
+        val_check = compare(*sessions, val)
         if val_check is None:
             raise UserError("the INT8 accuracy check needs validation images, and the val split is empty")
-        test_check = compare_on(*sessions, test) if test is not None else None
+        test_check = compare(*sessions, test) if test is not None else None
         del sessions
         latency = latency_bs1(fp32, staged, img_size, cfg.threads, cfg.repeats)
         cpu = cpu_info()
@@ -303,7 +380,7 @@ def export_int8(
         refused = report.past_max_drop and not cfg.force
         if report.past_max_drop and cfg.force:
             all_notes.append(
-                f"written past --max-drop {cfg.max_drop:g} because of --force: val top-1 fell "
+                f"written past --max-drop {cfg.max_drop:g} because of --force: val {report.val.describe()}, fell "
                 f"{report.val_drop:.2f} points"
             )
         report = replace(report, written=not refused, notes=tuple(all_notes))
@@ -323,9 +400,9 @@ def _record(record: Path, report: Int8Report) -> None:
 def _refusal(report: Int8Report, dest: Path) -> str:
     kept = f"; the file already at {dest} is left as it was" if dest.exists() else ""
     return (
-        f"INT8 model refused: val top-1 {report.val.top1_fp32:.2%} FP32 -> {report.val.top1_int8:.2%} INT8, "
+        f"INT8 model refused: val {report.val.describe()}, "
         f"a drop of {report.val_drop:.2f} points > --max-drop {report.max_drop:g} "
-        f"(top-1 agreement {report.val.agreement:.1%} over {report.val.n_images} val images); "
+        f"({report.val.detail()} val images); "
         f"nothing written to {dest}{kept}; the check is recorded in {report.record}; "
         "another --calib-images may do better; --force writes it anyway"
     )
@@ -363,6 +440,8 @@ def _export_int8_run(
     run: RunDir, model: nn.Module, config: RunConfig, dest: Path, cfg: Int8Config, parity_images: int, resplit: bool
 ) -> Int8Report:
     """``export_int8_run`` once the destination is checked and the run held."""
+    if model_task(config.model) == "detection":
+        return _export_int8_detector(run, model, config, dest, cfg, parity_images)
     data_cfg = DataConfig.model_validate(config.data) if config.data.get("path") else None
     if data_cfg is None:
         raise UserError(f"cannot quantize {run.path}: its config.json names no data folder to calibrate on")
@@ -400,4 +479,53 @@ def _export_int8_run(
             + (" (split anew: --resplit)" if resplit else ""),
             extra={"run": str(run.path), "model": config.model, "resplit": resplit},
             notes=tuple(notes),
+        )
+
+
+def _export_int8_detector(
+    run: RunDir, model: nn.Module, config: RunConfig, dest: Path, cfg: Int8Config, parity_images: int
+) -> Int8Report:
+    """``_export_int8_run`` for a detector: calibrated on its train images (letterboxed, no
+    augmentation), checked by mAP@0.5 on its val and test splits; the file holds the raw head
+    outputs, as the FP32 export does (models/detection.RawPredictions)."""
+    from rscompress.data.detection_loader import DetectionBatches
+    from rscompress.data.detection_prepare import prepare_detection, split_from_json
+    from rscompress.models.detection import deployable
+
+    root = Path(config.data.get("path") or "")
+    if not config.data.get("path") or not root.is_dir():
+        raise UserError(
+            f"cannot quantize {run.path}: its data folder {root} is not there (INT8 export calibrates on the "
+            "run's train split and checks on its val and test splits)"
+        )
+    data = split_from_json(prepare_detection(root, config.img_size), run.split_path)
+    if data.split["val"].size == 0:
+        raise UserError(f"cannot check an INT8 model of {run.path}: its val split is empty")
+
+    def batches(rows: np.ndarray) -> DetectionBatches:
+        return DetectionBatches(data, rows, batch_size=8, mean=config.mean, std=config.std)
+
+    rows = spread_rows(data.split["train"], cfg.calib_images)
+    calibration = np.concatenate([x.numpy() for x, _ in batches(rows)])
+    notes = []
+    if rows.size < cfg.calib_images:
+        notes.append(f"the train split holds {rows.size} images: calibrated on all of them, not {cfg.calib_images}")
+    test = batches(data.split["test"]) if data.split["test"].size else None
+    model.eval()
+    with staging_dir(dest, INT8_FP32_STAGING) as tmp:
+        fp32 = export_onnx(deployable(model), config.img_size, tmp / "fp32.onnx", metadata=run_metadata(config))
+        check_parity(deployable(model), fp32, next(iter(batches(data.split["val"][:parity_images])))[0])
+        return export_int8(
+            fp32,
+            dest,
+            calibration,
+            batches(data.split["val"]),
+            test,
+            run.path / INT8_RECORD,
+            cfg,
+            img_size=config.img_size,
+            calib_source=f"{rows.size} train images of {root}, spread over the split",
+            extra={"run": str(run.path), "model": config.model, "task": "detection"},
+            notes=tuple(notes),
+            compare=partial(compare_detections, detector=model, img_size=config.img_size),
         )

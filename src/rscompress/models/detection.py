@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torchvision.models.detection import FCOS
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.fcos import FCOSClassificationHead, FCOSHead, FCOSRegressionHead
+from torchvision.models.detection.image_list import ImageList
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from rscompress.errors import UserError
@@ -89,6 +90,34 @@ class RawPredictions(nn.Module):
         features = list(self.detector.backbone(images).values())
         out = self.detector.head(features)
         return torch.cat([out["cls_logits"], out["bbox_regression"], out["bbox_ctrness"]], dim=-1).flatten(1)
+
+
+@torch.no_grad()
+def detections_from_raw(detector: FCOS, raw: Tensor, img_size: int) -> list[dict[str, Tensor]]:
+    """Boxes, scores and labels per image from ``RawPredictions``' output (e.g. an ONNX Runtime
+    run of the exported file) for ``img_size``×``img_size`` inputs: split back per FPN level,
+    decoded against the detector's anchors and NMSed by its own ``postprocess_detections``, so
+    a deployed file is scored exactly as the PyTorch model would be."""
+    was_training = detector.training
+    detector.eval()
+    try:
+        probe = torch.zeros(1, 3, img_size, img_size, device=raw.device)
+        features = list(detector.backbone(probe).values())
+        per_level = [f.shape[-2] * f.shape[-1] for f in features]
+        n = raw.shape[0]
+        images = ImageList(probe.expand(n, -1, -1, -1), [(img_size, img_size)] * n)
+        anchors = [list(a.split(per_level)) for a in detector.anchor_generator(images, features)]
+        classes = detector.head.classification_head.num_classes
+        locations = raw.reshape(n, sum(per_level), classes + 5)
+        parts = {
+            "cls_logits": locations[..., :classes],
+            "bbox_regression": locations[..., classes : classes + 4],
+            "bbox_ctrness": locations[..., classes + 4 :],
+        }
+        split = {k: list(v.split(per_level, dim=1)) for k, v in parts.items()}
+        return detector.postprocess_detections(split, anchors, images.image_sizes)
+    finally:
+        detector.train(was_training)
 
 
 def deployable(model: nn.Module) -> nn.Module:
