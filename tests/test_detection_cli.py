@@ -10,6 +10,7 @@ import torch
 
 import rscompress as rsc
 from rscompress.cli import main
+from rscompress.config import DETECTION_LR
 from tests.detection_fakes import make_detection_dataset
 from tests.fakes import make_fake_dataset
 
@@ -36,6 +37,7 @@ def test_train_a_detector_on_a_voc_folder_and_reload_it(detector_run, capsys):
     assert json.loads((out / "split.json").read_text())["source"] == "given"
     config = json.loads((out / "config.json").read_text())
     assert (config["model_kwargs"], config["class_names"]) == ({"img_size": 64}, ["tank", "well"])
+    assert config["train"]["optim"]["lr"] == DETECTION_LR  # no --lr: a detector's rate, not the classifiers' 0.1
     assert set(rsc.load(out)([torch.zeros(3, 64, 64)])[0]) == {"boxes", "scores", "labels"}
     assert main(["train", "--data", str(root), *TRAIN, "--out", str(out)]) == 2  # never overwritten
     assert "already holds a finished run" in capsys.readouterr().err

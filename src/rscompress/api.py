@@ -23,6 +23,7 @@ from rich.progress import Progress
 
 from rscompress.artifacts import RunConfig, RunDir, library_versions, setting_differences
 from rscompress.config import (
+    DETECTION_LR,
     FINETUNE_LR,
     DataConfig,
     DistillConfig,
@@ -262,6 +263,9 @@ def _train_detector(
 
     if train_cfg.weights is not None or train_cfg.small_input:
         raise UserError("--weights and --small-input are for classifiers; detectors train from scratch")
+    if "lr" not in train_cfg.optim.model_fields_set:
+        optim = train_cfg.optim.model_copy(update={"lr": DETECTION_LR})
+        train_cfg = train_cfg.model_copy(update={"optim": optim})
     run = RunDir(out)
     data_cfg = data_cfg.model_copy(update={"path": data_cfg.path.resolve()})
     model_kwargs = {"img_size": data_cfg.img_size}

@@ -14,7 +14,7 @@ import typer
 from pydantic import ValidationError
 from typer import TyperException
 
-from rscompress.config import FINETUNE_LR, DataConfig, FitConfig, Int8Config, OptimConfig
+from rscompress.config import DETECTION_LR, FINETUNE_LR, DataConfig, FitConfig, Int8Config, OptimConfig
 from rscompress.errors import UserError
 from rscompress.overrides import parse_overrides
 
@@ -139,7 +139,13 @@ def train(
     batch_size: BatchSizeOpt = FIT_DEFAULTS.batch_size,
     seed: SeedOpt = 0,
     optimizer: OptimizerOpt = OPTIM_DEFAULTS.optimizer,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (onecycle) or base rate.")] = OPTIM_DEFAULTS.lr,
+    lr: Annotated[
+        float | None,
+        typer.Option(
+            help=f"Peak learning rate (onecycle) or base rate; default {OPTIM_DEFAULTS.lr:g}, "
+            f"for a detector {DETECTION_LR:g}."
+        ),
+    ] = None,
     momentum: MomentumOpt = OPTIM_DEFAULTS.momentum,
     nesterov: NesterovOpt = OPTIM_DEFAULTS.nesterov,
     weight_decay: WeightDecayOpt = OPTIM_DEFAULTS.weight_decay,
@@ -580,7 +586,8 @@ def export(
         int, typer.Option(help="--int8: train images to calibrate the activation ranges on.")
     ] = _default(Int8Config, "calib_images"),
     max_drop: Annotated[
-        float, typer.Option(help="--int8: refuse the INT8 model if val top-1 falls more than this many points.")
+        float,
+        typer.Option(help="--int8: refuse the INT8 model if val top-1 (a detector's mAP@0.5) falls more points."),
     ] = _default(Int8Config, "max_drop"),
     force: Annotated[bool, typer.Option("--force", help="--int8: write it even past --max-drop.")] = False,
     threads: Annotated[int, typer.Option(help="--int8: threads of the batch-1 latency comparison.")] = _default(

@@ -73,6 +73,10 @@ class DataConfig(StrictModel):
 # Torch-Pruning reference of issue 31 fine-tunes. On val, peaks 0.05 and 0.1 were within the
 # seeds' spread of it (l1 at 10 % of the MACs, 3 seeds: benchmarks/results/recipe_ablation.md).
 FINETUNE_LR = 0.02
+# A detector's peak rate when none is given: FCOS from scratch at the classifiers' 0.1 went NaN
+# in its first epoch on NEPU_OWOD (fcos_mobilenet_v3, 256 px, batch 64); at 0.01, torchvision's
+# FCOS reference rate, it trained on.
+DETECTION_LR = 0.01
 
 
 class OptimConfig(StrictModel):

@@ -30,7 +30,7 @@ from pydantic import ValidationError
 from torch import Tensor, nn
 
 from rscompress.artifacts import RunConfig, RunDir, library_versions
-from rscompress.config import FINETUNE_LR, FitConfig, Int8Config, OptimConfig, PruneConfig
+from rscompress.config import DETECTION_LR, FINETUNE_LR, FitConfig, Int8Config, OptimConfig, PruneConfig
 from rscompress.engine.detection import Detection
 from rscompress.engine.metrics import evaluate as evaluate_model
 from rscompress.engine.tasks import Evaluation, Task
@@ -281,7 +281,7 @@ def train(
     val_loader: Batches,
     *,
     epochs: int,
-    lr: float = 0.1,
+    lr: float | None = None,
     seed: int = 0,
     loss_fn: LossFn | None = None,
     out: str | Path | None = None,
@@ -289,10 +289,13 @@ def train(
     quiet: bool = True,
     **fit_options: Any,
 ) -> TrainResult:
-    """Train ``model`` in place with the recommended recipe (SGD, nesterov, OneCycle to ``lr``,
-    label smoothing 0.1) and keep its best epoch on val. ``fit_options``: any other
+    """Train ``model`` in place with the recommended recipe (SGD, nesterov, OneCycle to ``lr``:
+    default 0.1, for a detector config.DETECTION_LR; label smoothing 0.1) and keep its best
+    epoch on val. ``fit_options``: any other
     FitConfig/OptimConfig field (``weight_decay``, ``schedule``, ``label_smoothing``, ``bf16``, ...).
     ``loss_fn(model, x, y, epoch) -> (loss, logits)`` replaces the cross-entropy."""
+    if lr is None:
+        lr = DETECTION_LR if detector_classes(model) is not None else OptimConfig.model_fields["lr"].default
     with _options_checked():
         cfg = _fit_config(epochs, lr, seed, **fit_options)
     example = _first_images(val_loader)
