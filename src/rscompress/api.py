@@ -37,7 +37,7 @@ from rscompress.engine.checkpoint import next_epoch
 from rscompress.engine.device import model_device, resolve_device
 from rscompress.engine.distributed import DistInfo, barrier, init_distributed
 from rscompress.engine.metrics import evaluate as evaluate_model
-from rscompress.engine.trainer import FitResult, LossFn, aml_ce_objective, fit
+from rscompress.engine.trainer import FitResult, LossFn, fit
 from rscompress.errors import UserError
 from rscompress.io_utils import link_or_copy, write_json_atomic
 from rscompress.models import create_model
@@ -609,8 +609,8 @@ def prune(
     pruned to this budget instead of training it again.
     """
     from rscompress.deploy.latency_probe import latency_meter_for
-    from rscompress.distillation.objective import freeze, teacher_loss_fn
     from rscompress.pruning import architecture_spec
+    from rscompress.pruning.finetune_loss import finetune_objective
     from rscompress.pruning.methods import METHODS, check_config
     from rscompress.pruning.methods.remotetrimmer import folded_model_name
     from rscompress.pruning.select import prepare_and_prune
@@ -704,13 +704,7 @@ def prune(
             write_json_atomic(record_path, record)  # last: its presence marks pruning done
             shutil.rmtree(run.phase_dir, ignore_errors=True)  # its work is in pruned.safetensors now
 
-        loss_fn = teacher = None
-        if cfg.loss == "aml+ce":
-            loss_fn = aml_ce_objective(cfg.r1, cfg.r2)
-        elif cfg.loss in ("kd", "dkd"):
-            # The unpruned parent as it was trained (SE blocks and all) is the teacher.
-            teacher = freeze(parent.load_model()[0].to(device), cfg.kd)
-            loss_fn = teacher_loss_fn(teacher, cfg.loss, cfg.kd, cfg.finetune.label_smoothing)
+        loss_fn, teacher = finetune_objective(cfg, lambda: parent.load_model()[0], device)
 
         budget = record["budget"]
         extra = {

@@ -34,7 +34,7 @@ from rscompress.config import DETECTION_LR, FINETUNE_LR, FitConfig, Int8Config, 
 from rscompress.engine.detection import Detection
 from rscompress.engine.metrics import evaluate as evaluate_model
 from rscompress.engine.tasks import Evaluation, Task
-from rscompress.engine.trainer import EpochBatches, FitResult, LossFn, aml_ce_objective, fit
+from rscompress.engine.trainer import EpochBatches, FitResult, LossFn, fit
 from rscompress.errors import UserError
 from rscompress.io_utils import write_json_atomic
 from rscompress.models.complexity import count_macs_params
@@ -427,6 +427,7 @@ def prune(
     """
     from rscompress.deploy.latency_probe import latency_meter_for
     from rscompress.pruning import architecture_spec
+    from rscompress.pruning.finetune_loss import finetune_objective
     from rscompress.pruning.rebuild import apply_architecture
     from rscompress.pruning.select import prepare_and_prune
 
@@ -492,7 +493,7 @@ def prune(
             shutil.rmtree(run.phase_dir, ignore_errors=True)
         pruned.train()
         if loss_fn is None:
-            loss_fn = _finetune_objective(model, cfg)
+            loss_fn, _ = finetune_objective(cfg, lambda: copy.deepcopy(model), _device(cfg.finetune))
         result = _fit(
             run, pruned, train_loader, val_loader, cfg.finetune, _task(pruned, example_input.float()), loss_fn, quiet
         )
@@ -508,19 +509,6 @@ def prune(
             details,
             None if out is None else run.path,
         )
-
-
-def _finetune_objective(parent: nn.Module, cfg: PruneConfig) -> LossFn | None:
-    """The fine-tuning loss ``cfg.loss`` names: None for plain CE, RemoteTrimmer's AML + CE, or
-    KD / DKD from the unpruned ``parent`` as given (SE blocks and all), as `rscompress prune`."""
-    if cfg.loss == "aml+ce":
-        return aml_ce_objective(cfg.r1, cfg.r2)
-    if cfg.loss in ("kd", "dkd"):
-        from rscompress.distillation.objective import freeze, teacher_loss_fn
-
-        teacher = freeze(copy.deepcopy(parent).to(_device(cfg.finetune)), cfg.kd)
-        return teacher_loss_fn(teacher, cfg.loss, cfg.kd, cfg.finetune.label_smoothing)
-    return None
 
 
 def _read_json(path: Path) -> Any:
