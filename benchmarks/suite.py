@@ -203,11 +203,19 @@ def _latency(suite: Suite, parent_dir: Path, child_dir: Path) -> dict[str, float
 
 def _quality(metrics: dict[str, Any]) -> dict[str, Any]:
     """What a record says of the model's accuracy: test mAP for a detector (DESIGN.md's
-    detection fields), test top-1 and kappa for a classifier; each with its parent's."""
+    detection fields), test top-1 and kappa for a classifier; each with its parent's, and the
+    val figure that settings are chosen on (and, pruned, its value before fine-tuning)."""
     if metrics.get("task") == "detection":
         names = ("map50", "map", "map_small", "parent_map50", "parent_map")
-        return {"task": "detection", **{k: metrics[k] for k in names}}
-    return {"parent_top1": metrics["parent_top1"], "top1": metrics["top1"], "kappa": metrics["kappa"]}
+        return {"task": "detection", **{k: metrics[k] for k in names}, "val_map50": metrics["val"]["map50"]}
+    before = {k: metrics[k] for k in ("val_top1_before_finetune",) if k in metrics}
+    return {
+        "parent_top1": metrics["parent_top1"],
+        "top1": metrics["top1"],
+        "kappa": metrics["kappa"],
+        "val_top1": metrics["val"]["top1"],
+        **before,
+    }
 
 
 def _record(
