@@ -53,10 +53,10 @@ def test_prune_a_detector_to_a_macs_budget_keeping_its_prediction_convs(detector
     head = rsc.load(tmp_path / "l1").head
     assert (head.classification_head.cls_logits.out_channels, head.regression_head.bbox_reg.out_channels) == (2, 4)
     assert main([*args, "--method", "taylor", "--out", str(tmp_path / "taylor")]) == 2
-    assert "--method taylor on a detector is not built yet" in capsys.readouterr().err
+    assert "method taylor on a detector is not built yet" in capsys.readouterr().err
     speed = ["prune", str(parent), "--method", "l1", "--target-speedup", "2", "--out", str(tmp_path / "fast")]
     assert main(speed) == 2
-    assert "latency budgets and --round-to auto are not built for detectors" in capsys.readouterr().err
+    assert "latency budgets and round-to auto are not built for detectors" in capsys.readouterr().err
     nas = [*args, "--method", "nas", "--search-epochs", "2", "--out", str(tmp_path / "nas"), "--json"]
     assert main(nas) == 0
     searched = json.loads(capsys.readouterr().out)

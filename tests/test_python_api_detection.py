@@ -45,5 +45,5 @@ def test_train_evaluate_prune_save_and_export_a_detector(loaders, tmp_path):
     assert report.ok
     with pytest.raises(UserError, match="loss dkd is for classifiers"):
         rsc.prune(model, train, val, example_input=EXAMPLE, method="l1", target_macs=0.5, loss="dkd")
-    with pytest.raises(UserError, match="latency budgets and round_to='auto' are not built for detectors"):
+    with pytest.raises(UserError, match="latency budgets and round-to auto are not built for detectors"):
         rsc.prune(model, train, val, example_input=EXAMPLE, method="l1", target_speedup=2)

@@ -43,7 +43,7 @@ from rscompress.io_utils import link_or_copy, write_json_atomic
 from rscompress.models import create_model
 from rscompress.models.complexity import count_macs_params
 from rscompress.models.probe import check_trainable
-from rscompress.models.weights import load_weights, save_weights
+from rscompress.models.weights import load_weights
 from rscompress.overrides import apply_overrides
 
 FitT = TypeVar("FitT", bound=FitConfig)
@@ -392,6 +392,20 @@ def _fit_and_finish(
         dist=dist,
         overrides=overrides or [],
     )
+    return _test_and_finish(model, data, data_cfg, fit_cfg, run, result, extra_metrics, dist)
+
+
+def _test_and_finish(
+    model: torch.nn.Module,
+    data: PreparedData,
+    data_cfg: DataConfig,
+    fit_cfg: FitConfig,
+    run: RunDir,
+    result: FitResult[Any],
+    extra_metrics: dict[str, Any],
+    dist: DistInfo = DistInfo(),
+) -> dict[str, Any]:
+    """Test a fitted classifier once and write its weights + metrics.json (_finish_run)."""
     if not dist.is_main:
         barrier(dist)  # rank 0 is writing the final files
         return {}
@@ -608,12 +622,10 @@ def prune(
     (``sparse_from_differences``): its model after sparse training (``sparse.safetensors``) is
     pruned to this budget instead of training it again.
     """
-    from rscompress.deploy.latency_probe import latency_meter_for
     from rscompress.pruning import architecture_spec
-    from rscompress.pruning.finetune_loss import finetune_objective
     from rscompress.pruning.methods import METHODS, check_config
     from rscompress.pruning.methods.remotetrimmer import folded_model_name
-    from rscompress.pruning.select import prepare_and_prune
+    from rscompress.pruning.prune_and_finetune import prune_and_finetune
 
     method = check_config(cfg)
     if sparse_from is not None and (not method.sparse_training or pruned_from is not None):
@@ -642,73 +654,55 @@ def prune(
         cfg, override_records = _finetune_overrides(run, settings, cfg, overrides, resume=resume)
         data_cfg = DataConfig.model_validate(parent_cfg.data)
         data = _step_data(parent, run, data_cfg, cfg.resplit, quiet)
-        pruned_path, record_path = run.pruned_weights_path, run.prune_record_path
-
         if pruned_from is not None and not run.holds_pruned_model():
             _take_pruned(RunDir(pruned_from), parent, settings, run)
         if sparse_from is not None and not (run.holds_pruned_model() or run.holds_sparse_model()):
             if differences := sparse_from_differences(sparse_from, parent.path, cfg):
                 raise UserError(f"--sparse-from {sparse_from}: {'; '.join(differences[:3])}")
             _take_sparse(RunDir(sparse_from), run)
-        if run.holds_pruned_model():  # resumed (an unresumed started run was refused) or taken
-            pruned, _ = run.load_model(weights=pruned_path)
-            pruned.train()
-            record = json.loads(record_path.read_text())
-        else:
-            model_name = folded_model_name(parent_cfg.model) if is_se else parent_cfg.model
-            # SE attention, gradients and BN statistics come from plain (unaugmented) train images.
-            calibration = data.eval_batches(data.train_indices, batch_size=64)
+        model_name = folded_model_name(parent_cfg.model) if is_se else parent_cfg.model
+        # SE attention, gradients and BN statistics come from plain (unaugmented) train images.
+        calibration = data.eval_batches(data.train_indices, batch_size=64)
 
-            def settings_before_the_phase() -> None:
-                # Written before a training phase (sparse training, NAS search) starts, so that a
-                # run killed in it is resumed only with the settings it was started with
-                # (_open_out_dir): a phase's own checkpoint knows its epochs and rates, not the
-                # batches fed to it. A started run has it already (checked), or was started by a
-                # version that wrote none: the phase's own check then refuses other settings.
-                if not run.is_started():
-                    run.save_config(
-                        parent_cfg.model_copy(update={"model": model_name, **settings, "versions": library_versions()})
-                    )
-
-            calibration_batches = [b for _, b in zip(range(cfg.calibration_batches), calibration, strict=False)]
-            pruned, details = prepare_and_prune(
-                model,
-                model_name,
-                parent_cfg.img_size,
-                cfg,
-                calibration=calibration_batches,
-                train_batches=train_loader(data, data_cfg, cfg.finetune),
-                val_batches=data.eval_batches(data.val_indices),
-                log=_progress_printer(quiet),
-                device=device,
-                parent_optim=parent_cfg.train.get("optim"),
-                run=run,
-                on_prepared=settings_before_the_phase,
-                latency_meter=latency_meter_for(cfg, parent_cfg.img_size, calibration_batches),
-            )
-            run.path.mkdir(parents=True, exist_ok=True)
-            run.save_config(
-                parent_cfg.model_copy(
-                    update={
-                        "model": model_name,
-                        "architecture": architecture_spec(pruned),
-                        **settings,
-                        "versions": library_versions(),
-                    }
+        def settings_before_the_phase() -> None:
+            # Written before a training phase (sparse training, NAS search) starts, so that a
+            # run killed in it is resumed only with the settings it was started with
+            # (_open_out_dir): a phase's own checkpoint knows its epochs and rates, not the
+            # batches fed to it. A started run has it already (checked), or was started by a
+            # version that wrote none: the phase's own check then refuses other settings.
+            if not run.is_started():
+                run.save_config(
+                    parent_cfg.model_copy(update={"model": model_name, **settings, "versions": library_versions()})
                 )
-            )
+
+        def config_of_the_pruned(pruned: torch.nn.Module) -> None:
+            update = {"model": model_name, "architecture": architecture_spec(pruned), **settings}
+            run.save_config(parent_cfg.model_copy(update={**update, "versions": library_versions()}))
             data.split.to_json(run.split_path)  # the split its data came by (_step_data)
-            before = evaluate_model(pruned, data.eval_batches(data.val_indices), len(data.class_names))
-            record = {"val_top1_before_finetune": before.top1, **details}
-            save_weights(pruned, pruned_path)
-            write_json_atomic(record_path, record)  # last: its presence marks pruning done
-            shutil.rmtree(run.phase_dir, ignore_errors=True)  # its work is in pruned.safetensors now
 
-        loss_fn, teacher = finetune_objective(cfg, lambda: parent.load_model()[0], device)
-
-        budget = record["budget"]
+        step = prune_and_finetune(
+            model,
+            model_name,
+            parent_cfg.img_size,
+            cfg,
+            run,
+            calibration=[b for _, b in zip(range(cfg.calibration_batches), calibration, strict=False)],
+            train_batches=train_loader(data, data_cfg, cfg.finetune),
+            val_batches=data.eval_batches(data.val_indices),
+            task=len(data.class_names),
+            unpruned=lambda: parent.load_model()[0],
+            device=device,
+            resume=resume,
+            quiet=quiet,
+            log=_progress_printer(quiet),
+            parent_optim=parent_cfg.train.get("optim"),
+            overrides=override_records,
+            on_prepared=settings_before_the_phase,
+            on_pruned=config_of_the_pruned,
+        )
+        budget = step.record["budget"]
         extra = {
-            "model": run.load_config().model,
+            "model": model_name,
             "method": cfg.method,
             "parent": str(parent.path.resolve()),
             "parent_top1": parent_metrics["top1"],
@@ -724,16 +718,13 @@ def prune(
             "ratio": cfg.ratio,
             "global_pruning": cfg.global_pruning,
             "loss": cfg.loss,
-            **({"kd": cfg.kd.model_dump(), **_cache_counts(teacher)} if cfg.loss in ("kd", "dkd") else {}),
+            **({"kd": cfg.kd.model_dump(), **_cache_counts(step.teacher)} if cfg.loss in ("kd", "dkd") else {}),
             "finetune_epochs": cfg.finetune.epochs,
             "resplit": cfg.resplit,
-            **record,
+            **step.details,
             **({"pruned_from": str(Path(pruned_from).resolve())} if pruned_from is not None else {}),
         }
-        return _fit_and_finish(
-            pruned, data, data_cfg, cfg.finetune, run, extra, resume=resume, quiet=quiet, loss_fn=loss_fn,
-            overrides=override_records,
-        )  # fmt: skip
+        return _test_and_finish(step.model, data, data_cfg, cfg.finetune, run, step.fit, extra)
 
 
 def metrics_task(metrics: dict[str, Any]) -> str:
@@ -811,18 +802,10 @@ def _prune_detector(
     from rscompress.engine.detection import Detection, evaluate_detection
     from rscompress.pruning import architecture_spec
     from rscompress.pruning.methods import check_config
-    from rscompress.pruning.select import prepare_and_prune
+    from rscompress.pruning.prune_and_finetune import prune_and_finetune, refuse_for_detectors
 
     check_config(cfg)
-    if cfg.method in ("taylor", "remotetrimmer"):
-        raise UserError(
-            f"--method {cfg.method} on a detector is not built yet (taylor's gradients and RemoteTrimmer's AML "
-            "are classification losses); the other methods take detectors"
-        )
-    if cfg.loss != "ce":
-        raise UserError(f"--loss {cfg.loss} is for classifiers; a detector is fine-tuned with its own loss")
-    if cfg.target_latency_ms is not None or cfg.target_speedup is not None or cfg.round_to == "auto":
-        raise UserError("latency budgets and --round-to auto are not built for detectors yet; give --target-macs")
+    refuse_for_detectors(cfg)
     settings = {**_prune_settings(cfg, False), "parent": str(parent.path.resolve())}
     with run.owned():
         if (finished := _open_out_dir(run, settings, resume=resume, reuse_finished=reuse_finished)) is not None:
@@ -837,41 +820,31 @@ def _prune_detector(
                 shuffle=train, augment=train and bool(parent_cfg.data.get("augment", True)), seed=cfg.finetune.seed,
             )  # fmt: skip
 
-        if run.holds_pruned_model():
-            pruned, _ = run.load_model(weights=run.pruned_weights_path)
-            record = json.loads(run.prune_record_path.read_text())
-        else:
-            calibration = [b for _, b in zip(range(cfg.calibration_batches), batches("train", False), strict=False)]
-            pruned, record = prepare_and_prune(
-                model,
-                parent_cfg.model,
-                parent_cfg.img_size,
-                cfg,
-                calibration=calibration,
-                train_batches=batches("train", True),
-                val_batches=batches("val", False),
-                log=_progress_printer(quiet),
-                device=resolve_device(cfg.finetune.device),
-                parent_optim=parent_cfg.train.get("optim"),
-                run=run,
-                task=Detection(data.class_names),
-            )
-            run.path.mkdir(parents=True, exist_ok=True)
-            run.save_config(
-                parent_cfg.model_copy(
-                    update={"architecture": architecture_spec(pruned), **settings, "versions": library_versions()}
-                )
-            )
+        def config_of_the_pruned(pruned: torch.nn.Module) -> None:
+            update = {"architecture": architecture_spec(pruned), **settings, "versions": library_versions()}
+            run.save_config(parent_cfg.model_copy(update=update))
             split_to_json(data, run.split_path)
-            save_weights(pruned, run.pruned_weights_path)
-            write_json_atomic(run.prune_record_path, record)  # last: its presence marks pruning done
-            shutil.rmtree(run.phase_dir, ignore_errors=True)  # its work is in pruned.safetensors now
-        pruned.train()
-        task = Detection(data.class_names)
-        result = fit(
-            pruned, batches("train", True), batches("val", False), cfg.finetune, run, task, resume=resume, quiet=quiet,
+
+        step = prune_and_finetune(
+            model,
+            parent_cfg.model,
+            parent_cfg.img_size,
+            cfg,
+            run,
+            calibration=[b for _, b in zip(range(cfg.calibration_batches), batches("train", False), strict=False)],
+            train_batches=batches("train", True),
+            val_batches=batches("val", False),
+            task=Detection(data.class_names),
+            unpruned=lambda: parent.load_model()[0],
+            device=resolve_device(cfg.finetune.device),
+            resume=resume,
+            quiet=quiet,
+            log=_progress_printer(quiet),
+            parent_optim=parent_cfg.train.get("optim"),
             overrides=override_records,
-        )  # fmt: skip
+            on_pruned=config_of_the_pruned,
+        )
+        pruned, record, result = step.model, step.details, step.fit
         test = evaluate_detection(pruned, batches("test", False), data.class_names)
         budget = record["budget"]
         extra = {

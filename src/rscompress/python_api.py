@@ -41,7 +41,7 @@ from rscompress.models.complexity import count_macs_params
 from rscompress.models.detection import deployable, detector_classes
 from rscompress.models.external import identify_external
 from rscompress.models.registry import built_as
-from rscompress.models.weights import read_state_dict, save_weights
+from rscompress.models.weights import save_weights
 from rscompress.pruning.methods import check_config
 from rscompress.pruning.parent import budget_reference, has_se_blocks
 
@@ -425,11 +425,7 @@ def prune(
     ``method_options["calibration_batches"]`` (4) average SE attention and feed taylor and hrank,
     as the CLI takes them; default: ``train_loader``'s first batches.
     """
-    from rscompress.deploy.latency_probe import latency_meter_for
-    from rscompress.pruning import architecture_spec
-    from rscompress.pruning.finetune_loss import finetune_objective
-    from rscompress.pruning.rebuild import apply_architecture
-    from rscompress.pruning.select import prepare_and_prune
+    from rscompress.pruning.prune_and_finetune import prune_and_finetune, refuse_for_detectors
 
     if loss_fn is not None and loss != "ce":
         raise UserError(f"give loss={loss!r} or a loss_fn, not both")
@@ -450,14 +446,9 @@ def prune(
             **({"kd": kd} if kd is not None else {}),
             **(method_options or {}),
         )
-    pruning_method = check_config(cfg)
-    if detector_classes(model) is not None and (cfg.loss != "ce" or cfg.method in ("taylor", "remotetrimmer")):
-        raise UserError(
-            f"{'loss ' + cfg.loss if cfg.loss != 'ce' else 'method ' + cfg.method} is for classifiers: "
-            "a detector is pruned by the other methods and fine-tuned with its own loss"
-        )
-    if detector_classes(model) is not None and (target_latency_ms or target_speedup or round_to == "auto"):
-        raise UserError("latency budgets and round_to='auto' are not built for detectors yet; give target_macs")
+    check_config(cfg)
+    if detector_classes(model) is not None:
+        refuse_for_detectors(cfg)
     img_size = _img_size(example_input)
     settings = {
         "method": method,
@@ -468,45 +459,34 @@ def prune(
     calibration = _calibration(calibration_loader or train_loader, cfg.calibration_batches)
     with _work_dir(out) as run:
         _start(run, budget_reference(parent), example_input, settings, resume)
-        if run.holds_pruned_model():
-            pruned = pruning_method.prepare_parent(parent, calibration)[0]
-            apply_architecture(pruned, _read_json(run.prune_record_path)["architecture"])
-            pruned.load_state_dict(read_state_dict(run.pruned_weights_path))
-            details = _read_json(run.prune_record_path)["details"]
-        else:
-            pruned, details = prepare_and_prune(
-                parent,
-                _architecture_family(parent),
-                img_size,
-                cfg,
-                calibration=calibration,
-                train_batches=_loader_batches(train_loader, "train_loader"),
-                val_batches=val_loader,
-                log=(lambda _: None) if quiet else print,
-                device=_device(cfg.finetune),
-                run=run,
-                latency_meter=latency_meter_for(cfg, img_size, calibration),
-                task=None if isinstance(task := _task(parent, example_input.float()), int) else task,
-            )
-            save_weights(pruned, run.pruned_weights_path)
-            write_json_atomic(run.prune_record_path, {"architecture": architecture_spec(pruned), "details": details})
-            shutil.rmtree(run.phase_dir, ignore_errors=True)
-        pruned.train()
-        if loss_fn is None:
-            loss_fn, _ = finetune_objective(cfg, lambda: copy.deepcopy(model), _device(cfg.finetune))
-        result = _fit(
-            run, pruned, train_loader, val_loader, cfg.finetune, _task(pruned, example_input.float()), loss_fn, quiet
+        task = _task(parent, example_input.float())
+        step = prune_and_finetune(
+            parent,
+            _architecture_family(parent),
+            img_size,
+            cfg,
+            run,
+            calibration=calibration,
+            train_batches=_loader_batches(train_loader, "train_loader"),
+            val_batches=val_loader,
+            task=task,
+            unpruned=lambda: copy.deepcopy(model),
+            device=_device(cfg.finetune),
+            resume=(run.checkpoint_dir / "latest.json").is_file(),
+            quiet=quiet,
+            log=(lambda _: None) if quiet else print,
+            loss_fn=loss_fn,
         )
-        macs, params = count_macs_params(pruned, img_size)
+        macs, params = count_macs_params(step.model, img_size)
         kept = {"macs_kept": macs / parent_macs, "params_kept": params / parent_params, "macs": macs, "params": params}
-        _finish(run, pruned, result, {**settings, **kept, "details": details})
+        _finish(run, step.model, step.fit, {**settings, **kept, "details": step.details})
         return PruneResult(
-            pruned,
+            step.model,
             kept["macs_kept"],
             kept["params_kept"],
-            result.val,
-            result.history,
-            details,
+            step.fit.val,
+            step.fit.history,
+            step.details,
             None if out is None else run.path,
         )
 
