@@ -86,6 +86,8 @@ def test_export_a_pruned_detector_with_parity_and_time_it_against_its_parent(det
     assert main(["export", str(pruned), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["max_scaled_diff"] <= 1e-4 and report["parity_images"].startswith("test split of")
+    boxes = report["box_parity"]  # decoded boxes against PyTorch's, not only the raw outputs
+    assert boxes["matched"] + boxes["unmatched_at_threshold"] == boxes["boxes_torch"] and boxes["n_images"] == 1
     args = ["bench", str(parent), str(pruned), "--batch-size", "1", "--threads", "1", "--engine", "onnxruntime"]
     assert main([*args, "--warmup", "1", "--repeats", "3", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)["results"]
@@ -176,3 +178,24 @@ def test_int8_export_of_a_detector_is_checked_by_map_and_refused_past_max_drop(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "val mAP@0.5 0.5000 FP32 -> 0.4000 INT8, a drop of 10.00 points > --max-drop 1" in err[0]
     assert not refused.exists()
+
+
+def test_box_parity_matches_every_box_and_names_a_file_that_moves_them(detector_run, tmp_path):
+    from rscompress.artifacts import RunDir
+    from rscompress.deploy.box_parity import BoxParityError, check_box_parity
+    from rscompress.deploy.onnx import export_onnx
+    from rscompress.models.detection import deployable
+
+    _, run = detector_run
+    model, _ = RunDir(run).load_model()
+    model.eval().score_thresh = 0.0  # every location a box: 100 per image to match
+    onnx = export_onnx(deployable(model), 64, tmp_path / "det.onnx")
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    parity = check_box_parity(model, onnx, images)
+    assert parity.ok and parity.boxes_torch == 200 and parity.matched == 200 and parity.worst_iou > 0.999
+
+    # A file whose boxes come out elsewhere: its regression head's bias shifted after export.
+    with torch.no_grad():
+        model.head.regression_head.bbox_reg.bias += 1.0
+    with pytest.raises(BoxParityError, match="box parity failed"):
+        check_box_parity(model, onnx, images)

@@ -621,9 +621,16 @@ def export(
     if as_json:
         _print_json(report)
     else:
+        boxes = report.get("box_parity")
         typer.echo(
             f"wrote {report['path']} ({report['size_bytes'] / 1e6:.1f} MB); parity on {report['n_images']} "
-            f"images: max abs diff {report['max_abs_diff']:.2e}, top-1 agreement {report['top1_agree']:.0%}"
+            + (
+                f"images: max abs diff {report['max_abs_diff']:.2e}, top-1 agreement {report['top1_agree']:.0%}"
+                if boxes is None
+                else f"images: raw outputs max abs diff {report['max_abs_diff']:.2e}; {boxes['matched']} of "
+                f"{boxes['boxes_torch']} boxes matched (worst IoU {boxes['worst_iou']:.4f}, "
+                f"scores within {boxes['max_score_diff']:.1e})"
+            )
         )
 
 

@@ -28,6 +28,7 @@ from rscompress.artifacts import RunConfig, RunDir
 from rscompress.config import DataConfig
 from rscompress.data.loader import BatchLoader
 from rscompress.data.prepare import prepare_data
+from rscompress.deploy.box_parity import BoxParity, check_box_parity
 from rscompress.deploy.exportable import exportable_copy
 from rscompress.deploy.runtime import INPUT_NAME, OUTPUT_NAME, cpu_session
 from rscompress.errors import UserError
@@ -75,6 +76,7 @@ class ExportReport:
     opset: int
     parity: ParityReport
     parity_images: str  # where the parity images came from, in words
+    box_parity: BoxParity | None = None  # a detector's: its decoded boxes against PyTorch's
 
     def to_dict(self) -> dict[str, Any]:
         # Flat: max_abs_diff, top1_agree, n_images, batch_sizes, atol sit next to the file's facts.
@@ -84,6 +86,7 @@ class ExportReport:
             "opset": self.opset,
             **self.parity.to_dict(),
             "parity_images": self.parity_images,
+            **({"box_parity": self.box_parity.to_dict()} if self.box_parity is not None else {}),
         }
 
 
@@ -383,8 +386,8 @@ def export_run(
     passed, so a file at the destination has always passed its check.
     """
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    model, config = run.require().load_model()
-    model = deployable(model)
+    trained, config = run.require().load_model()
+    model = deployable(trained)
     dest = Path(out) if out is not None else run.path / ONNX_FILE
     with holding_if_inside(run, dest):
         check_destination(run, dest, overwrite)
@@ -393,6 +396,10 @@ def export_run(
         with staging_dir(dest, ONNX_STAGING) as staging:
             staged = export_onnx(model, config.img_size, staging / dest.name, opset, run_metadata(config))
             parity = check_parity(model, staged, images, atol)
+            # A detector's raw outputs agreeing is necessary; its boxes agreeing is what is used.
+            boxes = check_box_parity(trained, staged, images) if model is not trained else None
             os.replace(staged, dest)
             fsync_dir(dest.parent)
-    return ExportReport(path=dest, size_bytes=dest.stat().st_size, opset=opset, parity=parity, parity_images=source)
+    return ExportReport(
+        path=dest, size_bytes=dest.stat().st_size, opset=opset, parity=parity, parity_images=source, box_parity=boxes
+    )
