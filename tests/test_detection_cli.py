@@ -168,6 +168,14 @@ def test_int8_export_of_a_detector_is_checked_by_map_and_refused_past_max_drop(
     row = json.loads((run / "int8.jsonl").read_text().splitlines()[-1])
     assert row["written"] and row["task"] == "detection" and {"map50_fp32", "map50_int8"} <= set(row)
     assert set(row["val"]) == {"n_images", "map50_fp32", "map50_int8", "map_fp32", "map_int8", "drop_points"}
+    # bench puts the INT8 file beside FP32 with each one's recorded test mAP@0.5 (here the run's own file).
+    assert main(["export", str(run), "--int8", "--calib-images", "4", "--repeats", "2"]) == 0
+    capsys.readouterr()
+    bench = ["bench", str(run), "--int8", "--engine", "onnxruntime", "--repeats", "2", "--warmup", "1", "--json"]
+    assert main(bench) == 0
+    rows = {r["precision"]: r for r in json.loads(capsys.readouterr().out)["results"]}
+    assert rows["fp32"]["test_map50"] == json.loads((run / "metrics.json").read_text())["map50"]
+    assert rows["int8"]["test_map50"] == row["test"]["map50_int8"] and rows["int8"]["size_mb"] < rows["fp32"]["size_mb"]
 
     def worse(*args, **kwargs):
         return int8.MapCheck(1, 0.5, 0.4, 0.3, 0.2)

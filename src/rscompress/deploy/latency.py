@@ -65,6 +65,7 @@ class LatencyResult:
     precision: str = "fp32"  # "int8": the run's INT8 ONNX model (ONNX Runtime only)
     size_mb: float | None = None  # the ONNX file timed; None for torch
     top1: float | None = None  # test top-1 its run recorded for this precision; None: none recorded
+    map50: float | None = None  # a detector's test mAP@0.5, likewise
 
     @property
     def speedup(self) -> float:
@@ -93,15 +94,18 @@ class _Model:
     def precision(self) -> str:
         return "fp32" if self.int8 is None else "int8"
 
-    def top1(self) -> float | None:
-        """Test top-1 its run recorded in this precision (the last INT8 model written)."""
+    def accuracy(self) -> dict[str, float]:
+        """Test top-1 (a detector: mAP@0.5) its run recorded in this precision (the last INT8
+        model written); empty when none was recorded."""
         if self.run is None:
-            return None
+            return {}
         if self.int8 is None:
-            return self.run.load_metrics().get("top1") if self.run.metrics_path.is_file() else None
+            metrics = self.run.load_metrics() if self.run.metrics_path.is_file() else {}
+            return {k: metrics[k] for k in ("top1", "map50") if k in metrics}
         checks = self.run.path / INT8_RECORD
         written = [r for r in read_jsonl(checks) if r.get("written")] if checks.is_file() else []
-        return written[-1].get("top1_int8") if written else None
+        last = written[-1] if written else {}
+        return {k: last[f"{k}_int8"] for k in ("top1", "map50") if f"{k}_int8" in last}
 
 
 def _int8_twins(models: Sequence[_Model]) -> list[_Model]:
@@ -278,7 +282,7 @@ def measure(
 
     if int8 and "onnxruntime" not in engines:
         raise UserError("--int8 models run in ONNX Runtime: add the onnxruntime engine")
-    top1 = [m.top1() for m in models]
+    accuracy = [m.accuracy() for m in models]
     with tempfile.TemporaryDirectory(prefix="rscompress-bench-") as tmp:
         wants_onnx = "onnxruntime" in engines
         onnx_paths = [_onnx_file(m, Path(tmp), i) if wants_onnx else None for i, m in enumerate(models)]
@@ -320,7 +324,7 @@ def measure(
                         run=str(m.run.path) if m.run is not None else None,
                         precision=m.precision,
                         size_mb=_size_mb(onnx_paths[i]) if engine == "onnxruntime" else None,
-                        top1=top1[i],
+                        **accuracy[i],
                     )
                 )
     return results
@@ -379,6 +383,7 @@ def bench_table(results: Iterable[LatencyResult]) -> list[dict[str, Any]]:
             **({"peak_rss_mb": round(r.peak_rss_mb, 1)} if r.peak_rss_mb is not None else {}),
             **({"size_mb": round(r.size_mb, 2)} if r.size_mb is not None else {}),
             **({"test_top1": round(r.top1, 4)} if r.top1 is not None else {}),
+            **({"test_map50": round(r.map50, 4)} if r.map50 is not None else {}),
         }
         for r in results
     ]
