@@ -4,6 +4,7 @@ like any other, their metrics the detection ones (issue 33)."""
 import base64
 import json
 import re
+import shutil
 
 import pytest
 import torch
@@ -121,6 +122,16 @@ def test_report_on_detectors_plots_map_against_macs_and_draws_predicted_boxes(de
     assert "top1" not in page and "Confusion" not in page
     keys = ("pareto_macs", "pareto_latency", "per_class", "boxes")
     assert all((tmp_path / "report_files" / f"{k}.png").is_file() for k in keys)
+
+    # A run whose data folder has moved still gets its report, without the picture, saying why.
+    moved = tmp_path / "moved"
+    shutil.copytree(parent, moved)
+    config = json.loads((moved / "config.json").read_text())
+    (moved / "config.json").write_text(
+        json.dumps({**config, "data": {**config["data"], "path": str(tmp_path / "gone")}})
+    )
+    assert main(["report", str(moved), "--out", str(tmp_path / "moved.html"), "--no-latency"]) == 0
+    assert "No box picture: moved&#x27;s data folder" in (tmp_path / "moved.html").read_text()
 
     classifier = make_fake_dataset(tmp_path / "cls", name="rsscn7", per_class=4, size=16)
     train = ["train", "--data", str(classifier), "--model", "resnet18", "--img-size", "16", "--epochs", "1"]

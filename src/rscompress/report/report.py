@@ -171,6 +171,7 @@ def build_report(run_paths: list[Path], out: Path, latency: bool = True, repeats
     if len(tasks := {s.task for s in summaries}) > 1:
         raise UserError(f"report compares runs of one task; these mix {' and '.join(sorted(tasks))} runs")
     task = summaries[0].task
+    missing = ""
     score_label = SCORES[task][1]
     int8_points = add_latency(summaries, repeats) if latency else []
     # The model shown in detail is the one a user would pick: best on validation, not test.
@@ -208,8 +209,13 @@ def build_report(run_paths: list[Path], out: Path, latency: bool = True, repeats
                 f"Per-class AP: {best.name}",
                 per_class_png(best.class_names, best.per_class, f"{best.name}: per-class test AP", "AP@0.5:0.95 (%)"),
             ),
-            ("boxes", f"Predicted boxes: {best.name}", predicted_boxes_png(best)),
         ]
+        # The picture needs the run's images; a report on runs whose data has moved still tabulates.
+        root = Path(str(RunDir(best.path).load_config().data.get("path") or ""))
+        if root.is_dir():
+            figures.append(("boxes", f"Predicted boxes: {best.name}", predicted_boxes_png(best)))
+        else:
+            missing = f" No box picture: {best.name}'s data folder {root} is not there."
     else:
         figures += [
             (
@@ -228,7 +234,7 @@ def build_report(run_paths: list[Path], out: Path, latency: bool = True, repeats
     rows = [s.row() for s in summaries]
     intro = (
         f"{len(summaries)} runs. Test split metrics; the detailed model ({best.name}) is the best on the "
-        "validation split. MACs and params counted at each run's input size."
+        "validation split. MACs and params counted at each run's input size." + missing
     )
 
     imgs_html = "".join(
