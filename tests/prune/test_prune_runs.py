@@ -202,6 +202,17 @@ def test_interrupted_finetune_resumes_without_pruning_again(parents, tmp_path, m
     assert resumed["macs"] == full["macs"] and resumed["top1"] == full["top1"]
 
 
+def test_a_pruned_run_from_before_prune_json_named_its_architecture_is_refused_by_name(
+    parents, tmp_path, kill_at_the_end
+):
+    out = tmp_path / "r"
+    kill_at_the_end(api.prune, parents["resnet18"], _cfg("l1", target_macs=0.3), out, quiet=True)
+    record = json.loads((out / "prune.json").read_text())
+    (out / "prune.json").write_text(json.dumps({k: v for k, v in record.items() if k != "architecture"}))
+    with pytest.raises(UserError, match=r"prune\.json was written by an older rscompress .* prune anew"):
+        api.prune(parents["resnet18"], _cfg("l1", target_macs=0.3), out, resume=True, quiet=True)
+
+
 def test_resume_with_another_budget_or_recipe_is_refused(parents, tmp_path, kill_at_the_end):
     out = tmp_path / "r"
     kill_at_the_end(api.prune, parents["resnet18"], _cfg("l1", target_macs=0.3), out, quiet=True)
