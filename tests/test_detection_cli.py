@@ -55,9 +55,11 @@ def test_prune_a_detector_to_a_macs_budget_keeping_its_prediction_convs(detector
     assert (head.classification_head.cls_logits.out_channels, head.regression_head.bbox_reg.out_channels) == (2, 4)
     assert main([*args, "--method", "taylor", "--out", str(tmp_path / "taylor")]) == 2
     assert "method taylor on a detector is not built yet" in capsys.readouterr().err
-    speed = ["prune", str(parent), "--method", "l1", "--target-speedup", "2", "--out", str(tmp_path / "fast")]
-    assert main(speed) == 2
-    assert "latency budgets and round-to auto are not built for detectors" in capsys.readouterr().err
+    speed = ["prune", str(parent), "--method", "l1", "--target-speedup", "1.3", "--round-to", "8", *args[4:]]
+    assert main([*speed, "--out", str(tmp_path / "fast"), "--json"]) == 0
+    fast = json.loads(capsys.readouterr().out)
+    assert fast["target_speedup"] == 1.3 and fast["latency_budget"]["target_ratio"] == pytest.approx(1 / 1.3)
+    assert fast["latency_budget"]["macs_share"] in [t["macs_share"] for t in fast["latency_budget"]["trials"]]
     nas = [*args, "--method", "nas", "--search-epochs", "2", "--out", str(tmp_path / "nas"), "--json"]
     assert main(nas) == 0
     searched = json.loads(capsys.readouterr().out)

@@ -860,6 +860,8 @@ def _prune_detector(
             "params_kept": budget["params_kept"],
             "target_macs": cfg.target_macs,
             "target_params": cfg.target_params,
+            "target_latency_ms": cfg.target_latency_ms,
+            "target_speedup": cfg.target_speedup,
             "ratio": cfg.ratio,
             "finetune_epochs": cfg.finetune.epochs,
             **record,

@@ -52,8 +52,6 @@ def refuse_for_detectors(cfg: PruneConfig) -> None:
         )
     if cfg.loss != "ce":
         raise UserError(f"loss {cfg.loss} is for classifiers; a detector is fine-tuned with its own loss")
-    if cfg.target_latency_ms is not None or cfg.target_speedup is not None or cfg.round_to == "auto":
-        raise UserError("latency budgets and round-to auto are not built for detectors yet; give a MACs target")
 
 
 def prune_and_finetune(
