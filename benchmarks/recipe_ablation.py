@@ -56,6 +56,9 @@ VARIANTS: dict[str, list[str]] = {
     "no-cycle-momentum": ["--no-cycle-momentum"],
     "aug-per-sample": ["--augment-draw", "sample"],
     "drop-last": ["--drop-last"],
+    # Additions a modern recipe offers (issue 31 part 3), to be chosen on val.
+    "ema0.99": ["--ema-decay", "0.99"],
+    "ema0.995": ["--ema-decay", "0.995"],
 }
 IMG_SIZE, EPOCHS = 64, 60
 # Flags on top of `rscompress prune PARENT --method M --target-macs F`: the fine-tuning's peak

@@ -84,6 +84,10 @@ GammaOpt = Annotated[float, typer.Option(help="Step schedule factor.")]
 WarmupEpochsOpt = Annotated[int, typer.Option(help="Linear lr warm-up (cosine, step, constant).")]
 LabelSmoothingOpt = Annotated[float, typer.Option()]
 DropLastOpt = Annotated[bool, typer.Option(help="Leave out each epoch's ragged last batch (kept by default).")]
+EmaDecayOpt = Annotated[
+    float | None,
+    typer.Option(help="Score, keep and return an exponential moving average of the weights with this decay."),
+]
 ChannelsLastOpt = Annotated[
     bool, typer.Option(help="channels_last memory format (training, and the NAS search and sparse training of prune).")
 ]
@@ -157,6 +161,7 @@ def train(
     warmup_epochs: WarmupEpochsOpt = OPTIM_DEFAULTS.warmup_epochs,
     label_smoothing: LabelSmoothingOpt = FIT_DEFAULTS.label_smoothing,
     drop_last: DropLastOpt = FIT_DEFAULTS.drop_last,
+    ema_decay: EmaDecayOpt = FIT_DEFAULTS.ema_decay,
     channels_last: ChannelsLastOpt = False,
     bf16: Bf16Opt = False,
     small_input: SmallInputOpt = False,
@@ -229,6 +234,7 @@ def train(
         optim=optim_cfg,
         label_smoothing=label_smoothing,
         drop_last=drop_last,
+        ema_decay=ema_decay,
         channels_last=channels_last,
         bf16=bf16,
         small_input=small_input,
@@ -325,6 +331,7 @@ def prune(
     warmup_epochs: WarmupEpochsOpt = OPTIM_DEFAULTS.warmup_epochs,
     label_smoothing: LabelSmoothingOpt = FIT_DEFAULTS.label_smoothing,
     drop_last: DropLastOpt = FIT_DEFAULTS.drop_last,
+    ema_decay: EmaDecayOpt = FIT_DEFAULTS.ema_decay,
     seed: SeedOpt = 0,
     threads: ThreadsOpt = None,
     channels_last: ChannelsLastOpt = False,
@@ -377,6 +384,7 @@ def prune(
             gamma,
             warmup_epochs,
         ),
+        ema_decay=ema_decay,
         channels_last=channels_last,
         bf16=bf16,
         device=device,
@@ -465,6 +473,7 @@ def distill(
     warmup_epochs: WarmupEpochsOpt = OPTIM_DEFAULTS.warmup_epochs,
     label_smoothing: LabelSmoothingOpt = FIT_DEFAULTS.label_smoothing,
     drop_last: DropLastOpt = FIT_DEFAULTS.drop_last,
+    ema_decay: EmaDecayOpt = FIT_DEFAULTS.ema_decay,
     seed: SeedOpt = 0,
     threads: ThreadsOpt = None,
     channels_last: ChannelsLastOpt = False,
@@ -500,6 +509,7 @@ def distill(
             gamma,
             warmup_epochs,
         ),
+        ema_decay=ema_decay,
         channels_last=channels_last,
         bf16=bf16,
         device=device,
@@ -837,7 +847,9 @@ def _optim(
     )
 
 
-def _fit(epochs, batch_size, seed, label_smoothing, drop_last, threads, optim, *, channels_last, bf16, device):
+def _fit(
+    epochs, batch_size, seed, label_smoothing, drop_last, threads, optim, *, ema_decay, channels_last, bf16, device
+):
     return _validated(
         FitConfig,
         epochs=epochs,
@@ -846,6 +858,7 @@ def _fit(epochs, batch_size, seed, label_smoothing, drop_last, threads, optim, *
         optim=optim,
         label_smoothing=label_smoothing,
         drop_last=drop_last,
+        ema_decay=ema_decay,
         threads=threads,
         channels_last=channels_last,
         bf16=bf16,

@@ -120,6 +120,9 @@ class FitConfig(StrictModel):
     # Drop the ragged last batch of an epoch. Off, it is trained on as the plain reference
     # loop does, unless it holds a single image (BatchNorm cannot train on one sample).
     drop_last: bool = False
+    # The decay of an exponential moving average of the weights (engine/weight_average.py) that
+    # is scored on val and kept; None: the weights as trained.
+    ema_decay: float | None = Field(None, gt=0, lt=1)
     channels_last: bool = False
     bf16: bool = False
     threads: int | None = Field(None, gt=0, le=MAX_THREADS)

@@ -151,9 +151,11 @@ def save_checkpoint(
     *,
     tensors: dict[str, torch.Tensor] | None = None,
     optimizers: dict[str, torch.optim.Optimizer] | None = None,
+    best: nn.Module | None = None,
 ) -> None:
     """Commit the state after ``state.epoch``. ``tensors``/``optimizers``: a training phase's
-    own (trainer.TrainingHooks), kept beside the model's."""
+    own (trainer.TrainingHooks), kept beside the model's. ``best``: the model whose weights
+    ``is_best`` keeps (default ``model``; with a weight average, the average)."""
     epoch_dir = directory / f"epoch-{state.epoch:04d}"
     epoch_dir.mkdir(parents=True, exist_ok=True)
     weights = _weights(model)
@@ -180,7 +182,7 @@ def save_checkpoint(
         },
     )
     if is_best:
-        write_atomic(directory / BEST, _safetensors_writer(weights))
+        write_atomic(directory / BEST, _safetensors_writer(weights if best is None else _weights(best)))
     _commit(directory, epoch_dir)
 
 

@@ -42,6 +42,7 @@ from rscompress.engine.metrics import EvalResult
 from rscompress.engine.precision import bf16_autocast
 from rscompress.engine.schedule import apply_schedule, build_optimizer
 from rscompress.engine.tasks import Classification, Evaluation, LossFn, Task
+from rscompress.engine.weight_average import WeightAverage
 from rscompress.errors import UserError
 from rscompress.io_utils import write_atomic
 from rscompress.seeding import derived_seed
@@ -275,9 +276,17 @@ def fit(
     model.to(device, memory_format=memory_format)  # type: ignore[call-overload]
     optimizer = build_optimizer(model.parameters(), cfg.optim)
     console = Console(stderr=True, quiet=quiet or not dist.is_main)
+    # With --ema-decay the average of the weights is what is scored, kept as best and returned.
+    average = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay is not None else None
+    scored = average.module if average is not None else model
+
+    def checkpoint_tensors() -> dict[str, torch.Tensor]:
+        return {**hooks.tensors(), **(average.tensors() if average is not None else {})}
 
     state = (
-        load_checkpoint(run.checkpoint_dir, model, optimizer, tensors=hooks.tensors(), optimizers=hooks.optimizers())
+        load_checkpoint(
+            run.checkpoint_dir, model, optimizer, tensors=checkpoint_tensors(), optimizers=hooks.optimizers()
+        )
         if resume
         else None
     )
@@ -339,6 +348,8 @@ def fit(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                if average is not None:
+                    average.update(model)
                 if dist.is_main:
                     hooks.after_step(epoch)
                 images = task.count(y)
@@ -362,7 +373,7 @@ def fit(
             train_loss = all_mean(loss_sum / max(seen, 1), dist)
             train_acc = all_mean(correct / max(seen, 1), dist) if correct is not None else None
 
-            val = task.evaluate(model, val_batches, cfg.channels_last) if dist.is_main else None
+            val = task.evaluate(scored, val_batches, cfg.channels_last) if dist.is_main else None
             # Finite training losses do not make finite weights (a last step can overflow them,
             # BN statistics can go NaN): such an epoch must not become a checkpoint or "best".
             if not all_true(val is None or math.isfinite(val.loss), dist):
@@ -398,8 +409,9 @@ def fit(
                     optimizer,
                     TrainingState(epoch, best_epoch, best_score, extra=hooks.state(), steps_per_epoch=steps_per_epoch),
                     is_best=is_best,
-                    tensors=hooks.tensors(),
+                    tensors=checkpoint_tensors(),
                     optimizers=hooks.optimizers(),
+                    best=scored,
                 )
                 trained = f"  train {train_acc:.3f}" if train_acc is not None else ""
                 console.log(
@@ -408,9 +420,12 @@ def fit(
                 )
             barrier(dist)
 
-    # Every rank ends with the weights of the epoch that was best on val (or the last one).
+    # Every rank ends with the weights of the epoch that was best on val (or the last one;
+    # with --ema-decay, the average's).
     if hooks.keep == "best":
         load_best_weights(run.checkpoint_dir, model)
+    elif average is not None:
+        model.load_state_dict(average.module.state_dict())
     best_val = task.evaluate(model, val_batches, cfg.channels_last) if dist.is_main else None
     return FitResult(
         best_epoch=best_epoch,
