@@ -217,3 +217,25 @@ def test_fpgm_prunes_a_model_with_grouped_convolutions():
     pruned, report = prune_to_budget(model, "fpgm", 16, target_macs=0.5)
     assert abs(report.macs_kept - 0.5) <= 0.01
     assert pruned(torch.randn(2, 3, 16, 16)).shape == (2, 5)
+
+
+def test_taylor_reads_the_gradients_of_the_loss_it_is_given():
+    # A detector's calibration loss is its own (engine/detection.py): whatever loss is given,
+    # its gradients, taken in eval mode, are the ones summed.
+    from rscompress.pruning.importance import accumulate_gradients
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(144, 2))
+    x = torch.randn(2, 3, 8, 8)
+    seen = []
+
+    def loss(m, images, targets):
+        seen.append((targets, m.training))
+        return m(images).pow(2).sum()
+
+    assert accumulate_gradients(model, [(x, "boxes")], loss) == 2 and seen == [("boxes", False)]
+    got = model[0].weight.grad.clone()
+    model.zero_grad()
+    model.eval()
+    model(x).pow(2).sum().backward()
+    assert torch.allclose(got, model[0].weight.grad) and got.abs().sum() > 0

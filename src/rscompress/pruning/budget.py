@@ -33,6 +33,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -47,6 +48,7 @@ from rscompress.pruning.graph import (
     with_tie_costs,
 )
 from rscompress.pruning.importance import (
+    CalibrationLoss,
     Importance,
     accumulate_gradients,
     needs_gradients,
@@ -114,11 +116,12 @@ def _scores(
     scorer: nn.Module,
     importance: Importance,
     example: Tensor,
-    calibration: Iterable[tuple[Tensor, Tensor]] | None,
+    calibration: Iterable[tuple[Tensor, Any]] | None,
+    calibration_loss: CalibrationLoss | None,
 ) -> list[GroupScore]:
     if needs_gradients(importance) and calibration is not None:
         scorer = copy.deepcopy(scorer)  # the parent's own .grad stays as the caller left it
-        accumulate_gradients(scorer, calibration)
+        accumulate_gradients(scorer, calibration, calibration_loss)
     return score_model(build_graph(scorer, example), importance, example)
 
 
@@ -250,16 +253,18 @@ def prune_to_budget(
     ratio: float | None = None,
     global_pruning: bool = False,
     round_to: int | None = None,
-    calibration: Iterable[tuple[Tensor, Tensor]] | None = None,
+    calibration: Iterable[tuple[Tensor, Any]] | None = None,
     max_pruning_ratio: float = MAX_PRUNING_RATIO,
     scorer: nn.Module | None = None,
+    calibration_loss: CalibrationLoss | None = None,
 ) -> tuple[nn.Module, BudgetReport]:
     """A pruned copy of ``model`` that keeps ``target_macs`` (or ``target_params``) of its count.
 
     Exactly one of ``target_macs``, ``target_params`` (fractions to keep, 0 < F <= 1) and
     ``ratio`` (channels to remove, as in ``prune``) must be given. ``model`` itself is not
-    changed. ``calibration``: (images, labels) batches whose summed cross-entropy gradients
-    feed gradient criteria (taylor); without it such a criterion reads the gradients already
+    changed. ``calibration``: (images, targets) batches whose summed loss gradients feed
+    gradient criteria (taylor; ``calibration_loss``, default the cross-entropy: see
+    importance.accumulate_gradients); without it such a criterion reads the gradients already
     on ``model``. Raises UserError when no ratio lands within ±1 % of the target (e.g. a
     coarse ``round_to``), naming the closest share that can be reached. ``scorer``: a model
     of the same architecture whose weights the criterion reads instead of ``model``'s (an SE
@@ -276,7 +281,7 @@ def prune_to_budget(
         scorer = model
     elif (mismatch := _architecture_mismatch(model, scorer)) is not None:
         raise ValueError(f"scorer must have model's architecture: {mismatch}")
-    scores = _scores(scorer, imp, example, calibration)
+    scores = _scores(scorer, imp, example, calibration, calibration_loss)
     if global_pruning:
         scores = with_tie_costs(model, example, scores, metric or "macs")
 

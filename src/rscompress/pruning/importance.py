@@ -16,6 +16,7 @@ between-layer differences they rely on.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch_pruning as tp
@@ -25,7 +26,8 @@ from torch_pruning.pruner.importance import Importance
 
 from rscompress.errors import UserError
 
-LossFn = Callable[[Tensor, Tensor], Tensor]
+# (model, images, targets) -> the loss whose gradients a gradient criterion reads.
+CalibrationLoss = Callable[[nn.Module, Tensor, Any], Tensor]
 # A BN attribute holding the SE attention s̄ of its channels when it could not be folded into
 # the BN itself (pruning.parent.fold_foreign_se_layers): CAP ranks |γ|·s̄ all the same. Set on a
 # parent before scoring; ``forget_cap_attention`` removes it once the model is pruned.
@@ -131,15 +133,17 @@ def needs_gradients(importance: Importance) -> bool:
 
 def accumulate_gradients(
     model: nn.Module,
-    batches: Iterable[tuple[Tensor, Tensor] | list[Tensor]],
-    loss_fn: LossFn = nn.functional.cross_entropy,
+    batches: Iterable[tuple[Tensor, Any] | list[Any]],
+    loss: CalibrationLoss | None = None,
 ) -> int:
-    """Sum the gradients of ``loss_fn(model(images), labels)`` over ``batches``; returns #images.
+    """Sum the gradients of ``loss(model, images, targets)`` over ``batches`` (default: the
+    cross-entropy of ``model(images)`` on the labels); returns #images.
 
     Old gradients are cleared first, so the result depends only on these batches. The model
     runs in eval mode (flags restored afterwards): calibration must not move the BN running
     statistics or drop units, it only measures. Taylor scores are |w·∂L/∂w| normalised per
-    group, so summing (rather than averaging) over batches changes no ranking.
+    group, so summing (rather than averaging) over batches changes no ranking. A detector's
+    ``loss`` is its task's ``score_loss`` (engine/detection.py), which keeps the BNs in eval.
     """
     param = next(model.parameters())
     training = {m: m.training for m in model.modules()}
@@ -148,9 +152,12 @@ def accumulate_gradients(
     try:
         model.eval()
         with torch.enable_grad():
-            for images, labels in batches:
+            for images, targets in batches:
                 images = images.to(param.device, param.dtype)
-                loss_fn(model(images), labels.to(param.device)).backward()
+                if loss is None:
+                    nn.functional.cross_entropy(model(images), targets.to(param.device)).backward()
+                else:
+                    loss(model, images, targets).backward()
                 n_images += images.shape[0]
     finally:
         for m, flag in training.items():

@@ -45,10 +45,10 @@ class Pruned:
 
 def refuse_for_detectors(cfg: PruneConfig) -> None:
     """UserError naming what of ``cfg`` is not built for a detector parent."""
-    if cfg.method in ("taylor", "remotetrimmer"):
+    if cfg.method == "remotetrimmer":
         raise UserError(
-            f"method {cfg.method} on a detector is not built yet (taylor's gradients and RemoteTrimmer's AML "
-            "are classification losses); the other methods take detectors"
+            "method remotetrimmer on a detector is not built yet (its Adaptive Mining Loss is a classification "
+            "loss); the other methods take detectors"
         )
     if cfg.loss != "ce":
         raise UserError(f"loss {cfg.loss} is for classifiers; a detector is fine-tuned with its own loss")

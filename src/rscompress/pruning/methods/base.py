@@ -178,6 +178,7 @@ class Criterion(PruningMethod):
             s.img_size,
             global_pruning=s.cfg.global_pruning,
             calibration=s.calibration,
+            calibration_loss=s.task.score_loss if s.task is not None else None,
             scorer=scorer,
             **s.budget.search_args(),
         )
