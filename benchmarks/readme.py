@@ -632,6 +632,27 @@ def _speedup(ctx: Context, marker: Marker) -> str:
     return _provenance(ctx, [data["command"]], [ctx.results / "speedup.json"], note) + "\n\n" + text
 
 
+@table("detection-speedup")
+def _detection_speedup(ctx: Context, marker: Marker) -> str:
+    """``detection-speedup``: each detector's bs1 speedup ÷ MACs ratio at 35 % of its MACs, per rounding."""
+    data = ctx.json("detection_speedup.json")
+    body = [
+        [
+            row["name"],
+            f"{row['median_ms']:.1f}",
+            f"{row['macs'] / 1e9:.2f}",
+            f"{row['speedup']:.2f}",
+            f"{row['macs_ratio']:.2f}",
+            f"{row['efficiency']:.2f}",
+        ]
+        for row in data["rows"]
+    ]
+    text = _table(["model", "bs1 ms", "GMACs", "speedup", "MACs ratio", "speedup ÷ MACs ratio"], body)
+    note = f"{data['img_size']} px, random weights, ONNX Runtime, 1 thread; CPU {data.get('cpu', 'not recorded')}."
+    command = "python -m benchmarks.detection_speedup"
+    return _provenance(ctx, [command], [ctx.results / "detection_speedup.json"], note) + "\n\n" + text
+
+
 @table("latency-targets")
 def _latency_targets(ctx: Context, marker: Marker) -> str:
     """``latency-targets``: each target speedup against the median of its fresh-process re-measurements."""
