@@ -18,6 +18,7 @@ import torch
 
 from benchmarks.records import cpu_name, git_commit
 from rscompress.deploy.latency import measure
+from rscompress.errors import UserError
 from rscompress.io_utils import write_json_atomic
 from rscompress.models import create_model, list_models
 from rscompress.models.detection import deployable
@@ -40,8 +41,14 @@ def main() -> None:
         parent = create_model(name, 1, img_size=args.img_size).eval()
         models = [(name, deployable(parent), args.img_size)]
         for round_to in ROUND_TO:
-            pruned, _ = prune_to_budget(parent, "l1", args.img_size, target_macs=TARGET, round_to=round_to)
-            models.append((f"{name} l1 {TARGET:.0%} round_to {round_to}", deployable(pruned.eval()), args.img_size))
+            label = f"{name} l1 {TARGET:.0%} round_to {round_to}"
+            try:
+                pruned, _ = prune_to_budget(parent, "l1", args.img_size, target_macs=TARGET, round_to=round_to)
+            except UserError as err:  # coarse multiples may not land within ±1 % of the target
+                rows.append({"name": label, "unreachable": str(err)})
+                print(f"{label}: {err}", flush=True)
+                continue
+            models.append((label, deployable(pruned.eval()), args.img_size))
         results = measure(
             models, batch_sizes=(1,), threads=(1,), engines=("onnxruntime",), repeats=args.repeats, peak_rss=False
         )

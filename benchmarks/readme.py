@@ -637,7 +637,9 @@ def _detection_speedup(ctx: Context, marker: Marker) -> str:
     """``detection-speedup``: each detector's bs1 speedup ÷ MACs ratio at 35 % of its MACs, per rounding."""
     data = ctx.json("detection_speedup.json")
     body = [
-        [
+        [row["name"], "35 % not reachable within ±1 % at this multiple", "", "", "", ""]
+        if "unreachable" in row
+        else [
             row["name"],
             f"{row['median_ms']:.1f}",
             f"{row['macs'] / 1e9:.2f}",
