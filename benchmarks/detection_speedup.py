@@ -33,6 +33,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.detection_speedup")
     parser.add_argument("--img-size", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--note", default="", help="what else ran on the machine meanwhile (shown with the table)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows = []
@@ -57,7 +58,14 @@ def main() -> None:
             print(f"{r.name}: {r.median_ms:.1f} ms, x{r.speedup:.2f} for x{r.macs_ratio:.2f} fewer MACs", flush=True)
     write_json_atomic(
         RESULTS,
-        {"img_size": args.img_size, "target_macs": TARGET, "rows": rows, "cpu": cpu_name(), "commit": git_commit()},
+        {
+            "img_size": args.img_size,
+            "target_macs": TARGET,
+            "rows": rows,
+            "cpu": cpu_name(),
+            "commit": git_commit(),
+            **({"note": args.note} if args.note else {}),
+        },
     )
 
 

@@ -651,6 +651,8 @@ def _detection_speedup(ctx: Context, marker: Marker) -> str:
     ]
     text = _table(["model", "bs1 ms", "GMACs", "speedup", "MACs ratio", "speedup ÷ MACs ratio"], body)
     note = f"{data['img_size']} px, random weights, ONNX Runtime, 1 thread; CPU {data.get('cpu', 'not recorded')}."
+    if data.get("note"):
+        note += f" {data['note']}"
     command = "python -m benchmarks.detection_speedup"
     return _provenance(ctx, [command], [ctx.results / "detection_speedup.json"], note) + "\n\n" + text
 
