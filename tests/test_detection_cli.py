@@ -223,3 +223,24 @@ def test_box_parity_matches_every_box_and_names_a_file_that_moves_them(detector_
         model.head.regression_head.bbox_reg.bias += 1.0
     with pytest.raises(BoxParityError, match="box parity failed"):
         check_box_parity(model, onnx, images)
+
+
+def test_pruned_from_fine_tunes_another_detector_runs_pruned_model_without_pruning_again(
+    detector_run, tmp_path, monkeypatch, capsys
+):
+    from rscompress.pruning import select
+
+    _, parent = detector_run
+    args = ["prune", str(parent), "--method", "l1", "--target-macs", "0.5", "--batch-size", "2", "--json"]
+    assert main([*args, "--finetune-epochs", "1", "--out", str(tmp_path / "first")]) == 0
+    first = json.loads(capsys.readouterr().out)
+
+    def must_not_run(*a, **k):
+        raise AssertionError("pruned again")
+
+    monkeypatch.setattr(select, "select_and_prune", must_not_run)
+    longer = [*args, "--finetune-epochs", "2", "--pruned-from", str(tmp_path / "first"), "--out", str(tmp_path / "b")]
+    assert main(longer) == 0, capsys.readouterr().err
+    second = json.loads(capsys.readouterr().out)
+    assert (second["macs"], second["finetune_epochs"]) == (first["macs"], 2)
+    assert second["pruned_from"] == str((tmp_path / "first").resolve())

@@ -641,10 +641,9 @@ def prune(
     check_trainable(model, parent_cfg.model, parent_cfg.img_size, cfg.finetune.batch_size)
     run = RunDir(out)
     if metrics_task(parent_metrics) == "detection":
-        if pruned_from is not None or sparse_from is not None:
-            raise UserError("--pruned-from and --sparse-from are not built for detectors yet")
         return _prune_detector(parent, model, parent_cfg, parent_metrics, cfg, run, resume=resume, quiet=quiet,
-                               reuse_finished=reuse_finished, overrides=overrides)  # fmt: skip
+                               reuse_finished=reuse_finished, overrides=overrides, pruned_from=pruned_from,
+                               sparse_from=sparse_from)  # fmt: skip
     is_se = parent_cfg.model.startswith("se_")
     # The parent too: a run resumed from another parent would mix two runs' work.
     settings = {**_prune_settings(cfg, is_se), "parent": str(parent.path.resolve())}
@@ -654,12 +653,7 @@ def prune(
         cfg, override_records = _finetune_overrides(run, settings, cfg, overrides, resume=resume)
         data_cfg = DataConfig.model_validate(parent_cfg.data)
         data = _step_data(parent, run, data_cfg, cfg.resplit, quiet)
-        if pruned_from is not None and not run.holds_pruned_model():
-            _take_pruned(RunDir(pruned_from), parent, settings, run)
-        if sparse_from is not None and not (run.holds_pruned_model() or run.holds_sparse_model()):
-            if differences := sparse_from_differences(sparse_from, parent.path, cfg):
-                raise UserError(f"--sparse-from {sparse_from}: {'; '.join(differences[:3])}")
-            _take_sparse(RunDir(sparse_from), run)
+        _take_earlier_work(run, parent, settings, cfg, pruned_from, sparse_from)
         model_name = folded_model_name(parent_cfg.model) if is_se else parent_cfg.model
         # SE attention, gradients and BN statistics come from plain (unaugmented) train images.
         calibration = data.eval_batches(data.train_indices, batch_size=64)
@@ -793,6 +787,8 @@ def _prune_detector(
     quiet: bool,
     reuse_finished: bool,
     overrides: Mapping[str, str] | None,
+    pruned_from: Path | None,
+    sparse_from: Path | None,
 ) -> dict[str, Any]:
     """``prune`` for a detector parent: a one-shot criterion to the budget, its prediction convs
     never pruned (pruner.prediction_layers), fine-tuned with the detector's own loss, tested
@@ -811,6 +807,7 @@ def _prune_detector(
         if (finished := _open_out_dir(run, settings, resume=resume, reuse_finished=reuse_finished)) is not None:
             return finished
         cfg, override_records = _finetune_overrides(run, settings, cfg, overrides, resume=resume)
+        _take_earlier_work(run, parent, settings, cfg, pruned_from, sparse_from)
         data = _detection_data(parent, run, parent_cfg, quiet)
         mean, std = parent_cfg.mean, parent_cfg.std
 
@@ -865,6 +862,7 @@ def _prune_detector(
             "ratio": cfg.ratio,
             "finetune_epochs": cfg.finetune.epochs,
             **record,
+            **({"pruned_from": str(Path(pruned_from).resolve())} if pruned_from is not None else {}),
         }
         metrics = _fitted_metrics(
             pruned, test.to_dict(), result, cfg.finetune, parent_cfg.img_size, len(data.class_names), extra
@@ -901,6 +899,24 @@ def _settings_differences(stored: dict[str, Any], settings: dict[str, Any], free
 
     theirs = compared(stored)
     return [d for key, value in compared(settings).items() for d in setting_differences(theirs[key], value, key)]
+
+
+def _take_earlier_work(
+    run: RunDir,
+    parent: RunDir,
+    settings: dict[str, Any],
+    cfg: PruneConfig,
+    pruned_from: Path | None,
+    sparse_from: Path | None,
+) -> None:
+    """``--pruned-from`` / ``--sparse-from``: start ``run`` from another run's pruned model or
+    sparse training, once each has been checked to be what this run would make."""
+    if pruned_from is not None and not run.holds_pruned_model():
+        _take_pruned(RunDir(pruned_from), parent, settings, run)
+    if sparse_from is not None and not (run.holds_pruned_model() or run.holds_sparse_model()):
+        if differences := sparse_from_differences(sparse_from, parent.path, cfg):
+            raise UserError(f"--sparse-from {sparse_from}: {'; '.join(differences[:3])}")
+        _take_sparse(RunDir(sparse_from), run)
 
 
 def _take_pruned(source: RunDir, parent: RunDir, settings: dict[str, Any], run: RunDir) -> None:
