@@ -128,3 +128,20 @@ def progress_printer_killed_at(prefix: str):
         return log
 
     return printer
+
+
+class Killed(Exception):
+    """What ``KillAtEpoch`` raises: a kill the test catches."""
+
+
+def kill_at_epoch(epoch: int):
+    """Fit-loop hooks that stop the run as it starts 0-based ``epoch``: the epochs before it are
+    checkpointed, as after a kill there."""
+    from rscompress.engine.trainer import TrainingHooks
+
+    class KillAtEpoch(TrainingHooks):
+        def start_epoch(self, current):
+            if current == epoch:
+                raise Killed
+
+    return KillAtEpoch()

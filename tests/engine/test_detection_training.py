@@ -12,9 +12,10 @@ from rscompress.config import FitConfig, OptimConfig
 from rscompress.data.detection_loader import DetectionBatches
 from rscompress.data.detection_prepare import prepare_detection
 from rscompress.engine.detection import Detection, evaluate_detection
-from rscompress.engine.trainer import TrainingHooks, fit
+from rscompress.engine.trainer import fit
 from rscompress.models import create_model
 from tests.detection_fakes import make_detection_dataset
+from tests.fakes import Killed, kill_at_epoch
 
 
 class _Oracle(nn.Module):
@@ -71,19 +72,6 @@ def test_augmented_batches_keep_every_box_on_its_object(tmp_path):
     assert checked >= 16
 
 
-class _Killed(Exception):
-    pass
-
-
-class _KillAtEpoch(TrainingHooks):
-    def __init__(self, epoch):
-        self.epoch = epoch
-
-    def start_epoch(self, epoch):
-        if epoch == self.epoch:
-            raise _Killed
-
-
 def _fit(data, run, epochs, resume=False, hooks=None):
     torch.manual_seed(0)
     model = create_model("fcos_mobilenet_v3", len(data.class_names), img_size=64)
@@ -105,8 +93,8 @@ def test_a_detector_trains_checkpoints_and_resumes_to_the_uninterrupted_weights(
     )
     assert result.val.map50 == max(r["val_map50"] for r in result.history)
     assert all(math.isfinite(r["val_loss"]) and r["val_loss"] > 0 for r in result.history)
-    with pytest.raises(_Killed):  # killed once the first epoch is checkpointed
-        _fit(data, tmp_path / "cut", 2, hooks=_KillAtEpoch(1))
+    with pytest.raises(Killed):  # killed once the first epoch is checkpointed
+        _fit(data, tmp_path / "cut", 2, hooks=kill_at_epoch(1))
     resumed, _ = _fit(data, tmp_path / "cut", 2, resume=True)
     for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), name

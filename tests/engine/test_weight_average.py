@@ -9,9 +9,9 @@ from torch import nn
 from rscompress.artifacts import RunDir
 from rscompress.cli import main
 from rscompress.config import FitConfig, OptimConfig
-from rscompress.engine.trainer import TrainingHooks, fit
+from rscompress.engine.trainer import fit
 from rscompress.engine.weight_average import WeightAverage
-from tests.fakes import make_fake_dataset
+from tests.fakes import Killed, kill_at_epoch, make_fake_dataset
 
 
 def test_the_average_follows_the_weights_with_a_warmed_up_decay():
@@ -27,19 +27,6 @@ def test_the_average_follows_the_weights_with_a_warmed_up_decay():
         average.update(model)
     assert average.module.weight.flatten().tolist() == pytest.approx([1.0, 1.0], abs=1e-6)
     assert int(average.updates) == 201 and not average.module.weight.requires_grad
-
-
-class _Killed(Exception):
-    pass
-
-
-class _KillAt(TrainingHooks):
-    def __init__(self, epoch):
-        self.epoch = epoch
-
-    def start_epoch(self, epoch):
-        if epoch == self.epoch:
-            raise _Killed
 
 
 def _batches(n_batches, seed):
@@ -72,8 +59,8 @@ def test_the_average_is_what_is_scored_kept_and_resumed(tmp_path):
     best = json.loads((tmp_path / "ema" / "history.jsonl").read_text().splitlines()[result.best_epoch])
     assert result.val.top1 == pytest.approx(best["val_top1"])
 
-    with pytest.raises(_Killed):  # killed once epoch 1 is checkpointed, average and all
-        _fit(tmp_path / "cut", 3, 0.9, hooks=_KillAt(2))
+    with pytest.raises(Killed):  # killed once epoch 1 is checkpointed, average and all
+        _fit(tmp_path / "cut", 3, 0.9, hooks=kill_at_epoch(2))
     resumed, _ = _fit(tmp_path / "cut", 3, 0.9, resume=True)
     for (name, a), b in zip(averaged.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
