@@ -16,7 +16,7 @@ import os
 import shutil
 import signal
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -198,15 +198,24 @@ def argv(draw, inputs: Path, out: Path, recipe: Path) -> list[str]:
     return [*command.split(), *positional, *(x for kv in flags.items() for x in kv), *switches]
 
 
+@contextlib.contextmanager
+def _sandbox(inputs: Path, prefix: str) -> Iterator[tuple[Path, Path, Path]]:
+    """A fresh folder for one generated example beside the inputs: itself, the ``out`` path it
+    offers (not created) and an empty working directory; removed afterwards."""
+    sandbox = Path(tempfile.mkdtemp(prefix=prefix, dir=inputs.parent))
+    try:
+        (sandbox / "cwd").mkdir()
+        yield sandbox, sandbox / "out", sandbox / "cwd"
+    finally:
+        shutil.rmtree(sandbox, ignore_errors=True)
+
+
 def test_generated_command_lines(inputs):
     @FUZZ
     @given(data=st.data())
     def check(data):
-        sandbox = Path(tempfile.mkdtemp(prefix="fuzz-cli-", dir=inputs.parent))
-        try:
-            out, cwd = sandbox / "out", sandbox / "cwd"
+        with _sandbox(inputs, "fuzz-cli-") as (sandbox, out, cwd):
             out.mkdir()
-            cwd.mkdir()
             recipe = sandbox / "r.yaml"
             train = {"data": {"path": str(inputs / "classes"), "img_size": 16}, "model": "resnet18", "epochs": 1,
                      "batch_size": 4}  # fmt: skip
@@ -224,8 +233,6 @@ def test_generated_command_lines(inputs):
             given_out = args[args.index("--out") + 1] if "--out" in args[:-1] else None
             stray = [p.name for p in cwd.iterdir() if given_out is None or not _within(cwd / given_out, p)]
             assert not stray, (args, stray)
-        finally:
-            shutil.rmtree(sandbox, ignore_errors=True)
 
     check()
 
@@ -269,10 +276,7 @@ def test_generated_recipes(inputs):
     @FUZZ
     @given(data=st.data())
     def check(data):
-        sandbox = Path(tempfile.mkdtemp(prefix="fuzz-recipe-", dir=inputs.parent))
-        try:
-            out, cwd = sandbox / "out", sandbox / "cwd"
-            cwd.mkdir()
+        with _sandbox(inputs, "fuzz-recipe-") as (sandbox, out, cwd):
             path = sandbox / "r.yaml"
             path.write_text(yaml.safe_dump(data.draw(recipe(inputs / "classes", out)), allow_unicode=True))
             before = _snapshot(inputs)
@@ -280,8 +284,6 @@ def test_generated_recipes(inputs):
             _check(code, err)
             assert _snapshot(inputs) == before
             assert not any(cwd.iterdir())
-        finally:
-            shutil.rmtree(sandbox, ignore_errors=True)
 
     check()
 
