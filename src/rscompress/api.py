@@ -694,31 +694,41 @@ def prune(
             on_prepared=settings_before_the_phase,
             on_pruned=config_of_the_pruned,
         )
-        budget = step.record["budget"]
         extra = {
             "model": model_name,
-            "method": cfg.method,
-            "parent": str(parent.path.resolve()),
             "parent_top1": parent_metrics["top1"],
             "parent_kappa": parent_metrics["kappa"],
-            "parent_macs": budget["parent_macs"],
-            "parent_params": budget["parent_params"],
-            "macs_kept": budget["macs_kept"],
-            "params_kept": budget["params_kept"],
-            "target_macs": cfg.target_macs,
-            "target_params": cfg.target_params,
-            "target_latency_ms": cfg.target_latency_ms,
-            "target_speedup": cfg.target_speedup,
-            "ratio": cfg.ratio,
+            **_pruned_metrics(cfg, parent, step.details, pruned_from),
             "global_pruning": cfg.global_pruning,
             "loss": cfg.loss,
             **({"kd": cfg.kd.model_dump(), **_cache_counts(step.teacher)} if cfg.loss in ("kd", "dkd") else {}),
-            "finetune_epochs": cfg.finetune.epochs,
             "resplit": cfg.resplit,
-            **step.details,
-            **({"pruned_from": str(Path(pruned_from).resolve())} if pruned_from is not None else {}),
         }
         return _test_and_finish(step.model, data, data_cfg, cfg.finetune, run, step.fit, extra)
+
+
+def _pruned_metrics(
+    cfg: PruneConfig, parent: RunDir, details: dict[str, Any], pruned_from: Path | None
+) -> dict[str, Any]:
+    """metrics.json entries every pruned run has (classifier or detector): its budget and what
+    the method did (``details``), then where its pruned model came from."""
+    budget = details["budget"]
+    return {
+        "method": cfg.method,
+        "parent": str(parent.path.resolve()),
+        "parent_macs": budget["parent_macs"],
+        "parent_params": budget["parent_params"],
+        "macs_kept": budget["macs_kept"],
+        "params_kept": budget["params_kept"],
+        "target_macs": cfg.target_macs,
+        "target_params": cfg.target_params,
+        "target_latency_ms": cfg.target_latency_ms,
+        "target_speedup": cfg.target_speedup,
+        "ratio": cfg.ratio,
+        "finetune_epochs": cfg.finetune.epochs,
+        **details,
+        **({"pruned_from": str(Path(pruned_from).resolve())} if pruned_from is not None else {}),
+    }
 
 
 def metrics_task(metrics: dict[str, Any]) -> str:
@@ -841,33 +851,18 @@ def _prune_detector(
             overrides=override_records,
             on_pruned=config_of_the_pruned,
         )
-        pruned, record, result = step.model, step.details, step.fit
-        test = evaluate_detection(pruned, batches("test", False), data.class_names)
-        budget = record["budget"]
+        test = evaluate_detection(step.model, batches("test", False), data.class_names)
         extra = {
             "task": "detection",
             "model": parent_cfg.model,
-            "method": cfg.method,
-            "parent": str(parent.path.resolve()),
             "parent_map50": parent_metrics["map50"],
             "parent_map": parent_metrics["map"],
-            "parent_macs": budget["parent_macs"],
-            "parent_params": budget["parent_params"],
-            "macs_kept": budget["macs_kept"],
-            "params_kept": budget["params_kept"],
-            "target_macs": cfg.target_macs,
-            "target_params": cfg.target_params,
-            "target_latency_ms": cfg.target_latency_ms,
-            "target_speedup": cfg.target_speedup,
-            "ratio": cfg.ratio,
-            "finetune_epochs": cfg.finetune.epochs,
-            **record,
-            **({"pruned_from": str(Path(pruned_from).resolve())} if pruned_from is not None else {}),
+            **_pruned_metrics(cfg, parent, step.details, pruned_from),
         }
         metrics = _fitted_metrics(
-            pruned, test.to_dict(), result, cfg.finetune, parent_cfg.img_size, len(data.class_names), extra
+            step.model, test.to_dict(), step.fit, cfg.finetune, parent_cfg.img_size, len(data.class_names), extra
         )
-        return _finish_run(run, pruned, metrics)
+        return _finish_run(run, step.model, metrics)
 
 
 def _prune_settings(cfg: PruneConfig, is_se: bool) -> dict[str, Any]:
