@@ -414,6 +414,25 @@ def _suite(ctx: Context, marker: Marker) -> str:
     )
 
 
+@table("pruning-bars")
+def _pruning_bars(ctx: Context, marker: Marker) -> str:
+    """``pruning-bars benchmarks/suite.yaml``: the bars of issues 4 and 5 judged on that suite's
+    records (``bars.table_text``), each open until its cells have every seed."""
+    from benchmarks.bars import table_text
+    from benchmarks.suite import label, load_suite
+
+    (suite_path,) = marker.args or [""]
+    if not (ROOT / suite_path).is_file():
+        raise ReadmeError(f"no suite file {suite_path}")
+    suite = load_suite(ROOT / suite_path)
+    planned: dict[str, set[tuple[str, float]]] = defaultdict(set)
+    for cell in suite.cells:
+        if cell.budget_metric == "macs":
+            planned[cell.dataset] |= {(label(cell), b) for b in cell.budgets}
+    records = ctx.records((ctx.results / _suite_results(suite_path).name).stem, required=False)
+    return table_text(records, dict(planned))
+
+
 def _seeds_arg(seeds: list[int]) -> str:
     return " ".join(str(s) for s in sorted(seeds))
 

@@ -1,0 +1,120 @@
+"""The pruning grid's bars (issues 4, 5, re-judged for issue 31) from its records.
+
+    python -m benchmarks tables      # the judged bars are a table of benchmarks/README.md
+
+A bar is judged on a dataset only when every cell it compares has all of ``SEEDS``; until then
+it reads "open" with the seeds it has. Every comparison is of seed means, as the issues state.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+SEEDS = 3
+# One-shot criteria RemoteTrimmer is measured against, and those of them Torch-Pruning ships
+# (NAS's bar names Torch-Pruning's baselines).
+BASELINES = ("l1", "l2", "bn", "fpgm", "hrank")
+TORCH_PRUNING_BASELINES = ("l1", "l2", "bn", "fpgm")
+REMOTETRIMMER = "remotetrimmer-aml+ce"
+
+
+@dataclass(frozen=True)
+class Cell:
+    method: str
+    target: float
+    seeds: int
+    top1: float  # mean test top-1, %
+    delta: float  # mean of each seed's top-1 minus its own parent's, points
+    params_kept: float
+
+
+@dataclass(frozen=True)
+class Verdict:
+    dataset: str
+    bar: str
+    measured: str
+    verdict: str  # "holds", "fails" or "open (...)"
+
+
+def cells(records: list[dict[str, Any]], dataset: str) -> dict[tuple[str, float], Cell]:
+    """Seed means of one dataset's MACs-target cells, by (method, target)."""
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        if r["dataset"] == dataset and r.get("target_macs") is not None:
+            groups[(r["method"], r["target_macs"])].append(r)
+    return {
+        key: Cell(
+            key[0],
+            key[1],
+            len(rs),
+            100 * statistics.fmean(r["top1"] for r in rs),
+            100 * statistics.fmean(r["top1"] - r["parent_top1"] for r in rs),
+            statistics.fmean(r["params_kept"] for r in rs),
+        )
+        for key, rs in groups.items()
+    }
+
+
+def _open(grid: dict[tuple[str, float], Cell], keys: list[tuple[str, float]]) -> str:
+    """ "open (...)" naming the cells short of SEEDS seeds; "" when all have them."""
+    short = [
+        f"{method} {100 * target:g} % {grid[(method, target)].seeds if (method, target) in grid else 0}/{SEEDS}"
+        for method, target in keys
+        if (method, target) not in grid or grid[(method, target)].seeds < SEEDS
+    ]
+    return f"open (seeds: {', '.join(short)})" if short else ""
+
+
+def _best(grid: dict[tuple[str, float], Cell], methods: tuple[str, ...], target: float) -> Cell | None:
+    present = [grid[(m, target)] for m in methods if (m, target) in grid]
+    return max(present, key=lambda c: c.top1) if present else None
+
+
+def judge(records: list[dict[str, Any]], dataset: str, planned: set[tuple[str, float]]) -> list[Verdict]:
+    """The bars on one dataset's records; ``planned``: the (method, MACs target) cells the grid
+    runs, so a baseline not yet run keeps a bar open instead of leaving the comparison."""
+    grid = cells(records, dataset)
+    out = []
+
+    def baselines(methods: tuple[str, ...], target: float) -> list[tuple[str, float]]:
+        return [(m, target) for m in methods if (m, target) in planned]
+
+    # RemoteTrimmer at 10 %: >= best baseline + 2 points, and <= 1.5 points below its parent.
+    rt, best = grid.get((REMOTETRIMMER, 0.1)), _best(grid, BASELINES, 0.1)
+    measured, verdict = "no records", _open(grid, [(REMOTETRIMMER, 0.1), *baselines(BASELINES, 0.1)])
+    if rt is not None and best is not None:
+        measured = (
+            f"{rt.top1:.2f} vs {best.method} {best.top1:.2f} ({rt.top1 - best.top1:+.2f}); Δ parent {rt.delta:+.2f}"
+        )
+        verdict = verdict or ("holds" if rt.top1 >= best.top1 + 2 and rt.delta >= -1.5 else "fails")
+    out.append(Verdict(dataset, "RemoteTrimmer 10 %: ≥ best baseline + 2, ≥ parent − 1.5", measured, verdict))
+
+    # NAS at 35 % and 10 %: >= the best Torch-Pruning baseline at the same budget.
+    for target in (0.35, 0.1):
+        nas, best = grid.get(("nas", target)), _best(grid, TORCH_PRUNING_BASELINES, target)
+        keys = [("nas", target), *baselines(TORCH_PRUNING_BASELINES, target)]
+        measured, verdict = "no records", _open(grid, keys)
+        if nas is not None and best is not None:
+            measured = f"{nas.top1:.2f} vs {best.method} {best.top1:.2f} ({nas.top1 - best.top1:+.2f})"
+            verdict = verdict or ("holds" if nas.top1 >= best.top1 else "fails")
+        out.append(Verdict(dataset, f"NAS {100 * target:g} %: ≥ best Torch-Pruning baseline", measured, verdict))
+
+    # L1RR at 35 % of the MACs with <= 25 % of the params: within 0.5 points of its parent.
+    l1rr = grid.get(("l1rr", 0.35))
+    measured, verdict = "no records", _open(grid, [("l1rr", 0.35)])
+    if l1rr is not None:
+        measured = f"Δ parent {l1rr.delta:+.2f}, params kept {100 * l1rr.params_kept:.1f} %"
+        verdict = verdict or ("holds" if l1rr.delta >= -0.5 and l1rr.params_kept <= 0.25 else "fails")
+    out.append(Verdict(dataset, "L1RR 35 %: ≤ 25 % params, ≥ parent − 0.5", measured, verdict))
+    return out
+
+
+def table_text(records: list[dict[str, Any]], planned: dict[str, set[tuple[str, float]]]) -> str:
+    """Every dataset's bars as one markdown table; ``planned``: the grid's cells by dataset."""
+    rows = [v for dataset in sorted(planned) for v in judge(records, dataset, planned[dataset])]
+    lines = ["| dataset | bar | measured (test top-1, seed means) | verdict |", "|---|---|---|---|"]
+    lines += [f"| {v.dataset} | {v.bar} | {v.measured} | {v.verdict} |" for v in rows]
+    return "\n".join(lines)
