@@ -66,7 +66,7 @@ def test_prune_a_detector_to_a_macs_budget_keeping_its_prediction_convs(detector
     nas = [*args, "--method", "nas", "--search-epochs", "2", "--out", str(tmp_path / "nas"), "--json"]
     assert main(nas) == 0
     searched = json.loads(capsys.readouterr().out)
-    assert searched["macs_kept"] == pytest.approx(0.5, rel=0.01) and len(searched["nas_search"]["val_ce"]) == 2
+    assert searched["macs_kept"] == pytest.approx(0.5, rel=0.01) and len(searched["nas_search"]["score_ce"]) == 2
 
 
 def test_evaluate_a_detector_on_its_split_and_on_another_folder(detector_run, tmp_path, capsys):

@@ -287,10 +287,11 @@ def test_search_moves_the_expected_ratio_to_the_target(searched) -> None:
     # not on another (0.227 here, at the same commit): these 4 fast epochs overshoot by an
     # amount float kernels move. Hitting the target exactly is the bisection's job (below).
     assert abs(report.final_expected_ratio - TARGET) < 0.25 * abs(report.initial_expected_ratio - TARGET)
-    assert report.expected_ratio[-1] < report.expected_ratio[0] < report.initial_expected_ratio
+    # Epoch 0 is CE alone (λ warms up from 0): it may open gates as well as close them.
+    assert report.expected_ratio[-1] < min(report.expected_ratio[0], report.initial_expected_ratio)
     assert [c[0] for c in calls] == [0, 1, 2, 3] and train.epochs == [0, 1, 2, 3]
     assert [c[1] for c in calls] == report.expected_ratio and all(c[2] == TARGET for c in calls)
-    assert [c[3] for c in calls] == report.val_ce
+    assert [c[3] for c in calls] == report.score_ce
 
 
 def test_derived_model_hits_target_macs(searched) -> None:
@@ -324,6 +325,18 @@ def test_same_seed_same_result() -> None:
     runs = [run_search(parent("resnet18"), search_epochs=2, target_macs=0.5) for _ in range(2)]
     (a, ra, _, _), (b, rb, _, _) = runs
     assert ra.expected_ratio == rb.expected_ratio
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+
+
+def test_the_validation_images_only_validate_no_score_step_learns_from_them() -> None:
+    """Val is the selection split: the gates (folded into the model) must not be fitted to it."""
+    settings = {"img_size": IMG, "target_macs": 0.5, "search_epochs": 2, "arch_lr": 0.5, "lam": 10.0}
+    val = Batches(16, seed=1)
+    other_val = Batches(16, seed=1)
+    other_val.labels = (other_val.labels + 1) % CLASSES  # every val label wrong
+    a, ra = nas_search(parent("resnet18"), Batches(32, seed=0), val, **settings)
+    b, rb = nas_search(parent("resnet18"), Batches(32, seed=0), other_val, **settings)
+    assert ra.expected_ratio == rb.expected_ratio and ra.score_ce == rb.score_ce
     assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
 
 
@@ -388,7 +401,9 @@ def test_a_params_budget_steers_params_and_is_hit() -> None:
     with torch.no_grad():
         start = float(ExpectedCost(model, layout, example, "params").ratio(ChannelGates(layout, 1.0).flat()))
     assert report.initial_expected_ratio == pytest.approx(start)
-    assert abs(report.final_expected_ratio - TARGET) < 0.25 * abs(report.initial_expected_ratio - TARGET)
+    # Closes most of the gap; score steps on train batches, whose CE a tiny model has fitted,
+    # resist the strong cost term little, so the 16 fast steps may overshoot the target.
+    assert abs(report.final_expected_ratio - TARGET) < abs(report.initial_expected_ratio - TARGET) / 3
 
 
 def test_no_validation_batches_is_a_user_error() -> None:
@@ -431,7 +446,7 @@ def test_interrupted_search_resumes_to_the_same_end(tmp_path) -> None:
         **settings,
     )
     assert epochs_run == [1, 2]
-    assert report.expected_ratio == whole_report.expected_ratio and report.val_ce == whole_report.val_ce
+    assert report.expected_ratio == whole_report.expected_ratio and report.score_ce == whole_report.score_ce
     assert all(torch.equal(v, whole.state_dict()[k]) for k, v in resumed.state_dict().items())
     with pytest.raises(UserError, match=r"other settings \(nas_search\.lam: 10\.0 there, 1\.0 now\)"):
         nas_search(
