@@ -262,6 +262,9 @@ def _record(
                 cell.loss,
                 "--finetune-epochs",
                 str(cell.epochs(suite)),
+                # The cell fine-tunes (and searches, trains sparse) with its parent's seed.
+                "--seed",
+                str(seed),
                 *option_args(options),
                 *(["--pruned-from", str(source)] if (source := _pruned_from(cell, parent_dir, budget)) else []),
                 # relative, as the suite names its run dirs (taken_from is absolute)

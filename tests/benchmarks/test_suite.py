@@ -98,6 +98,7 @@ def test_tiny_suite_records_then_skips_and_tabulates(tmp_path):
         "command",
     ):
         assert all(key in r for r in records), key
+    assert all(f"--seed {r['seed']} " in r["command"] for r in records)  # the command redoes the record
     assert {r["method"] for r in records} == {"remotetrimmer-aml+ce", "l1-global", "l1-memory"}
     memory = [r for r in records if r["method"] == "l1-memory"]
     assert (
