@@ -68,39 +68,62 @@ def _open(grid: dict[tuple[str, float], Cell], keys: list[tuple[str, float]]) ->
     return f"open (seeds: {', '.join(short)})" if short else ""
 
 
-def _best(grid: dict[tuple[str, float], Cell], methods: tuple[str, ...], target: float) -> Cell | None:
-    present = [grid[(m, target)] for m in methods if (m, target) in grid]
-    return max(present, key=lambda c: c.top1) if present else None
+def _complete(grid: dict[tuple[str, float], Cell], key: tuple[str, float]) -> bool:
+    return key in grid and grid[key].seeds >= SEEDS
+
+
+def _against_baselines(
+    grid: dict[tuple[str, float], Cell],
+    key: tuple[str, float],
+    baselines: list[tuple[str, float]],
+    margin: float,
+    parent_floor: float | None = None,
+) -> tuple[str, str]:
+    """(measured, verdict) of "cell ``key`` ≥ the best of ``baselines`` + ``margin`` (and, with
+    ``parent_floor``, Δ parent ≥ it)". A complete cell that already misses against a complete
+    baseline fails for good: the seeds still to come can only raise the best baseline."""
+    cell = grid.get(key)
+    present = [grid[k] for k in baselines if k in grid]
+    if cell is None or not present:
+        return "no records", _open(grid, [key, *baselines])
+    best = max(present, key=lambda c: c.top1)
+    measured = f"{cell.top1:.2f} vs {best.method} {best.top1:.2f} ({cell.top1 - best.top1:+.2f})"
+    if parent_floor is not None:
+        measured += f"; Δ parent {cell.delta:+.2f}"
+    done = [grid[k] for k in baselines if _complete(grid, k)]
+    if _complete(grid, key) and (
+        (parent_floor is not None and cell.delta < parent_floor)
+        or (done and cell.top1 < max(c.top1 for c in done) + margin)
+    ):
+        return measured, "fails"
+    return measured, _open(grid, [key, *baselines]) or "holds"
 
 
 def judge(records: list[dict[str, Any]], dataset: str, planned: set[tuple[str, float]]) -> list[Verdict]:
     """The bars on one dataset's records; ``planned``: the (method, MACs target) cells the grid
     runs, so a baseline not yet run keeps a bar open instead of leaving the comparison."""
     grid = cells(records, dataset)
-    out = []
 
     def baselines(methods: tuple[str, ...], target: float) -> list[tuple[str, float]]:
         return [(m, target) for m in methods if (m, target) in planned]
 
     # RemoteTrimmer at 10 %: >= best baseline + 2 points, and <= 1.5 points below its parent.
-    rt, best = grid.get((REMOTETRIMMER, 0.1)), _best(grid, BASELINES, 0.1)
-    measured, verdict = "no records", _open(grid, [(REMOTETRIMMER, 0.1), *baselines(BASELINES, 0.1)])
-    if rt is not None and best is not None:
-        measured = (
-            f"{rt.top1:.2f} vs {best.method} {best.top1:.2f} ({rt.top1 - best.top1:+.2f}); Δ parent {rt.delta:+.2f}"
+    out = [
+        Verdict(
+            dataset,
+            "RemoteTrimmer 10 %: ≥ best baseline + 2, ≥ parent − 1.5",
+            *_against_baselines(grid, (REMOTETRIMMER, 0.1), baselines(BASELINES, 0.1), 2.0, parent_floor=-1.5),
         )
-        verdict = verdict or ("holds" if rt.top1 >= best.top1 + 2 and rt.delta >= -1.5 else "fails")
-    out.append(Verdict(dataset, "RemoteTrimmer 10 %: ≥ best baseline + 2, ≥ parent − 1.5", measured, verdict))
-
+    ]
     # NAS at 35 % and 10 %: >= the best Torch-Pruning baseline at the same budget.
     for target in (0.35, 0.1):
-        nas, best = grid.get(("nas", target)), _best(grid, TORCH_PRUNING_BASELINES, target)
-        keys = [("nas", target), *baselines(TORCH_PRUNING_BASELINES, target)]
-        measured, verdict = "no records", _open(grid, keys)
-        if nas is not None and best is not None:
-            measured = f"{nas.top1:.2f} vs {best.method} {best.top1:.2f} ({nas.top1 - best.top1:+.2f})"
-            verdict = verdict or ("holds" if nas.top1 >= best.top1 else "fails")
-        out.append(Verdict(dataset, f"NAS {100 * target:g} %: ≥ best Torch-Pruning baseline", measured, verdict))
+        out.append(
+            Verdict(
+                dataset,
+                f"NAS {100 * target:g} %: ≥ best Torch-Pruning baseline",
+                *_against_baselines(grid, ("nas", target), baselines(TORCH_PRUNING_BASELINES, target), 0.0),
+            )
+        )
 
     # L1RR at 35 % of the MACs with <= 25 % of the params: within 0.5 points of its parent.
     l1rr = grid.get(("l1rr", 0.35))

@@ -40,3 +40,13 @@ def test_a_bar_stays_open_until_every_cell_it_compares_has_three_seeds():
     planned = {("remotetrimmer-aml+ce", 0.1), ("l1", 0.1), ("bn", 0.1)}
     verdict = _verdicts(records, planned)["RemoteTrimmer 10 %"]
     assert verdict == "open (seeds: l1 10 % 2/3, bn 10 % 0/3)"
+
+
+def test_a_complete_cell_that_already_loses_to_a_complete_baseline_fails_before_the_others_finish():
+    records = [
+        *_records("remotetrimmer-aml+ce", 0.1, [0.80, 0.80, 0.80]),
+        *_records("l1", 0.1, [0.81, 0.81, 0.81]),  # complete, and above RemoteTrimmer
+        *_records("bn", 0.1, [0.70]),  # one seed of three: can only raise the best baseline
+    ]
+    planned = {("remotetrimmer-aml+ce", 0.1), ("l1", 0.1), ("bn", 0.1)}
+    assert _verdicts(records, planned)["RemoteTrimmer 10 %"] == "fails"
