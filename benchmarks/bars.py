@@ -2,16 +2,18 @@
 
     python -m benchmarks tables      # the judged bars are a table of benchmarks/README.md
 
-A bar is judged on a dataset only when every cell it compares has all of ``SEEDS``; until then
-it reads "open" with the seeds it has. Every comparison is of seed means, as the issues state.
+A bar holds only when every cell it compares has all of ``SEEDS``; until then it reads "open"
+with the seeds it has, unless a complete cell already misses against a complete baseline (later
+seeds can only raise the best baseline): that fails. Every comparison is of seed means, as the
+issues state (``tables.summarise``).
 """
 
 from __future__ import annotations
 
-import statistics
-from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
+
+from benchmarks.tables import summarise
 
 SEEDS = 3
 # One-shot criteria RemoteTrimmer is measured against, and those of them Torch-Pruning ships
@@ -41,20 +43,17 @@ class Verdict:
 
 def cells(records: list[dict[str, Any]], dataset: str) -> dict[tuple[str, float], Cell]:
     """Seed means of one dataset's MACs-target cells, by (method, target)."""
-    groups: dict[tuple[str, float], list[dict[str, Any]]] = defaultdict(list)
-    for r in records:
-        if r["dataset"] == dataset and r.get("target_macs") is not None:
-            groups[(r["method"], r["target_macs"])].append(r)
     return {
-        key: Cell(
-            key[0],
-            key[1],
-            len(rs),
-            100 * statistics.fmean(r["top1"] for r in rs),
-            100 * statistics.fmean(r["top1"] - r["parent_top1"] for r in rs),
-            statistics.fmean(r["params_kept"] for r in rs),
+        (row["method"], row["target_macs"]): Cell(
+            row["method"],
+            row["target_macs"],
+            row["seeds"],
+            100 * row["top1"],
+            100 * row["delta"],
+            row["params_kept"],
         )
-        for key, rs in groups.items()
+        for row in summarise(records)
+        if row["dataset"] == dataset and row["target_macs"] is not None
     }
 
 

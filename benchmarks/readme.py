@@ -381,14 +381,19 @@ def _suite_results(suite: str) -> Path:
     return ROOT / spec["results"]
 
 
+def _suite_arg(ctx: Context, marker: Marker) -> tuple[str, Path]:
+    """The marker's suite file and where its records are (under ``ctx.results``)."""
+    (suite,) = marker.args or [""]
+    if not (ROOT / suite).is_file():
+        raise ReadmeError(f"no suite file {suite}")
+    return suite, ctx.results / _suite_results(suite).name
+
+
 @table("suite")
 def _suite(ctx: Context, marker: Marker) -> str:
     """``suite benchmarks/suite.yaml [view=pivot|cells]``: the records that suite writes, as
     top-1 and top-1-minus-parent pivots (``tables.by_method``) or one line per cell."""
-    (suite,) = marker.args or [""]
-    if not (ROOT / suite).is_file():
-        raise ReadmeError(f"no suite file {suite}")
-    results = ctx.results / _suite_results(suite).name
+    suite, results = _suite_arg(ctx, marker)
     head = _provenance(ctx, [f"python -m benchmarks suite {suite}"], [results])
     records = ctx.records(results.stem, required=False)
     if not records:
@@ -421,16 +426,12 @@ def _pruning_bars(ctx: Context, marker: Marker) -> str:
     from benchmarks.bars import table_text
     from benchmarks.suite import label, load_suite
 
-    (suite_path,) = marker.args or [""]
-    if not (ROOT / suite_path).is_file():
-        raise ReadmeError(f"no suite file {suite_path}")
-    suite = load_suite(ROOT / suite_path)
+    suite_path, results = _suite_arg(ctx, marker)
     planned: dict[str, set[tuple[str, float]]] = defaultdict(set)
-    for cell in suite.cells:
+    for cell in load_suite(ROOT / suite_path).cells:
         if cell.budget_metric == "macs":
             planned[cell.dataset] |= {(label(cell), b) for b in cell.budgets}
-    records = ctx.records((ctx.results / _suite_results(suite_path).name).stem, required=False)
-    return table_text(records, dict(planned))
+    return table_text(ctx.records(results.stem, required=False), dict(planned))
 
 
 def _seeds_arg(seeds: list[int]) -> str:

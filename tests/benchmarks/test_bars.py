@@ -3,8 +3,8 @@ from benchmarks.bars import judge
 
 def _records(method, target, top1s, parent=0.85, params_kept=0.3, dataset="ucm"):
     return [
-        {"dataset": dataset, "method": method, "target_macs": target, "seed": s, "top1": t, "parent_top1": parent,
-         "params_kept": params_kept}
+        {"dataset": dataset, "model": "se_resnet18", "method": method, "target_macs": target, "seed": s, "top1": t,
+         "parent_top1": parent, "params_kept": params_kept, "params": 1000}
         for s, t in enumerate(top1s)
     ]  # fmt: skip
 
