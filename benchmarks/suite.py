@@ -218,6 +218,15 @@ def _quality(metrics: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _sparse_phase(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A sparse-training cell's share of channels its phase drove to zero and the share it ran
+    towards: whether L1RR's controller got there is what decides what the ranking cuts."""
+    phase = metrics.get("sparse_training", {})
+    if "final_sparsity" not in phase:
+        return {}
+    return {"sparsity": phase["final_sparsity"], "target_sparsity": phase["config"]["target_sparsity"]}
+
+
 def _record(
     suite: Suite, cell: Cell, parent: Parent, parent_dir: Path, child_dir: Path, budget: float, seed: int
 ) -> dict[str, Any]:
@@ -238,6 +247,7 @@ def _record(
         "macs": m["macs"],
         "params": m["params"],
         **_quality(m),
+        **_sparse_phase(m),
         "img_size": m["img_size"],
         "epochs": RunDir(parent_dir).load_metrics()["epochs"],
         "finetune_epochs": m["finetune_epochs"],

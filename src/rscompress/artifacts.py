@@ -107,6 +107,7 @@ _ADDED_LATER = {
     "nas_search.gate_without_bn": False,
     "method_params.sparse_lr": None,
     "method_params.sparse_rate": None,
+    "method_params.sparse_loss_tolerance": None,
     # issue 31's recipe options; runs before it trained without nesterov, with one
     # augmentation draw per image and without the ragged last batch.
     "train.optim.nesterov": False,

@@ -307,6 +307,13 @@ def prune(
             help="Constant lr of sparse training (slim, l1rr); default: a tenth of the parent's SGD lr, else 0.01."
         ),
     ] = None,
+    sparse_loss_tolerance: Annotated[
+        float | None,
+        typer.Option(
+            help="l1rr's controller backs the L1 push off once val loss is this share above the "
+            "dense parent's; default: see the methods docs."
+        ),
+    ] = None,
     attention_weight: Annotated[float, typer.Option(help="Feature attention loss weight (l1rr).")] = 1.0,
     search_epochs: Annotated[int, typer.Option(help="Gate search epochs (nas).")] = 20,
     gate_without_bn: Annotated[
@@ -407,6 +414,7 @@ def prune(
         sparse_epochs=sparse_epochs,
         sparse_rate=sparse_rate,
         sparse_lr=sparse_lr,
+        sparse_loss_tolerance=sparse_loss_tolerance,
         attention_weight=attention_weight,
         search_epochs=search_epochs,
         gate_without_bn=gate_without_bn,

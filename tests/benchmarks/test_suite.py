@@ -139,10 +139,11 @@ def test_slice_outside_the_suite_names_the_bad_value(kwargs, message):
 
 def test_shipped_suites_validate_and_share_parents_and_finetuning():
     pruning = load_suite(ROOT / "benchmarks" / "suite.yaml")
-    distill = load_suite(ROOT / "benchmarks" / "distill.yaml")
-    # Same work dir and recipes: the runs both need are trained once and mean the same thing.
-    for field in ("work", "datasets", "train", "finetune", "prune"):
-        assert getattr(pruning, field) == getattr(distill, field), field
+    for other in ("distill.yaml", "l1rr_controller.yaml"):
+        suite = load_suite(ROOT / "benchmarks" / other)
+        # Same work dir and recipes: the runs both need are trained once and mean the same thing.
+        for field in ("work", "datasets", "train", "finetune", "prune"):
+            assert getattr(pruning, field) == getattr(suite, field), (other, field)
 
 
 def _bf16_flags(config: dict) -> list[bool]:
@@ -286,6 +287,9 @@ def test_a_sparse_cell_prunes_its_next_budget_from_the_sparse_training_it_would_
         parent / "slim-0.5" / "sparse.safetensors"
     ).read_bytes()
     assert abs(third["macs_kept"] / 0.35 - 1) <= 0.01
+    # the phase's reach next to its target (the one it ran towards: 0.35 reused 0.5's)
+    assert half["target_sparsity"] == third["target_sparsity"] == pytest.approx(1 - 0.5**0.5)
+    assert 0 <= half["sparsity"] == third["sparsity"] <= 1
 
 
 def test_a_detection_suite_records_map_and_its_parents(tmp_path):

@@ -112,7 +112,7 @@ def test_sparse_methods_train_then_prune_globally(parents, tmp_path, method):
     )
 
 
-def test_sparse_training_lr_is_a_tenth_of_the_parents_unless_given(parents, tmp_path):
+def test_sparse_training_lr_is_a_tenth_of_the_parents_unless_given_and_the_loss_tolerance_reaches_it(parents, tmp_path):
     parent_lr = json.loads((parents["resnet18"] / "config.json").read_text())["train"]["optim"]["lr"]
     derived = api.prune(parents["resnet18"], _cfg("slim", target_macs=0.5, sparse_epochs=1), tmp_path / "d", quiet=True)
     assert derived["sparse_training"]["config"]["lr"] == pytest.approx(parent_lr / 10)
@@ -130,6 +130,8 @@ def test_sparse_training_lr_is_a_tenth_of_the_parents_unless_given(parents, tmp_
                 "1",
                 "--sparse-lr",
                 "0.002",
+                "--sparse-loss-tolerance",
+                "0.3",
                 "--finetune-epochs",
                 "1",
                 "--batch-size",
@@ -141,7 +143,8 @@ def test_sparse_training_lr_is_a_tenth_of_the_parents_unless_given(parents, tmp_
         )
         == 0
     )
-    assert json.loads((out / "metrics.json").read_text())["sparse_training"]["config"]["lr"] == 0.002
+    given = json.loads((out / "metrics.json").read_text())["sparse_training"]["config"]
+    assert (given["lr"], given["loss_tolerance"]) == (0.002, 0.3)
 
 
 def test_run_dir_from_before_sparse_lr_and_rate_still_resumes(parents, tmp_path, kill_at_the_end):

@@ -31,7 +31,7 @@ def attention_layers(model_name: str) -> tuple[str, ...]:
 class L1RR(SparseTrainingMethod):
     name = "l1rr"
     summary = "L1RR: reweighted dynamic L1 on BN γ + feature attention loss, residual groups as one"
-    options = SparseTrainingMethod.options | {"attention_weight"}
+    options = SparseTrainingMethod.options | {"attention_weight", "sparse_loss_tolerance"}
 
     def sparsity_config(self, s: Selection, base: SparsityConfig) -> SparsityConfig:
         layers = attention_layers(s.family)
@@ -43,4 +43,7 @@ class L1RR(SparseTrainingMethod):
             self_adaptive=True,
             attention_weight=s.cfg.attention_weight if layers else 0.0,
             attention_layers=layers,
+            loss_tolerance=(
+                base.loss_tolerance if s.cfg.sparse_loss_tolerance is None else s.cfg.sparse_loss_tolerance
+            ),
         )
