@@ -434,6 +434,18 @@ def _pruning_bars(ctx: Context, marker: Marker) -> str:
     return table_text(ctx.records(results.stem, required=False), dict(planned))
 
 
+@table("l1rr-controller")
+def _l1rr_controller(ctx: Context, marker: Marker) -> str:
+    """``l1rr-controller``: the tolerance arms of L1RR's rate controller (l1rr_controller.py),
+    the study's records beside the suite's default ``l1rr`` cells."""
+    from benchmarks.l1rr_controller import table_text
+
+    study = ctx.results / _suite_results("benchmarks/l1rr_controller.yaml").name
+    head = _provenance(ctx, ["python -m benchmarks suite benchmarks/l1rr_controller.yaml"], [study])
+    pruning = ctx.records("pruning", required=False)
+    return head + "\n\n" + table_text(pruning, ctx.records(study.stem, required=False))
+
+
 def _seeds_arg(seeds: list[int]) -> str:
     return " ".join(str(s) for s in sorted(seeds))
 
