@@ -5,8 +5,8 @@ Each arm is one ``--sparse-loss-tolerance``. The 0.1 arm is the suite's own ``l1
 (pruning.jsonl, made with the default); the others are the study's records. The arms are
 judged on val top-1 after fine-tuning (the split settings are chosen on); test top-1 is shown
 beside it, never chosen on. The sparsity the phase reached, against the one it ran towards,
-says whether the controller got where the budget needs it (records made before the suite
-wrote it have none).
+says whether the controller got where the budget needs it. Records made before the suite
+wrote a figure (val top-1, the sparsity) lack it: the figure is then over the seeds that have it.
 """
 
 from __future__ import annotations
@@ -33,6 +33,11 @@ def _mean_std(values: list[float], scale: float = 100.0, digits: int = 2) -> str
     return f"{mean:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
 
 
+def _of(some: list[dict[str, Any]], rs: list[dict[str, Any]]) -> str:
+    """`` (n=k)`` when only k of an arm's records name a figure (older records lack it)."""
+    return f" (n={len(some)})" if some and len(some) < len(rs) else ""
+
+
 def arms(pruning: list[dict[str, Any]], study: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (dataset, budget, tolerance) the study ran, with the suite's default arm at
     the same dataset and budget; each over the seeds it has."""
@@ -46,6 +51,7 @@ def arms(pruning: list[dict[str, Any]], study: list[dict[str, Any]]) -> list[dic
     rows = []
     for (dataset, model, target, tol), rs in sorted(groups.items()):
         reached = [r for r in rs if "sparsity" in r]
+        validated = [r for r in rs if "val_top1" in r]
         rows.append(
             {
                 "dataset": dataset,
@@ -53,13 +59,13 @@ def arms(pruning: list[dict[str, Any]], study: list[dict[str, Any]]) -> list[dic
                 "target_macs": target,
                 "tolerance": tol,
                 "seeds": sorted(r["seed"] for r in rs),
-                "val_top1": _mean_std([r["val_top1"] for r in rs]),
+                "val_top1": _mean_std([r["val_top1"] for r in validated]) + _of(validated, rs),
                 "top1": _mean_std([r["top1"] for r in rs]),
                 "delta": _mean_std([r["top1"] - r["parent_top1"] for r in rs]),
                 "params_kept": _mean_std([r["params_kept"] for r in rs]),
                 "sparsity": _mean_std([r["sparsity"] for r in reached], 1.0, 3)
                 + (f" / {statistics.fmean(r['target_sparsity'] for r in reached):.3f}" if reached else "")
-                + (f" (n={len(reached)})" if reached and len(reached) < len(rs) else ""),
+                + _of(reached, rs),
             }
         )
     return rows

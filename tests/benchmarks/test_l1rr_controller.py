@@ -25,6 +25,7 @@ def test_arms_group_by_tolerance_with_the_suites_l1rr_cells_as_the_default_arm()
     pruning = [
         _record("l1rr", 0, 0.80, 0.82),
         _record("l1rr", 1, 0.84, 0.80),
+        {k: v for k, v in _record("l1rr", 2, 0.0, 0.81).items() if k != "val_top1"},  # from before val_top1
         _record("l1", 0, 0.99, 0.99),  # another method: not an arm
         {**_record("l1rr", 0, 0.99, 0.99), "target_macs": 0.1},  # a budget the study did not run
     ]
@@ -34,7 +35,7 @@ def test_arms_group_by_tolerance_with_the_suites_l1rr_cells_as_the_default_arm()
     ]
     assert tolerance(pruning[0]) == 0.1 and tolerance(study[0]) == 0.3
     default, looser = arms(pruning, study)
-    assert (default["tolerance"], default["seeds"], default["val_top1"]) == (0.1, [0, 1], "82.00 ± 2.83")
+    assert (default["tolerance"], default["seeds"], default["val_top1"]) == (0.1, [0, 1, 2], "82.00 ± 2.83 (n=2)")
     assert default["sparsity"] == ""  # the suite's old records do not say
     assert (looser["tolerance"], looser["val_top1"], looser["top1"]) == (0.3, "87.00 ± 1.41", "83.50 ± 0.71")
     assert looser["delta"] == "-0.50 ± 0.71"
