@@ -115,9 +115,9 @@ class SparsityConfig:
       Chosen on val (benchmarks/l1rr_controller.yaml, UC Merced se_resnet18 at 35 %, 3 seeds)
       against 0.3 and 0.6: at 0.1 and 0.3 the phase stops short of its target sparsity, at 0.6
       it passes it and keeps fewer params, but val top-1 after fine-tuning at 0.1 was above
-      both looser arms in every seed but one tie (0.6, seed 0). Read raw, not smoothed: the val loss moves with the rate step of the same
-      epoch (in 127 of 155 epochs), so its swing is the controller's own and an average would
-      only make it react later.
+      both looser arms in every seed but one tie (0.6, seed 0). Read raw, not smoothed: the
+      val loss moves with the rate step of the same epoch (in 127 of 155 epochs), so its swing
+      is the controller's own and an average would only make it react later.
     * ``raise_factor`` 1.5 / ``backoff_factor`` 0.5: cautious growth, fast retreat, so one
       bad epoch (or one past the target sparsity) costs one halving.
     * ``attention_weight`` 1.0: each layer's term is in [0, 4]; weight 1 with maps summed over
