@@ -15,22 +15,24 @@ import statistics
 from collections import defaultdict
 from typing import Any
 
-DEFAULT_LABEL = "l1rr"
-DEFAULT_TOLERANCE = 0.1  # SparsityConfig.loss_tolerance when the suite's l1rr cells were made
+from benchmarks.tables import points_mean_std
+from rscompress.pruning.methods.sparse_training import SparsityConfig
+
+DEFAULT_LABEL = "l1rr"  # the suite's l1rr cells: made with SparsityConfig's tolerance
 
 
 def tolerance(record: dict[str, Any]) -> float:
     """The arm a record belongs to: its ``sparse_loss_tolerance`` option, else the default."""
-    return float(record.get("options", {}).get("sparse_loss_tolerance", DEFAULT_TOLERANCE))
+    return float(record.get("options", {}).get("sparse_loss_tolerance", SparsityConfig.loss_tolerance))
 
 
-def _mean_std(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
+def _sparsity(reached: list[dict[str, Any]]) -> str:
+    """Mean (± std) sparsity the phases reached / the target they ran towards."""
+    values = [r["sparsity"] for r in reached]
     if not values:
         return ""
-    mean = statistics.fmean(values) * scale
-    if len(values) == 1:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
+    spread = f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else ""
+    return f"{statistics.fmean(values):.3f}{spread} / {statistics.fmean(r['target_sparsity'] for r in reached):.3f}"
 
 
 def _of(some: list[dict[str, Any]], rs: list[dict[str, Any]]) -> str:
@@ -59,13 +61,12 @@ def arms(pruning: list[dict[str, Any]], study: list[dict[str, Any]]) -> list[dic
                 "target_macs": target,
                 "tolerance": tol,
                 "seeds": sorted(r["seed"] for r in rs),
-                "val_top1": _mean_std([r["val_top1"] for r in validated]) + _of(validated, rs),
-                "top1": _mean_std([r["top1"] for r in rs]),
-                "delta": _mean_std([r["top1"] - r["parent_top1"] for r in rs]),
-                "params_kept": _mean_std([r["params_kept"] for r in rs]),
-                "sparsity": _mean_std([r["sparsity"] for r in reached], 1.0, 3)
-                + (f" / {statistics.fmean(r['target_sparsity'] for r in reached):.3f}" if reached else "")
-                + _of(reached, rs),
+                "val_top1": (points_mean_std([r["val_top1"] for r in validated]) if validated else "")
+                + _of(validated, rs),
+                "top1": points_mean_std([r["top1"] for r in rs]),
+                "delta": points_mean_std([r["top1"] - r["parent_top1"] for r in rs], signed=True),
+                "params_kept": points_mean_std([r["params_kept"] for r in rs]),
+                "sparsity": _sparsity(reached) + _of(reached, rs),
             }
         )
     return rows

@@ -39,7 +39,7 @@ from typing import Any
 import yaml
 
 from benchmarks.records import read_records
-from benchmarks.tables import by_method, markdown, summarise, write_tables
+from benchmarks.tables import by_method, markdown, points, points_mean_std, summarise, write_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
@@ -111,16 +111,6 @@ class Context:
 
 
 # --- formatting -------------------------------------------------------------------------------
-
-
-def _points(value: float, signed: bool = False) -> str:
-    # + 0.0: a mean of float noise around zero reads 0.00, not -0.00 (as tables._top1 does)
-    return f"{round(100 * value, 2) + 0.0:{'+' if signed else ''}.2f}"
-
-
-def _mean_std(values: list[float], signed: bool = False) -> str:
-    mean = _points(statistics.fmean(values), signed)
-    return f"{mean} ± {100 * statistics.stdev(values):.2f}" if len(values) > 1 else mean
 
 
 def _share(value: float) -> str:
@@ -229,9 +219,9 @@ def _reference(record: dict[str, Any]) -> float:
 
 # Per record: the value and how to write it (and one per seed, as a list, when seeds are joined).
 VALUES: dict[str, tuple[Callable[[dict], float], Callable[[float], str], str]] = {
-    "top1": (lambda r: r["top1"], _points, ""),
-    "delta": (lambda r: r["top1"] - _reference(r), lambda v: _points(v, True), ""),
-    "parent": (_reference, _points, ""),
+    "top1": (lambda r: r["top1"], points, ""),
+    "delta": (lambda r: r["top1"] - _reference(r), lambda v: points(v, True), ""),
+    "parent": (_reference, points, ""),
     "params_kept": (lambda r: r["params_kept"], lambda v: f"{100 * v:.1f}", " %"),
     "macs_kept": (lambda r: r["macs_kept"], lambda v: f"{100 * v:.1f}", " %"),
     "speedup": (lambda r: r["parent_latency_ms_bs1"] / r["latency_ms_bs1"], lambda v: f"{v:.1f}", "×"),
@@ -249,7 +239,7 @@ def _cell_figure(stat: str, mode: str) -> Callable[[Context, Marker], str]:
         values = [[value(r) for r in select(ctx, marker, cell)] for cell in marker.args]
         if mode == "gap":  # the difference of two cells' means
             difference = statistics.fmean(values[0]) - statistics.fmean(values[1])
-            return _points(difference, True) if stat in ("top1", "delta", "parent") else write(difference) + unit
+            return points(difference, True) if stat in ("top1", "delta", "parent") else write(difference) + unit
         (vs,) = values
         if mode == "seeds":
             return " / ".join(write(v) for v in vs) + unit
@@ -257,7 +247,7 @@ def _cell_figure(stat: str, mode: str) -> Callable[[Context, Marker], str]:
             low, high = write(min(vs)), write(max(vs))
             return (low if low == high else f"{low}–{high}") + unit
         if mode == "" and stat in ("top1", "delta"):
-            return _mean_std(vs, signed=stat == "delta")
+            return points_mean_std(vs, signed=stat == "delta")
         return write(statistics.fmean(vs)) + unit
 
     return figure
@@ -436,12 +426,12 @@ def _pruning_bars(ctx: Context, marker: Marker) -> str:
 
 @table("l1rr-controller")
 def _l1rr_controller(ctx: Context, marker: Marker) -> str:
-    """``l1rr-controller``: the tolerance arms of L1RR's rate controller (l1rr_controller.py),
-    the study's records beside the suite's default ``l1rr`` cells."""
+    """``l1rr-controller benchmarks/l1rr_controller.yaml``: the tolerance arms of L1RR's rate
+    controller (l1rr_controller.py), the study's records beside the suite's default ``l1rr`` cells."""
     from benchmarks.l1rr_controller import table_text
 
-    study = ctx.results / _suite_results("benchmarks/l1rr_controller.yaml").name
-    head = _provenance(ctx, ["python -m benchmarks suite benchmarks/l1rr_controller.yaml"], [study])
+    suite, study = _suite_arg(ctx, marker)
+    head = _provenance(ctx, [f"python -m benchmarks suite {suite}"], [study])
     pruning = ctx.records("pruning", required=False)
     return head + "\n\n" + table_text(pruning, ctx.records(study.stem, required=False))
 
@@ -557,7 +547,7 @@ def _baselines(ctx: Context, marker: Marker) -> str:
             str(r["img_size"]),
             str(r["epochs"]),
             str(r["seed"]),
-            _points(r["top1"]),
+            points(r["top1"]),
             f"{r['kappa']:.3f}",
             f"{r['macs'] / 1e6:.1f}",
             f"{r['params'] / 1e6:.2f}",
@@ -722,7 +712,7 @@ def _int8(ctx: Context, marker: Marker) -> str:
     records = ctx.records("int8")
     body = []
     for r in records:
-        accuracy = f"{_points(r['top1_fp32'])} → {_points(r['top1_int8'])}"
+        accuracy = f"{points(r['top1_fp32'])} → {points(r['top1_int8'])}"
         if r.get("refused"):
             body.append([r["run"], str(r["threads"]), accuracy, f"refused (val −{r['val_drop_points']:.2f})", "", ""])
             continue
@@ -863,8 +853,8 @@ def _before_finetune(ctx: Context, marker: Marker) -> str:
     body = [
         [method]
         + [
-            f"{_points(c['val_top1_as_pruned'])} / {_points(c['val_top1_bn_recalibrated'])} / "
-            f"{_points(c['test_top1_after_finetune'])}"
+            f"{points(c['val_top1_as_pruned'])} / {points(c['val_top1_bn_recalibrated'])} / "
+            f"{points(c['test_top1_after_finetune'])}"
             if (c := cell.get((method, t)))
             else ""
             for t in targets
@@ -966,7 +956,7 @@ def _pivot(ctx: Context, marker: Marker) -> str:
         vs = [value(r) for r in rs]
         if not vs:
             return ""
-        main = _mean_std(vs, stat == "delta") if stat in ("top1", "delta") else write(statistics.fmean(vs)) + unit
+        main = points_mean_std(vs, stat == "delta") if stat in ("top1", "delta") else write(statistics.fmean(vs)) + unit
         if marker.options.get("seeds") == "1" and len(vs) > 1:
             main += " (" + " / ".join(f"s{r['seed']} {write(v)}" for r, v in zip(rs, vs, strict=True)) + ")"
         return main
@@ -986,7 +976,7 @@ def _pivot(ctx: Context, marker: Marker) -> str:
         parents = []
         for c in columns:
             means = sorted(
-                {_points(statistics.fmean(_reference(r) for r in rs)) for m in methods if (rs := grid[(m, c)])}
+                {points(statistics.fmean(_reference(r) for r in rs)) for m in methods if (rs := grid[(m, c)])}
             )
             parents.append(means[0] if len(means) == 1 else f"{means[0]}–{means[-1]} (by method)")
         teacher = any("teacher_top1" in r for rs in grid.values() for r in rs)
@@ -1096,9 +1086,9 @@ def _result_cells(r: dict[str, Any]) -> list[str]:
     reference = _reference(r)
     return [
         str(r["seed"]),
-        _points(r["top1"]),
-        _points(reference),
-        _points(r["top1"] - reference, True),
+        points(r["top1"]),
+        points(reference),
+        points(r["top1"] - reference, True),
         _share(r["params_kept"]),
         _share(r["macs_kept"]),
     ]

@@ -28,6 +28,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from benchmarks.records import append_record, cpu_name, git_commit, has_record, read_records
+from benchmarks.tables import points_mean_std
 
 RESULTS = Path("benchmarks/results")
 RECORDS = RESULTS / "recipe.jsonl"
@@ -193,12 +194,6 @@ def prune_cell(data: Path, model: str, method: str, target_macs: float, variant:
     )
 
 
-def _mean_std(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{100 * values[0]:.2f}"
-    return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
-
-
 def _split(record: dict) -> str:
     """Whose split a record was trained on: rscompress's, or the plain loop's own."""
     return "rscompress" if record.get("source") == "rscompress" else record.get("split", "plain")
@@ -244,8 +239,8 @@ def table_text(plain: Path | None = None, recipe: Path | None = None, pruned_rec
         seeds = sorted(by_seed)
         lines.append(
             f"| {dataset} | {model} | {source} | {split} | {variant} | {','.join(map(str, seeds))} | "
-            f"{_mean_std([by_seed[s]['val_top1'] for s in seeds])} | {delta} | "
-            f"{_mean_std([by_seed[s]['top1'] for s in seeds])} |"
+            f"{points_mean_std([by_seed[s]['val_top1'] for s in seeds])} | {delta} | "
+            f"{points_mean_std([by_seed[s]['top1'] for s in seeds])} |"
         )
     paired = []
     for (dataset, model, source, _, variant), ours in sorted(groups.items()):
@@ -254,8 +249,9 @@ def table_text(plain: Path | None = None, recipe: Path | None = None, pruned_rec
         if source != "rscompress" or variant != "default" or not seeds:
             continue
         paired.append(
-            f"| {dataset} | {model} | {','.join(map(str, seeds))} | {_mean_std([plain[s]['top1'] for s in seeds])} | "
-            f"{_mean_std([ours[s]['top1'] for s in seeds])} | "
+            f"| {dataset} | {model} | {','.join(map(str, seeds))} | "
+            f"{points_mean_std([plain[s]['top1'] for s in seeds])} | "
+            f"{points_mean_std([ours[s]['top1'] for s in seeds])} | "
             f"{100 * statistics.mean(ours[s]['val_top1'] - plain[s]['val_top1'] for s in seeds):+.2f} | "
             f"{100 * statistics.mean(ours[s]['top1'] - plain[s]['top1'] for s in seeds):+.2f} |"
         )
@@ -291,8 +287,9 @@ def table_text(plain: Path | None = None, recipe: Path | None = None, pruned_rec
                 f"| {dataset} | {model} | {method} | {100 * target:g} % | {variant} | "
                 f"{','.join(str(r['seed']) for r in records)} | "
                 f"{100 * statistics.mean(r['macs_kept'] for r in records):.2f} % | "
-                f"{_mean_std([r['val_top1'] for r in records])} | {_mean_std([r['top1'] for r in records])} | "
-                f"{_mean_std([r['parent_top1'] for r in records])} |"
+                f"{points_mean_std([r['val_top1'] for r in records])} | "
+                f"{points_mean_std([r['top1'] for r in records])} | "
+                f"{points_mean_std([r['parent_top1'] for r in records])} |"
             )
     return "\n".join(lines) + "\n"
 

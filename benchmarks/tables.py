@@ -20,6 +20,18 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def points(value: float, signed: bool = False) -> str:
+    """A fraction as points (0.8524 → "85.24"; signed: "+85.24")."""
+    # + 0.0: a mean of float noise around zero reads 0.00, not -0.00 (as _top1 does)
+    return f"{round(100 * value, 2) + 0.0:{'+' if signed else ''}.2f}"
+
+
+def points_mean_std(values: list[float], signed: bool = False) -> str:
+    """Mean ± std of fractions over seeds, in points; one seed has no spread to show."""
+    mean = points(statistics.fmean(values), signed)
+    return f"{mean} ± {100 * statistics.stdev(values):.2f}" if len(values) > 1 else mean
+
+
 def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (dataset, model, method, target): means and stds over seeds."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
