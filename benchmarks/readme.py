@@ -424,16 +424,19 @@ def _pruning_bars(ctx: Context, marker: Marker) -> str:
     return table_text(ctx.records(results.stem, required=False), dict(planned))
 
 
-@table("l1rr-controller")
-def _l1rr_controller(ctx: Context, marker: Marker) -> str:
-    """``l1rr-controller benchmarks/l1rr_controller.yaml``: the tolerance arms of L1RR's rate
-    controller (l1rr_controller.py), the study's records beside the suite's default ``l1rr`` cells."""
-    from benchmarks.l1rr_controller import table_text
+@table("option-study")
+def _option_study(ctx: Context, marker: Marker) -> str:
+    """``option-study benchmarks/<study>.yaml``: the arms of a study of one prune option
+    (option_study.py), the study's records beside the suite's own cells of that method."""
+    from benchmarks.option_study import studied, table_text
+    from benchmarks.suite import load_suite
 
-    suite, study = _suite_arg(ctx, marker)
-    head = _provenance(ctx, [f"python -m benchmarks suite {suite}"], [study])
+    suite_path, study = _suite_arg(ctx, marker)
+    suite = load_suite(ROOT / suite_path)
+    method, option = studied([{"method": c.method, "options": c.options} for c in suite.cells], suite.prune)
+    head = _provenance(ctx, [f"python -m benchmarks suite {suite_path}"], [study])
     pruning = ctx.records("pruning", required=False)
-    return head + "\n\n" + table_text(pruning, ctx.records(study.stem, required=False))
+    return head + "\n\n" + table_text(pruning, ctx.records(study.stem, required=False), method, option)
 
 
 def _seeds_arg(seeds: list[int]) -> str:

@@ -596,6 +596,9 @@ class SparseTrainingMethod(PruningMethod):
 
     options = frozenset({"sparse_epochs", "sparse_rate", "sparse_lr"})
     sparse_training = True
+    # The rate (SparsityConfig.rate) when --sparse-rate is not given: L1RR's controller starts
+    # there and moves it; network slimming holds it for the whole phase.
+    default_rate: float = SparsityConfig.rate
 
     def sparsity_config(self, s: Selection, base: SparsityConfig) -> SparsityConfig:
         """``base`` (the settings both methods share) with this method's own."""
@@ -606,7 +609,7 @@ class SparseTrainingMethod(PruningMethod):
         base = SparsityConfig(
             epochs=cfg.sparse_epochs,
             lr=sparse_training_lr(cfg.sparse_lr, s.parent_optim),
-            rate=SparsityConfig.rate if cfg.sparse_rate is None else cfg.sparse_rate,
+            rate=self.default_rate if cfg.sparse_rate is None else cfg.sparse_rate,
             target_sparsity=sparse_target(s.budget.target_macs),
             seed=cfg.finetune.seed,
             bf16=cfg.finetune.bf16,

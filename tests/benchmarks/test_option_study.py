@@ -1,0 +1,89 @@
+"""The option study's table: arms by the option's value, the suite's cells as the default arm."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from benchmarks.option_study import arm_value, arms, studied, table_text
+from benchmarks.suite import load_suite
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _record(method: str, seed: int, val: float, top1: float, **extra) -> dict:
+    return {
+        "dataset": "ucmerced",
+        "model": "se_resnet18",
+        "method": method,
+        "target_macs": 0.35,
+        "seed": seed,
+        "val_top1": val,
+        "top1": top1,
+        "parent_top1": 0.84,
+        "params_kept": 0.25,
+        **extra,
+    }
+
+
+def test_arms_group_by_value_with_the_suites_cells_as_the_default_arm() -> None:
+    loose = {"options": {"round_to": 8, "sparse_loss_tolerance": 0.3}}
+    pruning = [
+        _record("l1rr", 0, 0.80, 0.82),
+        _record("l1rr", 1, 0.84, 0.80),
+        {k: v for k, v in _record("l1rr", 2, 0.0, 0.81).items() if k != "val_top1"},  # from before val_top1
+        _record("l1", 0, 0.99, 0.99),  # another method: not an arm
+        {**_record("l1rr", 0, 0.99, 0.99), "target_macs": 0.1},  # a budget the study did not run
+    ]
+    study = [
+        _record("l1rr-tolerance0.3", 0, 0.86, 0.83, sparsity=0.41, target_sparsity=0.408, **loose),
+        _record("l1rr-tolerance0.3", 1, 0.88, 0.84, **loose),
+    ]
+    method, option = "l1rr", "sparse_loss_tolerance"
+    assert arm_value(pruning[0], method, option) == 0.1 and arm_value(study[0], method, option) == 0.3
+    default, looser = arms(pruning, study, method, option)
+    assert (default["value"], default["seeds"], default["val_top1"]) == (0.1, [0, 1, 2], "82.00 ± 2.83 (n=2)")
+    assert default["default"] and not looser["default"]
+    assert default["sparsity"] == ""  # the suite's old records do not say
+    assert (looser["value"], looser["val_top1"], looser["top1"]) == (0.3, "87.00 ± 1.41", "83.50 ± 0.71")
+    assert looser["delta"] == "-0.50 ± 0.71"
+    assert looser["sparsity"] == "0.410 / 0.408 (n=1)"  # one of its two records names it
+    text = table_text(pruning, study, method, option)
+    assert "| ucmerced | 35 % | 0.3 | 0, 1 | 87.00 ± 1.41 | 83.50 ± 0.71 |" in text
+    assert "| ucmerced | 35 % | 0.1 (default) | 0, 1, 2 |" in text
+    assert table_text(pruning, [], method, option).startswith("No records yet")
+
+
+def test_a_run_in_both_the_suite_and_the_study_counts_once() -> None:
+    """An arm at the value that is the default is the suite's cell run again: one run a seed."""
+    option = "sparse_loss_tolerance"
+    pruning = [_record("l1rr", 0, 0.80, 0.82)]
+    study = [_record("l1rr-tolerance0.1", 0, 0.80, 0.82, options={option: 0.1})]
+    (arm,) = arms(pruning, study, "l1rr", option)
+    assert arm["seeds"] == [0] and arm["default"]
+
+
+@pytest.mark.parametrize(
+    ("cells", "message"),
+    [
+        (
+            [{"method": "slim", "options": {"sparse_rate": 0.1}}, {"method": "l1rr", "options": {"sparse_rate": 0.1}}],
+            r"one option of one method; these cells vary \['sparse_rate'\] of \['l1rr', 'slim'\]",
+        ),
+        ([{"method": "slim", "options": {"round_to": 8}}], r"vary \[\] of \['slim'\]"),
+        ([{"method": "nas", "options": {"search_epochs": 5}}], "no default known for search_epochs of nas"),
+    ],
+)
+def test_a_study_file_that_is_not_one_option_of_one_method_is_refused(cells, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        studied(cells, {"round_to": 8})
+
+
+@pytest.mark.parametrize(
+    ("study", "expected"),
+    [("l1rr_controller.yaml", ("l1rr", "sparse_loss_tolerance")), ("slim_rate.yaml", ("slim", "sparse_rate"))],
+)
+def test_the_shipped_study_files_name_their_method_and_option(study, expected) -> None:
+    suite = load_suite(ROOT / "benchmarks" / study)
+    assert studied([{"method": c.method, "options": c.options} for c in suite.cells], suite.prune) == expected
