@@ -298,7 +298,7 @@ def prune(
         typer.Option(
             help="L1 push on BN gamma as the share of the parent's median "
             "|gamma| removed per epoch; l1rr starts there and adapts it, "
-            "slim holds it (default 0.01)."
+            "slim holds it. Default: the method's own (docs/methods.md)."
         ),
     ] = None,
     sparse_lr: Annotated[

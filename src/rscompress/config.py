@@ -206,7 +206,7 @@ class PruneConfig(StrictModel):
     calibration_batches: int = Field(4, gt=0)  # train batches: SE attention, taylor's gradients, hrank's ranks
     # l1rr / slim (network slimming): sparse training on BN γ before pruning by |γ| globally.
     sparse_epochs: int = Field(30, gt=0)
-    # None: sparse_training.SparsityConfig's starting rate (its docstring says what the rate is and why).
+    # None: the method's default_rate (sparse_training.SparsityConfig's docstring says what the rate is).
     sparse_rate: float | None = Field(None, gt=0)
     # None: a tenth of the lr the parent was trained at (sparse_training.sparse_training_lr says why).
     sparse_lr: float | None = Field(None, gt=0)

@@ -10,6 +10,8 @@ from rscompress.artifacts import RunDir
 from rscompress.cli import main
 from rscompress.config import DataConfig, FitConfig, PruneConfig, TrainConfig
 from rscompress.errors import UserError
+from rscompress.pruning.methods.slim import Slim
+from rscompress.pruning.methods.sparse_training import SparsityConfig
 from tests.fakes import make_fake_dataset, progress_printer_killed_at
 
 
@@ -110,9 +112,12 @@ def test_sparse_methods_train_then_prune_globally(parents, tmp_path, method):
     assert (sparse["config"]["reweight"], sparse["config"]["attention_weight"] > 0) == (
         (True, True) if method == "l1rr" else (False, False)
     )
+    # Each method's own rate when none is given: L1RR's controller starts low and raises it,
+    # slim holds the one chosen for it on val.
+    assert sparse["config"]["rate"] == (SparsityConfig.rate if method == "l1rr" else Slim.default_rate)
 
 
-def test_sparse_training_lr_is_a_tenth_of_the_parents_unless_given_and_the_loss_tolerance_reaches_it(parents, tmp_path):
+def test_sparse_lr_is_a_tenth_of_the_parents_unless_given_and_the_rate_and_loss_tolerance_reach_it(parents, tmp_path):
     parent_lr = json.loads((parents["resnet18"] / "config.json").read_text())["train"]["optim"]["lr"]
     derived = api.prune(parents["resnet18"], _cfg("slim", target_macs=0.5, sparse_epochs=1), tmp_path / "d", quiet=True)
     assert derived["sparse_training"]["config"]["lr"] == pytest.approx(parent_lr / 10)
@@ -132,6 +137,8 @@ def test_sparse_training_lr_is_a_tenth_of_the_parents_unless_given_and_the_loss_
                 "0.002",
                 "--sparse-loss-tolerance",
                 "0.3",
+                "--sparse-rate",
+                "0.05",
                 "--finetune-epochs",
                 "1",
                 "--batch-size",
@@ -144,7 +151,7 @@ def test_sparse_training_lr_is_a_tenth_of_the_parents_unless_given_and_the_loss_
         == 0
     )
     given = json.loads((out / "metrics.json").read_text())["sparse_training"]["config"]
-    assert (given["lr"], given["loss_tolerance"]) == (0.002, 0.3)
+    assert (given["lr"], given["loss_tolerance"], given["rate"]) == (0.002, 0.3, 0.05)
 
 
 def test_run_dir_from_before_sparse_lr_and_rate_still_resumes(parents, tmp_path, kill_at_the_end):
