@@ -118,3 +118,45 @@ def test_zero_gammas_tied_across_layers_go_where_they_cost_least_of_the_budget()
     assert abs(report.params_kept / 0.985 - 1) <= TOLERANCE
     assert pruned.layer1[0].bn1.num_features == early.num_features // 2  # all 32 cheap zeros, ...
     assert late.num_features // 2 < pruned.layer4[1].bn1.num_features < late.num_features  # ... a few dear ones
+
+
+def test_nudge_moves_widths_one_step_at_a_time_until_the_share_is_in_the_band() -> None:
+    """The search's last resort: from a plan off the band, greedy one-step width changes."""
+    from rscompress.pruning.budget import _nudge, _Trials
+
+    # Two groups of 64 channels in steps of 8; group "a" costs 10 per channel, "b" 1.
+    cost = {"a": 10, "b": 1}
+    parent = 64 * 11
+    count = lambda keep: (sum(cost[g] * n for g, n in keep.items()), 0)
+    trials = _Trials(lambda keep: keep, count, "macs", parent, 0.5)
+
+    def neighbours(keep: dict[str, int]) -> list[dict[str, int]]:
+        return [{**keep, g: n + d} for g, n in keep.items() for d in (-8, 8) if 8 <= n + d <= 64]
+
+    trials.measure(0.5, {"a": 40, "b": 16})  # 416 against a target of 352: 18 % above
+    assert not trials.done()
+    # a 32 (336, 4.5 % below: the closest move), then b 24 (344), then b 32 (352).
+    assert _nudge(trials, neighbours) == 3 and trials.done()
+    assert trials.best is not None and trials.best[0].keep == {"a": 32, "b": 32}
+
+
+def test_one_step_plans_change_one_group_by_one_rounded_step_within_its_floor() -> None:
+    from rscompress.pruning.graph import build_graph
+    from rscompress.pruning.plan import keep_counts, one_step_plans
+    from rscompress.pruning.pruner import score_model
+
+    torch.manual_seed(0)
+    model = create_model("resnet18", 10).eval()
+    example = torch.zeros(1, 3, IMG, IMG)
+    groups = score_model(build_graph(model, example), "l1", example)
+    keep = keep_counts(groups, 0.5, round_to=8)
+    plans = one_step_plans(groups, keep, round_to=8)
+    for plan in plans:
+        (changed,) = [g for g in keep if plan[g] != keep[g]]
+        assert abs(plan[changed] - keep[changed]) == 8 and plan[changed] % 8 == 0
+    # A group at its full width only narrows; one at its floor (10 % of 64, rounded up to 8) only widens.
+    full = keep_counts(groups, 0.0, round_to=8)
+    assert all(p[g] < full[g] for p in one_step_plans(groups, full, round_to=8) for g in full if p[g] != full[g])
+    floor = keep_counts(groups, 0.9, round_to=8)
+    stem = next(g.root for g in groups if g.positions == 64)
+    assert floor[stem] == 8 and {p[stem] for p in one_step_plans(groups, floor, round_to=8)} == {8, 16}

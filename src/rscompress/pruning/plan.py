@@ -158,6 +158,27 @@ def keep_counts(
     }
 
 
+def one_step_plans(
+    groups: Sequence[GroupScore],
+    keep: Mapping[str, int],
+    *,
+    round_to: int | None = None,
+    max_pruning_ratio: float = MAX_PRUNING_RATIO,
+) -> list[dict[str, int]]:
+    """Every plan that differs from ``keep`` in one group by one ``round_to`` step of width,
+    narrower or wider, within that group's floor and its full width (budget.py's last resort
+    when no ratio lands within the band)."""
+    plans = []
+    for group in groups:
+        step = _step(group, round_to)
+        floor = _floor(group, len(_candidates(group, max_pruning_ratio)), step)
+        n = keep[group.root]
+        narrower = step * ((n - 1) // step)  # the next multiple below n (n may be the full width)
+        wider = min(group.positions, step * (n // step + 1))
+        plans += [{**keep, group.root: m} for m in (narrower, wider) if m != n and floor <= m <= group.positions]
+    return plans
+
+
 def removal_plan(
     groups: Sequence[GroupScore], keep: Mapping[str, int], max_pruning_ratio: float = MAX_PRUNING_RATIO
 ) -> dict[str, list[int]]:
