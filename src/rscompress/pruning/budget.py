@@ -293,9 +293,10 @@ def prune_to_budget(
     gradient criteria (taylor; ``calibration_loss``, default the cross-entropy: see
     importance.accumulate_gradients); without it such a criterion reads the gradients already
     on ``model``. Raises UserError when no plan lands within ±1 % of the target, not even
-    after ``_nudge`` (e.g. a very coarse ``round_to``), naming the closest share reached. ``scorer``: a model
-    of the same architecture whose weights the criterion reads instead of ``model``'s (an SE
-    parent's weights as trained, see select.py); the channels it ranks low go from ``model``.
+    after ``_nudge`` (e.g. a very coarse ``round_to``), naming the closest share reached.
+    ``scorer``: a model of the same architecture whose weights the criterion reads instead of
+    ``model``'s (an SE parent's weights as trained, see select.py); the channels it ranks low
+    go from ``model``.
     """
     start = time.perf_counter()
     metric, target = _target(target_macs, target_params, ratio)
