@@ -22,7 +22,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 def points(value: float, signed: bool = False) -> str:
     """A fraction as points (0.8524 → "85.24"; signed: "+85.24")."""
-    # + 0.0: a mean of float noise around zero reads 0.00, not -0.00 (as _top1 does)
+    # + 0.0: a mean of float noise around zero reads 0.00, not -0.00
     return f"{round(100 * value, 2) + 0.0:{'+' if signed else ''}.2f}"
 
 
@@ -81,8 +81,7 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _top1(row: dict[str, Any], key: str = "top1") -> str:
     """Mean ± std over seeds in points; one seed has no spread to show."""
-    # + 0.0 turns a rounded -0.0 (a mean of float noise around zero) into 0.00, not -0.00
-    mean = f"{round(100 * row[key], 2) + 0.0:{'+' if key == 'delta' else ''}.2f}"
+    mean = points(row[key], signed=key == "delta")
     return f"{mean} ± {100 * row[key + '_std']:.2f}" if row["seeds"] > 1 else mean
 
 
