@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.option_study import arm_value, arms, studied, table_text
+from benchmarks.option_study import DEFAULTS, arm_value, arms, studied, table_text
 from benchmarks.suite import load_suite
 
 ROOT = Path(__file__).resolve().parents[2]
+TOLERANCE = DEFAULTS[("l1rr", "sparse_loss_tolerance")]  # what a suite l1rr cell runs at
 
 
 def _record(method: str, seed: int, val: float, top1: float, **extra) -> dict:
@@ -41,17 +42,17 @@ def test_arms_group_by_value_with_the_suites_cells_as_the_default_arm() -> None:
         _record("l1rr-tolerance0.3", 1, 0.88, 0.84, **loose),
     ]
     method, option = "l1rr", "sparse_loss_tolerance"
-    assert arm_value(pruning[0], method, option) == 0.1 and arm_value(study[0], method, option) == 0.3
-    default, looser = arms(pruning, study, method, option)
-    assert (default["value"], default["seeds"], default["val_top1"]) == (0.1, [0, 1, 2], "82.00 ± 2.83 (n=2)")
-    assert default["default"] and not looser["default"]
+    assert arm_value(pruning[0], method, option) == TOLERANCE and arm_value(study[0], method, option) == 0.3
+    default, other = sorted(arms(pruning, study, method, option), key=lambda arm: arm["value"] != TOLERANCE)
+    assert (default["value"], default["seeds"], default["val_top1"]) == (TOLERANCE, [0, 1, 2], "82.00 ± 2.83 (n=2)")
+    assert default["default"] and not other["default"]
     assert default["sparsity"] == ""  # the suite's old records do not say
-    assert (looser["value"], looser["val_top1"], looser["top1"]) == (0.3, "87.00 ± 1.41", "83.50 ± 0.71")
-    assert looser["delta"] == "-0.50 ± 0.71"
-    assert looser["sparsity"] == "0.410 / 0.408 (n=1)"  # one of its two records names it
+    assert (other["value"], other["val_top1"], other["top1"]) == (0.3, "87.00 ± 1.41", "83.50 ± 0.71")
+    assert other["delta"] == "-0.50 ± 0.71"
+    assert other["sparsity"] == "0.410 / 0.408 (n=1)"  # one of its two records names it
     text = table_text(pruning, study, method, option)
     assert "| ucmerced | 35 % | 0.3 | 0, 1 | 87.00 ± 1.41 | 83.50 ± 0.71 |" in text
-    assert "| ucmerced | 35 % | 0.1 (default) | 0, 1, 2 |" in text
+    assert f"| ucmerced | 35 % | {TOLERANCE:g} (default) | 0, 1, 2 |" in text
     assert table_text(pruning, [], method, option).startswith("No records yet")
 
 
@@ -59,7 +60,7 @@ def test_a_run_in_both_the_suite_and_the_study_counts_once() -> None:
     """An arm at the value that is the default is the suite's cell run again: one run a seed."""
     option = "sparse_loss_tolerance"
     pruning = [_record("l1rr", 0, 0.80, 0.82)]
-    study = [_record("l1rr-tolerance0.1", 0, 0.80, 0.82, options={option: 0.1})]
+    study = [_record(f"l1rr-tolerance{TOLERANCE:g}", 0, 0.80, 0.82, options={option: TOLERANCE})]
     (arm,) = arms(pruning, study, "l1rr", option)
     assert arm["seeds"] == [0] and arm["default"]
 

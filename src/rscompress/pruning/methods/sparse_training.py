@@ -111,13 +111,15 @@ class SparsityConfig:
     * ``eps`` 1e-2: both the Candès constant and the "is zero" threshold of the sparsity.
     * ``target_sparsity`` 0.5: share of prunable BN channels to drive below eps; set it near
       the channel share the budget removes (≈ 1 − √F to keep a fraction F of the MACs).
-    * ``loss_tolerance`` 0.1: λ backs off once val loss exceeds the dense model's by 10 %.
-      Chosen on val (benchmarks/l1rr_controller.yaml, UC Merced se_resnet18 at 35 %, 3 seeds)
-      against 0.3 and 0.6: at 0.1 and 0.3 the phase stops short of its target sparsity, at 0.6
-      it passes it and keeps fewer params, but val top-1 after fine-tuning at 0.1 was above
-      both looser arms in every seed but one tie (0.6, seed 0). Read raw, not smoothed: the
-      val loss moves with the rate step of the same epoch (in 127 of 155 epochs), so its swing
-      is the controller's own and an average would only make it react later.
+    * ``loss_tolerance`` 0.6: λ backs off once val loss exceeds the dense model's by 60 %.
+      Chosen on val (benchmarks/l1rr_controller.yaml, UC Merced se_resnet18, 3 seeds) against
+      0.1 and 0.3, on the mean over the 35 % and 10 % budgets (0.6: 84.05, 0.1: 83.26). At 0.1
+      the phase stops far short of its target sparsity (0.27 of 0.68 at 10 %), so the global
+      |γ| ranking cuts live channels; at 0.6 it gets near or past it. Val leans to the tight
+      arm, the one that tracks it closely (it preferred 0.1 at 35 %), and still chose 0.6.
+      Read raw, not smoothed: the val loss moves with the rate step of the same epoch (in 127
+      of 155 epochs), so its swing is the controller's own and an average would only make it
+      react later.
     * ``raise_factor`` 1.5 / ``backoff_factor`` 0.5: cautious growth, fast retreat, so one
       bad epoch (or one past the target sparsity) costs one halving.
     * ``attention_weight`` 1.0: each layer's term is in [0, 4]; weight 1 with maps summed over
@@ -142,7 +144,7 @@ class SparsityConfig:
     attention_layers: tuple[str, ...] = ("layer2", "layer3", "layer4")
     target_sparsity: float = 0.5
     eps: float = 1e-2
-    loss_tolerance: float = 0.1
+    loss_tolerance: float = 0.6
     raise_factor: float = 1.5
     backoff_factor: float = 0.5
     rate_range: float = 10.0
