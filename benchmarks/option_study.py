@@ -24,7 +24,6 @@ from rscompress.pruning.methods.sparse_training import SparsityConfig
 # (method, option): the value a suite cell that does not set the option runs at.
 DEFAULTS: dict[tuple[str, str], float] = {
     ("l1rr", "sparse_loss_tolerance"): SparsityConfig.loss_tolerance,
-    ("l1rr", "sparse_lookahead"): SparsityConfig.lookahead,
     ("slim", "sparse_rate"): Slim.default_rate,
 }
 

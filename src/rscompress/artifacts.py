@@ -108,8 +108,6 @@ _ADDED_LATER = {
     "method_params.sparse_lr": None,
     "method_params.sparse_rate": None,
     "method_params.sparse_loss_tolerance": None,
-    "method_params.sparse_lookahead": None,
-    "sparse_training.lookahead": 0.0,
     # issue 31's recipe options; runs before it trained without nesterov, with one
     # augmentation draw per image and without the ragged last batch.
     "train.optim.nesterov": False,

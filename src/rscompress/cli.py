@@ -314,13 +314,6 @@ def prune(
             "dense parent's; default: see the methods docs."
         ),
     ] = None,
-    sparse_lookahead: Annotated[
-        float | None,
-        typer.Option(
-            help="l1rr's controller compares with its target sparsity the share of channels its "
-            "push zeroes within this many epochs (0: those at zero now); default: see the methods docs."
-        ),
-    ] = None,
     attention_weight: Annotated[float, typer.Option(help="Feature attention loss weight (l1rr).")] = 1.0,
     search_epochs: Annotated[int, typer.Option(help="Gate search epochs (nas).")] = 20,
     gate_without_bn: Annotated[
@@ -422,7 +415,6 @@ def prune(
         sparse_rate=sparse_rate,
         sparse_lr=sparse_lr,
         sparse_loss_tolerance=sparse_loss_tolerance,
-        sparse_lookahead=sparse_lookahead,
         attention_weight=attention_weight,
         search_epochs=search_epochs,
         gate_without_bn=gate_without_bn,

@@ -212,8 +212,6 @@ class PruneConfig(StrictModel):
     sparse_lr: float | None = Field(None, gt=0)
     # None: SparsityConfig.loss_tolerance, the val-loss rise at which l1rr's controller backs off.
     sparse_loss_tolerance: float | None = Field(None, ge=0)
-    # None: SparsityConfig.lookahead, how many epochs ahead l1rr's controller projects the sparsity.
-    sparse_lookahead: float | None = Field(None, ge=0)
     attention_weight: float = Field(1.0, ge=0)  # l1rr's feature attention loss
     # nas: bi-level search of channel gates before pruning by gate score globally.
     search_epochs: int = Field(20, gt=0)

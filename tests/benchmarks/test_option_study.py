@@ -83,11 +83,7 @@ def test_a_study_file_that_is_not_one_option_of_one_method_is_refused(cells, mes
 
 @pytest.mark.parametrize(
     ("study", "expected"),
-    [
-        ("l1rr_controller.yaml", ("l1rr", "sparse_loss_tolerance")),
-        ("l1rr_lookahead.yaml", ("l1rr", "sparse_lookahead")),
-        ("slim_rate.yaml", ("slim", "sparse_rate")),
-    ],
+    [("l1rr_controller.yaml", ("l1rr", "sparse_loss_tolerance")), ("slim_rate.yaml", ("slim", "sparse_rate"))],
 )
 def test_the_shipped_study_files_name_their_method_and_option(study, expected) -> None:
     suite = load_suite(ROOT / "benchmarks" / study)

@@ -20,7 +20,6 @@ from rscompress.pruning.methods.l1rr_losses import (
     coupled_magnitudes,
     group_soft_threshold,
     layer_multipliers,
-    projected_sparsity,
     reweighted_l1,
     sparsity,
     strength_per_rate,
@@ -112,24 +111,6 @@ def test_sparsity_and_self_adaptive_multipliers() -> None:
     m = layer_multipliers([dense, half, collapsed], eps=0.01, max_ratio=0.9)
     # untouched layers get the full push, a layer at the pruning cap none
     assert m == pytest.approx([1.0, 1 - 0.5 / 0.9, 0.0])
-
-
-def test_projected_sparsity_counts_the_channels_a_push_would_zero() -> None:
-    # one BN (k = 1): sizes 0.005, 0.1, 0.3, 1.0; one stream (k = 2): RMS sizes 0.05 and 0.5
-    single = torch.tensor([[0.005, -0.1, 0.3, 1.0]])
-    stream = torch.tensor([[0.05, 0.3], [0.05, 0.4]])
-    stacks = [single, stream]
-    nothing = [torch.zeros(4), torch.zeros(2)]
-    # no reach: the share already below eps, as sparsity reads it
-    assert projected_sparsity(stacks, nothing, eps=0.01) == pytest.approx(1 / 8)
-    assert projected_sparsity(stacks, nothing, eps=0.01) == sparsity([single.flatten(), stream.flatten()], 0.01)
-    # a reach of 0.1 zeroes 0.005, -0.1 and the whole 0.05 column (its two entries)
-    assert projected_sparsity(stacks, [torch.full((4,), 0.1), torch.full((2,), 0.1)], 0.01) == pytest.approx(4 / 8)
-    # reach is per channel (the Candès weight makes it longer for small ones)
-    assert projected_sparsity(stacks, [torch.tensor([0.0, 0.0, 0.0, 2.0]), torch.zeros(2)], 0.01) == pytest.approx(
-        2 / 8
-    )
-    assert projected_sparsity([], [], 0.01) == 0.0
 
 
 def test_attention_map_is_channel_free_and_unit_norm() -> None:
@@ -342,30 +323,6 @@ def test_sparse_resnet_prunes_residual_streams_consistently_and_reports() -> Non
     assert set(stream) == {width} and width < 64
     with torch.no_grad():
         assert pruned.eval()(torch.randn(2, 3, IMG, IMG)).shape == (2, NUM_CLASSES)
-
-
-def test_with_lookahead_the_controller_reads_the_projected_sparsity_and_backs_off_sooner() -> None:
-    train, val = data()
-    common = dict(epochs=6, lr=0.1, rate=0.05, target_sparsity=0.3, loss_tolerance=10.0, attention_weight=0.0)
-    _, now = sparse_train(tiny_cnn(), train, val, SparsityConfig(**common))
-    _, ahead = sparse_train(tiny_cnn(), train, val, SparsityConfig(**common, lookahead=2.0))
-    assert all(row["projected_sparsity"] == row["sparsity"] for row in now.history)
-    assert all(row["projected_sparsity"] >= row["sparsity"] for row in ahead.history)
-    for report, cfg in ((now, SparsityConfig(**common)), (ahead, SparsityConfig(**common, lookahead=2.0))):
-        rates = [row["rate"] for row in report.history[1:]] + [report.final_rate]
-        read = [row["projected_sparsity"] for row in report.history]
-        assert rates == pytest.approx([next_rate(r["rate"], s, r["val_loss"], report.ref_val_loss, cfg)
-                                       for r, s in zip(report.history, read, strict=True)])  # fmt: skip
-    # it sees the target coming: it backs off in an epoch where the measured share is still
-    # below target, which the controller without lookahead never does
-    first = next(i for i, r in enumerate(ahead.history) if r["projected_sparsity"] >= 0.3)
-    assert ahead.history[first]["sparsity"] < 0.3
-    assert ahead.history[first + 1]["rate"] < ahead.history[first]["rate"]
-    # what target_difference compares is what the controller read
-    history = [{"sparsity": 0.1, "projected_sparsity": 0.5}]
-    report = json.loads(json.dumps({"config": asdict(SparsityConfig(target_sparsity=0.4)), "history": history}))
-    assert target_difference(report, 0.2) is None  # 0.5 is past both 0.4 and 0.2
-    assert target_difference(report, 0.7) is not None
 
 
 def test_interrupted_sparse_training_resumes_to_the_same_end(tmp_path) -> None:

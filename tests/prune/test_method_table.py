@@ -27,7 +27,6 @@ def test_unknown_method_names_the_known_ones() -> None:
         ("l1", "sparse_epochs", 3, "slim / l1rr"),
         ("slim", "attention_weight", 0.5, "l1rr"),
         ("slim", "sparse_loss_tolerance", 0.3, "l1rr"),
-        ("l1", "sparse_lookahead", 1.0, "l1rr"),
         ("hrank", "search_epochs", 5, "nas"),
         ("bn", "gate_without_bn", True, "nas"),
     ],

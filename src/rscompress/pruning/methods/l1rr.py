@@ -31,7 +31,7 @@ def attention_layers(model_name: str) -> tuple[str, ...]:
 class L1RR(SparseTrainingMethod):
     name = "l1rr"
     summary = "L1RR: reweighted dynamic L1 on BN γ + feature attention loss, residual groups as one"
-    options = SparseTrainingMethod.options | {"attention_weight", "sparse_loss_tolerance", "sparse_lookahead"}
+    options = SparseTrainingMethod.options | {"attention_weight", "sparse_loss_tolerance"}
 
     def sparsity_config(self, s: Selection, base: SparsityConfig) -> SparsityConfig:
         layers = attention_layers(s.family)
@@ -46,5 +46,4 @@ class L1RR(SparseTrainingMethod):
             loss_tolerance=(
                 base.loss_tolerance if s.cfg.sparse_loss_tolerance is None else s.cfg.sparse_loss_tolerance
             ),
-            lookahead=base.lookahead if s.cfg.sparse_lookahead is None else s.cfg.sparse_lookahead,
         )

@@ -111,25 +111,6 @@ def sparsity(gammas: Sequence[Tensor], eps: float) -> float:
     return sum(int((g.detach().abs() < eps).sum()) for g in gammas) / total
 
 
-def projected_sparsity(stacks: Sequence[Tensor], reach: Sequence[Tensor], eps: float) -> float:
-    """Share of the γ entries at zero (|γ| < eps) once every coupled channel whose size is at
-    most its ``reach`` has gone: what ``sparsity`` will read after a push that takes ``reach``
-    off each channel, if the task loss does not hold it.
-
-    ``stacks``: one (k, n) γ stack per set of coupled channels; ``reach``: (n,) per set, how
-    far the push moves each channel's size (coupled_magnitudes). With a reach of 0 it is
-    ``sparsity`` over the stacks' entries.
-    """
-    total = sum(s.numel() for s in stacks)
-    if total == 0:
-        return 0.0
-    zero = 0
-    for stack, r in zip(stacks, reach, strict=True):
-        gone = coupled_magnitudes([stack])[0] <= r
-        zero += int(gone.sum()) * stack.shape[0] + int((stack.detach().abs() < eps)[:, ~gone].sum())
-    return zero / total
-
-
 def layer_multipliers(gammas: Sequence[Tensor], eps: float, max_ratio: float) -> list[float]:
     """Self-adaptive per-layer factor: m_l = max(0, 1 − z_l / max_ratio), z_l = layer's sparsity.
 

@@ -73,7 +73,6 @@ from rscompress.pruning.methods.l1rr_losses import (
     coupled_magnitudes,
     group_soft_threshold,
     layer_multipliers,
-    projected_sparsity,
     reweighted_l1,
     sparsity,
     strength_per_rate,
@@ -121,13 +120,6 @@ class SparsityConfig:
       Read raw, not smoothed: the val loss moves with the rate step of the same epoch (in 127
       of 155 epochs), so its swing is the controller's own and an average would only make it
       react later.
-    * ``lookahead`` 0 (epochs): the sparsity the controller compares with its target. 0: the
-      share of channels at zero now. h > 0: also those the push of the epoch just run would
-      zero within h more epochs (l1rr_losses.projected_sparsity), so it backs off before
-      channels already on their way land rather than after. At 0 a channel reaches zero only
-      epochs after the push that sends it there; on RSSCN7 at 35 % the rate climbed to its cap
-      before any γ had, and the share at zero then went 0.27 → 0.34 → 0.71 against a target of
-      0.41 (benchmarks/l1rr_lookahead.yaml).
     * ``raise_factor`` 1.5 / ``backoff_factor`` 0.5: cautious growth, fast retreat, so one
       bad epoch (or one past the target sparsity) costs one halving.
     * ``attention_weight`` 1.0: each layer's term is in [0, 4]; weight 1 with maps summed over
@@ -153,7 +145,6 @@ class SparsityConfig:
     target_sparsity: float = 0.5
     eps: float = 1e-2
     loss_tolerance: float = 0.6
-    lookahead: float = 0.0
     raise_factor: float = 1.5
     backoff_factor: float = 0.5
     rate_range: float = 10.0
@@ -173,7 +164,6 @@ class SparsityConfig:
             ("target_sparsity", 0 < self.target_sparsity < 1),
             ("eps", self.eps > 0),
             ("loss_tolerance", self.loss_tolerance >= 0),
-            ("lookahead", self.lookahead >= 0),
             ("raise_factor", self.raise_factor >= 1),
             ("backoff_factor", 0 < self.backoff_factor <= 1),
             ("rate_range", self.rate_range >= 1),
@@ -249,12 +239,11 @@ def target_difference(report: dict, target: float) -> str | None:
     MACs repeated bit for bit.
     """
     ran_with, history = report["config"]["target_sparsity"], report["history"]
-    # What the controller read: the projected sparsity (a report from before it had none read
-    # the measured one).
-    read = [row.get("projected_sparsity", row["sparsity"]) for row in history]
-    if not report["config"]["dynamic"] or all((r < ran_with) == (r < target) for r in read):
+    if not report["config"]["dynamic"] or all(
+        (row["sparsity"] < ran_with) == (row["sparsity"] < target) for row in history
+    ):
         return None
-    reached = max(read)
+    reached = max(row["sparsity"] for row in history)
     return (
         f"sparse_training.target_sparsity: {ran_with:.4g} there, {target:.4g} now, and its sparsity (up to "
         f"{reached:.4g}) crossed one and not the other, so the strength would have moved otherwise"
@@ -453,22 +442,12 @@ class _SparsePenalty(TrainingHooks):
         self.sums["penalty"] += reweighted_l1(stacks, self.weights).item()
         self.steps += 1
 
-    def projected(self) -> float:
-        """The sparsity ``lookahead`` epochs on at this epoch's push: a channel's size falls by
-        shrink · w per step, w being next epoch's weight (penalty_weights, from the γ now)."""
-        reach = self.cfg.lookahead * self.steps * self.shrink
-        stacks = [gamma_stack(self.gammas, c) for c in self.sets]
-        weights = penalty_weights(self.gammas, self.sets, self.cfg)
-        return projected_sparsity(stacks, [reach * w for w in weights], self.cfg.eps)
-
     def end_epoch(self, epoch: int, val: Evaluation) -> dict[str, Any]:
         sparse = sparsity(self.gammas, self.cfg.eps)
-        read = self.projected() if self.cfg.lookahead > 0 else sparse
         row = {
             "rate": self.rate,
             "strength": self.strength,
             "sparsity": sparse,
-            "projected_sparsity": read,
             "train_ce": self.sums["ce"] / self.steps,
             "attention_loss": self.sums["attention"] / self.steps,
             "penalty": self.sums["penalty"] / self.steps,
@@ -477,7 +456,7 @@ class _SparsePenalty(TrainingHooks):
         self.history.append({"epoch": epoch, **row, **val.history(), "seconds": seconds})
         if self.progress is not None:
             self.progress(epoch, sparse, self.rate, val.loss)
-        self.rate = next_rate(self.rate, read, val.loss, self.ref_val_loss, self.cfg)
+        self.rate = next_rate(self.rate, sparse, val.loss, self.ref_val_loss, self.cfg)
         return row
 
     def state(self) -> dict[str, Any]:
