@@ -453,9 +453,9 @@ def _recipe_ablation(ctx: Context, marker: Marker) -> str:
     commands, split_seeds = [], defaultdict(set)
     groups: dict[tuple, list[int]] = defaultdict(list)
     for r in ctx.records("plain_reference"):
-        groups[(r["dataset"], r["variant"], r.get("split", "plain"), r["epochs"], r["img_size"], r["threads"])].append(
-            r["seed"]
-        )
+        # target_macs: a parent pruned by Torch-Pruning and fine-tuned (--prune-macs), None: the parent alone.
+        key = (r["dataset"], r["variant"], r.get("split", "plain"), r["epochs"], r["img_size"], r["threads"])
+        groups[(*key, r.get("target_macs"))].append(r["seed"])
     for key, seeds in groups.items():
         if key[2] == "rscompress":
             split_seeds[key[0]].update(seeds)
@@ -463,7 +463,7 @@ def _recipe_ablation(ctx: Context, marker: Marker) -> str:
         commands.append(
             f"python -m benchmarks.recipe_ablation splits --data {DATA}/{dataset} --seeds {_seeds_arg(seeds)}"
         )
-    for (dataset, variant, split, epochs, img_size, threads), seeds in groups.items():
+    for (dataset, variant, split, epochs, img_size, threads, target_macs), seeds in groups.items():
         commands.append(
             f"python -m benchmarks.plain_reference --data {DATA}/{dataset} --seeds {_seeds_arg(seeds)}"
             + (f" --variant {variant}" if variant != "reference" else "")
@@ -471,6 +471,7 @@ def _recipe_ablation(ctx: Context, marker: Marker) -> str:
             + (f" --epochs {epochs}" if epochs != recipe_ablation.EPOCHS else "")
             + (f" --img-size {img_size}" if img_size != recipe_ablation.IMG_SIZE else "")
             + (f" --threads {threads}" if threads != 2 else "")
+            + (f" --prune-macs {target_macs:g}" if target_macs is not None else "")
         )
     runs: dict[tuple, list[int]] = defaultdict(list)
     for r in ctx.records("recipe"):
