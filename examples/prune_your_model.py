@@ -2,9 +2,9 @@
 bundled UC Merced sample through a plain DataLoader, pruned by L1RR to 35 % of its MACs,
 saved without pickle, reloaded, exported to ONNX and timed.
 
-    .venv/bin/python examples/prune_your_model.py [--out runs/example]
+    .venv/bin/python examples/prune_your_model.py [--out runs/example] [--epochs 6]
 
-About two minutes on 2 CPU cores. Swap in your own model, loaders and numbers.
+About two minutes on 2 CPU cores at the default 6 epochs. Swap in your own model, loaders and numbers.
 """
 
 from __future__ import annotations
@@ -40,9 +40,15 @@ def load_sample(root: Path) -> TensorDataset:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/example"), help="folder for the run dirs")
+    parser.add_argument(
+        "--epochs", type=int, default=6, help="parent training epochs; L1RR's sparse phase and fine-tuning take half"
+    )
     args = parser.parse_args()
     if args.out.exists():
         parser.error(f"--out {args.out} exists: choose another folder (the example starts from scratch)")
+    if args.epochs < 1:
+        parser.error(f"--epochs {args.epochs}: give at least 1")
+    phase_epochs = max(1, args.epochs // 2)
     torch.manual_seed(0)
 
     data = load_sample(SAMPLE)
@@ -53,7 +59,7 @@ def main() -> None:
 
     # 1. Your model, trained as you like; here with rscompress's recommended recipe.
     model = torchvision.models.resnet18(num_classes=21)
-    trained = rsc.train(model, train_loader, val_loader, epochs=6, out=args.out / "parent")
+    trained = rsc.train(model, train_loader, val_loader, epochs=args.epochs, out=args.out / "parent")
     print(f"parent: val top-1 {trained.val.top1:.3f}")
 
     # 2. L1RR to 35 % of the MACs: reweighted L1 sparse training, pruning, fine-tuning.
@@ -64,8 +70,8 @@ def main() -> None:
         example_input=example,
         method="l1rr",
         target_macs=0.35,
-        finetune_epochs=3,
-        method_options={"sparse_epochs": 3},
+        finetune_epochs=phase_epochs,
+        method_options={"sparse_epochs": phase_epochs},
         out=args.out / "l1rr",  # killed? run the same call again with resume=True
     )
     print(
