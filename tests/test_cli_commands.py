@@ -57,6 +57,18 @@ def test_evaluate_json_is_one_object(capsys, tmp_path):
         assert key in result
 
 
+def test_train_with_a_test_folder_needs_no_fraction_flags(capsys, tmp_path):
+    data = make_fake_dataset(tmp_path / "train", name="rsscn7", per_class=5, size=20)
+    test = make_fake_dataset(tmp_path / "test", name="rsscn7", per_class=2, size=24)  # no twin of a train image
+    assert main(["train", "--data", str(data), "--test-data", str(test), "--out", str(tmp_path / "r"), *TINY]) == 0
+    split = json.loads((tmp_path / "r" / "split.json").read_text())
+    assert len(split["test"]) == 14 and all(e["path"].startswith("test:") for e in split["test"])
+    assert len(split["train"]) + len(split["val"]) == 35
+    code = main(["train", "--data", str(data), "--test-data", str(test), "--test-fraction", "0.2", "--out",
+                 str(tmp_path / "s"), *TINY])  # fmt: skip
+    assert code == 2 and "test_fraction must be 0" in capsys.readouterr().err
+
+
 def test_weights_strict_and_partial(capsys, tmp_path):
     data = make_fake_dataset(tmp_path, name="rsscn7", per_class=5, size=20)
     good, other = tmp_path / "good.safetensors", tmp_path / "other.safetensors"
@@ -148,6 +160,8 @@ def test_prune_fine_tuning_flags_reach_config(tmp_path):
         "--drop-last",
         "--label-smoothing",
         "0",
+        "--calibration-batches",
+        "2",
     ]
     assert (
         main(
@@ -170,7 +184,9 @@ def test_prune_fine_tuning_flags_reach_config(tmp_path):
         )
         == 0
     )
-    train = json.loads((tmp_path / "c" / "config.json").read_text())["train"]
+    config = json.loads((tmp_path / "c" / "config.json").read_text())
+    assert config["method_params"]["calibration_batches"] == 2
+    train = config["train"]
     assert (
         train["optim"]["schedule"],
         train["optim"]["nesterov"],

@@ -181,10 +181,17 @@ def train(
         str, typer.Option(help="batch: one flip/turn draw moves the whole batch; sample: one draw per image.")
     ] = _default(DataConfig, "augment_draw"),
     skip_bad: Annotated[bool, typer.Option(help="Skip unreadable images instead of failing.")] = False,
-    train_fraction: Annotated[float, typer.Option()] = 0.7,
-    val_fraction: Annotated[float, typer.Option()] = 0.1,
-    test_fraction: Annotated[float, typer.Option()] = 0.2,
-    test_data: Annotated[Path | None, typer.Option(help="Separate test folder (then test-fraction 0).")] = None,
+    train_fraction: Annotated[
+        float | None,
+        typer.Option(help=f"[default: {_default(DataConfig, 'train_fraction')}; with --test-data: 1 - val-fraction]"),
+    ] = None,
+    val_fraction: Annotated[float, typer.Option()] = _default(DataConfig, "val_fraction"),
+    test_fraction: Annotated[
+        float | None, typer.Option(help=f"[default: {_default(DataConfig, 'test_fraction')}; with --test-data: 0]")
+    ] = None,
+    test_data: Annotated[
+        Path | None, typer.Option(help="Separate test folder: --data then splits into train and val only.")
+    ] = None,
     split_seed: Annotated[int, typer.Option()] = 0,
     cache_dir: Annotated[Path | None, typer.Option(help="Decoded-image cache (default ~/.cache/rscompress).")] = None,
     threads: ThreadsOpt = None,
@@ -202,10 +209,10 @@ def train(
         DataConfig,
         path=data,
         img_size=img_size,
-        train_fraction=train_fraction,
         val_fraction=val_fraction,
-        test_fraction=test_fraction,
         test_path=test_data,
+        # Unset fractions are left to DataConfig, whose defaults depend on --test-data.
+        **{k: v for k, v in (("train_fraction", train_fraction), ("test_fraction", test_fraction)) if v is not None},
         split_seed=split_seed,
         augment=augment,
         augment_draw=augment_draw,
@@ -292,6 +299,10 @@ def prune(
     kd_weight: KdWeightOpt = 1.0,
     kd_warmup_epochs: KdWarmupEpochsOpt = 0,
     cache_teacher_logits: CacheTeacherLogitsOpt = False,
+    calibration_batches: Annotated[
+        int,
+        typer.Option(help="Plain train batches that average SE attention and feed taylor's gradients, hrank's ranks."),
+    ] = 4,
     sparse_epochs: Annotated[int, typer.Option(help="Sparse-training epochs (slim, l1rr).")] = 30,
     sparse_rate: Annotated[
         float | None,
@@ -411,6 +422,7 @@ def prune(
         loss=loss,
         r1=r1,
         r2=r2,
+        calibration_batches=calibration_batches,
         sparse_epochs=sparse_epochs,
         sparse_rate=sparse_rate,
         sparse_lr=sparse_lr,

@@ -56,16 +56,29 @@ class DataConfig(StrictModel):
     skip_bad: bool = False
     cache_dir: Path | None = None  # default: ~/.cache/rscompress (or $RSCOMPRESS_CACHE)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _test_folder_fractions(cls, data: object) -> object:
+        """With a test folder the data folder splits into train and val only: an unset
+        test_fraction is 0, an unset train_fraction what val leaves."""
+        if not isinstance(data, dict) or data.get("test_path") is None:
+            return data
+        data = {"test_fraction": 0.0, **data}
+        val = data.get("val_fraction", cls.model_fields["val_fraction"].default)
+        if "train_fraction" not in data and isinstance(val, int | float):
+            data["train_fraction"] = 1 - val
+        return data
+
     @model_validator(mode="after")
     def _fractions(self) -> DataConfig:
+        if self.test_path is not None and self.test_fraction != 0:
+            raise ValueError("with test_path set, test_fraction must be 0")
         total = self.train_fraction + self.val_fraction + self.test_fraction
         if abs(total - 1.0) > 1e-6:
             raise ValueError(
                 f"train/val/test fractions must sum to 1, got "
                 f"{self.train_fraction} + {self.val_fraction} + {self.test_fraction} = {total:g}"
             )
-        if self.test_path is not None and self.test_fraction != 0:
-            raise ValueError("with test_path set, test_fraction must be 0")
         return self
 
 

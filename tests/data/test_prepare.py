@@ -147,6 +147,16 @@ def test_user_test_folder(tmp_path):
         prepare_data(cfg.model_copy(update={"test_path": tmp_path / "test2"}))
 
 
+def test_a_test_folder_alone_splits_the_data_folder_into_train_and_val(tmp_path):
+    cfg = config(tmp_path, tmp_path, test_path=tmp_path / "test")
+    assert (cfg.train_fraction, cfg.val_fraction, cfg.test_fraction) == (0.9, 0.1, 0.0)
+    cfg = config(tmp_path, tmp_path, test_path=tmp_path / "test", val_fraction=0.25)
+    assert (cfg.train_fraction, cfg.test_fraction) == (0.75, 0.0)
+    with pytest.raises(ValueError, match="with test_path set, test_fraction must be 0"):
+        config(tmp_path, tmp_path, test_path=tmp_path / "test", test_fraction=0.2)
+    assert config(tmp_path, tmp_path).test_fraction == 0.2  # no test folder: 0.7 / 0.1 / 0.2
+
+
 def test_missing_data_folder_is_user_error(tmp_path):
     with pytest.raises(UserError, match="nowhere"):
         prepare_data(config(tmp_path / "nowhere", tmp_path))
