@@ -226,6 +226,9 @@ VALUES: dict[str, tuple[Callable[[dict], float], Callable[[float], str], str]] =
     "macs_kept": (lambda r: r["macs_kept"], lambda v: f"{100 * v:.1f}", " %"),
     "speedup": (lambda r: r["parent_latency_ms_bs1"] / r["latency_ms_bs1"], lambda v: f"{v:.1f}", "×"),
     "params": (lambda r: r["params"], lambda v: f"{v / 1e6:.1f}", " M"),
+    # Share of the channels a sparse-training phase (slim, l1rr) left at zero, and what it aimed at.
+    "sparsity": (lambda r: r["sparsity"], lambda v: f"{v:.2f}", ""),
+    "target_sparsity": (lambda r: r["target_sparsity"], lambda v: f"{v:.2f}", ""),
 }
 
 
