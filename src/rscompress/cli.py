@@ -14,7 +14,7 @@ import typer
 from pydantic import ValidationError
 from typer import TyperException
 
-from rscompress.config import DETECTION_LR, FINETUNE_LR, DataConfig, FitConfig, Int8Config, OptimConfig
+from rscompress.config import DETECTION_LR, FINETUNE_LR, DataConfig, FitConfig, Int8Config, OptimConfig, PruneConfig
 from rscompress.errors import UserError
 from rscompress.overrides import parse_overrides
 
@@ -302,7 +302,7 @@ def prune(
     calibration_batches: Annotated[
         int,
         typer.Option(help="Plain train batches that average SE attention and feed taylor's gradients, hrank's ranks."),
-    ] = 4,
+    ] = _default(PruneConfig, "calibration_batches"),
     sparse_epochs: Annotated[int, typer.Option(help="Sparse-training epochs (slim, l1rr).")] = 30,
     sparse_rate: Annotated[
         float | None,
@@ -380,7 +380,7 @@ def prune(
 ):
     """Remove channels to a MACs, params or latency budget, fine-tune, and test once."""
     from rscompress import api
-    from rscompress.config import KDSettings, PruneConfig
+    from rscompress.config import KDSettings
 
     fit_cfg = _fit(
         finetune_epochs,
