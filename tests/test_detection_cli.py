@@ -58,10 +58,12 @@ def test_prune_a_detector_to_a_macs_budget_keeping_its_prediction_convs(detector
     assert json.loads(capsys.readouterr().out)["macs_kept"] == pytest.approx(0.5, rel=0.01)
     assert main([*args, "--method", "remotetrimmer", "--out", str(tmp_path / "rt")]) == 2
     assert "method remotetrimmer on a detector is not built yet" in capsys.readouterr().err
+    # A latency budget times the candidates as they deploy: up to the raw head outputs.
     speed = ["prune", str(parent), "--method", "l1", "--target-speedup", "1.3", "--round-to", "8", *args[4:]]
     assert main([*speed, "--out", str(tmp_path / "fast"), "--json"]) == 0
     fast = json.loads(capsys.readouterr().out)
     assert fast["target_speedup"] == 1.3 and fast["latency_budget"]["target_ratio"] == pytest.approx(1 / 1.3)
+    assert fast["latency_budget"]["precision"] == "fp32" and fast["macs_kept"] < 1
     assert fast["latency_budget"]["macs_share"] in [t["macs_share"] for t in fast["latency_budget"]["trials"]]
     nas = [*args, "--method", "nas", "--search-epochs", "2", "--out", str(tmp_path / "nas"), "--json"]
     assert main(nas) == 0

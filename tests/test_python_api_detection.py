@@ -45,6 +45,6 @@ def test_train_evaluate_prune_save_and_export_a_detector(loaders, tmp_path):
     assert report.ok
     with pytest.raises(UserError, match="loss dkd is for classifiers"):
         rsc.prune(model, train, val, example_input=EXAMPLE, method="l1", target_macs=0.5, loss="dkd")
-    # A latency budget times the candidates as they deploy: up to the raw head outputs.
-    fast = rsc.prune(model, train, val, example_input=EXAMPLE, method="l1", target_speedup=1.3, finetune_epochs=1)
-    assert fast.details["latency_budget"]["precision"] == "fp32" and fast.macs_kept < 1
+    # A latency budget reaches the prune settings (the timed search itself: test_detection_cli).
+    with pytest.raises(UserError, match="--method nas trains before it prunes"):
+        rsc.prune(model, train, val, example_input=EXAMPLE, method="nas", target_speedup=1.3)
