@@ -135,7 +135,7 @@ DeviceOpt = Annotated[
 
 @app.command()
 def train(
-    data: Annotated[Path, typer.Option(help="Class-folder dataset root (one folder per class).")],
+    data: Annotated[Path, typer.Option(help="Dataset root: a folder per class, or VOC, COCO or YOLO detection.")],
     model: Annotated[str, typer.Option(help="Model name (see `rscompress models`).")],
     out: OutOpt,
     img_size: Annotated[int, typer.Option(help="Square input size in pixels.")] = _default(DataConfig, "img_size"),
