@@ -48,7 +48,7 @@ def cells(records: list[dict[str, Any]], dataset: str) -> dict[tuple[str, float]
             row["method"],
             row["target_macs"],
             row["seeds"],
-            100 * row["top1"],
+            100 * row["score"],
             100 * row["delta"],
             row["params_kept"],
         )

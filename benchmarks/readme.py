@@ -39,7 +39,7 @@ from typing import Any
 import yaml
 
 from benchmarks.records import read_records
-from benchmarks.tables import by_method, markdown, points, points_mean_std, summarise, write_tables
+from benchmarks.tables import by_method, markdown, plot_stem, points, points_mean_std, summarise, write_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
@@ -385,29 +385,31 @@ def _suite_arg(ctx: Context, marker: Marker) -> tuple[str, Path]:
 @table("suite")
 def _suite(ctx: Context, marker: Marker) -> str:
     """``suite benchmarks/suite.yaml [view=pivot|cells]``: the records that suite writes, as
-    top-1 and top-1-minus-parent pivots (``tables.by_method``) or one line per cell."""
+    pivots of the task's score and of the score minus the parent's (``tables.by_method``), or
+    one line per cell."""
     suite, results = _suite_arg(ctx, marker)
     head = _provenance(ctx, [f"python -m benchmarks suite {suite}"], [results])
     records = ctx.records(results.stem, required=False)
     if not records:
         return head + f"\n\nNo records yet: the command above writes `{ctx.name(results)}` cell by cell."
     rows = summarise(records)
+    name, key = rows[0]["metric"], rows[0]["score_key"]
     detail = f"[`{ctx.name(results.with_suffix('.md'))}`]({ctx.name(results.with_suffix('.md'))})"
     plots = ", ".join(
-        f"[{d}]({ctx.name(results.parent / f'{results.stem}_{d}_top1_vs_macs.png')})"
+        f"[{d}]({ctx.name(Path(f'{plot_stem(results.parent, results.stem, d, key)}_macs.png'))})"
         for d in sorted({r["dataset"] for r in records})
     )
     if marker.options.get("view", "pivot") == "cells":
-        return f"{head}\n\n{markdown(rows).rstrip()}\n\nPlots of top-1 against MACs kept: {plots}."
+        return f"{head}\n\n{markdown(rows).rstrip()}\n\nPlots of {name} against MACs kept: {plots}."
     return "\n\n".join(
         [
             head,
-            "Test top-1 (%), mean ± std over seeds (n seeds):",
+            f"Test {name} (%), mean ± std over seeds (n seeds):",
             _nest(by_method(rows), ctx.level),
-            "Test top-1 minus each seed's own parent's (points):",
+            f"Test {name} minus each seed's own parent's (points):",
             _nest(by_method(rows, "delta"), ctx.level),
             f"Every cell with its params, bs1 speedup and speedup ÷ MACs ratio: {detail}; "
-            f"top-1 against MACs kept: {plots}.",
+            f"{name} against MACs kept: {plots}.",
         ]
     )
 

@@ -32,8 +32,23 @@ def points_mean_std(values: list[float], signed: bool = False) -> str:
     return f"{mean} ± {100 * statistics.stdev(values):.2f}" if len(values) > 1 else mean
 
 
+# What a record is judged by, per task: (its score's field, its parent's field, the score's name).
+SCORES = {"classification": ("top1", "parent_top1", "top-1"), "detection": ("map50", "parent_map50", "mAP@0.5")}
+
+
+def task_of(records: list[dict[str, Any]]) -> str:
+    """The one task of ``records`` (a detector's record says so; a classifier's predates the
+    field); ValueError where they mix, since one table cannot rank top-1 against mAP."""
+    tasks = {r.get("task", "classification") for r in records}
+    if len(tasks) > 1:
+        raise ValueError(f"records of more than one task in one table: {sorted(tasks)}")
+    return tasks.pop() if tasks else "classification"
+
+
 def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (dataset, model, method, target): means and stds over seeds."""
+    """One row per (dataset, model, method, target): means and stds over seeds of the task's
+    score (``SCORES``; ``score``, ``score_std``, ``parent_score``, ``delta``)."""
+    key, parent_key, name = SCORES[task_of(records)]
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
         groups[(r["dataset"], r["model"], r["method"], r.get("target_macs"), r.get("target_params"))].append(r)
@@ -41,13 +56,13 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for (dataset, model, method, target, target_params), rs in sorted(
         groups.items(), key=lambda kv: (kv[0][0], kv[0][1], -(kv[0][3] or kv[0][4] or 1), kv[0][2])
     ):
-        top1, top1_sd = _mean_std([r["top1"] for r in rs])
+        score, score_sd = _mean_std([r[key] for r in rs])
         timed = all("parent_latency_ms_bs1" in r for r in rs)
         # A student's reference is its teacher; an unpruned parent is its own.
-        refs = [r.get("parent_top1", r.get("teacher_top1", r["top1"])) for r in rs]
+        refs = [r.get(parent_key, r.get("teacher_top1", r[key])) for r in rs]
         parent, _ = _mean_std(refs)
         # Each seed against its own parent: fair where a cell's parents were re-trained.
-        delta, delta_sd = _mean_std([r["top1"] - ref for r, ref in zip(rs, refs, strict=True)])
+        delta, delta_sd = _mean_std([r[key] - ref for r, ref in zip(rs, refs, strict=True)])
         rows.append(
             {
                 "dataset": dataset,
@@ -59,9 +74,11 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "params": statistics.fmean(r["params"] for r in rs),
                 # Of the parent's (a student's: of its teacher's), the quantity the issues' bars name.
                 "params_kept": statistics.fmean(r.get("params_kept", 1.0) for r in rs),
-                "top1": top1,
-                "top1_std": top1_sd,
-                "parent_top1": parent,
+                "score_key": key,
+                "metric": name,
+                "score": score,
+                "score_std": score_sd,
+                "parent_score": parent,
                 "delta": delta,
                 "delta_std": delta_sd,
                 "seeds": len(rs),
@@ -79,7 +96,7 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def _top1(row: dict[str, Any], key: str = "top1") -> str:
+def _score(row: dict[str, Any], key: str = "score") -> str:
     """Mean ± std over seeds in points; one seed has no spread to show."""
     mean = points(row[key], signed=key == "delta")
     return f"{mean} ± {100 * row[key + '_std']:.2f}" if row["seeds"] > 1 else mean
@@ -93,9 +110,10 @@ def _target(row: dict[str, Any]) -> str:
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
+    name = rows[0]["metric"] if rows else "top-1"
     lines = [
-        "| dataset | model | method | target | MACs kept | params (M) | params kept | top-1 (%) "
-        "| parent / teacher top-1 (%) | top-1 − own parent (points) | bs1 speedup | speedup ÷ MACs ratio | seeds |",
+        f"| dataset | model | method | target | MACs kept | params (M) | params kept | {name} (%) "
+        f"| parent / teacher {name} (%) | {name} − own parent (points) | bs1 speedup | speedup ÷ MACs ratio | seeds |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -104,15 +122,15 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['dataset']} | {r['model']} | {r['method']} | {_target(r)} | {100 * r['macs_kept']:.1f} % "
             f"| {r['params'] / 1e6:.2f} | {100 * r['params_kept']:.1f} % ({1 / r['params_kept']:.1f}× fewer) "
-            f"| {_top1(r)} | {100 * r['parent_top1']:.2f} | {_top1(r, 'delta')} | {speed} | {share} | {r['seeds']} |"
+            f"| {_score(r)} | {100 * r['parent_score']:.2f} | {_score(r, 'delta')} | {speed} | {share} | {r['seeds']} |"
         )
     return "\n".join(lines) + "\n"
 
 
-def by_method(rows: list[dict[str, Any]], key: str = "top1") -> str:
-    """Per parent model: one line per method, one column per (dataset, MACs target), top-1 %
-    (``key="delta"``: top-1 minus each seed's own parent, points) as mean ± std (n seeds), and
-    the parents' mean top-1 last: the headline comparison."""
+def by_method(rows: list[dict[str, Any]], key: str = "score") -> str:
+    """Per parent model: one line per method, one column per (dataset, MACs target), the score
+    in % (``key="delta"``: the score minus each seed's own parent's, points) as mean ± std
+    (n seeds), and the parents' mean score last: the headline comparison."""
     out = []
     for model in sorted({r["model"] for r in rows if r["target_macs"] is not None}):
         mine = [r for r in rows if r["model"] == model and r["target_macs"] is not None]
@@ -127,19 +145,20 @@ def by_method(rows: list[dict[str, Any]], key: str = "top1") -> str:
         for method in sorted({r["method"] for r in mine}):
             found = [cell.get((method, d, t)) for d, t in columns]
             out.append(
-                f"| {method} | " + " | ".join(f"{_top1(r, key)} (n={r['seeds']})" if r else "" for r in found) + " |"
+                f"| {method} | " + " | ".join(f"{_score(r, key)} (n={r['seeds']})" if r else "" for r in found) + " |"
             )
         # The parents of the best-covered cell of each column (all its seeds).
         parents = [
             max((r for r in mine if (r["dataset"], r["target_macs"]) == c), key=lambda r: r["seeds"]) for c in columns
         ]
-        label = "parent" if key == "top1" else "parent top-1 (%)"  # a delta table's reference, not a delta
-        out += [f"| {label} | " + " | ".join(f"{100 * r['parent_top1']:.2f}" for r in parents) + " |", ""]
+        # a delta table's reference, not a delta
+        label = "parent" if key == "score" else f"parent {parents[0]['metric']} (%)"
+        out += [f"| {label} | " + " | ".join(f"{100 * r['parent_score']:.2f}" for r in parents) + " |", ""]
     return "\n".join(out)
 
 
 def _plot(rows: list[dict[str, Any]], dataset: str, x_key: str, x_label: str, path: Path) -> Path:
-    """Top-1 against ``x_key`` for one dataset, one line per method (mean ± std over seeds)."""
+    """The score against ``x_key`` for one dataset, one line per method (mean ± std over seeds)."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     ax.set_prop_cycle(color=plt.cm.tab20.colors)  # a dozen methods: ten colours would repeat
     for method in sorted({r["method"] for r in rows if r["dataset"] == dataset}):
@@ -150,8 +169,8 @@ def _plot(rows: list[dict[str, Any]], dataset: str, x_key: str, x_label: str, pa
         if pts:
             ax.errorbar(
                 [p[x_key] for p in pts],
-                [100 * p["top1"] for p in pts],
-                yerr=[100 * p["top1_std"] for p in pts],
+                [100 * p["score"] for p in pts],
+                yerr=[100 * p["score_std"] for p in pts],
                 marker="o",
                 capsize=3,
                 label=method,
@@ -162,8 +181,9 @@ def _plot(rows: list[dict[str, Any]], dataset: str, x_key: str, x_label: str, pa
     ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(x_label)
-    ax.set_ylabel("test top-1 (%)")
-    ax.set_title(f"{dataset}: top-1 vs {x_label.split(' (')[0]}")
+    name = rows[0]["metric"]
+    ax.set_ylabel(f"test {name} (%)")
+    ax.set_title(f"{dataset}: {name} vs {x_label.split(' (')[0]}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.savefig(path, dpi=110, bbox_inches="tight")
@@ -171,10 +191,15 @@ def _plot(rows: list[dict[str, Any]], dataset: str, x_key: str, x_label: str, pa
     return path
 
 
+def plot_stem(out_dir: Path, prefix: str, dataset: str, score_key: str) -> Path:
+    """Where a results file's plots of one dataset go, less ``_macs.png`` / ``_latency.png``."""
+    return out_dir / f"{prefix}_{dataset}_{score_key}_vs"
+
+
 def plot(rows: list[dict[str, Any]], out_dir: Path, prefix: str) -> list[Path]:
-    """Per dataset: top-1 vs MACs kept, and top-1 vs bs1 latency kept (ONNX Runtime, 1 thread,
+    """Per dataset: the score vs MACs kept, and vs bs1 latency kept (ONNX Runtime, 1 thread,
     as a share of the parent's timed interleaved with it), as
-    ``<prefix>_<dataset>_top1_vs_{macs,latency}.png``."""
+    ``<prefix>_<dataset>_<score key>_vs_{macs,latency}.png`` (``plot_stem``)."""
     rows = [
         {
             **r,
@@ -185,7 +210,7 @@ def plot(rows: list[dict[str, Any]], out_dir: Path, prefix: str) -> list[Path]:
     ]
     paths = []
     for dataset in sorted({r["dataset"] for r in rows}):
-        stem = out_dir / f"{prefix}_{dataset}_top1_vs"
+        stem = plot_stem(out_dir, prefix, dataset, rows[0]["score_key"])
         paths.append(_plot(rows, dataset, "macs_kept_pct", "MACs kept (%)", Path(f"{stem}_macs.png")))
         paths.append(
             _plot(
@@ -201,12 +226,13 @@ def plot(rows: list[dict[str, Any]], out_dir: Path, prefix: str) -> list[Path]:
 
 def write_tables(results: Path) -> tuple[Path, list[Path]]:
     rows = summarise(read_records(results))
+    name = rows[0]["metric"] if rows else "top-1"
     table = results.with_suffix(".md")
     table.write_text(
         markdown(rows)
-        + "\n## Top-1 (%) by method\n\n"
+        + f"\n## By method: {name} (%)\n\n"
         + by_method(rows)
-        + "\n## Top-1 minus each seed's own parent (points) by method\n\n"
+        + f"\n## By method: {name} minus each seed's own parent's (points)\n\n"
         + by_method(rows, "delta")
     )
     return table, plot(rows, results.parent, results.stem)

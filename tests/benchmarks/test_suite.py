@@ -321,6 +321,11 @@ def test_a_detection_suite_records_map_and_its_parents(tmp_path):
         "parent_latency_ms_bs1",
     } <= set(record)
     assert "top1" not in record
+    # Its tables and plots rank mAP@0.5, against the parent's.
+    table, plots = write_tables(tmp_path / "results" / "detection.jsonl")
+    assert "| mAP@0.5 (%) | parent / teacher mAP@0.5 (%) |" in table.read_text()
+    assert f"| {100 * record['parent_map50']:.2f} |" in table.read_text()
+    assert [p.name for p in plots] == ["detection_tanks_map50_vs_macs.png", "detection_tanks_map50_vs_latency.png"]
 
 
 def test_the_shipped_detection_suite_validates():

@@ -1,5 +1,7 @@
 """Summary tables from records: mean ± std over seeds, the by-method pivot."""
 
+import pytest
+
 from benchmarks.tables import by_method, markdown, summarise
 
 
@@ -73,3 +75,15 @@ def test_a_delta_of_float_noise_around_zero_reads_zero_not_minus_zero():
         record("nas", 0.35, 1, 0.9095237851142883, 0.8880952596664429),
     ]
     assert "| nas | +0.00 ± 3.03 (n=2) |" in by_method(summarise(records), "delta")
+
+
+def test_detection_records_are_ranked_by_map50_and_never_mixed_with_top1():
+    detections = [
+        {**record("l1", 0.35, seed, None), "task": "detection", "map50": m, "parent_map50": 0.6}
+        for seed, m in ((0, 0.5), (1, 0.4))
+    ]
+    (row,) = summarise(detections)
+    assert (row["metric"], row["score"], row["parent_score"]) == ("mAP@0.5", 0.45, 0.6)
+    assert by_method([row], "delta").splitlines()[-1] == "| parent mAP@0.5 (%) | 60.00 |"
+    with pytest.raises(ValueError, match=r"more than one task in one table: \['classification', 'detection'\]"):
+        summarise([*detections, record("l1", 0.35, 0, 0.7)])
