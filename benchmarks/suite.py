@@ -6,7 +6,8 @@
 Every parent, pruned model and distilled student is a run dir under ``work``; a finished one is
 reused, an interrupted one resumes. A record (DESIGN.md format) is appended once per finished
 cell, with ONNX Runtime bs1 latency of the model and of its parent (for a student: its teacher)
-measured interleaved in one process.
+measured interleaved in one process; a pruned detector's record also says whether its ONNX
+export kept parity on its own test images (raw outputs and decoded boxes).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from rscompress.config import (
     StrictModel,
     TrainConfig,
 )
+from rscompress.deploy.box_parity import BoxParityError
+from rscompress.deploy.onnx import ParityError, export_run
 from rscompress.errors import UserError
 from rscompress.pruning.methods import METHODS
 
@@ -218,6 +221,21 @@ def _quality(metrics: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _onnx_parity(child_dir: Path) -> dict[str, Any]:
+    """A pruned detector exported (``RUN/model.onnx``) and checked on its own test images, as
+    ``rscompress export`` does: whether parity held, and by how much or why not."""
+    try:
+        report = export_run(child_dir, overwrite=True)
+    except (ParityError, BoxParityError) as err:
+        return {"onnx_parity": False, "onnx_parity_error": str(err)}
+    assert report.box_parity is not None  # export_run checks a detector's boxes
+    return {
+        "onnx_parity": True,
+        "onnx_max_scaled_diff": report.parity.max_scaled_diff,
+        "box_parity": report.box_parity.to_dict(),
+    }
+
+
 def _sparse_phase(metrics: dict[str, Any]) -> dict[str, Any]:
     """A sparse-training cell's share of channels its phase drove to zero and the share it ran
     towards: whether L1RR's controller got there is what decides what the ranking cuts."""
@@ -247,6 +265,7 @@ def _record(
         "macs": m["macs"],
         "params": m["params"],
         **_quality(m),
+        **(_onnx_parity(child_dir) if m.get("task") == "detection" else {}),
         **_sparse_phase(m),
         "img_size": m["img_size"],
         "epochs": RunDir(parent_dir).load_metrics()["epochs"],

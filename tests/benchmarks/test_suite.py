@@ -321,6 +321,7 @@ def test_a_detection_suite_records_map_and_its_parents(tmp_path):
         "parent_latency_ms_bs1",
     } <= set(record)
     assert "top1" not in record
+    assert record["onnx_parity"] and record["box_parity"]["n_images"] == 1  # exported, checked on its test split
     # Its tables and plots rank mAP@0.5, against the parent's.
     table, plots = write_tables(tmp_path / "results" / "detection.jsonl")
     assert "| mAP@0.5 (%) | parent / teacher mAP@0.5 (%) |" in table.read_text()
