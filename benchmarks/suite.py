@@ -158,20 +158,23 @@ def _parent_run(suite: Suite, parent: Parent, seed: int) -> Path:
     # bf16 in the name: an fp32 and a bf16 parent of the same seed are different runs.
     out = suite.work / f"{parent.dataset}-{parent.model}-e{parent.epochs}-s{seed}{'-bf16' if parent.bf16 else ''}"
     run = RunDir(out)
-    if not run.is_complete():
-        recipe = suite.train.model_dump()
-        if parent.lr is not None:
-            recipe["optim"]["lr"] = parent.lr
-        train_cfg = TrainConfig(
-            **{**recipe, "epochs": parent.epochs, "seed": seed, "model": parent.model, **parent.precision()}
-        )
-        api.train(
-            suite.datasets[parent.dataset],
-            train_cfg,
-            out,
-            resume=(run.checkpoint_dir / "latest.json").is_file(),
-            quiet=True,
-        )
+    recipe = suite.train.model_dump()
+    if parent.lr is not None:
+        recipe["optim"]["lr"] = parent.lr
+    train_cfg = TrainConfig(
+        **{**recipe, "epochs": parent.epochs, "seed": seed, "model": parent.model, **parent.precision()}
+    )
+    # A finished parent is reused only if it was made with this recipe: the run dir's name
+    # does not hold the rate or the data settings, and a changed suite file must not pass off
+    # an old parent as its own.
+    api.train(
+        suite.datasets[parent.dataset],
+        train_cfg,
+        out,
+        resume=(run.checkpoint_dir / "latest.json").is_file(),
+        quiet=True,
+        reuse_finished=True,
+    )
     return out
 
 

@@ -121,6 +121,12 @@ def test_tiny_suite_records_then_skips_and_tabulates(tmp_path):
     assert run_suite(path) == 0  # finished cells are skipped
     table, plots = write_tables(tmp_path / "results" / "pruning.jsonl")
     assert "± " in table.read_text() and "| params 0.3 |" in table.read_text() and all(p.is_file() for p in plots)
+    # A new budget on a changed recipe: the parent of that name was made with the old one.
+    suite["train"]["optim"] = {"lr": 0.05}
+    suite["cells"][1]["budgets"] = [0.3, 0.5]
+    path.write_text(yaml.safe_dump(suite))
+    with pytest.raises(UserError, match=r"se_resnet18-e1-s0 was made with other settings \(train.optim.lr: 0.1 there"):
+        run_suite(path)
 
 
 @pytest.mark.parametrize(
