@@ -75,6 +75,15 @@ def has_record(path: Path, key: dict[str, Any]) -> bool:
     return any(all(r.get(k) == v for k, v in key.items()) for r in read_records(path))
 
 
+def scores(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A run's test scores and the val score it was selected on: mAP for a detector (and its
+    task, which the tables rank by), top-1 and kappa for a classifier."""
+    if metrics.get("task") == "detection":
+        test = {k: metrics[k] for k in ("map50", "map", "map_small")}
+        return {"task": "detection", **test, "val_map50": metrics["val"]["map50"]}
+    return {"top1": metrics["top1"], "kappa": metrics["kappa"], "val_top1": metrics["val"]["top1"]}
+
+
 def train_record(run: RunDir, dataset: str, command: str) -> dict[str, Any]:
     """The record of an unpruned (``method: none``) training run."""
     m = run.load_metrics()
@@ -84,9 +93,7 @@ def train_record(run: RunDir, dataset: str, command: str) -> dict[str, Any]:
         "method": "none",
         "macs": m["macs"],
         "params": m["params"],
-        "top1": m["top1"],
-        "kappa": m["kappa"],
-        "val_top1": m["val"]["top1"],
+        **scores(m),
         "img_size": m["img_size"],
         "epochs": m["epochs"],
         "best_epoch": m["best_epoch"],

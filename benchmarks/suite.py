@@ -20,7 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, model_validator
 
-from benchmarks.records import DEVICE, append_record, cpu_name, git_commit, has_record
+from benchmarks.records import DEVICE, append_record, cpu_name, git_commit, has_record, scores, train_record
 from rscompress import api
 from rscompress.artifacts import RunDir
 from rscompress.config import (
@@ -158,9 +158,11 @@ def _parent_run(suite: Suite, parent: Parent, seed: int) -> Path:
     # bf16 in the name: an fp32 and a bf16 parent of the same seed are different runs.
     out = suite.work / f"{parent.dataset}-{parent.model}-e{parent.epochs}-s{seed}{'-bf16' if parent.bf16 else ''}"
     run = RunDir(out)
-    recipe = suite.train.model_dump()
+    # Only what the suite sets: a rate left unset is then the model's default (a detector's
+    # config.DETECTION_LR, not the classifiers' 0.1).
+    recipe = suite.train.model_dump(exclude_unset=True)
     if parent.lr is not None:
-        recipe["optim"]["lr"] = parent.lr
+        recipe.setdefault("optim", {})["lr"] = parent.lr
     train_cfg = TrainConfig(
         **{**recipe, "epochs": parent.epochs, "seed": seed, "model": parent.model, **parent.precision()}
     )
@@ -176,6 +178,22 @@ def _parent_run(suite: Suite, parent: Parent, seed: int) -> Path:
         reuse_finished=True,
     )
     return out
+
+
+# The method label of a parent's own record (records.train_record): `--methods none` runs the
+# parents alone, for a suite whose parents come before any cell (a detector's take hours here).
+PARENT_LABEL = "none"
+
+
+def _parent_record(path: Path, parent: Parent, parent_dir: Path, seed: int) -> dict[str, Any]:
+    run = RunDir(parent_dir)
+    command = ["python", "-m", "benchmarks", "suite", str(path), "--datasets", parent.dataset]
+    command += ["--models", parent.model, "--seeds", str(seed), "--methods", PARENT_LABEL]
+    return {
+        **train_record(run, parent.dataset, shlex.join(command)),
+        "lr": run.load_config().train["optim"]["lr"],  # the peak rate: the setting a parent's recipe is chosen by
+        **parent.precision(),
+    }
 
 
 def _child_name(cell_label: str, cell: Cell, budget: float) -> str:
@@ -208,20 +226,12 @@ def _latency(suite: Suite, parent_dir: Path, child_dir: Path) -> dict[str, float
 
 
 def _quality(metrics: dict[str, Any]) -> dict[str, Any]:
-    """What a record says of the model's accuracy: test mAP for a detector (DESIGN.md's
-    detection fields), test top-1 and kappa for a classifier; each with its parent's, and the
-    val figure that settings are chosen on (and, pruned, its value before fine-tuning)."""
-    if metrics.get("task") == "detection":
-        names = ("map50", "map", "map_small", "parent_map50", "parent_map")
-        return {"task": "detection", **{k: metrics[k] for k in names}, "val_map50": metrics["val"]["map50"]}
+    """What a record says of the pruned model's accuracy (records.scores: test mAP for a
+    detector, test top-1 and kappa for a classifier, and the val figure that settings are
+    chosen on), with its parent's and, where measured, its val top-1 before fine-tuning."""
+    names = ("parent_map50", "parent_map") if metrics.get("task") == "detection" else ("parent_top1",)
     before = {k: metrics[k] for k in ("val_top1_before_finetune",) if k in metrics}
-    return {
-        "parent_top1": metrics["parent_top1"],
-        "top1": metrics["top1"],
-        "kappa": metrics["kappa"],
-        "val_top1": metrics["val"]["top1"],
-        **before,
-    }
+    return {**scores(metrics), **{k: metrics[k] for k in names}, **before}
 
 
 def _onnx_parity(child_dir: Path) -> dict[str, Any]:
@@ -378,10 +388,10 @@ def run_suite(
     """Run every missing cell; returns how many records were appended.
 
     ``datasets``/``seeds``/``budgets``/``models`` (parent or teacher)/``methods`` (record
-    labels, e.g. ``bn-global`` or ``distill-dkd``)/``students`` (distillation cells only) restrict the run to a
-    slice of the grid (the
-    headline cells first on a small machine); the records are the same ones the full run
-    writes, so a later full run only adds what is missing.
+    labels, e.g. ``bn-global`` or ``distill-dkd``; ``none``: the parents' own records)/``students``
+    (distillation cells only) restrict the run to a slice of the grid (the headline cells first
+    on a small machine); the records are the same ones the full run writes, so a later full
+    run only adds what is missing.
     """
     suite = load_suite(path)
     git_commit()  # the code this process runs, for every record it appends (records.git_commit)
@@ -390,7 +400,11 @@ def run_suite(
         ("seed", seeds, {s for p in suite.parents for s in p.seeds}),
         ("budget", budgets, {b for c in suite.cells for b in c.budgets}),
         ("model", models, {p.model for p in suite.parents}),
-        ("method", methods, {label(c) for c in suite.cells} | {_distill_label(c) for c in suite.distill_cells}),
+        (
+            "method",
+            methods,
+            {PARENT_LABEL} | {label(c) for c in suite.cells} | {_distill_label(c) for c in suite.distill_cells},
+        ),
         ("student", students, {c.student for c in suite.distill_cells}),
     ):
         if unknown := sorted(set(wanted or ()) - known):
@@ -404,6 +418,14 @@ def run_suite(
     for parent in parents:
         for seed in (s for s in parent.seeds if seeds is None or s in seeds):
             parent_dir = None
+            key = {"dataset": parent.dataset, "model": parent.model, "method": PARENT_LABEL, "seed": seed}
+            key |= {"epochs": parent.epochs, "bf16": parent.bf16}
+            wanted = (methods is None or PARENT_LABEL in methods) and budgets is None and students is None
+            if wanted and not has_record(suite.results, key):
+                parent_dir = _parent_run(suite, parent, seed)
+                append_record(suite.results, _parent_record(path, parent, parent_dir, seed))
+                appended += 1
+                print(f"done: {parent.dataset} {parent.model} s{seed} parent", flush=True)
             # A student slice is about distillation cells only.
             for cell in (
                 c

@@ -10,6 +10,7 @@ import yaml
 from benchmarks.records import read_records
 from benchmarks.suite import load_suite, option_args, run_suite
 from benchmarks.tables import write_tables
+from rscompress.config import DETECTION_LR
 from rscompress.errors import UserError
 from tests.fakes import make_fake_dataset
 
@@ -63,8 +64,13 @@ def test_tiny_suite_records_then_skips_and_tabulates(tmp_path):
     assert {
         (r["seed"], r["method"]) for r in read_records(tmp_path / "results" / "pruning.jsonl") if r["seed"] == 0
     } == {(0, "distill-dkd")}
-    assert run_suite(path) == 3  # ... and the full run adds only what is missing
+    assert run_suite(path) == 5  # ... and the full run adds only what is missing, the parents' records too
     records = read_records(tmp_path / "results" / "pruning.jsonl")
+    parents = [r for r in records if r["method"] == "none"]
+    assert sorted(r["seed"] for r in parents) == [0, 1]
+    assert all(r["lr"] == 0.1 and r["epochs"] == 1 and "val_top1" in r and "macs_kept" not in r for r in parents)
+    assert {r["command"].split(" --seeds ")[1] for r in parents} == {"0 --methods none", "1 --methods none"}
+    records = [r for r in records if r not in parents]
     students = [r for r in records if r["method"] == "distill-dkd"]
     assert len(students) == 2 and all(
         r["model"] == "g_ghost_regnetx_tiny"
@@ -181,7 +187,7 @@ def test_a_bf16_parent_trains_fine_tunes_and_teaches_in_bf16_in_its_own_run_dirs
     }
     path = tmp_path / "suite.yaml"
     path.write_text(yaml.safe_dump(suite))
-    assert run_suite(path) == 2
+    assert run_suite(path) == 3  # its cells and the parent's own record
     parent = tmp_path / "work" / "fake-resnet18-e1-s0-bf16"
     for run in (parent, parent / "l1-0.5", parent / "distill-kd-g_ghost_regnetx_tiny"):
         flags = _bf16_flags(json.loads((run / "config.json").read_text()))
@@ -234,8 +240,8 @@ def test_a_cell_pruned_from_another_fine_tunes_that_cells_pruned_model(tmp_path)
     }
     path = tmp_path / "suite.yaml"
     path.write_text(yaml.safe_dump(suite))
-    assert run_suite(path) == 2
-    kd, ce = read_records(tmp_path / "r.jsonl")
+    assert run_suite(path) == 3
+    _parent, kd, ce = read_records(tmp_path / "r.jsonl")
     parent = tmp_path / "work" / "fake-resnet18-e1-s0"
     assert (parent / "nas-0.5" / "pruned.safetensors").read_bytes() == (
         parent / "nas-kd-0.5" / "pruned.safetensors"
@@ -283,8 +289,8 @@ def test_a_sparse_cell_prunes_its_next_budget_from_the_sparse_training_it_would_
     }
     path = tmp_path / "suite.yaml"
     path.write_text(yaml.safe_dump(suite))
-    assert run_suite(path) == 3
-    half, third, other = read_records(tmp_path / "r.jsonl")
+    assert run_suite(path) == 4
+    _parent, half, third, other = read_records(tmp_path / "r.jsonl")
     parent = tmp_path / "work" / "fake-resnet18-e1-s0"
     assert f"--sparse-from {os.path.relpath(parent / 'slim-0.5')} " in third["command"]
     assert "--sparse-from" not in half["command"]
@@ -314,8 +320,10 @@ def test_a_detection_suite_records_map_and_its_parents(tmp_path):
     }
     path = tmp_path / "detection.yaml"
     path.write_text(yaml.safe_dump(suite))
-    assert run_suite(path) == 1
-    (record,) = read_records(tmp_path / "results" / "detection.jsonl")
+    assert run_suite(path) == 2
+    parent, record = read_records(tmp_path / "results" / "detection.jsonl")
+    assert (parent["method"], parent["task"], parent["lr"]) == ("none", "detection", DETECTION_LR)
+    assert {"map50", "map", "map_small", "val_map50"} <= set(parent) and "top1" not in parent
     assert record["task"] == "detection" and record["macs_kept"] == pytest.approx(0.35, rel=0.01)
     assert {
         "map50",
