@@ -39,7 +39,17 @@ from typing import Any
 import yaml
 
 from benchmarks.records import read_records
-from benchmarks.tables import by_method, markdown, plot_stem, points, points_mean_std, summarise, write_tables
+from benchmarks.tables import (
+    SCORES,
+    by_method,
+    markdown,
+    plot_stem,
+    points,
+    points_mean_std,
+    summarise,
+    task_of,
+    write_tables,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
@@ -412,6 +422,39 @@ def _suite(ctx: Context, marker: Marker) -> str:
             f"{name} against MACs kept: {plots}.",
         ]
     )
+
+
+@table("parents")
+def _parents(ctx: Context, marker: Marker) -> str:
+    """``parents SUITE.yaml [SUITE.yaml ...]``: each suite's parents as their own records say
+    (``--methods none``): rate, epochs, the val score they were selected on and the test scores,
+    one line per seed. Several suites side by side: a recipe's arms, e.g. two peak rates."""
+    if not marker.args:
+        raise ReadmeError("takes one or more suite files")
+    sources = [_suite_arg(ctx, Marker(marker.kind, marker.name, [suite], {}, "")) for suite in marker.args]
+    records = [r for _, results in sources for r in ctx.records(results.stem, required=False) if r["method"] == "none"]
+    commands = [f"python -m benchmarks suite {suite} --methods none" for suite, _ in sources]
+    head = _provenance(ctx, commands, [results for _, results in sources])
+    if not records:
+        return head + "\n\nNo parent records yet."
+    key, _, name = SCORES[task_of(records)]
+    extra = ["map", "map_small"] if key == "map50" else ["kappa"]
+    header = ["dataset", "model", "seed", "peak lr", "epochs", f"val {name} (%)", f"test {name} (%)", *extra, "commit"]
+    rows = [
+        [
+            r["dataset"],
+            r["model"],
+            str(r["seed"]),
+            f"{r['lr']:g}",
+            str(r["epochs"]),
+            points(r[f"val_{key}"]),
+            points(r[key]),
+            *(f"{r[k]:.3f}" if k == "kappa" else points(r[k]) for k in extra),
+            r["commit"][:7],
+        ]
+        for r in sorted(records, key=lambda r: (r["dataset"], r["model"], r["seed"], r["lr"]))
+    ]
+    return head + "\n\n" + _table(header, rows)
 
 
 @table("pruning-bars")

@@ -347,3 +347,9 @@ def test_the_shipped_detection_suite_validates():
     suite = load_suite(ROOT / "benchmarks" / "detection.yaml")
     assert {p.model for p in suite.parents} <= {"fcos_mobilenet_v3", "fcos_resnet18"}
     assert {c.method for c in suite.cells} == {"l1rr", "slim", "nas", "l1", "bn", "random"}
+    # The rate study's parents: the same recipe but the rate, in a work dir of their own.
+    study = load_suite(ROOT / "benchmarks" / "detection_parent_lr.yaml")
+    assert study.train.model_dump(exclude={"optim"}) == suite.train.model_dump(exclude={"optim"})
+    arms = [(p.dataset, p.model, p.epochs, p.lr) for p in study.parents]
+    assert arms == [("nepu_owod", "fcos_mobilenet_v3", 36, 0.02)]
+    assert study.work != suite.work and not study.cells
