@@ -23,7 +23,11 @@ def main(argv: list[str] | None = None) -> None:
         "--budgets", nargs="+", type=float, help="only these budgets (MACs, or params for a params cell)"
     )
     suite_args.add_argument("--models", nargs="+", help="only the parents (teachers) of these models")
-    suite_args.add_argument("--methods", nargs="+", help="only these methods, by record label (bn-global, distill-dkd)")
+    suite_args.add_argument(
+        "--methods",
+        nargs="+",
+        help="only these methods, by record label (bn-global, distill-dkd; none: the parents' own records)",
+    )
     suite_args.add_argument("--students", nargs="+", help="only the distillation cells of these student models")
     suite_args.add_argument("--threads", type=int, help="torch threads (1 when two suites share 2 cores)")
     sub.add_parser(

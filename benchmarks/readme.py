@@ -38,7 +38,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks.records import read_records
+from benchmarks.records import UNPRUNED, read_records
 from benchmarks.tables import (
     SCORES,
     by_method,
@@ -432,14 +432,24 @@ def _parents(ctx: Context, marker: Marker) -> str:
     if not marker.args:
         raise ReadmeError("takes one or more suite files")
     sources = [_suite_arg(ctx, Marker(marker.kind, marker.name, [suite], {}, "")) for suite in marker.args]
-    records = [r for _, results in sources for r in ctx.records(results.stem, required=False) if r["method"] == "none"]
-    commands = [f"python -m benchmarks suite {suite} --methods none" for suite, _ in sources]
+    found = [r for _, results in sources for r in ctx.records(results.stem, required=False)]
+    records = [r for r in found if r["method"] == UNPRUNED]
+    commands = [f"python -m benchmarks suite {suite} --methods {UNPRUNED}" for suite, _ in sources]
     head = _provenance(ctx, commands, [results for _, results in sources])
     if not records:
         return head + "\n\nNo parent records yet."
     key, _, name = SCORES[task_of(records)]
-    extra = ["map", "map_small"] if key == "map50" else ["kappa"]
-    header = ["dataset", "model", "seed", "peak lr", "epochs", f"val {name} (%)", f"test {name} (%)", *extra, "commit"]
+    # The task's other test scores, as records.scores writes them.
+    extra = [k for k in ("map", "map_small", "kappa") if k in records[0]]
+    titles = {"map": "test mAP (%)", "map_small": "test mAP small (%)", "kappa": "test kappa"}
+    header = ["dataset", "model", "seed", "peak lr", "epochs", f"val {name} (%)", f"test {name} (%)"]
+    header += [*(titles[k] for k in extra), "commit"]
+
+    def shown(field: str, value: float) -> str:
+        if field == "kappa":
+            return f"{value:.3f}"
+        return "–" if value < 0 else points(value)  # torchmetrics' -1: no object of that size
+
     rows = [
         [
             r["dataset"],
@@ -449,7 +459,7 @@ def _parents(ctx: Context, marker: Marker) -> str:
             str(r["epochs"]),
             points(r[f"val_{key}"]),
             points(r[key]),
-            *(f"{r[k]:.3f}" if k == "kappa" else points(r[k]) for k in extra),
+            *(shown(k, r[k]) for k in extra),
             r["commit"][:7],
         ]
         for r in sorted(records, key=lambda r: (r["dataset"], r["model"], r["seed"], r["lr"]))

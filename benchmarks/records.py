@@ -84,13 +84,17 @@ def scores(metrics: dict[str, Any]) -> dict[str, Any]:
     return {"top1": metrics["top1"], "kappa": metrics["kappa"], "val_top1": metrics["val"]["top1"]}
 
 
+# The method label of an unpruned training run's record (a baseline, a suite's parent).
+UNPRUNED = "none"
+
+
 def train_record(run: RunDir, dataset: str, command: str) -> dict[str, Any]:
     """The record of an unpruned (``method: none``) training run."""
     m = run.load_metrics()
     return {
         "dataset": dataset,
         "model": m["model"],
-        "method": "none",
+        "method": UNPRUNED,
         "macs": m["macs"],
         "params": m["params"],
         **scores(m),

@@ -7,7 +7,9 @@ Every parent, pruned model and distilled student is a run dir under ``work``; a 
 reused, an interrupted one resumes. A record (DESIGN.md format) is appended once per finished
 cell, with ONNX Runtime bs1 latency of the model and of its parent (for a student: its teacher)
 measured interleaved in one process; a pruned detector's record also says whether its ONNX
-export kept parity on its own test images (raw outputs and decoded boxes).
+export kept parity on its own test images (raw outputs and decoded boxes). A suite with
+``parent_records: true`` records each parent too (``method: none``, no latency): its parents
+take hours and come before any cell.
 """
 
 from __future__ import annotations
@@ -20,7 +22,16 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, model_validator
 
-from benchmarks.records import DEVICE, append_record, cpu_name, git_commit, has_record, scores, train_record
+from benchmarks.records import (
+    DEVICE,
+    UNPRUNED,
+    append_record,
+    cpu_name,
+    git_commit,
+    has_record,
+    scores,
+    train_record,
+)
 from rscompress import api
 from rscompress.artifacts import RunDir
 from rscompress.config import (
@@ -99,6 +110,9 @@ class Suite(StrictModel):
     kd: KDSettings = KDSettings()
     distill_cells: list[DistillCell] = []
     latency_repeats: int = 50
+    # Each parent's own record (method none) beside the cells': `--methods none` then runs the
+    # parents alone (the detection suite's take hours and come first).
+    parent_records: bool = False
 
     @model_validator(mode="after")
     def _pruned_from_an_earlier_cell(self) -> Suite:
@@ -115,6 +129,12 @@ class Suite(StrictModel):
                     f"cell {label(cell)!r}: pruned_from {cell.pruned_from!r} is not an earlier cell of "
                     f"{cell.dataset} {cell.model} with its budgets (those: {earlier})"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _no_cell_labelled_as_a_parent(self) -> Suite:
+        if any(label(c) == UNPRUNED for c in self.cells):
+            raise ValueError(f"a cell's label cannot be {UNPRUNED!r}: that is a parent's own record")
         return self
 
     @model_validator(mode="after")
@@ -168,7 +188,8 @@ def _parent_run(suite: Suite, parent: Parent, seed: int) -> Path:
     )
     # A finished parent is reused only if it was made with this recipe: the run dir's name
     # does not hold the rate or the data settings, and a changed suite file must not pass off
-    # an old parent as its own.
+    # an old parent as its own. (The data path is compared resolved: a work dir moved to a
+    # checkout whose ../shared resolves elsewhere is refused, not reused.)
     api.train(
         suite.datasets[parent.dataset],
         train_cfg,
@@ -180,15 +201,10 @@ def _parent_run(suite: Suite, parent: Parent, seed: int) -> Path:
     return out
 
 
-# The method label of a parent's own record (records.train_record): `--methods none` runs the
-# parents alone, for a suite whose parents come before any cell (a detector's take hours here).
-PARENT_LABEL = "none"
-
-
 def _parent_record(path: Path, parent: Parent, parent_dir: Path, seed: int) -> dict[str, Any]:
     run = RunDir(parent_dir)
     command = ["python", "-m", "benchmarks", "suite", str(path), "--datasets", parent.dataset]
-    command += ["--models", parent.model, "--seeds", str(seed), "--methods", PARENT_LABEL]
+    command += ["--models", parent.model, "--seeds", str(seed), "--methods", UNPRUNED]
     return {
         **train_record(run, parent.dataset, shlex.join(command)),
         "lr": run.load_config().train["optim"]["lr"],  # the peak rate: the setting a parent's recipe is chosen by
@@ -403,7 +419,9 @@ def run_suite(
         (
             "method",
             methods,
-            {PARENT_LABEL} | {label(c) for c in suite.cells} | {_distill_label(c) for c in suite.distill_cells},
+            ({UNPRUNED} if suite.parent_records else set())
+            | {label(c) for c in suite.cells}
+            | {_distill_label(c) for c in suite.distill_cells},
         ),
         ("student", students, {c.student for c in suite.distill_cells}),
     ):
@@ -418,10 +436,10 @@ def run_suite(
     for parent in parents:
         for seed in (s for s in parent.seeds if seeds is None or s in seeds):
             parent_dir = None
-            key = {"dataset": parent.dataset, "model": parent.model, "method": PARENT_LABEL, "seed": seed}
-            key |= {"epochs": parent.epochs, "bf16": parent.bf16}
-            wanted = (methods is None or PARENT_LABEL in methods) and budgets is None and students is None
-            if wanted and not has_record(suite.results, key):
+            parent_key = {"dataset": parent.dataset, "model": parent.model, "method": UNPRUNED, "seed": seed}
+            parent_key |= {"epochs": parent.epochs, "bf16": parent.bf16}
+            record_parent = suite.parent_records and (methods is None or UNPRUNED in methods)
+            if record_parent and budgets is None and students is None and not has_record(suite.results, parent_key):
                 parent_dir = _parent_run(suite, parent, seed)
                 append_record(suite.results, _parent_record(path, parent, parent_dir, seed))
                 appended += 1

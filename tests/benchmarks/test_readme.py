@@ -101,3 +101,26 @@ def test_markers_that_cannot_be_filled_say_why(tmp_path, line, why):
     template = _template(tmp_path, f"<!-- defaults: source=grid dataset=d model=m -->\n{line}\n")
     with pytest.raises(readme.ReadmeError, match=f"^{template}:2: {why}"):
         readme.render(_records(tmp_path), template)
+
+
+def test_the_parents_table_lists_each_suites_parent_records_by_seed_and_rate(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    parent = {"dataset": "nepu_owod", "model": "fcos_mobilenet_v3", "method": "none", "task": "detection"}
+    parent |= {"epochs": 36, "map": 0.2, "map_small": -1.0, "commit": "abcdef123"}
+    cell = {**parent, "method": "l1", "target_macs": 0.35, "lr": 0.002, "map50": 0.4, "val_map50": 0.4}
+    arms = {
+        "detection.jsonl": [{**parent, "seed": 0, "lr": 0.01, "map50": 0.5, "val_map50": 0.45}, cell],
+        "detection_parent_lr.jsonl": [{**parent, "seed": 0, "lr": 0.02, "map50": 0.55, "val_map50": 0.5}],
+    }
+    for name, rows in arms.items():
+        (results / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    marker = "<!-- table: parents benchmarks/detection.yaml benchmarks/detection_parent_lr.yaml -->"
+    text = readme.render(results, _template(tmp_path, f"{marker}\n"))
+    assert "python -m benchmarks suite benchmarks/detection_parent_lr.yaml --methods none" in text
+    assert "| val mAP@0.5 (%) | test mAP@0.5 (%) | test mAP (%) | test mAP small (%) | commit |" in text
+    rows = [line for line in text.splitlines() if line.startswith("| nepu_owod")]
+    assert rows == [  # the cell's record is not a parent's; no small object: no figure
+        "| nepu_owod | fcos_mobilenet_v3 | 0 | 0.01 | 36 | 45.00 | 50.00 | 20.00 | – | abcdef1 |",
+        "| nepu_owod | fcos_mobilenet_v3 | 0 | 0.02 | 36 | 50.00 | 55.00 | 20.00 | – | abcdef1 |",
+    ]

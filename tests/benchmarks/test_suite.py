@@ -51,6 +51,7 @@ def test_tiny_suite_records_then_skips_and_tabulates(tmp_path):
             {"dataset": "fake", "model": "se_resnet18", "student": "g_ghost_regnetx_tiny", "loss": "dkd"}
         ],
         "latency_repeats": 3,
+        "parent_records": True,
     }
     path = tmp_path / "suite.yaml"
     path.write_text(yaml.safe_dump(suite))
@@ -142,6 +143,7 @@ def test_tiny_suite_records_then_skips_and_tabulates(tmp_path):
         ({"methods": ["remotetrimer"]}, r"method \['remotetrimer'\] is not in .*'remotetrimmer-aml\+ce'"),
         ({"models": ["resnet50"]}, r"model \['resnet50'\] is not in"),
         ({"students": ["ghostnet"]}, r"student \['ghostnet'\] is not in"),
+        ({"methods": ["none"]}, r"method \['none'\] is not in"),  # its parents have no records of their own
     ],
 )
 def test_slice_outside_the_suite_names_the_bad_value(kwargs, message):
@@ -187,7 +189,7 @@ def test_a_bf16_parent_trains_fine_tunes_and_teaches_in_bf16_in_its_own_run_dirs
     }
     path = tmp_path / "suite.yaml"
     path.write_text(yaml.safe_dump(suite))
-    assert run_suite(path) == 3  # its cells and the parent's own record
+    assert run_suite(path) == 2
     parent = tmp_path / "work" / "fake-resnet18-e1-s0-bf16"
     for run in (parent, parent / "l1-0.5", parent / "distill-kd-g_ghost_regnetx_tiny"):
         flags = _bf16_flags(json.loads((run / "config.json").read_text()))
@@ -240,8 +242,8 @@ def test_a_cell_pruned_from_another_fine_tunes_that_cells_pruned_model(tmp_path)
     }
     path = tmp_path / "suite.yaml"
     path.write_text(yaml.safe_dump(suite))
-    assert run_suite(path) == 3
-    _parent, kd, ce = read_records(tmp_path / "r.jsonl")
+    assert run_suite(path) == 2
+    kd, ce = read_records(tmp_path / "r.jsonl")
     parent = tmp_path / "work" / "fake-resnet18-e1-s0"
     assert (parent / "nas-0.5" / "pruned.safetensors").read_bytes() == (
         parent / "nas-kd-0.5" / "pruned.safetensors"
@@ -289,8 +291,8 @@ def test_a_sparse_cell_prunes_its_next_budget_from_the_sparse_training_it_would_
     }
     path = tmp_path / "suite.yaml"
     path.write_text(yaml.safe_dump(suite))
-    assert run_suite(path) == 4
-    _parent, half, third, other = read_records(tmp_path / "r.jsonl")
+    assert run_suite(path) == 3
+    half, third, other = read_records(tmp_path / "r.jsonl")
     parent = tmp_path / "work" / "fake-resnet18-e1-s0"
     assert f"--sparse-from {os.path.relpath(parent / 'slim-0.5')} " in third["command"]
     assert "--sparse-from" not in half["command"]
@@ -317,6 +319,7 @@ def test_a_detection_suite_records_map_and_its_parents(tmp_path):
         "parents": [{"dataset": "tanks", "model": "fcos_mobilenet_v3", "epochs": 1, "seeds": [0]}],
         "cells": [{"dataset": "tanks", "model": "fcos_mobilenet_v3", "method": "l1", "budgets": [0.35]}],
         "latency_repeats": 3,
+        "parent_records": True,
     }
     path = tmp_path / "detection.yaml"
     path.write_text(yaml.safe_dump(suite))
@@ -349,7 +352,17 @@ def test_the_shipped_detection_suite_validates():
     assert {c.method for c in suite.cells} == {"l1rr", "slim", "nas", "l1", "bn", "random"}
     # The rate study's parents: the same recipe but the rate, in a work dir of their own.
     study = load_suite(ROOT / "benchmarks" / "detection_parent_lr.yaml")
-    assert study.train.model_dump(exclude={"optim"}) == suite.train.model_dump(exclude={"optim"})
-    arms = [(p.dataset, p.model, p.epochs, p.lr) for p in study.parents]
-    assert arms == [("nepu_owod", "fcos_mobilenet_v3", 36, 0.02)]
-    assert study.work != suite.work and not study.cells
+    (arm,) = study.parents
+    (nepu,) = [p for p in suite.parents if p.dataset == "nepu_owod"]
+    assert (study.train, study.datasets["nepu_owod"]) == (suite.train, suite.datasets["nepu_owod"])
+    assert arm.model_copy(update={"lr": None, "seeds": nepu.seeds}) == nepu and arm.lr == 0.02 != suite.train.optim.lr
+    assert study.work != suite.work and not study.cells and study.parent_records and suite.parent_records
+
+
+def test_a_cell_cannot_take_the_label_of_a_parents_record(tmp_path):
+    spec = yaml.safe_load((ROOT / "benchmarks" / "detection.yaml").read_text())
+    spec["cells"][0]["label"] = "none"
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ValueError, match="a cell's label cannot be 'none': that is a parent's own record"):
+        load_suite(path)

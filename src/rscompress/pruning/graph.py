@@ -10,6 +10,7 @@ scores exactly once, and every candidate of a search is ranked by the same numbe
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -21,6 +22,11 @@ from torch_pruning import ops
 
 from rscompress.models.detection import deployable
 from rscompress.pruning.importance import Importance
+
+# Another torchvision detector (a RetinaNet) is still traced through its box decoding and NMS,
+# where Torch-Pruning's channel inference gives up with a warning each time; they hold no
+# prunable layer, so its groups are complete without them. Only that message is silenced.
+warnings.filterwarnings("ignore", "Maximum recursive depth reached", UserWarning, r"torch_pruning\.")
 
 # Layers whose output channels start a group; BNs, activations, adds and concats follow them.
 ROOT_TYPES = (ops.TORCH_CONV, ops.TORCH_LINEAR)
@@ -70,10 +76,11 @@ def build_graph(model: nn.Module, example_inputs: Tensor) -> tp.DependencyGraph:
     training = {m: m.training for m in model.modules()}
     try:
         with torch.enable_grad():
-            # A detector is traced as it is exported, up to its head's raw outputs: every
-            # prunable layer is before them. Its box decoding and NMS hold none, yet their
-            # reshapes cost Torch-Pruning a recursive channel walk each time it builds a group
-            # (a budget search on fcos_mobilenet_v3 ran 2.5x slower through them).
+            # An FCOS detector is traced as it is exported, up to its head's raw outputs
+            # (models.detection.deployable): every prunable layer is before them. Its box
+            # decoding and NMS hold none, yet their reshapes cost Torch-Pruning a recursive
+            # channel walk each time it builds a group (a budget search on fcos_mobilenet_v3
+            # ran 2.5x slower through them).
             return tp.DependencyGraph().build_dependency(
                 model, example_inputs=example_inputs, forward_fn=lambda m, x: deployable(m)(x)
             )
