@@ -47,3 +47,18 @@ def torchvision_frozen_bn():
 def test_a_detector_size_must_be_a_multiple_of_32():
     with pytest.raises(UserError, match="multiple of 32, got 500"):
         create_model("fcos_resnet18", 1, img_size=500)
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_the_head_is_shared_by_the_fpn_levels_but_each_level_keeps_its_own_bn_statistics(name):
+    # One BN shared by P3-P7 would average their statistics into estimates that fit none of them.
+    torch.manual_seed(0)
+    head = create_model(name, 1, img_size=64).head.train()
+    channels = head.classification_head.cls_logits.in_channels
+    scales = [100.0, 1.0, 1.0, 1.0, 1.0]  # P3 far louder than the coarser levels
+    features = [s * torch.randn(2, channels, 8 // 2**i or 1, 8 // 2**i or 1) for i, s in enumerate(scales)]
+    head(features)
+    for tower in (head.classification_head.conv, head.regression_head.conv):
+        assert len(tower.convs) == 4 and len(tower.norms) == len(scales)  # convs shared, BNs per level
+        first = [norms[0].running_var.mean().item() for norms in tower.norms]
+        assert first[0] > 10 * max(first[1:])  # P3's loudness reached its own BNs only
