@@ -384,12 +384,17 @@ def _suite_results(suite: str) -> Path:
     return ROOT / spec["results"]
 
 
-def _suite_arg(ctx: Context, marker: Marker) -> tuple[str, Path]:
-    """The marker's suite file and where its records are (under ``ctx.results``)."""
-    (suite,) = marker.args or [""]
+def _suite_source(ctx: Context, suite: str) -> tuple[str, Path]:
+    """A suite file and where its records are (under ``ctx.results``)."""
     if not (ROOT / suite).is_file():
         raise ReadmeError(f"no suite file {suite}")
     return suite, ctx.results / _suite_results(suite).name
+
+
+def _suite_arg(ctx: Context, marker: Marker) -> tuple[str, Path]:
+    """The marker's one suite file and where its records are."""
+    (suite,) = marker.args or [""]
+    return _suite_source(ctx, suite)
 
 
 @table("suite")
@@ -431,7 +436,7 @@ def _parents(ctx: Context, marker: Marker) -> str:
     one line per seed. Several suites side by side: a recipe's arms, e.g. two peak rates."""
     if not marker.args:
         raise ReadmeError("takes one or more suite files")
-    sources = [_suite_arg(ctx, Marker(marker.kind, marker.name, [suite], {}, "")) for suite in marker.args]
+    sources = [_suite_source(ctx, suite) for suite in marker.args]
     found = [r for _, results in sources for r in ctx.records(results.stem, required=False)]
     records = [r for r in found if r["method"] == UNPRUNED]
     commands = [f"python -m benchmarks suite {suite} --methods {UNPRUNED}" for suite, _ in sources]

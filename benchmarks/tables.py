@@ -109,8 +109,13 @@ def _target(row: dict[str, Any]) -> str:
     return f"{row['target_macs']:g}" if row["target_macs"] is not None else ""
 
 
+def metric_name(rows: list[dict[str, Any]]) -> str:
+    """The score the rows rank by, as a table names it: their task's metric (top-1 when none)."""
+    return rows[0]["metric"] if rows else "top-1"
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
-    name = rows[0]["metric"] if rows else "top-1"
+    name = metric_name(rows)
     lines = [
         f"| dataset | model | method | target | MACs kept | params (M) | params kept | {name} (%) "
         f"| parent / teacher {name} (%) | {name} − own parent (points) | bs1 speedup | speedup ÷ MACs ratio | seeds |",
@@ -181,7 +186,7 @@ def _plot(rows: list[dict[str, Any]], dataset: str, x_key: str, x_label: str, pa
     ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(x_label)
-    name = rows[0]["metric"]
+    name = metric_name(rows)
     ax.set_ylabel(f"test {name} (%)")
     ax.set_title(f"{dataset}: {name} vs {x_label.split(' (')[0]}")
     ax.grid(alpha=0.3)
@@ -226,7 +231,7 @@ def plot(rows: list[dict[str, Any]], out_dir: Path, prefix: str) -> list[Path]:
 
 def write_tables(results: Path) -> tuple[Path, list[Path]]:
     rows = summarise(read_records(results))
-    name = rows[0]["metric"] if rows else "top-1"
+    name = metric_name(rows)
     table = results.with_suffix(".md")
     table.write_text(
         markdown(rows)
