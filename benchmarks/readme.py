@@ -144,7 +144,8 @@ def _provenance(ctx: Context, commands: list[str], sources: list[Path], note: st
             described.append(f"`{ctx.name(path)}` (none yet)")
         elif path.suffix == ".jsonl":
             records = read_records(path)
-            described.append(f"`{ctx.name(path)}` ({len(records)} records{_commits(records)})")
+            noun = "record" if len(records) == 1 else "records"
+            described.append(f"`{ctx.name(path)}` ({len(records)} {noun}{_commits(records)})")
         else:
             described.append(f"`{ctx.name(path)}`{_commits([json.loads(path.read_text())])}")
     lines = ["```bash", *commands, "```", f"Records: {', '.join(described)}.{f' {note}' if note else ''}"]
@@ -404,9 +405,10 @@ def _suite(ctx: Context, marker: Marker) -> str:
     one line per cell."""
     suite, results = _suite_arg(ctx, marker)
     head = _provenance(ctx, [f"python -m benchmarks suite {suite}"], [results])
-    records = ctx.records(results.stem, required=False)
+    # The parents' own records (--methods none) have their table: `parents`.
+    records = [r for r in ctx.records(results.stem, required=False) if r["method"] != UNPRUNED]
     if not records:
-        return head + f"\n\nNo records yet: the command above writes `{ctx.name(results)}` cell by cell."
+        return head + f"\n\nNo cells yet: the command above writes `{ctx.name(results)}` cell by cell."
     rows = summarise(records)
     name, key = rows[0]["metric"], rows[0]["score_key"]
     detail = f"[`{ctx.name(results.with_suffix('.md'))}`]({ctx.name(results.with_suffix('.md'))})"

@@ -162,8 +162,11 @@ def by_method(rows: list[dict[str, Any]], key: str = "score") -> str:
     return "\n".join(out)
 
 
-def _plot(rows: list[dict[str, Any]], dataset: str, x_key: str, x_label: str, path: Path) -> Path:
-    """The score against ``x_key`` for one dataset, one line per method (mean ± std over seeds)."""
+def _plot(rows: list[dict[str, Any]], dataset: str, x_key: str, x_label: str, path: Path) -> Path | None:
+    """The score against ``x_key`` for one dataset, one line per method (mean ± std over seeds);
+    None, and no file, when no row of the dataset has an ``x_key`` (parents only have no latency)."""
+    if all(r[x_key] is None for r in rows if r["dataset"] == dataset):
+        return None
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     ax.set_prop_cycle(color=plt.cm.tab20.colors)  # a dozen methods: ten colours would repeat
     for method in sorted({r["method"] for r in rows if r["dataset"] == dataset}):
@@ -204,7 +207,8 @@ def plot_stem(out_dir: Path, prefix: str, dataset: str, score_key: str) -> Path:
 def plot(rows: list[dict[str, Any]], out_dir: Path, prefix: str) -> list[Path]:
     """Per dataset: the score vs MACs kept, and vs bs1 latency kept (ONNX Runtime, 1 thread,
     as a share of the parent's timed interleaved with it), as
-    ``<prefix>_<dataset>_<score key>_vs_{macs,latency}.png`` (``plot_stem``)."""
+    ``<prefix>_<dataset>_<score key>_vs_{macs,latency}.png`` (``plot_stem``); the latency plot
+    only once a record of the dataset has a timing."""
     rows = [
         {
             **r,
@@ -213,20 +217,20 @@ def plot(rows: list[dict[str, Any]], out_dir: Path, prefix: str) -> list[Path]:
         }
         for r in rows
     ]
-    paths = []
+    paths: list[Path | None] = []
     for dataset in sorted({r["dataset"] for r in rows}):
         stem = plot_stem(out_dir, prefix, dataset, rows[0]["score_key"])
-        paths.append(_plot(rows, dataset, "macs_kept_pct", "MACs kept (%)", Path(f"{stem}_macs.png")))
-        paths.append(
+        paths += [
+            _plot(rows, dataset, "macs_kept_pct", "MACs kept (%)", Path(f"{stem}_macs.png")),
             _plot(
                 rows,
                 dataset,
                 "latency_kept_pct",
                 "latency kept (% of the parent's, bs1, ORT 1 thread)",
                 Path(f"{stem}_latency.png"),
-            )
-        )
-    return paths
+            ),
+        ]
+    return [p for p in paths if p is not None]
 
 
 def write_tables(results: Path) -> tuple[Path, list[Path]]:

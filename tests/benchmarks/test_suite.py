@@ -355,7 +355,7 @@ def test_the_shipped_detection_suite_validates():
     (arm,) = study.parents
     (nepu,) = [p for p in suite.parents if p.dataset == "nepu_owod"]
     assert (study.train, study.datasets["nepu_owod"]) == (suite.train, suite.datasets["nepu_owod"])
-    assert arm.model_copy(update={"lr": None, "seeds": nepu.seeds}) == nepu and arm.lr == 0.02 != suite.train.optim.lr
+    assert arm.model_copy(update={"lr": None, "seeds": nepu.seeds}) == nepu and arm.lr == 0.01 != suite.train.optim.lr
     assert study.work != suite.work and not study.cells and study.parent_records and suite.parent_records
 
 

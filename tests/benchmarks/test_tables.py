@@ -2,7 +2,7 @@
 
 import pytest
 
-from benchmarks.tables import by_method, markdown, summarise
+from benchmarks.tables import by_method, markdown, plot, summarise
 
 
 def record(method, target, seed, top1, parent=0.8, dataset="ucm"):
@@ -87,3 +87,15 @@ def test_detection_records_are_ranked_by_map50_and_never_mixed_with_top1():
     assert by_method([row], "delta").splitlines()[-1] == "| parent mAP@0.5 (%) | 60.00 |"
     with pytest.raises(ValueError, match=r"more than one task in one table: \['classification', 'detection'\]"):
         summarise([*detections, record("l1", 0.35, 0, 0.7)])
+
+
+def test_a_dataset_gets_no_latency_plot_until_a_record_has_a_timing(tmp_path):
+    untimed = [record("l1", 0.1, 0, 0.7, dataset="ucm")]
+    timed = [{**record("l1", 0.1, 0, 0.7, dataset="aid"), "latency_ms_bs1": 2.0, "parent_latency_ms_bs1": 10.0}]
+    written = plot(summarise(untimed + timed), tmp_path, "suite")
+    assert sorted(p.name for p in written) == [
+        "suite_aid_top1_vs_latency.png",
+        "suite_aid_top1_vs_macs.png",
+        "suite_ucm_top1_vs_macs.png",
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in written)
