@@ -1,14 +1,17 @@
-"""A study of one prune option, chosen on val (issue 31): a study file runs one method's cells
-with the option at other values (``benchmarks/l1rr_controller.yaml``: L1RR's controller
-tolerance; ``benchmarks/slim_rate.yaml``: network slimming's L1 rate).
+"""A study of one setting, chosen on val (issues 31, 33): a study file runs one method's cells
+with the setting at other values (``benchmarks/l1rr_controller.yaml``: L1RR's controller
+tolerance; ``benchmarks/slim_rate.yaml``: network slimming's L1 rate;
+``benchmarks/detection_finetune_lr.yaml``: the detectors' fine-tuning rate).
 
-Each arm is one value of the option. The default arm is the suite's own cells of that method
-(pruning.jsonl, made without the option); the others are the study's records. A run that is in
-both (an arm at the value that became the default) counts once. The arms are judged on val
-top-1 after fine-tuning (the split settings are chosen on); test top-1 is shown beside it,
-never chosen on. For sparse-training methods the sparsity the phase reached, against the one it
-ran towards, says whether it got where the budget needs it. Records made before the suite wrote
-a figure (val top-1, the sparsity) lack it: the figure is then over the seeds that have it.
+The setting is a prune option (a cell's ``options``) or the fine-tuning peak rate (a cell's
+``finetune_lr``, ``FINETUNE_LR``). Each arm is one value of it. The default arm is the paired
+suite's own cells of that method (made without the setting); the others are the study's
+records. A run that is in both (an arm at the value that became the default) counts once. The
+arms are judged on the task's val score after fine-tuning (the split settings are chosen on);
+the test score is shown beside it, never chosen on. For sparse-training methods the sparsity the
+phase reached, against the one it ran towards, says whether it got where the budget needs it.
+Records made before the suite wrote a figure (the val score, the sparsity) lack it: the figure
+is then over the seeds that have it.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import statistics
 from collections import defaultdict
 from typing import Any
 
-from benchmarks.tables import points_mean_std
+from benchmarks.tables import SCORES, points_mean_std, task_of
 from rscompress.pruning.methods.slim import Slim
 from rscompress.pruning.methods.sparse_training import SparsityConfig
 
@@ -26,25 +29,37 @@ DEFAULTS: dict[tuple[str, str], float] = {
     ("l1rr", "sparse_loss_tolerance"): SparsityConfig.loss_tolerance,
     ("slim", "sparse_rate"): Slim.default_rate,
 }
+# The fine-tuning peak rate: a cell's ``finetune_lr`` and a record's field, not a prune option;
+# its default is the paired suite's recipe's, which every method's cells share.
+FINETUNE_LR = "finetune_lr"
 
 
 def studied(cells: list[dict[str, Any]], shared: dict[str, Any]) -> tuple[str, str]:
-    """(method, option) of a study file's cells: one method, one option beyond ``shared`` (the
-    options every cell of the suite gets); ValueError otherwise."""
+    """(method, option) of a study file's cells (each ``method``, ``options`` and, where set,
+    ``finetune_lr``): one method, one setting beyond ``shared`` (the options every cell of the
+    suite gets); ValueError otherwise."""
     methods = {c["method"] for c in cells}
     options = {k for c in cells for k in c.get("options", {}) if k not in shared}
+    options |= {FINETUNE_LR for c in cells if c.get(FINETUNE_LR) is not None}
     if len(methods) != 1 or len(options) != 1:
         varied = f"{sorted(options)} of {sorted(methods)}"
         raise ValueError(f"a study varies one option of one method; these cells vary {varied}")
     key = (methods.pop(), options.pop())
-    if key not in DEFAULTS:
+    if key[1] != FINETUNE_LR and key not in DEFAULTS:
         raise ValueError(f"no default known for {key[1]} of {key[0]}: add it to option_study.DEFAULTS")
     return key
 
 
-def arm_value(record: dict[str, Any], method: str, option: str) -> float:
-    """The arm a record belongs to: its value of ``option``, else the method's default."""
-    return float(record.get("options", {}).get(option, DEFAULTS[(method, option)]))
+def default_value(method: str, option: str, finetune_lr: float) -> float:
+    """The value the paired suite's cells of ``method`` run ``option`` at (``finetune_lr``: the
+    suite's fine-tuning rate)."""
+    return finetune_lr if option == FINETUNE_LR else DEFAULTS[(method, option)]
+
+
+def arm_value(record: dict[str, Any], option: str, default: float) -> float:
+    """The arm a record belongs to: its value of ``option``, else the default."""
+    given = record.get(FINETUNE_LR) if option == FINETUNE_LR else record.get("options", {}).get(option)
+    return float(default if given is None else given)
 
 
 def _sparsity(reached: list[dict[str, Any]]) -> str:
@@ -61,31 +76,35 @@ def _of(some: list[dict[str, Any]], rs: list[dict[str, Any]]) -> str:
     return f" (n={len(some)})" if some and len(some) < len(rs) else ""
 
 
-def arms(pruning: list[dict[str, Any]], study: list[dict[str, Any]], method: str, option: str) -> list[dict[str, Any]]:
+def arms(
+    suite: list[dict[str, Any]], study: list[dict[str, Any]], method: str, option: str, default: float
+) -> list[dict[str, Any]]:
     """One row per (dataset, budget, value) the study ran, with the suite's default arm at the
-    same dataset and budget; each over the seeds it has, a seed's run counted once."""
+    same dataset and budget; each over the seeds it has, a seed's run counted once. Scores are
+    the task's (``tables.SCORES``): ``val``, ``score`` (test) and ``delta`` (test − parent)."""
     cells = {(r["dataset"], r["model"], r["target_macs"]) for r in study}
-    default = [r for r in pruning if r["method"] == method and (r["dataset"], r["model"], r["target_macs"]) in cells]
+    ours = [r for r in suite if r["method"] == method and (r["dataset"], r["model"], r["target_macs"]) in cells]
+    key, parent_key, _ = SCORES[task_of(study)]
     groups: dict[tuple, dict[int, dict[str, Any]]] = defaultdict(dict)
-    for r in [*default, *study]:  # the study's record of a seed wins: it names the value
-        groups[(r["dataset"], r["model"], r["target_macs"], arm_value(r, method, option))][r["seed"]] = r
+    for r in [*ours, *study]:  # the study's record of a seed wins: it names the value
+        groups[(r["dataset"], r["model"], r["target_macs"], arm_value(r, option, default))][r["seed"]] = r
     rows = []
     for (dataset, model, target, value), by_seed in sorted(groups.items()):
         rs = list(by_seed.values())
         reached = [r for r in rs if "sparsity" in r]
-        validated = [r for r in rs if "val_top1" in r]
+        validated = [r for r in rs if f"val_{key}" in r]
         rows.append(
             {
                 "dataset": dataset,
                 "model": model,
                 "target_macs": target,
                 "value": value,
-                "default": value == DEFAULTS[(method, option)],
+                "default": value == default,
                 "seeds": sorted(by_seed),
-                "val_top1": (points_mean_std([r["val_top1"] for r in validated]) if validated else "")
+                "val": (points_mean_std([r[f"val_{key}"] for r in validated]) if validated else "")
                 + _of(validated, rs),
-                "top1": points_mean_std([r["top1"] for r in rs]),
-                "delta": points_mean_std([r["top1"] - r["parent_top1"] for r in rs], signed=True),
+                "score": points_mean_std([r[key] for r in rs]),
+                "delta": points_mean_std([r[key] - r[parent_key] for r in rs], signed=True),
                 "params_kept": points_mean_std([r["params_kept"] for r in rs]),
                 "sparsity": _sparsity(reached) + _of(reached, rs),
             }
@@ -93,19 +112,22 @@ def arms(pruning: list[dict[str, Any]], study: list[dict[str, Any]], method: str
     return rows
 
 
-def table_text(pruning: list[dict[str, Any]], study: list[dict[str, Any]], method: str, option: str) -> str:
+def table_text(
+    suite: list[dict[str, Any]], study: list[dict[str, Any]], method: str, option: str, default: float
+) -> str:
     if not study:
         return "No records yet: running the study file writes them."
+    name = SCORES[task_of(study)][2]
     lines = [
-        f"| dataset | MACs kept | {option} | seeds | val top-1 (%) | test top-1 (%) | Δ parent (test) "
+        f"| dataset | MACs kept | {option} | seeds | val {name} (%) | test {name} (%) | Δ parent (test) "
         "| params kept (%) | sparsity reached / target |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for row in arms(pruning, study, method, option):
+    for row in arms(suite, study, method, option, default):
         seeds = ", ".join(str(s) for s in row["seeds"])
         value = f"{row['value']:g}" + (" (default)" if row["default"] else "")
         lines.append(
             f"| {row['dataset']} | {row['target_macs'] * 100:g} % | {value} | {seeds} "
-            f"| {row['val_top1']} | {row['top1']} | {row['delta']} | {row['params_kept']} | {row['sparsity']} |"
+            f"| {row['val']} | {row['score']} | {row['delta']} | {row['params_kept']} | {row['sparsity']} |"
         )
     return "\n".join(lines)

@@ -491,17 +491,23 @@ def _pruning_bars(ctx: Context, marker: Marker) -> str:
 
 @table("option-study")
 def _option_study(ctx: Context, marker: Marker) -> str:
-    """``option-study benchmarks/<study>.yaml``: the arms of a study of one prune option
-    (option_study.py), the study's records beside the suite's own cells of that method."""
-    from benchmarks.option_study import studied, table_text
+    """``option-study benchmarks/<study>.yaml benchmarks/<suite>.yaml``: the arms of a study of
+    one setting (option_study.py), the study's records beside the suite's own cells of that method."""
+    from benchmarks.option_study import default_value, studied, table_text
     from benchmarks.suite import load_suite
 
-    suite_path, study = _suite_arg(ctx, marker)
-    suite = load_suite(ROOT / suite_path)
-    method, option = studied([{"method": c.method, "options": c.options} for c in suite.cells], suite.prune)
-    head = _provenance(ctx, [f"python -m benchmarks suite {suite_path}"], [study])
-    pruning = ctx.records("pruning", required=False)
-    return head + "\n\n" + table_text(pruning, ctx.records(study.stem, required=False), method, option)
+    if len(marker.args) != 2:
+        raise ReadmeError("takes a study file and the suite file it is paired with")
+    (study_path, study), (paired_path, paired) = (_suite_source(ctx, path) for path in marker.args)
+    spec, suite = load_suite(ROOT / study_path), load_suite(ROOT / paired_path)
+    cells = [{"method": c.method, "options": c.options, "finetune_lr": c.finetune_lr} for c in spec.cells]
+    method, option = studied(cells, spec.prune)
+    if suite.finetune is None:
+        raise ReadmeError(f"{paired_path} has no fine-tuning recipe, so no cells to pair a study with")
+    default = default_value(method, option, suite.finetune.optim.lr)
+    head = _provenance(ctx, [f"python -m benchmarks suite {study_path}"], [study])
+    records = ctx.records(paired.stem, required=False)
+    return head + "\n\n" + table_text(records, ctx.records(study.stem, required=False), method, option, default)
 
 
 def _seeds_arg(seeds: list[int]) -> str:

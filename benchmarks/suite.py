@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from benchmarks.records import (
     DEVICE,
@@ -42,6 +42,7 @@ from rscompress.config import (
     PruneConfig,
     StrictModel,
     TrainConfig,
+    with_finetune_rate,
 )
 from rscompress.deploy.box_parity import BoxParityError
 from rscompress.deploy.onnx import ParityError, export_run
@@ -84,9 +85,15 @@ class Cell(StrictModel):
     # The label of a cell (same parent and budget, same pruning settings) whose pruned model this
     # one fine-tunes with its own loss: a loss comparison on one pruned model, searched once.
     pruned_from: str | None = None
+    # The fine-tuning peak rate where it differs from the shared recipe's: the arms of a study of
+    # that rate (option_study.FINETUNE_LR), told apart by their labels.
+    finetune_lr: float | None = Field(None, gt=0)
 
     def epochs(self, suite: Suite) -> int:
         return self.finetune_epochs or suite.finetune.epochs
+
+    def lr(self, suite: Suite) -> float:
+        return self.finetune_lr or suite.finetune.optim.lr
 
 
 class DistillCell(StrictModel):
@@ -113,6 +120,9 @@ class Suite(StrictModel):
     # Each parent's own record (method none) beside the cells': `--methods none` then runs the
     # parents alone (the detection suite's take hours and come first).
     parent_records: bool = False
+
+    # A recipe without a rate fine-tunes at rscompress prune's rate, not from scratch's.
+    _finetune_rate = field_validator("finetune", mode="before")(with_finetune_rate)
 
     @model_validator(mode="after")
     def _pruned_from_an_earlier_cell(self) -> Suite:
@@ -299,6 +309,7 @@ def _record(
         "img_size": m["img_size"],
         "epochs": RunDir(parent_dir).load_metrics()["epochs"],
         "finetune_epochs": m["finetune_epochs"],
+        "finetune_lr": cell.lr(suite),
         "seed": seed,
         "split": "test",
         **parent.precision(),
@@ -320,6 +331,10 @@ def _record(
                 cell.loss,
                 "--finetune-epochs",
                 str(cell.epochs(suite)),
+                "--batch-size",
+                str(suite.finetune.batch_size),
+                "--lr",
+                str(cell.lr(suite)),
                 # The cell fine-tunes (and searches, trains sparse) with its parent's seed.
                 "--seed",
                 str(seed),
@@ -467,8 +482,9 @@ def run_suite(
                     child = parent_dir / _child_name(label(cell), cell, budget)
                     run = RunDir(child)
                     if not run.is_complete():
+                        optim = suite.finetune.optim.model_copy(update={"lr": cell.lr(suite)})
                         finetune = suite.finetune.model_copy(
-                            update={"seed": seed, "epochs": cell.epochs(suite), **parent.precision()}
+                            update={"seed": seed, "epochs": cell.epochs(suite), "optim": optim, **parent.precision()}
                         )
                         cfg = PruneConfig(
                             method=cell.method,

@@ -191,6 +191,16 @@ class KDSettings(StrictModel):
 BUDGETS = ("target_macs", "target_params", "ratio", "target_latency_ms", "target_speedup")
 
 
+def with_finetune_rate(value: object) -> object:
+    """A fine-tuning given as a mapping (a recipe) without a rate gets FINETUNE_LR, not the
+    from-scratch rate that OptimConfig's default is."""
+    if isinstance(value, dict):
+        optim = value.get("optim", {})
+        if isinstance(optim, dict) and "lr" not in optim:
+            return {**value, "optim": {**optim, "lr": FINETUNE_LR}}
+    return value
+
+
 class PruneConfig(StrictModel):
     """``rscompress prune``: which channels go (criterion, budget) and how the result is fine-tuned.
 
@@ -248,13 +258,7 @@ class PruneConfig(StrictModel):
     @field_validator("finetune", mode="before")
     @classmethod
     def _finetune_rate(cls, value: object) -> object:
-        """A fine-tuning given as a mapping (a recipe) without a rate gets FINETUNE_LR, not the
-        from-scratch rate that OptimConfig's default is."""
-        if isinstance(value, dict):
-            optim = value.get("optim", {})
-            if isinstance(optim, dict) and "lr" not in optim:
-                return {**value, "optim": {**optim, "lr": FINETUNE_LR}}
-        return value
+        return with_finetune_rate(value)
 
     @model_validator(mode="after")
     def _one_budget(self) -> PruneConfig:

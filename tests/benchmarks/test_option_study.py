@@ -1,4 +1,4 @@
-"""The option study's table: arms by the option's value, the suite's cells as the default arm."""
+"""The option study's table: arms by the setting's value, the suite's cells as the default arm."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.option_study import DEFAULTS, arm_value, arms, studied, table_text
+from benchmarks.option_study import DEFAULTS, FINETUNE_LR, arm_value, arms, default_value, studied, table_text
 from benchmarks.suite import load_suite
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,18 +42,19 @@ def test_arms_group_by_value_with_the_suites_cells_as_the_default_arm() -> None:
         _record("l1rr-tolerance0.3", 1, 0.88, 0.84, **loose),
     ]
     method, option = "l1rr", "sparse_loss_tolerance"
-    assert arm_value(pruning[0], method, option) == TOLERANCE and arm_value(study[0], method, option) == 0.3
-    default, other = sorted(arms(pruning, study, method, option), key=lambda arm: arm["value"] != TOLERANCE)
-    assert (default["value"], default["seeds"], default["val_top1"]) == (TOLERANCE, [0, 1, 2], "82.00 ± 2.83 (n=2)")
+    assert arm_value(pruning[0], option, TOLERANCE) == TOLERANCE and arm_value(study[0], option, TOLERANCE) == 0.3
+    default, other = sorted(arms(pruning, study, method, option, TOLERANCE), key=lambda arm: arm["value"] != TOLERANCE)
+    assert (default["value"], default["seeds"], default["val"]) == (TOLERANCE, [0, 1, 2], "82.00 ± 2.83 (n=2)")
     assert default["default"] and not other["default"]
     assert default["sparsity"] == ""  # the suite's old records do not say
-    assert (other["value"], other["val_top1"], other["top1"]) == (0.3, "87.00 ± 1.41", "83.50 ± 0.71")
+    assert (other["value"], other["val"], other["score"]) == (0.3, "87.00 ± 1.41", "83.50 ± 0.71")
     assert other["delta"] == "-0.50 ± 0.71"
     assert other["sparsity"] == "0.410 / 0.408 (n=1)"  # one of its two records names it
-    text = table_text(pruning, study, method, option)
+    text = table_text(pruning, study, method, option, TOLERANCE)
+    assert "| val top-1 (%) | test top-1 (%) |" in text
     assert "| ucmerced | 35 % | 0.3 | 0, 1 | 87.00 ± 1.41 | 83.50 ± 0.71 |" in text
     assert f"| ucmerced | 35 % | {TOLERANCE:g} (default) | 0, 1, 2 |" in text
-    assert table_text(pruning, [], method, option).startswith("No records yet")
+    assert table_text(pruning, [], method, option, TOLERANCE).startswith("No records yet")
 
 
 def test_a_run_in_both_the_suite_and_the_study_counts_once() -> None:
@@ -61,7 +62,7 @@ def test_a_run_in_both_the_suite_and_the_study_counts_once() -> None:
     option = "sparse_loss_tolerance"
     pruning = [_record("l1rr", 0, 0.80, 0.82)]
     study = [_record(f"l1rr-tolerance{TOLERANCE:g}", 0, 0.80, 0.82, options={option: TOLERANCE})]
-    (arm,) = arms(pruning, study, "l1rr", option)
+    (arm,) = arms(pruning, study, "l1rr", option, TOLERANCE)
     assert arm["seeds"] == [0] and arm["default"]
 
 
@@ -87,4 +88,33 @@ def test_a_study_file_that_is_not_one_option_of_one_method_is_refused(cells, mes
 )
 def test_the_shipped_study_files_name_their_method_and_option(study, expected) -> None:
     suite = load_suite(ROOT / "benchmarks" / study)
-    assert studied([{"method": c.method, "options": c.options} for c in suite.cells], suite.prune) == expected
+    cells = [{"method": c.method, "options": c.options, "finetune_lr": c.finetune_lr} for c in suite.cells]
+    assert studied(cells, suite.prune) == expected
+
+
+def test_a_fine_tuning_rate_study_ranks_detectors_by_val_map50_against_the_suites_rate() -> None:
+    def detection(method: str, seed: int, val: float, map50: float, lr: float | None) -> dict:
+        record = {
+            "dataset": "nepu_owod",
+            "model": "fcos_mobilenet_v3",
+            "method": method,
+            "target_macs": 0.35,
+            "seed": seed,
+            "task": "detection",
+            "val_map50": val,
+            "map50": map50,
+            "parent_map50": 0.7,
+            "params_kept": 0.3,
+        }
+        return record if lr is None else {**record, FINETUNE_LR: lr}
+
+    cells = [{"method": "l1", "options": {}, FINETUNE_LR: 0.02}]
+    assert studied(cells, {"round_to": 16}) == ("l1", FINETUNE_LR)
+    assert default_value("l1", FINETUNE_LR, 0.002) == 0.002
+    # The suite's own l1 cells: one from before records named their rate, one that does.
+    suite = [detection("l1", 0, 0.60, 0.55, None), detection("l1", 1, 0.62, 0.57, 0.002)]
+    study = [detection("l1-ft0.02", 0, 0.70, 0.66, 0.02)]
+    text = table_text(suite, study, "l1", FINETUNE_LR, 0.002)
+    assert "| finetune_lr | seeds | val mAP@0.5 (%) | test mAP@0.5 (%) |" in text
+    assert "| nepu_owod | 35 % | 0.002 (default) | 0, 1 | 61.00 ± 1.41 | 56.00 ± 1.41 | -14.00 ± 1.41 |" in text
+    assert "| nepu_owod | 35 % | 0.02 | 0 | 70.00 | 66.00 | -4.00 |" in text

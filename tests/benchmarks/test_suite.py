@@ -10,7 +10,7 @@ import yaml
 from benchmarks.records import read_records
 from benchmarks.suite import load_suite, option_args, run_suite
 from benchmarks.tables import write_tables
-from rscompress.config import DETECTION_LR
+from rscompress.config import DETECTION_LR, FINETUNE_LR
 from rscompress.errors import UserError
 from tests.fakes import make_fake_dataset
 
@@ -44,6 +44,7 @@ def test_tiny_suite_records_then_skips_and_tabulates(tmp_path):
                 "budgets": [0.3],
                 "budget_metric": "params",
                 "label": "l1-memory",
+                "finetune_lr": 0.05,
             },
         ],
         "distill": {"epochs": 1, "batch_size": 8},
@@ -119,6 +120,11 @@ def test_tiny_suite_records_then_skips_and_tabulates(tmp_path):
         )
         and len(memory) == 2
     )
+    # Its own fine-tuning rate, in its record, its command and the run it made; the others the recipe's.
+    assert all(r["finetune_lr"] == 0.05 and "--lr 0.05 " in r["command"] for r in memory)
+    assert all(r["finetune_lr"] == FINETUNE_LR for r in records if r not in memory)
+    out = Path(memory[0]["command"].split(" --out ")[1])
+    assert json.loads((out / "config.json").read_text())["train"]["optim"]["lr"] == 0.05
     assert all(
         "--round-to 4" in r["command"] and "--finetune-epochs 2" in r["command"] and r["finetune_epochs"] == 2
         for r in records
@@ -357,6 +363,14 @@ def test_the_shipped_detection_suite_validates():
     assert (study.train, study.datasets["nepu_owod"]) == (suite.train, suite.datasets["nepu_owod"])
     assert arm.model_copy(update={"lr": None, "seeds": nepu.seeds}) == nepu and arm.lr == 0.01 != suite.train.optim.lr
     assert study.work != suite.work and not study.cells and study.parent_records and suite.parent_records
+    # The fine-tuning rate study: the suite's parents, recipes and work dir; only the rate differs.
+    rate = load_suite(ROOT / "benchmarks" / "detection_finetune_lr.yaml")
+    for field in ("work", "train", "finetune", "prune"):
+        assert getattr(rate, field) == getattr(suite, field), field
+    assert rate.datasets.items() <= suite.datasets.items()
+    assert all(p.model_copy(update={"seeds": nepu.seeds}) == nepu for p in rate.parents)
+    assert {(c.method, c.budgets[0]) for c in rate.cells} == {("l1", 0.35)}
+    assert sorted(c.lr(rate) for c in rate.cells) == [0.006, 0.02] and rate.finetune.optim.lr == 0.002
 
 
 def test_a_cell_cannot_take_the_label_of_a_parents_record(tmp_path):
