@@ -1,6 +1,7 @@
-"""The pruning grid's bars (issues 4, 5, re-judged for issue 31) from its records.
+"""The pruning grids' bars from their records: the classifiers' (issues 4, 5, re-judged for
+issue 31) and the detectors' (issue 33).
 
-    python -m benchmarks tables      # the judged bars are a table of benchmarks/README.md
+    python -m benchmarks tables      # the judged bars are tables of benchmarks/README.md
 
 A bar holds only when every cell it compares has all of ``SEEDS``; until then it reads "open"
 with the seeds it has, unless a complete cell already misses against a complete baseline (later
@@ -13,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks.tables import summarise
+from benchmarks.tables import SCORES, summarise, task_of
 
 SEEDS = 3
 # One-shot criteria RemoteTrimmer is measured against, and those of them Torch-Pruning ships
@@ -28,7 +29,7 @@ class Cell:
     method: str
     target: float
     seeds: int
-    top1: float  # mean test top-1, %
+    score: float  # mean test score (top-1, or a detector's mAP@0.5), %
     delta: float  # mean of each seed's top-1 minus its own parent's, points
     params_kept: float
 
@@ -85,14 +86,14 @@ def _against_baselines(
     present = [grid[k] for k in baselines if k in grid]
     if cell is None or not present:
         return "no records", _open(grid, [key, *baselines])
-    best = max(present, key=lambda c: c.top1)
-    measured = f"{cell.top1:.2f} vs {best.method} {best.top1:.2f} ({cell.top1 - best.top1:+.2f})"
+    best = max(present, key=lambda c: c.score)
+    measured = f"{cell.score:.2f} vs {best.method} {best.score:.2f} ({cell.score - best.score:+.2f})"
     if parent_floor is not None:
         measured += f"; Δ parent {cell.delta:+.2f}"
     done = [grid[k] for k in baselines if _complete(grid, k)]
     if _complete(grid, key) and (
         (parent_floor is not None and cell.delta < parent_floor)
-        or (done and cell.top1 < max(c.top1 for c in done) + margin)
+        or (done and cell.score < max(c.score for c in done) + margin)
     ):
         return measured, "fails"
     return measured, _open(grid, [key, *baselines]) or "holds"
@@ -134,9 +135,77 @@ def judge(records: list[dict[str, Any]], dataset: str, planned: set[tuple[str, f
     return out
 
 
+# Issue 33's bars for detectors: L1RR at 35 % of the MACs with at most 25 % of the params keeps
+# mAP@0.5 within 1 point of its parent and is above slim and l1; every record is within 1 % of
+# its MACs target and exports with ONNX parity; at 35 % the bs1 speedup turns at least 0.8 of
+# the MAC reduction into time.
+DETECTION_L1RR_BASELINES = ("slim", "l1")
+BUDGET_TOLERANCE = 0.01
+SPEEDUP_RATIO = 0.8
+
+
+def _every_record(grid: dict[tuple[str, float], Cell], planned: set[tuple[str, float]], missed: bool) -> str:
+    """A bar on every record: fails once one misses, else open until every planned cell has
+    every seed."""
+    if missed:
+        return "fails"
+    have = sum(min(grid[k].seeds, SEEDS) for k in planned if k in grid)
+    return "holds" if have == SEEDS * len(planned) else f"open ({have}/{SEEDS * len(planned)} runs)"
+
+
+def judge_detection(records: list[dict[str, Any]], dataset: str, planned: set[tuple[str, float]]) -> list[Verdict]:
+    """Issue 33's bars on one dataset's detection records (mAP@0.5, seed means)."""
+    grid = cells(records, dataset)
+    mine = [r for r in records if r["dataset"] == dataset and r.get("target_macs") is not None]
+    key = ("l1rr", 0.35)
+    baselines = [(m, 0.35) for m in DETECTION_L1RR_BASELINES if (m, 0.35) in planned]
+    measured, verdict = _against_baselines(grid, key, baselines, 0.0, parent_floor=-1.0)
+    if key in grid:
+        measured += f"; params kept {100 * grid[key].params_kept:.1f} %"
+        if _complete(grid, key) and grid[key].params_kept > 0.25:
+            verdict = "fails"
+    out = [Verdict(dataset, "L1RR 35 %: ≤ 25 % params, ≥ parent − 1, above slim and l1", measured, verdict)]
+
+    off = [r for r in mine if abs(r["macs_kept"] / r["target_macs"] - 1) > BUDGET_TOLERANCE]
+    worst = max((abs(r["macs_kept"] / r["target_macs"] - 1) for r in mine), default=0.0)
+    out.append(
+        Verdict(
+            dataset,
+            "Every record within ±1 % of its MACs target",
+            f"{len(mine) - len(off)}/{len(mine)} records; worst {100 * worst:.2f} % off" if mine else "no records",
+            _every_record(grid, planned, bool(off)),
+        )
+    )
+    broken = [r for r in mine if not r.get("onnx_parity")]
+    out.append(
+        Verdict(
+            dataset,
+            "ONNX parity for every pruned detector",
+            f"{len(mine) - len(broken)}/{len(mine)} records" if mine else "no records",
+            _every_record(grid, planned, bool(broken)),
+        )
+    )
+    # speedup ÷ (parent MACs / MACs), as tables.markdown shows it: 1 = all of the saving is time.
+    timed = [row for row in summarise(mine) if row["target_macs"] == 0.35 and row["speedup"] is not None]
+    ratios = {row["method"]: row["speedup"] * row["macs_kept"] for row in timed}
+    at_35 = {k for k in planned if k[1] == 0.35}
+    out.append(
+        Verdict(
+            dataset,
+            "bs1 speedup ÷ MACs reduction ≥ 0.8 at 35 %",
+            ", ".join(f"{m} {ratio:.2f}" for m, ratio in sorted(ratios.items())) or "no records",
+            _every_record(grid, at_35, any(r < SPEEDUP_RATIO for r in ratios.values())),
+        )
+    )
+    return out
+
+
 def table_text(records: list[dict[str, Any]], planned: dict[str, set[tuple[str, float]]]) -> str:
-    """Every dataset's bars as one markdown table; ``planned``: the grid's cells by dataset."""
-    rows = [v for dataset in sorted(planned) for v in judge(records, dataset, planned[dataset])]
-    lines = ["| dataset | bar | measured (test top-1, seed means) | verdict |", "|---|---|---|---|"]
+    """Every dataset's bars as one markdown table, the task's (``judge`` for classifiers,
+    ``judge_detection`` for detectors); ``planned``: the grid's cells by dataset."""
+    task = task_of(records)
+    rule = judge_detection if task == "detection" else judge
+    rows = [v for dataset in sorted(planned) for v in rule(records, dataset, planned[dataset])]
+    lines = [f"| dataset | bar | measured (test {SCORES[task][2]}, seed means) | verdict |", "|---|---|---|---|"]
     lines += [f"| {v.dataset} | {v.bar} | {v.measured} | {v.verdict} |" for v in rows]
     return "\n".join(lines)

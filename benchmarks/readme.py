@@ -476,8 +476,9 @@ def _parents(ctx: Context, marker: Marker) -> str:
 
 @table("pruning-bars")
 def _pruning_bars(ctx: Context, marker: Marker) -> str:
-    """``pruning-bars benchmarks/suite.yaml``: the bars of issues 4 and 5 judged on that suite's
-    records (``bars.table_text``), each open until its cells have every seed."""
+    """``pruning-bars benchmarks/<suite>.yaml``: the bars judged on that suite's records
+    (``bars.table_text``: issues 4 and 5 for classifiers, 33 for detectors), each open until
+    its cells have every seed."""
     from benchmarks.bars import table_text
     from benchmarks.suite import label, load_suite
 

@@ -1,4 +1,4 @@
-from benchmarks.bars import judge
+from benchmarks.bars import judge, judge_detection
 
 
 def _records(method, target, top1s, parent=0.85, params_kept=0.3, dataset="ucm"):
@@ -50,3 +50,39 @@ def test_a_complete_cell_that_already_loses_to_a_complete_baseline_fails_before_
     ]
     planned = {("remotetrimmer-aml+ce", 0.1), ("l1", 0.1), ("bn", 0.1)}
     assert _verdicts(records, planned)["RemoteTrimmer 10 %"] == "fails"
+
+
+def _detections(method, target, map50s, parent=0.70, params_kept=0.2, **extra):
+    return [
+        {"dataset": "wells", "model": "fcos_mobilenet_v3", "method": method, "target_macs": target, "seed": s,
+         "task": "detection", "map50": m, "parent_map50": parent, "params_kept": params_kept, "params": 1000,
+         "macs_kept": target, "onnx_parity": True, "latency_ms_bs1": 10.0, "parent_latency_ms_bs1": 25.0, **extra}
+        for s, m in enumerate(map50s)
+    ]  # fmt: skip
+
+
+def test_detection_bars_judge_l1rr_budgets_parity_and_speed():
+    planned = {("l1rr", 0.35), ("slim", 0.35), ("l1", 0.35)}
+    records = [
+        *_detections("l1rr", 0.35, [0.695, 0.695, 0.695]),  # Δ -0.5, above both
+        *_detections("slim", 0.35, [0.68, 0.68, 0.68]),
+        *_detections("l1", 0.35, [0.60, 0.60, 0.60], latency_ms_bs1=12.5),  # 2x at 2.86x: ratio 0.70
+    ]
+    verdicts = {v.bar.split(":")[0]: (v.measured, v.verdict) for v in judge_detection(records, "wells", planned)}
+    assert verdicts["L1RR 35 %"] == ("69.50 vs slim 68.00 (+1.50); Δ parent -0.50; params kept 20.0 %", "holds")
+    assert verdicts["Every record within ±1 % of its MACs target"] == ("9/9 records; worst 0.00 % off", "holds")
+    assert verdicts["ONNX parity for every pruned detector"] == ("9/9 records", "holds")
+    assert verdicts["bs1 speedup ÷ MACs reduction ≥ 0.8 at 35 %"] == ("l1 0.70, l1rr 0.87, slim 0.87", "fails")
+
+
+def test_one_detection_record_off_its_budget_or_parity_fails_its_bar_before_the_grid_is_full():
+    planned = {("l1rr", 0.35), ("l1rr", 0.2)}
+    records = [
+        *_detections("l1rr", 0.35, [0.70], params_kept=0.3),
+        *_detections("l1rr", 0.2, [0.60], onnx_parity=False, macs_kept=0.203),
+    ]
+    verdicts = {v.bar.split(":")[0]: v.verdict for v in judge_detection(records, "wells", planned)}
+    assert verdicts["L1RR 35 %"] == "open (seeds: l1rr 35 % 1/3)"  # its params fail only once complete
+    assert verdicts["Every record within ±1 % of its MACs target"] == "fails"  # 0.203 is 1.5 % over 0.2
+    assert verdicts["ONNX parity for every pruned detector"] == "fails"
+    assert verdicts["bs1 speedup ÷ MACs reduction ≥ 0.8 at 35 %"] == "open (1/3 runs)"
