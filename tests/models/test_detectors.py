@@ -62,3 +62,17 @@ def test_the_head_is_shared_by_the_fpn_levels_but_each_level_keeps_its_own_bn_st
         assert len(tower.convs) == 4 and len(tower.norms) == len(scales)  # convs shared, BNs per level
         first = [norms[0].running_var.mean().item() for norms in tower.norms]
         assert first[0] > 10 * max(first[1:])  # P3's loudness reached its own BNs only
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_box_distances_stay_positive_and_trainable_however_negative_the_regression(name):
+    # Under torchvision's ReLU, outputs pushed below zero get no gradient and every box has zero size.
+    head = create_model(name, 1, img_size=64).head.train()
+    channels = head.classification_head.cls_logits.in_channels
+    features = [torch.randn(2, channels, max(8 // 2**i, 1), max(8 // 2**i, 1)) for i in range(5)]
+    regression = head.regression_head
+    nn.init.constant_(regression.bbox_reg.bias, -20.0)
+    distances, _ = regression(features)
+    assert (distances > 0).all()
+    distances.sum().backward()
+    assert (regression.bbox_reg.bias.grad != 0).all()
