@@ -53,6 +53,7 @@ from benchmarks.tables import (
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
+DETECTION_SUITES = ("detection.yaml", "detection_parent_lr.yaml", "detection_finetune_lr.yaml")
 RESULTS = BENCHMARKS / "results"
 TEMPLATE = BENCHMARKS / "README.template.md"
 README = BENCHMARKS / "README.md"
@@ -975,13 +976,15 @@ def _suite_commands(ctx: Context, path: Path) -> list[str]:
     """The suite run(s) that wrote a suite results file: ``distill.yaml`` for distillation cells
     (a teacher's loss on a student or a pruned model), ``suite.yaml`` for the rest."""
     superseded = path.relative_to(ctx.results).as_posix().startswith("superseded/")
+    where = f"   # at the commits of {ctx.name(path)}" if superseded else ""
+    if path.stem.startswith("detection"):  # the grid and its two rate studies
+        return [f"python -m benchmarks suite benchmarks/{suite}{where}" for suite in DETECTION_SUITES]
     distill = "distill" in path.stem
     kinds = {
         distill or "dkd" in r["method"] or "distill" in r["method"]
         for r in ctx.records(str(path.relative_to(ctx.results).with_suffix("")))
     }
     suites = [f"benchmarks/{'distill' if d else 'suite'}.yaml" for d in sorted(kinds)]
-    where = f"   # at the commits of {ctx.name(path)}" if superseded else ""
     return [f"python -m benchmarks suite {suite}{where}" for suite in suites]
 
 
@@ -1150,7 +1153,8 @@ def _superseded(ctx: Context, marker: Marker) -> str:
             ]
             for r in records
         ]
-        header = ["dataset", "model", "method", "target", "seed", "top-1", "parent", "Δ", "params kept", "MACs kept"]
+        score = SCORES[task_of(records)][2]
+        header = ["dataset", "model", "method", "target", "seed", score, "parent", "Δ", "params kept", "MACs kept"]
         parts.append(
             _provenance(ctx, _suite_commands(ctx, path), [path], note) + "\n\n" + _table([*header, "commit"], body)
         )
@@ -1158,15 +1162,18 @@ def _superseded(ctx: Context, marker: Marker) -> str:
 
 
 def _result_cells(r: dict[str, Any]) -> list[str]:
-    """seed, top-1, its reference's top-1, the difference, params kept, MACs kept."""
-    reference = _reference(r)
+    """seed, the record's task score (``SCORES``: top-1, mAP@0.5), its reference's (a pruned
+    model's parent, a student's teacher, an unpruned parent itself), the difference, params
+    kept, MACs kept."""
+    key, parent_key, _ = SCORES[r.get("task", "classification")]
+    reference = r.get(parent_key, r.get("teacher_top1", r[key]))
     return [
         str(r["seed"]),
-        points(r["top1"]),
+        points(r[key]),
         points(reference),
-        points(r["top1"] - reference, True),
-        _share(r["params_kept"]),
-        _share(r["macs_kept"]),
+        points(r[key] - reference, True),
+        _share(r.get("params_kept", 1.0)),
+        _share(r.get("macs_kept", 1.0)),
     ]
 
 

@@ -370,7 +370,7 @@ def test_the_shipped_detection_suite_validates():
     assert rate.datasets.items() <= suite.datasets.items()
     assert all(p.model_copy(update={"seeds": nepu.seeds}) == nepu for p in rate.parents)
     assert {(c.method, c.budgets[0]) for c in rate.cells} == {("l1", 0.35)}
-    assert sorted(c.lr(rate) for c in rate.cells) == [0.006, 0.02] and rate.finetune.optim.lr == 0.002
+    assert sorted(c.lr(rate) for c in rate.cells) == [0.006, 0.04] and rate.finetune.optim.lr == 0.02
 
 
 def test_a_cell_cannot_take_the_label_of_a_parents_record(tmp_path):
