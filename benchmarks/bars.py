@@ -30,7 +30,7 @@ class Cell:
     target: float
     seeds: int
     score: float  # mean test score (top-1, or a detector's mAP@0.5), %
-    delta: float  # mean of each seed's top-1 minus its own parent's, points
+    delta: float  # mean of each seed's score minus its own parent's, points
     params_kept: float
 
 
