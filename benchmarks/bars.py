@@ -200,10 +200,11 @@ def judge_detection(records: list[dict[str, Any]], dataset: str, planned: set[tu
     return out
 
 
-def table_text(records: list[dict[str, Any]], planned: dict[str, set[tuple[str, float]]]) -> str:
-    """Every dataset's bars as one markdown table, the task's (``judge`` for classifiers,
-    ``judge_detection`` for detectors); ``planned``: the grid's cells by dataset."""
-    task = task_of(records)
+def table_text(records: list[dict[str, Any]], planned: dict[str, set[tuple[str, float]]], task: str) -> str:
+    """Every dataset's bars as one markdown table, those of the grid's ``task`` (``judge`` for
+    classifiers, ``judge_detection`` for detectors); ``planned``: the grid's cells by dataset."""
+    if records and task_of(records) != task:
+        raise ValueError(f"{task} bars asked of {task_of(records)} records")
     rule = judge_detection if task == "detection" else judge
     rows = [v for dataset in sorted(planned) for v in rule(records, dataset, planned[dataset])]
     lines = [f"| dataset | bar | measured (test {SCORES[task][2]}, seed means) | verdict |", "|---|---|---|---|"]

@@ -482,13 +482,18 @@ def _pruning_bars(ctx: Context, marker: Marker) -> str:
     its cells have every seed."""
     from benchmarks.bars import table_text
     from benchmarks.suite import label, load_suite
+    from rscompress.models.registry import model_task
 
     suite_path, results = _suite_arg(ctx, marker)
     planned: dict[str, set[tuple[str, float]]] = defaultdict(set)
-    for cell in load_suite(ROOT / suite_path).cells:
+    cells = load_suite(ROOT / suite_path).cells
+    for cell in cells:
         if cell.budget_metric == "macs":
             planned[cell.dataset] |= {(label(cell), b) for b in cell.budgets}
-    return table_text(ctx.records(results.stem, required=False), dict(planned))
+    tasks = {model_task(cell.model) for cell in cells}
+    if len(tasks) != 1:
+        raise ReadmeError(f"{suite_path} mixes tasks {sorted(tasks)}: one bars table judges one")
+    return table_text(ctx.records(results.stem, required=False), dict(planned), tasks.pop())
 
 
 @table("option-study")

@@ -1,4 +1,6 @@
-from benchmarks.bars import judge, judge_detection
+import pytest
+
+from benchmarks.bars import judge, judge_detection, table_text
 
 
 def _records(method, target, top1s, parent=0.85, params_kept=0.3, dataset="ucm"):
@@ -86,3 +88,12 @@ def test_one_detection_record_off_its_budget_or_parity_fails_its_bar_before_the_
     assert verdicts["Every record within ±1 % of its MACs target"] == "fails"  # 0.203 is 1.5 % over 0.2
     assert verdicts["ONNX parity for every pruned detector"] == "fails"
     assert verdicts["bs1 speedup ÷ MACs reduction ≥ 0.8 at 35 %"] == "open (1/3 runs)"
+
+
+def test_a_grid_with_no_records_yet_shows_the_bars_of_its_own_task():
+    planned = {"wells": {("l1rr", 0.35), ("l1", 0.35)}}
+    text = table_text([], planned, "detection")
+    assert "| measured (test mAP@0.5, seed means) |" in text and "RemoteTrimmer" not in text
+    assert "| wells | ONNX parity for every pruned detector | no records | open (0/6 runs) |" in text
+    with pytest.raises(ValueError, match="classification bars asked of detection records"):
+        table_text(_detections("l1", 0.35, [0.6]), planned, "classification")
