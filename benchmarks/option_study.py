@@ -57,7 +57,8 @@ def default_value(method: str, option: str, finetune_lr: float) -> float:
 
 
 def arm_value(record: dict[str, Any], option: str, default: float) -> float:
-    """The arm a record belongs to: its value of ``option``, else the default."""
+    """The arm a record belongs to: its value of ``option``, else the default (a prune option a
+    cell leaves unset runs at the method's default)."""
     given = record.get(FINETUNE_LR) if option == FINETUNE_LR else record.get("options", {}).get(option)
     return float(default if given is None else given)
 
@@ -84,6 +85,8 @@ def arms(
     the task's (``tables.SCORES``): ``val``, ``score`` (test) and ``delta`` (test − parent)."""
     cells = {(r["dataset"], r["model"], r["target_macs"]) for r in study}
     ours = [r for r in suite if r["method"] == method and (r["dataset"], r["model"], r["target_macs"]) in cells]
+    if option == FINETUNE_LR:  # a record from before records named their rate may have run at another
+        ours = [r for r in ours if FINETUNE_LR in r]
     key, parent_key, _ = SCORES[task_of(study)]
     groups: dict[tuple, dict[int, dict[str, Any]]] = defaultdict(dict)
     for r in [*ours, *study]:  # the study's record of a seed wins: it names the value

@@ -492,7 +492,7 @@ def _pruning_bars(ctx: Context, marker: Marker) -> str:
             planned[cell.dataset] |= {(label(cell), b) for b in cell.budgets}
     tasks = {model_task(cell.model) for cell in cells}
     if len(tasks) != 1:
-        raise ReadmeError(f"{suite_path} mixes tasks {sorted(tasks)}: one bars table judges one")
+        raise ReadmeError(f"{suite_path}'s cells are of tasks {sorted(tasks)}: a bars table judges one task's grid")
     return table_text(ctx.records(results.stem, required=False), dict(planned), tasks.pop())
 
 
@@ -978,8 +978,9 @@ SUPERSEDED_NOTE = (
 
 
 def _suite_commands(ctx: Context, path: Path) -> list[str]:
-    """The suite run(s) that wrote a suite results file: ``distill.yaml`` for distillation cells
-    (a teacher's loss on a student or a pruned model), ``suite.yaml`` for the rest."""
+    """The suite run(s) that wrote a suite results file: the detection suites for a detection
+    file, ``distill.yaml`` for distillation cells (a teacher's loss on a student or a pruned
+    model), ``suite.yaml`` for the rest."""
     superseded = path.relative_to(ctx.results).as_posix().startswith("superseded/")
     where = f"   # at the commits of {ctx.name(path)}" if superseded else ""
     if path.stem.startswith("detection"):  # the grid and its two rate studies
@@ -1147,6 +1148,10 @@ def _superseded(ctx: Context, marker: Marker) -> str:
             table_md = _nest(user_models.table_text(path), ctx.level + 1, True)
             parts.append(_provenance(ctx, command, [path], note) + "\n\n" + table_md)
             continue
+        task = task_of(records)
+        # A detector's file: also the val score its rates were chosen on, and the peak rate each
+        # record trained (a parent) or fine-tuned at, where it names one.
+        chosen = task == "detection"
         body = [
             [
                 r["dataset"],
@@ -1154,12 +1159,18 @@ def _superseded(ctx: Context, marker: Marker) -> str:
                 r["method"],
                 _target_text(r),
                 *_result_cells(r),
+                *(
+                    [points(r["val_map50"]), _g(r.get("lr" if r["method"] == UNPRUNED else "finetune_lr"))]
+                    if chosen
+                    else []
+                ),
                 r["commit"][:7],
             ]
             for r in records
         ]
-        score = SCORES[task_of(records)][2]
+        score = SCORES[task][2]
         header = ["dataset", "model", "method", "target", "seed", score, "parent", "Δ", "params kept", "MACs kept"]
+        header += [f"val {score}", "peak lr"] if chosen else []
         parts.append(
             _provenance(ctx, _suite_commands(ctx, path), [path], note) + "\n\n" + _table([*header, "commit"], body)
         )
@@ -1180,6 +1191,11 @@ def _result_cells(r: dict[str, Any]) -> list[str]:
         _share(r.get("params_kept", 1.0)),
         _share(r.get("macs_kept", 1.0)),
     ]
+
+
+def _g(value: float | None) -> str:
+    """A number as Python's ``g`` writes it; blank when a record does not name it."""
+    return "" if value is None else f"{value:g}"
 
 
 def _target_text(record: dict[str, Any]) -> str:

@@ -309,7 +309,8 @@ def _record(
         "img_size": m["img_size"],
         "epochs": RunDir(parent_dir).load_metrics()["epochs"],
         "finetune_epochs": m["finetune_epochs"],
-        "finetune_lr": cell.lr(suite),
+        # The rate the run fine-tuned at, as its config says (a finished run dir is reused as is).
+        "finetune_lr": RunDir(child_dir).load_config().train["optim"]["lr"],
         "seed": seed,
         "split": "test",
         **parent.precision(),
@@ -335,6 +336,7 @@ def _record(
                 str(suite.finetune.batch_size),
                 "--lr",
                 str(cell.lr(suite)),
+                *[f"--{flag.replace('_', '-')}" for flag, on in parent.precision().items() if on],
                 # The cell fine-tunes (and searches, trains sparse) with its parent's seed.
                 "--seed",
                 str(seed),

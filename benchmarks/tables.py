@@ -109,6 +109,12 @@ def _target(row: dict[str, Any]) -> str:
     return f"{row['target_macs']:g}" if row["target_macs"] is not None else ""
 
 
+def speedup_ratio(row: dict[str, Any]) -> float:
+    """A timed row's bs1 speedup ÷ (parent MACs / MACs): how much of the MAC saving turns into
+    time (1 = all)."""
+    return float(row["speedup"] * row["macs_kept"])
+
+
 def metric_name(rows: list[dict[str, Any]]) -> str:
     """The score the rows rank by, as a table names it: their task's metric (top-1 when none)."""
     return rows[0]["metric"] if rows else "top-1"
@@ -122,8 +128,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        # speedup ÷ (parent MACs / MACs): how much of the MAC saving turns into time (1 = all).
-        speed, share = (f"{r['speedup']:.2f}×", f"{r['speedup'] * r['macs_kept']:.2f}") if r["speedup"] else ("", "")
+        speed, share = (f"{r['speedup']:.2f}×", f"{speedup_ratio(r):.2f}") if r["speedup"] else ("", "")
         lines.append(
             f"| {r['dataset']} | {r['model']} | {r['method']} | {_target(r)} | {100 * r['macs_kept']:.1f} % "
             f"| {r['params'] / 1e6:.2f} | {100 * r['params_kept']:.1f} % ({1 / r['params_kept']:.1f}× fewer) "
@@ -164,8 +169,10 @@ def by_method(rows: list[dict[str, Any]], key: str = "score") -> str:
 
 def _plot(rows: list[dict[str, Any]], dataset: str, x_key: str, x_label: str, path: Path) -> Path | None:
     """The score against ``x_key`` for one dataset, one line per method (mean ± std over seeds);
-    None, and no file, when no row of the dataset has an ``x_key`` (parents only have no latency)."""
+    None, and no file at ``path``, when no row of the dataset has an ``x_key`` (parents only have
+    no latency)."""
     if all(r[x_key] is None for r in rows if r["dataset"] == dataset):
+        path.unlink(missing_ok=True)  # one an earlier run of the records drew
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     ax.set_prop_cycle(color=plt.cm.tab20.colors)  # a dozen methods: ten colours would repeat

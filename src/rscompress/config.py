@@ -88,7 +88,8 @@ class DataConfig(StrictModel):
 FINETUNE_LR = 0.02
 # A detector's peak rate when none is given: FCOS from scratch at the classifiers' 0.1 went NaN
 # in its first epoch on NEPU_OWOD (fcos_mobilenet_v3, 256 px, batch 64). On NEPU_OWOD's val split
-# (512 px, batch 8, 36 epochs, benchmarks/detection_parent_lr.yaml) 0.02 reached mAP@0.5 0.79;
+# (512 px, batch 8, 36 epochs: benchmarks/detection.yaml's parent against the arm of
+# detection_parent_lr.yaml) 0.02 reached mAP@0.5 0.79;
 # 0.01, torchvision's FCOS reference rate, diverged in its fifth epoch and stayed at 0.33 (both
 # with torchvision's ReLU box head, since replaced by exp: models/detection.py).
 DETECTION_LR = 0.02

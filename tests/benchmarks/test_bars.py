@@ -97,3 +97,13 @@ def test_a_grid_with_no_records_yet_shows_the_bars_of_its_own_task():
     assert "| wells | ONNX parity for every pruned detector | no records | open (0/6 runs) |" in text
     with pytest.raises(ValueError, match="classification bars asked of detection records"):
         table_text(_detections("l1", 0.35, [0.6]), planned, "classification")
+
+
+def test_a_slow_cell_fails_the_speed_bar_only_once_it_has_every_seed():
+    planned = {("l1", 0.35)}
+    slow = _detections("l1", 0.35, [0.6], latency_ms_bs1=12.5)  # ratio 0.70, one seed of three
+    bar = {v.bar: v.verdict for v in judge_detection(slow, "wells", planned)}
+    assert bar["bs1 speedup ÷ MACs reduction ≥ 0.8 at 35 %"] == "open (1/3 runs)"
+    three = _detections("l1", 0.35, [0.6, 0.6, 0.6], latency_ms_bs1=12.5)
+    bar = {v.bar: v.verdict for v in judge_detection(three, "wells", planned)}
+    assert bar["bs1 speedup ÷ MACs reduction ≥ 0.8 at 35 %"] == "fails"

@@ -76,3 +76,6 @@ def test_box_distances_stay_positive_and_trainable_however_negative_the_regressi
     assert (distances > 0).all()
     distances.sum().backward()
     assert (regression.bbox_reg.bias.grad != 0).all()
+    # However large, never infinite: a GIoU of an inf box would be NaN.
+    nn.init.constant_(regression.bbox_reg.bias, 1000.0)
+    assert torch.isfinite(regression(features)[0]).all()
