@@ -91,7 +91,7 @@ FINETUNE_LR = 0.02
 # (512 px, batch 8, 36 epochs: benchmarks/detection.yaml's parent against the arm of
 # detection_parent_lr.yaml) 0.02 reached mAP@0.5 0.79;
 # 0.01, torchvision's FCOS reference rate, diverged in its fifth epoch and stayed at 0.33 (both
-# with torchvision's ReLU box head, since replaced by exp: models/detection.py).
+# with torchvision's ReLU box head, since replaced: models/detection.py).
 DETECTION_LR = 0.02
 
 
