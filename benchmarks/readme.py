@@ -46,6 +46,7 @@ from benchmarks.tables import (
     plot_stem,
     points,
     points_mean_std,
+    reference,
     summarise,
     task_of,
     write_tables,
@@ -224,16 +225,11 @@ def select(ctx: Context, marker: Marker, cell: str) -> list[dict[str, Any]]:
     return sorted(found, key=lambda r: r["seed"])
 
 
-def _reference(record: dict[str, Any]) -> float:
-    """A pruned model's parent, a student's teacher."""
-    return record.get("parent_top1", record.get("teacher_top1", record["top1"]))
-
-
 # Per record: the value and how to write it (and one per seed, as a list, when seeds are joined).
 VALUES: dict[str, tuple[Callable[[dict], float], Callable[[float], str], str]] = {
     "top1": (lambda r: r["top1"], points, ""),
-    "delta": (lambda r: r["top1"] - _reference(r), lambda v: points(v, True), ""),
-    "parent": (_reference, points, ""),
+    "delta": (lambda r: r["top1"] - reference(r), lambda v: points(v, True), ""),
+    "parent": (reference, points, ""),
     "params_kept": (lambda r: r["params_kept"], lambda v: f"{100 * v:.1f}", " %"),
     "macs_kept": (lambda r: r["macs_kept"], lambda v: f"{100 * v:.1f}", " %"),
     "speedup": (lambda r: r["parent_latency_ms_bs1"] / r["latency_ms_bs1"], lambda v: f"{v:.1f}", "×"),
@@ -1061,7 +1057,7 @@ def _pivot(ctx: Context, marker: Marker) -> str:
         parents = []
         for c in columns:
             means = sorted(
-                {points(statistics.fmean(_reference(r) for r in rs)) for m in methods if (rs := grid[(m, c)])}
+                {points(statistics.fmean(reference(r) for r in rs)) for m in methods if (rs := grid[(m, c)])}
             )
             parents.append(means[0] if len(means) == 1 else f"{means[0]}–{means[-1]} (by method)")
         teacher = any("teacher_top1" in r for rs in grid.values() for r in rs)
@@ -1181,13 +1177,13 @@ def _result_cells(r: dict[str, Any]) -> list[str]:
     """seed, the record's task score (``SCORES``: top-1, mAP@0.5), its reference's (a pruned
     model's parent, a student's teacher, an unpruned parent itself), the difference, params
     kept, MACs kept."""
-    key, parent_key, _ = SCORES[r.get("task", "classification")]
-    reference = r.get(parent_key, r.get("teacher_top1", r[key]))
+    key = SCORES[r.get("task", "classification")][0]
+    judged_against = reference(r)
     return [
         str(r["seed"]),
         points(r[key]),
-        points(reference),
-        points(r[key] - reference, True),
+        points(judged_against),
+        points(r[key] - judged_against, True),
         _share(r.get("params_kept", 1.0)),
         _share(r.get("macs_kept", 1.0)),
     ]

@@ -36,6 +36,13 @@ def points_mean_std(values: list[float], signed: bool = False) -> str:
 SCORES = {"classification": ("top1", "parent_top1", "top-1"), "detection": ("map50", "parent_map50", "mAP@0.5")}
 
 
+def reference(record: dict[str, Any]) -> float:
+    """The score a record is judged against, of its task (``SCORES``): a pruned model's parent's,
+    a student's teacher's, an unpruned parent's own."""
+    key, parent_key, _ = SCORES[record.get("task", "classification")]
+    return record.get(parent_key, record.get("teacher_top1", record[key]))
+
+
 def task_of(records: list[dict[str, Any]]) -> str:
     """The one task of ``records`` (a detector's record says so; a classifier's predates the
     field); ValueError where they mix, since one table cannot rank top-1 against mAP."""
@@ -48,7 +55,7 @@ def task_of(records: list[dict[str, Any]]) -> str:
 def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (dataset, model, method, target): means and stds over seeds of the task's
     score (``SCORES``; ``score``, ``score_std``, ``parent_score``, ``delta``)."""
-    key, parent_key, name = SCORES[task_of(records)]
+    key, _, name = SCORES[task_of(records)]
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
         groups[(r["dataset"], r["model"], r["method"], r.get("target_macs"), r.get("target_params"))].append(r)
@@ -58,8 +65,7 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ):
         score, score_sd = _mean_std([r[key] for r in rs])
         timed = all("parent_latency_ms_bs1" in r for r in rs)
-        # A student's reference is its teacher; an unpruned parent is its own.
-        refs = [r.get(parent_key, r.get("teacher_top1", r[key])) for r in rs]
+        refs = [reference(r) for r in rs]
         parent, _ = _mean_std(refs)
         # Each seed against its own parent: fair where a cell's parents were re-trained.
         delta, delta_sd = _mean_std([r[key] - ref for r, ref in zip(rs, refs, strict=True)])
