@@ -1,10 +1,12 @@
 """A study of one setting, chosen on val (issues 31, 33): a study file runs one method's cells
 with the setting at other values (``benchmarks/l1rr_controller.yaml``: L1RR's controller
 tolerance; ``benchmarks/slim_rate.yaml``: network slimming's L1 rate;
-``benchmarks/detection_finetune_lr.yaml``: the detectors' fine-tuning rate).
+``benchmarks/detection_finetune_lr.yaml``: the detectors' fine-tuning rate;
+``benchmarks/finetune_loss.yaml``: the fine-tuning loss after pruning).
 
-The setting is a prune option (a cell's ``options``) or the fine-tuning peak rate (a cell's
-``finetune_lr``, ``FINETUNE_LR``). Each arm is one value of it. The default arm is the paired
+The setting is a prune option (a cell's ``options``), the fine-tuning peak rate (a cell's
+``finetune_lr``, ``FINETUNE_LR``) or the fine-tuning loss (a cell's ``loss``, ``LOSS``). Each
+arm is one value of it. The default arm is the paired
 suite's own cells of that method (made without the setting); the others are the study's
 records. A run that is in both (an arm at the value that became the default) counts once. The
 arms are judged on the task's val score after fine-tuning (the split settings are chosen on);
@@ -20,7 +22,9 @@ import statistics
 from collections import defaultdict
 from typing import Any
 
+from benchmarks.suite import Cell
 from benchmarks.tables import SCORES, points_mean_std, task_of
+from rscompress.config import PruneConfig
 from rscompress.pruning.methods.slim import Slim
 from rscompress.pruning.methods.sparse_training import SparsityConfig
 
@@ -32,35 +36,54 @@ DEFAULTS: dict[tuple[str, str], float] = {
 # The fine-tuning peak rate: a cell's ``finetune_lr`` and a record's field, not a prune option;
 # its default is the paired suite's recipe's, which every method's cells share.
 FINETUNE_LR = "finetune_lr"
+# The fine-tuning loss: a cell's and a record's ``loss``; its default is ``rscompress prune``'s.
+LOSS = "loss"
+DEFAULT_LOSS: str = PruneConfig.model_fields[LOSS].default
+
+Value = float | str  # an arm's value of the setting: a number, or a loss's name
+
+
+def settings(cells: list[Cell]) -> list[dict[str, Any]]:
+    """What of each of a study file's cells ``studied`` reads."""
+    return [{"method": c.method, "options": c.options, FINETUNE_LR: c.finetune_lr, LOSS: c.loss} for c in cells]
 
 
 def studied(cells: list[dict[str, Any]], shared: dict[str, Any]) -> tuple[str, str]:
     """(method, option) of a study file's cells (each ``method``, ``options`` and, where set,
-    ``finetune_lr``): one method, one setting beyond ``shared`` (the options every cell of the
-    suite gets); ValueError otherwise."""
+    ``finetune_lr`` and ``loss``): one method, one setting beyond ``shared`` (the options every
+    cell of the suite gets); ValueError otherwise."""
     methods = {c["method"] for c in cells}
     options = {k for c in cells for k in c.get("options", {}) if k not in shared}
     options |= {FINETUNE_LR for c in cells if c.get(FINETUNE_LR) is not None}
+    options |= {LOSS for c in cells if c.get(LOSS, DEFAULT_LOSS) != DEFAULT_LOSS}
     if len(methods) != 1 or len(options) != 1:
         varied = f"{sorted(options)} of {sorted(methods)}"
         raise ValueError(f"a study varies one option of one method; these cells vary {varied}")
     key = (methods.pop(), options.pop())
-    if key[1] != FINETUNE_LR and key not in DEFAULTS:
+    if key[1] not in (FINETUNE_LR, LOSS) and key not in DEFAULTS:
         raise ValueError(f"no default known for {key[1]} of {key[0]}: add it to option_study.DEFAULTS")
     return key
 
 
-def default_value(method: str, option: str, finetune_lr: float) -> float:
+def default_value(method: str, option: str, finetune_lr: float) -> Value:
     """The value the paired suite's cells of ``method`` run ``option`` at (``finetune_lr``: the
     suite's fine-tuning rate)."""
+    if option == LOSS:
+        return DEFAULT_LOSS
     return finetune_lr if option == FINETUNE_LR else DEFAULTS[(method, option)]
 
 
-def arm_value(record: dict[str, Any], option: str, default: float) -> float:
+def arm_value(record: dict[str, Any], option: str, default: Value) -> Value:
     """The arm a record belongs to: its value of ``option``, else the default (a prune option a
     cell leaves unset runs at the method's default)."""
+    if option == LOSS:
+        return str(record.get(LOSS) or default)
     given = record.get(FINETUNE_LR) if option == FINETUNE_LR else record.get("options", {}).get(option)
     return float(default if given is None else given)
+
+
+def shown(value: Value) -> str:
+    return value if isinstance(value, str) else f"{value:g}"
 
 
 def _sparsity(reached: list[dict[str, Any]]) -> str:
@@ -78,7 +101,7 @@ def _of(some: list[dict[str, Any]], rs: list[dict[str, Any]]) -> str:
 
 
 def arms(
-    suite: list[dict[str, Any]], study: list[dict[str, Any]], method: str, option: str, default: float
+    suite: list[dict[str, Any]], study: list[dict[str, Any]], method: str, option: str, default: Value
 ) -> list[dict[str, Any]]:
     """One row per (dataset, budget, value) the study ran, with the suite's default arm at the
     same dataset and budget; each over the seeds it has, a seed's run counted once. Scores are
@@ -116,7 +139,7 @@ def arms(
 
 
 def table_text(
-    suite: list[dict[str, Any]], study: list[dict[str, Any]], method: str, option: str, default: float
+    suite: list[dict[str, Any]], study: list[dict[str, Any]], method: str, option: str, default: Value
 ) -> str:
     if not study:
         return "No records yet: running the study file writes them."
@@ -128,7 +151,7 @@ def table_text(
     ]
     for row in arms(suite, study, method, option, default):
         seeds = ", ".join(str(s) for s in row["seeds"])
-        value = f"{row['value']:g}" + (" (default)" if row["default"] else "")
+        value = shown(row["value"]) + (" (default)" if row["default"] else "")
         lines.append(
             f"| {row['dataset']} | {row['target_macs'] * 100:g} % | {value} | {seeds} "
             f"| {row['val']} | {row['score']} | {row['delta']} | {row['params_kept']} | {row['sparsity']} |"

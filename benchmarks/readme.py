@@ -496,15 +496,14 @@ def _pruning_bars(ctx: Context, marker: Marker) -> str:
 def _option_study(ctx: Context, marker: Marker) -> str:
     """``option-study benchmarks/<study>.yaml benchmarks/<suite>.yaml``: the arms of a study of
     one setting (option_study.py), the study's records beside the suite's own cells of that method."""
-    from benchmarks.option_study import default_value, studied, table_text
+    from benchmarks.option_study import default_value, settings, studied, table_text
     from benchmarks.suite import load_suite
 
     if len(marker.args) != 2:
         raise ReadmeError("takes a study file and the suite file it is paired with")
     (study_path, study), (paired_path, paired) = (_suite_source(ctx, path) for path in marker.args)
     spec, suite = load_suite(ROOT / study_path), load_suite(ROOT / paired_path)
-    cells = [{"method": c.method, "options": c.options, "finetune_lr": c.finetune_lr} for c in spec.cells]
-    method, option = studied(cells, spec.prune)
+    method, option = studied(settings(spec.cells), spec.prune)
     if suite.finetune is None:
         raise ReadmeError(f"{paired_path} has no fine-tuning recipe, so no cells to pair a study with")
     default = default_value(method, option, suite.finetune.optim.lr)

@@ -6,7 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.option_study import DEFAULTS, FINETUNE_LR, arm_value, arms, default_value, studied, table_text
+from benchmarks.option_study import (
+    DEFAULTS,
+    FINETUNE_LR,
+    LOSS,
+    arm_value,
+    arms,
+    default_value,
+    settings,
+    studied,
+    table_text,
+)
 from benchmarks.suite import load_suite
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,12 +98,12 @@ def test_a_study_file_that_is_not_one_option_of_one_method_is_refused(cells, mes
         ("l1rr_controller.yaml", ("l1rr", "sparse_loss_tolerance")),
         ("slim_rate.yaml", ("slim", "sparse_rate")),
         ("detection_finetune_lr.yaml", ("l1", FINETUNE_LR)),
+        ("finetune_loss.yaml", ("l1", LOSS)),
     ],
 )
 def test_the_shipped_study_files_name_their_method_and_option(study, expected) -> None:
     suite = load_suite(ROOT / "benchmarks" / study)
-    cells = [{"method": c.method, "options": c.options, "finetune_lr": c.finetune_lr} for c in suite.cells]
-    assert studied(cells, suite.prune) == expected
+    assert studied(settings(suite.cells), suite.prune) == expected
 
 
 def test_a_fine_tuning_rate_study_ranks_detectors_by_val_map50_against_the_suites_rate() -> None:
@@ -127,3 +137,23 @@ def test_a_fine_tuning_rate_study_ranks_detectors_by_val_map50_against_the_suite
     assert "| finetune_lr | seeds | val mAP@0.5 (%) | test mAP@0.5 (%) |" in text
     assert "| nepu_owod | 35 % | 0.002 (default) | 0, 1 | 61.00 ± 1.41 | 56.00 ± 1.41 | -14.00 ± 1.41 |" in text
     assert "| nepu_owod | 35 % | 0.02 | 0 | 70.00 | 66.00 | -4.00 |" in text
+
+
+def test_a_fine_tuning_loss_study_puts_the_suites_cross_entropy_cells_beside_each_teacher_loss() -> None:
+    cells = [{"method": "l1", "options": {}, LOSS: "kd"}, {"method": "l1", "options": {}, LOSS: "dkd"}]
+    assert studied(cells, {"round_to": 8}) == ("l1", LOSS)
+    assert default_value("l1", LOSS, 0.02) == "ce"  # rscompress prune's default loss
+    suite = [
+        _record("l1", 0, 0.80, 0.81, loss="ce"),
+        _record("l1", 1, 0.82, 0.83, loss="ce"),
+        _record("l1-kd", 0, 0.99, 0.99, loss="kd"),  # not the suite's: only the study's records are arms
+    ]
+    study = [_record("l1-kd", 0, 0.84, 0.85, loss="kd"), _record("l1-dkd", 0, 0.86, 0.80, loss="dkd")]
+    assert [(arm["value"], arm["seeds"]) for arm in arms(suite, study, "l1", LOSS, "ce")] == [
+        ("ce", [0, 1]),
+        ("dkd", [0]),
+        ("kd", [0]),
+    ]
+    text = table_text(suite, study, "l1", LOSS, "ce")
+    assert "| ucmerced | 35 % | ce (default) | 0, 1 | 81.00 ± 1.41 | 82.00 ± 1.41 |" in text
+    assert "| ucmerced | 35 % | kd | 0 | 84.00 | 85.00 | +1.00 |" in text

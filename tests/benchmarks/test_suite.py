@@ -159,7 +159,7 @@ def test_slice_outside_the_suite_names_the_bad_value(kwargs, message):
 
 def test_shipped_suites_validate_and_share_parents_and_finetuning():
     pruning = load_suite(ROOT / "benchmarks" / "suite.yaml")
-    for other in ("distill.yaml", "l1rr_controller.yaml", "slim_rate.yaml"):
+    for other in ("distill.yaml", "l1rr_controller.yaml", "slim_rate.yaml", "finetune_loss.yaml"):
         suite = load_suite(ROOT / "benchmarks" / other)
         # Same work dir and recipes: the runs both need are trained once and mean the same thing.
         for field in ("work", "datasets", "train", "finetune", "prune"):
