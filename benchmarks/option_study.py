@@ -24,7 +24,6 @@ from typing import Any
 
 from benchmarks.suite import Cell
 from benchmarks.tables import SCORES, points_mean_std, task_of
-from rscompress.config import PruneConfig
 from rscompress.pruning.methods.slim import Slim
 from rscompress.pruning.methods.sparse_training import SparsityConfig
 
@@ -36,9 +35,9 @@ DEFAULTS: dict[tuple[str, str], float] = {
 # The fine-tuning peak rate: a cell's ``finetune_lr`` and a record's field, not a prune option;
 # its default is the paired suite's recipe's, which every method's cells share.
 FINETUNE_LR = "finetune_lr"
-# The fine-tuning loss: a cell's and a record's ``loss``; its default is ``rscompress prune``'s.
+# The fine-tuning loss: a cell's and a record's ``loss``; its default is a suite cell's.
 LOSS = "loss"
-DEFAULT_LOSS: str = PruneConfig.model_fields[LOSS].default
+DEFAULT_LOSS: str = Cell.model_fields[LOSS].default
 
 Value = float | str  # an arm's value of the setting: a number, or a loss's name
 

@@ -428,11 +428,16 @@ def _suite(ctx: Context, marker: Marker) -> str:
     )
 
 
+def _parent_order(record: dict[str, Any]) -> tuple:
+    return (record["dataset"], record["model"], record["seed"], record["lr"], record.get("clip_grad_norm") or 0)
+
+
 @table("parents")
 def _parents(ctx: Context, marker: Marker) -> str:
     """``parents SUITE.yaml [SUITE.yaml ...]``: each suite's parents as their own records say
-    (``--methods none``): rate, epochs, the val score they were selected on and the test scores,
-    one line per seed. Several suites side by side: a recipe's arms, e.g. two peak rates."""
+    (``--methods none``): rate, gradient clipping, epochs, the val score they were selected on and
+    the test scores, one line per seed. Several suites side by side: a recipe's arms, e.g. two
+    peak rates."""
     if not marker.args:
         raise ReadmeError("takes one or more suite files")
     sources = [_suite_source(ctx, suite) for suite in marker.args]
@@ -446,7 +451,7 @@ def _parents(ctx: Context, marker: Marker) -> str:
     # The task's other test scores, as records.scores writes them.
     extra = [k for k in ("map", "map_small", "kappa") if k in records[0]]
     titles = {"map": "test mAP (%)", "map_small": "test mAP small (%)", "kappa": "test kappa"}
-    header = ["dataset", "model", "seed", "peak lr", "epochs", f"val {name} (%)", f"test {name} (%)"]
+    header = ["dataset", "model", "seed", "peak lr", "grad-norm clip", "epochs", f"val {name} (%)", f"test {name} (%)"]
     header += [*(titles[k] for k in extra), "commit"]
 
     def shown(field: str, value: float) -> str:
@@ -460,13 +465,14 @@ def _parents(ctx: Context, marker: Marker) -> str:
             r["model"],
             str(r["seed"]),
             f"{r['lr']:g}",
+            "–" if r.get("clip_grad_norm") is None else f"{r['clip_grad_norm']:g}",
             str(r["epochs"]),
             points(r[f"val_{key}"]),
             points(r[key]),
             *(shown(k, r[k]) for k in extra),
             r["commit"][:7],
         ]
-        for r in sorted(records, key=lambda r: (r["dataset"], r["model"], r["seed"], r["lr"]))
+        for r in sorted(records, key=_parent_order)
     ]
     return head + "\n\n" + _table(header, rows)
 

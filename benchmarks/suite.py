@@ -215,9 +215,12 @@ def _parent_record(path: Path, parent: Parent, parent_dir: Path, seed: int) -> d
     run = RunDir(parent_dir)
     command = ["python", "-m", "benchmarks", "suite", str(path), "--datasets", parent.dataset]
     command += ["--models", parent.model, "--seeds", str(seed), "--methods", UNPRUNED]
+    recipe = run.load_config().train
     return {
         **train_record(run, parent.dataset, shlex.join(command)),
-        "lr": run.load_config().train["optim"]["lr"],  # the peak rate: the setting a parent's recipe is chosen by
+        # The settings a parent's recipe is chosen by: the peak rate and the gradient clipping.
+        "lr": recipe["optim"]["lr"],
+        "clip_grad_norm": recipe.get("clip_grad_norm"),  # absent from run dirs made before it existed
         **parent.precision(),
     }
 

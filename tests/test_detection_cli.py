@@ -51,6 +51,8 @@ def test_prune_a_detector_to_a_macs_budget_keeping_its_prediction_convs(detector
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["macs_kept"] == pytest.approx(0.5, rel=0.01) and metrics["params_kept"] < 1
     assert {"map50", "parent_map50", "map_small"} <= set(metrics) and metrics["task"] == "detection"
+    config = json.loads((tmp_path / "l1" / "config.json").read_text())
+    assert config["method_params"]["loss"] == "ce"  # no --loss: the detector's own; a classifier's distils
     head = rsc.load(tmp_path / "l1").head
     assert (head.classification_head.cls_logits.out_channels, head.regression_head.bbox_reg.out_channels) == (2, 4)
     # taylor's gradients come from the detector's own loss on the calibration images.

@@ -640,7 +640,9 @@ def prune(
     # Pruning keeps the parent's feature-map sizes: what its batches can train, the pruned model's can.
     check_trainable(model, parent_cfg.model, parent_cfg.img_size, cfg.finetune.batch_size)
     run = RunDir(out)
-    if metrics_task(parent_metrics) == "detection":
+    detector = metrics_task(parent_metrics) == "detection"
+    cfg = cfg.with_loss_for(detector)
+    if detector:
         return _prune_detector(parent, model, parent_cfg, parent_metrics, cfg, run, resume=resume, quiet=quiet,
                                reuse_finished=reuse_finished, overrides=overrides, pruned_from=pruned_from,
                                sparse_from=sparse_from)  # fmt: skip

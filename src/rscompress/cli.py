@@ -14,7 +14,17 @@ import typer
 from pydantic import ValidationError
 from typer import TyperException
 
-from rscompress.config import DETECTION_LR, FINETUNE_LR, DataConfig, FitConfig, Int8Config, OptimConfig, PruneConfig
+from rscompress.config import (
+    DETECTION_LR,
+    FINETUNE_LR,
+    DataConfig,
+    DistillConfig,
+    FitConfig,
+    Int8Config,
+    KDSettings,
+    OptimConfig,
+    PruneConfig,
+)
 from rscompress.errors import UserError
 from rscompress.overrides import parse_overrides
 
@@ -65,6 +75,8 @@ def _default(model_cls: Any, name: str) -> Any:
 # Defaults of the options, read from the config models that define them (one definition).
 OPTIM_DEFAULTS = OptimConfig()
 FIT_DEFAULTS = FitConfig()
+PRUNE_KD: KDSettings = _default(PruneConfig, "kd")  # prune's teacher terms: no warm-up
+DISTILL_KD = KDSettings()  # distill's teacher terms: DistillConfig inherits these defaults
 
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
@@ -87,6 +99,10 @@ DropLastOpt = Annotated[bool, typer.Option(help="Leave out each epoch's ragged l
 EmaDecayOpt = Annotated[
     float | None,
     typer.Option(help="Score, keep and return an exponential moving average of the weights with this decay."),
+]
+ClipGradNormOpt = Annotated[
+    float | None,
+    typer.Option(help="Rescale each step's gradients to this total L2 norm when they exceed it (off by default)."),
 ]
 ChannelsLastOpt = Annotated[
     bool, typer.Option(help="channels_last memory format (training, and the NAS search and sparse training of prune).")
@@ -162,6 +178,7 @@ def train(
     label_smoothing: LabelSmoothingOpt = FIT_DEFAULTS.label_smoothing,
     drop_last: DropLastOpt = FIT_DEFAULTS.drop_last,
     ema_decay: EmaDecayOpt = FIT_DEFAULTS.ema_decay,
+    clip_grad_norm: ClipGradNormOpt = FIT_DEFAULTS.clip_grad_norm,
     channels_last: ChannelsLastOpt = False,
     bf16: Bf16Opt = False,
     small_input: SmallInputOpt = False,
@@ -242,6 +259,7 @@ def train(
         label_smoothing=label_smoothing,
         drop_last=drop_last,
         ema_decay=ema_decay,
+        clip_grad_norm=clip_grad_norm,
         channels_last=channels_last,
         bf16=bf16,
         small_input=small_input,
@@ -289,16 +307,20 @@ def prune(
         ),
     ] = None,
     loss: Annotated[
-        str, typer.Option(help="Fine-tuning loss: ce, aml+ce, or kd / dkd from the unpruned parent.")
-    ] = "ce",
-    r1: Annotated[float, typer.Option(help="AML weight (with --loss aml+ce).")] = 1.0,
-    r2: Annotated[float, typer.Option(help="CE weight (with --loss aml+ce).")] = 1.0,
-    temperature: TemperatureOpt = 4.0,
-    alpha: AlphaOpt = 1.0,
-    beta: BetaOpt = 8.0,
-    kd_weight: KdWeightOpt = 1.0,
-    kd_warmup_epochs: KdWarmupEpochsOpt = 0,
-    cache_teacher_logits: CacheTeacherLogitsOpt = False,
+        str | None,
+        typer.Option(
+            help="Fine-tuning loss: ce, aml+ce, or kd / dkd from the unpruned parent; default kd for a "
+            "classifier, the detector's own loss for a detector."
+        ),
+    ] = _default(PruneConfig, "loss"),
+    r1: Annotated[float, typer.Option(help="AML weight (with --loss aml+ce).")] = _default(PruneConfig, "r1"),
+    r2: Annotated[float, typer.Option(help="CE weight (with --loss aml+ce).")] = _default(PruneConfig, "r2"),
+    temperature: TemperatureOpt = PRUNE_KD.temperature,
+    alpha: AlphaOpt = PRUNE_KD.alpha,
+    beta: BetaOpt = PRUNE_KD.beta,
+    kd_weight: KdWeightOpt = PRUNE_KD.kd_weight,
+    kd_warmup_epochs: KdWarmupEpochsOpt = PRUNE_KD.kd_warmup_epochs,
+    cache_teacher_logits: CacheTeacherLogitsOpt = PRUNE_KD.cache_teacher_logits,
     calibration_batches: Annotated[
         int,
         typer.Option(help="Plain train batches that average SE attention and feed taylor's gradients, hrank's ranks."),
@@ -350,6 +372,7 @@ def prune(
     label_smoothing: LabelSmoothingOpt = FIT_DEFAULTS.label_smoothing,
     drop_last: DropLastOpt = FIT_DEFAULTS.drop_last,
     ema_decay: EmaDecayOpt = FIT_DEFAULTS.ema_decay,
+    clip_grad_norm: ClipGradNormOpt = FIT_DEFAULTS.clip_grad_norm,
     seed: SeedOpt = 0,
     threads: ThreadsOpt = None,
     channels_last: ChannelsLastOpt = False,
@@ -380,7 +403,6 @@ def prune(
 ):
     """Remove channels to a MACs, params or latency budget, fine-tune, and test once."""
     from rscompress import api
-    from rscompress.config import KDSettings
 
     fit_cfg = _fit(
         finetune_epochs,
@@ -403,6 +425,7 @@ def prune(
             warmup_epochs,
         ),
         ema_decay=ema_decay,
+        clip_grad_norm=clip_grad_norm,
         channels_last=channels_last,
         bf16=bf16,
         device=device,
@@ -464,13 +487,13 @@ def distill(
     teacher: Annotated[Path, typer.Option(help="Finished teacher run dir (frozen).")],
     student: Annotated[str, typer.Option(help="Student: a model name or a run dir (e.g. a pruned run).")],
     out: OutOpt,
-    loss: Annotated[str, typer.Option(help="ce (no teacher), kd or dkd.")] = "dkd",
-    temperature: TemperatureOpt = 4.0,
-    alpha: AlphaOpt = 1.0,
-    beta: BetaOpt = 8.0,
-    kd_weight: KdWeightOpt = 1.0,
-    kd_warmup_epochs: KdWarmupEpochsOpt = 20,
-    cache_teacher_logits: CacheTeacherLogitsOpt = False,
+    loss: Annotated[str, typer.Option(help="ce (no teacher), kd or dkd.")] = _default(DistillConfig, "loss"),
+    temperature: TemperatureOpt = DISTILL_KD.temperature,
+    alpha: AlphaOpt = DISTILL_KD.alpha,
+    beta: BetaOpt = DISTILL_KD.beta,
+    kd_weight: KdWeightOpt = DISTILL_KD.kd_weight,
+    kd_warmup_epochs: KdWarmupEpochsOpt = DISTILL_KD.kd_warmup_epochs,
+    cache_teacher_logits: CacheTeacherLogitsOpt = DISTILL_KD.cache_teacher_logits,
     small_input: SmallInputOpt = False,
     epochs: EpochsOpt = FIT_DEFAULTS.epochs,
     batch_size: BatchSizeOpt = FIT_DEFAULTS.batch_size,
@@ -494,6 +517,7 @@ def distill(
     label_smoothing: LabelSmoothingOpt = FIT_DEFAULTS.label_smoothing,
     drop_last: DropLastOpt = FIT_DEFAULTS.drop_last,
     ema_decay: EmaDecayOpt = FIT_DEFAULTS.ema_decay,
+    clip_grad_norm: ClipGradNormOpt = FIT_DEFAULTS.clip_grad_norm,
     seed: SeedOpt = 0,
     threads: ThreadsOpt = None,
     channels_last: ChannelsLastOpt = False,
@@ -507,7 +531,6 @@ def distill(
 ):
     """Train a student on the teacher's data and split with CE, KD or DKD."""
     from rscompress import api
-    from rscompress.config import DistillConfig
 
     fit_cfg = _fit(
         epochs,
@@ -530,6 +553,7 @@ def distill(
             warmup_epochs,
         ),
         ema_decay=ema_decay,
+        clip_grad_norm=clip_grad_norm,
         channels_last=channels_last,
         bf16=bf16,
         device=device,
@@ -868,7 +892,19 @@ def _optim(
 
 
 def _fit(
-    epochs, batch_size, seed, label_smoothing, drop_last, threads, optim, *, ema_decay, channels_last, bf16, device
+    epochs,
+    batch_size,
+    seed,
+    label_smoothing,
+    drop_last,
+    threads,
+    optim,
+    *,
+    ema_decay,
+    clip_grad_norm,
+    channels_last,
+    bf16,
+    device,
 ):
     return _validated(
         FitConfig,
@@ -879,6 +915,7 @@ def _fit(
         label_smoothing=label_smoothing,
         drop_last=drop_last,
         ema_decay=ema_decay,
+        clip_grad_norm=clip_grad_norm,
         threads=threads,
         channels_last=channels_last,
         bf16=bf16,

@@ -395,7 +395,7 @@ def prune(
     latency_int8: bool = False,
     round_to: int | str | None = None,
     global_pruning: bool = False,
-    loss: str = "ce",
+    loss: str | None = None,
     finetune_epochs: int = 20,
     lr: float = FINETUNE_LR,
     seed: int = 0,
@@ -417,7 +417,8 @@ def prune(
     over ``model``; at ``latency_threads``, on INT8 models with ``latency_int8``; one-shot
     methods only; hit within ±5 % of the measured latency).
     ``loss``: ce, aml+ce (RemoteTrimmer's), or kd / dkd from the unpruned ``model`` as teacher
-    (prune-then-distill; ``kd``: KDSettings fields as in ``distill``, no warm-up by default), or
+    (prune-then-distill; ``kd``: KDSettings fields as in ``distill``, no warm-up by default);
+    default kd for a classifier, the detector's own loss for a detector; or
     ``loss_fn(model, x, y, epoch) -> (loss, logits)`` of your own. ``method_options``: that method's PruneConfig fields
     (``sparse_epochs``, ``search_epochs``, ``attention_weight``, ...). Fine-tuning: the CLI's
     recipe at peak ``lr`` for ``finetune_epochs``; ``fit_options`` as in ``train``.
@@ -427,7 +428,7 @@ def prune(
     """
     from rscompress.pruning.prune_and_finetune import prune_and_finetune, refuse_for_detectors
 
-    if loss_fn is not None and loss != "ce":
+    if loss_fn is not None and loss is not None:
         raise UserError(f"give loss={loss!r} or a loss_fn, not both")
     with _options_checked():
         cfg = PruneConfig(
@@ -447,7 +448,10 @@ def prune(
             **(method_options or {}),
         )
     check_config(cfg)
-    if detector_classes(model) is not None:
+    detector = detector_classes(model) is not None
+    if loss_fn is None:  # your own loss_fn replaces the named one
+        cfg = cfg.with_loss_for(detector)
+    if detector:
         refuse_for_detectors(cfg)
     img_size = _img_size(example_input)
     settings = {

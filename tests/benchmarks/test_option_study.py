@@ -142,7 +142,7 @@ def test_a_fine_tuning_rate_study_ranks_detectors_by_val_map50_against_the_suite
 def test_a_fine_tuning_loss_study_puts_the_suites_cross_entropy_cells_beside_each_teacher_loss() -> None:
     cells = [{"method": "l1", "options": {}, LOSS: "kd"}, {"method": "l1", "options": {}, LOSS: "dkd"}]
     assert studied(cells, {"round_to": 8}) == ("l1", LOSS)
-    assert default_value("l1", LOSS, 0.02) == "ce"  # rscompress prune's default loss
+    assert default_value("l1", LOSS, 0.02) == "ce"  # a suite cell's loss
     suite = [
         _record("l1", 0, 0.80, 0.81, loss="ce"),
         _record("l1", 1, 0.82, 0.83, loss="ce"),

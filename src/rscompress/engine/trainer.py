@@ -334,7 +334,7 @@ def fit(
             if dist.is_main:
                 hooks.start_epoch(epoch)
             train_model.train()
-            loss_sum, seen = 0.0, 0
+            loss_sum, seen, clipped = 0.0, 0, 0
             correct: int | None = 0
             t0 = time.perf_counter()
             for step, (x, y) in enumerate(train_batches):
@@ -347,6 +347,9 @@ def fit(
                     raise _diverged(f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}", epoch, lr, run)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if cfg.clip_grad_norm is not None:
+                    norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
+                    clipped += int(norm > cfg.clip_grad_norm)
                 optimizer.step()
                 if average is not None:
                     average.update(model)
@@ -397,6 +400,7 @@ def fit(
                     **val.history(),
                     "images_per_second": rate,
                     "seconds": epoch_seconds,
+                    **({"clipped_steps": clipped} if cfg.clip_grad_norm is not None else {}),
                     **hooks.end_epoch(epoch, val),
                 }
                 if took_effect := [dict(o) for o in overrides if o.get("epoch") == epoch]:

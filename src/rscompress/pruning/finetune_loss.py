@@ -18,6 +18,8 @@ def finetune_objective(
     """(loss_fn, teacher): None for plain CE (the fit loop's own), RemoteTrimmer's AML + CE, or
     KD / DKD from the unpruned parent as trained (SE blocks and all), which ``unpruned()`` gives
     and is only called for those; the teacher is returned frozen for the caller's records."""
+    if cfg.loss is None:
+        raise ValueError("the fine-tuning loss is not named yet: PruneConfig.with_loss_for names the task's default")
     if cfg.loss == "aml+ce":
         return aml_ce_objective(cfg.r1, cfg.r2), None
     if cfg.loss in ("kd", "dkd"):

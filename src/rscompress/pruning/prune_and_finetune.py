@@ -50,7 +50,7 @@ def refuse_for_detectors(cfg: PruneConfig) -> None:
             "method remotetrimmer on a detector is not built yet (its Adaptive Mining Loss is a classification "
             "loss); the other methods take detectors"
         )
-    if cfg.loss != "ce":
+    if cfg.loss not in (None, "ce"):
         raise UserError(f"loss {cfg.loss} is for classifiers; a detector is fine-tuned with its own loss")
 
 
