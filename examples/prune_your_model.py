@@ -4,7 +4,7 @@ saved without pickle, reloaded, exported to ONNX and timed.
 
     .venv/bin/python examples/prune_your_model.py [--out runs/example] [--epochs 6]
 
-About two minutes on 2 CPU cores at the default 6 epochs. Swap in your own model, loaders and numbers.
+About 2.5 minutes on 2 CPU cores at the default 6 epochs. Swap in your own model, loaders and numbers.
 """
 
 from __future__ import annotations
