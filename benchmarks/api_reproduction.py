@@ -71,6 +71,7 @@ def run_seed(dataset_name: str, seed: int) -> dict[str, Any]:
         method=METHOD,
         target_macs=TARGET,
         round_to=ROUND_TO,
+        loss="ce",  # the suite's cells fine-tune with cross-entropy alone (suite.yaml)
         finetune_epochs=finetune.epochs,
         lr=finetune.optim.lr,
         seed=seed,

@@ -63,8 +63,14 @@ VARIANTS: dict[str, list[str]] = {
 }
 IMG_SIZE, EPOCHS = 64, 60
 # Flags on top of `rscompress prune PARENT --method M --target-macs F`: the fine-tuning's peak
-# rate against FINETUNE_LR, chosen on val.
-PRUNE_VARIANTS: dict[str, list[str]] = {"default": [], "ft-lr0.05": ["--lr", "0.05"], "ft-lr0.1": ["--lr", "0.1"]}
+# rate against FINETUNE_LR and its loss, chosen on val. "default" adds none: KD from the parent
+# since 9cfd645; "ce" is the default before it (its records were labelled "default" then).
+PRUNE_VARIANTS: dict[str, list[str]] = {
+    "default": [],
+    "ce": ["--loss", "ce"],
+    "ft-lr0.05": ["--loss", "ce", "--lr", "0.05"],
+    "ft-lr0.1": ["--loss", "ce", "--lr", "0.1"],
+}
 
 
 def _parent_dir(dataset: str, model: str, variant: str, seed: int) -> Path:
@@ -273,7 +279,8 @@ def table_text(plain: Path | None = None, recipe: Path | None = None, pruned_rec
             "",
             "## Pruned from the `default` parents by `rscompress prune`, and the plain loop's by Torch-Pruning",
             "",
-            "Fine-tuning: `default` = `rscompress prune`'s defaults, else the peak rate named; `plain loop`:",
+            "Fine-tuning: `default` = `rscompress prune`'s defaults, `ce` = cross-entropy alone (the default",
+            "before 9cfd645), else ce at the peak rate named; `plain loop`:",
             "`tp-l1` is Torch-Pruning's MetaPruner (L1, uniform, ratio bisected to the MACs) on the plain",
             "loop's parents on rscompress's split, fine-tuned by the plain loop (OneCycle, peak 0.02, 20 epochs).",
             "",
