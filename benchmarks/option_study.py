@@ -6,10 +6,10 @@ tolerance; ``benchmarks/slim_rate.yaml``: network slimming's L1 rate;
 
 The setting is a prune option (a cell's ``options``), the fine-tuning peak rate (a cell's
 ``finetune_lr``, ``FINETUNE_LR``) or the fine-tuning loss (a cell's ``loss``, ``LOSS``). Each
-arm is one value of it. The default arm is the paired
-suite's own cells of that method (made without the setting); the others are the study's
-records. A run that is in both (an arm at the value that became the default) counts once. The
-arms are judged on the task's val score after fine-tuning (the split settings are chosen on);
+arm is one value of it. The default arm is the paired suite's own cells of that method (made
+without the setting); the others are the study's records. A run that is in both (an arm at the
+value that became the default) counts once. The arms are judged on the task's val score after
+fine-tuning (the split settings are chosen on);
 the test score is shown beside it, never chosen on. For sparse-training methods the sparsity the
 phase reached, against the one it ran towards, says whether it got where the budget needs it.
 Records made before the suite wrote a figure (the val score, the sparsity) lack it: the figure
