@@ -60,6 +60,8 @@ VARIANTS: dict[str, list[str]] = {
     # Additions a modern recipe offers (issue 31 part 3), to be chosen on val.
     "ema0.99": ["--ema-decay", "0.99"],
     "ema0.995": ["--ema-decay", "0.995"],
+    "cutmix1.0": ["--cutmix-alpha", "1.0"],
+    "mixup0.2": ["--mixup-alpha", "0.2"],
 }
 IMG_SIZE, EPOCHS = 64, 60
 # Flags on top of `rscompress prune PARENT --method M --target-macs F`: the fine-tuning's peak

@@ -104,6 +104,16 @@ ClipGradNormOpt = Annotated[
     float | None,
     typer.Option(help="Rescale each step's gradients to this total L2 norm when they exceed it (off by default)."),
 ]
+MixupAlphaOpt = Annotated[
+    float,
+    typer.Option(help="Mixup: blend each training batch with itself reversed, weight ~ Beta(a, a); 0: off."),
+]
+CutmixAlphaOpt = Annotated[
+    float,
+    typer.Option(
+        help="CutMix: paste a box of the reversed batch, area ~ Beta(a, a); 0: off; with --mixup-alpha, one per batch."
+    ),
+]
 ChannelsLastOpt = Annotated[
     bool, typer.Option(help="channels_last memory format (training, and the NAS search and sparse training of prune).")
 ]
@@ -179,6 +189,8 @@ def train(
     drop_last: DropLastOpt = FIT_DEFAULTS.drop_last,
     ema_decay: EmaDecayOpt = FIT_DEFAULTS.ema_decay,
     clip_grad_norm: ClipGradNormOpt = FIT_DEFAULTS.clip_grad_norm,
+    mixup_alpha: MixupAlphaOpt = FIT_DEFAULTS.mixup_alpha,
+    cutmix_alpha: CutmixAlphaOpt = FIT_DEFAULTS.cutmix_alpha,
     channels_last: ChannelsLastOpt = False,
     bf16: Bf16Opt = False,
     small_input: SmallInputOpt = False,
@@ -260,6 +272,8 @@ def train(
         drop_last=drop_last,
         ema_decay=ema_decay,
         clip_grad_norm=clip_grad_norm,
+        mixup_alpha=mixup_alpha,
+        cutmix_alpha=cutmix_alpha,
         channels_last=channels_last,
         bf16=bf16,
         small_input=small_input,
@@ -373,6 +387,8 @@ def prune(
     drop_last: DropLastOpt = FIT_DEFAULTS.drop_last,
     ema_decay: EmaDecayOpt = FIT_DEFAULTS.ema_decay,
     clip_grad_norm: ClipGradNormOpt = FIT_DEFAULTS.clip_grad_norm,
+    mixup_alpha: MixupAlphaOpt = FIT_DEFAULTS.mixup_alpha,
+    cutmix_alpha: CutmixAlphaOpt = FIT_DEFAULTS.cutmix_alpha,
     seed: SeedOpt = 0,
     threads: ThreadsOpt = None,
     channels_last: ChannelsLastOpt = False,
@@ -426,6 +442,8 @@ def prune(
         ),
         ema_decay=ema_decay,
         clip_grad_norm=clip_grad_norm,
+        mixup_alpha=mixup_alpha,
+        cutmix_alpha=cutmix_alpha,
         channels_last=channels_last,
         bf16=bf16,
         device=device,
@@ -518,6 +536,8 @@ def distill(
     drop_last: DropLastOpt = FIT_DEFAULTS.drop_last,
     ema_decay: EmaDecayOpt = FIT_DEFAULTS.ema_decay,
     clip_grad_norm: ClipGradNormOpt = FIT_DEFAULTS.clip_grad_norm,
+    mixup_alpha: MixupAlphaOpt = FIT_DEFAULTS.mixup_alpha,
+    cutmix_alpha: CutmixAlphaOpt = FIT_DEFAULTS.cutmix_alpha,
     seed: SeedOpt = 0,
     threads: ThreadsOpt = None,
     channels_last: ChannelsLastOpt = False,
@@ -554,6 +574,8 @@ def distill(
         ),
         ema_decay=ema_decay,
         clip_grad_norm=clip_grad_norm,
+        mixup_alpha=mixup_alpha,
+        cutmix_alpha=cutmix_alpha,
         channels_last=channels_last,
         bf16=bf16,
         device=device,
@@ -902,6 +924,8 @@ def _fit(
     *,
     ema_decay,
     clip_grad_norm,
+    mixup_alpha,
+    cutmix_alpha,
     channels_last,
     bf16,
     device,
@@ -916,6 +940,8 @@ def _fit(
         drop_last=drop_last,
         ema_decay=ema_decay,
         clip_grad_norm=clip_grad_norm,
+        mixup_alpha=mixup_alpha,
+        cutmix_alpha=cutmix_alpha,
         threads=threads,
         channels_last=channels_last,
         bf16=bf16,

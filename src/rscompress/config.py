@@ -148,11 +148,21 @@ class FitConfig(StrictModel):
     # throw the weights off, as detectors' losses can give); None: never. The history counts the
     # steps it rescaled.
     clip_grad_norm: float | None = Field(None, gt=0)
+    # Mixup / CutMix of the training batches (engine/mixing.py): the α of Beta(α, α) that draws
+    # each batch's blend; 0: off; both on: one or the other per batch. Classifiers only, and a
+    # loss that takes blended labels as class probabilities (ce, kd; not aml+ce or dkd).
+    mixup_alpha: float = Field(0.0, ge=0)
+    cutmix_alpha: float = Field(0.0, ge=0)
     channels_last: bool = False
     bf16: bool = False
     threads: int | None = Field(None, gt=0, le=MAX_THREADS)
     # Where the fit loop runs (engine/device.py): auto = CUDA when torch sees a GPU, else CPU.
     device: str = "auto"
+
+    @property
+    def mixes(self) -> bool:
+        """Whether the training batches are mixed (Mixup or CutMix)."""
+        return self.mixup_alpha > 0 or self.cutmix_alpha > 0
 
     @field_validator("device")
     @classmethod
@@ -210,6 +220,15 @@ def with_finetune_rate(value: object) -> object:
         if isinstance(optim, dict) and "lr" not in optim:
             return {**value, "optim": {**optim, "lr": FINETUNE_LR}}
     return value
+
+
+def refuse_mixed_labels(loss: str, fit: FitConfig) -> None:
+    """AML and DKD take each image's one true class apart from the rest; a mixed batch's labels
+    are blends of two classes, so those losses cannot train on it."""
+    if fit.mixes and loss in ("aml+ce", "dkd"):
+        raise ValueError(
+            f"--mixup-alpha / --cutmix-alpha blend two labels per image; the {loss} loss needs one: use ce or kd"
+        )
 
 
 class PruneConfig(StrictModel):
@@ -294,6 +313,12 @@ class PruneConfig(StrictModel):
             raise ValueError(f"{flag} is a setting of --target-latency-ms / --target-speedup / --round-to auto")
         return self
 
+    @model_validator(mode="after")
+    def _mixing_loss(self) -> PruneConfig:
+        if self.loss is not None:
+            refuse_mixed_labels(self.loss, self.finetune)
+        return self
+
 
 class DistillConfig(KDSettings):
     """``rscompress distill``: a frozen teacher run guides a student (registry name or run dir).
@@ -306,6 +331,11 @@ class DistillConfig(KDSettings):
     # The teacher's split.json is gone: split its data anew from its config.json (RunDir.split_for).
     resplit: bool = False
     fit: FitConfig
+
+    @model_validator(mode="after")
+    def _mixing_loss(self) -> DistillConfig:
+        refuse_mixed_labels(self.loss, self.fit)
+        return self
 
 
 class Int8Config(StrictModel):

@@ -59,7 +59,8 @@ def cross_entropy_loss(label_smoothing: float = 0.0) -> LossFn:
 
 
 class Classification:
-    """Labels are an int64 tensor; val is scored by top-1 (then loss)."""
+    """Labels are an int64 tensor, or class probabilities (N, classes) where training batches
+    are mixed (engine/mixing.py); val is scored by top-1 (then loss)."""
 
     def __init__(self, num_classes: int) -> None:
         self.num_classes = num_classes
@@ -71,10 +72,11 @@ class Classification:
         return targets.to(device, non_blocking=True)
 
     def count(self, targets: torch.Tensor) -> int:
-        return targets.numel()
+        return targets.shape[0]
 
     def correct(self, outputs: torch.Tensor, targets: torch.Tensor) -> int:
-        return int((outputs.argmax(1) == targets).sum().item())  # a count: item() gives an int
+        labels = targets.argmax(1) if targets.ndim == 2 else targets  # a mixed batch: its larger share
+        return int((outputs.argmax(1) == labels).sum().item())  # a count: item() gives an int
 
     def evaluate(self, model: nn.Module, batches: Iterable, channels_last: bool) -> Evaluation:
         return evaluate(model, batches, self.num_classes, channels_last)

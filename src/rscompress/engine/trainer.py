@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from rscompress.engine.checkpoint import (
 from rscompress.engine.device import resolve_device
 from rscompress.engine.distributed import DistInfo, all_mean, all_true, barrier
 from rscompress.engine.metrics import EvalResult
+from rscompress.engine.mixing import mix_batch
 from rscompress.engine.precision import bf16_autocast
 from rscompress.engine.schedule import apply_schedule, build_optimizer
 from rscompress.engine.tasks import Classification, Evaluation, LossFn, Task
@@ -268,6 +270,8 @@ def fit(
     """
     hooks = hooks or TrainingHooks()
     task = Classification(task) if isinstance(task, int) else task
+    if cfg.mixes and not isinstance(task, Classification):
+        raise UserError("--mixup-alpha / --cutmix-alpha blend class labels: they are for classifiers only")
     loss_fn = loss_fn or task.objective(cfg.label_smoothing)
     device = resolve_device(cfg.device)
     memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
@@ -330,6 +334,7 @@ def fit(
         bar = progress.add_task("train", total=(cfg.epochs - start_epoch) * steps_per_epoch, rate="-")
         for epoch in range(start_epoch, cfg.epochs):
             torch.manual_seed(derived_seed("train", cfg.seed, epoch))  # dropout etc.
+            mix_rng = random.Random(derived_seed("mix", cfg.seed, epoch))
             train_batches.set_epoch(epoch)
             if dist.is_main:
                 hooks.start_epoch(epoch)
@@ -341,6 +346,9 @@ def fit(
                 lr = apply_schedule(optimizer, epoch + step / steps_per_epoch, cfg.epochs, cfg.optim)
                 x = x.to(device, memory_format=memory_format, non_blocking=True)
                 y = task.to_device(y, device)
+                if cfg.mixes:
+                    assert isinstance(task, Classification)  # checked before the first epoch
+                    x, y = mix_batch(x, y, task.num_classes, cfg.mixup_alpha, cfg.cutmix_alpha, mix_rng)
                 with bf16_autocast(model, cfg.bf16):
                     loss, outputs = loss_fn(train_model, x, y, epoch)
                 if not all_true(bool(torch.isfinite(loss)), dist):
