@@ -58,6 +58,14 @@ def test_a_run_saved_before_the_issue_31_options_matches_the_recipe_it_was_train
     assert "train.optim.nesterov: false there, true now" in setting_differences(old_train, new_defaults, "train")
 
 
+def test_a_run_saved_before_mixing_existed_continues_unmixed_only():
+    saved = FitConfig(epochs=60).model_dump(mode="json")
+    old = {k: v for k, v in saved.items() if k not in ("mixup_alpha", "cutmix_alpha")}
+    assert setting_differences(old, saved, "train") == []
+    mixed = FitConfig(epochs=60, cutmix_alpha=1.0).model_dump(mode="json")
+    assert setting_differences(old, mixed, "train") == ["train.cutmix_alpha: 0.0 there, 1.0 now"]
+
+
 def test_train_resume_with_another_recipe_is_refused_and_keeps_the_run(tmp_path, monkeypatch, kill_at_the_end):
     monkeypatch.setenv("RSCOMPRESS_CACHE", str(tmp_path / "cache"))
     data = DataConfig(path=make_fake_dataset(tmp_path, name="rsscn7", per_class=6, size=20), img_size=16)

@@ -118,6 +118,9 @@ _ADDED_LATER = {
     "train.new_head": False,
     # issue 35: a run made from a parent whose split.json was gone (--resplit); none before.
     "method_params.resplit": False,
+    # Mixup / CutMix: off in every run made before them.
+    "train.mixup_alpha": 0.0,
+    "train.cutmix_alpha": 0.0,
 }
 # Settings removed since; a saved one is not compared. sparse_strength (L1RR's starting λ)
 # gave way to sparse_rate; a sparse-training phase saved with it has its own settings check
