@@ -65,8 +65,8 @@ VARIANTS: dict[str, list[str]] = {
 }
 IMG_SIZE, EPOCHS = 64, 60
 # Flags on top of `rscompress prune PARENT --method M --target-macs F`: the fine-tuning's peak
-# rate against FINETUNE_LR and its loss, chosen on val. "default" adds none: KD from the parent
-# since 9cfd645; "ce" is the default before it (its records were labelled "default" then).
+# rate against FINETUNE_LR and its loss, chosen on val. "default" adds none: the default loss, DKD
+# from the parent (KD from 9cfd645, ce before it, whose records were labelled "default" then).
 PRUNE_VARIANTS: dict[str, list[str]] = {
     "default": [],
     "ce": ["--loss", "ce"],

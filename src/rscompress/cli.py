@@ -323,7 +323,7 @@ def prune(
     loss: Annotated[
         str | None,
         typer.Option(
-            help="Fine-tuning loss: ce, aml+ce, or kd / dkd from the unpruned parent; default kd for a "
+            help="Fine-tuning loss: ce, aml+ce, or kd / dkd from the unpruned parent; default dkd for a "
             "classifier, the detector's own loss for a detector."
         ),
     ] = _default(PruneConfig, "loss"),

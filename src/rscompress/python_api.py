@@ -418,7 +418,7 @@ def prune(
     methods only; hit within ±5 % of the measured latency).
     ``loss``: ce, aml+ce (RemoteTrimmer's), or kd / dkd from the unpruned ``model`` as teacher
     (prune-then-distill; ``kd``: KDSettings fields as in ``distill``, no warm-up by default);
-    default kd for a classifier, the detector's own loss for a detector; or
+    default dkd for a classifier, the detector's own loss for a detector; or
     ``loss_fn(model, x, y, epoch) -> (loss, logits)`` of your own. ``method_options``: that method's PruneConfig fields
     (``sparse_epochs``, ``search_epochs``, ``attention_weight``, ...). Fine-tuning: the CLI's
     recipe at peak ``lr`` for ``finetune_epochs``; ``fit_options`` as in ``train``.

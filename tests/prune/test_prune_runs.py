@@ -57,23 +57,26 @@ def test_baselines_hit_target(parents, tmp_path, method, global_pruning):
     assert abs(metrics["macs_kept"] / 0.1 - 1) <= 0.01
 
 
-def test_a_classifier_fine_tunes_with_kd_from_its_parent_unless_told_otherwise(parents, tmp_path, monkeypatch):
+def test_a_classifier_fine_tunes_with_dkd_from_its_parent_unless_told_otherwise(parents, tmp_path, monkeypatch):
     from rscompress.distillation import objective
 
     calls = []
 
-    def counted_kd_loss(*args, **kwargs):
+    def counted_dkd_loss(*args, **kwargs):
         calls.append(1)
-        return kd_loss(*args, **kwargs)
+        return dkd_loss(*args, **kwargs)
 
-    kd_loss = objective.kd_loss
-    monkeypatch.setattr(objective, "kd_loss", counted_kd_loss)
+    dkd_loss = objective.dkd_loss
+    monkeypatch.setattr(objective, "dkd_loss", counted_dkd_loss)
     args = ["prune", str(parents["resnet18"]), "--method", "l1", "--target-macs", "0.5", "--finetune-epochs", "1"]
-    assert main([*args, "--batch-size", "8", "--out", str(tmp_path / "kd"), "--quiet"]) == 0
-    metrics = json.loads((tmp_path / "kd" / "metrics.json").read_text())
-    assert metrics["loss"] == "kd" and metrics["kd"]["kd_warmup_epochs"] == 0 and calls
-    assert RunDir(tmp_path / "kd").load_config().method_params["loss"] == "kd"  # named, not left to a default
+    assert main([*args, "--batch-size", "8", "--out", str(tmp_path / "dkd"), "--quiet"]) == 0
+    metrics = json.loads((tmp_path / "dkd" / "metrics.json").read_text())
+    assert metrics["loss"] == "dkd" and metrics["kd"]["kd_warmup_epochs"] == 0 and calls
+    assert RunDir(tmp_path / "dkd").load_config().method_params["loss"] == "dkd"  # named, not left to a default
     calls.clear()
+    # Mixed labels cannot train the default loss: refused before anything is written.
+    assert main([*args, "--cutmix-alpha", "1", "--out", str(tmp_path / "mixed"), "--quiet"]) == 2
+    assert not (tmp_path / "mixed").exists()
     assert main([*args, "--batch-size", "8", "--loss", "ce", "--out", str(tmp_path / "ce"), "--quiet"]) == 0
     metrics = json.loads((tmp_path / "ce" / "metrics.json").read_text())
     assert metrics["loss"] == "ce" and "kd" not in metrics and not calls
