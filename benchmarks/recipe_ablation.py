@@ -90,14 +90,8 @@ def _rscompress(command: list[str], out: Path) -> dict:
     return json.loads((out / "metrics.json").read_text())
 
 
-def run_cell(data: Path, model: str, variant: str, seed: int, threads: int) -> None:
-    dataset = data.resolve().name
-    key = {"dataset": dataset, "model": model, "variant": variant, "seed": seed, "epochs": EPOCHS, "img_size": IMG_SIZE}
-    if has_record(RECORDS, key):
-        print(f"{dataset} {model} {variant} seed {seed}: has a record")
-        return
-    out = _parent_dir(dataset, model, variant, seed)
-    command = [
+def _train_command(data: Path, model: str, variant: str, seed: int, threads: int, out: Path) -> list[str]:
+    return [
         "rscompress",
         "train",
         "--data",
@@ -120,6 +114,16 @@ def run_cell(data: Path, model: str, variant: str, seed: int, threads: int) -> N
         "--quiet",
         "--json",
     ]
+
+
+def run_cell(data: Path, model: str, variant: str, seed: int, threads: int) -> None:
+    dataset = data.resolve().name
+    key = {"dataset": dataset, "model": model, "variant": variant, "seed": seed, "epochs": EPOCHS, "img_size": IMG_SIZE}
+    if has_record(RECORDS, key):
+        print(f"{dataset} {model} {variant} seed {seed}: has a record")
+        return
+    out = _parent_dir(dataset, model, variant, seed)
+    command = _train_command(data, model, variant, seed, threads, out)
     metrics = _rscompress(command, out)
     append_record(
         RECORDS,
@@ -140,7 +144,9 @@ def run_cell(data: Path, model: str, variant: str, seed: int, threads: int) -> N
     print(f"{dataset} {model} {variant} seed {seed}: val {metrics['val']['top1']:.4f} test {metrics['top1']:.4f}")
 
 
-def prune_cell(data: Path, model: str, method: str, target_macs: float, variant: str, seed: int, threads: int) -> None:
+def prune_cell(
+    data: Path, model: str, method: str, target_macs: float, variant: str, seed: int, threads: int, train_parent: bool
+) -> None:
     dataset = data.resolve().name
     key = {
         "dataset": dataset,
@@ -155,7 +161,13 @@ def prune_cell(data: Path, model: str, method: str, target_macs: float, variant:
         return
     parent = _parent_dir(dataset, model, "default", seed)
     if not (parent / "metrics.json").is_file():
-        raise SystemExit(f"no finished parent at {parent}: run `run --model {model} --seeds {seed}` first")
+        if not train_parent:
+            raise SystemExit(
+                f"no finished parent at {parent}: run `run --model {model} --seeds {seed}` first, "
+                "or give --train-parent (its run dir is gone where its record is kept)"
+            )
+        # Trained again as `run` made it; the prune record keeps the parent's test top-1 it used.
+        _rscompress(_train_command(data, model, "default", seed, threads, parent), parent)
     out = (
         WORK / f"{parent.name}-{method}-{target_macs:g}"
         if variant == "default"
@@ -336,6 +348,9 @@ def main() -> None:
     prune.add_argument("--variant", choices=sorted(PRUNE_VARIANTS), default="default")
     prune.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     prune.add_argument("--threads", type=int, default=2)
+    prune.add_argument(
+        "--train-parent", action="store_true", help="train a missing parent first (as `run` does, no new record)"
+    )
     splits = sub.add_parser("splits", help=f"write rscompress's split of each seed under {SPLITS}")
     splits.add_argument("--data", type=Path, required=True, help="class-folder dataset root")
     splits.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -353,7 +368,16 @@ def main() -> None:
             if args.verb == "run":
                 run_cell(args.data, args.model, args.variant, seed, args.threads)
             else:
-                prune_cell(args.data, args.model, args.method, args.target_macs, args.variant, seed, args.threads)
+                prune_cell(
+                    args.data,
+                    args.model,
+                    args.method,
+                    args.target_macs,
+                    args.variant,
+                    seed,
+                    args.threads,
+                    args.train_parent,
+                )
     print(f"wrote {write_table()}")
 
 

@@ -110,8 +110,14 @@ def test_cells_run_the_cli_record_once_and_prune_their_parents(tmp_path, monkeyp
     recipe_ablation.run_cell(data, "resnet18", "default", seed=0, threads=1)  # has a record: skipped
     (record,) = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
     assert record["source"] == "rscompress" and record["variant"] == "default" and "--batch-size 8" in record["command"]
-    recipe_ablation.prune_cell(data, "resnet18", "l1", 0.5, "default", seed=0, threads=1)
+    recipe_ablation.prune_cell(data, "resnet18", "l1", 0.5, "default", seed=0, threads=1, train_parent=False)
     (pruned,) = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert pruned["macs_kept"] == pytest.approx(0.5, abs=0.01) and pruned["parent_top1"] == record["top1"]
     with pytest.raises(SystemExit, match="no finished parent"):
-        recipe_ablation.prune_cell(data, "resnet18", "l1", 0.5, "default", seed=1, threads=1)
+        recipe_ablation.prune_cell(data, "resnet18", "l1", 0.5, "default", seed=1, threads=1, train_parent=False)
+    # A parent whose run dir is gone is trained again as `run` trains it, without a second record.
+    recipe_ablation.prune_cell(data, "resnet18", "l1", 0.5, "default", seed=1, threads=1, train_parent=True)
+    assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 1
+    again = json.loads((tmp_path / "p.jsonl").read_text().splitlines()[1])
+    parent = json.loads((tmp_path / "work" / "rsscn7-resnet18-default-s1" / "metrics.json").read_text())
+    assert again["seed"] == 1 and again["parent_top1"] == parent["top1"]
