@@ -224,13 +224,18 @@ def with_finetune_rate(value: object) -> object:
     return value
 
 
-def refuse_mixed_labels(loss: str, fit: FitConfig) -> None:
+def refuse_mixed_labels(loss: str, fit: FitConfig, kd: KDSettings) -> None:
     """AML and DKD take each image's one true class apart from the rest; a mixed batch's labels
-    are blends of two classes, so those losses cannot train on it."""
-    if fit.mixes and loss in ("aml+ce", "dkd"):
+    are blends of two classes, so those losses cannot train on it. Nor can a teacher's logits be
+    reused: no mixed image is ever seen twice."""
+    if not fit.mixes:
+        return
+    if loss in ("aml+ce", "dkd"):
         raise ValueError(
             f"--mixup-alpha / --cutmix-alpha blend two labels per image; the {loss} loss needs one: use ce or kd"
         )
+    if loss == "kd" and kd.cache_teacher_logits:
+        raise ValueError("--cache-teacher-logits has nothing to reuse under --mixup-alpha / --cutmix-alpha")
 
 
 class PruneConfig(StrictModel):
@@ -286,7 +291,7 @@ class PruneConfig(StrictModel):
             return self
         loss = "ce" if detector else CLASSIFIER_FINETUNE_LOSS
         try:
-            refuse_mixed_labels(loss, self.finetune)
+            refuse_mixed_labels(loss, self.finetune, self.kd)
         except ValueError as error:
             raise UserError(f"{error} (the default fine-tuning loss is {loss}: name another with --loss)") from None
         return self.model_copy(update={"loss": loss})
@@ -323,7 +328,7 @@ class PruneConfig(StrictModel):
     @model_validator(mode="after")
     def _mixing_loss(self) -> PruneConfig:
         if self.loss is not None:
-            refuse_mixed_labels(self.loss, self.finetune)
+            refuse_mixed_labels(self.loss, self.finetune, self.kd)
         return self
 
 
@@ -341,7 +346,7 @@ class DistillConfig(KDSettings):
 
     @model_validator(mode="after")
     def _mixing_loss(self) -> DistillConfig:
-        refuse_mixed_labels(self.loss, self.fit)
+        refuse_mixed_labels(self.loss, self.fit, self)
         return self
 
 

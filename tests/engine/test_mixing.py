@@ -118,6 +118,8 @@ def test_mixing_is_refused_for_detectors_and_for_losses_that_need_one_label(tmp_
     with pytest.raises(ValidationError, match="the dkd loss needs one"):
         DistillConfig(loss="dkd", fit=mixed)
     assert DistillConfig(loss="kd", fit=mixed).fit.mixes
+    with pytest.raises(ValidationError, match="--cache-teacher-logits has nothing to reuse"):
+        DistillConfig(loss="kd", cache_teacher_logits=True, fit=mixed)
 
 
 def test_cli_trains_with_cutmix_and_records_it(tmp_path, capsys):
