@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from typer import TyperException
 
 from rscompress.config import (
+    DETECTION_CLIP_GRAD_NORM,
     DETECTION_LR,
     FINETUNE_LR,
     DataConfig,
@@ -102,7 +103,10 @@ EmaDecayOpt = Annotated[
 ]
 ClipGradNormOpt = Annotated[
     float | None,
-    typer.Option(help="Rescale each step's gradients to this total L2 norm when they exceed it (off by default)."),
+    typer.Option(
+        help="Rescale each step's gradients to this total L2 norm when they exceed it; 0: never; "
+        f"default: never for a classifier, {DETECTION_CLIP_GRAD_NORM:g} for a detector."
+    ),
 ]
 MixupAlphaOpt = Annotated[
     float,

@@ -100,6 +100,11 @@ CLASSIFIER_FINETUNE_LOSS = "dkd"
 # 0.01, torchvision's FCOS reference rate, diverged in its fifth epoch and stayed at 0.33 (both
 # with torchvision's ReLU box head, since replaced: models/detection.py).
 DETECTION_LR = 0.02
+# A detector's gradient clipping when none is given (FitConfig.clip_grad_norm), Ultralytics'
+# value, about 5x the steps' norms late in training. Unclipped, the seed-0 NEPU_OWOD parent was
+# thrown off in its 25th epoch (val mAP@0.5 0.61 -> 0.00); clipped, both seed-0 parents ended
+# higher on val (benchmarks/detection_parent_clip.yaml against detection.yaml's parents).
+DETECTION_CLIP_GRAD_NORM = 10.0
 
 
 class OptimConfig(StrictModel):
@@ -147,9 +152,10 @@ class FitConfig(StrictModel):
     # is scored on val and kept; None: the weights as trained.
     ema_decay: float | None = Field(None, gt=0, lt=1)
     # Rescale a step's gradients to this total L2 norm when they exceed it (a spike that would
-    # throw the weights off, as detectors' losses can give); None: never. The history counts the
-    # steps it rescaled.
-    clip_grad_norm: float | None = Field(None, gt=0)
+    # throw the weights off, as detectors' losses can give); 0: never; None: the task's default
+    # (a classifier never, a detector DETECTION_CLIP_GRAD_NORM). The history counts the steps it
+    # rescaled.
+    clip_grad_norm: float | None = Field(None, ge=0)
     # Mixup / CutMix of the training batches (engine/mixing.py): the α of Beta(α, α) that draws
     # each batch's blend; 0: off; both on: one or the other per batch. Classifiers only, and a
     # loss that takes blended labels as class probabilities (ce, kd; not aml+ce or dkd).

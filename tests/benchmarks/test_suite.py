@@ -363,6 +363,9 @@ def test_the_shipped_detection_suite_validates():
     assert (study.train, study.datasets["nepu_owod"]) == (suite.train, suite.datasets["nepu_owod"])
     assert arm.model_copy(update={"lr": None, "seeds": nepu.seeds}) == nepu and arm.lr == 0.01 != suite.train.optim.lr
     assert study.work != suite.work and not study.cells and study.parent_records and suite.parent_records
+    # The clipping study's arm is now the suite's own recipe (its runs became the suite's parents).
+    clipped = load_suite(ROOT / "benchmarks" / "detection_parent_clip.yaml")
+    assert clipped.train == suite.train and suite.train.clip_grad_norm == 10 and clipped.work != suite.work
     # The fine-tuning rate study: the suite's parents, recipes and work dir; only the rate differs.
     rate = load_suite(ROOT / "benchmarks" / "detection_finetune_lr.yaml")
     for field in ("work", "train", "finetune", "prune"):

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torchmetrics.detection import MeanAveragePrecision
 
+from rscompress.config import DETECTION_CLIP_GRAD_NORM
 from rscompress.engine.device import model_device
 from rscompress.engine.tasks import LossFn
 
@@ -89,6 +90,8 @@ def evaluate_detection(model: nn.Module, batches: Iterable, class_names: tuple[s
 class Detection:
     """Targets are lists of ``{"boxes", "labels"}``; the loss is the detector's own (torchvision
     detectors return their loss terms in train mode: their sum is trained)."""
+
+    default_clip_grad_norm: float | None = DETECTION_CLIP_GRAD_NORM
 
     def __init__(self, class_names: tuple[str, ...]) -> None:
         self.class_names = class_names

@@ -35,6 +35,9 @@ class Evaluation(Protocol):
 
 
 class Task(Protocol):
+    # The gradient-norm clip of a fit whose config leaves it to the task (None: never).
+    default_clip_grad_norm: float | None
+
     def objective(self, label_smoothing: float) -> LossFn: ...
 
     def to_device(self, targets: Any, device: torch.device) -> Any: ...
@@ -61,6 +64,8 @@ def cross_entropy_loss(label_smoothing: float = 0.0) -> LossFn:
 class Classification:
     """Labels are an int64 tensor, or class probabilities (N, classes) where training batches
     are mixed (engine/mixing.py); val is scored by top-1 (then loss)."""
+
+    default_clip_grad_norm: float | None = None
 
     def __init__(self, num_classes: int) -> None:
         self.num_classes = num_classes

@@ -273,6 +273,7 @@ def fit(
     if cfg.mixes and not isinstance(task, Classification):
         raise UserError("--mixup-alpha / --cutmix-alpha blend class labels: they are for classifiers only")
     loss_fn = loss_fn or task.objective(cfg.label_smoothing)
+    clip = task.default_clip_grad_norm if cfg.clip_grad_norm is None else cfg.clip_grad_norm or None
     device = resolve_device(cfg.device)
     memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
     # Module.to takes a memory_format beside the device (torch parses both the same way as
@@ -355,9 +356,9 @@ def fit(
                     raise _diverged(f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}", epoch, lr, run)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                if cfg.clip_grad_norm is not None:
-                    norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
-                    clipped += int(norm > cfg.clip_grad_norm)
+                if clip is not None:
+                    norm = nn.utils.clip_grad_norm_(model.parameters(), clip)
+                    clipped += int(norm > clip)
                 optimizer.step()
                 if average is not None:
                     average.update(model)
@@ -408,7 +409,7 @@ def fit(
                     **val.history(),
                     "images_per_second": rate,
                     "seconds": epoch_seconds,
-                    **({"clipped_steps": clipped} if cfg.clip_grad_norm is not None else {}),
+                    **({"clipped_steps": clipped} if clip is not None else {}),
                     **hooks.end_epoch(epoch, val),
                 }
                 if took_effect := [dict(o) for o in overrides if o.get("epoch") == epoch]:
