@@ -216,11 +216,11 @@ def test_box_parity_matches_every_box_and_names_a_file_that_moves_them(detector_
 
     _, run = detector_run
     model, _ = RunDir(run).load_model()
-    model.eval().score_thresh = 0.0  # every location a box: 100 per image to match
+    model.eval().score_thresh = 0.0  # every location a box: up to 100 per image (after NMS) to match
     onnx = export_onnx(deployable(model), 64, tmp_path / "det.onnx")
     images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     parity = check_box_parity(model, onnx, images)
-    assert parity.ok and parity.boxes_torch == 200 and parity.matched == 200 and parity.worst_iou > 0.999
+    assert parity.ok and parity.boxes_torch > 150 and parity.matched == parity.boxes_torch and parity.worst_iou > 0.999
 
     # A file whose boxes come out elsewhere: its regression head's bias shifted after export.
     with torch.no_grad():

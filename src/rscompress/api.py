@@ -302,7 +302,9 @@ def _train_detector(
                 shuffle=train, augment=train and data_cfg.augment, seed=train_cfg.seed,
             )  # fmt: skip
 
-        task = Detection(data.class_names)
+        plain = DetectionBatches(data, data.split["train"], batch_size=train_cfg.batch_size, mean=mean, std=std,
+                                 shuffle=True, seed=train_cfg.seed)  # fmt: skip
+        task = Detection(data.class_names, statistics_batches=plain)
         result = fit(
             model, batches("train", True), batches("val", False), train_cfg, run, task, resume=resume, quiet=quiet,
             overrides=override_records,
@@ -829,6 +831,9 @@ def _prune_detector(
                 shuffle=train, augment=train and bool(parent_cfg.data.get("augment", True)), seed=cfg.finetune.seed,
             )  # fmt: skip
 
+        plain_train = DetectionBatches(data, data.split["train"], batch_size=cfg.finetune.batch_size, mean=mean,
+                                       std=std, shuffle=True, seed=cfg.finetune.seed)  # fmt: skip
+
         def config_of_the_pruned(pruned: torch.nn.Module) -> None:
             update = {"architecture": architecture_spec(pruned), **settings, "versions": library_versions()}
             run.save_config(parent_cfg.model_copy(update=update))
@@ -843,7 +848,7 @@ def _prune_detector(
             calibration=[b for _, b in zip(range(cfg.calibration_batches), batches("train", False), strict=False)],
             train_batches=batches("train", True),
             val_batches=batches("val", False),
-            task=Detection(data.class_names),
+            task=Detection(data.class_names, statistics_batches=plain_train),
             unpruned=lambda: parent.load_model()[0],
             device=resolve_device(cfg.finetune.device),
             resume=resume,

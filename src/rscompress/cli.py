@@ -17,6 +17,7 @@ from typer import TyperException
 from rscompress.config import (
     DETECTION_CLIP_GRAD_NORM,
     DETECTION_LR,
+    DETECTION_PRECISE_BN_BATCHES,
     FINETUNE_LR,
     DataConfig,
     DistillConfig,
@@ -108,6 +109,14 @@ ClipGradNormOpt = Annotated[
         f"default: never for a classifier, {DETECTION_CLIP_GRAD_NORM:g} for a detector."
     ),
 ]
+PreciseBnOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="Before each val evaluation, recompute BatchNorm statistics over this many plain (un-augmented) train "
+        f"batches; 0: keep the running averages; default: {DETECTION_PRECISE_BN_BATCHES} for a detector "
+        "(detectors only)."
+    ),
+]
 MixupAlphaOpt = Annotated[
     float,
     typer.Option(help="Mixup: blend each training batch with itself reversed, weight ~ Beta(a, a); 0: off."),
@@ -193,6 +202,7 @@ def train(
     drop_last: DropLastOpt = FIT_DEFAULTS.drop_last,
     ema_decay: EmaDecayOpt = FIT_DEFAULTS.ema_decay,
     clip_grad_norm: ClipGradNormOpt = FIT_DEFAULTS.clip_grad_norm,
+    precise_bn_batches: PreciseBnOpt = FIT_DEFAULTS.precise_bn_batches,
     mixup_alpha: MixupAlphaOpt = FIT_DEFAULTS.mixup_alpha,
     cutmix_alpha: CutmixAlphaOpt = FIT_DEFAULTS.cutmix_alpha,
     channels_last: ChannelsLastOpt = False,
@@ -276,6 +286,7 @@ def train(
         drop_last=drop_last,
         ema_decay=ema_decay,
         clip_grad_norm=clip_grad_norm,
+        precise_bn_batches=precise_bn_batches,
         mixup_alpha=mixup_alpha,
         cutmix_alpha=cutmix_alpha,
         channels_last=channels_last,
@@ -391,6 +402,7 @@ def prune(
     drop_last: DropLastOpt = FIT_DEFAULTS.drop_last,
     ema_decay: EmaDecayOpt = FIT_DEFAULTS.ema_decay,
     clip_grad_norm: ClipGradNormOpt = FIT_DEFAULTS.clip_grad_norm,
+    precise_bn_batches: PreciseBnOpt = FIT_DEFAULTS.precise_bn_batches,
     mixup_alpha: MixupAlphaOpt = FIT_DEFAULTS.mixup_alpha,
     cutmix_alpha: CutmixAlphaOpt = FIT_DEFAULTS.cutmix_alpha,
     seed: SeedOpt = 0,
@@ -446,6 +458,7 @@ def prune(
         ),
         ema_decay=ema_decay,
         clip_grad_norm=clip_grad_norm,
+        precise_bn_batches=precise_bn_batches,
         mixup_alpha=mixup_alpha,
         cutmix_alpha=cutmix_alpha,
         channels_last=channels_last,
@@ -933,6 +946,7 @@ def _fit(
     channels_last,
     bf16,
     device,
+    precise_bn_batches=None,
 ):
     return _validated(
         FitConfig,
@@ -944,6 +958,7 @@ def _fit(
         drop_last=drop_last,
         ema_decay=ema_decay,
         clip_grad_norm=clip_grad_norm,
+        precise_bn_batches=precise_bn_batches,
         mixup_alpha=mixup_alpha,
         cutmix_alpha=cutmix_alpha,
         threads=threads,

@@ -105,6 +105,12 @@ DETECTION_LR = 0.02
 # thrown off in its 25th epoch (val mAP@0.5 0.61 -> 0.00); clipped, both seed-0 parents ended
 # higher on val (benchmarks/detection_parent_clip.yaml against detection.yaml's parents).
 DETECTION_CLIP_GRAD_NORM = 10.0
+# The plain train batches a detector's BatchNorm statistics are recomputed over before each val
+# evaluation when none is given (FitConfig.precise_bn_batches; engine/batchnorm_statistics.py).
+# Recomputed over NEPU_OWOD's plain train images, the seed-0 parent and its l1 35 % model scored
+# higher on val than with their running statistics (over augmented images they did not), and the
+# Airbus parent the same; 8 batches scored as all of them did (benchmarks/detection_bn_statistics).
+DETECTION_PRECISE_BN_BATCHES = 8
 
 
 class OptimConfig(StrictModel):
@@ -156,6 +162,11 @@ class FitConfig(StrictModel):
     # (a classifier never, a detector DETECTION_CLIP_GRAD_NORM). The history counts the steps it
     # rescaled.
     clip_grad_norm: float | None = Field(None, ge=0)
+    # Before each val evaluation, recompute BatchNorm statistics over this many plain
+    # (un-augmented) train batches (engine/batchnorm_statistics.py says why); 0: keep the
+    # running averages of the training batches; None: the task's default (a detector
+    # DETECTION_PRECISE_BN_BATCHES, a classifier 0). A fit that has no plain batches refuses it.
+    precise_bn_batches: int | None = Field(None, ge=0)
     # Mixup / CutMix of the training batches (engine/mixing.py): the α of Beta(α, α) that draws
     # each batch's blend; 0: off; both on: one or the other per batch. Classifiers only, and a
     # loss that takes blended labels as class probabilities (ce, kd; not aml+ce or dkd).

@@ -205,11 +205,13 @@ def load(path: str | Path) -> nn.Module:
     return model
 
 
-def _task(model: nn.Module, example_input: Tensor) -> int | Task:
+def _task(model: nn.Module, example_input: Tensor, plain_train: Batches | None = None) -> int | Task:
     """What ``model`` does, as the fit loop takes it: a detector's detection (its loaders yield
-    ``(images, [{"boxes", "labels"}, ...])``), else classification into its outputs."""
+    ``(images, [{"boxes", "labels"}, ...])``; ``plain_train``: the batches its BatchNorm statistics
+    are recomputed over), else classification into its outputs."""
     if (classes := detector_classes(model)) is not None:
-        return Detection(tuple(str(i) for i in range(classes)))
+        statistics = None if plain_train is None else _loader_batches(plain_train, "calibration_loader")
+        return Detection(tuple(str(i) for i in range(classes)), statistics_batches=statistics)
     return _num_classes(model, example_input)
 
 
@@ -287,13 +289,17 @@ def train(
     out: str | Path | None = None,
     resume: bool = False,
     quiet: bool = True,
+    calibration_loader: Batches | None = None,
     **fit_options: Any,
 ) -> TrainResult:
     """Train ``model`` in place with the recommended recipe (SGD, nesterov, OneCycle to ``lr``:
     default 0.1, for a detector config.DETECTION_LR; label smoothing 0.1) and keep its best
     epoch on val. ``fit_options``: any other
     FitConfig/OptimConfig field (``weight_decay``, ``schedule``, ``label_smoothing``, ``bf16``, ...).
-    ``loss_fn(model, x, y, epoch) -> (loss, logits)`` replaces the cross-entropy."""
+    ``loss_fn(model, x, y, epoch) -> (loss, logits)`` replaces the cross-entropy.
+    ``calibration_loader``: plain (unaugmented) train batches; a detector's BatchNorm statistics
+    are recomputed over its first ``precise_bn_batches`` before each val (none given: the running
+    statistics stand, as ``train_loader``'s batches may be augmented)."""
     if lr is None:
         lr = DETECTION_LR if detector_classes(model) is not None else OptimConfig.model_fields["lr"].default
     with _options_checked():
@@ -302,7 +308,8 @@ def train(
     settings = {"method": "train", "train": cfg.model_dump(mode="json", exclude={"threads", "device"})}
     with _work_dir(out) as run:
         _start(run, model, example, settings, resume)
-        result = _fit(run, model, train_loader, val_loader, cfg, _task(model, example), loss_fn, quiet)
+        task = _task(model, example, calibration_loader)
+        result = _fit(run, model, train_loader, val_loader, cfg, task, loss_fn, quiet)
         _finish(run, model, result, settings)
         return TrainResult(model, result.val, result.history, None if out is None else run.path)
 
@@ -424,7 +431,9 @@ def prune(
     recipe at peak ``lr`` for ``finetune_epochs``; ``fit_options`` as in ``train``.
     ``calibration_loader``: plain (unaugmented) train batches whose first
     ``method_options["calibration_batches"]`` (4) average SE attention and feed taylor and hrank,
-    as the CLI takes them; default: ``train_loader``'s first batches.
+    as the CLI takes them (default: ``train_loader``'s first batches), and over whose first
+    ``precise_bn_batches`` a detector's BatchNorm statistics are recomputed before each val (none
+    given: not recomputed).
     """
     from rscompress.pruning.prune_and_finetune import prune_and_finetune, refuse_for_detectors
 
@@ -463,7 +472,7 @@ def prune(
     calibration = _calibration(calibration_loader or train_loader, cfg.calibration_batches)
     with _work_dir(out) as run:
         _start(run, budget_reference(parent), example_input, settings, resume)
-        task = _task(parent, example_input.float())
+        task = _task(parent, example_input.float(), calibration_loader)
         step = prune_and_finetune(
             parent,
             _architecture_family(parent),

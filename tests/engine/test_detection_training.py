@@ -78,10 +78,10 @@ def _fit(data, run, epochs, resume=False, hooks=None):
     train = DetectionBatches(data, data.split["train"], batch_size=2, mean=(0.45,) * 3, std=(0.25,) * 3,
                              shuffle=True, augment=True)  # fmt: skip
     val = DetectionBatches(data, data.split["val"], batch_size=2, mean=(0.45,) * 3, std=(0.25,) * 3)
+    plain = DetectionBatches(data, data.split["train"], batch_size=2, mean=(0.45,) * 3, std=(0.25,) * 3, shuffle=True)
     cfg = FitConfig(epochs=epochs, batch_size=2, optim=OptimConfig(lr=0.01))
-    result = fit(
-        model, train, val, cfg, RunDir(run), Detection(data.class_names), resume=resume, quiet=True, hooks=hooks
-    )
+    task = Detection(data.class_names, statistics_batches=plain)  # BatchNorm statistics recomputed by default
+    result = fit(model, train, val, cfg, RunDir(run), task, resume=resume, quiet=True, hooks=hooks)
     return model, result
 
 

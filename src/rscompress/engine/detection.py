@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torchmetrics.detection import MeanAveragePrecision
 
-from rscompress.config import DETECTION_CLIP_GRAD_NORM
+from rscompress.config import DETECTION_CLIP_GRAD_NORM, DETECTION_PRECISE_BN_BATCHES
 from rscompress.engine.device import model_device
 from rscompress.engine.tasks import LossFn
 
@@ -92,9 +92,12 @@ class Detection:
     detectors return their loss terms in train mode: their sum is trained)."""
 
     default_clip_grad_norm: float | None = DETECTION_CLIP_GRAD_NORM
+    default_precise_bn_batches = DETECTION_PRECISE_BN_BATCHES
 
-    def __init__(self, class_names: tuple[str, ...]) -> None:
+    def __init__(self, class_names: tuple[str, ...], statistics_batches: Iterable | None = None) -> None:
+        """``statistics_batches``: plain train batches (Task.statistics_batches)."""
         self.class_names = class_names
+        self.statistics_batches = statistics_batches
 
     def objective(self, label_smoothing: float) -> LossFn:
         def loss_fn(model, x, targets, epoch):
@@ -114,6 +117,9 @@ class Detection:
 
     def evaluate(self, model: nn.Module, batches: Iterable, channels_last: bool) -> DetectionEval:
         return evaluate_detection(model, batches, self.class_names)
+
+    def forward(self, model: nn.Module, x: torch.Tensor, targets: list[dict[str, torch.Tensor]]) -> object:
+        return model(list(x), targets)  # torchvision's detectors take targets in training mode
 
     def score_loss(self, model: nn.Module, x: torch.Tensor, targets: list[dict[str, torch.Tensor]]) -> torch.Tensor:
         try:

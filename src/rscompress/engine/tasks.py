@@ -37,6 +37,11 @@ class Evaluation(Protocol):
 class Task(Protocol):
     # The gradient-norm clip of a fit whose config leaves it to the task (None: never).
     default_clip_grad_norm: float | None
+    # Plain (un-augmented) train batches to recompute BatchNorm statistics over before val
+    # (FitConfig.precise_bn_batches), and how many of them a fit whose config leaves it to the
+    # task takes; None: the task was given none.
+    statistics_batches: Iterable | None
+    default_precise_bn_batches: int
 
     def objective(self, label_smoothing: float) -> LossFn: ...
 
@@ -47,6 +52,9 @@ class Task(Protocol):
     def correct(self, outputs: Any, targets: Any) -> int | None: ...  # None: no train accuracy
 
     def evaluate(self, model: nn.Module, batches: Iterable, channels_last: bool) -> Evaluation: ...
+
+    # A forward pass in training mode whose outputs are not used (BatchNorm statistics).
+    def forward(self, model: nn.Module, x: torch.Tensor, targets: Any) -> object: ...
 
     # The loss on a held-out batch with the weights' statistics fixed (eval-mode BatchNorm);
     # gradients flow to whatever requires them (the NAS search's channel gates).
@@ -66,6 +74,9 @@ class Classification:
     are mixed (engine/mixing.py); val is scored by top-1 (then loss)."""
 
     default_clip_grad_norm: float | None = None
+    # Its fits are given no plain batches: classifiers keep their running statistics.
+    statistics_batches: Iterable | None = None
+    default_precise_bn_batches = 0
 
     def __init__(self, num_classes: int) -> None:
         self.num_classes = num_classes
@@ -85,6 +96,9 @@ class Classification:
 
     def evaluate(self, model: nn.Module, batches: Iterable, channels_last: bool) -> Evaluation:
         return evaluate(model, batches, self.num_classes, channels_last)
+
+    def forward(self, model: nn.Module, x: torch.Tensor, targets: torch.Tensor) -> object:
+        return model(x)
 
     def score_loss(self, model: nn.Module, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         model.eval()

@@ -31,6 +31,7 @@ from torch import nn
 
 from rscompress.artifacts import RunDir
 from rscompress.config import FitConfig
+from rscompress.engine.batchnorm_statistics import recompute_batchnorm_statistics
 from rscompress.engine.checkpoint import (
     TrainingState,
     load_best_weights,
@@ -274,6 +275,15 @@ def fit(
         raise UserError("--mixup-alpha / --cutmix-alpha blend class labels: they are for classifiers only")
     loss_fn = loss_fn or task.objective(cfg.label_smoothing)
     clip = task.default_clip_grad_norm if cfg.clip_grad_norm is None else cfg.clip_grad_norm or None
+    # BatchNorm statistics recomputed before val: by default where the task carries plain batches.
+    precise_bn = cfg.precise_bn_batches
+    if precise_bn is None:
+        precise_bn = task.default_precise_bn_batches if task.statistics_batches is not None else 0
+    elif precise_bn and task.statistics_batches is None:
+        raise UserError(
+            "--precise-bn-batches recomputes BatchNorm statistics over plain train images, which this fit was not "
+            "given (a detector's run has them; a classifier's does not)"
+        )
     device = resolve_device(cfg.device)
     memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
     # Module.to takes a memory_format beside the device (torch parses both the same way as
@@ -385,6 +395,15 @@ def fit(
             train_loss = all_mean(loss_sum / max(seen, 1), dist)
             train_acc = all_mean(correct / max(seen, 1), dist) if correct is not None else None
 
+            if precise_bn:
+                assert task.statistics_batches is not None  # checked before the first epoch
+                recompute_batchnorm_statistics(
+                    scored,
+                    task.statistics_batches,
+                    precise_bn,
+                    task.forward,
+                    lambda x, y: (x.to(device, memory_format=memory_format), task.to_device(y, device)),
+                )
             val = task.evaluate(scored, val_batches, cfg.channels_last) if dist.is_main else None
             # Finite training losses do not make finite weights (a last step can overflow them,
             # BN statistics can go NaN): such an epoch must not become a checkpoint or "best".
