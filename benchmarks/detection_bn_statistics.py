@@ -90,7 +90,7 @@ def main() -> None:
             print(f"{run}: measured already")
             continue
         rows.append(measure(run, args.batches))
-        write_json_atomic(RESULTS, {"batch_size": BATCH_SIZE, "rows": rows})
+        write_json_atomic(RESULTS, {"batch_size": BATCH_SIZE, "commit": git_commit(), "rows": rows})
         print(run, rows[-1]["map50"])
 
 

@@ -762,6 +762,28 @@ def _detection_speedup(ctx: Context, marker: Marker) -> str:
     return _provenance(ctx, [command], [ctx.results / "detection_speedup.json"], note) + "\n\n" + text
 
 
+@table("detection-bn-statistics")
+def _detection_bn_statistics(ctx: Context, marker: Marker) -> str:
+    """``detection-bn-statistics``: a trained detector's val / test mAP@0.5 with its saved BatchNorm
+    statistics and with them recomputed over plain or augmented train batches."""
+    data = ctx.json("detection_bn_statistics.json")
+    arms = list(dict.fromkeys(arm for row in data["rows"] for arm in row["map50"]))
+    body = [
+        [row["run"].removeprefix("benchmarks/work/"), split]
+        + [f"{100 * row['map50'][arm][split]:.2f}" if arm in row["map50"] else "" for arm in arms]
+        for row in data["rows"]
+        for split in ("val", "test")
+    ]
+    header = ["run", "split", *(f"{arm} batches" if arm != "stored" else "saved statistics" for arm in arms)]
+    note = (
+        f"mAP@0.5 in %; batches of {data['batch_size']} train images, shuffled; CPU "
+        f"{', '.join(sorted({row['cpu'] for row in data['rows']}))}."
+    )
+    command = "python -m benchmarks.detection_bn_statistics " + " ".join(row["run"] for row in data["rows"])
+    provenance = _provenance(ctx, [command], [ctx.results / "detection_bn_statistics.json"], note)
+    return provenance + "\n\n" + _table(header, body)
+
+
 @table("latency-targets")
 def _latency_targets(ctx: Context, marker: Marker) -> str:
     """``latency-targets``: each target speedup against the median of its fresh-process re-measurements."""

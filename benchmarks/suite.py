@@ -35,6 +35,7 @@ from benchmarks.records import (
 from rscompress import api
 from rscompress.artifacts import RunDir
 from rscompress.config import (
+    DETECTION_PRECISE_BN_BATCHES,
     DataConfig,
     DistillConfig,
     FitConfig,
@@ -221,8 +222,19 @@ def _parent_record(path: Path, parent: Parent, parent_dir: Path, seed: int) -> d
         # The settings a parent's recipe is chosen by: the peak rate and the gradient clipping.
         "lr": recipe["optim"]["lr"],
         "clip_grad_norm": recipe.get("clip_grad_norm"),  # absent from run dirs made before it existed
+        **_precise_bn(recipe, run.load_metrics()),
         **parent.precision(),
     }
+
+
+def _precise_bn(recipe: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+    """The plain train batches a detector run recomputed its BatchNorm statistics over before
+    val: as its config names them, the detector default where it left them unset, and 0 for a run
+    made before the option (its config has no such key: it kept the running statistics)."""
+    if metrics.get("task") != "detection":
+        return {}
+    given = recipe.get("precise_bn_batches", 0)
+    return {"precise_bn_batches": DETECTION_PRECISE_BN_BATCHES if given is None else given}
 
 
 def _child_name(cell_label: str, cell: Cell, budget: float) -> str:
@@ -314,6 +326,7 @@ def _record(
         "finetune_epochs": m["finetune_epochs"],
         # The rate the run fine-tuned at, as its config says (a finished run dir is reused as is).
         "finetune_lr": RunDir(child_dir).load_config().train["optim"]["lr"],
+        **_precise_bn(RunDir(child_dir).load_config().train, m),
         "seed": seed,
         "split": "test",
         **parent.precision(),

@@ -383,3 +383,14 @@ def test_a_cell_cannot_take_the_label_of_a_parents_record(tmp_path):
     path.write_text(yaml.safe_dump(spec))
     with pytest.raises(ValueError, match="a cell's label cannot be 'none': that is a parent's own record"):
         load_suite(path)
+
+
+def test_a_detector_record_says_how_many_plain_batches_its_batchnorm_statistics_came_from():
+    from benchmarks.suite import _precise_bn
+    from rscompress.config import DETECTION_PRECISE_BN_BATCHES
+
+    detection = {"task": "detection"}
+    assert _precise_bn({}, detection) == {"precise_bn_batches": 0}  # a run made before the option
+    assert _precise_bn({"precise_bn_batches": None}, detection) == {"precise_bn_batches": DETECTION_PRECISE_BN_BATCHES}
+    assert _precise_bn({"precise_bn_batches": 4}, detection) == {"precise_bn_batches": 4}
+    assert _precise_bn({"precise_bn_batches": None}, {"top1": 0.8}) == {}  # classifiers: no field
