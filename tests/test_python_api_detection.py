@@ -48,3 +48,23 @@ def test_train_evaluate_prune_save_and_export_a_detector(loaders, tmp_path):
     # A latency budget reaches the prune settings (the timed search itself: test_detection_cli).
     with pytest.raises(UserError, match="--method nas trains before it prunes"):
         rsc.prune(model, train, val, example_input=EXAMPLE, method="nas", target_speedup=1.3)
+
+
+def test_a_detectors_batchnorm_statistics_are_recomputed_over_the_calibration_loader_only(loaders, monkeypatch):
+    from rscompress.engine import trainer
+
+    train, val = loaders
+    plain = DetectionBatches(train.data, train.indices, batch_size=2, mean=train.mean, std=train.std, shuffle=True)
+    seen = []
+    monkeypatch.setattr(
+        trainer, "recompute_batchnorm_statistics", lambda model, batches, n, *_: seen.append((batches, n))
+    )
+    for calibration in (plain, None):
+        torch.manual_seed(0)
+        model = rsc.create_model("fcos_mobilenet_v3", 2, img_size=64)
+        rsc.train(model, train, val, epochs=1, lr=0.01, calibration_loader=calibration)
+    # Given plain batches, once before the epoch's val, over the detector default's 8 of them;
+    # without them none: train_loader's batches are augmented.
+    assert [(batches.batches, n) for batches, n in seen] == [(plain, 8)]
+    with pytest.raises(UserError, match="--precise-bn-batches"):
+        rsc.train(rsc.create_model("fcos_mobilenet_v3", 2, img_size=64), train, val, epochs=1, precise_bn_batches=2)

@@ -164,8 +164,9 @@ class FitConfig(StrictModel):
     clip_grad_norm: float | None = Field(None, ge=0)
     # Before each val evaluation, recompute BatchNorm statistics over this many plain
     # (un-augmented) train batches (engine/batchnorm_statistics.py says why); 0: keep the
-    # running averages of the training batches; None: the task's default (a detector
-    # DETECTION_PRECISE_BN_BATCHES, a classifier 0). A fit that has no plain batches refuses it.
+    # running averages of the training batches; None: the task's default where the fit has plain
+    # batches (a detector's DETECTION_PRECISE_BN_BATCHES), else 0. A number where it has none
+    # (a classifier's fit) is refused.
     precise_bn_batches: int | None = Field(None, ge=0)
     # Mixup / CutMix of the training batches (engine/mixing.py): the α of Beta(α, α) that draws
     # each batch's blend; 0: off; both on: one or the other per batch. Classifiers only, and a
