@@ -2,13 +2,16 @@
 ``--precise-bn-batches``, config.DETECTION_PRECISE_BN_BATCHES).
 
     python -m benchmarks.detection_bn_statistics RUN [RUN ...] [--batches 4 8 16 0]
+    python -m benchmarks.detection_bn_statistics RUN --weights CHECKPOINT.safetensors
 
 Each finished detector run dir (a parent or a pruned, fine-tuned one) is scored on its val and
 test splits (mAP@0.5) with the statistics it was saved with (running averages of augmented
 training batches), then with them recomputed (engine/batchnorm_statistics.py) over the first K
 plain (un-augmented) shuffled train batches for each ``--batches`` K (0: all of them), and over
 all augmented train batches, as training draws them. Only the statistics change; the weights
-are the run's. A run measured already is skipped (one row per run: the command resumes).
+are the run's, or ``--weights``' (a checkpoint of the run's architecture, such as an epoch of a
+sparse-training phase). A run measured already is skipped (one row per run and weights: the
+command resumes).
 Writes benchmarks/results/detection_bn_statistics.json.
 """
 
@@ -30,6 +33,7 @@ from rscompress.data.detection_prepare import prepare_detection, split_from_json
 from rscompress.engine.batchnorm_statistics import recompute_batchnorm_statistics
 from rscompress.engine.detection import Detection
 from rscompress.io_utils import write_json_atomic
+from rscompress.models.weights import read_state_dict
 
 RESULTS = Path("benchmarks/results/detection_bn_statistics.json")
 BATCH_SIZE = 8  # the detection benchmark's training batch
@@ -45,9 +49,11 @@ def _recomputed(model: nn.Module, task: Detection, batches: DetectionBatches, n_
     return model.eval()
 
 
-def measure(run_path: Path, ks: list[int]) -> dict:
+def measure(run_path: Path, ks: list[int], weights: Path | None = None) -> dict:
     run = RunDir(run_path).require()
     model, cfg = run.load_model()
+    if weights is not None:
+        model.load_state_dict(read_state_dict(weights))
     data_cfg = DataConfig.model_validate(cfg.data)
     data = split_from_json(prepare_detection(data_cfg.path, data_cfg.img_size, cache_dir=data_cfg.cache_dir),
                            run.split_path)  # fmt: skip
@@ -67,6 +73,7 @@ def measure(run_path: Path, ks: list[int]) -> dict:
     arms["augmented all"] = _scores(_recomputed(model, task, augmented, len(augmented)), task, scored)
     return {
         "run": str(run_path),
+        **({"weights": str(weights)} if weights is not None else {}),
         "dataset": Path(data_cfg.path).name,
         "model": cfg.model,
         "pruned": cfg.architecture is not None,
@@ -82,14 +89,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.detection_bn_statistics")
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--batches", nargs="+", type=int, default=[4, 8, 16, 0], help="K plain batches; 0: all")
+    parser.add_argument("--weights", type=Path, help="score these weights (.safetensors) instead of the run's")
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows = json.loads(RESULTS.read_text())["rows"] if RESULTS.is_file() else []
+    weights = None if args.weights is None else str(args.weights)
     for run in args.runs:
-        if any(row["run"] == str(run) for row in rows):
+        if any(row["run"] == str(run) and row.get("weights") == weights for row in rows):
             print(f"{run}: measured already")
             continue
-        rows.append(measure(run, args.batches))
+        rows.append(measure(run, args.batches, args.weights))
         write_json_atomic(RESULTS, {"batch_size": BATCH_SIZE, "commit": git_commit(), "rows": rows})
         print(run, rows[-1]["map50"])
 

@@ -768,9 +768,14 @@ def _detection_bn_statistics(ctx: Context, marker: Marker) -> str:
     statistics and with them recomputed over plain or augmented train batches."""
     data = ctx.json("detection_bn_statistics.json")
     arms = list(dict.fromkeys(arm for row in data["rows"] for arm in row["map50"]))
+    ks = " ".join(arm.split()[1].replace("all", "0") for arm in arms if arm.startswith("plain "))
+
+    def name(row: dict[str, Any]) -> str:
+        checkpoint = f" ({Path(row['weights']).parent.name})" if "weights" in row else ""
+        return row["run"].removeprefix("benchmarks/work/") + checkpoint
+
     body = [
-        [row["run"].removeprefix("benchmarks/work/"), split]
-        + [f"{100 * row['map50'][arm][split]:.2f}" if arm in row["map50"] else "" for arm in arms]
+        [name(row), split] + [f"{100 * row['map50'][arm][split]:.2f}" if arm in row["map50"] else "" for arm in arms]
         for row in data["rows"]
         for split in ("val", "test")
     ]
@@ -779,8 +784,12 @@ def _detection_bn_statistics(ctx: Context, marker: Marker) -> str:
         f"mAP@0.5 in %; batches of {data['batch_size']} train images, shuffled; CPU "
         f"{', '.join(sorted({row['cpu'] for row in data['rows']}))}."
     )
-    command = "python -m benchmarks.detection_bn_statistics " + " ".join(row["run"] for row in data["rows"])
-    provenance = _provenance(ctx, [command], [ctx.results / "detection_bn_statistics.json"], note)
+    command = "python -m benchmarks.detection_bn_statistics"
+    commands = [f"{command} {' '.join(row['run'] for row in data['rows'] if 'weights' not in row)} --batches {ks}"]
+    commands += [
+        f"{command} {row['run']} --weights {row['weights']} --batches {ks}" for row in data["rows"] if "weights" in row
+    ]
+    provenance = _provenance(ctx, commands, [ctx.results / "detection_bn_statistics.json"], note)
     return provenance + "\n\n" + _table(header, body)
 
 
