@@ -248,3 +248,16 @@ def test_pruned_from_fine_tunes_another_detector_runs_pruned_model_without_pruni
     second = json.loads(capsys.readouterr().out)
     assert (second["macs"], second["finetune_epochs"]) == (first["macs"], 2)
     assert second["pruned_from"] == str((tmp_path / "first").resolve())
+
+
+def test_the_bn_statistics_benchmark_scores_saved_and_recomputed_statistics_of_the_same_weights(detector_run):
+    from benchmarks.detection_bn_statistics import measure
+
+    _, run = detector_run
+    row = measure(run, [1, 0])
+    assert list(row["map50"]) == ["stored", "plain 1", "plain all", "augmented all"]
+    assert all(0.0 <= score <= 1.0 for arm in row["map50"].values() for score in arm.values())
+    # The saved statistics score the test split as the run's own test did.
+    assert row["map50"]["stored"]["test"] == json.loads((run / "metrics.json").read_text())["map50"]
+    # --weights: a checkpoint of the run's architecture; the run's own weights give the same row.
+    assert measure(run, [1, 0], weights=run / "model.safetensors")["map50"] == row["map50"]
