@@ -33,6 +33,7 @@ from rscompress.config import (
 )
 from rscompress.data.loader import BatchLoader
 from rscompress.data.prepare import PreparedData, inspect_folder, prepare_data
+from rscompress.engine.batchnorm_statistics import NO_PLAIN_BATCHES
 from rscompress.engine.checkpoint import next_epoch
 from rscompress.engine.device import model_device, resolve_device
 from rscompress.engine.distributed import DistInfo, barrier, init_distributed
@@ -145,6 +146,8 @@ def train(
         return _train_detector(
             data_cfg, train_cfg, out, resume=resume, quiet=quiet, reuse_finished=reuse_finished, overrides=overrides
         )
+    if train_cfg.precise_bn_batches:  # before anything is written
+        raise UserError(NO_PLAIN_BATCHES)
     dist = init_distributed(resolve_device(train_cfg.device))
     if train_cfg.threads:
         torch.set_num_threads(train_cfg.threads)
@@ -648,6 +651,8 @@ def prune(
         return _prune_detector(parent, model, parent_cfg, parent_metrics, cfg, run, resume=resume, quiet=quiet,
                                reuse_finished=reuse_finished, overrides=overrides, pruned_from=pruned_from,
                                sparse_from=sparse_from)  # fmt: skip
+    if cfg.finetune.precise_bn_batches:
+        raise UserError(NO_PLAIN_BATCHES)
     is_se = parent_cfg.model.startswith("se_")
     # The parent too: a run resumed from another parent would mix two runs' work.
     settings = {**_prune_settings(cfg, is_se), "parent": str(parent.path.resolve())}
@@ -999,6 +1004,8 @@ def distill(
     from rscompress.distillation.objective import freeze, teacher_loss_fn
 
     cfg = _fine_tuning_rate_for_a_trained_student(student, cfg)
+    if cfg.fit.precise_bn_batches:
+        raise UserError(NO_PLAIN_BATCHES)
     device = resolve_device(cfg.fit.device)
     teacher_run, teacher, teacher_cfg, teacher_metrics = _open_source(teacher_path, cfg.fit.threads)
     run = RunDir(out)

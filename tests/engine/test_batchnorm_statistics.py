@@ -93,3 +93,15 @@ def test_a_detector_recomputes_by_default_and_a_fit_without_plain_batches_refuse
     # Left unset, a fit without plain batches keeps the running statistics: the same model as with 0.
     unset, off = _fitted(tmp_path / "unset", None, None), _fitted(tmp_path / "off", 0, None)
     assert all(torch.equal(a, b) for a, b in zip(unset.state_dict().values(), off.state_dict().values(), strict=True))
+
+
+def test_a_classifier_run_refuses_it_in_one_line_before_writing_anything(tmp_path, capsys):
+    from rscompress.cli import main
+    from tests.fakes import make_fake_dataset
+
+    data = make_fake_dataset(tmp_path)
+    args = ["train", "--data", str(data), "--model", "resnet18", "--img-size", "32", "--epochs", "1"]
+    assert main([*args, "--precise-bn-batches", "2", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--precise-bn-batches" in err[0] and "classifier" in err[0]
+    assert not (tmp_path / "run").exists()

@@ -21,6 +21,11 @@ from torch import nn
 
 # (model in training mode, images on its device, targets on its device): one forward pass.
 Forward = Callable[[nn.Module, torch.Tensor, Any], object]
+# Why a fit given no plain batches (a classifier's) refuses --precise-bn-batches N > 0.
+NO_PLAIN_BATCHES = (
+    "--precise-bn-batches recomputes BatchNorm statistics over plain train images, which this fit is not "
+    "given (a detector's run has them; a classifier's does not)"
+)
 
 
 @torch.no_grad()

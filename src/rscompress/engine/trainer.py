@@ -31,7 +31,7 @@ from torch import nn
 
 from rscompress.artifacts import RunDir
 from rscompress.config import FitConfig
-from rscompress.engine.batchnorm_statistics import recompute_batchnorm_statistics
+from rscompress.engine.batchnorm_statistics import NO_PLAIN_BATCHES, recompute_batchnorm_statistics
 from rscompress.engine.checkpoint import (
     TrainingState,
     load_best_weights,
@@ -280,10 +280,7 @@ def fit(
     if precise_bn is None:
         precise_bn = task.default_precise_bn_batches if task.statistics_batches is not None else 0
     elif precise_bn and task.statistics_batches is None:
-        raise UserError(
-            "--precise-bn-batches recomputes BatchNorm statistics over plain train images, which this fit was not "
-            "given (a detector's run has them; a classifier's does not)"
-        )
+        raise UserError(NO_PLAIN_BATCHES)
     device = resolve_device(cfg.device)
     memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
     # Module.to takes a memory_format beside the device (torch parses both the same way as
