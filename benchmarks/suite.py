@@ -303,6 +303,7 @@ def _record(
     suite: Suite, cell: Cell, parent: Parent, parent_dir: Path, child_dir: Path, budget: float, seed: int
 ) -> dict[str, Any]:
     m = RunDir(child_dir).load_metrics()
+    recipe = RunDir(child_dir).load_config().train
     options = _options(suite, cell)
     return {
         "dataset": cell.dataset,
@@ -325,8 +326,8 @@ def _record(
         "epochs": RunDir(parent_dir).load_metrics()["epochs"],
         "finetune_epochs": m["finetune_epochs"],
         # The rate the run fine-tuned at, as its config says (a finished run dir is reused as is).
-        "finetune_lr": RunDir(child_dir).load_config().train["optim"]["lr"],
-        **_precise_bn(RunDir(child_dir).load_config().train, m),
+        "finetune_lr": recipe["optim"]["lr"],
+        **_precise_bn(recipe, m),
         "seed": seed,
         "split": "test",
         **parent.precision(),

@@ -281,6 +281,7 @@ def fit(
         precise_bn = task.default_precise_bn_batches if task.statistics_batches is not None else 0
     elif precise_bn and task.statistics_batches is None:
         raise UserError(NO_PLAIN_BATCHES)
+    statistics = task.statistics_batches if precise_bn else None
     device = resolve_device(cfg.device)
     memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
     # Module.to takes a memory_format beside the device (torch parses both the same way as
@@ -392,11 +393,10 @@ def fit(
             train_loss = all_mean(loss_sum / max(seen, 1), dist)
             train_acc = all_mean(correct / max(seen, 1), dist) if correct is not None else None
 
-            if precise_bn:
-                assert task.statistics_batches is not None  # checked before the first epoch
+            if statistics is not None:
                 recompute_batchnorm_statistics(
                     scored,
-                    task.statistics_batches,
+                    statistics,
                     precise_bn,
                     task.forward,
                     lambda x, y: (x.to(device, memory_format=memory_format), task.to_device(y, device)),
