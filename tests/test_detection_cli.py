@@ -73,6 +73,17 @@ def test_prune_a_detector_to_a_macs_budget_keeping_its_prediction_convs(detector
     assert searched["macs_kept"] == pytest.approx(0.5, rel=0.01) and len(searched["nas_search"]["score_ce"]) == 2
 
 
+def test_mixing_a_detectors_batches_is_refused_in_one_line_before_writing_anything(detector_run, tmp_path, capsys):
+    root, parent = detector_run
+    train = ["train", "--data", str(root), *TRAIN, "--out", str(tmp_path / "train")]
+    prune = ["prune", str(parent), "--method", "l1", "--target-macs", "0.5", "--out", str(tmp_path / "prune")]
+    for args in (train, prune):
+        assert main([*args, "--cutmix-alpha", "1"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--cutmix-alpha" in err[0] and "classifiers only" in err[0]
+    assert not (tmp_path / "train").exists() and not (tmp_path / "prune").exists()
+
+
 def test_evaluate_a_detector_on_its_split_and_on_another_folder(detector_run, tmp_path, capsys):
     _, run = detector_run
     assert main(["evaluate", str(run), "--json"]) == 0

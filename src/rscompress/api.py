@@ -33,12 +33,11 @@ from rscompress.config import (
 )
 from rscompress.data.loader import BatchLoader
 from rscompress.data.prepare import PreparedData, inspect_folder, prepare_data
-from rscompress.engine.batchnorm_statistics import NO_PLAIN_BATCHES
 from rscompress.engine.checkpoint import next_epoch
 from rscompress.engine.device import model_device, resolve_device
 from rscompress.engine.distributed import DistInfo, barrier, init_distributed
 from rscompress.engine.metrics import evaluate as evaluate_model
-from rscompress.engine.trainer import FitResult, LossFn, fit
+from rscompress.engine.trainer import FitResult, LossFn, check_fit_options, fit
 from rscompress.errors import UserError
 from rscompress.io_utils import link_or_copy, write_json_atomic
 from rscompress.models import create_model
@@ -146,8 +145,7 @@ def train(
         return _train_detector(
             data_cfg, train_cfg, out, resume=resume, quiet=quiet, reuse_finished=reuse_finished, overrides=overrides
         )
-    if train_cfg.precise_bn_batches:  # before anything is written
-        raise UserError(NO_PLAIN_BATCHES)
+    check_fit_options(train_cfg, classifier=True, plain_batches=False)
     dist = init_distributed(resolve_device(train_cfg.device))
     if train_cfg.threads:
         torch.set_num_threads(train_cfg.threads)
@@ -269,6 +267,7 @@ def _train_detector(
     if "lr" not in train_cfg.optim.model_fields_set:
         optim = train_cfg.optim.model_copy(update={"lr": DETECTION_LR})
         train_cfg = train_cfg.model_copy(update={"optim": optim})
+    check_fit_options(train_cfg, classifier=False, plain_batches=True)
     run = RunDir(out)
     data_cfg = data_cfg.model_copy(update={"path": data_cfg.path.resolve()})
     model_kwargs = {"img_size": data_cfg.img_size}
@@ -651,8 +650,7 @@ def prune(
         return _prune_detector(parent, model, parent_cfg, parent_metrics, cfg, run, resume=resume, quiet=quiet,
                                reuse_finished=reuse_finished, overrides=overrides, pruned_from=pruned_from,
                                sparse_from=sparse_from)  # fmt: skip
-    if cfg.finetune.precise_bn_batches:
-        raise UserError(NO_PLAIN_BATCHES)
+    check_fit_options(cfg.finetune, classifier=True, plain_batches=False)
     is_se = parent_cfg.model.startswith("se_")
     # The parent too: a run resumed from another parent would mix two runs' work.
     settings = {**_prune_settings(cfg, is_se), "parent": str(parent.path.resolve())}
@@ -821,6 +819,7 @@ def _prune_detector(
 
     check_config(cfg)
     refuse_for_detectors(cfg)
+    check_fit_options(cfg.finetune, classifier=False, plain_batches=True)
     settings = {**_prune_settings(cfg, False), "parent": str(parent.path.resolve())}
     with run.owned():
         if (finished := _open_out_dir(run, settings, resume=resume, reuse_finished=reuse_finished)) is not None:
@@ -1004,8 +1003,7 @@ def distill(
     from rscompress.distillation.objective import freeze, teacher_loss_fn
 
     cfg = _fine_tuning_rate_for_a_trained_student(student, cfg)
-    if cfg.fit.precise_bn_batches:
-        raise UserError(NO_PLAIN_BATCHES)
+    check_fit_options(cfg.fit, classifier=True, plain_batches=False)
     device = resolve_device(cfg.fit.device)
     teacher_run, teacher, teacher_cfg, teacher_metrics = _open_source(teacher_path, cfg.fit.threads)
     run = RunDir(out)

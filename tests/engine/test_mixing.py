@@ -106,6 +106,8 @@ def test_mixing_is_refused_for_detectors_and_for_losses_that_need_one_label(tmp_
     mixed = FitConfig(epochs=1, cutmix_alpha=1.0)
 
     class _NotClassification:
+        statistics_batches = None
+
         def objective(self, label_smoothing):
             raise AssertionError("not reached")
 

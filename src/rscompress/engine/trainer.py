@@ -211,6 +211,15 @@ def _check_steps(state: TrainingState, steps_per_epoch: int, run: RunDir) -> Non
         )
 
 
+def check_fit_options(cfg: FitConfig, *, classifier: bool, plain_batches: bool) -> None:
+    """UserError naming an option of ``cfg`` that a fit of this kind cannot honour. ``fit`` checks
+    it, and each step checks it first, so that a refused option leaves nothing written."""
+    if cfg.mixes and not classifier:
+        raise UserError("--mixup-alpha / --cutmix-alpha blend class labels: they are for classifiers only")
+    if cfg.precise_bn_batches and not plain_batches:
+        raise UserError(NO_PLAIN_BATCHES)
+
+
 @overload
 def fit(
     model: nn.Module,
@@ -271,16 +280,14 @@ def fit(
     """
     hooks = hooks or TrainingHooks()
     task = Classification(task) if isinstance(task, int) else task
-    if cfg.mixes and not isinstance(task, Classification):
-        raise UserError("--mixup-alpha / --cutmix-alpha blend class labels: they are for classifiers only")
+    plain_batches = task.statistics_batches is not None
+    check_fit_options(cfg, classifier=isinstance(task, Classification), plain_batches=plain_batches)
     loss_fn = loss_fn or task.objective(cfg.label_smoothing)
     clip = task.default_clip_grad_norm if cfg.clip_grad_norm is None else cfg.clip_grad_norm or None
     # BatchNorm statistics recomputed before val: by default where the task carries plain batches.
     precise_bn = cfg.precise_bn_batches
     if precise_bn is None:
-        precise_bn = task.default_precise_bn_batches if task.statistics_batches is not None else 0
-    elif precise_bn and task.statistics_batches is None:
-        raise UserError(NO_PLAIN_BATCHES)
+        precise_bn = task.default_precise_bn_batches if plain_batches else 0
     statistics = task.statistics_batches if precise_bn else None
     device = resolve_device(cfg.device)
     memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
