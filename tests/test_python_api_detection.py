@@ -66,5 +66,13 @@ def test_a_detectors_batchnorm_statistics_are_recomputed_over_the_calibration_lo
     # Given plain batches, once before the epoch's val, over the detector default's 8 of them;
     # without them none: train_loader's batches are augmented.
     assert [(batches.batches, n) for batches, n in seen] == [(plain, 8)]
-    with pytest.raises(UserError, match="--precise-bn-batches"):
-        rsc.train(rsc.create_model("fcos_mobilenet_v3", 2, img_size=64), train, val, epochs=1, precise_bn_batches=2)
+
+def test_options_a_detectors_fit_cannot_honour_are_refused_before_out_is_written(loaders, tmp_path):
+    train, val = loaders
+    model = rsc.create_model("fcos_mobilenet_v3", 2, img_size=64)
+    with pytest.raises(UserError, match="--precise-bn-batches"):  # no calibration_loader: no plain batches
+        rsc.train(model, train, val, epochs=1, precise_bn_batches=2, out=tmp_path / "train")
+    with pytest.raises(UserError, match="classifiers only"):
+        rsc.prune(model, train, val, example_input=EXAMPLE, method="l1", target_macs=0.5, cutmix_alpha=1.0,
+                  out=tmp_path / "prune")  # fmt: skip
+    assert not (tmp_path / "train").exists() and not (tmp_path / "prune").exists()
