@@ -67,6 +67,7 @@ def test_a_detectors_batchnorm_statistics_are_recomputed_over_the_calibration_lo
     # without them none: train_loader's batches are augmented.
     assert [(batches.batches, n) for batches, n in seen] == [(plain, 8)]
 
+
 def test_options_a_detectors_fit_cannot_honour_are_refused_before_out_is_written(loaders, tmp_path):
     train, val = loaders
     model = rsc.create_model("fcos_mobilenet_v3", 2, img_size=64)
