@@ -35,6 +35,7 @@ def test_train_a_detector_on_a_voc_folder_and_reload_it(detector_run, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"map50", "map", "map_small", "per_class_ap", "macs", "params", "n_images", "split"} <= set(metrics)
     assert (metrics["split"], metrics["n_images"], metrics["task"]) == ("test", 1, "detection")
+    assert metrics["timings"]["device"] == "cpu"
     assert json.loads((out / "split.json").read_text())["source"] == "given"
     config = json.loads((out / "config.json").read_text())
     assert (config["model_kwargs"], config["class_names"]) == ({"img_size": 64}, ["tank", "well"])

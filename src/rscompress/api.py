@@ -335,6 +335,7 @@ def _fitted_metrics(
     """metrics.json of a fitted run (any task): ``test``'s summary, the model's cost at
     ``img_size``, the fit (best epoch on val), then ``extra``; the model is moved to the CPU,
     where models live between steps (engine/device.py)."""
+    device = model_device(model)
     model.cpu()
     macs, params = count_macs_params(model, img_size)
     return {
@@ -352,6 +353,7 @@ def _fitted_metrics(
         "timings": {
             "train_seconds_this_process": result.train_seconds,
             "train_images_per_second": result.images_per_second,
+            "device": str(device),
         },
     }
 
@@ -415,11 +417,10 @@ def _test_and_finish(
         return {}
     # The test split is touched once, here, with the weights chosen on val.
     test = evaluate_model(model, data.eval_batches(data.test_indices), len(data.class_names))
-    device = model_device(model)
     metrics = _fitted_metrics(
         model, test.summary(), result, fit_cfg, data_cfg.img_size, len(data.class_names), extra_metrics
     )
-    metrics["timings"] |= {"world_size": dist.world_size, "device": str(device)}
+    metrics["timings"]["world_size"] = dist.world_size
     metrics |= {
         "test": test.to_dict(),
         "bad_files": [{"path": p, "reason": r} for p, r in data.bad_files],

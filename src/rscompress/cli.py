@@ -226,11 +226,11 @@ def train(
     skip_bad: Annotated[bool, typer.Option(help="Skip unreadable images instead of failing.")] = False,
     train_fraction: Annotated[
         float | None,
-        typer.Option(help=f"[default: {_default(DataConfig, 'train_fraction')}; with --test-data: 1 - val-fraction]"),
+        typer.Option(help=f"Default {_default(DataConfig, 'train_fraction')}; with --test-data: 1 - val-fraction."),
     ] = None,
     val_fraction: Annotated[float, typer.Option()] = _default(DataConfig, "val_fraction"),
     test_fraction: Annotated[
-        float | None, typer.Option(help=f"[default: {_default(DataConfig, 'test_fraction')}; with --test-data: 0]")
+        float | None, typer.Option(help=f"Default {_default(DataConfig, 'test_fraction')}; with --test-data: 0.")
     ] = None,
     test_data: Annotated[
         Path | None, typer.Option(help="Separate test folder: --data then splits into train and val only.")
@@ -559,7 +559,10 @@ def distill(
     threads: ThreadsOpt = None,
     channels_last: ChannelsLastOpt = False,
     bf16: Bf16Opt = False,
-    device: DeviceOpt = "auto",
+    device: Annotated[
+        str,
+        typer.Option(help="Where the evaluation runs: auto (CUDA if torch sees a GPU, else CPU), cpu, cuda or cuda:N."),
+    ] = "auto",
     resplit: ResplitOpt = False,
     resume: ResumeOpt = False,
     override: OverrideOpt = None,
@@ -639,7 +642,10 @@ def evaluate(
     run: Annotated[Path, typer.Argument(help="Run dir.")],
     data: Annotated[Path | None, typer.Option(help="Evaluate on every image of this folder instead.")] = None,
     split: Annotated[str, typer.Option(help="Split of the run's own data: test, val or train.")] = "test",
-    device: DeviceOpt = "auto",
+    device: Annotated[
+        str,
+        typer.Option(help="Where the evaluation runs: auto (CUDA if torch sees a GPU, else CPU), cpu, cuda or cuda:N."),
+    ] = "auto",
     resplit: ResplitOpt = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
