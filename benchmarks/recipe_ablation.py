@@ -38,9 +38,11 @@ TABLE = RESULTS / "recipe_ablation.md"
 WORK = Path("benchmarks/work/recipe")
 SPLITS = Path("benchmarks/work/splits")
 
-# Flags on top of `rscompress train --img-size 64 --epochs 60`; "default" adds none.
+# Flags on top of `rscompress train --img-size 64 --epochs 60`. "default": the defaults before
+# classifiers got CutMix by default (COMMIT), its records made with no flag then; the flag makes
+# them so now. "cutmix1.0" gives what the defaults are since then.
 VARIANTS: dict[str, list[str]] = {
-    "default": [],
+    "default": ["--cutmix-alpha", "0"],
     # The suite's parent recipe before issue 31.
     "before-issue-31": [
         "--schedule",
@@ -64,6 +66,8 @@ VARIANTS: dict[str, list[str]] = {
     "mixup0.2": ["--mixup-alpha", "0.2"],
 }
 IMG_SIZE, EPOCHS = 64, 60
+# `rscompress train`'s defaults now, and before CutMix: each is paired with the plain reference.
+DEFAULTS_VARIANTS = {"cutmix1.0": "defaults (CutMix)", "default": "defaults before CutMix"}
 # Flags on top of `rscompress prune PARENT --method M --target-macs F`: the fine-tuning's peak
 # rate against FINETUNE_LR and its loss, chosen on val. "default" adds none: the default loss, DKD
 # from the parent (KD from 9cfd645, ce before it, whose records were labelled "default" then).
@@ -266,10 +270,10 @@ def table_text(plain: Path | None = None, recipe: Path | None = None, pruned_rec
     for (dataset, model, source, _, variant), ours in sorted(groups.items()):
         plain = groups.get((dataset, "resnet18", "plain-reference", "rscompress", "reference"), {})
         seeds = sorted(set(ours) & set(plain))
-        if source != "rscompress" or variant != "default" or not seeds:
+        if source != "rscompress" or variant not in DEFAULTS_VARIANTS or not seeds:
             continue
         paired.append(
-            f"| {dataset} | {model} | {','.join(map(str, seeds))} | "
+            f"| {dataset} | {model} | {DEFAULTS_VARIANTS[variant]} | {','.join(map(str, seeds))} | "
             f"{points_mean_std([plain[s]['top1'] for s in seeds])} | "
             f"{points_mean_std([ours[s]['top1'] for s in seeds])} | "
             f"{100 * statistics.mean(ours[s]['val_top1'] - plain[s]['val_top1'] for s in seeds):+.2f} | "
@@ -280,8 +284,9 @@ def table_text(plain: Path | None = None, recipe: Path | None = None, pruned_rec
             "",
             "## `rscompress train` (defaults) against the plain reference (resnet18), same split and seeds",
             "",
-            "| dataset | rscompress model | seeds | plain test top-1 | rscompress test top-1 | Δ val | Δ test |",
-            "|---|---|---|---|---|---|---|",
+            "| dataset | rscompress model | recipe | seeds | plain test top-1 | rscompress test top-1 "
+            "| Δ val | Δ test |",
+            "|---|---|---|---|---|---|---|---|",
             *paired,
         ]
     for record in read_records(pruned_records or PRUNE_RECORDS):
