@@ -307,9 +307,10 @@ def train(
     **fit_options: Any,
 ) -> TrainResult:
     """Train ``model`` in place with the recommended recipe (SGD, nesterov, OneCycle to ``lr``:
-    default 0.1, for a detector config.DETECTION_LR; label smoothing 0.1) and keep its best
-    epoch on val. ``fit_options``: any other
-    FitConfig/OptimConfig field (``weight_decay``, ``schedule``, ``label_smoothing``, ``bf16``, ...).
+    default 0.1, for a detector config.DETECTION_LR; label smoothing 0.1; a classifier's batches
+    CutMixed unless ``loss_fn`` or a mixing option is given) and keep its best epoch on val.
+    ``fit_options``: any other FitConfig/OptimConfig field (``weight_decay``, ``schedule``,
+    ``label_smoothing``, ``bf16``, ...).
     ``loss_fn(model, x, y, epoch) -> (loss, logits)`` replaces the cross-entropy.
     ``calibration_loader``: plain (unaugmented) train batches; a detector's BatchNorm statistics
     are recomputed over its first ``precise_bn_batches`` before each val (none given: the running
