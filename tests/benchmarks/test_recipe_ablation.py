@@ -129,4 +129,12 @@ def test_cells_run_the_cli_record_once_and_prune_their_parents(tmp_path, monkeyp
     assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 1
     again = json.loads((tmp_path / "p.jsonl").read_text().splitlines()[1])
     parent = json.loads((tmp_path / "work" / "rsscn7-resnet18-default-s1" / "metrics.json").read_text())
-    assert again["seed"] == 1 and again["parent_top1"] == parent["top1"]
+    assert again["seed"] == 1 and again["parent_top1"] == parent["top1"] and "parent_variant" not in again
+    # Another variant's parents: named in the record and the run dirs, and no train record either.
+    monkeypatch.setitem(recipe_ablation.VARIANTS, "cutmix1.0", ["--batch-size", "8", "--cutmix-alpha", "1"])
+    recipe_ablation.prune_cell(
+        data, "resnet18", "l1", 0.5, "default", 0, 1, train_parent=True, parent_variant="cutmix1.0"
+    )
+    mixed = json.loads((tmp_path / "p.jsonl").read_text().splitlines()[2])
+    assert mixed["parent_variant"] == "cutmix1.0" and "rsscn7-resnet18-cutmix1.0-s0 " in mixed["command"] + " "
+    assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 1
