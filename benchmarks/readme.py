@@ -564,12 +564,15 @@ def _recipe_ablation(ctx: Context, marker: Marker) -> str:
         )
     prunes: dict[tuple, list[int]] = defaultdict(list)
     for r in ctx.records("recipe_prune", required=False):
-        prunes[(r["dataset"], r["model"], r["method"], r["target_macs"], r["variant"], r["threads"])].append(r["seed"])
-    for (dataset, model, method, target, variant, threads), seeds in prunes.items():
+        parents = r.get("parent_variant", "default")
+        key = (r["dataset"], r["model"], r["method"], r["target_macs"], r["variant"], parents, r["threads"])
+        prunes[key].append(r["seed"])
+    for (dataset, model, method, target, variant, parents, threads), seeds in prunes.items():
         commands.append(
             f"python -m benchmarks.recipe_ablation prune --data {DATA}/{dataset} --model {model} --method {method}"
             f" --target-macs {target:g}"
             + (f" --variant {variant}" if variant != "default" else "")
+            + (f" --parent-variant {parents}" if parents != "default" else "")
             + f" --seeds {_seeds_arg(seeds)}"
             + (f" --threads {threads}" if threads != 2 else "")
         )
