@@ -39,7 +39,7 @@ WORK = Path("benchmarks/work/recipe")
 SPLITS = Path("benchmarks/work/splits")
 
 # Flags on top of `rscompress train --img-size 64 --epochs 60`. "default": the defaults before
-# classifiers got CutMix by default (COMMIT), its records made with no flag then; the flag makes
+# classifiers got CutMix by default (eae7dac), its records made with no flag then; the flag makes
 # them so now. "cutmix1.0" gives what the defaults are since then.
 VARIANTS: dict[str, list[str]] = {
     "default": ["--cutmix-alpha", "0"],
