@@ -57,6 +57,8 @@ def run_seed(dataset_name: str, seed: int) -> dict[str, Any]:
         lr=recipe.optim.lr,
         seed=seed,
         label_smoothing=recipe.label_smoothing,
+        mixup_alpha=recipe.mixup_alpha,
+        cutmix_alpha=recipe.cutmix_alpha,
         out=WORK / f"{parent.dataset}-{MODEL}-s{seed}",
         resume=True,
         **options,

@@ -38,9 +38,11 @@ TABLE = RESULTS / "recipe_ablation.md"
 WORK = Path("benchmarks/work/recipe")
 SPLITS = Path("benchmarks/work/splits")
 
-# Flags on top of `rscompress train --img-size 64 --epochs 60`; "default" adds none.
+# Flags on top of `rscompress train --img-size 64 --epochs 60`. "default": the defaults before
+# classifiers got CutMix by default (eae7dac), its records made with no flag then; the flag makes
+# them so now. "cutmix1.0" gives what the defaults are since then.
 VARIANTS: dict[str, list[str]] = {
-    "default": [],
+    "default": ["--cutmix-alpha", "0"],
     # The suite's parent recipe before issue 31.
     "before-issue-31": [
         "--schedule",
@@ -64,6 +66,8 @@ VARIANTS: dict[str, list[str]] = {
     "mixup0.2": ["--mixup-alpha", "0.2"],
 }
 IMG_SIZE, EPOCHS = 64, 60
+# `rscompress train`'s defaults now, and before CutMix: each is paired with the plain reference.
+DEFAULTS_VARIANTS = {"cutmix1.0": "defaults (CutMix)", "default": "defaults before CutMix"}
 # Flags on top of `rscompress prune PARENT --method M --target-macs F`: the fine-tuning's peak
 # rate against FINETUNE_LR and its loss, chosen on val. "default" adds none: the default loss, DKD
 # from the parent (KD from 9cfd645, ce before it, whose records were labelled "default" then).
@@ -145,8 +149,18 @@ def run_cell(data: Path, model: str, variant: str, seed: int, threads: int) -> N
 
 
 def prune_cell(
-    data: Path, model: str, method: str, target_macs: float, variant: str, seed: int, threads: int, train_parent: bool
+    data: Path,
+    model: str,
+    method: str,
+    target_macs: float,
+    variant: str,
+    seed: int,
+    threads: int,
+    train_parent: bool,
+    parent_variant: str = "default",
 ) -> None:
+    """``variant``: the fine-tuning's flags (PRUNE_VARIANTS); ``parent_variant``: the parent's
+    (VARIANTS), named in the record unless "default", as no record before it was."""
     dataset = data.resolve().name
     key = {
         "dataset": dataset,
@@ -155,11 +169,13 @@ def prune_cell(
         "target_macs": target_macs,
         "variant": variant,
         "seed": seed,
+        **({} if parent_variant == "default" else {"parent_variant": parent_variant}),
     }
+    name = f"{dataset} {model} {method} {target_macs} {variant} seed {seed} (parent {parent_variant})"
     if has_record(PRUNE_RECORDS, key):
-        print(f"{dataset} {model} {method} {target_macs} {variant} seed {seed}: has a record")
+        print(f"{name}: has a record")
         return
-    parent = _parent_dir(dataset, model, "default", seed)
+    parent = _parent_dir(dataset, model, parent_variant, seed)
     if not (parent / "metrics.json").is_file():
         if not train_parent:
             raise SystemExit(
@@ -167,7 +183,7 @@ def prune_cell(
                 "or give --train-parent (its run dir is gone where its record is kept)"
             )
         # Trained again as `run` made it; the prune record keeps the parent's test top-1 it used.
-        _rscompress(_train_command(data, model, "default", seed, threads, parent), parent)
+        _rscompress(_train_command(data, model, parent_variant, seed, threads, parent), parent)
     out = (
         WORK / f"{parent.name}-{method}-{target_macs:g}"
         if variant == "default"
@@ -207,11 +223,7 @@ def prune_cell(
             "command": " ".join(command),
         },
     )
-    print(
-        f"{dataset} {model} {method} {target_macs} {variant} seed {seed}: val {metrics['val']['top1']:.4f} "
-        f"test {metrics['top1']:.4f} "
-        f"(parent {metrics['parent_top1']:.4f})"
-    )
+    print(f"{name}: val {metrics['val']['top1']:.4f} test {metrics['top1']:.4f} (parent {metrics['parent_top1']:.4f})")
 
 
 def _split(record: dict) -> str:
@@ -230,7 +242,14 @@ def table_text(plain: Path | None = None, recipe: Path | None = None, pruned_rec
         if record["epochs"] != EPOCHS or record["img_size"] != IMG_SIZE:
             continue
         if "target_macs" in record:  # the plain loop's parent pruned by Torch-Pruning
-            key = (record["dataset"], record["model"], record["method"], record["target_macs"], "plain loop")
+            key = (
+                record["dataset"],
+                record["model"],
+                record["method"],
+                record["target_macs"],
+                "plain loop",
+                "reference",
+            )
             pruned[key].append(record)
             continue
         source = record.get("source", "plain-reference")
@@ -266,10 +285,10 @@ def table_text(plain: Path | None = None, recipe: Path | None = None, pruned_rec
     for (dataset, model, source, _, variant), ours in sorted(groups.items()):
         plain = groups.get((dataset, "resnet18", "plain-reference", "rscompress", "reference"), {})
         seeds = sorted(set(ours) & set(plain))
-        if source != "rscompress" or variant != "default" or not seeds:
+        if source != "rscompress" or variant not in DEFAULTS_VARIANTS or not seeds:
             continue
         paired.append(
-            f"| {dataset} | {model} | {','.join(map(str, seeds))} | "
+            f"| {dataset} | {model} | {DEFAULTS_VARIANTS[variant]} | {','.join(map(str, seeds))} | "
             f"{points_mean_std([plain[s]['top1'] for s in seeds])} | "
             f"{points_mean_std([ours[s]['top1'] for s in seeds])} | "
             f"{100 * statistics.mean(ours[s]['val_top1'] - plain[s]['val_top1'] for s in seeds):+.2f} | "
@@ -280,18 +299,20 @@ def table_text(plain: Path | None = None, recipe: Path | None = None, pruned_rec
             "",
             "## `rscompress train` (defaults) against the plain reference (resnet18), same split and seeds",
             "",
-            "| dataset | rscompress model | seeds | plain test top-1 | rscompress test top-1 | Δ val | Δ test |",
-            "|---|---|---|---|---|---|---|",
+            "| dataset | rscompress model | recipe | seeds | plain test top-1 | rscompress test top-1 "
+            "| Δ val | Δ test |",
+            "|---|---|---|---|---|---|---|---|",
             *paired,
         ]
     for record in read_records(pruned_records or PRUNE_RECORDS):
-        pruned[(record["dataset"], record["model"], record["method"], record["target_macs"], record["variant"])].append(
-            record
-        )
+        parents = record.get("parent_variant", "default")
+        pruned[
+            (record["dataset"], record["model"], record["method"], record["target_macs"], record["variant"], parents)
+        ].append(record)
     if pruned:
         lines += [
             "",
-            "## Pruned from the `default` parents by `rscompress prune`, and the plain loop's by Torch-Pruning",
+            "## Pruned from rscompress's parents by `rscompress prune`, and the plain loop's by Torch-Pruning",
             "",
             "Fine-tuning: `default` = `rscompress prune`'s defaults (DKD from the parent since af57a58), `ce` =",
             "cross-entropy alone (the default before 9cfd645), else ce at the peak rate named; `plain loop`:",
@@ -299,16 +320,17 @@ def table_text(plain: Path | None = None, recipe: Path | None = None, pruned_rec
             "loop's parents on rscompress's split, fine-tuned by the plain loop (OneCycle, peak 0.02, 20 epochs).",
             "A row's parents are those its records were pruned from: the `default` rows' were trained again",
             "(`prune --train-parent`, same command and seed) on another CPU after the first ones' run dirs",
-            "were gone, so their parents' column differs from the other rows'.",
+            "were gone, so their parents' column differs from the other rows'. parents: the variant the",
+            "parents were trained by (the table above), the plain loop's `reference` for `tp-l1`.",
             "",
-            "| dataset | model | method | target MACs | fine-tuning | seeds | MACs kept | val top-1 | test top-1 | "
-            "parents' test top-1 |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| dataset | model | method | target MACs | parents | fine-tuning | seeds | MACs kept | val top-1 | "
+            "test top-1 | parents' test top-1 |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for (dataset, model, method, target, variant), records in sorted(pruned.items()):
+        for (dataset, model, method, target, variant, parents), records in sorted(pruned.items()):
             records.sort(key=lambda r: r["seed"])
             lines.append(
-                f"| {dataset} | {model} | {method} | {100 * target:g} % | {variant} | "
+                f"| {dataset} | {model} | {method} | {100 * target:g} % | {parents} | {variant} | "
                 f"{','.join(str(r['seed']) for r in records)} | "
                 f"{100 * statistics.mean(r['macs_kept'] for r in records):.2f} % | "
                 f"{points_mean_std([r['val_top1'] for r in records])} | "
@@ -343,12 +365,15 @@ def main() -> None:
     run.add_argument("--variant", choices=sorted(VARIANTS), default="default")
     run.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     run.add_argument("--threads", type=int, default=2)
-    prune = sub.add_parser("prune", help="prune the default parents with the default fine-tuning")
+    prune = sub.add_parser(
+        "prune", help="prune a variant's parents (default: `default`'s) with the default fine-tuning"
+    )
     prune.add_argument("--data", type=Path, required=True, help="the parents' dataset root")
     prune.add_argument("--model", default="resnet18")
     prune.add_argument("--method", default="l1")
     prune.add_argument("--target-macs", type=float, default=0.1)
-    prune.add_argument("--variant", choices=sorted(PRUNE_VARIANTS), default="default")
+    prune.add_argument("--variant", choices=sorted(PRUNE_VARIANTS), default="default", help="the fine-tuning's")
+    prune.add_argument("--parent-variant", choices=sorted(VARIANTS), default="default", help="the parents'")
     prune.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     prune.add_argument("--threads", type=int, default=2)
     prune.add_argument(
@@ -380,6 +405,7 @@ def main() -> None:
                     seed,
                     args.threads,
                     args.train_parent,
+                    args.parent_variant,
                 )
     print(f"wrote {write_table()}")
 

@@ -1,19 +1,21 @@
-"""Training throughput of the recipe before and after issue 31, interleaved in one process.
+"""Training throughput of the recipe before and after issue 31, and with CutMix, interleaved in one process.
 
     python -m benchmarks.recipe_speed [--img-size 64] [--rounds 5] [--steps 8] [--threads 2]
 
 "before": the suite's parent recipe until then (cosine with warm-up, plain momentum, one
 augmentation draw per image, the ragged last batch dropped); "after": the defaults (OneCycle
-with cycled momentum, nesterov, one draw per batch, the ragged batch kept). Both run the fit loop's
-own pieces (``BatchLoader``, ``build_optimizer``, ``apply_schedule``) on the bundled sample
-with the same model; the two alternate in rounds so machine noise hits both alike. Writes
-benchmarks/results/recipe_speed.json.
+with cycled momentum, nesterov, one draw per batch, the ragged batch kept); "cutmix": "after"
+with each batch CutMixed (α 1, ``mix_batch``), as `train` does a classifier's by default. All
+run the fit loop's own pieces (``BatchLoader``, ``build_optimizer``, ``apply_schedule``) on the
+bundled sample with the same model; they alternate in rounds so machine noise hits all alike.
+Writes benchmarks/results/recipe_speed.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import time
 from pathlib import Path
@@ -22,16 +24,18 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.records import DEVICE, cpu_name, git_commit
-from rscompress.config import DataConfig, OptimConfig
+from rscompress.config import CLASSIFIER_TRAIN_CUTMIX_ALPHA, DataConfig, OptimConfig
 from rscompress.data.loader import BatchLoader
 from rscompress.data.prepare import prepare_data
+from rscompress.engine.mixing import mix_batch
 from rscompress.engine.schedule import apply_schedule, build_optimizer
 from rscompress.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = {  # optimiser, augmentation draw, drop_last
-    "before": (OptimConfig(schedule="cosine", warmup_epochs=2, nesterov=False), "sample", True),
-    "after": (OptimConfig(), "batch", False),
+RECIPES = {  # optimiser, augmentation draw, drop_last, CutMix's α (0: none)
+    "before": (OptimConfig(schedule="cosine", warmup_epochs=2, nesterov=False), "sample", True, 0.0),
+    "after": (OptimConfig(), "batch", False, 0.0),
+    "cutmix": (OptimConfig(), "batch", False, CLASSIFIER_TRAIN_CUTMIX_ALPHA),
 }
 
 
@@ -58,7 +62,8 @@ def main() -> None:
             epoch += 1
 
     state = {}
-    for name, (optim_cfg, draw, drop_last) in RECIPES.items():
+    mix_rng = random.Random(0)
+    for name, (optim_cfg, draw, drop_last, _) in RECIPES.items():
         torch.manual_seed(0)
         model = create_model(args.model, len(data.class_names))
         loader = BatchLoader(
@@ -79,10 +84,12 @@ def main() -> None:
     def steps(name: str, n: int) -> float:
         """Images per second over ``n`` steps of recipe ``name``."""
         model, optimizer, optim_cfg, batches = state[name]
+        cutmix = RECIPES[name][3]
         seen, t0 = 0, time.perf_counter()
         for _, (progress, (x, y)) in zip(range(n), batches, strict=False):
             apply_schedule(optimizer, progress, 60, optim_cfg)
-            loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
+            target = mix_batch(x, y, len(data.class_names), 0.0, cutmix, mix_rng) if cutmix else (x, y)
+            loss = F.cross_entropy(model(target[0]), target[1], label_smoothing=0.1)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -104,6 +111,7 @@ def main() -> None:
         "images_per_second": rates,
         "median_images_per_second": med,
         "after_over_before": med["after"] / med["before"],
+        "cutmix_over_after": med["cutmix"] / med["after"],
         "device": DEVICE,
         "cpu": cpu_name(),
         "commit": git_commit(),

@@ -40,6 +40,7 @@ def test_train_a_detector_on_a_voc_folder_and_reload_it(detector_run, capsys):
     config = json.loads((out / "config.json").read_text())
     assert (config["model_kwargs"], config["class_names"]) == ({"img_size": 64}, ["tank", "well"])
     assert config["train"]["optim"]["lr"] == DETECTION_LR  # no --lr: a detector's rate, not the classifiers' 0.1
+    assert config["train"]["cutmix_alpha"] == 0  # nor the classifiers' CutMix
     assert set(rsc.load(out)([torch.zeros(3, 64, 64)])[0]) == {"boxes", "scores", "labels"}
     assert main(["train", "--data", str(root), *TRAIN, "--out", str(out)]) == 2  # never overwritten
     assert "already holds a finished run" in capsys.readouterr().err

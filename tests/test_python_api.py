@@ -340,6 +340,24 @@ def test_train_keeps_the_best_epoch_and_its_run_dir_loads(tmp_path):
         rsc.train(rsc.create_model("torchvision/resnet18", 4), _EmptyButSized(), val, epochs=1)
 
 
+def test_train_mixes_a_classifiers_batches_by_default_unless_it_has_your_loss(tmp_path):
+    from rscompress.config import CLASSIFIER_TRAIN_CUTMIX_ALPHA
+
+    train, val = _loaders()
+
+    def cross_entropy(model, x, y, epoch):
+        logits = model(x)
+        return torch.nn.functional.cross_entropy(logits, y), logits
+
+    for name, options in (("default", {}), ("own-loss", {"loss_fn": cross_entropy}), ("off", {"cutmix_alpha": 0})):
+        rsc.train(rsc.create_model("resnet18", 4), train, val, epochs=1, out=tmp_path / name, **options)
+    cutmix = {
+        n: json.loads((tmp_path / n / "config.json").read_text())["train"]["cutmix_alpha"]
+        for n in ("default", "own-loss", "off")
+    }
+    assert cutmix == {"default": CLASSIFIER_TRAIN_CUTMIX_ALPHA, "own-loss": 0.0, "off": 0.0}
+
+
 def test_distill_a_registry_student_and_a_pruned_one_from_a_teacher_module(tmp_path):
     train, val = _loaders()
     teacher = torchvision.models.resnet18(num_classes=4)

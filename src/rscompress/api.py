@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,8 +28,10 @@ from rscompress.config import (
     DataConfig,
     DistillConfig,
     FitConfig,
+    FitT,
     PruneConfig,
     TrainConfig,
+    with_default_mixing,
 )
 from rscompress.data.loader import BatchLoader
 from rscompress.data.prepare import PreparedData, inspect_folder, prepare_data
@@ -45,8 +47,6 @@ from rscompress.models.complexity import count_macs_params
 from rscompress.models.probe import check_trainable
 from rscompress.models.weights import load_weights
 from rscompress.overrides import apply_overrides
-
-FitT = TypeVar("FitT", bound=FitConfig)
 
 
 def _open_out_dir(
@@ -145,6 +145,7 @@ def train(
         return _train_detector(
             data_cfg, train_cfg, out, resume=resume, quiet=quiet, reuse_finished=reuse_finished, overrides=overrides
         )
+    train_cfg = with_default_mixing(train_cfg)
     check_fit_options(train_cfg, classifier=True, plain_batches=False)
     dist = init_distributed(resolve_device(train_cfg.device))
     if train_cfg.threads:

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from typer import TyperException
 
 from rscompress.config import (
+    CLASSIFIER_TRAIN_CUTMIX_ALPHA,
     DETECTION_CLIP_GRAD_NORM,
     DETECTION_LR,
     DETECTION_PRECISE_BN_BATCHES,
@@ -127,6 +128,22 @@ CutmixAlphaOpt = Annotated[
         help="CutMix: paste a box of the reversed batch, area ~ Beta(a, a); 0: off; with --mixup-alpha, one per batch."
     ),
 ]
+# train's: unset, a classifier gets CutMix (config.with_default_mixing), a detector no mixing.
+TrainMixupAlphaOpt = Annotated[
+    float | None,
+    typer.Option(
+        help="Mixup: blend each training batch with itself reversed, weight ~ Beta(a, a); 0: off. Giving either "
+        "mixing option replaces the default CutMix."
+    ),
+]
+TrainCutmixAlphaOpt = Annotated[
+    float | None,
+    typer.Option(
+        help="CutMix: paste a box of the reversed batch, area ~ Beta(a, a); 0: off; with --mixup-alpha, one per "
+        f"batch. Default: {CLASSIFIER_TRAIN_CUTMIX_ALPHA} for a classifier unless --mixup-alpha is given; "
+        "detectors do not mix."
+    ),
+]
 ChannelsLastOpt = Annotated[
     bool, typer.Option(help="channels_last memory format (training, and the NAS search and sparse training of prune).")
 ]
@@ -203,8 +220,8 @@ def train(
     ema_decay: EmaDecayOpt = FIT_DEFAULTS.ema_decay,
     clip_grad_norm: ClipGradNormOpt = FIT_DEFAULTS.clip_grad_norm,
     precise_bn_batches: PreciseBnOpt = FIT_DEFAULTS.precise_bn_batches,
-    mixup_alpha: MixupAlphaOpt = FIT_DEFAULTS.mixup_alpha,
-    cutmix_alpha: CutmixAlphaOpt = FIT_DEFAULTS.cutmix_alpha,
+    mixup_alpha: TrainMixupAlphaOpt = None,
+    cutmix_alpha: TrainCutmixAlphaOpt = None,
     channels_last: ChannelsLastOpt = False,
     bf16: Bf16Opt = False,
     small_input: SmallInputOpt = False,
@@ -287,8 +304,8 @@ def train(
         ema_decay=ema_decay,
         clip_grad_norm=clip_grad_norm,
         precise_bn_batches=precise_bn_batches,
-        mixup_alpha=mixup_alpha,
-        cutmix_alpha=cutmix_alpha,
+        # Unset mixing is left to the API, whose default depends on the kind of model.
+        **{k: v for k, v in (("mixup_alpha", mixup_alpha), ("cutmix_alpha", cutmix_alpha)) if v is not None},
         channels_last=channels_last,
         bf16=bf16,
         small_input=small_input,

@@ -30,7 +30,15 @@ from pydantic import ValidationError
 from torch import Tensor, nn
 
 from rscompress.artifacts import RunConfig, RunDir, library_versions
-from rscompress.config import DETECTION_LR, FINETUNE_LR, FitConfig, Int8Config, OptimConfig, PruneConfig
+from rscompress.config import (
+    DETECTION_LR,
+    FINETUNE_LR,
+    FitConfig,
+    Int8Config,
+    OptimConfig,
+    PruneConfig,
+    with_default_mixing,
+)
 from rscompress.engine.detection import Detection
 from rscompress.engine.metrics import evaluate as evaluate_model
 from rscompress.engine.tasks import Evaluation, Task
@@ -299,17 +307,21 @@ def train(
     **fit_options: Any,
 ) -> TrainResult:
     """Train ``model`` in place with the recommended recipe (SGD, nesterov, OneCycle to ``lr``:
-    default 0.1, for a detector config.DETECTION_LR; label smoothing 0.1) and keep its best
-    epoch on val. ``fit_options``: any other
-    FitConfig/OptimConfig field (``weight_decay``, ``schedule``, ``label_smoothing``, ``bf16``, ...).
+    default 0.1, for a detector config.DETECTION_LR; label smoothing 0.1; a classifier's batches
+    CutMixed unless ``loss_fn`` or a mixing option is given) and keep its best epoch on val.
+    ``fit_options``: any other FitConfig/OptimConfig field (``weight_decay``, ``schedule``,
+    ``label_smoothing``, ``bf16``, ...).
     ``loss_fn(model, x, y, epoch) -> (loss, logits)`` replaces the cross-entropy.
     ``calibration_loader``: plain (unaugmented) train batches; a detector's BatchNorm statistics
     are recomputed over its first ``precise_bn_batches`` before each val (none given: the running
     statistics stand, as ``train_loader``'s batches may be augmented)."""
+    detector = detector_classes(model) is not None
     if lr is None:
-        lr = DETECTION_LR if detector_classes(model) is not None else OptimConfig.model_fields["lr"].default
+        lr = DETECTION_LR if detector else OptimConfig.model_fields["lr"].default
     with _options_checked():
         cfg = _fit_config(epochs, lr, seed, **fit_options)
+    if not detector and loss_fn is None:  # your own loss_fn is given class indices unless you ask to mix
+        cfg = with_default_mixing(cfg)
     example = _first_images(val_loader)
     settings = {"method": "train", "train": cfg.model_dump(mode="json", exclude={"threads", "device"})}
     task = _task(model, example, calibration_loader)

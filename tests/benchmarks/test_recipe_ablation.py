@@ -81,7 +81,15 @@ def test_table_gives_each_variant_its_delta_to_its_own_baseline(tmp_path, monkey
             ]
         )
     )
-    ours.write_text(json.dumps(_record("rscompress", "default", 0, 0.82, 0.83)) + "\n")
+    ours.write_text(
+        "".join(
+            json.dumps(r) + "\n"
+            for r in [
+                _record("rscompress", "default", 0, 0.82, 0.83),
+                _record("rscompress", "cutmix1.0", 0, 0.86, 0.85),
+            ]
+        )
+    )
     monkeypatch.setattr(recipe_ablation, "PLAIN_RECORDS", plain)
     monkeypatch.setattr(recipe_ablation, "RECORDS", ours)
     monkeypatch.setattr(recipe_ablation, "PRUNE_RECORDS", tmp_path / "none.jsonl")
@@ -92,7 +100,8 @@ def test_table_gives_each_variant_its_delta_to_its_own_baseline(tmp_path, monkey
     assert "| -5.00 (1) |" in rows["no-nesterov"]  # against the reference's seed 1 only, on its split
     assert "| 0 | 82.00 |  | 83.00 |" in rows["default"]
     # rscompress against the plain loop on rscompress's split (not on the plain loop's own)
-    assert "| d | m | 0 | 80.00 | 83.00 | -2.00 | +3.00 |" in table
+    assert "| d | m | defaults before CutMix | 0 | 80.00 | 83.00 | -2.00 | +3.00 |" in table
+    assert "| d | m | defaults (CutMix) | 0 | 80.00 | 85.00 | +2.00 | +5.00 |" in table
 
 
 def test_cells_run_the_cli_record_once_and_prune_their_parents(tmp_path, monkeypatch):
@@ -120,4 +129,12 @@ def test_cells_run_the_cli_record_once_and_prune_their_parents(tmp_path, monkeyp
     assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 1
     again = json.loads((tmp_path / "p.jsonl").read_text().splitlines()[1])
     parent = json.loads((tmp_path / "work" / "rsscn7-resnet18-default-s1" / "metrics.json").read_text())
-    assert again["seed"] == 1 and again["parent_top1"] == parent["top1"]
+    assert again["seed"] == 1 and again["parent_top1"] == parent["top1"] and "parent_variant" not in again
+    # Another variant's parents: named in the record and the run dirs, and no train record either.
+    monkeypatch.setitem(recipe_ablation.VARIANTS, "cutmix1.0", ["--batch-size", "8", "--cutmix-alpha", "1"])
+    recipe_ablation.prune_cell(
+        data, "resnet18", "l1", 0.5, "default", 0, 1, train_parent=True, parent_variant="cutmix1.0"
+    )
+    mixed = json.loads((tmp_path / "p.jsonl").read_text().splitlines()[2])
+    assert mixed["parent_variant"] == "cutmix1.0" and "rsscn7-resnet18-cutmix1.0-s0 " in mixed["command"] + " "
+    assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 1

@@ -12,7 +12,7 @@ from torch import nn
 
 from rscompress.artifacts import RunDir
 from rscompress.cli import main
-from rscompress.config import DistillConfig, FitConfig, OptimConfig, PruneConfig
+from rscompress.config import CLASSIFIER_TRAIN_CUTMIX_ALPHA, DistillConfig, FitConfig, OptimConfig, PruneConfig
 from rscompress.engine.mixing import mix_batch
 from rscompress.engine.trainer import TrainingHooks, fit
 from rscompress.errors import UserError
@@ -129,5 +129,33 @@ def test_cli_trains_with_cutmix_and_records_it(tmp_path, capsys):
     args = ["train", "--data", str(data), "--model", "resnet18", "--img-size", "16", "--epochs", "1"]
     assert main([*args, "--cutmix-alpha", "-1", "--out", str(tmp_path / "bad")]) == 2
     assert "--cutmix-alpha" in capsys.readouterr().err and not (tmp_path / "bad").exists()
-    assert main([*args, "--batch-size", "8", "--cutmix-alpha", "1", "--out", str(tmp_path / "run"), "--quiet"]) == 0
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["cutmix_alpha"] == 1
+    assert main([*args, "--batch-size", "8", "--cutmix-alpha", "2", "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["cutmix_alpha"] == 2
+
+
+@pytest.mark.parametrize(
+    ("flags", "mixing"),
+    [
+        ([], (0.0, CLASSIFIER_TRAIN_CUTMIX_ALPHA)),
+        (["--mixup-alpha", "0.2"], (0.2, 0.0)),
+        (["--cutmix-alpha", "0"], (0.0, 0.0)),
+    ],
+)
+def test_a_classifier_trains_with_cutmix_unless_given_a_mixing_of_its_own(tmp_path, flags, mixing):
+    data = make_fake_dataset(tmp_path, per_class=4, size=16)
+    args = [
+        "train",
+        "--data",
+        str(data),
+        "--model",
+        "resnet18",
+        "--img-size",
+        "16",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+    ]
+    assert main([*args, *flags, "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    train = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
+    assert (train["mixup_alpha"], train["cutmix_alpha"]) == mixing
