@@ -68,27 +68,21 @@ def _record(source, variant, seed, val, test, **more):
     }
 
 
+def _write_records(path, *records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
 def test_table_gives_each_variant_its_delta_to_its_own_baseline(tmp_path, monkeypatch):
     plain, ours = tmp_path / "plain.jsonl", tmp_path / "ours.jsonl"
-    plain.write_text(
-        "".join(
-            json.dumps(r) + "\n"
-            for r in [
-                _record("plain-reference", "reference", 0, 0.80, 0.81),
-                _record("plain-reference", "reference", 1, 0.90, 0.91),
-                _record("plain-reference", "no-nesterov", 1, 0.85, 0.86),
-                _record("plain-reference", "reference", 0, 0.84, 0.80, split="rscompress", model="resnet18"),
-            ]
-        )
+    _write_records(
+        plain,
+        _record("plain-reference", "reference", 0, 0.80, 0.81),
+        _record("plain-reference", "reference", 1, 0.90, 0.91),
+        _record("plain-reference", "no-nesterov", 1, 0.85, 0.86),
+        _record("plain-reference", "reference", 0, 0.84, 0.80, split="rscompress", model="resnet18"),
     )
-    ours.write_text(
-        "".join(
-            json.dumps(r) + "\n"
-            for r in [
-                _record("rscompress", "default", 0, 0.82, 0.83),
-                _record("rscompress", "cutmix1.0", 0, 0.86, 0.85),
-            ]
-        )
+    _write_records(
+        ours, _record("rscompress", "default", 0, 0.82, 0.83), _record("rscompress", "cutmix1.0", 0, 0.86, 0.85)
     )
     monkeypatch.setattr(recipe_ablation, "PLAIN_RECORDS", plain)
     monkeypatch.setattr(recipe_ablation, "RECORDS", ours)
