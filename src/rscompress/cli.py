@@ -576,10 +576,7 @@ def distill(
     threads: ThreadsOpt = None,
     channels_last: ChannelsLastOpt = False,
     bf16: Bf16Opt = False,
-    device: Annotated[
-        str,
-        typer.Option(help="Where the evaluation runs: auto (CUDA if torch sees a GPU, else CPU), cpu, cuda or cuda:N."),
-    ] = "auto",
+    device: DeviceOpt = "auto",
     resplit: ResplitOpt = False,
     resume: ResumeOpt = False,
     override: OverrideOpt = None,
