@@ -9,8 +9,8 @@
 ``run`` calls the CLI as a user would (``rscompress train --img-size 64 --epochs 60`` plus the
 variant's flags, nothing else) and appends one record per finished seed to
 ``results/recipe.jsonl``; a killed cell resumes from its run dir's checkpoint, a cell with a
-record is skipped. ``prune`` prunes the ``default`` parents so made with the default
-fine-tuning (``rscompress prune PARENT --method M --target-macs F``, nothing else) into
+record is skipped. ``prune`` prunes the parents so made (``--parent-variant``, ``default``'s
+unless given) with the default fine-tuning (``rscompress prune PARENT --method M --target-macs F``, nothing else) into
 ``results/recipe_prune.jsonl``. ``splits`` writes the split ``run`` makes for each seed to
 ``benchmarks/work/splits/DATASET-sSEED.json``, for the plain loop's ``--split-json``. ``table`` writes
 ``results/recipe_ablation.md`` from those records and the
