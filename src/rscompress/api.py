@@ -299,15 +299,14 @@ def _train_detector(
         torch.manual_seed(train_cfg.seed)
         model = create_model(train_cfg.model, len(data.class_names), **model_kwargs)
 
-        def batches(split: str, train: bool) -> DetectionBatches:
+        def batches(split: str, train: bool, augment: bool = True) -> DetectionBatches:
             return DetectionBatches(
                 data, data.split[split], batch_size=train_cfg.batch_size, mean=mean, std=std,
-                shuffle=train, augment=train and data_cfg.augment, seed=train_cfg.seed,
+                shuffle=train, augment=train and augment and data_cfg.augment, seed=train_cfg.seed,
             )  # fmt: skip
 
-        plain = DetectionBatches(data, data.split["train"], batch_size=train_cfg.batch_size, mean=mean, std=std,
-                                 shuffle=True, seed=train_cfg.seed)  # fmt: skip
-        task = Detection(data.class_names, statistics_batches=plain)
+        # The train images shuffled as for training, but plain: BatchNorm statistics are recomputed over them.
+        task = Detection(data.class_names, statistics_batches=batches("train", True, augment=False))
         result = fit(
             model, batches("train", True), batches("val", False), train_cfg, run, task, resume=resume, quiet=quiet,
             overrides=override_records,
@@ -831,14 +830,12 @@ def _prune_detector(
         data = _detection_data(parent, run, parent_cfg, quiet)
         mean, std = parent_cfg.mean, parent_cfg.std
 
-        def batches(split: str, train: bool) -> DetectionBatches:
+        def batches(split: str, train: bool, augment: bool = True) -> DetectionBatches:
+            augmented = train and augment and bool(parent_cfg.data.get("augment", True))
             return DetectionBatches(
                 data, data.split[split], batch_size=cfg.finetune.batch_size, mean=mean, std=std,
-                shuffle=train, augment=train and bool(parent_cfg.data.get("augment", True)), seed=cfg.finetune.seed,
+                shuffle=train, augment=augmented, seed=cfg.finetune.seed,
             )  # fmt: skip
-
-        plain_train = DetectionBatches(data, data.split["train"], batch_size=cfg.finetune.batch_size, mean=mean,
-                                       std=std, shuffle=True, seed=cfg.finetune.seed)  # fmt: skip
 
         def config_of_the_pruned(pruned: torch.nn.Module) -> None:
             update = {"architecture": architecture_spec(pruned), **settings, "versions": library_versions()}
@@ -854,7 +851,7 @@ def _prune_detector(
             calibration=[b for _, b in zip(range(cfg.calibration_batches), batches("train", False), strict=False)],
             train_batches=batches("train", True),
             val_batches=batches("val", False),
-            task=Detection(data.class_names, statistics_batches=plain_train),
+            task=Detection(data.class_names, statistics_batches=batches("train", True, augment=False)),
             unpruned=lambda: parent.load_model()[0],
             device=resolve_device(cfg.finetune.device),
             resume=resume,
