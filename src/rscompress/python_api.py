@@ -42,7 +42,7 @@ from rscompress.config import (
 from rscompress.engine.detection import Detection
 from rscompress.engine.metrics import evaluate as evaluate_model
 from rscompress.engine.tasks import Evaluation, Task
-from rscompress.engine.trainer import EpochBatches, FitResult, LossFn, check_fit_options, fit
+from rscompress.engine.trainer import EpochBatches, FitResult, LossFn, check_task_fit_options, fit
 from rscompress.errors import UserError
 from rscompress.io_utils import write_json_atomic
 from rscompress.models.complexity import count_macs_params
@@ -223,12 +223,6 @@ def _task(model: nn.Module, example_input: Tensor, plain_train: Batches | None =
     return _num_classes(model, example_input)
 
 
-def _check_fit_options(cfg: FitConfig, task: int | Task) -> None:
-    """Options ``task``'s fit cannot honour, refused before a run dir is written."""
-    plain_batches = not isinstance(task, int) and task.statistics_batches is not None
-    check_fit_options(cfg, classifier=isinstance(task, int), plain_batches=plain_batches)
-
-
 def evaluate(model: nn.Module, loader: Batches, num_classes: int | None = None) -> Evaluation:
     """Top-1, Cohen's kappa, per-class accuracy, confusion and mean CE of a classifier on
     ``loader``; mAP@0.5, mAP@0.5:0.95, mAP small and per-class AP of a detector."""
@@ -325,7 +319,7 @@ def train(
     example = _first_images(val_loader)
     settings = {"method": "train", "train": cfg.model_dump(mode="json", exclude={"threads", "device"})}
     task = _task(model, example, calibration_loader)
-    _check_fit_options(cfg, task)
+    check_task_fit_options(cfg, task)
     with _work_dir(out) as run:
         _start(run, model, example, settings, resume)
         result = _fit(run, model, train_loader, val_loader, cfg, task, loss_fn, quiet)
@@ -490,7 +484,7 @@ def prune(
     parent_macs, parent_params = count_macs_params(budget_reference(parent), img_size)
     calibration = _calibration(calibration_loader or train_loader, cfg.calibration_batches)
     task = _task(parent, example_input.float(), calibration_loader)
-    _check_fit_options(cfg.finetune, task)
+    check_task_fit_options(cfg.finetune, task)
     with _work_dir(out) as run:
         _start(run, budget_reference(parent), example_input, settings, resume)
         step = prune_and_finetune(
@@ -596,7 +590,7 @@ def distill(
         "method_params": cfg.model_dump(mode="json", exclude={"fit"}),
         "train": cfg.fit.model_dump(mode="json", exclude={"threads", "device"}),
     }
-    _check_fit_options(cfg.fit, num_classes)
+    check_task_fit_options(cfg.fit, num_classes)
     with _work_dir(out) as run:
         _start(run, student, example, settings, resume)
         objective = teacher_loss_fn(teacher, loss, cfg, cfg.fit.label_smoothing)

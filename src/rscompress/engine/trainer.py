@@ -220,6 +220,12 @@ def check_fit_options(cfg: FitConfig, *, classifier: bool, plain_batches: bool) 
         raise UserError(NO_PLAIN_BATCHES)
 
 
+def check_task_fit_options(cfg: FitConfig, task: int | Task) -> None:
+    """``check_fit_options`` for a fit of ``task`` (an int: classification into that many classes)."""
+    plain_batches = not isinstance(task, int) and task.statistics_batches is not None
+    check_fit_options(cfg, classifier=isinstance(task, int | Classification), plain_batches=plain_batches)
+
+
 @overload
 def fit(
     model: nn.Module,
@@ -280,14 +286,13 @@ def fit(
     """
     hooks = hooks or TrainingHooks()
     task = Classification(task) if isinstance(task, int) else task
-    plain_batches = task.statistics_batches is not None
-    check_fit_options(cfg, classifier=isinstance(task, Classification), plain_batches=plain_batches)
+    check_task_fit_options(cfg, task)
     loss_fn = loss_fn or task.objective(cfg.label_smoothing)
     clip = task.default_clip_grad_norm if cfg.clip_grad_norm is None else cfg.clip_grad_norm or None
     # BatchNorm statistics recomputed before val: by default where the task carries plain batches.
     precise_bn = cfg.precise_bn_batches
     if precise_bn is None:
-        precise_bn = task.default_precise_bn_batches if plain_batches else 0
+        precise_bn = task.default_precise_bn_batches if task.statistics_batches is not None else 0
     statistics = task.statistics_batches if precise_bn else None
     device = resolve_device(cfg.device)
     memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
