@@ -859,9 +859,11 @@ def _flags(data: dict[str, Any], defaults: dict[str, Any]) -> str:
 
 @table("train-step")
 def _train_step(ctx: Context, marker: Marker) -> str:
-    """``train-step``: a training step's speedup over fp32 per model and precision/layout."""
-    data = ctx.json("train_step.json")
-    defaults = {"img_size": 64, "batch_size": 64, "rounds": 3, "steps": 3}
+    """``train-step [OUT]``: a training step's speedup over fp32 per model and precision/layout,
+    from results/OUT.json (train_step.json by default)."""
+    name = f"{marker.args[0]}.json" if marker.args else "train_step.json"
+    data = ctx.json(name)
+    defaults = {"img_size": 64, "batch_size": 64, "rounds": 3, "steps": 3, "out": "train_step"}
     command = "python -m benchmarks.train_step --models " + " ".join(data["models"]) + _flags(data, defaults)
     variants = list(next(iter(data["models"].values())))
     body = [
@@ -870,7 +872,7 @@ def _train_step(ctx: Context, marker: Marker) -> str:
     ]
     note = f"{data['what']}; CPU {data.get('cpu', 'not recorded')}."
     text = _table(["model", *variants], body) + "\n\nCell: speedup over fp32 (median seconds per step)."
-    return _provenance(ctx, [command], [ctx.results / "train_step.json"], note) + "\n\n" + text
+    return _provenance(ctx, [command], [ctx.results / name], note) + "\n\n" + text
 
 
 @table("phase-step")

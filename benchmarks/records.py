@@ -25,12 +25,26 @@ def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     """
     if not cpuinfo.is_file():
         return platform.processor() or platform.machine()
-    pairs = (line.split(":", 1) for line in cpuinfo.read_text().splitlines() if ":" in line)
-    fields = {key.strip(): value.strip() for key, value in pairs}
+    fields = _cpuinfo_fields(cpuinfo)
     model = fields.get("model name") or fields.get("Hardware") or platform.machine()
-    flags = set((fields.get("flags") or fields.get("Features") or "").split())
+    flags = _flags(fields)
     widest = next((f for f in _SIMD if f in flags), None)
     return f"{model} ({widest})" if widest else model
+
+
+def cpu_flags(names: tuple[str, ...], cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
+    """Those of ``names`` (as /proc/cpuinfo spells them, e.g. amx_bf16) this CPU has."""
+    flags = _flags(_cpuinfo_fields(cpuinfo)) if cpuinfo.is_file() else set()
+    return [name for name in names if name in flags]
+
+
+def _cpuinfo_fields(cpuinfo: Path) -> dict[str, str]:
+    pairs = (line.split(":", 1) for line in cpuinfo.read_text().splitlines() if ":" in line)
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def _flags(fields: dict[str, str]) -> set[str]:
+    return set((fields.get("flags") or fields.get("Features") or "").split())
 
 
 @functools.cache

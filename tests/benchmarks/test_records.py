@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from benchmarks.records import append_record, cpu_name, git_commit, has_record, read_records
+from benchmarks.records import append_record, cpu_flags, cpu_name, git_commit, has_record, read_records
 
 
 def test_a_line_cut_short_is_skipped_and_the_next_record_starts_a_fresh_line(tmp_path):
@@ -33,6 +33,13 @@ def test_cpu_name_is_the_model_and_its_widest_vector_extension(tmp_path):
     info.write_text("model name\t: Old Xeon\nflags\t\t: fpu sse2 avx\n")
     assert cpu_name(info) == "Old Xeon (avx)"
     assert cpu_name(tmp_path / "missing")  # elsewhere: what the platform module says
+
+
+def test_cpu_flags_are_those_asked_for_that_the_cpu_has(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("model name\t: Xeon\nflags\t\t: fpu avx512f avx512_bf16 amx_tile\n")
+    assert cpu_flags(("avx512_bf16", "amx_bf16"), info) == ["avx512_bf16"]
+    assert cpu_flags(("amx_bf16",), tmp_path / "missing") == []
 
 
 def test_records_name_the_commit_checked_out_when_the_process_asked_first(tmp_path, monkeypatch):
