@@ -435,9 +435,9 @@ def _parent_order(record: dict[str, Any]) -> tuple:
 @table("parents")
 def _parents(ctx: Context, marker: Marker) -> str:
     """``parents SUITE.yaml [SUITE.yaml ...]``: each suite's parents as their own records say
-    (``--methods none``): rate, gradient clipping, epochs, the val score they were selected on and
-    the test scores, one line per seed. Several suites side by side: a recipe's arms, e.g. two
-    peak rates."""
+    (``--methods none``): rate, gradient clipping, epochs, precision, BatchNorm statistics, the val
+    score they were selected on and the test scores, one line per seed. Several suites side by
+    side: a recipe's arms, e.g. two peak rates."""
     if not marker.args:
         raise ReadmeError("takes one or more suite files")
     sources = [_suite_source(ctx, suite) for suite in marker.args]
@@ -451,8 +451,8 @@ def _parents(ctx: Context, marker: Marker) -> str:
     # The task's other test scores, as records.scores writes them.
     extra = [k for k in ("map", "map_small", "kappa") if k in records[0]]
     titles = {"map": "test mAP (%)", "map_small": "test mAP small (%)", "kappa": "test kappa"}
-    header = ["dataset", "model", "seed", "peak lr", "grad-norm clip", "epochs", f"val {name} (%)", f"test {name} (%)"]
-    header += [*(titles[k] for k in extra), "commit"]
+    header = ["dataset", "model", "seed", "peak lr", "grad-norm clip", "epochs", "precision", "BN statistics"]
+    header += [f"val {name} (%)", f"test {name} (%)", *(titles[k] for k in extra), "commit"]
 
     def shown(field: str, value: float) -> str:
         if field == "kappa":
@@ -467,6 +467,9 @@ def _parents(ctx: Context, marker: Marker) -> str:
             f"{r['lr']:g}",
             "–" if r.get("clip_grad_norm") is None else f"{r['clip_grad_norm']:g}",
             str(r["epochs"]),
+            "bf16" if r.get("bf16") else "fp32",
+            # Records made before --precise-bn-batches name none: those runs kept running averages.
+            f"{r['precise_bn_batches']} plain batches" if r.get("precise_bn_batches") else "running",
             points(r[f"val_{key}"]),
             points(r[key]),
             *(shown(k, r[k]) for k in extra),

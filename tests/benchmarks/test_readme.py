@@ -113,7 +113,8 @@ def test_the_parents_table_lists_each_suites_parent_records_by_seed_and_rate(tmp
         "detection.jsonl": [{**parent, "seed": 0, "lr": 0.01, "map50": 0.5, "val_map50": 0.45}, cell],
         "detection_parent_lr.jsonl": [{**parent, "seed": 0, "lr": 0.02, "map50": 0.55, "val_map50": 0.5}],
         "detection_parent_clip.jsonl": [
-            {**parent, "seed": 0, "lr": 0.01, "clip_grad_norm": 10.0, "map50": 0.6, "val_map50": 0.55}
+            {**parent, "seed": 0, "lr": 0.01, "clip_grad_norm": 10.0, "map50": 0.6, "val_map50": 0.55},
+            {**parent, "seed": 1, "lr": 0.01, "bf16": True, "precise_bn_batches": 8, "map50": 0.6, "val_map50": 0.5},
         ],
     }
     for name, rows in arms.items():
@@ -122,12 +123,15 @@ def test_the_parents_table_lists_each_suites_parent_records_by_seed_and_rate(tmp
     marker += "benchmarks/detection_parent_clip.yaml -->"
     text = readme.render(results, _template(tmp_path, f"{marker}\n"))
     assert "python -m benchmarks suite benchmarks/detection_parent_lr.yaml --methods none" in text
-    assert "| val mAP@0.5 (%) | test mAP@0.5 (%) | test mAP (%) | test mAP small (%) | commit |" in text
+    assert "| precision | BN statistics | val mAP@0.5 (%) | test mAP@0.5 (%) | test mAP (%) |" in text
     rows = [line for line in text.splitlines() if line.startswith("| nepu_owod")]
     # The cell's record is not a parent's; no small object: no figure; unclipped (or from before
-    # records named the clipping): no norm.
+    # records named the clipping): no norm; records that name no precision or BN statistics were
+    # fp32 with running averages.
     assert rows == [
-        "| nepu_owod | fcos_mobilenet_v3 | 0 | 0.01 | – | 36 | 45.00 | 50.00 | 20.00 | – | abcdef1 |",
-        "| nepu_owod | fcos_mobilenet_v3 | 0 | 0.01 | 10 | 36 | 55.00 | 60.00 | 20.00 | – | abcdef1 |",
-        "| nepu_owod | fcos_mobilenet_v3 | 0 | 0.02 | – | 36 | 50.00 | 55.00 | 20.00 | – | abcdef1 |",
+        "| nepu_owod | fcos_mobilenet_v3 | 0 | 0.01 | – | 36 | fp32 | running | 45.00 | 50.00 | 20.00 | – | abcdef1 |",
+        "| nepu_owod | fcos_mobilenet_v3 | 0 | 0.01 | 10 | 36 | fp32 | running | 55.00 | 60.00 | 20.00 | – | abcdef1 |",
+        "| nepu_owod | fcos_mobilenet_v3 | 0 | 0.02 | – | 36 | fp32 | running | 50.00 | 55.00 | 20.00 | – | abcdef1 |",
+        "| nepu_owod | fcos_mobilenet_v3 | 1 | 0.01 | – | 36 | bf16 | 8 plain batches | 50.00 | 60.00 | 20.00 | – "
+        "| abcdef1 |",
     ]
