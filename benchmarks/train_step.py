@@ -31,6 +31,7 @@ from rscompress.models import create_model
 from rscompress.models.registry import model_task
 
 ROOT = Path(__file__).resolve().parents[1]
+CLASSES = 21  # a classifier's, as UC Merced's; a detector's is one object class
 VARIANTS = {  # name: (channels_last, bf16)
     "fp32": (False, False),
     "channels_last": (True, False),
@@ -48,9 +49,9 @@ def _loss(model: torch.nn.Module, x: torch.Tensor, y: Targets) -> torch.Tensor:
     return F.cross_entropy(model(x), y)
 
 
-def _random_targets(batch_size: int, img_size: int, classes: int) -> Targets:
-    if classes > 1:
-        return torch.randint(0, classes, (batch_size,))
+def _random_targets(batch_size: int, img_size: int, detection: bool) -> Targets:
+    if not detection:
+        return torch.randint(0, CLASSES, (batch_size,))
     targets = []
     for _ in range(batch_size):
         size = img_size * (0.02 + 0.12 * torch.rand(6, 2))
@@ -77,10 +78,11 @@ def step_seconds(model: torch.nn.Module, x: torch.Tensor, y: Targets, bf16: bool
 
 def measure(spec: str, *, img_size: int, batch_size: int, rounds: int, steps: int) -> dict:
     model_name, _, option = spec.partition(":")
-    classes = 1 if model_task(model_name) == "detection" else 21
+    detection = model_task(model_name) == "detection"
+    classes = 1 if detection else CLASSES
     torch.manual_seed(0)
     x = torch.randn(batch_size, 3, img_size, img_size)
-    y = _random_targets(batch_size, img_size, classes)
+    y = _random_targets(batch_size, img_size, detection)
     models = {}
     for name, (channels_last, _) in VARIANTS.items():
         torch.manual_seed(0)
