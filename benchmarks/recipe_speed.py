@@ -88,8 +88,8 @@ def main() -> None:
         seen, t0 = 0, time.perf_counter()
         for _, (progress, (x, y)) in zip(range(n), batches, strict=False):
             apply_schedule(optimizer, progress, 60, optim_cfg)
-            target = mix_batch(x, y, len(data.class_names), 0.0, cutmix, mix_rng) if cutmix else (x, y)
-            loss = F.cross_entropy(model(target[0]), target[1], label_smoothing=0.1)
+            x, y = mix_batch(x, y, len(data.class_names), 0.0, cutmix, mix_rng) if cutmix else (x, y)
+            loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -3,8 +3,9 @@
     python -m benchmarks.train_step [--models vgg16_bn g_ghost_regnetx_004:small] [--rounds 3]
     python -m benchmarks.train_step --models fcos_mobilenet_v3 --img-size 512 --batch-size 8 --out train_step_detection
 
-A model name with ``:small`` is built with ``small_input=True`` (the suite's students are). A
-detector is trained on its own loss, with 6 random boxes per image (sides 2-14 % of the image's).
+A model name with ``:small`` is built with ``small_input=True`` (the suite's students are). Each
+step trains the task's own objective, as fit does: cross-entropy for a classifier, a detector's
+own loss for a detector, on 6 random boxes per image (sides 2-14 % of the image's).
 
 Why: the suite's vgg16_bn parents train under bf16 autocast + channels_last (suite.Parent);
 this is the measurement behind that choice. Each round times every variant once, in turn
@@ -23,10 +24,12 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from benchmarks.records import DEVICE, cpu_flags, cpu_name, git_commit
+from rscompress.engine.detection import Detection
 from rscompress.engine.precision import bf16_autocast
+from rscompress.engine.tasks import Classification
+from rscompress.engine.trainer import LossFn
 from rscompress.models import create_model
 from rscompress.models.registry import model_task
 
@@ -43,12 +46,6 @@ VARIANTS = {  # name: (channels_last, bf16)
 Targets = torch.Tensor | list[dict[str, torch.Tensor]]
 
 
-def _loss(model: torch.nn.Module, x: torch.Tensor, y: Targets) -> torch.Tensor:
-    if isinstance(y, list):  # a torchvision detector returns its loss terms in train mode
-        return sum(model(list(x), y).values())
-    return F.cross_entropy(model(x), y)
-
-
 def _random_targets(batch_size: int, img_size: int, detection: bool) -> Targets:
     if not detection:
         return torch.randint(0, CLASSES, (batch_size,))
@@ -60,15 +57,18 @@ def _random_targets(batch_size: int, img_size: int, detection: bool) -> Targets:
     return targets
 
 
-def step_seconds(model: torch.nn.Module, x: torch.Tensor, y: Targets, bf16: bool, steps: int) -> float:
-    """Mean seconds per SGD step over ``steps`` steps (after one untimed warm-up step)."""
+def step_seconds(
+    model: torch.nn.Module, objective: LossFn, x: torch.Tensor, y: Targets, bf16: bool, steps: int
+) -> float:
+    """Mean seconds per SGD step on ``objective`` (the task's training loss, as fit trains it)
+    over ``steps`` steps (after one untimed warm-up step)."""
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     model.train()
     times = []
     for _ in range(steps + 1):
         t0 = time.perf_counter()
         with bf16_autocast(model, bf16):
-            loss = _loss(model, x, y)
+            loss, _ = objective(model, x, y, 0)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -80,6 +80,7 @@ def measure(spec: str, *, img_size: int, batch_size: int, rounds: int, steps: in
     model_name, _, option = spec.partition(":")
     detection = model_task(model_name) == "detection"
     classes = 1 if detection else CLASSES
+    objective = (Detection(("object",)) if detection else Classification(CLASSES)).objective(0.0)
     torch.manual_seed(0)
     x = torch.randn(batch_size, 3, img_size, img_size)
     y = _random_targets(batch_size, img_size, detection)
@@ -92,7 +93,7 @@ def measure(spec: str, *, img_size: int, batch_size: int, rounds: int, steps: in
     for _ in range(rounds):
         for name, (channels_last, bf16) in VARIANTS.items():
             xs = x.contiguous(memory_format=torch.channels_last) if channels_last else x
-            seconds[name].append(step_seconds(models[name], xs, y, bf16, steps))
+            seconds[name].append(step_seconds(models[name], objective, xs, y, bf16, steps))
     fp32 = statistics.median(seconds["fp32"])
     return {
         name: {"median_s": statistics.median(s), "speedup_vs_fp32": fp32 / statistics.median(s), "rounds_s": s}
