@@ -1,6 +1,7 @@
 """A study of one setting, chosen on val (issues 31, 33): a study file runs one method's cells
 with the setting at other values (``benchmarks/l1rr_controller.yaml``: L1RR's controller
 tolerance; ``benchmarks/slim_rate.yaml``: network slimming's L1 rate;
+``benchmarks/detection_l1rr_hold_scale.yaml``: L1RR's held layer scale on detectors;
 ``benchmarks/detection_finetune_lr.yaml``: the detectors' fine-tuning rate;
 ``benchmarks/finetune_loss.yaml``: the fine-tuning loss after pruning).
 
@@ -31,6 +32,7 @@ from rscompress.pruning.methods.sparse_training import SparsityConfig
 DEFAULTS: dict[tuple[str, str], float] = {
     ("l1rr", "sparse_loss_tolerance"): SparsityConfig.loss_tolerance,
     ("slim", "sparse_rate"): Slim.default_rate,
+    ("l1rr", "sparse_hold_scale"): SparsityConfig.hold_layer_scale,
 }
 # The fine-tuning peak rate: a cell's ``finetune_lr`` and a record's field, not a prune option;
 # its default is the paired suite's recipe's, which every method's cells share.

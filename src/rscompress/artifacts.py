@@ -108,6 +108,8 @@ _ADDED_LATER = {
     "method_params.sparse_lr": None,
     "method_params.sparse_rate": None,
     "method_params.sparse_loss_tolerance": None,
+    "method_params.sparse_hold_scale": False,
+    "sparse_training.hold_layer_scale": False,
     # issue 31's recipe options; runs before it trained without nesterov, with one
     # augmentation draw per image and without the ragged last batch.
     "train.optim.nesterov": False,

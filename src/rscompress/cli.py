@@ -394,6 +394,13 @@ def prune(
         ),
     ] = None,
     attention_weight: Annotated[float, typer.Option(help="Feature attention loss weight (l1rr).")] = 1.0,
+    sparse_hold_scale: Annotated[
+        bool,
+        typer.Option(
+            help="l1rr: scale each BN's γ back to its mean |γ| after every L1 step, so that layers "
+            "whose scale the next BN removes lose channels instead of shrinking whole."
+        ),
+    ] = False,
     search_epochs: Annotated[int, typer.Option(help="Gate search epochs (nas).")] = 20,
     gate_without_bn: Annotated[
         bool,
@@ -503,6 +510,7 @@ def prune(
         sparse_lr=sparse_lr,
         sparse_loss_tolerance=sparse_loss_tolerance,
         attention_weight=attention_weight,
+        sparse_hold_scale=sparse_hold_scale,
         search_epochs=search_epochs,
         gate_without_bn=gate_without_bn,
         resplit=resplit,

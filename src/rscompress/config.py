@@ -313,6 +313,8 @@ class PruneConfig(StrictModel):
     # None: SparsityConfig.loss_tolerance, the val-loss rise at which l1rr's controller backs off.
     sparse_loss_tolerance: float | None = Field(None, ge=0)
     attention_weight: float = Field(1.0, ge=0)  # l1rr's feature attention loss
+    # l1rr: each BN's mean |γ| held through sparse training (SparsityConfig.hold_layer_scale).
+    sparse_hold_scale: bool = False
     # nas: bi-level search of channel gates before pruning by gate score globally.
     search_epochs: int = Field(20, gt=0)
     # nas: also search the groups with no BatchNorm (vgg16_bn's hidden Linear layers, 89 % of its

@@ -374,6 +374,13 @@ def test_the_shipped_detection_suite_validates():
     assert all(p.model_copy(update={"seeds": nepu.seeds}) == nepu for p in rate.parents)
     assert {(c.method, c.budgets[0]) for c in rate.cells} == {("l1", 0.35)}
     assert sorted(c.lr(rate) for c in rate.cells) == [0.006, 0.04] and rate.finetune.optim.lr == 0.02
+    # L1RR with the layer scale held: the suite's parents, recipes, work dir and l1rr options.
+    hold = load_suite(ROOT / "benchmarks" / "detection_l1rr_hold_scale.yaml")
+    for field in ("work", "train", "finetune", "datasets", "parents", "latency_repeats"):
+        assert getattr(hold, field) == getattr(suite, field), field
+    l1rr = {c.dataset: {**suite.prune, **c.options} for c in suite.cells if c.method == "l1rr"}
+    held = {c.dataset: {**hold.prune, **c.options} for c in hold.cells}
+    assert held == {d: {**o, "sparse_hold_scale": True} for d, o in l1rr.items()}
 
 
 def test_a_cell_cannot_take_the_label_of_a_parents_record(tmp_path):

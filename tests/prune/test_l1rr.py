@@ -214,6 +214,21 @@ def test_reweighting_reaches_sparsity_in_fewer_epochs_than_plain_l1() -> None:
     assert plain >= 2 * reweighted  # 21 when written
 
 
+def test_a_held_layer_scale_takes_channels_without_shrinking_the_layer() -> None:
+    # lr so small that only the proximal step moves γ (ρ sets the push whatever the lr).
+    common = dict(SLIMMING, epochs=3, lr=1e-7, rate=0.2)
+    start = [tiny_cnn()[i].weight.abs().mean().item() for i in (1, 4)]
+    train, val = data()
+    runs = {}
+    for hold in (False, True):
+        model, report = sparse_train(tiny_cnn(), train, val, SparsityConfig(**common, hold_layer_scale=hold))
+        runs[hold] = ([model[i].weight.abs().mean().item() for i in (1, 4)], report.final_sparsity)
+    (shrunk, _), (held, sparse) = runs[False], runs[True]
+    assert held == pytest.approx(start, rel=1e-4)
+    assert all(m < 0.7 * s for m, s in zip(shrunk, start, strict=True))
+    assert sparse > 0  # channels went all the same: those furthest below their layer's mean
+
+
 def test_network_slimming_config_is_plain_l1_at_constant_strength() -> None:
     cfg = SparsityConfig(epochs=3, lr=0.05, rate=0.05, **SLIMMING)
     train, val = data()

@@ -31,7 +31,7 @@ def attention_layers(model_name: str) -> tuple[str, ...]:
 class L1RR(SparseTrainingMethod):
     name = "l1rr"
     summary = "L1RR: reweighted dynamic L1 on BN γ + feature attention loss, residual groups as one"
-    options = SparseTrainingMethod.options | {"attention_weight", "sparse_loss_tolerance"}
+    options = SparseTrainingMethod.options | {"attention_weight", "sparse_loss_tolerance", "sparse_hold_scale"}
 
     def sparsity_config(self, s: Selection, base: SparsityConfig) -> SparsityConfig:
         layers = attention_layers(s.family)
@@ -43,6 +43,7 @@ class L1RR(SparseTrainingMethod):
             self_adaptive=True,
             attention_weight=s.cfg.attention_weight if layers else 0.0,
             attention_layers=layers,
+            hold_layer_scale=s.cfg.sparse_hold_scale,
             loss_tolerance=(
                 base.loss_tolerance if s.cfg.sparse_loss_tolerance is None else s.cfg.sparse_loss_tolerance
             ),
