@@ -1,5 +1,5 @@
-"""A plain torchvision detection loop with no rscompress code: the reference rscompress's
-detector parents (benchmarks/detection.yaml) must match.
+"""A plain torchvision detection loop, no rscompress code in its training or evaluation: the
+reference rscompress's detector parents (benchmarks/detection.yaml) must match.
 
     python -m benchmarks.plain_detection_reference --data ../shared/data/nepu_owod --seeds 0 --threads 1
 
@@ -40,7 +40,7 @@ from torchvision.models.detection import FCOS
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from benchmarks.plain_reference import cpu_model, git_commit
+from benchmarks.records import append_record, cpu_name, git_commit, read_records
 
 SPLITS = ("train", "val", "test")
 
@@ -259,10 +259,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     recipe = Recipe(epochs=args.epochs)
     dataset = args.data.resolve().name
-    done = set()
-    if args.results.is_file():
-        rows = [json.loads(line) for line in args.results.read_text().splitlines() if line.strip()]
-        done = {(r["dataset"], r["seed"], r["epochs"], r["img_size"]) for r in rows}
+    done = {(r["dataset"], r["seed"], r["epochs"], r["img_size"]) for r in read_records(args.results)}
     todo = [s for s in args.seeds if (dataset, s, recipe.epochs, args.img_size) not in done]
     if not todo:
         print("every cell has a record")
@@ -281,15 +278,11 @@ def main(argv: list[str] | None = None) -> None:
             **result,
             "recipe": asdict(recipe),
             "threads": args.threads,
-            "cpu": cpu_model(),
+            "cpu": cpu_name(),
             "torch": torch.__version__,
             "commit": git_commit(),
         }
-        args.results.parent.mkdir(parents=True, exist_ok=True)
-        with args.results.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_record(args.results, record)
         print(f"{dataset} seed {seed}: val mAP@0.5 {result['val_map50']:.4f} test {result['map50']:.4f}")
 
 
