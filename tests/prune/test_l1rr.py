@@ -20,6 +20,7 @@ from rscompress.pruning.methods.l1rr_losses import (
     coupled_magnitudes,
     group_soft_threshold,
     layer_multipliers,
+    layer_spread,
     reweighted_l1,
     sparsity,
     strength_per_rate,
@@ -111,6 +112,15 @@ def test_sparsity_and_self_adaptive_multipliers() -> None:
     m = layer_multipliers([dense, half, collapsed], eps=0.01, max_ratio=0.9)
     # untouched layers get the full push, a layer at the pruning cap none
     assert m == pytest.approx([1.0, 1 - 0.5 / 0.9, 0.0])
+
+
+def test_layer_spread_is_the_median_within_layer_spread_of_gamma() -> None:
+    alike, apart, single = torch.full((8,), 0.9), torch.tensor([0.1, 0.3, -0.5, 0.7]), torch.tensor([2.0])
+    spread = (apart.abs().std() / apart.abs().mean()).item()
+    # one BN of one channel and one all at zero have no spread and are left out
+    assert layer_spread([alike, apart, apart * 3, single, torch.zeros(4)]) == pytest.approx(spread)
+    assert layer_spread([alike, apart]) == pytest.approx(spread / 2, rel=1e-5)
+    assert layer_spread([single]) == 0.0
 
 
 def test_attention_map_is_channel_free_and_unit_norm() -> None:

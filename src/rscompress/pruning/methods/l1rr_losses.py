@@ -14,6 +14,7 @@ rule can be tested on hand-made values and ``l1rr.sparse_train`` only wires them
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 
 import torch
@@ -109,6 +110,20 @@ def sparsity(gammas: Sequence[Tensor], eps: float) -> float:
     if total == 0:
         return 0.0
     return sum(int((g.detach().abs() < eps).sum()) for g in gammas) / total
+
+
+def layer_spread(gammas: Sequence[Tensor]) -> float:
+    """The median over BNs (of more than one channel) of std(|γ|) / mean(|γ|) within the BN: how
+    far |γ| tells a layer's channels apart. 0 when no BN has two channels, or all are at 0.
+
+    A parent whose γ hardly moved in training has them all near one value in every layer (the
+    fcos_mobilenet_v3 detectors here: 0.0014, all at weight decay's 0.955), and a |γ| ranking
+    of its channels is then close to arbitrary until sparse training makes them differ.
+    """
+    spreads = [
+        (a.std() / a.mean()).item() for g in gammas if g.numel() > 1 and (a := g.detach().abs().float()).mean() > 0
+    ]
+    return statistics.median(spreads) if spreads else 0.0
 
 
 def layer_multipliers(gammas: Sequence[Tensor], eps: float, max_ratio: float) -> list[float]:

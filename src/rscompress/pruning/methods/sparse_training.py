@@ -73,6 +73,7 @@ from rscompress.pruning.methods.l1rr_losses import (
     coupled_magnitudes,
     group_soft_threshold,
     layer_multipliers,
+    layer_spread,
     reweighted_l1,
     sparsity,
     strength_per_rate,
@@ -196,6 +197,7 @@ class SparsityReport:
     coupled_sets: int  # sets of channels shrunk together that span more than one BN
     channels: int  # their channels in all
     median_gamma: float  # the dense parent's median |γ| over those channels, ρ's scale
+    gamma_spread: float  # the dense parent's l1rr_losses.layer_spread
     strength_per_rate: float  # λ = ρ · this (l1rr_losses.strength_per_rate)
     ref_val_loss: float  # the dense parent's, the controller's reference
     ref_val: dict  # the dense parent's val metrics (top-1 for a classifier, mAP for a detector)
@@ -523,6 +525,7 @@ def sparse_train(
     # ρ's scale comes from the dense parent (taken before a resume loads later weights), so
     # λ per unit ρ is fixed for the whole phase.
     median_gamma = torch.cat([g.detach().abs().flatten() for g in gammas]).median().item()
+    spread = layer_spread(gammas)
     lam_per_rate = strength_per_rate(median_gamma, cfg.eps, cfg.reweight, cfg.lr, cfg.momentum, len(train_batches))
     ref = task.evaluate(model, val_batches, False)
     penalty = _SparsePenalty(gammas, sets, cfg, lam_per_rate, ref.loss, progress)
@@ -566,6 +569,7 @@ def sparse_train(
         coupled_sets=sum(len(c) > 1 for c in sets),
         channels=sum(g.numel() for g in gammas),
         median_gamma=median_gamma,
+        gamma_spread=spread,
         strength_per_rate=lam_per_rate,
         ref_val_loss=ref.loss,
         ref_val=ref.summary(),
@@ -664,6 +668,10 @@ def _sparse_model(model: nn.Module, cfg: SparsityConfig, s: Selection) -> tuple[
 
     model, trained = sparse_train(
         model, s.train_batches, s.val_batches, cfg=cfg, progress=progress, checkpoint_dir=s.phase_dir, task=s.task
+    )
+    s.log(
+        f"sparse training: the parent's |γ| differed by {trained.gamma_spread:.2%} within a layer (median "
+        f"std/mean), so the |γ| ranking sees what sparse training made of them: sparsity {trained.final_sparsity:.3f}"
     )
     if run is not None:
         save_weights(model, run.sparse_weights_path)
