@@ -1,7 +1,8 @@
 """A study of one setting, chosen on val (issues 31, 33): a study file runs one method's cells
 with the setting at other values (``benchmarks/l1rr_controller.yaml``: L1RR's controller
 tolerance; ``benchmarks/slim_rate.yaml``: network slimming's L1 rate;
-``benchmarks/detection_l1rr_hold_scale.yaml``: L1RR's held layer scale on detectors;
+``benchmarks/detection_l1rr_hold_scale.yaml``: L1RR's held layer scale on detectors, and
+``benchmarks/detection_l1rr_hold_scale_rate.yaml``: its starting rate when held;
 ``benchmarks/detection_finetune_lr.yaml``: the detectors' fine-tuning rate;
 ``benchmarks/finetune_loss.yaml``: the fine-tuning loss after pruning).
 
@@ -25,6 +26,7 @@ from typing import Any
 
 from benchmarks.suite import Cell
 from benchmarks.tables import SCORES, points_mean_std, task_of
+from rscompress.pruning.methods.l1rr import L1RR
 from rscompress.pruning.methods.slim import Slim
 from rscompress.pruning.methods.sparse_training import SparsityConfig
 
@@ -33,6 +35,7 @@ DEFAULTS: dict[tuple[str, str], float] = {
     ("l1rr", "sparse_loss_tolerance"): SparsityConfig.loss_tolerance,
     ("slim", "sparse_rate"): Slim.default_rate,
     ("l1rr", "sparse_hold_scale"): SparsityConfig.hold_layer_scale,
+    ("l1rr", "sparse_rate"): L1RR.default_rate,
 }
 # The fine-tuning peak rate: a cell's ``finetune_lr`` and a record's field, not a prune option;
 # its default is the paired suite's recipe's, which every method's cells share.

@@ -99,6 +99,7 @@ def test_a_study_file_that_is_not_one_option_of_one_method_is_refused(cells, mes
         ("slim_rate.yaml", ("slim", "sparse_rate")),
         ("detection_finetune_lr.yaml", ("l1", FINETUNE_LR)),
         ("detection_l1rr_hold_scale.yaml", ("l1rr", "sparse_hold_scale")),
+        ("detection_l1rr_hold_scale_rate.yaml", ("l1rr", "sparse_rate")),
         ("finetune_loss.yaml", ("l1", LOSS)),
     ],
 )

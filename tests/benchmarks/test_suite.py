@@ -381,6 +381,12 @@ def test_the_shipped_detection_suite_validates():
     l1rr = {c.dataset: {**suite.prune, **c.options} for c in suite.cells if c.method == "l1rr"}
     held = {c.dataset: {**hold.prune, **c.options} for c in hold.cells}
     assert held == {d: {**o, "sparse_hold_scale": True} for d, o in l1rr.items()}
+    # ... and its starting rate, held: the hold-scale study's cells at another rate.
+    rate_study = load_suite(ROOT / "benchmarks" / "detection_l1rr_hold_scale_rate.yaml")
+    for field in ("work", "train", "finetune", "datasets", "parents", "latency_repeats"):
+        assert getattr(rate_study, field) == getattr(suite, field), field
+    faster = {c.dataset: {**rate_study.prune, **c.options} for c in rate_study.cells}
+    assert faster == {d: {**o, "sparse_rate": 0.1} for d, o in held.items()}
 
 
 def test_a_cell_cannot_take_the_label_of_a_parents_record(tmp_path):
