@@ -44,7 +44,7 @@ FINETUNE_LR = "finetune_lr"
 LOSS = "loss"
 DEFAULT_LOSS: str = Cell.model_fields[LOSS].default
 
-Value = float | str  # an arm's value of the setting: a number, or a loss's name
+Value = float | str  # an arm's value of the setting: a number (a switch is a bool), or a loss's name
 
 
 def settings(cells: list[Cell]) -> list[dict[str, Any]]:
@@ -87,6 +87,8 @@ def arm_value(record: dict[str, Any], option: str, default: Value) -> Value:
 
 
 def shown(value: Value) -> str:
+    if isinstance(value, bool):  # a switch (sparse_hold_scale)
+        return "on" if value else "off"
     return value if isinstance(value, str) else f"{value:g}"
 
 

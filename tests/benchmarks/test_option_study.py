@@ -14,6 +14,7 @@ from benchmarks.option_study import (
     arms,
     default_value,
     settings,
+    shown,
     studied,
     table_text,
 )
@@ -159,3 +160,7 @@ def test_a_fine_tuning_loss_study_puts_the_suites_cross_entropy_cells_beside_eac
     text = table_text(suite, study, "l1", LOSS, "ce")
     assert "| ucmerced | 35 % | ce (default) | 0, 1 | 81.00 ± 1.41 | 82.00 ± 1.41 |" in text
     assert "| ucmerced | 35 % | kd | 0 | 84.00 | 85.00 | +1.00 |" in text
+
+
+def test_an_arm_is_shown_as_its_number_its_name_or_a_switch_on_or_off() -> None:
+    assert [shown(v) for v in (0.1, 0.02, "aml+ce", True, False)] == ["0.1", "0.02", "aml+ce", "on", "off"]
