@@ -83,7 +83,8 @@ def arm_value(record: dict[str, Any], option: str, default: Value) -> Value:
     if option == LOSS:
         return str(record.get(LOSS) or default)
     given = record.get(FINETUNE_LR) if option == FINETUNE_LR else record.get("options", {}).get(option)
-    return float(default if given is None else given)
+    value = default if given is None else given
+    return value if isinstance(value, bool) else float(value)
 
 
 def shown(value: Value) -> str:
