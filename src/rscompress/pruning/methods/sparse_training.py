@@ -130,7 +130,8 @@ class SparsityConfig:
       loss does not resist the whole layer shrinking: on fcos_mobilenet_v3 (NEPU_OWOD, seed 0,
       12 epochs at 35 %) every γ shrank alike (median 0.95 to 0.46 in 8 epochs, none below
       eps), then 99.6 % of them passed eps in one epoch and val mAP@0.5 fell from 0.70 to 0.
-      Held, only the channels the penalty pushes below their layer's share shrink.
+      Held, only the channels the penalty pushes below their layer's share shrink: the same
+      cell did not collapse and scored val mAP@0.5 0.73 after fine-tuning, against 0.56.
     * ``attention_weight`` 1.0: each layer's term is in [0, 4]; weight 1 with maps summed over
       positions is the low end of Zagoruyko & Komodakis' β=1000 on position-averaged maps.
     * ``attention_layers``: ResNet's last three stages; for vgg16_bn use the ReLUs that end
@@ -444,17 +445,19 @@ class _SparsePenalty(TrainingHooks):
 
     @torch.no_grad()
     def after_step(self, epoch: int) -> None:
-        scales = [g.abs().mean() for g in self.gammas] if self.cfg.hold_layer_scale else []
+        hold = self.cfg.hold_layer_scale
+        scales = [g.abs().mean() for g in self.gammas] if hold else []
         stacks = []
         for channels, w in zip(self.sets, self.weights, strict=True):
             shrunk = group_soft_threshold(gamma_stack(self.gammas, channels), self.shrink * w)
             for (p, idxs), row in zip(channels, shrunk, strict=True):
                 self.gammas[p][idxs] = row
             stacks.append(shrunk)
-        for gamma, scale in zip(self.gammas, scales, strict=False):
-            left = gamma.abs().mean()
-            if left > 0:
-                gamma.mul_(scale / left)
+        if hold:  # each BN back to its mean |γ|: the step moves γ within a layer, not the layer
+            for gamma, scale in zip(self.gammas, scales, strict=True):
+                left = gamma.abs().mean()
+                if left > 0:
+                    gamma.mul_(scale / left)
         self.sums["penalty"] += reweighted_l1(stacks, self.weights).item()
         self.steps += 1
 
