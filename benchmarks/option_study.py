@@ -114,7 +114,12 @@ def arms(
     same dataset and budget; each over the seeds it has, a seed's run counted once. Scores are
     the task's (``tables.SCORES``): ``val``, ``score`` (test) and ``delta`` (test − parent)."""
     cells = {(r["dataset"], r["model"], r["target_macs"]) for r in study}
-    ours = [r for r in suite if r["method"] == method and (r["dataset"], r["model"], r["target_macs"]) in cells]
+    # A paired study's records carry their label as method; the method they ran is their criterion.
+    ours = [
+        r
+        for r in suite
+        if r.get("criterion", r["method"]) == method and (r["dataset"], r["model"], r["target_macs"]) in cells
+    ]
     if option == FINETUNE_LR:  # a record from before records named their rate may have run at another
         ours = [r for r in ours if FINETUNE_LR in r]
     key, parent_key, _ = SCORES[task_of(study)]
