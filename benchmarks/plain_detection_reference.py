@@ -220,7 +220,8 @@ def train_cell(splits: dict[str, Split], n_classes: int, seed: int, img_size: in
         row = {"epoch": epoch, "train_loss": sum(losses) / len(losses), **{f"val_{k}": v for k, v in val.items()}}
         state["history"].append(row)
         if val["map50"] > state["best_val"]:
-            state.update(best_val=val["map50"], best_epoch=epoch, best_model=model.state_dict())
+            best = {k: v.clone() for k, v in model.state_dict().items()}  # state_dict() aliases the live weights
+            state.update(best_val=val["map50"], best_epoch=epoch, best_model=best)
         state["epoch"] = epoch + 1
         print(f"epoch {epoch + 1}/{recipe.epochs}: val mAP@0.5 {val['map50']:.4f}", flush=True)
         work.mkdir(parents=True, exist_ok=True)
